@@ -1,0 +1,280 @@
+//! Wiring: the commands `run`, `once`, `check`, `tags` and `repos`, built from a loaded [`Config`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::config::{Config, RegistryConfig};
+use crate::registry::{self, Registry, RegistryError, Tag};
+use crate::sink::{self, Sink, kafka::KafkaSink, stdout::StdoutSink};
+use crate::store::Store;
+use crate::watch::scan::{CycleReport, Output, Scanner};
+use crate::watch::scheduler;
+
+/// A failure that ends a command with exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RuntimeError(pub String);
+
+fn runtime(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError(e.to_string())
+}
+
+fn scanners(config: &Config) -> Result<Vec<Scanner>, RuntimeError> {
+    config
+        .registries
+        .iter()
+        .map(|r| {
+            Ok(Scanner {
+                config: Arc::new(r.clone()),
+                registry: registry::connect(r)
+                    .map_err(|e| runtime(format!("registry {}: {e}", r.name)))?,
+                first_run: config.daemon.first_run,
+                emit_removed: config.daemon.emit_removed,
+            })
+        })
+        .collect()
+}
+
+fn make_sink(config: &Config) -> Result<Box<dyn Sink>, RuntimeError> {
+    Ok(match &config.kafka {
+        Some(k) => Box::new(KafkaSink::new(k).map_err(|e| runtime(format!("kafka: {e}")))?),
+        None => Box::new(StdoutSink),
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `regwatch run`: poll every registry and publish until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> Result<(), RuntimeError> {
+    let store = Arc::new(Store::open(&config.daemon.state_dir).map_err(runtime)?);
+    let sink = make_sink(&config)?;
+    let scanners = scanners(&config)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let wake = Arc::new(Notify::new());
+    let pending = store.outbox_len().map_err(runtime)?;
+    tracing::info!(
+        registries = scanners.len(),
+        outbox = pending,
+        sink = if config.kafka.is_some() {
+            "kafka"
+        } else {
+            "stdout"
+        },
+        "regwatch started"
+    );
+
+    let publisher = tokio::spawn(sink::publish(
+        store.clone(),
+        sink,
+        wake.clone(),
+        stop_rx.clone(),
+    ));
+    let loops: Vec<_> = scanners
+        .into_iter()
+        .map(|s| {
+            let output = Output::Commit {
+                store: store.clone(),
+                published: wake.clone(),
+            };
+            tokio::spawn(scheduler::run(
+                s,
+                output,
+                config.daemon.jitter,
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+
+    terminated().await;
+    tracing::info!("shutting down: finishing in-flight scans and delivering the outbox");
+    let _ = stop_tx.send(true);
+    for l in loops {
+        let _ = l.await;
+    }
+    let _ = publisher.await;
+    tracing::info!(outbox = store.outbox_len().unwrap_or(0), "stopped");
+    Ok(())
+}
+
+/// `regwatch once`: one cycle of every registry, then deliver the outbox (or, with `dry_run`,
+/// print what would be emitted and store nothing). Fails if any registry failed.
+pub async fn once(config: Config, dry_run: bool) -> Result<(), RuntimeError> {
+    let store = if dry_run {
+        let exists = config
+            .daemon
+            .state_dir
+            .join(crate::store::FILE_NAME)
+            .exists();
+        exists
+            .then(|| Store::open(&config.daemon.state_dir).map(Arc::new))
+            .transpose()
+            .map_err(runtime)?
+    } else {
+        Some(Arc::new(
+            Store::open(&config.daemon.state_dir).map_err(runtime)?,
+        ))
+    };
+    let output = match (&store, dry_run) {
+        (Some(store), false) => Output::Commit {
+            store: store.clone(),
+            published: Arc::new(Notify::new()),
+        },
+        _ => Output::DryRun {
+            store: store.clone(),
+        },
+    };
+    let scanners = scanners(&config)?;
+    let reports = futures_util::future::join_all(scanners.iter().map(|s| async {
+        let started = std::time::Instant::now();
+        let result = s.cycle(&output, || false).await;
+        (s.config.name.clone(), result, started.elapsed())
+    }))
+    .await;
+
+    let mut failed = Vec::new();
+    for (name, result, elapsed) in reports {
+        match result {
+            Ok(r @ CycleReport { failed: 0, .. }) => {
+                tracing::info!(registry = %name, repositories = r.repositories, events = r.events, digest_lookups = r.digest_lookups, ?elapsed, "scan complete");
+            }
+            Ok(r) => {
+                tracing::error!(registry = %name, failed = r.failed, of = r.repositories, "scan incomplete");
+                failed.push(name);
+            }
+            Err(e) => {
+                tracing::error!(registry = %name, error = %e, "scan failed");
+                failed.push(name);
+            }
+        }
+    }
+
+    if let (Some(store), false) = (&store, dry_run) {
+        let mut sink = make_sink(&config)?;
+        let deadline = Duration::from_secs(60);
+        let delivered = tokio::time::timeout(deadline, async {
+            sink.prepare().await.map_err(runtime)?;
+            sink::drain(store, sink.as_mut()).await.map_err(runtime)
+        })
+        .await
+        .map_err(|_| {
+            runtime("timed out delivering events; they stay in the outbox for the next run")
+        })??;
+        match delivered {
+            (n, 0) => tracing::info!(delivered = n, "outbox delivered"),
+            (n, left) => {
+                return Err(runtime(format!(
+                    "delivered {n} events, {left} left in the outbox for the next run"
+                )));
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(runtime(format!("scan failed for: {}", failed.join(", "))))
+    }
+}
+
+/// `regwatch check`: one line per registry; fails if any registry is not `ok`.
+pub async fn check(config: &Config) -> Result<(), RuntimeError> {
+    let results = futures_util::future::join_all(config.registries.iter().map(|r| async move {
+        let outcome = match check_one(r).await {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e.check_outcome(),
+        };
+        (r.name.clone(), outcome)
+    }))
+    .await;
+    let width = results.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    let mut bad = 0;
+    for (name, outcome) in &results {
+        println!("{name:width$}  {outcome}");
+        bad += usize::from(outcome != "ok");
+    }
+    if bad == 0 {
+        Ok(())
+    } else {
+        Err(runtime(format!(
+            "{bad} of {} registries failed the check",
+            results.len()
+        )))
+    }
+}
+
+async fn check_one(config: &RegistryConfig) -> Result<(), RegistryError> {
+    let registry = registry::connect(config)?;
+    registry.ping().await?;
+    let scanner = Scanner {
+        config: Arc::new(config.clone()),
+        registry: registry.clone(),
+        first_run: crate::config::FirstRun::Baseline,
+        emit_removed: false,
+    };
+    // Listing every watched repository proves read access where the registry scopes it per repo.
+    for repo in scanner.watch_set().await? {
+        registry.list_tags(&repo).await?;
+    }
+    Ok(())
+}
+
+fn find_registry<'a>(config: &'a Config, name: &str) -> Result<&'a RegistryConfig, RuntimeError> {
+    config
+        .registries
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = config.registries.iter().map(|r| r.name.as_str()).collect();
+            runtime(format!(
+                "no registry named {name:?}; configured: {}",
+                names.join(", ")
+            ))
+        })
+}
+
+/// `regwatch repos`: the live watch set of one registry.
+pub async fn repos(config: &Config, name: &str) -> Result<Vec<String>, RuntimeError> {
+    let r = find_registry(config, name)?;
+    let scanner = Scanner {
+        config: Arc::new(r.clone()),
+        registry: registry::connect(r).map_err(runtime)?,
+        first_run: config.daemon.first_run,
+        emit_removed: false,
+    };
+    scanner.watch_set().await.map_err(runtime)
+}
+
+/// `regwatch tags`: the live tags of one repository, each with its digest.
+pub async fn tags(config: &Config, name: &str, repo: &str) -> Result<Vec<Tag>, RuntimeError> {
+    let r = find_registry(config, name)?;
+    let registry: Arc<dyn Registry> = registry::connect(r).map_err(runtime)?;
+    let mut tags = registry.list_tags(repo).await.map_err(runtime)?;
+    let lookups = tags
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.digest.is_none())
+        .map(|(i, t)| {
+            let registry = registry.clone();
+            let tag = t.name.clone();
+            async move { registry.digest(repo, &tag).await.map(|d| (i, d)) }
+        });
+    use futures_util::{StreamExt, TryStreamExt};
+    let digests: Vec<(usize, String)> = futures_util::stream::iter(lookups)
+        .buffer_unordered(r.concurrency)
+        .try_collect()
+        .await
+        .map_err(runtime)?;
+    for (i, d) in digests {
+        tags[i].digest = Some(d);
+    }
+    Ok(tags)
+}

@@ -1,0 +1,205 @@
+//! CloudEvents 1.0 building: one structured-JSON event per change, with a deterministic id.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Kind;
+use crate::watch::diff::{Change, ChangeKind};
+
+/// A built event, ready for the outbox and any sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The CloudEvent `id`.
+    pub id: String,
+    /// The Kafka key: `<host>/<repository>`.
+    pub key: String,
+    /// The CloudEvent JSON.
+    pub payload: String,
+}
+
+/// Where a change happened.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// Registry name from the config.
+    pub registry: &'a str,
+    /// Registry kind.
+    pub kind: Kind,
+    /// `host[:port]`.
+    pub host: &'a str,
+    /// Full repository path.
+    pub repository: &'a str,
+}
+
+impl ChangeKind {
+    /// The CloudEvent `type`.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "io.regwatch.tag.added",
+            ChangeKind::Updated => "io.regwatch.tag.updated",
+            ChangeKind::Removed => "io.regwatch.tag.removed",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CloudEvent<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    subject: String,
+    time: &'a str,
+    datacontenttype: &'static str,
+    data: Data<'a>,
+}
+
+#[derive(Serialize)]
+struct Data<'a> {
+    registry: &'a str,
+    kind: &'static str,
+    host: &'a str,
+    repository: &'a str,
+    tag: &'a str,
+    digest: Option<&'a str>,
+    previous_digest: Option<&'a str>,
+    pushed_at: Option<String>,
+    detected_at: &'a str,
+    image: String,
+}
+
+/// The event id: hex SHA-256 of registry name, repository, tag, digest and change type. The same
+/// change always gets the same id, so consumers can deduplicate redeliveries.
+pub fn event_id(
+    registry: &str,
+    repository: &str,
+    tag: &str,
+    digest: Option<&str>,
+    kind: ChangeKind,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        registry,
+        repository,
+        tag,
+        digest.unwrap_or(""),
+        kind.event_type(),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Builds the event for one change detected at `detected`.
+pub fn build(origin: Origin<'_>, change: &Change, detected: SystemTime) -> Event {
+    let digest = change.digest.as_deref();
+    let id = event_id(
+        origin.registry,
+        origin.repository,
+        &change.tag,
+        digest,
+        change.kind,
+    );
+    let detected_at = rfc3339(detected);
+    let reference = format!("{}/{}:{}", origin.host, origin.repository, change.tag);
+    let image = match digest {
+        Some(d) => format!("{reference}@{d}"),
+        None => reference.clone(),
+    };
+    let event = CloudEvent {
+        specversion: "1.0",
+        id: &id,
+        source: format!("regwatch/{}", origin.registry),
+        kind: change.kind.event_type(),
+        subject: reference,
+        time: &detected_at,
+        datacontenttype: "application/json",
+        data: Data {
+            registry: origin.registry,
+            kind: origin.kind.as_str(),
+            host: origin.host,
+            repository: origin.repository,
+            tag: &change.tag,
+            digest,
+            previous_digest: change.previous_digest.as_deref(),
+            pushed_at: change.pushed_at.map(rfc3339),
+            detected_at: &detected_at,
+            image,
+        },
+    };
+    let payload = serde_json::to_string(&event).expect("event JSON always serializes");
+    Event {
+        id,
+        key: format!("{}/{}", origin.host, origin.repository),
+        payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn event_matches_the_contract() {
+        let origin = Origin {
+            registry: "local",
+            kind: Kind::Oci,
+            host: "127.0.0.1:5000",
+            repository: "team/app",
+        };
+        let change = Change {
+            kind: ChangeKind::Updated,
+            tag: "latest".into(),
+            digest: Some("sha256:new".into()),
+            previous_digest: Some("sha256:old".into()),
+            pushed_at: None,
+        };
+        let e = build(origin, &change, SystemTime::UNIX_EPOCH);
+        assert_eq!(e.key, "127.0.0.1:5000/team/app");
+        let v: Value = serde_json::from_str(&e.payload).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["id"], e.id.as_str());
+        assert_eq!(e.id.len(), 64);
+        assert_eq!(v["type"], "io.regwatch.tag.updated");
+        assert_eq!(v["source"], "regwatch/local");
+        assert_eq!(v["subject"], "127.0.0.1:5000/team/app:latest");
+        assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["data"]["previous_digest"], "sha256:old");
+        assert_eq!(v["data"]["pushed_at"], Value::Null);
+        assert_eq!(
+            v["data"]["image"],
+            "127.0.0.1:5000/team/app:latest@sha256:new"
+        );
+        // Same change, later detection: same id.
+        assert_eq!(build(origin, &change, SystemTime::now()).id, e.id);
+        // Another type or digest: another id.
+        assert_ne!(
+            event_id(
+                "local",
+                "team/app",
+                "latest",
+                Some("sha256:new"),
+                ChangeKind::Added
+            ),
+            e.id
+        );
+        assert_ne!(
+            event_id(
+                "local",
+                "team/app",
+                "latest",
+                Some("sha256:x"),
+                ChangeKind::Updated
+            ),
+            e.id
+        );
+    }
+}

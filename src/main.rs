@@ -1,0 +1,156 @@
+//! The `regwatch` command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use regwatch::{config, daemon};
+
+/// Watches container image registries and publishes a CloudEvent to Kafka (or stdout) for every
+/// new tag and every tag that moves to a new digest.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log format on stderr (default: pretty on a terminal, plain text otherwise). Filter with RUST_LOG.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "REGWATCH_CONFIG",
+        value_name = "FILE"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: poll every registry and publish changes until SIGTERM.
+    Run(ConfigArg),
+    /// Scan every registry once, deliver the events, and exit.
+    Once {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the events that would be emitted; store nothing and publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the live tags of a repository, with digests.
+    Tags {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Registry name from the config.
+        registry: String,
+        /// Repository path.
+        repo: String,
+    },
+    /// List the repositories a registry's watch set resolves to, live.
+    Repos {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Registry name from the config.
+        registry: String,
+    },
+    /// Validate the config, then test each registry's connection and credentials.
+    Check(ConfigArg),
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let terminal = std::io::stderr().is_terminal();
+    match format.unwrap_or(if terminal {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Text
+    }) {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.with_ansi(terminal).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
+
+fn load(arg: &ConfigArg) -> Result<config::Config, ExitCode> {
+    config::load(&arg.config).map_err(|e| {
+        eprintln!("regwatch: {}: {e}", arg.config.display());
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("regwatch: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(c) => {
+                let config = load(&c)?;
+                daemon::run(config).await
+            }
+            Command::Once { config, dry_run } => {
+                let config = load(&config)?;
+                daemon::once(config, dry_run).await
+            }
+            Command::Check(c) => {
+                let config = load(&c)?;
+                daemon::check(&config).await
+            }
+            Command::Repos { config, registry } => {
+                let config = load(&config)?;
+                daemon::repos(&config, &registry).await.map(|repos| {
+                    for r in repos {
+                        println!("{r}");
+                    }
+                })
+            }
+            Command::Tags {
+                config,
+                registry,
+                repo,
+            } => {
+                let config = load(&config)?;
+                daemon::tags(&config, &registry, &repo).await.map(|tags| {
+                    let width = tags.iter().map(|t| t.name.len()).max().unwrap_or(0);
+                    for t in tags {
+                        println!("{:width$}  {}", t.name, t.digest.as_deref().unwrap_or("-"));
+                    }
+                })
+            }
+        }
+        .map_err(|e| {
+            eprintln!("regwatch: {e}");
+            ExitCode::FAILURE
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}

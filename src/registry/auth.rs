@@ -1,0 +1,348 @@
+//! Registry authentication: `WWW-Authenticate` parsing, Basic, and Bearer tokens fetched from the
+//! realm the registry names, cached per scope until shortly before they expire.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use reqwest::{StatusCode, header};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use super::RegistryError;
+use super::http::{Transport, expect_json, read_body};
+use crate::config::Credentials;
+
+/// Token bodies are small; anything bigger is not a token.
+const TOKEN_BODY_CAP: usize = 1024 * 1024;
+/// The token lifetime the Docker token spec assumes when `expires_in` is absent.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// An authentication challenge from `WWW-Authenticate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// `Basic realm="…"`.
+    Basic,
+    /// `Bearer realm="…",service="…",scope="…"`.
+    Bearer {
+        /// Token endpoint.
+        realm: String,
+        /// `service` parameter to send back.
+        service: Option<String>,
+        /// Scope the registry asked for, if it said.
+        scope: Option<String>,
+    },
+}
+
+/// Parses a `WWW-Authenticate` value. Unknown schemes and malformed values give `None`.
+pub fn parse_challenge(value: &str) -> Option<Challenge> {
+    let value = value.trim();
+    let (scheme, params) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
+    let params = parse_params(params)?;
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
+    if scheme.eq_ignore_ascii_case("basic") {
+        Some(Challenge::Basic)
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        Some(Challenge::Bearer {
+            realm: get("realm").filter(|r| !r.is_empty())?,
+            service: get("service"),
+            scope: get("scope"),
+        })
+    } else {
+        None
+    }
+}
+
+/// Parses `k=v, k="quoted, \"v\""` pairs; `None` on malformed input.
+fn parse_params(mut s: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    loop {
+        s = s.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+        if s.is_empty() {
+            return Some(out);
+        }
+        let eq = s.find('=')?;
+        let name = s[..eq].trim();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            return None;
+        }
+        s = s[eq + 1..].trim_start();
+        let value;
+        if let Some(rest) = s.strip_prefix('"') {
+            let mut v = String::new();
+            let mut chars = rest.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => v.push(chars.next()?.1),
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    c => v.push(c),
+                }
+            }
+            value = v;
+            s = &rest[end?..];
+        } else {
+            let end = s.find(',').unwrap_or(s.len());
+            value = s[..end].trim().to_owned();
+            s = &s[end..];
+        }
+        out.push((name.to_owned(), value));
+    }
+}
+
+/// The token endpoint's answer; Docker Hub sends `token`, ACR and others `access_token`.
+#[derive(Deserialize)]
+struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+struct CachedToken {
+    value: SecretString,
+    refresh_at: Instant,
+}
+
+/// What the registry asked for, learned from its first challenge.
+#[derive(Clone)]
+enum Scheme {
+    /// No challenge seen yet: requests go without credentials.
+    Unknown,
+    Basic,
+    Bearer {
+        realm: Url,
+        service: Option<String>,
+    },
+}
+
+/// Produces the `Authorization` header for a request, learning the scheme from challenges.
+pub struct Authenticator {
+    credentials: Option<Credentials>,
+    insecure: bool,
+    scheme: Mutex<Scheme>,
+    tokens: Mutex<HashMap<String, CachedToken>>,
+}
+
+impl Authenticator {
+    /// An authenticator with the registry's credentials.
+    pub fn new(credentials: Option<Credentials>, insecure: bool) -> Self {
+        Authenticator {
+            credentials,
+            insecure,
+            scheme: Mutex::new(Scheme::Unknown),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Learns from a 401's `WWW-Authenticate` and drops the cached token for `scope`, which the
+    /// registry just refused.
+    pub fn on_challenge(&self, value: Option<&str>, scope: &str) -> Result<(), RegistryError> {
+        let challenge = value.and_then(parse_challenge).ok_or_else(|| {
+            RegistryError::Protocol("401 without a usable WWW-Authenticate challenge".into())
+        })?;
+        let scheme = match challenge {
+            Challenge::Basic => Scheme::Basic,
+            Challenge::Bearer { realm, service, .. } => {
+                let realm = Url::parse(&realm).map_err(|e| {
+                    RegistryError::Protocol(format!("token realm is not a URL: {e}"))
+                })?;
+                match realm.scheme() {
+                    "https" => {}
+                    "http" if self.insecure => {}
+                    _ => {
+                        return Err(RegistryError::Protocol(
+                            "token realm is not https (set insecure = true to allow it)".into(),
+                        ));
+                    }
+                }
+                Scheme::Bearer { realm, service }
+            }
+        };
+        *self.scheme.lock().expect("scheme lock") = scheme;
+        self.tokens.lock().expect("token lock").remove(scope);
+        Ok(())
+    }
+
+    /// The `Authorization` value for a request in `scope`, fetching a token if needed.
+    pub async fn header(
+        &self,
+        transport: &Transport,
+        scope: &str,
+    ) -> Result<Option<SecretString>, RegistryError> {
+        let scheme = self.scheme.lock().expect("scheme lock").clone();
+        match scheme {
+            Scheme::Unknown => Ok(None),
+            Scheme::Basic => match &self.credentials {
+                Some(c) => Ok(Some(basic(c))),
+                None => Err(RegistryError::Unauthorized {
+                    status: 401,
+                    what: "registry (Basic auth required, no credentials configured)",
+                }),
+            },
+            Scheme::Bearer { realm, service } => {
+                if let Some(t) = self.tokens.lock().expect("token lock").get(scope)
+                    && Instant::now() < t.refresh_at
+                {
+                    return Ok(Some(bearer(&t.value)));
+                }
+                let token = self
+                    .fetch_token(transport, &realm, service.as_deref(), scope)
+                    .await?;
+                let header = bearer(&token.value);
+                self.tokens
+                    .lock()
+                    .expect("token lock")
+                    .insert(scope.to_owned(), token);
+                Ok(Some(header))
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        transport: &Transport,
+        realm: &Url,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<CachedToken, RegistryError> {
+        let mut url = realm.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            // The ping asks with no scope: a token that only proves the credentials.
+            if !scope.is_empty() {
+                q.append_pair("scope", scope);
+            }
+        }
+        // The realm is the one the registry named, and on_challenge refused it over plain http
+        // unless insecure, so credentials may go there.
+        let response = transport
+            .send(|| {
+                let req = transport.client().get(url.clone());
+                match &self.credentials {
+                    Some(c) => req.header(header::AUTHORIZATION, basic(c).expose_secret()),
+                    None => req,
+                }
+            })
+            .await?;
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(RegistryError::Unauthorized {
+                status: status.as_u16(),
+                what: "token endpoint",
+            });
+        }
+        if !status.is_success() {
+            return Err(RegistryError::Status {
+                status: status.as_u16(),
+                what: "token endpoint".into(),
+            });
+        }
+        expect_json(&response)?;
+        let body = read_body(response, TOKEN_BODY_CAP).await?;
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            RegistryError::Protocol(format!("token response is not valid JSON: {e}"))
+        })?;
+        let value = parsed
+            .token
+            .filter(|t| !t.is_empty())
+            .or(parsed.access_token.filter(|t| !t.is_empty()))
+            .ok_or_else(|| {
+                RegistryError::Protocol("token response has neither token nor access_token".into())
+            })?;
+        if value.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+            return Err(RegistryError::Protocol(
+                "token contains characters not allowed in a header".into(),
+            ));
+        }
+        let lifetime = parsed
+            .expires_in
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        // Refresh early: at 90 % of the lifetime, and at least 5 s before expiry.
+        let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime);
+        Ok(CachedToken {
+            value: value.into(),
+            refresh_at: Instant::now() + lifetime - margin,
+        })
+    }
+}
+
+fn basic(c: &Credentials) -> SecretString {
+    let raw = format!("{}:{}", c.username, c.password.expose_secret());
+    format!("Basic {}", BASE64.encode(raw)).into()
+}
+
+fn bearer(token: &SecretString) -> SecretString {
+    format!("Bearer {}", token.expose_secret()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_docker_hub_bearer() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/nginx:pull".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn parses_quoted_commas_escapes_and_case() {
+        let c = parse_challenge(
+            r#"bearer Realm="https://r/t", scope="repository:a:pull,push", service="s\"x""#,
+        )
+        .unwrap();
+        let Challenge::Bearer {
+            realm,
+            service,
+            scope,
+        } = c
+        else {
+            panic!()
+        };
+        assert_eq!(realm, "https://r/t");
+        assert_eq!(scope.as_deref(), Some("repository:a:pull,push"));
+        assert_eq!(service.as_deref(), Some("s\"x"));
+    }
+
+    #[test]
+    fn basic_and_garbage() {
+        assert_eq!(
+            parse_challenge(r#"Basic realm="registry""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(parse_challenge("Basic"), Some(Challenge::Basic));
+        assert_eq!(parse_challenge("Negotiate abc"), None);
+        assert_eq!(parse_challenge(r#"Bearer service="x""#), None, "no realm");
+        assert_eq!(parse_challenge(r#"Bearer realm="unterminated"#), None);
+        assert_eq!(parse_challenge("Bearer =x"), None);
+        assert_eq!(parse_challenge(""), None);
+    }
+}

@@ -1,0 +1,198 @@
+//! The HTTP transport every registry request goes through: the registry's rate limiter, timeouts,
+//! retries of transient failures (honouring `Retry-After`), and size-capped body reads.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::{RequestBuilder, Response, StatusCode, header};
+
+use super::RegistryError;
+use crate::config::RegistryConfig;
+
+/// The largest response body read; listings past this are refused rather than buffered.
+pub const BODY_CAP: usize = 32 * 1024 * 1024;
+/// Whole-request timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A `Retry-After` longer than this is not waited for inside one request; the scan fails instead and
+/// the scheduler backs the registry off.
+const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// A rate-limited, retrying HTTP client for one registry.
+pub struct Transport {
+    client: reqwest::Client,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl Transport {
+    /// Builds the client and limiter for one registry entry.
+    pub fn new(config: &RegistryConfig) -> Result<Self, RegistryError> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("regwatch/", env!("CARGO_PKG_VERSION")))
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            // reqwest drops Authorization when a redirect changes host.
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .https_only(!config.insecure)
+            .tls_danger_accept_invalid_certs(config.insecure)
+            .build()
+            .map_err(|e| RegistryError::Unreachable(format!("cannot build HTTP client: {e}")))?;
+        Ok(Transport {
+            client,
+            limiter: RateLimiter::direct(Quota::per_second(config.rate_limit)),
+        })
+    }
+
+    /// The underlying client, to build requests with.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends the request `build` makes, waiting for the limiter before every attempt and retrying
+    /// connection failures, 5xx and 429. Any other status is returned to the caller.
+    pub async fn send(
+        &self,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        let attempt = || async {
+            self.limiter.until_ready().await;
+            let response = build().send().await.map_err(transport_error)?;
+            let status = response.status();
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                return Err(RegistryError::RateLimited {
+                    retry_after: retry_after(&response),
+                });
+            }
+            if status.is_server_error() {
+                return Err(RegistryError::Status {
+                    status: status.as_u16(),
+                    what: response.url().path().to_owned(),
+                });
+            }
+            Ok(response)
+        };
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(3)
+                    .with_jitter(),
+            )
+            .when(RegistryError::is_transient)
+            .adjust(|e, backoff| match e {
+                RegistryError::RateLimited {
+                    retry_after: Some(wait),
+                } if *wait > MAX_INLINE_RETRY_AFTER => None,
+                RegistryError::RateLimited {
+                    retry_after: Some(wait),
+                } => Some(*wait),
+                _ => backoff,
+            })
+            .notify(|e, wait| tracing::debug!(error = %e, ?wait, "retrying registry request"))
+            .await
+    }
+}
+
+/// Reads a body, refusing more than `cap` bytes.
+pub async fn read_body(mut response: Response, cap: usize) -> Result<Vec<u8>, RegistryError> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > cap as u64)
+    {
+        return Err(RegistryError::Protocol(format!(
+            "response body larger than {cap} bytes"
+        )));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > cap {
+            return Err(RegistryError::Protocol(format!(
+                "response body larger than {cap} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Checks that a response claims to be JSON (or says nothing), as registries' listings do.
+pub fn expect_json(response: &Response) -> Result<(), RegistryError> {
+    match response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str())
+    {
+        None => Ok(()),
+        Some(Ok(ct)) if ct.to_ascii_lowercase().contains("json") => Ok(()),
+        Some(other) => Err(RegistryError::Protocol(format!(
+            "expected a JSON response, got content-type {:?}",
+            other.unwrap_or("<non-ASCII>")
+        ))),
+    }
+}
+
+fn retry_after(response: &Response) -> Option<Duration> {
+    let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
+    if let Ok(secs) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate_parse(value)?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339_weak(value).ok().or_else(|| {
+        // IMF-fixdate, e.g. "Wed, 21 Oct 2015 07:28:00 GMT": reorder into RFC 3339.
+        let parts: Vec<&str> = value.split_whitespace().collect();
+        let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+            return None;
+        };
+        let month = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ]
+        .iter()
+        .position(|m| m == month)?
+            + 1;
+        humantime::parse_rfc3339(&format!("{year}-{month:02}-{day:0>2}T{time}Z")).ok()
+    })
+}
+
+/// Maps a reqwest failure to an error that never includes the URL's query (which could carry tokens).
+pub fn transport_error(e: reqwest::Error) -> RegistryError {
+    let e = e.without_url();
+    if e.is_timeout() {
+        RegistryError::Unreachable("timed out".into())
+    } else if e.is_connect() {
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            reason = s.to_string();
+            source = s.source();
+        }
+        RegistryError::Unreachable(reason)
+    } else if e.is_body() || e.is_decode() {
+        RegistryError::Protocol(format!("reading response: {e}"))
+    } else {
+        RegistryError::Unreachable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_parse() {
+        let t = httpdate_parse("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        assert_eq!(
+            humantime::format_rfc3339(t).to_string(),
+            "2015-10-21T07:28:00Z"
+        );
+        assert!(httpdate_parse("soon").is_none());
+    }
+}

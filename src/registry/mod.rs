@@ -1,0 +1,162 @@
+//! The [`Registry`] trait that every adapter implements, and the types a listing is made of.
+
+pub mod auth;
+pub mod http;
+pub mod oci;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::config::{Kind, RegistryConfig};
+
+/// One tag as a registry lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    /// Tag name.
+    pub name: String,
+    /// Manifest digest, when the listing carries it for free.
+    pub digest: Option<String>,
+    /// When the registry says the image was pushed, if it says.
+    pub pushed_at: Option<SystemTime>,
+}
+
+/// Why a registry call failed. Every variant means "this listing is not complete".
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// 401/403 from the registry or its token endpoint.
+    #[error("invalid credentials ({status}) from {what}")]
+    Unauthorized {
+        /// HTTP status.
+        status: u16,
+        /// "registry" or "token endpoint".
+        what: &'static str,
+    },
+    /// 404 for a repository or tag.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Connection refused, DNS, TLS, timeout.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// 429 that outlived the retries.
+    #[error("rate limited (429)")]
+    RateLimited {
+        /// What `Retry-After` asked for.
+        retry_after: Option<Duration>,
+    },
+    /// Any other unexpected status.
+    #[error("unexpected HTTP status {status} for {what}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// The request, without query secrets.
+        what: String,
+    },
+    /// A body or header that breaks the protocol: bad JSON, oversize, foreign Link, missing digest.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl RegistryError {
+    /// Whether retrying the same request soon may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Unreachable(_) | RegistryError::RateLimited { .. } => true,
+            RegistryError::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// The short outcome `regwatch check` prints.
+    pub fn check_outcome(&self) -> String {
+        match self {
+            RegistryError::Unauthorized { .. } => "invalid credentials (401/403)".into(),
+            RegistryError::NotFound(_) => "not found".into(),
+            RegistryError::Unreachable(reason) => format!("unreachable: {reason}"),
+            other => format!("error: {other}"),
+        }
+    }
+}
+
+/// A registry adapter: lists repositories and tags, and resolves digests.
+#[async_trait]
+pub trait Registry: Send + Sync {
+    /// Checks that the registry answers and accepts the credentials.
+    async fn ping(&self) -> Result<(), RegistryError>;
+    /// Every repository the catalog lists (complete, or an error).
+    async fn list_repositories(&self) -> Result<Vec<String>, RegistryError>;
+    /// Every tag of `repo` (complete, or an error), with digests where the listing carries them.
+    /// A repository that does not exist is `NotFound`.
+    async fn list_tags(&self, repo: &str) -> Result<Vec<Tag>, RegistryError>;
+    /// The manifest digest of `repo:tag`, without pulling the manifest.
+    async fn digest(&self, repo: &str, tag: &str) -> Result<String, RegistryError>;
+}
+
+/// Builds the adapter for a registry entry.
+pub fn connect(config: &RegistryConfig) -> Result<Arc<dyn Registry>, RegistryError> {
+    match config.kind {
+        Kind::Oci | Kind::Harbor | Kind::Acr => Ok(Arc::new(oci::OciRegistry::new(config)?)),
+        // Rejected at config load until their adapters land.
+        Kind::Ecr | Kind::Gcr | Kind::Dockerhub => Err(RegistryError::Protocol(format!(
+            "kind {} is not supported by this build",
+            config.kind.as_str()
+        ))),
+    }
+}
+
+/// Whether `name` is a valid repository name per the Distribution spec (safe to put in a URL path).
+pub fn valid_repository(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('/').all(|part| {
+            let b = part.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
+                && b[b.len() - 1].is_ascii_lowercase() | b[b.len() - 1].is_ascii_digit()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
+        })
+}
+
+/// Whether `tag` is a valid tag per the Distribution spec: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+}
+
+/// Whether `digest` looks like `algorithm:hex` (sha256/sha512).
+pub fn valid_digest(digest: &str) -> bool {
+    match digest.split_once(':') {
+        Some(("sha256", hex)) => hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_hexdigit()),
+        Some(("sha512", hex)) => hex.len() == 128 && hex.bytes().all(|c| c.is_ascii_hexdigit()),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_distribution_grammar() {
+        assert!(valid_repository("team/app"));
+        assert!(valid_repository("a.b-c_d/e2"));
+        assert!(!valid_repository("Team/app"));
+        assert!(!valid_repository("team//app"));
+        assert!(!valid_repository("../etc"));
+        assert!(!valid_repository("app?x=1"));
+        assert!(valid_tag("v1.2.3"));
+        assert!(valid_tag("_x"));
+        assert!(!valid_tag(".hidden"));
+        assert!(!valid_tag("a/b"));
+        assert!(!valid_tag(&"a".repeat(129)));
+        assert!(valid_digest(&format!("sha256:{}", "a".repeat(64))));
+        assert!(!valid_digest("sha256:xyz"));
+        assert!(!valid_digest("md5:abc"));
+    }
+}

@@ -1,0 +1,376 @@
+//! The OCI Distribution v2 client: ping, `_catalog` and `tags/list` pagination, and HEAD digests.
+//! Harbor and ACR speak it as is.
+
+use async_trait::async_trait;
+use reqwest::header::{self, HeaderValue};
+use reqwest::{Method, Response, StatusCode};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use url::Url;
+
+use super::auth::Authenticator;
+use super::http::{BODY_CAP, Transport, expect_json, read_body};
+use super::{Registry, RegistryError, Tag, valid_digest, valid_repository, valid_tag};
+use crate::config::RegistryConfig;
+
+/// A listing needing more pages than this is refused as runaway (10 M tags at n=1000).
+const MAX_PAGES: usize = 10_000;
+/// The manifest types a HEAD accepts, so the registry reports the digest it would serve.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// A Distribution v2 registry.
+pub struct OciRegistry {
+    base: Url,
+    transport: Transport,
+    auth: Authenticator,
+    page_size: u32,
+}
+
+#[derive(Deserialize)]
+struct TagsPage {
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct CatalogPage {
+    #[serde(default)]
+    repositories: Option<Vec<String>>,
+}
+
+impl OciRegistry {
+    /// A client for one registry entry.
+    pub fn new(config: &RegistryConfig) -> Result<Self, RegistryError> {
+        Ok(OciRegistry {
+            base: config.url.clone(),
+            transport: Transport::new(config)?,
+            auth: Authenticator::new(config.credentials.clone(), config.insecure),
+            page_size: config.page_size,
+        })
+    }
+
+    fn endpoint(&self, path: &str) -> Url {
+        // The base may carry a path prefix; the API lives below it.
+        let mut url = self.base.clone();
+        let joined = format!("{}{path}", self.base.path().trim_end_matches('/'));
+        url.set_path(&joined);
+        url
+    }
+
+    /// Sends one request with the credentials `scope` needs, answering one 401 challenge.
+    async fn request(
+        &self,
+        method: Method,
+        url: &Url,
+        scope: &str,
+        accept: Option<&str>,
+    ) -> Result<Response, RegistryError> {
+        for attempt in 0..2 {
+            let auth = self.auth.header(&self.transport, scope).await?;
+            let auth = auth
+                .map(|a| HeaderValue::from_str(a.expose_secret()))
+                .transpose()
+                .map_err(|_| {
+                    RegistryError::Protocol(
+                        "credentials contain characters not allowed in a header".into(),
+                    )
+                })?
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                });
+            let response = self
+                .transport
+                .send(|| {
+                    let mut req = self.transport.client().request(method.clone(), url.clone());
+                    if let Some(a) = &auth {
+                        req = req.header(header::AUTHORIZATION, a.clone());
+                    }
+                    if let Some(accept) = accept {
+                        req = req.header(header::ACCEPT, accept);
+                    }
+                    req
+                })
+                .await?;
+            match response.status() {
+                StatusCode::UNAUTHORIZED if attempt == 0 => {
+                    let challenge = response
+                        .headers()
+                        .get(header::WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok());
+                    self.auth.on_challenge(challenge, scope)?;
+                }
+                s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                    return Err(RegistryError::Unauthorized {
+                        status: s.as_u16(),
+                        what: "registry",
+                    });
+                }
+                _ => return Ok(response),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// Follows `first` and its `Link: rel="next"` pages, returning every entry `extract` finds.
+    async fn paginate(
+        &self,
+        first: Url,
+        scope: &str,
+        extract: fn(&[u8]) -> Result<Vec<String>, serde_json::Error>,
+    ) -> Result<Vec<String>, RegistryError> {
+        let page_size = self.page_size as usize;
+        let mut items: Vec<String> = Vec::new();
+        let mut visited = std::collections::HashSet::new();
+        let mut next = Some((first, None::<String>));
+        while let Some((url, asked_after)) = next.take() {
+            if visited.len() >= MAX_PAGES {
+                return Err(RegistryError::Protocol(format!(
+                    "more than {MAX_PAGES} pages; refusing runaway pagination"
+                )));
+            }
+            if !visited.insert(url.as_str().to_owned()) {
+                return Err(RegistryError::Protocol(
+                    "pagination loops back to a page already read".into(),
+                ));
+            }
+            let response = self.request(Method::GET, &url, scope, None).await?;
+            match response.status() {
+                s if s.is_success() => {}
+                StatusCode::NOT_FOUND => {
+                    return Err(RegistryError::NotFound(url.path().to_owned()));
+                }
+                s => {
+                    return Err(RegistryError::Status {
+                        status: s.as_u16(),
+                        what: url.path().to_owned(),
+                    });
+                }
+            }
+            let link = next_link(&response, &url, &self.base)?;
+            expect_json(&response)?;
+            let body = read_body(response, BODY_CAP).await?;
+            let page = extract(&body).map_err(|e| {
+                RegistryError::Protocol(format!("invalid listing JSON from {}: {e}", url.path()))
+            })?;
+            let page_len = page.len();
+            // A follow-up asked with `last=` that brings nothing past `last` means the list is complete.
+            if let Some(last) = &asked_after
+                && !page.iter().any(|p| p > last)
+            {
+                break;
+            }
+            items.extend(page);
+            next = match link {
+                Some(link) => Some((link, None)),
+                // A full page without a Link may be a registry that forgets it: ask once more.
+                None if page_len >= page_size => items.last().map(|last| {
+                    let mut u = url.clone();
+                    let kept: Vec<(String, String)> = u
+                        .query_pairs()
+                        .filter(|(k, _)| k != "last" && k != "n")
+                        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                        .collect();
+                    u.query_pairs_mut()
+                        .clear()
+                        .extend_pairs(kept)
+                        .append_pair("n", &page_size.to_string())
+                        .append_pair("last", last);
+                    (u, Some(last.clone()))
+                }),
+                None => None,
+            };
+        }
+        items.sort_unstable();
+        items.dedup();
+        Ok(items)
+    }
+}
+
+/// The `rel="next"` target of the response's `Link` header, resolved against `current` and
+/// required to stay on the registry's own origin.
+fn next_link(response: &Response, current: &Url, base: &Url) -> Result<Option<Url>, RegistryError> {
+    let Some(value) = response.headers().get(header::LINK) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| RegistryError::Protocol("Link header is not ASCII".into()))?;
+    let Some(target) = parse_next_link(value) else {
+        return Ok(None);
+    };
+    let url = current
+        .join(target)
+        .map_err(|e| RegistryError::Protocol(format!("Link target is not a URL: {e}")))?;
+    if url.scheme() != base.scheme()
+        || url.host_str() != base.host_str()
+        || url.port_or_known_default() != base.port_or_known_default()
+    {
+        return Err(RegistryError::Protocol(
+            "Link header points to another host".into(),
+        ));
+    }
+    Ok(Some(url))
+}
+
+/// Extracts the target of the `rel="next"` entry from a `Link` header value.
+pub fn parse_next_link(value: &str) -> Option<&str> {
+    let mut rest = value;
+    loop {
+        let open = rest.find('<')?;
+        let close = open + rest[open..].find('>')?;
+        let target = &rest[open + 1..close];
+        let after = &rest[close + 1..];
+        let params_end = after.find('<').unwrap_or(after.len());
+        let is_next = after[..params_end].split(';').any(|p| {
+            let p = p.trim().trim_end_matches(',').trim();
+            p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("rel")
+                    && v.trim()
+                        .trim_matches('"')
+                        .split_whitespace()
+                        .any(|r| r.eq_ignore_ascii_case("next"))
+            })
+        });
+        if is_next {
+            return Some(target);
+        }
+        rest = after;
+    }
+}
+
+fn tags_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    serde_json::from_slice::<TagsPage>(body).map(|p| p.tags.unwrap_or_default())
+}
+
+fn repositories_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    serde_json::from_slice::<CatalogPage>(body).map(|p| p.repositories.unwrap_or_default())
+}
+
+#[async_trait]
+impl Registry for OciRegistry {
+    async fn ping(&self) -> Result<(), RegistryError> {
+        let url = self.endpoint("/v2/");
+        let response = self.request(Method::GET, &url, "", None).await?;
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(RegistryError::NotFound("no registry API at /v2/".into())),
+            s => Err(RegistryError::Status {
+                status: s.as_u16(),
+                what: "/v2/".into(),
+            }),
+        }
+    }
+
+    async fn list_repositories(&self) -> Result<Vec<String>, RegistryError> {
+        let mut url = self.endpoint("/v2/_catalog");
+        url.query_pairs_mut()
+            .append_pair("n", &self.page_size.to_string());
+        let repos = self
+            .paginate(url, "registry:catalog:*", repositories_of)
+            .await?;
+        if let Some(bad) = repos.iter().find(|r| !valid_repository(r)) {
+            return Err(RegistryError::Protocol(format!(
+                "catalog lists an invalid repository name {bad:?}"
+            )));
+        }
+        Ok(repos)
+    }
+
+    async fn list_tags(&self, repo: &str) -> Result<Vec<Tag>, RegistryError> {
+        let mut url = self.endpoint(&format!("/v2/{repo}/tags/list"));
+        url.query_pairs_mut()
+            .append_pair("n", &self.page_size.to_string());
+        let scope = format!("repository:{repo}:pull");
+        let tags = self.paginate(url, &scope, tags_of).await?;
+        if let Some(bad) = tags.iter().find(|t| !valid_tag(t)) {
+            return Err(RegistryError::Protocol(format!(
+                "{repo} lists an invalid tag {bad:?}"
+            )));
+        }
+        Ok(tags
+            .into_iter()
+            .map(|name| Tag {
+                name,
+                digest: None,
+                pushed_at: None,
+            })
+            .collect())
+    }
+
+    async fn digest(&self, repo: &str, tag: &str) -> Result<String, RegistryError> {
+        let url = self.endpoint(&format!("/v2/{repo}/manifests/{tag}"));
+        let scope = format!("repository:{repo}:pull");
+        let response = self
+            .request(Method::HEAD, &url, &scope, Some(MANIFEST_ACCEPT))
+            .await?;
+        match response.status() {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => return Err(RegistryError::NotFound(format!("{repo}:{tag}"))),
+            s => {
+                return Err(RegistryError::Status {
+                    status: s.as_u16(),
+                    what: format!("HEAD {repo}:{tag}"),
+                });
+            }
+        }
+        let digest = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                RegistryError::Protocol(format!("HEAD {repo}:{tag} has no Docker-Content-Digest"))
+            })?;
+        if !valid_digest(digest) {
+            return Err(RegistryError::Protocol(format!(
+                "HEAD {repo}:{tag} has a malformed digest"
+            )));
+        }
+        Ok(digest.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_next_is_found() {
+        assert_eq!(
+            parse_next_link(r#"</v2/a/tags/list?last=x&n=2>; rel="next""#),
+            Some("/v2/a/tags/list?last=x&n=2")
+        );
+        assert_eq!(
+            parse_next_link(r#"<https://h/p1>; rel="prev", <https://h/p3>; rel="next""#),
+            Some("https://h/p3")
+        );
+        assert_eq!(
+            parse_next_link(r#"<https://h/p>; rel=next"#),
+            Some("https://h/p")
+        );
+        assert_eq!(parse_next_link(r#"<https://h/p>; rel="prev""#), None);
+        assert_eq!(parse_next_link("garbage"), None);
+        assert_eq!(parse_next_link("<unterminated; rel=next"), None);
+    }
+
+    #[test]
+    fn listing_json_tolerates_null_tags() {
+        assert_eq!(
+            tags_of(br#"{"name":"a","tags":null}"#).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            tags_of(br#"{"name":"a","tags":["x","y"]}"#).unwrap(),
+            vec!["x", "y"]
+        );
+        assert!(tags_of(b"{\"tags\":[\"x\"").is_err(), "truncated body");
+        assert!(tags_of(b"{\"tags\":[\"\xff\"]}").is_err(), "invalid UTF-8");
+        assert_eq!(
+            repositories_of(br#"{"repositories":["a/b"]}"#).unwrap(),
+            vec!["a/b"]
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Scanning: the pure diff, one scan cycle, and the per-registry scheduler.
+
+pub mod diff;
+pub mod scan;
+pub mod scheduler;

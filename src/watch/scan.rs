@@ -1,0 +1,276 @@
+//! One scan cycle of one registry: resolve the watch set, list each repository completely, look up
+//! the digests that matter, diff against the stored snapshot, and commit snapshot and events together.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+use tokio::sync::Notify;
+
+use super::diff::{self, Snapshot};
+use crate::config::{FirstRun, RegistryConfig, RepoPattern};
+use crate::event::{self, Event, Origin};
+use crate::registry::{Registry, RegistryError};
+use crate::store::{RepoState, Store, StoreError};
+
+/// What a cycle does with its results.
+#[derive(Clone)]
+pub enum Output {
+    /// Commit snapshots and events to the store, and wake the publisher.
+    Commit {
+        /// The store.
+        store: Arc<Store>,
+        /// Woken after each commit that added events.
+        published: Arc<Notify>,
+    },
+    /// Print events to stdout and store nothing; reads the store, when there is one, for context.
+    DryRun {
+        /// The existing store, if any.
+        store: Option<Arc<Store>>,
+    },
+}
+
+impl Output {
+    fn store(&self) -> Option<&Store> {
+        match self {
+            Output::Commit { store, .. } => Some(store),
+            Output::DryRun { store } => store.as_deref(),
+        }
+    }
+}
+
+/// Why a cycle or a repository scan failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The registry failed or answered nonsense.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What one cycle did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CycleReport {
+    /// Repositories in the watch set.
+    pub repositories: usize,
+    /// Repositories whose scan failed (their snapshots are untouched).
+    pub failed: usize,
+    /// Events committed (or printed, in a dry run).
+    pub events: usize,
+    /// Digest lookups (HEAD requests) made.
+    pub digest_lookups: usize,
+}
+
+/// Scans one registry.
+pub struct Scanner {
+    /// The registry's configuration.
+    pub config: Arc<RegistryConfig>,
+    /// Its adapter.
+    pub registry: Arc<dyn Registry>,
+    /// `daemon.first_run`.
+    pub first_run: FirstRun,
+    /// `daemon.emit_removed`.
+    pub emit_removed: bool,
+}
+
+impl Scanner {
+    /// The repositories the config selects: exact names, plus catalog entries matching a glob.
+    pub async fn watch_set(&self) -> Result<Vec<String>, RegistryError> {
+        let mut repos: Vec<String> = self
+            .config
+            .repositories
+            .iter()
+            .filter_map(|p| match p {
+                RepoPattern::Exact(name) => Some(name.clone()),
+                RepoPattern::Glob(_) => None,
+            })
+            .collect();
+        if self.config.needs_catalog() {
+            let catalog = self.registry.list_repositories().await?;
+            repos.extend(
+                catalog
+                    .into_iter()
+                    .filter(|r| self.config.repositories.iter().any(|p| p.matches(r))),
+            );
+        }
+        repos.sort_unstable();
+        repos.dedup();
+        Ok(repos)
+    }
+
+    /// Runs one cycle. Stops starting repositories once `stop()` is true; those in flight finish.
+    /// Returns an error only when the watch set itself could not be listed.
+    pub async fn cycle(
+        &self,
+        output: &Output,
+        stop: impl Fn() -> bool,
+    ) -> Result<CycleReport, ScanError> {
+        let repos = self.watch_set().await?;
+        let first_seen = self.classify_new(&repos, output.store())?;
+        if let Output::Commit { store, .. } = output {
+            let patterns: Vec<String> = self
+                .config
+                .repositories
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect();
+            store.record_listing(&self.config.name, &patterns, &first_seen)?;
+        }
+        let first_seen: std::collections::HashMap<String, bool> = first_seen.into_iter().collect();
+
+        let mut report = CycleReport {
+            repositories: repos.len(),
+            ..CycleReport::default()
+        };
+        let results: Vec<(String, Result<(usize, usize), ScanError>)> = stream::iter(repos)
+            .take_while(|_| std::future::ready(!stop()))
+            .map(|repo| {
+                let pending_emit = first_seen.get(&repo).copied();
+                async move {
+                    let result = self.scan_repository(&repo, pending_emit, output).await;
+                    (repo, result)
+                }
+            })
+            .buffer_unordered(self.config.concurrency)
+            .collect()
+            .await;
+        for (repo, result) in results {
+            match result {
+                Ok((events, lookups)) => {
+                    report.events += events;
+                    report.digest_lookups += lookups;
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::warn!(registry = %self.config.name, repository = %repo, error = %e, "scan failed; snapshot left unchanged");
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Decides, for repositories the store has never seen, whether their first scan emits: only if
+    /// the registry was listed before and the repository already matched the watch set then (so it
+    /// is genuinely new, not brought in by a config edit or a first run).
+    fn classify_new(
+        &self,
+        repos: &[String],
+        store: Option<&Store>,
+    ) -> Result<Vec<(String, bool)>, StoreError> {
+        let Some(store) = store else {
+            let emit = self.first_run == FirstRun::Emit;
+            return Ok(repos.iter().map(|r| (r.clone(), emit)).collect());
+        };
+        let known: HashSet<String> = store.repositories(&self.config.name)?;
+        let previous = store.watch_set(&self.config.name)?;
+        let previous: Option<Vec<RepoPattern>> = previous.map(|ps| {
+            ps.iter()
+                .filter_map(|p| RepoPattern::parse(p).ok())
+                .collect()
+        });
+        Ok(repos
+            .iter()
+            .filter(|r| !known.contains(*r))
+            .map(|r| {
+                let emit = match &previous {
+                    None => self.first_run == FirstRun::Emit,
+                    Some(patterns) => patterns.iter().any(|p| p.matches(r)),
+                };
+                (r.clone(), emit)
+            })
+            .collect())
+    }
+
+    /// Scans one repository; returns (events, digest lookups). Any failure leaves the store as it was.
+    async fn scan_repository(
+        &self,
+        repo: &str,
+        first_seen_emit: Option<bool>,
+        output: &Output,
+    ) -> Result<(usize, usize), ScanError> {
+        let state = match output.store() {
+            Some(store) => store.repo_state(&self.config.name, repo)?,
+            None => None,
+        };
+        let state = state.or(first_seen_emit.map(|emit| RepoState::Pending { emit }));
+        let (previous, was_known) = match state {
+            Some(RepoState::Known(s)) => (Some(s), true),
+            Some(RepoState::Pending { emit: true }) => (Some(Snapshot::default()), false),
+            Some(RepoState::Pending { emit: false }) | None => (None, false),
+        };
+
+        let mut listing = match self.registry.list_tags(repo).await {
+            Ok(tags) => tags,
+            // A repository that does not exist (yet) is empty, unless we remember tags in it: then a
+            // 404 is more likely a glitch than a deletion, and deletions need a positive listing.
+            Err(RegistryError::NotFound(_))
+                if previous.as_ref().is_none_or(|p| p.tags.is_empty()) =>
+            {
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        let wanted = diff::needs_digest(previous.as_ref(), &listing, &self.config.tags);
+        let lookups = wanted.len();
+        let digests: Vec<(usize, String)> = stream::iter(wanted)
+            .map(|i| {
+                let tag = listing[i].name.clone();
+                async move { self.registry.digest(repo, &tag).await.map(|d| (i, d)) }
+            })
+            .buffer_unordered(self.config.concurrency)
+            .try_collect()
+            .await?;
+        for (i, d) in digests {
+            listing[i].digest = Some(d);
+        }
+
+        let outcome = diff::diff(
+            previous.as_ref(),
+            listing,
+            &self.config.tags,
+            self.emit_removed,
+        );
+        if was_known && outcome.changes.is_empty() && previous.as_ref() == Some(&outcome.snapshot) {
+            return Ok((0, lookups));
+        }
+        let origin = Origin {
+            registry: &self.config.name,
+            kind: self.config.kind,
+            host: &self.config.host,
+            repository: repo,
+        };
+        let now = SystemTime::now();
+        let events: Vec<Event> = outcome
+            .changes
+            .iter()
+            .map(|c| event::build(origin, c, now))
+            .collect();
+        match output {
+            Output::Commit { store, published } => {
+                store.commit_scan(&self.config.name, repo, &outcome.snapshot, &events)?;
+                if !events.is_empty() {
+                    published.notify_one();
+                }
+            }
+            Output::DryRun { .. } => {
+                let mut out = std::io::stdout().lock();
+                for e in &events {
+                    use std::io::Write;
+                    // A closed stdout in a dry run is the reader's choice; nothing to recover.
+                    let _ = writeln!(out, "{}", e.payload);
+                }
+            }
+        }
+        if previous.is_none() {
+            tracing::info!(registry = %self.config.name, repository = %repo, tags = outcome.snapshot.tags.len(), "baseline recorded");
+        }
+        for c in &outcome.changes {
+            tracing::info!(registry = %self.config.name, repository = %repo, tag = %c.tag, change = c.kind.event_type(), "change detected");
+        }
+        Ok((events.len(), lookups))
+    }
+}
