@@ -124,6 +124,7 @@ impl OciRegistry {
     ) -> Result<Vec<String>, RegistryError> {
         let page_size = self.page_size as usize;
         let mut items: Vec<String> = Vec::new();
+        let mut highest: Option<String> = None;
         let mut visited = std::collections::HashSet::new();
         let mut next = Some((first, None::<String>));
         while let Some((url, asked_after)) = next.take() {
@@ -157,17 +158,24 @@ impl OciRegistry {
                 RegistryError::Protocol(format!("invalid listing JSON from {}: {e}", url.path()))
             })?;
             let page_len = page.len();
-            // A follow-up asked with `last=` that brings nothing past `last` means the list is complete.
+            // A follow-up asked with `last=` that brings nothing past `last` means the list is
+            // complete (this also ends registries that ignore `n` and `last` and send everything).
             if let Some(last) = &asked_after
                 && !page.iter().any(|p| p > last)
             {
                 break;
             }
+            if let Some(page_max) = page.iter().max()
+                && highest.as_ref().is_none_or(|h| page_max > h)
+            {
+                highest = Some(page_max.clone());
+            }
             items.extend(page);
             next = match link {
                 Some(link) => Some((link, None)),
-                // A full page without a Link may be a registry that forgets it: ask once more.
-                None if page_len >= page_size => items.last().map(|last| {
+                // A full page without a Link may come from a registry that forgets it: ask once
+                // more, for what sorts after the highest entry seen so far.
+                None if page_len >= page_size => highest.as_ref().map(|last| {
                     let mut u = url.clone();
                     let kept: Vec<(String, String)> = u
                         .query_pairs()

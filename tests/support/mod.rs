@@ -1,0 +1,456 @@
+//! Real components for the integration tests: Debian's `docker-registry` and the Tansu broker, each
+//! started on a free loopback port; a client that pushes images through the Distribution API; a
+//! Kafka consumer; and helpers to run the `regwatch` binary.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sha2::{Digest, Sha256};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The path of a required tool, or a loud failure that says how to install it.
+pub fn require(binary: &str, install: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(binary))
+            .find(|p| p.is_file())
+    });
+    let home_cargo =
+        std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin").join(binary));
+    found
+        .or(home_cargo.filter(|p| p.is_file()))
+        .unwrap_or_else(|| panic!("`{binary}` is required by this test but was not found on PATH; install it with: {install}"))
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited during startup: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on port {port} within 30 s");
+}
+
+/// How a test registry authenticates.
+#[derive(Clone)]
+pub enum Auth {
+    /// No auth.
+    None,
+    /// htpasswd Basic auth with this user and password.
+    Htpasswd(String, String),
+}
+
+/// A running `docker-registry serve`.
+pub struct Registry {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub host: String,
+    /// Credentials to push with, if any.
+    pub auth: Auth,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry with its own storage.
+    pub fn start(auth: Auth) -> Registry {
+        let bin = require("docker-registry", "apt-get install docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let auth_yaml = match &auth {
+            Auth::None => String::new(),
+            Auth::Htpasswd(user, pass) => {
+                let hash = bcrypt::hash(pass, 4).unwrap();
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, format!("{user}:{hash}\n")).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: regwatch-test\n    path: {}\n",
+                    file.display()
+                )
+            }
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        wait_for_port(port, &mut child, "docker-registry");
+        Registry {
+            child,
+            host: format!("127.0.0.1:{port}"),
+            auth,
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.host)
+    }
+
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let req = client.request(method, format!("{}{path}", self.url()));
+        match &self.auth {
+            Auth::None => req,
+            Auth::Htpasswd(u, p) => req.basic_auth(u, Some(p)),
+        }
+    }
+
+    async fn upload_blob(&self, client: &reqwest::Client, repo: &str, data: &[u8]) -> String {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
+        let start = self
+            .request(
+                client,
+                reqwest::Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(start.status(), 202, "start blob upload to {repo}");
+        let location = start.headers()["location"].to_str().unwrap();
+        let mut url = reqwest::Url::parse(&self.url())
+            .unwrap()
+            .join(location)
+            .unwrap();
+        url.query_pairs_mut().append_pair("digest", &digest);
+        let path = format!("{}?{}", url.path(), url.query().unwrap());
+        let resp = self
+            .request(client, reqwest::Method::PUT, &path)
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            201,
+            "blob upload to {repo}: {}",
+            resp.text().await.unwrap_or_default()
+        );
+        digest
+    }
+
+    /// Pushes a small, unique image as `repo:tag` and returns the manifest digest the registry reports.
+    pub async fn push(&self, repo: &str, tag: &str) -> String {
+        let client = reqwest::Client::new();
+        let nonce = format!(
+            "{repo}:{tag}:{:?}:{}",
+            Instant::now(),
+            rand::random::<u64>()
+        );
+        let layer = nonce.as_bytes();
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"comment":"{nonce}"}}"#
+        );
+        let layer_digest = self.upload_blob(&client, repo, layer).await;
+        let config_digest = self.upload_blob(&client, repo, config.as_bytes()).await;
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":{},"digest":"{config_digest}"}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":{},"digest":"{layer_digest}"}}]}}"#,
+            config.len(),
+            layer.len()
+        );
+        let resp = self
+            .request(
+                &client,
+                reqwest::Method::PUT,
+                &format!("/v2/{repo}/manifests/{tag}"),
+            )
+            .header(
+                "content-type",
+                "application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .body(manifest.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "manifest put {repo}:{tag}");
+        let digest = resp.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            digest,
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(manifest.as_bytes()))
+            )
+        );
+        digest
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running Tansu broker with in-memory storage.
+pub struct Tansu {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub brokers: String,
+    port: u16,
+}
+
+impl Tansu {
+    /// Starts a broker on a free port.
+    pub fn start() -> Tansu {
+        Self::start_on(free_port())
+    }
+
+    /// Starts a broker on `port` (to restart one where clients expect it).
+    pub fn start_on(port: u16) -> Tansu {
+        let bin = require(
+            "tansu",
+            "cargo install tansu --locked --version 0.6.0 --features dynostore",
+        );
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        wait_for_port(port, &mut child, "tansu");
+        Tansu {
+            child,
+            brokers: format!("127.0.0.1:{port}"),
+            port,
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One consumed Kafka record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: String,
+    pub payload: serde_json::Value,
+    pub content_type: Option<String>,
+}
+
+/// Reads `topic` from the beginning until `want` records arrived, or `quiet` passed with nothing
+/// new after at least `want` (use `want` = 0 to collect whatever arrives within `quiet`).
+pub fn consume(
+    brokers: &str,
+    topic: &str,
+    want: usize,
+    timeout: Duration,
+    quiet: Duration,
+) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-{}", rand::random::<u32>()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let partitions = metadata.topics()[0].partitions().len();
+    assert!(partitions > 0, "topic {topic} has no partitions");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let started = Instant::now();
+    let mut last_new = Instant::now();
+    let mut out = Vec::new();
+    while started.elapsed() < timeout {
+        if want > 0 && out.len() >= want && last_new.elapsed() >= quiet {
+            break;
+        }
+        if want == 0 && last_new.elapsed() >= quiet {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let content_type = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == "content-type")
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                });
+                out.push(Record {
+                    key: String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+                    payload: serde_json::from_slice(m.payload().unwrap()).unwrap(),
+                    content_type,
+                });
+                last_new = Instant::now();
+            }
+            Some(Err(e)) => eprintln!("consumer: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// A scratch directory with a config file for `regwatch`.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Setup {
+    /// Writes `body` (the `[[registry]]` and `[kafka]` parts) after a `[daemon]` section whose
+    /// `state_dir` is inside the scratch directory.
+    pub fn new(daemon_extra: &str, body: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("regwatch.toml");
+        let admin = free_port();
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\nstate_dir = \"{}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n{daemon_extra}\n{body}",
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        Setup { dir, config }
+    }
+
+    /// Runs `regwatch ARGS -c CONFIG` to completion: (exit code, stdout, stderr).
+    pub fn regwatch(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .env("RUST_LOG", "regwatch=debug")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts `regwatch run` in the background.
+    pub fn spawn(&self) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .env("RUST_LOG", "regwatch=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Daemon { child }
+    }
+}
+
+/// A running `regwatch run`.
+pub struct Daemon {
+    pub child: Child,
+}
+
+impl Daemon {
+    /// Sends SIGTERM and waits: (exit code, stdout, stderr).
+    pub fn stop(mut self) -> (i32, String, String) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc_kill(self.child.id() as i32, 15);
+        }
+        let status = self.child.wait().unwrap();
+        let mut out = String::new();
+        let mut err = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.code().unwrap_or(-1), out, err)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// `user:pass` as a Basic header value would carry it.
+pub fn basic_b64(user: &str, pass: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+}
+
+/// Parses stdout JSON lines.
+pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
