@@ -232,11 +232,10 @@ impl Store {
                 .insert(repo_key(registry, repository).as_str(), state.as_slice())
                 .map_err(io)?;
             let mut outbox = tx.open_table(OUTBOX).map_err(io)?;
-            let mut next = outbox.last().map_err(io)?.map_or(0, |(k, _)| k.value() + 1);
-            for event in events {
+            let first = outbox.last().map_err(io)?.map_or(0, |(k, _)| k.value() + 1);
+            for (seq, event) in (first..).zip(events) {
                 let encoded = serde_json::to_vec(event).expect("event serializes");
-                outbox.insert(next, encoded.as_slice()).map_err(io)?;
-                next += 1;
+                outbox.insert(seq, encoded.as_slice()).map_err(io)?;
             }
         }
         tx.commit().map_err(io)

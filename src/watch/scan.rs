@@ -64,6 +64,12 @@ pub struct CycleReport {
     pub digest_lookups: usize,
 }
 
+/// What one repository scan did.
+struct RepoOutcome {
+    events: usize,
+    digest_lookups: usize,
+}
+
 /// Scans one registry.
 pub struct Scanner {
     /// The registry's configuration.
@@ -125,7 +131,7 @@ impl Scanner {
             repositories: repos.len(),
             ..CycleReport::default()
         };
-        let results: Vec<(String, Result<(usize, usize), ScanError>)> = stream::iter(repos)
+        let results: Vec<(String, Result<RepoOutcome, ScanError>)> = stream::iter(repos)
             .take_while(|_| std::future::ready(!stop()))
             .map(|repo| {
                 let pending_emit = first_seen.get(&repo).copied();
@@ -139,9 +145,9 @@ impl Scanner {
             .await;
         for (repo, result) in results {
             match result {
-                Ok((events, lookups)) => {
-                    report.events += events;
-                    report.digest_lookups += lookups;
+                Ok(outcome) => {
+                    report.events += outcome.events;
+                    report.digest_lookups += outcome.digest_lookups;
                 }
                 Err(e) => {
                     report.failed += 1;
@@ -184,13 +190,13 @@ impl Scanner {
             .collect())
     }
 
-    /// Scans one repository; returns (events, digest lookups). Any failure leaves the store as it was.
+    /// Scans one repository. Any failure leaves the store as it was.
     async fn scan_repository(
         &self,
         repo: &str,
         first_seen_emit: Option<bool>,
         output: &Output,
-    ) -> Result<(usize, usize), ScanError> {
+    ) -> Result<RepoOutcome, ScanError> {
         let state = match output.store() {
             Some(store) => store.repo_state(&self.config.name, repo)?,
             None => None,
@@ -235,7 +241,10 @@ impl Scanner {
             self.emit_removed,
         );
         if was_known && outcome.changes.is_empty() && previous.as_ref() == Some(&outcome.snapshot) {
-            return Ok((0, lookups));
+            return Ok(RepoOutcome {
+                events: 0,
+                digest_lookups: lookups,
+            });
         }
         let origin = Origin {
             registry: &self.config.name,
@@ -271,6 +280,9 @@ impl Scanner {
         for c in &outcome.changes {
             tracing::info!(registry = %self.config.name, repository = %repo, tag = %c.tag, change = c.kind.event_type(), "change detected");
         }
-        Ok((events.len(), lookups))
+        Ok(RepoOutcome {
+            events: events.len(),
+            digest_lookups: lookups,
+        })
     }
 }
