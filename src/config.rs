@@ -917,6 +917,15 @@ url = "https://registry.example.com"
     }
 
     #[test]
+    fn shipped_configs_parse() {
+        let example = include_str!("../config/regwatch.example.toml").replace("${REGISTRY_PASSWORD}", "x");
+        let c = parse(&example).unwrap();
+        assert_eq!(c.kafka.unwrap().properties.len(), 0);
+        assert_eq!(c.registries[0].tags.include.len(), 1);
+        parse(include_str!("../config/quickstart.toml")).unwrap();
+    }
+
+    #[test]
     fn globs_stay_within_a_segment() {
         let p = RepoPattern::parse("team/*").unwrap();
         assert!(p.matches("team/app"));

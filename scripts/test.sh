@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up everything the test suite needs on a fresh Debian machine, then runs the whole suite.
+# Each install is skipped when the tool is already present. Run as root (CI) or with sudo rights.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# Debian packages: the real registry the tests run, and what rdkafka and aws-lc need to build.
+missing=()
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+for pkg in build-essential cmake pkg-config libssl-dev zlib1g-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "test.sh: installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# Tansu, the Kafka-protocol broker the end-to-end tests publish to (memory engine needs dynostore).
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v tansu >/dev/null 2>&1; then
+  echo "test.sh: installing tansu 0.6.0 (first time only; takes a few minutes)"
+  cargo install tansu --locked --version 0.6.0 --features dynostore
+fi
+
+cargo test --all-targets "$@"
