@@ -918,7 +918,8 @@ url = "https://registry.example.com"
 
     #[test]
     fn shipped_configs_parse() {
-        let example = include_str!("../config/regwatch.example.toml").replace("${REGISTRY_PASSWORD}", "x");
+        let example =
+            include_str!("../config/regwatch.example.toml").replace("${REGISTRY_PASSWORD}", "x");
         let c = parse(&example).unwrap();
         assert_eq!(c.kafka.unwrap().properties.len(), 0);
         assert_eq!(c.registries[0].tags.include.len(), 1);

@@ -3,6 +3,8 @@
 //! Kafka consumer; and helpers to run the `regwatch` binary.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod synthetic;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

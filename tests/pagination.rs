@@ -1,0 +1,173 @@
+//! Listing against a spec-conformant in-process registry: `n`/`last`/`Link` paging across many pages,
+//! the `last=` follow-up when a registry drops `Link`, guards against foreign and looping links, and
+//! the request cost of baseline and idle cycles.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use regwatch::config;
+use regwatch::registry::{Registry, RegistryError, oci::OciRegistry};
+use regwatch::store::Store;
+use regwatch::watch::scan::{Output, Scanner};
+use support::synthetic::{Quirk, Synthetic, serve};
+use tokio::sync::Notify;
+
+fn registry_config(host: &str, page_size: u32, repos: &str) -> config::RegistryConfig {
+    let text = format!(
+        "[[registry]]\nname = \"syn\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\npage_size = {page_size}\nrate_limit = 10000\nrepositories = [{repos}]\nmutable_tags = [\"latest\"]\n"
+    );
+    config::parse(&text).unwrap().registries.remove(0)
+}
+
+async fn synthetic(tags: usize) -> (Arc<Synthetic>, String) {
+    let state = Arc::new(Synthetic::default());
+    for i in 0..tags {
+        state.put("team/app", &format!("t{i:04}"), 0);
+    }
+    let host = serve(state.clone()).await;
+    (state, host)
+}
+
+#[tokio::test]
+async fn tags_follow_link_across_many_pages() {
+    let (state, host) = synthetic(100).await;
+    for quirk in [Quirk::None, Quirk::AbsoluteLink, Quirk::NoLink] {
+        *state.quirk.lock().unwrap() = quirk;
+        state.tags_requests.store(0, Ordering::Relaxed);
+        let client = OciRegistry::new(&registry_config(&host, 7, "\"team/app\"")).unwrap();
+        let tags = client.list_tags("team/app").await.unwrap();
+        let names: Vec<String> = tags.into_iter().map(|t| t.name).collect();
+        let expected: Vec<String> = (0..100).map(|i| format!("t{i:04}")).collect();
+        assert_eq!(names, expected, "{quirk:?}");
+        // 100 tags at n=7 is 15 pages; without Link the client asks once more after each full page.
+        let pages = state.tags_requests.load(Ordering::Relaxed);
+        assert_eq!(pages, 15, "{quirk:?}");
+    }
+}
+
+#[tokio::test]
+async fn exact_multiple_without_link_asks_once_more() {
+    let (state, host) = synthetic(98).await;
+    *state.quirk.lock().unwrap() = Quirk::NoLink;
+    let client = OciRegistry::new(&registry_config(&host, 7, "\"team/app\"")).unwrap();
+    assert_eq!(client.list_tags("team/app").await.unwrap().len(), 98);
+    assert_eq!(
+        state.tags_requests.load(Ordering::Relaxed),
+        15,
+        "14 full pages, then one empty answer"
+    );
+}
+
+#[tokio::test]
+async fn foreign_and_looping_links_are_refused() {
+    let (state, host) = synthetic(30).await;
+    let client = OciRegistry::new(&registry_config(&host, 7, "\"team/app\"")).unwrap();
+    *state.quirk.lock().unwrap() = Quirk::ForeignLink;
+    let e = client.list_tags("team/app").await.unwrap_err();
+    assert!(
+        matches!(&e, RegistryError::Protocol(m) if m.contains("another host")),
+        "{e}"
+    );
+    *state.quirk.lock().unwrap() = Quirk::LoopingLink;
+    let e = client.list_tags("team/app").await.unwrap_err();
+    assert!(
+        matches!(&e, RegistryError::Protocol(m) if m.contains("loops")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn catalog_pages_and_unknown_repository() {
+    let state = Arc::new(Synthetic::default());
+    for i in 0..25 {
+        state.put(&format!("team/r{i:02}"), "v1", 0);
+    }
+    let host = serve(state.clone()).await;
+    let client = OciRegistry::new(&registry_config(&host, 4, "\"team/*\"")).unwrap();
+    assert_eq!(client.list_repositories().await.unwrap().len(), 25);
+    assert_eq!(state.catalog_requests.load(Ordering::Relaxed), 7);
+    assert!(matches!(
+        client.list_tags("nope/x").await,
+        Err(RegistryError::NotFound(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cycles_cost_one_request_per_repository_and_no_manifest_gets() {
+    let state = Arc::new(Synthetic::default());
+    for repo in ["a/one", "a/two", "a/three"] {
+        for t in ["v1", "v2", "latest"] {
+            state.put(repo, t, 0);
+        }
+    }
+    let host = serve(state.clone()).await;
+    let cfg = registry_config(&host, 1000, "\"a/one\", \"a/two\", \"a/three\"");
+    let scanner = Scanner {
+        registry: Arc::new(OciRegistry::new(&cfg).unwrap()),
+        config: Arc::new(cfg),
+        first_run: config::FirstRun::Baseline,
+        emit_removed: false,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let output = Output::Commit {
+        store: store.clone(),
+        published: Arc::new(Notify::new()),
+    };
+
+    let baseline = scanner.cycle(&output, || false).await.unwrap();
+    assert_eq!((baseline.events, baseline.failed), (0, 0));
+    assert_eq!(
+        state.tags_requests.load(Ordering::Relaxed),
+        3,
+        "one tags/list per repository"
+    );
+    assert_eq!(
+        state.head_requests.load(Ordering::Relaxed),
+        3,
+        "HEAD only for the mutable tag"
+    );
+    assert_eq!(
+        state.catalog_requests.load(Ordering::Relaxed),
+        0,
+        "plain names need no catalog"
+    );
+
+    let idle = scanner.cycle(&output, || false).await.unwrap();
+    assert_eq!(idle.events, 0);
+    assert_eq!(state.tags_requests.load(Ordering::Relaxed), 6);
+    assert_eq!(
+        state.head_requests.load(Ordering::Relaxed),
+        6,
+        "mutable tags are re-checked each cycle"
+    );
+
+    let moved = state.put("a/two", "latest", 1);
+    state.put("a/one", "v3", 0);
+    let busy = scanner.cycle(&output, || false).await.unwrap();
+    assert_eq!(busy.events, 2);
+    assert_eq!(
+        state.head_requests.load(Ordering::Relaxed),
+        10,
+        "3 mutable + 1 new tag"
+    );
+    assert_eq!(
+        state.get_manifest_requests.load(Ordering::Relaxed),
+        0,
+        "never a manifest GET"
+    );
+    let events: Vec<String> = store
+        .outbox_batch(10)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e.payload)
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|p| p.contains(&moved) && p.contains("tag.updated")),
+        "{events:?}"
+    );
+}

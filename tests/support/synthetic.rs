@@ -1,0 +1,191 @@
+//! An in-process Distribution registry with exact, spec-conformant `n`/`last`/`Link` paging, request
+//! counters, and switchable misbehaviour. It serves what `docker-registry` 2.8 cannot (it ignores
+//! `n` on tags/list) and scales to a million tags without disk.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::Response;
+use sha2::{Digest, Sha256};
+
+/// How the synthetic registry misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quirk {
+    /// Spec-conformant.
+    #[default]
+    None,
+    /// Full pages carry no `Link` (the client must ask again with `last=`).
+    NoLink,
+    /// `Link` is absolute rather than relative.
+    AbsoluteLink,
+    /// `Link` points at another host.
+    ForeignLink,
+    /// Every `Link` points back at the first page.
+    LoopingLink,
+}
+
+/// Shared state and counters.
+#[derive(Default)]
+pub struct Synthetic {
+    /// Repository → sorted tags → digest.
+    pub repos: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    pub quirk: Mutex<Quirk>,
+    pub catalog_requests: AtomicUsize,
+    pub tags_requests: AtomicUsize,
+    pub head_requests: AtomicUsize,
+    pub get_manifest_requests: AtomicUsize,
+    pub host: Mutex<String>,
+}
+
+/// A digest derived from the content it names.
+pub fn digest_of(repo: &str, tag: &str, version: u32) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(format!("{repo}:{tag}:{version}")))
+    )
+}
+
+impl Synthetic {
+    /// Sets `repo:tag` to the digest of `version`.
+    pub fn put(&self, repo: &str, tag: &str, version: u32) -> String {
+        let d = digest_of(repo, tag, version);
+        self.repos
+            .lock()
+            .unwrap()
+            .entry(repo.into())
+            .or_default()
+            .insert(tag.into(), d.clone());
+        d
+    }
+
+    /// Total requests served.
+    pub fn requests(&self) -> usize {
+        self.catalog_requests.load(Ordering::Relaxed)
+            + self.tags_requests.load(Ordering::Relaxed)
+            + self.head_requests.load(Ordering::Relaxed)
+            + self.get_manifest_requests.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Page {
+    n: Option<usize>,
+    last: Option<String>,
+}
+
+fn page<'a>(items: impl Iterator<Item = &'a String>, q: &Page) -> (Vec<String>, bool) {
+    let n = q.n.unwrap_or(usize::MAX);
+    let mut out: Vec<String> = items
+        .filter(|i| q.last.as_ref().is_none_or(|l| *i > l))
+        .take(n.saturating_add(1))
+        .cloned()
+        .collect();
+    let more = out.len() > n;
+    out.truncate(n);
+    (out, more)
+}
+
+fn link(state: &Synthetic, path: &str, n: usize, last: &str, first: &str) -> Option<HeaderValue> {
+    let host = state.host.lock().unwrap().clone();
+    let rel = format!("{path}?n={n}&last={last}");
+    let target = match *state.quirk.lock().unwrap() {
+        Quirk::None => rel,
+        Quirk::NoLink => return None,
+        Quirk::AbsoluteLink => format!("http://{host}{rel}"),
+        Quirk::ForeignLink => format!("http://elsewhere.invalid{rel}"),
+        Quirk::LoopingLink => first.to_owned(),
+    };
+    HeaderValue::from_str(&format!("<{target}>; rel=\"next\"")).ok()
+}
+
+fn json(body: String, link: Option<HeaderValue>) -> Response {
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    if let Some(l) = link {
+        r.headers_mut().insert("link", l);
+    }
+    r
+}
+
+fn status(code: StatusCode) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = code;
+    r
+}
+
+async fn handle(
+    State(state): State<Arc<Synthetic>>,
+    method: Method,
+    uri: Uri,
+    Query(q): Query<Page>,
+    _h: HeaderMap,
+) -> Response {
+    let path = uri.path().to_owned();
+    let first = format!("{path}?n={}", q.n.unwrap_or(0));
+    if path == "/v2/" {
+        return json("{}".into(), None);
+    }
+    if path == "/v2/_catalog" {
+        state.catalog_requests.fetch_add(1, Ordering::Relaxed);
+        let repos = state.repos.lock().unwrap();
+        let (items, more) = page(repos.keys(), &q);
+        let l = if more {
+            link(&state, &path, q.n.unwrap(), items.last().unwrap(), &first)
+        } else {
+            None
+        };
+        return json(serde_json::json!({ "repositories": items }).to_string(), l);
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return status(StatusCode::NOT_FOUND);
+    };
+    if let Some(repo) = rest.strip_suffix("/tags/list") {
+        state.tags_requests.fetch_add(1, Ordering::Relaxed);
+        let repos = state.repos.lock().unwrap();
+        let Some(tags) = repos.get(repo) else {
+            return status(StatusCode::NOT_FOUND);
+        };
+        let (items, more) = page(tags.keys(), &q);
+        let l = if more {
+            link(&state, &path, q.n.unwrap(), items.last().unwrap(), &first)
+        } else {
+            None
+        };
+        return json(
+            serde_json::json!({ "name": repo, "tags": items }).to_string(),
+            l,
+        );
+    }
+    if let Some((repo, tag)) = rest.split_once("/manifests/") {
+        if method == Method::HEAD {
+            state.head_requests.fetch_add(1, Ordering::Relaxed);
+        } else {
+            state.get_manifest_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let repos = state.repos.lock().unwrap();
+        let Some(d) = repos.get(repo).and_then(|t| t.get(tag)) else {
+            return status(StatusCode::NOT_FOUND);
+        };
+        let mut r = status(StatusCode::OK);
+        r.headers_mut()
+            .insert("docker-content-digest", HeaderValue::from_str(d).unwrap());
+        return r;
+    }
+    status(StatusCode::NOT_FOUND)
+}
+
+/// Serves `state` on a free loopback port in the current tokio runtime; returns `127.0.0.1:PORT`.
+pub async fn serve(state: Arc<Synthetic>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    *state.host.lock().unwrap() = host.clone();
+    let app = Router::new().fallback(handle).with_state(state);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    host
+}
