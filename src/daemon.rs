@@ -1,16 +1,22 @@
 //! Wiring: the commands `run`, `once`, `check`, `tags` and `repos`, built from a loaded [`Config`].
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Hook, Readiness};
+use crate::watchdog::{self, Heartbeats};
 
 use crate::config::{Config, RegistryConfig};
 use crate::registry::{self, Registry, RegistryError, Tag};
 use crate::sink::{self, Sink, kafka::KafkaSink, stdout::StdoutSink};
 use crate::store::Store;
 use crate::watch::scan::{CycleReport, Output, Scanner};
-use crate::watch::scheduler;
+use crate::watch::scheduler::RegistryLoop;
 
 /// A failure that ends a command with exit code 1.
 #[derive(Debug, thiserror::Error)]
@@ -44,64 +50,136 @@ fn make_sink(config: &Config) -> Result<Box<dyn Sink>, RuntimeError> {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn terminated() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+/// The tasks built from one configuration.
+struct Instance {
+    stop_scans: watch::Sender<bool>,
+    stop_publisher: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    publisher: JoinHandle<()>,
 }
 
-/// `regwatch run`: poll every registry and publish until SIGTERM/SIGINT.
-pub async fn run(config: Config) -> Result<(), RuntimeError> {
-    let store = Arc::new(Store::open(&config.daemon.state_dir).map_err(runtime)?);
-    let sink = make_sink(&config)?;
-    let scanners = scanners(&config)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let wake = Arc::new(Notify::new());
-    let pending = store.outbox_len().map_err(runtime)?;
-    tracing::info!(
-        registries = scanners.len(),
-        outbox = pending,
-        sink = if config.kafka.is_some() {
+impl Instance {
+    /// Starts the registry loops, the publisher, the admin endpoint, the Kafka probe and the watchdog.
+    async fn start(config: &Config, store: Arc<Store>) -> Result<Instance, RuntimeError> {
+        let sink = make_sink(config)?;
+        let scanners = scanners(config)?;
+        let listen = config.daemon.admin_listen;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            runtime(format!(
+                "cannot listen on daemon.admin_listen {listen}: {e}"
+            ))
+        })?;
+        let (stop_scans, scans_rx) = watch::channel(false);
+        let (stop_publisher, publisher_rx) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
+        let names = scanners.iter().map(|s| s.config.name.clone());
+        let readiness = Arc::new(Readiness::new(names, config.kafka.is_some()));
+        let heartbeats = Arc::new(Heartbeats::default());
+        let mut hooks = HashMap::new();
+        let mut tasks = Vec::new();
+        for scanner in scanners {
+            let (hint_tx, hints) = mpsc::channel(1024);
+            if let Some(token) = &scanner.config.webhook_token {
+                let hook = Hook {
+                    token: token.clone(),
+                    hints: hint_tx,
+                };
+                hooks.insert(scanner.config.name.clone(), hook);
+            }
+            let registry_loop = RegistryLoop {
+                scanner,
+                output: Output::Commit {
+                    store: store.clone(),
+                    published: wake.clone(),
+                },
+                jitter: config.daemon.jitter,
+                hints,
+                readiness: readiness.clone(),
+                heartbeat: heartbeats.register(),
+            };
+            tasks.push(tokio::spawn(registry_loop.run(scans_rx.clone())));
+        }
+        let app = admin::router(readiness.clone(), hooks);
+        tasks.push(tokio::spawn(admin::serve(listener, app, scans_rx.clone())));
+        if let Some(k) = &config.kafka {
+            let probe = crate::sink::kafka::probe(k.clone(), readiness, scans_rx.clone());
+            tasks.push(tokio::spawn(probe));
+        }
+        tasks.push(tokio::spawn(watchdog::feed(heartbeats, scans_rx)));
+        let publisher = tokio::spawn(sink::publish(store, sink, wake, publisher_rx));
+        let sink_name = if config.kafka.is_some() {
             "kafka"
         } else {
             "stdout"
-        },
-        "regwatch started"
-    );
-
-    let publisher = tokio::spawn(sink::publish(
-        store.clone(),
-        sink,
-        wake.clone(),
-        stop_rx.clone(),
-    ));
-    let loops: Vec<_> = scanners
-        .into_iter()
-        .map(|s| {
-            let output = Output::Commit {
-                store: store.clone(),
-                published: wake.clone(),
-            };
-            tokio::spawn(scheduler::run(
-                s,
-                output,
-                config.daemon.jitter,
-                stop_rx.clone(),
-            ))
+        };
+        tracing::info!(admin = %listen, registries = config.registries.len(), sink = sink_name, "running");
+        Ok(Instance {
+            stop_scans,
+            stop_publisher,
+            tasks,
+            publisher,
         })
-        .collect();
-
-    terminated().await;
-    tracing::info!("shutting down: finishing in-flight scans and delivering the outbox");
-    let _ = stop_tx.send(true);
-    for l in loops {
-        let _ = l.await;
     }
-    let _ = publisher.await;
+
+    /// Lets in-flight scans finish, then delivers what they committed, then returns.
+    async fn stop(self) {
+        let _ = self.stop_scans.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = self.stop_publisher.send(true);
+        let _ = self.publisher.await;
+    }
+}
+
+/// `regwatch run`: poll every registry and publish until SIGTERM/SIGINT. SIGHUP reloads the
+/// configuration from `path`; an invalid new configuration keeps the running one.
+pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let store = Arc::new(Store::open(&config.daemon.state_dir).map_err(runtime)?);
+    let pending = store.outbox_len().map_err(runtime)?;
+    crate::metrics::get().outbox_pending.set(pending as i64);
+    tracing::info!(outbox = pending, state = %config.daemon.state_dir.display(), "regwatch starting");
+    let mut instance = Instance::start(&config, store.clone()).await?;
+    watchdog::ready();
+
+    let mut term = signal(SignalKind::terminate()).map_err(runtime)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(runtime)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => {
+                let new = match crate::config::load(path) {
+                    Ok(new) => new,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload refused: the new configuration is invalid; keeping the running one");
+                        continue;
+                    }
+                };
+                watchdog::reloading();
+                if new.daemon.state_dir != config.daemon.state_dir {
+                    tracing::warn!("daemon.state_dir changes take effect on restart, not reload");
+                }
+                instance.stop().await;
+                instance = match Instance::start(&new, store.clone()).await {
+                    Ok(started) => {
+                        config = new;
+                        tracing::info!("configuration reloaded");
+                        started
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload failed; restarting with the previous configuration");
+                        Instance::start(&config, store.clone()).await?
+                    }
+                };
+                watchdog::ready();
+            }
+        }
+    }
+    watchdog::stopping();
+    tracing::info!("shutting down: finishing in-flight scans and delivering the outbox");
+    instance.stop().await;
     tracing::info!(outbox = store.outbox_len().unwrap_or(0), "stopped");
     Ok(())
 }

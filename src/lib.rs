@@ -4,10 +4,14 @@
 //! Data flow: [`config`] → [`watch::scheduler`] → [`registry`] adapter → [`watch::diff`] →
 //! [`store`] (snapshot + outbox in one transaction) → [`sink`] (Kafka or stdout).
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod metrics;
 pub mod registry;
 pub mod sink;
 pub mod store;
 pub mod watch;
+pub mod watchdog;
+pub mod webhook;

@@ -112,7 +112,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(c) => {
                 let config = load(&c)?;
-                daemon::run(config).await
+                daemon::run(&c.config, config).await
             }
             Command::Once { config, dry_run } => {
                 let config = load(&config)?;

@@ -192,19 +192,25 @@ impl Store {
         }
     }
 
-    /// Records a completed listing: the patterns in force and, for repositories seen for the first
-    /// time, whether their first scan emits. One transaction.
+    /// Records a listing: for repositories seen for the first time, whether their first scan emits,
+    /// and, when given, the patterns of a complete listing. One transaction; nothing to record
+    /// writes nothing.
     pub fn record_listing(
         &self,
         registry: &str,
-        patterns: &[String],
+        patterns: Option<&[String]>,
         first_seen: &[(String, bool)],
     ) -> Result<(), StoreError> {
+        if patterns.is_none() && first_seen.is_empty() {
+            return Ok(());
+        }
         let tx = self.db.begin_write().map_err(io)?;
         {
-            let mut sets = tx.open_table(WATCH_SETS).map_err(io)?;
-            let encoded = serde_json::to_vec(patterns).expect("patterns serialize");
-            sets.insert(registry, encoded.as_slice()).map_err(io)?;
+            if let Some(patterns) = patterns {
+                let mut sets = tx.open_table(WATCH_SETS).map_err(io)?;
+                let encoded = serde_json::to_vec(patterns).expect("patterns serialize");
+                sets.insert(registry, encoded.as_slice()).map_err(io)?;
+            }
             let mut repos = tx.open_table(REPOS).map_err(io)?;
             for (repo, emit) in first_seen {
                 let state = encode_state(&RepoState::Pending { emit: *emit });
@@ -296,7 +302,7 @@ mod tests {
             let store = Store::open(&state_dir).unwrap();
             assert_eq!(store.repo_state("r", "a").unwrap(), None);
             store
-                .record_listing("r", &["team/*".into()], &[("a".into(), true)])
+                .record_listing("r", Some(&["team/*".into()]), &[("a".into(), true)])
                 .unwrap();
             assert_eq!(
                 store.repo_state("r", "a").unwrap(),

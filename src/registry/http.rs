@@ -22,6 +22,8 @@ const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(30);
 pub struct Transport {
     client: reqwest::Client,
     limiter: DefaultDirectRateLimiter,
+    /// The registry's name, for metrics.
+    name: String,
 }
 
 impl Transport {
@@ -41,6 +43,7 @@ impl Transport {
         Ok(Transport {
             client,
             limiter: RateLimiter::direct(Quota::per_second(config.rate_limit)),
+            name: config.name.clone(),
         })
     }
 
@@ -55,10 +58,26 @@ impl Transport {
         &self,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
+        let metrics = crate::metrics::get();
         let attempt = || async {
+            let waited = std::time::Instant::now();
             self.limiter.until_ready().await;
-            let response = build().send().await.map_err(transport_error)?;
+            metrics
+                .limiter_wait
+                .get_or_create(&crate::metrics::registry_label(&self.name))
+                .inc_by(waited.elapsed().as_secs_f64());
+            let response = build().send().await.map_err(|e| {
+                metrics.request(&self.name, None);
+                transport_error(e)
+            })?;
             let status = response.status();
+            metrics.request(&self.name, Some(status.as_u16()));
+            if let Some(remaining) = ratelimit_remaining(&response) {
+                metrics
+                    .ratelimit_remaining
+                    .get_or_create(&crate::metrics::registry_label(&self.name))
+                    .set(remaining);
+            }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 return Err(RegistryError::RateLimited {
                     retry_after: retry_after(&response),
@@ -131,6 +150,16 @@ pub fn expect_json(response: &Response) -> Result<(), RegistryError> {
             other.unwrap_or("<non-ASCII>")
         ))),
     }
+}
+
+/// Docker Hub's `ratelimit-remaining: 97;w=21600`: the count before the `;`.
+fn ratelimit_remaining(response: &Response) -> Option<i64> {
+    let value = response
+        .headers()
+        .get("ratelimit-remaining")?
+        .to_str()
+        .ok()?;
+    value.split(';').next()?.trim().parse().ok()
 }
 
 fn retry_after(response: &Response) -> Option<Duration> {

@@ -10,10 +10,15 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
 use secrecy::ExposeSecret;
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
 use super::Sink;
+use crate::admin::Readiness;
 use crate::config::KafkaConfig;
 use crate::event::Event;
 
@@ -131,10 +136,58 @@ impl Sink for KafkaSink {
             }
         }
         if failed > 0 {
+            crate::metrics::get()
+                .kafka_delivery_errors
+                .inc_by(failed as u64);
             tracing::warn!(failed, "kafka deliveries failed; they stay in the outbox");
             self.recover_if_fatal();
         }
         acked
+    }
+}
+
+/// Probes the brokers every two seconds and reports reachability to `readiness` until `shutdown`.
+pub async fn probe(
+    config: KafkaConfig,
+    readiness: Arc<Readiness>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers);
+    for (key, value) in &config.properties {
+        c.set(key, value.expose_secret());
+    }
+    let client: Arc<BaseProducer> = match c.create() {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the kafka probe");
+            return;
+        }
+    };
+    let mut was = None;
+    loop {
+        let (probe, topic) = (client.clone(), config.topic.clone());
+        let ok = tokio::task::spawn_blocking(move || {
+            probe
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        readiness.kafka_reachable(ok);
+        if was != Some(ok) {
+            if ok {
+                tracing::info!("kafka reachable");
+            } else {
+                tracing::warn!("kafka unreachable");
+            }
+            was = Some(ok);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

@@ -38,6 +38,7 @@ pub async fn drain(
     loop {
         let batch = store.outbox_batch(BATCH)?;
         if batch.is_empty() {
+            crate::metrics::get().outbox_pending.set(0);
             return Ok((delivered, 0));
         }
         let (seqs, events): (Vec<u64>, Vec<Event>) = batch.into_iter().unzip();

@@ -107,23 +107,51 @@ impl Scanner {
         Ok(repos)
     }
 
-    /// Runs one cycle. Stops starting repositories once `stop()` is true; those in flight finish.
-    /// Returns an error only when the watch set itself could not be listed.
+    /// Runs one cycle over the whole watch set. Stops starting repositories once `stop()` is true;
+    /// those in flight finish. Returns an error only when the watch set itself could not be listed.
     pub async fn cycle(
         &self,
         output: &Output,
         stop: impl Fn() -> bool,
     ) -> Result<CycleReport, ScanError> {
         let repos = self.watch_set().await?;
-        let first_seen = self.classify_new(&repos, output.store())?;
+        self.scan_set(output, repos, true, stop).await
+    }
+
+    /// Scans the named repositories now (a webhook hint). Names outside the watch set are ignored.
+    pub async fn scan_hinted(
+        &self,
+        output: &Output,
+        mut repos: Vec<String>,
+    ) -> Result<CycleReport, ScanError> {
+        repos.retain(|r| self.config.repositories.iter().any(|p| p.matches(r)));
+        self.scan_set(output, repos, false, || false).await
+    }
+
+    async fn scan_set(
+        &self,
+        output: &Output,
+        repos: Vec<String>,
+        complete_listing: bool,
+        stop: impl Fn() -> bool,
+    ) -> Result<CycleReport, ScanError> {
+        let previous_patterns = match output.store() {
+            Some(store) => store.watch_set(&self.config.name)?,
+            None => None,
+        };
+        let first_seen = self.classify_new(&repos, output.store(), previous_patterns.as_deref())?;
         if let Output::Commit { store, .. } = output {
-            let patterns: Vec<String> = self
+            // Only a complete listing may move the watch set that decides "new or baseline"; an
+            // unchanged one is not rewritten, so idle cycles write nothing.
+            let current: Vec<String> = self
                 .config
                 .repositories
                 .iter()
                 .map(|p| p.as_str().to_owned())
                 .collect();
-            store.record_listing(&self.config.name, &patterns, &first_seen)?;
+            let patterns = (complete_listing && previous_patterns.as_ref() != Some(&current))
+                .then_some(current);
+            store.record_listing(&self.config.name, patterns.as_deref(), &first_seen)?;
         }
         let first_seen: std::collections::HashMap<String, bool> = first_seen.into_iter().collect();
 
@@ -165,14 +193,14 @@ impl Scanner {
         &self,
         repos: &[String],
         store: Option<&Store>,
+        previous_patterns: Option<&[String]>,
     ) -> Result<Vec<(String, bool)>, StoreError> {
         let Some(store) = store else {
             let emit = self.first_run == FirstRun::Emit;
             return Ok(repos.iter().map(|r| (r.clone(), emit)).collect());
         };
         let known: HashSet<String> = store.repositories(&self.config.name)?;
-        let previous = store.watch_set(&self.config.name)?;
-        let previous: Option<Vec<RepoPattern>> = previous.map(|ps| {
+        let previous: Option<Vec<RepoPattern>> = previous_patterns.map(|ps| {
             ps.iter()
                 .filter_map(|p| RepoPattern::parse(p).ok())
                 .collect()
@@ -263,6 +291,12 @@ impl Scanner {
                 store.commit_scan(&self.config.name, repo, &outcome.snapshot, &events)?;
                 if !events.is_empty() {
                     published.notify_one();
+                }
+                for c in &outcome.changes {
+                    crate::metrics::get()
+                        .events_produced
+                        .get_or_create(&vec![("type", c.kind.event_type().to_owned())])
+                        .inc();
                 }
             }
             Output::DryRun { .. } => {

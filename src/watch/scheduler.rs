@@ -1,14 +1,21 @@
-//! The per-registry loop: one cycle at a time (runs never overlap), every `interval` ± `jitter`,
-//! backing off after failures without disturbing other registries.
+//! The per-registry loop: one scan at a time (runs never overlap), a full cycle every
+//! `interval` ± `jitter`, webhook hints scanned at once and coalesced per repository, and backoff
+//! after failures that does not disturb other registries.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use rand::Rng;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Interval;
 
 use super::scan::{Output, ScanError, Scanner};
+use crate::admin::Readiness;
 use crate::registry::RegistryError;
+use crate::watchdog::Heartbeat;
 
 /// `interval` spread by ± `jitter` (a fraction), so registries and replicas do not poll in lockstep.
 pub fn jittered(interval: Duration, jitter: f64) -> Duration {
@@ -29,50 +36,103 @@ fn failure_backoff(interval: Duration) -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// Polls one registry until `shutdown` turns true.
-pub async fn run(
-    scanner: Scanner,
-    output: Output,
-    jitter: f64,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let interval = scanner.config.interval;
-    let name = scanner.config.name.clone();
-    let mut backoff = failure_backoff(interval);
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        let stop = shutdown.clone();
-        let started = std::time::Instant::now();
-        let result = scanner.cycle(&output, move || *stop.borrow()).await;
-        let mut delay = jittered(interval, jitter);
-        match result {
-            Ok(report) if report.failed == 0 => {
-                backoff = failure_backoff(interval);
-                tracing::debug!(registry = %name, ?report, elapsed = ?started.elapsed(), "scan complete");
+/// Everything one registry's loop needs.
+pub struct RegistryLoop {
+    /// The registry's scanner.
+    pub scanner: Scanner,
+    /// Where results go.
+    pub output: Output,
+    /// `daemon.jitter`.
+    pub jitter: f64,
+    /// Repositories named by webhooks.
+    pub hints: mpsc::Receiver<String>,
+    /// Marked once the first full cycle completes.
+    pub readiness: Arc<Readiness>,
+    /// Beaten every second while the loop is alive.
+    pub heartbeat: Heartbeat,
+}
+
+impl RegistryLoop {
+    /// Polls the registry until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let interval = self.scanner.config.interval;
+        let name = self.scanner.config.name.clone();
+        // A cycle that takes this long is wedged; cancelling it is safe (each repository commits
+        // atomically or not at all).
+        let cycle_limit = (interval * 10).max(Duration::from_secs(600));
+        let mut backoff = failure_backoff(interval);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut next_full = tokio::time::Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                break;
             }
-            Ok(report) => {
-                delay = delay.max(backoff.next().unwrap_or(interval));
-                tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, next_in = ?delay, "scan incomplete");
-            }
-            Err(e) => {
-                delay = delay.max(backoff.next().unwrap_or(interval));
-                if let ScanError::Registry(RegistryError::RateLimited {
-                    retry_after: Some(wait),
-                }) = &e
-                {
-                    delay = delay.max(*wait);
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = tick.tick() => self.heartbeat.beat(),
+                _ = tokio::time::sleep_until(next_full) => {
+                    let stop = shutdown.clone();
+                    let started = Instant::now();
+                    let cycle = self.scanner.cycle(&self.output, move || *stop.borrow());
+                    let result = beating(&mut tick, &self.heartbeat, tokio::time::timeout(cycle_limit, cycle)).await;
+                    let mut delay = jittered(interval, self.jitter);
+                    let m = crate::metrics::get();
+                    match result {
+                        Ok(Ok(report)) if report.failed == 0 => {
+                            backoff = failure_backoff(interval);
+                            self.readiness.scanned(&name);
+                            m.scan_finished(&name, "ok", started.elapsed());
+                            tracing::debug!(registry = %name, ?report, elapsed = ?started.elapsed(), "scan complete");
+                        }
+                        Ok(Ok(report)) => {
+                            self.readiness.scanned(&name);
+                            m.scan_finished(&name, "incomplete", started.elapsed());
+                            delay = delay.max(backoff.next().unwrap_or(interval));
+                            tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, next_in = ?delay, "scan incomplete");
+                        }
+                        Ok(Err(e)) => {
+                            m.scan_finished(&name, "failed", started.elapsed());
+                            delay = delay.max(backoff.next().unwrap_or(interval));
+                            if let ScanError::Registry(RegistryError::RateLimited { retry_after: Some(wait) }) = &e {
+                                delay = delay.max(*wait);
+                            }
+                            tracing::warn!(registry = %name, error = %e, next_in = ?delay, "listing failed; no changes recorded");
+                        }
+                        Err(_) => {
+                            m.scan_finished(&name, "failed", started.elapsed());
+                            delay = delay.max(backoff.next().unwrap_or(interval));
+                            tracing::error!(registry = %name, limit = ?cycle_limit, "scan cycle exceeded its time limit and was cancelled");
+                        }
+                    }
+                    next_full = tokio::time::Instant::now() + delay;
                 }
-                tracing::warn!(registry = %name, error = %e, next_in = ?delay, "listing failed; no changes recorded");
+                Some(first) = self.hints.recv() => {
+                    // Coalesce: everything queued by now is scanned once.
+                    let mut repos = BTreeSet::from([first]);
+                    while let Ok(more) = self.hints.try_recv() {
+                        repos.insert(more);
+                    }
+                    let scan = self.scanner.scan_hinted(&self.output, repos.into_iter().collect());
+                    match beating(&mut tick, &self.heartbeat, scan).await {
+                        Ok(report) => tracing::debug!(registry = %name, ?report, "hinted scan complete"),
+                        Err(e) => tracing::warn!(registry = %name, error = %e, "hinted scan failed"),
+                    }
+                }
             }
         }
+        tracing::debug!(registry = %name, "scheduler stopped");
+    }
+}
+
+/// Runs `work` while beating the heartbeat every tick, so a long scan is not mistaken for a wedge.
+async fn beating<F: Future>(tick: &mut Interval, heartbeat: &Heartbeat, work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    loop {
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => {}
+            out = &mut work => return out,
+            _ = tick.tick() => heartbeat.beat(),
         }
     }
-    tracing::debug!(registry = %name, "scheduler stopped");
 }
 
 #[cfg(test)]

@@ -1,0 +1,181 @@
+//! The admin HTTP endpoint on `daemon.admin_listen`: `/metrics`, `/healthz`, `/readyz`, and
+//! `POST /hooks/<registry>` push hints.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics;
+use crate::webhook::pushed_repositories;
+
+/// What `/readyz` reports: every registry scanned once, and Kafka reachable when configured.
+pub struct Readiness {
+    unscanned: Mutex<BTreeSet<String>>,
+    kafka: Option<AtomicBool>,
+}
+
+impl Readiness {
+    /// Not ready until each of `registries` completes a scan (and Kafka, if `kafka`, answers).
+    pub fn new(registries: impl IntoIterator<Item = String>, kafka: bool) -> Self {
+        Readiness {
+            unscanned: Mutex::new(registries.into_iter().collect()),
+            kafka: kafka.then(|| AtomicBool::new(false)),
+        }
+    }
+
+    /// Records that `registry` completed a scan.
+    pub fn scanned(&self, registry: &str) {
+        self.unscanned
+            .lock()
+            .expect("readiness lock")
+            .remove(registry);
+    }
+
+    /// Records whether Kafka answered the last probe.
+    pub fn kafka_reachable(&self, ok: bool) {
+        if let Some(k) = &self.kafka {
+            k.store(ok, Ordering::Relaxed);
+        }
+    }
+
+    /// `Ok` when ready, else why not.
+    pub fn check(&self) -> Result<(), String> {
+        let unscanned = self.unscanned.lock().expect("readiness lock");
+        if let Some(first) = unscanned.iter().next() {
+            return Err(format!(
+                "waiting for the first scan of {first} ({} registries left)",
+                unscanned.len()
+            ));
+        }
+        if self
+            .kafka
+            .as_ref()
+            .is_some_and(|k| !k.load(Ordering::Relaxed))
+        {
+            return Err("kafka unreachable".into());
+        }
+        Ok(())
+    }
+}
+
+/// A registry's webhook: its token and where hints go.
+pub struct Hook {
+    /// The shared secret callers must present.
+    pub token: SecretString,
+    /// The registry loop's hint queue.
+    pub hints: mpsc::Sender<String>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    readiness: Arc<Readiness>,
+    hooks: Arc<HashMap<String, Hook>>,
+}
+
+/// The admin router.
+pub fn router(readiness: Arc<Readiness>, hooks: HashMap<String, Hook>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/hooks/{registry}", post(hook))
+        .with_state(AppState {
+            readiness,
+            hooks: Arc::new(hooks),
+        })
+}
+
+/// Serves the admin endpoint on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "admin endpoint failed");
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.readiness.check() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics_text() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::get().render(),
+    )
+        .into_response()
+}
+
+fn presented_token<'a>(
+    headers: &'a HeaderMap,
+    query: &'a HashMap<String, String>,
+) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| query.get("token").map(String::as_str))
+}
+
+async fn hook(
+    State(state): State<AppState>,
+    Path(registry): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(hook) = state.hooks.get(&registry) else {
+        return (StatusCode::NOT_FOUND, "no webhook for this registry\n").into_response();
+    };
+    let authorized = presented_token(&headers, &query)
+        .is_some_and(|t| bool::from(t.as_bytes().ct_eq(hook.token.expose_secret().as_bytes())));
+    if !authorized {
+        tracing::warn!(%registry, "webhook with a missing or wrong token");
+        return (StatusCode::UNAUTHORIZED, "missing or wrong token\n").into_response();
+    }
+    let repos = match pushed_repositories(&body) {
+        Ok(repos) => repos,
+        Err(reason) => {
+            tracing::warn!(%registry, %reason, bytes = body.len(), "webhook body refused");
+            return (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response();
+        }
+    };
+    metrics::get()
+        .webhooks
+        .get_or_create(&metrics::registry_label(&registry))
+        .inc();
+    for repo in repos {
+        tracing::debug!(%registry, repository = %repo, "webhook hint");
+        // A full queue already holds scans to run; the periodic scan covers anything dropped.
+        let _ = hook.hints.try_send(repo);
+    }
+    (StatusCode::ACCEPTED, "scan queued\n").into_response()
+}

@@ -1,0 +1,164 @@
+//! Prometheus metrics, every series prefixed `regwatch_`. One process-wide set, because the
+//! scrape endpoint reports on the whole process.
+
+use std::sync::LazyLock;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric regwatch exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Duration of a full scan cycle, per registry.
+    pub scan_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Scan cycles by registry and result (`ok`, `incomplete`, `failed`).
+    pub scans: Family<Labels, Counter>,
+    /// Registry HTTP responses by registry and status class (`2xx`… or `error`).
+    pub requests: Family<Labels, Counter>,
+    /// Seconds spent waiting on a registry's rate limiter.
+    pub limiter_wait: Family<Labels, Counter<f64, AtomicU64>>,
+    /// Docker Hub's `ratelimit-remaining`, where seen.
+    pub ratelimit_remaining: Family<Labels, Gauge>,
+    /// Events committed to the outbox, by type.
+    pub events_produced: Family<Labels, Counter>,
+    /// Events acknowledged by the sink.
+    pub events_published: Counter,
+    /// Events waiting in the outbox.
+    pub outbox_pending: Gauge,
+    /// Unix time of the last complete scan, per registry.
+    pub last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Kafka deliveries that failed (they stay in the outbox and are retried).
+    pub kafka_delivery_errors: Counter,
+    /// Webhook hints accepted, per registry.
+    pub webhooks: Family<Labels, Counter>,
+}
+
+fn scan_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 16))
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::with_prefix("regwatch");
+    let m = Metrics {
+        scan_duration: Family::new_with_constructor(scan_histogram as fn() -> Histogram),
+        scans: Family::default(),
+        requests: Family::default(),
+        limiter_wait: Family::default(),
+        ratelimit_remaining: Family::default(),
+        events_produced: Family::default(),
+        events_published: Counter::default(),
+        outbox_pending: Gauge::default(),
+        last_success: Family::default(),
+        kafka_delivery_errors: Counter::default(),
+        webhooks: Family::default(),
+        registry: Registry::default(),
+    };
+    registry.register(
+        "scan_duration_seconds",
+        "Duration of a full scan of a registry",
+        m.scan_duration.clone(),
+    );
+    registry.register(
+        "scans",
+        "Scan cycles by registry and result",
+        m.scans.clone(),
+    );
+    registry.register(
+        "registry_requests",
+        "Registry HTTP responses by status class",
+        m.requests.clone(),
+    );
+    registry.register(
+        "rate_limiter_wait_seconds",
+        "Time spent waiting on the registry rate limiter",
+        m.limiter_wait.clone(),
+    );
+    registry.register(
+        "dockerhub_ratelimit_remaining",
+        "Docker Hub pull quota left, as last reported",
+        m.ratelimit_remaining.clone(),
+    );
+    registry.register(
+        "events_produced",
+        "Events committed to the outbox, by type",
+        m.events_produced.clone(),
+    );
+    registry.register(
+        "events_published",
+        "Events acknowledged by the sink",
+        m.events_published.clone(),
+    );
+    registry.register(
+        "outbox_pending",
+        "Events waiting in the outbox",
+        m.outbox_pending.clone(),
+    );
+    registry.register(
+        "last_successful_scan_timestamp_seconds",
+        "Unix time of the last complete scan of a registry",
+        m.last_success.clone(),
+    );
+    registry.register(
+        "kafka_delivery_errors",
+        "Kafka deliveries that failed and will be retried",
+        m.kafka_delivery_errors.clone(),
+    );
+    registry.register("webhooks", "Webhook hints accepted", m.webhooks.clone());
+    Metrics { registry, ..m }
+});
+
+/// The process-wide metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+/// `[("registry", name)]`.
+pub fn registry_label(name: &str) -> Labels {
+    vec![("registry", name.to_owned())]
+}
+
+impl Metrics {
+    /// Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Records a finished cycle.
+    pub fn scan_finished(&self, registry: &str, result: &'static str, elapsed: Duration) {
+        self.scan_duration
+            .get_or_create(&registry_label(registry))
+            .observe(elapsed.as_secs_f64());
+        self.scans
+            .get_or_create(&vec![
+                ("registry", registry.to_owned()),
+                ("result", result.to_owned()),
+            ])
+            .inc();
+        if result == "ok" {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.last_success
+                .get_or_create(&registry_label(registry))
+                .set(now.as_secs_f64());
+        }
+    }
+
+    /// Records one registry response (`status` = None for a transport error).
+    pub fn request(&self, registry: &str, status: Option<u16>) {
+        let class = status.map_or_else(|| "error".to_owned(), |s| format!("{}xx", s / 100));
+        self.requests
+            .get_or_create(&vec![("registry", registry.to_owned()), ("status", class)])
+            .inc();
+    }
+}
