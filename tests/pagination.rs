@@ -170,4 +170,9 @@ async fn cycles_cost_one_request_per_repository_and_no_manifest_gets() {
             .any(|p| p.contains(&moved) && p.contains("tag.updated")),
         "{events:?}"
     );
+    let metrics = regwatch::metrics::get().render();
+    assert!(
+        metrics.contains("regwatch_dockerhub_ratelimit_remaining{registry=\"syn\"} 97"),
+        "{metrics}"
+    );
 }

@@ -50,9 +50,12 @@ pub async fn drain(
             .collect();
         store.outbox_remove(&acked)?;
         delivered += acked.len();
+        let metrics = crate::metrics::get();
+        metrics.events_published.inc_by(acked.len() as u64);
         if acked.len() < seqs.len() {
-            let left = store.outbox_len()? as usize;
-            return Ok((delivered, left));
+            let left = store.outbox_len()?;
+            metrics.outbox_pending.set(left as i64);
+            return Ok((delivered, left as usize));
         }
     }
 }

@@ -76,6 +76,11 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry with its own storage.
     pub fn start(auth: Auth) -> Registry {
+        Self::start_with(auth, "")
+    }
+
+    /// Starts a registry with extra top-level YAML (e.g. a `notifications:` block).
+    pub fn start_with(auth: Auth, extra_yaml: &str) -> Registry {
         let bin = require("docker-registry", "apt-get install docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -92,7 +97,7 @@ impl Registry {
             }
         };
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}{extra_yaml}",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");
@@ -348,6 +353,8 @@ pub fn consume(
 pub struct Setup {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// `127.0.0.1:PORT` of the admin endpoint.
+    pub admin: String,
 }
 
 impl Setup {
@@ -356,16 +363,16 @@ impl Setup {
     pub fn new(daemon_extra: &str, body: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("regwatch.toml");
-        let admin = free_port();
+        let admin = format!("127.0.0.1:{}", free_port());
         std::fs::write(
             &config,
             format!(
-                "[daemon]\nstate_dir = \"{}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n{daemon_extra}\n{body}",
+                "[daemon]\nstate_dir = \"{}\"\nadmin_listen = \"{admin}\"\n{daemon_extra}\n{body}",
                 dir.path().join("state").display()
             ),
         )
         .unwrap();
-        Setup { dir, config }
+        Setup { dir, config, admin }
     }
 
     /// Runs `regwatch ARGS -c CONFIG` to completion: (exit code, stdout, stderr).

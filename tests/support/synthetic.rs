@@ -157,10 +157,16 @@ async fn handle(
         } else {
             None
         };
-        return json(
+        let mut r = json(
             serde_json::json!({ "name": repo, "tags": items }).to_string(),
             l,
         );
+        // Docker Hub's quota header, so the gauge can be checked.
+        r.headers_mut().insert(
+            "ratelimit-remaining",
+            HeaderValue::from_static("97;w=21600"),
+        );
+        return r;
     }
     if let Some((repo, tag)) = rest.split_once("/manifests/") {
         if method == Method::HEAD {
