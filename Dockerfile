@@ -16,6 +16,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/regwatch /usr/local/bin/regwatch
 USER 10001:10001
 VOLUME ["/etc/regwatch", "/var/lib/regwatch"]
+EXPOSE 9188
+# Liveness from /healthz without shipping curl: bash's /dev/tcp speaks enough HTTP/1.0.
+# Assumes admin_listen's default port 9188; in a container set admin_listen = "0.0.0.0:9188".
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9188 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
 ENV REGWATCH_CONFIG=/etc/regwatch/regwatch.toml
 ENTRYPOINT ["/usr/local/bin/regwatch"]
 CMD ["run"]

@@ -10,6 +10,7 @@ SUDO=""
 # Debian packages: the real registry the tests run, and what rdkafka and aws-lc need to build.
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 for pkg in build-essential cmake pkg-config libssl-dev zlib1g-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done

@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{Auth, Registry, Setup, json_lines};
+use support::{Auth, Registry, Setup, assert_schema_valid, json_lines};
 
 fn config(registry: &Registry, extra: &str) -> String {
     format!(
@@ -110,6 +110,7 @@ async fn baseline_then_changes_then_quiet() {
     assert_eq!(code, 0, "{err}");
     let events = json_lines(&out);
     assert_eq!(summary(&events), expected, "stderr: {err}");
+    assert_schema_valid(&events);
     for e in &events {
         let repo = e["data"]["repository"].as_str().unwrap();
         let tag = e["data"]["tag"].as_str().unwrap();
@@ -209,6 +210,7 @@ async fn first_run_emit_and_removed_tags() {
     let events = json_lines(&out);
     assert_eq!(events.len(), 1, "{out}");
     assert_eq!(events[0]["type"], "io.regwatch.tag.removed");
+    assert_schema_valid(&events);
     assert_eq!(events[0]["data"]["tag"], "v1");
     assert_eq!(events[0]["data"]["digest"], d1.as_str());
 }

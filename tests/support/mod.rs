@@ -420,18 +420,12 @@ impl Daemon {
         let status = self.child.wait().unwrap();
         let mut out = String::new();
         let mut err = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        if let Some(mut o) = self.child.stdout.take() {
+            o.read_to_string(&mut out).unwrap();
+        }
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut err).unwrap();
+        }
         (status.code().unwrap_or(-1), out, err)
     }
 }
@@ -462,4 +456,22 @@ pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
             serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}"))
         })
         .collect()
+}
+
+/// Fails unless every event validates against `schema/event.schema.json`.
+pub fn assert_schema_valid(events: &[serde_json::Value]) {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../schema/event.schema.json")).unwrap();
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("the schema compiles");
+    assert!(!events.is_empty(), "no events to validate");
+    let mut broken = events[0].clone();
+    broken["id"] = serde_json::Value::from("not-a-sha256");
+    assert!(!validator.is_valid(&broken), "the validator must reject a malformed id");
+    for e in events {
+        let errors: Vec<String> = validator.iter_errors(e).map(|err| err.to_string()).collect();
+        assert!(errors.is_empty(), "event does not match the schema: {errors:?}\n{e}");
+    }
 }
