@@ -92,18 +92,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn handle(args: &Args, seen: &mut SeenIds, event: &Value) {
     let data = &event["data"];
     let field = |k: &str| data[k].as_str().unwrap_or_default();
-    if args.registry.as_deref().is_some_and(|r| r != field("registry")) {
+    if args
+        .registry
+        .as_deref()
+        .is_some_and(|r| r != field("registry"))
+    {
         return;
     }
-    if args.repository.as_deref().is_some_and(|p| !field("repository").starts_with(p)) {
+    if args
+        .repository
+        .as_deref()
+        .is_some_and(|p| !field("repository").starts_with(p))
+    {
         return;
     }
-    let Some(id) = event["id"].as_str() else { return };
+    let Some(id) = event["id"].as_str() else {
+        return;
+    };
     if !seen.first_time(id) {
         return;
     }
     match event["type"].as_str() {
-        Some("io.regwatch.tag.added" | "io.regwatch.tag.updated") => println!("deploy {}", field("image")),
+        Some("io.regwatch.tag.added" | "io.regwatch.tag.updated") => {
+            println!("deploy {}", field("image"))
+        }
         Some("io.regwatch.tag.removed") => println!("retire {}", field("image")),
         _ => {}
     }

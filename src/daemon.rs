@@ -1,6 +1,7 @@
 //! Wiring: the commands `run`, `once`, `check`, `tags` and `repos`, built from a loaded [`Config`].
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,7 @@ fn scanners(config: &Config) -> Result<Vec<Scanner>, RuntimeError> {
                     .map_err(|e| runtime(format!("registry {}: {e}", r.name)))?,
                 first_run: config.daemon.first_run,
                 emit_removed: config.daemon.emit_removed,
+                progress: None,
             })
         })
         .collect()
@@ -211,10 +213,30 @@ pub async fn once(config: Config, dry_run: bool) -> Result<(), RuntimeError> {
             store: store.clone(),
         },
     };
-    let scanners = scanners(&config)?;
+    let mut scanners = scanners(&config)?;
+    // A progress bar per registry on a terminal; plain log lines otherwise.
+    let bars = std::io::stderr()
+        .is_terminal()
+        .then(indicatif::MultiProgress::new);
+    if let Some(multi) = &bars {
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix:>16} [{bar:32}] {pos}/{len} repositories  {elapsed}",
+        )
+        .expect("static template")
+        .progress_chars("=> ");
+        for s in &mut scanners {
+            let bar = indicatif::ProgressBar::new(0)
+                .with_style(style.clone())
+                .with_prefix(s.config.name.clone());
+            s.progress = Some(multi.add(bar));
+        }
+    }
     let reports = futures_util::future::join_all(scanners.iter().map(|s| async {
         let started = std::time::Instant::now();
         let result = s.cycle(&output, || false).await;
+        if let Some(bar) = &s.progress {
+            bar.finish();
+        }
         (s.config.name.clone(), result, started.elapsed())
     }))
     .await;
@@ -297,6 +319,7 @@ async fn check_one(config: &RegistryConfig) -> Result<(), RegistryError> {
         registry: registry.clone(),
         first_run: crate::config::FirstRun::Baseline,
         emit_removed: false,
+        progress: None,
     };
     // Listing every watched repository proves read access where the registry scopes it per repo.
     for repo in scanner.watch_set().await? {
@@ -327,6 +350,7 @@ pub async fn repos(config: &Config, name: &str) -> Result<Vec<String>, RuntimeEr
         registry: registry::connect(r).map_err(runtime)?,
         first_run: config.daemon.first_run,
         emit_removed: false,
+        progress: None,
     };
     scanner.watch_set().await.map_err(runtime)
 }

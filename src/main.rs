@@ -58,6 +58,9 @@ enum Command {
         registry: String,
         /// Repository path.
         repo: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// List the repositories a registry's watch set resolves to, live.
     Repos {
@@ -65,6 +68,9 @@ enum Command {
         config: ConfigArg,
         /// Registry name from the config.
         registry: String,
+        /// Print JSON instead of a list.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate the config, then test each registry's connection and credentials.
     Check(ConfigArg),
@@ -95,6 +101,45 @@ fn load(arg: &ConfigArg) -> Result<config::Config, ExitCode> {
     })
 }
 
+fn print_repos(repos: &[String], json: bool) {
+    if json {
+        println!("{}", serde_json::Value::from(repos.to_vec()));
+        return;
+    }
+    if std::io::stdout().is_terminal() {
+        println!("REPOSITORY");
+    }
+    for r in repos {
+        println!("{r}");
+    }
+}
+
+fn print_tags(tags: &[regwatch::registry::Tag], json: bool) {
+    let pushed = |t: &regwatch::registry::Tag| {
+        t.pushed_at
+            .map(|p| humantime::format_rfc3339_seconds(p).to_string())
+    };
+    if json {
+        let rows: Vec<serde_json::Value> = tags
+            .iter()
+            .map(|t| serde_json::json!({ "tag": t.name, "digest": t.digest, "pushed_at": pushed(t) }))
+            .collect();
+        println!("{}", serde_json::Value::from(rows));
+        return;
+    }
+    let width = tags.iter().map(|t| t.name.len()).max().unwrap_or(0).max(3);
+    if std::io::stdout().is_terminal() {
+        println!("{:width$}  {:71}  PUSHED", "TAG", "DIGEST");
+    }
+    for t in tags {
+        let digest = t.digest.as_deref().unwrap_or("-");
+        match pushed(t) {
+            Some(p) => println!("{:width$}  {digest:71}  {p}", t.name),
+            None => println!("{:width$}  {digest}", t.name),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -122,26 +167,26 @@ fn main() -> ExitCode {
                 let config = load(&c)?;
                 daemon::check(&config).await
             }
-            Command::Repos { config, registry } => {
+            Command::Repos {
+                config,
+                registry,
+                json,
+            } => {
                 let config = load(&config)?;
-                daemon::repos(&config, &registry).await.map(|repos| {
-                    for r in repos {
-                        println!("{r}");
-                    }
-                })
+                daemon::repos(&config, &registry)
+                    .await
+                    .map(|repos| print_repos(&repos, json))
             }
             Command::Tags {
                 config,
                 registry,
                 repo,
+                json,
             } => {
                 let config = load(&config)?;
-                daemon::tags(&config, &registry, &repo).await.map(|tags| {
-                    let width = tags.iter().map(|t| t.name.len()).max().unwrap_or(0);
-                    for t in tags {
-                        println!("{:width$}  {}", t.name, t.digest.as_deref().unwrap_or("-"));
-                    }
-                })
+                daemon::tags(&config, &registry, &repo)
+                    .await
+                    .map(|tags| print_tags(&tags, json))
             }
         }
         .map_err(|e| {

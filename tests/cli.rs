@@ -75,6 +75,16 @@ async fn tags_and_repos_list_live_state() {
         .collect();
     assert_eq!(rows, vec![vec!["v1", d1.as_str()], vec!["v2", d2.as_str()]]);
 
+    let (code, out, err) = setup.regwatch(&["tags", "local", "team/app", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json[1]["tag"], "v2");
+    assert_eq!(json[1]["digest"], d2.as_str());
+
+    let (code, out, err) = setup.regwatch(&["repos", "local", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), r#"["team/app","team/db"]"#);
+
     let (code, out, err) = setup.regwatch(&["repos", "local"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().collect::<Vec<_>>(), vec!["team/app", "team/db"]);

@@ -109,6 +109,7 @@ async fn cycles_cost_one_request_per_repository_and_no_manifest_gets() {
         config: Arc::new(cfg),
         first_run: config::FirstRun::Baseline,
         emit_removed: false,
+        progress: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());

@@ -17,12 +17,30 @@ fn unit_verifies_and_is_hardened() {
     let analyze = require("systemd-analyze", "apt-get install systemd");
     let dir = tempfile::tempdir().unwrap();
     let unit = dir.path().join("regwatch.service");
-    std::fs::write(&unit, UNIT.replace("/usr/local/bin/regwatch", env!("CARGO_BIN_EXE_regwatch"))).unwrap();
+    std::fs::write(
+        &unit,
+        UNIT.replace("/usr/local/bin/regwatch", env!("CARGO_BIN_EXE_regwatch")),
+    )
+    .unwrap();
 
-    let verify = Command::new(&analyze).arg("verify").arg(&unit).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
-    assert!(verify.status.success(), "systemd-analyze verify failed:\n{text}");
-    assert!(!text.contains("regwatch.service:"), "verify warnings about the unit:\n{text}");
+    let verify = Command::new(&analyze)
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        verify.status.success(),
+        "systemd-analyze verify failed:\n{text}"
+    );
+    assert!(
+        !text.contains("regwatch.service:"),
+        "verify warnings about the unit:\n{text}"
+    );
 
     let security = Command::new(&analyze)
         .args(["security", "--offline=true", "--no-pager"])
@@ -32,7 +50,10 @@ fn unit_verifies_and_is_hardened() {
     let text = String::from_utf8_lossy(&security.stdout);
     let exposure: f64 = text
         .lines()
-        .find_map(|l| l.split("Overall exposure level for regwatch.service: ").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for regwatch.service: ")
+                .nth(1)
+        })
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
@@ -63,11 +84,16 @@ async fn notify_protocol_watchdog_and_reload() {
     registry.push("team/app", "v1").await;
     let setup = Setup::new(
         "interval = \"1s\"\n",
-        &format!("[[registry]]\nname = \"local\"\nkind = \"oci\"\nurl = \"{}\"\ninsecure = true\n", registry.url()),
+        &format!(
+            "[[registry]]\nname = \"local\"\nkind = \"oci\"\nurl = \"{}\"\ninsecure = true\n",
+            registry.url()
+        ),
     );
     let socket_path = setup.dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
 
     let child = Command::new(env!("CARGO_BIN_EXE_regwatch"))
         .args(["run", "-c"])
@@ -87,7 +113,11 @@ async fn notify_protocol_watchdog_and_reload() {
 
     // A valid new config: RELOADING, then READY again.
     let text = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(&setup.config, text.replace("interval = \"1s\"", "interval = \"2s\"")).unwrap();
+    std::fs::write(
+        &setup.config,
+        text.replace("interval = \"1s\"", "interval = \"2s\""),
+    )
+    .unwrap();
     Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     let seen = messages(&socket, "READY=1", Duration::from_secs(10));
     assert!(seen.iter().any(|m| m.contains("RELOADING=1")), "{seen:?}");
@@ -102,5 +132,8 @@ async fn notify_protocol_watchdog_and_reload() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("configuration reloaded"), "{err}");
     assert!(err.contains("reload refused"), "{err}");
-    assert!(err.contains("daemon.bogus"), "the refusal names the key: {err}");
+    assert!(
+        err.contains("daemon.bogus"),
+        "the refusal names the key: {err}"
+    );
 }

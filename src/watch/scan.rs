@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
+use indicatif::ProgressBar;
 use tokio::sync::Notify;
 
 use super::diff::{self, Snapshot};
@@ -80,6 +81,8 @@ pub struct Scanner {
     pub first_run: FirstRun,
     /// `daemon.emit_removed`.
     pub emit_removed: bool,
+    /// Advanced once per repository scanned (interactive `once`); hidden elsewhere.
+    pub progress: Option<ProgressBar>,
 }
 
 impl Scanner {
@@ -159,12 +162,18 @@ impl Scanner {
             repositories: repos.len(),
             ..CycleReport::default()
         };
+        if let Some(p) = &self.progress {
+            p.set_length(repos.len() as u64);
+        }
         let results: Vec<(String, Result<RepoOutcome, ScanError>)> = stream::iter(repos)
             .take_while(|_| std::future::ready(!stop()))
             .map(|repo| {
                 let pending_emit = first_seen.get(&repo).copied();
                 async move {
                     let result = self.scan_repository(&repo, pending_emit, output).await;
+                    if let Some(p) = &self.progress {
+                        p.inc(1);
+                    }
                     (repo, result)
                 }
             })

@@ -469,9 +469,18 @@ pub fn assert_schema_valid(events: &[serde_json::Value]) {
     assert!(!events.is_empty(), "no events to validate");
     let mut broken = events[0].clone();
     broken["id"] = serde_json::Value::from("not-a-sha256");
-    assert!(!validator.is_valid(&broken), "the validator must reject a malformed id");
+    assert!(
+        !validator.is_valid(&broken),
+        "the validator must reject a malformed id"
+    );
     for e in events {
-        let errors: Vec<String> = validator.iter_errors(e).map(|err| err.to_string()).collect();
-        assert!(errors.is_empty(), "event does not match the schema: {errors:?}\n{e}");
+        let errors: Vec<String> = validator
+            .iter_errors(e)
+            .map(|err| err.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "event does not match the schema: {errors:?}\n{e}"
+        );
     }
 }
