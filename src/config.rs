@@ -228,6 +228,8 @@ pub struct RegistryConfig {
     pub concurrency: usize,
     /// `n` sent to `tags/list` and `_catalog`.
     pub page_size: u32,
+    /// Whole-request timeout for every HTTP request to this registry.
+    pub request_timeout: Duration,
     /// Allow `http://` and self-signed TLS.
     pub insecure: bool,
     /// Enables `POST /hooks/<name>`.
@@ -331,6 +333,7 @@ struct RawRegistry {
     rate_limit: Option<NonZeroU32>,
     concurrency: Option<usize>,
     page_size: Option<u32>,
+    request_timeout: Option<Dur>,
     #[serde(default)]
     insecure: bool,
     webhook_token: Option<Secret>,
@@ -775,6 +778,7 @@ fn validate_registry(
             .unwrap_or(NonZeroU32::new(20).expect("non-zero")),
         concurrency,
         page_size,
+        request_timeout: r.request_timeout.map_or(Duration::from_secs(30), |d| d.0),
         insecure: r.insecure,
         webhook_token,
     })

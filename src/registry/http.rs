@@ -12,8 +12,6 @@ use crate::config::RegistryConfig;
 
 /// The largest response body read; listings past this are refused rather than buffered.
 pub const BODY_CAP: usize = 32 * 1024 * 1024;
-/// Whole-request timeout.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A `Retry-After` longer than this is not waited for inside one request; the scan fails instead and
 /// the scheduler backs the registry off.
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -31,7 +29,7 @@ impl Transport {
     pub fn new(config: &RegistryConfig) -> Result<Self, RegistryError> {
         let client = reqwest::Client::builder()
             .user_agent(concat!("regwatch/", env!("CARGO_PKG_VERSION")))
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(config.request_timeout)
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
             // reqwest drops Authorization when a redirect changes host.

@@ -17,6 +17,8 @@ use crate::store::Store;
 
 /// Events read from the outbox per delivery round.
 const BATCH: usize = 1000;
+/// How long shutdown waits for the last deliveries.
+const FINAL_DRAIN: Duration = Duration::from_secs(10);
 /// How often the outbox is looked at without a wake-up (a safety net for missed notifications).
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
@@ -61,6 +63,7 @@ pub async fn drain(
 }
 
 /// Drains the outbox into `sink` whenever `wake` fires, until `shutdown`; then one last drain.
+/// After a failed delivery the sink is prepared again (a restarted broker may have lost the topic).
 pub async fn publish(
     store: Arc<Store>,
     mut sink: Box<dyn Sink>,
@@ -68,24 +71,27 @@ pub async fn publish(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
-    while let Err(e) = sink.prepare().await {
-        failures += 1;
-        let wait = retry_delay(failures);
-        tracing::warn!(error = %e, next_in = ?wait, "sink not ready; events wait in the outbox");
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-    failures = 0;
+    let mut prepared = false;
     loop {
-        let wait = match drain(&store, sink.as_mut()).await {
+        if !prepared {
+            match sink.prepare().await {
+                Ok(()) => prepared = true,
+                Err(e) => tracing::warn!(error = %e, "sink not ready; events wait in the outbox"),
+            }
+        }
+        let outcome = if prepared {
+            drain(&store, sink.as_mut()).await
+        } else {
+            Ok((0, 1))
+        };
+        let wait = match outcome {
             Ok((_, 0)) => {
                 failures = 0;
                 IDLE_POLL
             }
             Ok((_, left)) => {
                 failures += 1;
+                prepared = false;
                 let wait = retry_delay(failures);
                 tracing::warn!(pending = left, next_in = ?wait, "delivery incomplete; events wait in the outbox");
                 wait
@@ -103,9 +109,14 @@ pub async fn publish(
             _ = tokio::time::sleep(wait) => {}
             _ = wake.notified(), if failures == 0 => {}
             _ = shutdown.changed() => {
-                // Deliver what the last scans committed before exiting.
-                if let Err(e) = drain(&store, sink.as_mut()).await {
-                    tracing::error!(error = %e, "final drain failed");
+                // Deliver what the last scans committed before exiting, within systemd's stop
+                // timeout; whatever is not acknowledged stays in the outbox for the next start.
+                if prepared {
+                    match tokio::time::timeout(FINAL_DRAIN, drain(&store, sink.as_mut())).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "final drain failed"),
+                        Err(_) => tracing::warn!("final drain timed out; undelivered events stay in the outbox"),
+                    }
                 }
                 break;
             }
