@@ -39,6 +39,8 @@ pub struct Metrics {
     pub kafka_delivery_errors: Counter,
     /// Webhook hints accepted, per registry.
     pub webhooks: Family<Labels, Counter>,
+    /// Repository scans that failed (listing, digest or store error), per registry.
+    pub repository_errors: Family<Labels, Counter>,
 }
 
 fn scan_histogram() -> Histogram {
@@ -59,6 +61,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         last_success: Family::default(),
         kafka_delivery_errors: Counter::default(),
         webhooks: Family::default(),
+        repository_errors: Family::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -112,6 +115,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         m.kafka_delivery_errors.clone(),
     );
     registry.register("webhooks", "Webhook hints accepted", m.webhooks.clone());
+    registry.register(
+        "repository_scan_errors",
+        "Repository scans that failed and left the snapshot unchanged",
+        m.repository_errors.clone(),
+    );
     Metrics { registry, ..m }
 });
 

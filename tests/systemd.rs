@@ -95,17 +95,14 @@ async fn notify_protocol_watchdog_and_reload() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
 
-    let child = Command::new(env!("CARGO_BIN_EXE_regwatch"))
-        .args(["run", "-c"])
-        .arg(&setup.config)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "1500000")
-        .env("RUST_LOG", "regwatch=info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let daemon = support::Daemon { child };
+    let daemon = support::Daemon::start(
+        Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["run", "-c"])
+            .arg(&setup.config)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "1500000")
+            .env("RUST_LOG", "regwatch=info"),
+    );
     let pid = daemon.child.id().to_string();
 
     messages(&socket, "READY=1", Duration::from_secs(10));

@@ -188,6 +188,10 @@ impl Scanner {
                 }
                 Err(e) => {
                     report.failed += 1;
+                    crate::metrics::get()
+                        .repository_errors
+                        .get_or_create(&crate::metrics::registry_label(&self.config.name))
+                        .inc();
                     tracing::warn!(registry = %self.config.name, repository = %repo, error = %e, "scan failed; snapshot left unchanged");
                 }
             }

@@ -3,12 +3,13 @@
 //! Kafka consumer; and helpers to run the `regwatch` binary.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod proxy;
 pub mod synthetic;
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -391,41 +392,89 @@ impl Setup {
         )
     }
 
-    /// Starts `regwatch run` in the background.
+    /// Starts `regwatch run` in the background; its output is collected as it comes.
     pub fn spawn(&self) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_regwatch"))
-            .args(["run", "-c"])
-            .arg(&self.config)
-            .env("RUST_LOG", "regwatch=debug")
+        Daemon::start(
+            Command::new(env!("CARGO_BIN_EXE_regwatch"))
+                .args(["run", "-c"])
+                .arg(&self.config)
+                .env("RUST_LOG", "regwatch=debug"),
+        )
+    }
+}
+
+/// A running `regwatch run`, with its stdout lines and stderr collected by reader threads (so a
+/// chatty daemon never blocks on a full pipe).
+pub struct Daemon {
+    pub child: Child,
+    /// Stdout lines so far.
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    /// Stderr so far.
+    pub stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Spawns `command` with piped output.
+    pub fn start(command: &mut Command) -> Daemon {
+        use std::io::BufRead;
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        Daemon { child }
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let (o, e) = (stdout.clone(), stderr.clone());
+        let readers = vec![
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    o.lock().unwrap().push(line);
+                }
+            }),
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                    let mut e = e.lock().unwrap();
+                    e.push_str(&line);
+                    e.push('\n');
+                }
+            }),
+        ];
+        Daemon {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
     }
-}
 
-/// A running `regwatch run`.
-pub struct Daemon {
-    pub child: Child,
-}
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 
-impl Daemon {
     /// Sends SIGTERM and waits: (exit code, stdout, stderr).
-    pub fn stop(mut self) -> (i32, String, String) {
+    pub fn stop(self) -> (i32, String, String) {
+        self.signal(15)
+    }
+
+    /// Sends SIGKILL and waits: (exit code, stdout, stderr).
+    pub fn kill9(self) -> (i32, String, String) {
+        self.signal(9)
+    }
+
+    fn signal(mut self, sig: i32) -> (i32, String, String) {
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe {
-            libc_kill(self.child.id() as i32, 15);
+            libc_kill(self.child.id() as i32, sig);
         }
         let status = self.child.wait().unwrap();
-        let mut out = String::new();
-        let mut err = String::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            o.read_to_string(&mut out).unwrap();
+        for r in std::mem::take(&mut self.readers) {
+            let _ = r.join();
         }
-        if let Some(mut e) = self.child.stderr.take() {
-            e.read_to_string(&mut err).unwrap();
-        }
+        let out = self.stdout.lock().unwrap().join("\n");
+        let err = self.stderr.lock().unwrap().clone();
         (status.code().unwrap_or(-1), out, err)
     }
 }
@@ -483,4 +532,20 @@ pub fn assert_schema_valid(events: &[serde_json::Value]) {
             "event does not match the schema: {errors:?}\n{e}"
         );
     }
+}
+
+/// Appends a row to the fault-suite report that `scripts/test.sh` prints after the tests:
+/// what was measured, the figure, and what it must be.
+pub fn report(measure: &str, value: impl std::fmt::Display, expected: &str) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-report");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{}.tsv", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .unwrap();
+    use std::io::Write;
+    writeln!(f, "{measure}\t{value}\t{expected}").unwrap();
+    println!("REPORT {measure}: {value} (expected {expected})");
 }

@@ -27,6 +27,14 @@ pub enum Quirk {
     ForeignLink,
     /// Every `Link` points back at the first page.
     LoopingLink,
+    /// tags/list answers a 40 MiB body.
+    HugeBody,
+    /// tags/list answers bytes that are not UTF-8.
+    InvalidUtf8,
+    /// tags/list answers with `content-type: text/html`.
+    HtmlContentType,
+    /// Every request gets 401 with a malformed challenge.
+    BadChallenge,
 }
 
 /// Shared state and counters.
@@ -94,11 +102,11 @@ fn link(state: &Synthetic, path: &str, n: usize, last: &str, first: &str) -> Opt
     let host = state.host.lock().unwrap().clone();
     let rel = format!("{path}?n={n}&last={last}");
     let target = match *state.quirk.lock().unwrap() {
-        Quirk::None => rel,
         Quirk::NoLink => return None,
         Quirk::AbsoluteLink => format!("http://{host}{rel}"),
         Quirk::ForeignLink => format!("http://elsewhere.invalid{rel}"),
         Quirk::LoopingLink => first.to_owned(),
+        _ => rel,
     };
     HeaderValue::from_str(&format!("<{target}>; rel=\"next\"")).ok()
 }
@@ -127,6 +135,35 @@ async fn handle(
     _h: HeaderMap,
 ) -> Response {
     let path = uri.path().to_owned();
+    let quirk = *state.quirk.lock().unwrap();
+    if quirk == Quirk::BadChallenge {
+        let mut r = status(StatusCode::UNAUTHORIZED);
+        r.headers_mut().insert(
+            "www-authenticate",
+            HeaderValue::from_static("Bearer realm=\"unterminated"),
+        );
+        return r;
+    }
+    if path.ends_with("/tags/list") {
+        match quirk {
+            Quirk::HugeBody => {
+                return json(format!("{{\"tags\":[\"{}\"]}}", "a".repeat(40 << 20)), None);
+            }
+            Quirk::InvalidUtf8 => {
+                let mut r = Response::new(Body::from(b"{\"tags\":[\"\xff\xfe\"]}".to_vec()));
+                r.headers_mut()
+                    .insert("content-type", HeaderValue::from_static("application/json"));
+                return r;
+            }
+            Quirk::HtmlContentType => {
+                let mut r = Response::new(Body::from("<html>maintenance</html>"));
+                r.headers_mut()
+                    .insert("content-type", HeaderValue::from_static("text/html"));
+                return r;
+            }
+            _ => {}
+        }
+    }
     let first = format!("{path}?n={}", q.n.unwrap_or(0));
     if path == "/v2/" {
         return json("{}".into(), None);

@@ -1,0 +1,253 @@
+//! Registry faults: a chaos proxy in front of the real `docker-registry` (500s, 429s, truncated
+//! bodies, dropped `Link`s, stalls) must cause no spurious events; `Retry-After` is honoured; the
+//! rate limit holds at the wire; hostile responses are errors, never events or panics.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use regwatch::config;
+use regwatch::registry::{Registry as _, RegistryError, oci::OciRegistry};
+use regwatch::store::{RepoState, Store};
+use regwatch::watch::scan::{Output, Scanner};
+use support::proxy::{self, Fault};
+use support::synthetic::{Quirk, Synthetic, serve};
+use support::{Auth, Registry, Setup, report};
+use tokio::sync::Notify;
+
+fn registry_block(host: &str, extra: &str) -> String {
+    format!(
+        "[[registry]]\nname = \"chaos\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\"]\nmutable_tags = [\"latest\"]\npage_size = 2\nrequest_timeout = \"1s\"\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_yields_no_spurious_events_and_the_daemon_stays_live() {
+    let registry = Registry::start(Auth::None);
+    for repo in ["team/a", "team/b", "team/c", "team/d", "team/e"] {
+        for tag in ["v1", "v2", "v3", "latest"] {
+            registry.push(repo, tag).await;
+        }
+    }
+    let (proxy, host) = proxy::start(&registry.url()).await;
+    let setup = Setup::new(
+        "interval = \"1s\"\njitter = \"0%\"\nemit_removed = true\n",
+        &registry_block(&host, "rate_limit = 1000\n"),
+    );
+    let (code, out, err) = setup.regwatch(&["once"]);
+    assert_eq!((code, out.as_str()), (0, ""), "clean baseline; {err}");
+
+    proxy.set_chaos(
+        0.25,
+        vec![
+            Fault::Error500,
+            Fault::TooManyRequests(1),
+            Fault::Truncate,
+            Fault::DropLink,
+            Fault::Stall(Duration::from_millis(1500)),
+        ],
+    );
+    let daemon = setup.spawn();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let injected = proxy.injected.load(Ordering::Relaxed);
+    let requests = proxy.log.lock().unwrap().len();
+    let spurious = daemon.stdout.lock().unwrap().len();
+
+    // Faults off: a tag pushed now is still reported, once, despite any backoff.
+    proxy.set_chaos(0.0, vec![]);
+    let digest = registry.push("team/c", "v4").await;
+    let started = Instant::now();
+    while daemon.stdout.lock().unwrap().len() <= spurious
+        && started.elapsed() < Duration::from_secs(40)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, out, err) = daemon.stop();
+    assert_eq!(code, 0, "{err}");
+    let cycles_failed =
+        err.matches("scan incomplete").count() + err.matches("listing failed").count();
+    println!(
+        "chaos: {requests} requests, {injected} faults injected, {cycles_failed} cycles incomplete or failed"
+    );
+    report(
+        "registry chaos: requests / faults injected",
+        format!("{requests} / {injected}"),
+        "> 0 faults",
+    );
+    report("registry chaos: spurious events", spurious, "0");
+    assert!(
+        injected > 20,
+        "the chaos must actually bite ({injected} faults)"
+    );
+    assert!(cycles_failed > 0, "some cycles must have failed: {err}");
+    assert_eq!(spurious, 0, "faults produced events:\n{out}");
+    let events = support::json_lines(&out);
+    assert_eq!(
+        events.len(),
+        1,
+        "exactly the new tag after recovery:\n{out}"
+    );
+    assert_eq!(events[0]["data"]["tag"], "v4");
+    assert_eq!(events[0]["data"]["digest"], digest.as_str());
+    report(
+        "registry chaos: tag pushed after faults reported",
+        format!("{:.1} s", started.elapsed().as_secs_f64()),
+        "yes",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_is_honoured_and_long_waits_fail_fast() {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v1").await;
+    let (proxy, host) = proxy::start(&registry.url()).await;
+    let cfg = config::parse(&registry_block(&host, ""))
+        .unwrap()
+        .registries
+        .remove(0);
+    let client = OciRegistry::new(&cfg).unwrap();
+
+    *proxy.first_request_fault.lock().unwrap() = Some(Fault::TooManyRequests(2));
+    let started = Instant::now();
+    assert_eq!(client.list_tags("team/app").await.unwrap().len(), 1);
+    let log = proxy.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2, "one 429, one retry: {log:?}");
+    let waited = log[1].at - log[0].at;
+    report(
+        "429 Retry-After: 2 s, retried after",
+        format!("{:.2} s", waited.as_secs_f64()),
+        ">= 2 s",
+    );
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A Retry-After beyond what one request may wait fails the listing at once; the scheduler backs off.
+    *proxy.first_request_fault.lock().unwrap() = Some(Fault::TooManyRequests(3600));
+    let started = Instant::now();
+    let e = client.list_tags("team/other").await.unwrap_err();
+    assert!(
+        matches!(e, RegistryError::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(3600)),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_rate_stays_within_the_limit() {
+    const RATE: u32 = 5;
+    let registry = Registry::start(Auth::Htpasswd("ci".into(), "pw".into()));
+    let repos: Vec<String> = (0..10).map(|i| format!("team/r{i}")).collect();
+    for r in &repos {
+        registry.push(r, "latest").await;
+    }
+    let (proxy, host) = proxy::start(&registry.url()).await;
+    let setup = Setup::new(
+        "",
+        &registry_block(
+            &host,
+            &format!(
+                "rate_limit = {RATE}\nconcurrency = 8\nusername = \"ci\"\npassword = \"pw\"\n"
+            ),
+        ),
+    );
+    let (code, _, err) = setup.regwatch(&["once"]);
+    assert_eq!(code, 0, "{err}");
+    let log = proxy.log.lock().unwrap().clone();
+    // Catalog pages, 401 challenges, tags/list and HEADs all count.
+    assert!(log.len() >= 20, "{} requests", log.len());
+    let heads = log.iter().filter(|s| s.method == "HEAD").count();
+    assert_eq!(heads, 10, "one HEAD per mutable tag");
+    let max_in_window = log
+        .iter()
+        .map(|first| {
+            log.iter()
+                .filter(|s| s.at >= first.at && s.at < first.at + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    let span = (log.last().unwrap().at - log[0].at).as_secs_f64();
+    // governor allows a burst of RATE, then RATE per second.
+    let sustained = (log.len() as f64 - f64::from(RATE)) / span;
+    report(
+        &format!("rate limit {RATE}/s: busiest 1 s window / sustained"),
+        format!(
+            "{max_in_window} / {sustained:.2}/s over {} requests",
+            log.len()
+        ),
+        &format!("<= {} / <= {RATE}", 2 * RATE),
+    );
+    assert!(
+        max_in_window <= 2 * RATE as usize,
+        "{max_in_window} requests in one second"
+    );
+    assert!(
+        sustained <= f64::from(RATE) * 1.05,
+        "sustained {sustained:.2}/s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_responses_are_errors_not_events() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/app", "v1", 0);
+    let host = serve(state.clone()).await;
+    let text = format!(
+        "[[registry]]\nname = \"hostile\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/app\"]\nrate_limit = 1000\n"
+    );
+    let cfg = config::parse(&text).unwrap().registries.remove(0);
+    let scanner = Scanner {
+        registry: Arc::new(OciRegistry::new(&cfg).unwrap()),
+        config: Arc::new(cfg),
+        first_run: config::FirstRun::Baseline,
+        emit_removed: true,
+        progress: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let output = Output::Commit {
+        store: store.clone(),
+        published: Arc::new(Notify::new()),
+    };
+    scanner.cycle(&output, || false).await.unwrap();
+    let before = store.repo_state("hostile", "team/app").unwrap();
+    assert!(matches!(before, Some(RepoState::Known(_))));
+
+    // (A Link to another host is refused in tests/pagination.rs.)
+    let mut refused = 0;
+    for quirk in [
+        Quirk::HugeBody,
+        Quirk::InvalidUtf8,
+        Quirk::HtmlContentType,
+        Quirk::BadChallenge,
+    ] {
+        *state.quirk.lock().unwrap() = quirk;
+        let direct = scanner.registry.list_tags("team/app").await;
+        assert!(direct.is_err(), "{quirk:?} must fail: {direct:?}");
+        let cycle = scanner.cycle(&output, || false).await.unwrap();
+        assert_eq!((cycle.events, cycle.failed), (0, 1), "{quirk:?}");
+        refused += 1;
+        assert_eq!(
+            store.repo_state("hostile", "team/app").unwrap(),
+            before,
+            "{quirk:?} touched the snapshot"
+        );
+    }
+    assert_eq!(
+        store.outbox_len().unwrap(),
+        0,
+        "no events from hostile responses"
+    );
+    let metrics = regwatch::metrics::get().render();
+    assert!(
+        metrics.contains("regwatch_repository_scan_errors_total{registry=\"hostile\"}"),
+        "{metrics}"
+    );
+    report(
+        "hostile responses refused (huge, bad UTF-8, HTML, bad challenge)",
+        format!("{refused}/4"),
+        "4/4, 0 events",
+    );
+}
