@@ -27,4 +27,15 @@ if ! command -v tansu >/dev/null 2>&1; then
   cargo install tansu --locked --version 0.6.0 --features dynostore
 fi
 
+# The fault suite appends its figures here; the table is printed after the run.
+report_dir="target/tmp/fault-report"
+rm -rf "$report_dir"
+
 cargo test --all-targets "$@"
+
+if [ -d "$report_dir" ]; then
+  echo
+  echo "Fault suite figures"
+  echo "-------------------"
+  { printf 'measure\tvalue\texpected\n'; cat "$report_dir"/*.tsv; } | column -t -s $'\t'
+fi

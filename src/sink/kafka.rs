@@ -78,15 +78,27 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// A fatal producer error (e.g. the broker lost the idempotent producer's state) poisons the
-    /// producer; start a fresh one. The outbox still holds every unacknowledged event.
-    fn recover_if_fatal(&mut self) {
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
-            tracing::error!(%code, %reason, "fatal producer error; recreating the producer");
-            match client_config(&self.config).create() {
-                Ok(p) => self.producer = p,
-                Err(e) => tracing::error!(error = %e, "cannot recreate the producer"),
-            }
+    /// A fatal error, or a broker that lost the idempotent producer's state (a restarted broker
+    /// answers ProducerFenced, UnknownProducerId or OutOfOrderSequenceNumber), poisons the producer:
+    /// start a fresh one with a new producer id. The outbox still holds every unacknowledged event.
+    fn recover(&mut self, codes: &[RDKafkaErrorCode]) {
+        let fatal = self.producer.client().fatal_error();
+        let lost_state = codes.iter().any(|c| {
+            matches!(
+                c,
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+            )
+        });
+        if fatal.is_none() && !lost_state {
+            return;
+        }
+        tracing::error!(fatal = ?fatal, errors = ?codes, "producer state lost; recreating the producer");
+        match client_config(&self.config).create() {
+            Ok(p) => self.producer = p,
+            Err(e) => tracing::error!(error = %e, "cannot recreate the producer"),
         }
     }
 }
@@ -123,6 +135,7 @@ impl Sink for KafkaSink {
         let (positions, deliveries): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
         let mut acked = Vec::with_capacity(positions.len());
         let mut failed = 0usize;
+        let mut codes = Vec::new();
         for (i, result) in positions.into_iter().zip(join_all(deliveries).await) {
             match result {
                 Ok(Ok(_)) => acked.push(i),
@@ -131,16 +144,19 @@ impl Sink for KafkaSink {
                     if failed == 1 {
                         tracing::warn!(error = %e, "kafka delivery failed");
                     }
+                    codes.extend(e.rdkafka_error_code());
                 }
                 Err(_) => failed += 1,
             }
         }
+        codes.sort_by_key(|c| *c as i32);
+        codes.dedup();
         if failed > 0 {
             crate::metrics::get()
                 .kafka_delivery_errors
                 .inc_by(failed as u64);
             tracing::warn!(failed, "kafka deliveries failed; they stay in the outbox");
-            self.recover_if_fatal();
+            self.recover(&codes);
         }
         acked
     }
