@@ -37,5 +37,5 @@ if [ -d "$report_dir" ]; then
   echo
   echo "Fault suite figures"
   echo "-------------------"
-  { printf 'measure\tvalue\texpected\n'; cat "$report_dir"/*.tsv; } | column -t -s $'\t'
+  { printf "measure\tvalue\texpected\n"; cat "$report_dir"/*.tsv; } | { column -t -s $'\t' 2>/dev/null || cat; }
 fi

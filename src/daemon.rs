@@ -54,6 +54,8 @@ fn make_sink(config: &Config) -> Result<Box<dyn Sink>, RuntimeError> {
 
 /// The tasks built from one configuration.
 struct Instance {
+    /// Receives a reason when a task hits an error the daemon must exit on.
+    fatal: mpsc::Receiver<String>,
     stop_scans: watch::Sender<bool>,
     stop_publisher: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -79,6 +81,7 @@ impl Instance {
         let heartbeats = Arc::new(Heartbeats::default());
         let mut hooks = HashMap::new();
         let mut tasks = Vec::new();
+        let (fatal_tx, fatal) = mpsc::channel(1);
         for scanner in scanners {
             let (hint_tx, hints) = mpsc::channel(1024);
             if let Some(token) = &scanner.config.webhook_token {
@@ -98,6 +101,7 @@ impl Instance {
                 hints,
                 readiness: readiness.clone(),
                 heartbeat: heartbeats.register(),
+                fatal: fatal_tx.clone(),
             };
             tasks.push(tokio::spawn(registry_loop.run(scans_rx.clone())));
         }
@@ -116,6 +120,7 @@ impl Instance {
         };
         tracing::info!(admin = %listen, registries = config.registries.len(), sink = sink_name, "running");
         Ok(Instance {
+            fatal,
             stop_scans,
             stop_publisher,
             tasks,
@@ -147,10 +152,13 @@ pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
 
     let mut term = signal(SignalKind::terminate()).map_err(runtime)?;
     let mut hup = signal(SignalKind::hangup()).map_err(runtime)?;
-    loop {
+    let outcome = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break Ok(()),
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            Some(reason) = instance.fatal.recv() => break Err(runtime(format!(
+                "{reason}; exiting so that a restart reopens and recovers the store"
+            ))),
             _ = hup.recv() => {
                 let new = match crate::config::load(path) {
                     Ok(new) => new,
@@ -178,12 +186,12 @@ pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
                 watchdog::ready();
             }
         }
-    }
+    };
     watchdog::stopping();
     tracing::info!("shutting down: finishing in-flight scans and delivering the outbox");
     instance.stop().await;
     tracing::info!(outbox = store.outbox_len().unwrap_or(0), "stopped");
-    Ok(())
+    outcome
 }
 
 /// `regwatch once`: one cycle of every registry, then deliver the outbox (or, with `dry_run`,

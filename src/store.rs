@@ -134,6 +134,15 @@ impl Store {
                     reason,
                 }
             }
+            // A file that is not a redb file at all (overwritten, truncated header) is corrupt too.
+            redb::DatabaseError::Storage(redb::StorageError::Io(e))
+                if e.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                StoreError::Corrupted {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+            }
             redb::DatabaseError::DatabaseAlreadyOpen => open_err(
                 "already in use by another regwatch process (one state_dir per daemon)".into(),
             ),

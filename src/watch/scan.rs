@@ -180,6 +180,7 @@ impl Scanner {
             .buffer_unordered(self.config.concurrency)
             .collect()
             .await;
+        let mut store_error = None;
         for (repo, result) in results {
             match result {
                 Ok(outcome) => {
@@ -193,10 +194,17 @@ impl Scanner {
                         .get_or_create(&crate::metrics::registry_label(&self.config.name))
                         .inc();
                     tracing::warn!(registry = %self.config.name, repository = %repo, error = %e, "scan failed; snapshot left unchanged");
+                    if let ScanError::Store(e) = e {
+                        store_error.get_or_insert(e);
+                    }
                 }
             }
         }
-        Ok(report)
+        // The store failing is not the registry's fault and will not heal by itself.
+        match store_error {
+            Some(e) => Err(e.into()),
+            None => Ok(report),
+        }
     }
 
     /// Decides, for repositories the store has never seen, whether their first scan emits: only if

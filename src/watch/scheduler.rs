@@ -50,6 +50,9 @@ pub struct RegistryLoop {
     pub readiness: Arc<Readiness>,
     /// Beaten every second while the loop is alive.
     pub heartbeat: Heartbeat,
+    /// Told when the state store fails: the daemon exits so the service manager restarts it and
+    /// the store recovers on open, rather than scanning on without being able to record anything.
+    pub fatal: mpsc::Sender<String>,
 }
 
 impl RegistryLoop {
@@ -90,6 +93,11 @@ impl RegistryLoop {
                             delay = delay.max(backoff.next().unwrap_or(interval));
                             tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, next_in = ?delay, "scan incomplete");
                         }
+                        Ok(Err(ScanError::Store(e))) => {
+                            m.scan_finished(&name, "failed", started.elapsed());
+                            let _ = self.fatal.try_send(format!("state store failed while scanning {name}: {e}"));
+                            break;
+                        }
                         Ok(Err(e)) => {
                             m.scan_finished(&name, "failed", started.elapsed());
                             delay = delay.max(backoff.next().unwrap_or(interval));
@@ -115,6 +123,10 @@ impl RegistryLoop {
                     let scan = self.scanner.scan_hinted(&self.output, repos.into_iter().collect());
                     match beating(&mut tick, &self.heartbeat, scan).await {
                         Ok(report) => tracing::debug!(registry = %name, ?report, "hinted scan complete"),
+                        Err(ScanError::Store(e)) => {
+                            let _ = self.fatal.try_send(format!("state store failed while scanning {name}: {e}"));
+                            break;
+                        }
                         Err(e) => tracing::warn!(registry = %name, error = %e, "hinted scan failed"),
                     }
                 }
