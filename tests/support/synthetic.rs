@@ -48,6 +48,10 @@ pub struct Synthetic {
     pub head_requests: AtomicUsize,
     pub get_manifest_requests: AtomicUsize,
     pub host: Mutex<String>,
+    /// When set, (user, password, token): `/token` issues the token for Basic user:password and
+    /// every `/v2/` request must carry it as a Bearer token.
+    pub token_auth: Mutex<Option<(String, String, String)>>,
+    pub token_requests: AtomicUsize,
 }
 
 /// A digest derived from the content it names.
@@ -132,9 +136,27 @@ async fn handle(
     method: Method,
     uri: Uri,
     Query(q): Query<Page>,
-    _h: HeaderMap,
+    headers: HeaderMap,
 ) -> Response {
     let path = uri.path().to_owned();
+    if let Some((user, pass, token)) = state.token_auth.lock().unwrap().clone() {
+        let presented = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        if path == "/token" {
+            state.token_requests.fetch_add(1, Ordering::Relaxed);
+            let expected = format!("Basic {}", super::basic_b64(&user, &pass));
+            if presented != expected {
+                return status(StatusCode::UNAUTHORIZED);
+            }
+            return json(serde_json::json!({ "token": token, "expires_in": 300 }).to_string(), None);
+        }
+        if presented != format!("Bearer {token}") {
+            let host = state.host.lock().unwrap().clone();
+            let mut r = status(StatusCode::UNAUTHORIZED);
+            let challenge = format!("Bearer realm=\"http://{host}/token\",service=\"synthetic\"");
+            r.headers_mut().insert("www-authenticate", HeaderValue::from_str(&challenge).unwrap());
+            return r;
+        }
+    }
     let quirk = *state.quirk.lock().unwrap();
     if quirk == Quirk::BadChallenge {
         let mut r = status(StatusCode::UNAUTHORIZED);
