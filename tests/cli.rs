@@ -127,6 +127,24 @@ fn config_errors_exit_2_with_path_and_line() {
             6,
             "REGWATCH_TEST_UNSET_VAR is not set",
         ),
+        (
+            "[[registry]]\nname = \"a\"\nkind = \"oci\"\nurl = \"https://h\"\n[[registry]]\nname = \"a\"\nkind = \"oci\"\nurl = \"https://h\"\n",
+            "registry[1].name",
+            5,
+            "duplicate registry name",
+        ),
+        (
+            "[[registry]]\nname = \"a\"\nkind = \"oci\"\nurl = \"https://exa mple\"\n",
+            "registry[0].url",
+            4,
+            "invalid URL",
+        ),
+        (
+            "[[registry]]\nname = \"a\"\nkind = \"oci\"\nurl = \"https://h\"\nusername = \"u\"\npassword_file = \"/nonexistent/secret\"\n",
+            "registry[0].password_file",
+            6,
+            "cannot read secret file /nonexistent/secret",
+        ),
     ];
     for (text, path, line, hint) in cases {
         let dir = tempfile::tempdir().unwrap();

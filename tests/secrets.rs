@@ -69,14 +69,30 @@ async fn secrets_never_reach_any_output() {
         output.push_str(&String::from_utf8_lossy(&out.stderr));
         out.status.code()
     };
-    assert_eq!(run(&["check"]), Some(1), "the bad registries fail the check");
+    assert_eq!(
+        run(&["check"]),
+        Some(1),
+        "the bad registries fail the check"
+    );
     assert_eq!(run(&["once"]), Some(1));
     assert_eq!(run(&["tags", "token-good", "team/tok"]), Some(0));
     assert_eq!(run(&["tags", "basic-good", "team/app"]), Some(0));
     assert_eq!(run(&["once", "--dry-run", "--log-format", "json"]), Some(1));
-    assert!(output.contains("invalid credentials (401/403)"), "failing auth was exercised");
-    assert!(synthetic.token_requests.load(std::sync::atomic::Ordering::Relaxed) >= 2, "Bearer flow exercised");
-    assert!(output.contains("io.regwatch.tag.added"), "events were printed");
+    assert!(
+        output.contains("invalid credentials (401/403)"),
+        "failing auth was exercised"
+    );
+    assert!(
+        synthetic
+            .token_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "Bearer flow exercised"
+    );
+    assert!(
+        output.contains("io.regwatch.tag.added"),
+        "events were printed"
+    );
 
     // The daemon, with SASL settings for an unreachable broker and a webhook with a wrong token.
     let text = std::fs::read_to_string(&setup.config).unwrap();
@@ -85,7 +101,15 @@ async fn secrets_never_reach_any_output() {
         free_port()
     );
     let registries_at = text.find("[[registry]]").unwrap();
-    std::fs::write(&setup.config, format!("{}{kafka}{}", &text[..registries_at], &text[registries_at..])).unwrap();
+    std::fs::write(
+        &setup.config,
+        format!(
+            "{}{kafka}{}",
+            &text[..registries_at],
+            &text[registries_at..]
+        ),
+    )
+    .unwrap();
     let daemon = support::Daemon::start(
         std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
             .args(["run", "-c"])
@@ -95,7 +119,14 @@ async fn secrets_never_reach_any_output() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let hook = format!("http://{}/hooks/basic-good", setup.admin);
     let client = reqwest::Client::new();
-    let status = client.post(&hook).bearer_auth("canary-hook-3b2X").body("{}").send().await.unwrap().status();
+    let status = client
+        .post(&hook)
+        .bearer_auth("canary-hook-3b2X")
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .status();
     assert_eq!(status, 401);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, out, err) = daemon.stop();

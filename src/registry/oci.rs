@@ -250,11 +250,13 @@ pub fn parse_next_link(value: &str) -> Option<&str> {
     }
 }
 
-fn tags_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+/// The tag names of one `tags/list` page.
+pub fn tags_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
     serde_json::from_slice::<TagsPage>(body).map(|p| p.tags.unwrap_or_default())
 }
 
-fn repositories_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+/// The repository names of one `_catalog` page.
+pub fn repositories_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
     serde_json::from_slice::<CatalogPage>(body).map(|p| p.repositories.unwrap_or_default())
 }
 

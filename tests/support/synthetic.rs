@@ -52,6 +52,10 @@ pub struct Synthetic {
     /// every `/v2/` request must carry it as a Bearer token.
     pub token_auth: Mutex<Option<(String, String, String)>>,
     pub token_requests: AtomicUsize,
+    /// When set, every `/v2/…/tags/list` answers 307 to this base URL (same path).
+    pub redirect_to: Mutex<Option<String>>,
+    /// The `Authorization` header of every request, as received.
+    pub authorization_seen: Mutex<Vec<Option<String>>>,
 }
 
 /// A digest derived from the content it names.
@@ -139,23 +143,46 @@ async fn handle(
     headers: HeaderMap,
 ) -> Response {
     let path = uri.path().to_owned();
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    state.authorization_seen.lock().unwrap().push(authorization);
     if let Some((user, pass, token)) = state.token_auth.lock().unwrap().clone() {
-        let presented = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if path == "/token" {
             state.token_requests.fetch_add(1, Ordering::Relaxed);
             let expected = format!("Basic {}", super::basic_b64(&user, &pass));
             if presented != expected {
                 return status(StatusCode::UNAUTHORIZED);
             }
-            return json(serde_json::json!({ "token": token, "expires_in": 300 }).to_string(), None);
+            return json(
+                serde_json::json!({ "token": token, "expires_in": 300 }).to_string(),
+                None,
+            );
         }
         if presented != format!("Bearer {token}") {
             let host = state.host.lock().unwrap().clone();
             let mut r = status(StatusCode::UNAUTHORIZED);
             let challenge = format!("Bearer realm=\"http://{host}/token\",service=\"synthetic\"");
-            r.headers_mut().insert("www-authenticate", HeaderValue::from_str(&challenge).unwrap());
+            r.headers_mut().insert(
+                "www-authenticate",
+                HeaderValue::from_str(&challenge).unwrap(),
+            );
             return r;
         }
+    }
+    if let Some(base) = state.redirect_to.lock().unwrap().clone()
+        && path.ends_with("/tags/list")
+    {
+        let mut r = status(StatusCode::TEMPORARY_REDIRECT);
+        let target = format!("{base}{}", uri.path_and_query().map_or("", |p| p.as_str()));
+        r.headers_mut()
+            .insert("location", HeaderValue::from_str(&target).unwrap());
+        return r;
     }
     let quirk = *state.quirk.lock().unwrap();
     if quirk == Quirk::BadChallenge {
