@@ -203,6 +203,50 @@ impl TagFilter {
     }
 }
 
+/// Hosts users type for Docker Hub; all mean the Hub's registry API.
+const DOCKER_HUB_HOSTS: &[&str] = &[
+    "registry.hub.docker.com",
+    "hub.docker.com",
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+];
+/// Docker Hub's registry API endpoint.
+const DOCKER_HUB_API: &str = "https://registry-1.docker.io";
+
+/// Kind-specific settings.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    /// The Distribution API, as is (oci, harbor, acr, dockerhub).
+    Distribution,
+    /// The AWS ECR API.
+    Ecr(EcrConfig),
+    /// The Distribution API, authenticated with a Google service account.
+    Gcr(GcrConfig),
+}
+
+/// `kind = "ecr"` settings.
+#[derive(Debug, Clone)]
+pub struct EcrConfig {
+    /// AWS region.
+    pub region: String,
+    /// The account whose registry is watched.
+    pub registry_id: String,
+    /// Static keys; `None` uses the default AWS credential chain.
+    pub keys: Option<(String, SecretString)>,
+    /// API endpoint override (VPC endpoints, tests).
+    pub endpoint: Option<Url>,
+}
+
+/// `kind = "gcr"` settings.
+#[derive(Debug, Clone)]
+pub struct GcrConfig {
+    /// The Google Cloud project.
+    pub project_id: String,
+    /// The service-account key JSON.
+    pub json_key: SecretString,
+}
+
 /// One `[[registry]]`, validated.
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
@@ -210,7 +254,9 @@ pub struct RegistryConfig {
     pub name: String,
     /// Which API it speaks.
     pub kind: Kind,
-    /// Base URL, without a trailing slash.
+    /// Kind-specific settings.
+    pub provider: Provider,
+    /// Base URL, without a trailing slash (for Docker Hub, the registry API endpoint).
     pub url: Url,
     /// `host[:port]`, as events show it.
     pub host: String,
@@ -637,20 +683,9 @@ fn validate_registry(
         line: Some(line),
         message,
     };
-    let kind_line = line_of(text, r.kind.span().start);
     let kind = *r.kind.get_ref();
     match kind {
-        Kind::Oci | Kind::Harbor | Kind::Acr => {}
-        Kind::Ecr | Kind::Gcr | Kind::Dockerhub => {
-            return Err(err(
-                "kind",
-                kind_line,
-                format!(
-                    "kind {:?} is not yet supported by this build; use \"oci\", \"harbor\" or \"acr\"",
-                    kind.as_str()
-                ),
-            ));
-        }
+        Kind::Oci | Kind::Harbor | Kind::Acr | Kind::Ecr | Kind::Gcr | Kind::Dockerhub => {}
     }
     if r.name.is_empty()
         || !r
@@ -697,12 +732,20 @@ fn validate_registry(
             "URL must not carry a query, fragment or user info; use username/password".into(),
         ));
     }
-    let host = match (url.host_str(), url.port()) {
+    let mut host = match (url.host_str(), url.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_owned(),
         (None, _) => return Err(err("url", url_line, "URL has no host".into())),
     };
+    let mut url = url;
+    if kind == Kind::Dockerhub && DOCKER_HUB_HOSTS.contains(&host.as_str()) {
+        // Users type the Hub's web or index host; the registry API lives elsewhere. Events name
+        // images the way `docker pull` does: docker.io/library/nginx.
+        url = Url::parse(DOCKER_HUB_API).expect("static URL");
+        host = "docker.io".into();
+    }
 
+    let provider = provider(&r, kind, &url, &err, table_line)?;
     let password = one_secret(r.password, r.password_file, "password", &err, table_line)?;
     let credentials = match (r.username, password) {
         (Some(u), Some(p)) => Some(Credentials {
@@ -733,18 +776,16 @@ fn validate_registry(
         table_line,
     )?;
 
-    // Reserved for the ECR and GCR adapters; accepted by the schema so configs stay forward compatible.
-    let _ = (
-        r.region,
-        r.access_key_id,
-        r.secret_access_key,
-        r.secret_access_key_file,
-        r.registry_id,
-        r.endpoint,
-        r.project_id,
-        r.json_key,
-        r.json_key_file,
-    );
+    if matches!(provider, Provider::Ecr(_) | Provider::Gcr(_)) && credentials.is_some() {
+        return Err(err(
+            "username",
+            table_line,
+            format!(
+                "kind {} authenticates with its own keys, not username/password",
+                kind.as_str()
+            ),
+        ));
+    }
 
     let concurrency = r.concurrency.unwrap_or(8);
     if concurrency == 0 {
@@ -754,15 +795,42 @@ fn validate_registry(
     if page_size == 0 {
         return Err(err("page_size", table_line, "must be at least 1".into()));
     }
-    let repositories = if r.repositories.is_empty() {
+    let mut repositories = if r.repositories.is_empty() {
         vec![RepoPattern::parse("**").expect("static glob")]
     } else {
         r.repositories.into_iter().map(|p| p.0).collect()
     };
+    match (&provider, kind) {
+        (_, Kind::Dockerhub) => {
+            if repositories
+                .iter()
+                .any(|p| matches!(p, RepoPattern::Glob(_)))
+            {
+                return Err(err(
+                    "repositories",
+                    table_line,
+                    "Docker Hub has no catalog API, so globs cannot be resolved; list repositories by name (e.g. \"nginx\", \"bitnami/redis\")".into(),
+                ));
+            }
+            repositories = repositories
+                .iter()
+                .map(|p| qualify(p, "library/", |n| !n.contains('/')))
+                .collect();
+        }
+        (Provider::Gcr(g), _) => {
+            let prefix = format!("{}/", g.project_id);
+            repositories = repositories
+                .iter()
+                .map(|p| qualify(p, &prefix, |n| !n.starts_with(&prefix)))
+                .collect();
+        }
+        _ => {}
+    }
 
     Ok(RegistryConfig {
         name: r.name,
         kind,
+        provider,
         url,
         host,
         credentials,
@@ -781,6 +849,171 @@ fn validate_registry(
         request_timeout: r.request_timeout.map_or(Duration::from_secs(30), |d| d.0),
         insecure: r.insecure,
         webhook_token,
+    })
+}
+
+/// Prefixes a repository pattern with `prefix` when `needs(pattern)`.
+fn qualify(pattern: &RepoPattern, prefix: &str, needs: impl Fn(&str) -> bool) -> RepoPattern {
+    let text = pattern.as_str();
+    if needs(text) {
+        RepoPattern::parse(&format!("{prefix}{text}"))
+            .expect("a valid pattern stays valid with a plain prefix")
+    } else {
+        pattern.clone()
+    }
+}
+
+/// Builds the kind-specific settings, rejecting keys that belong to another kind.
+fn provider(
+    r: &RawRegistry,
+    kind: Kind,
+    url: &Url,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+    line: usize,
+) -> Result<Provider, ConfigError> {
+    let only_for = |key: &str, present: bool, for_kind: Kind| -> Result<(), ConfigError> {
+        if present && kind != for_kind {
+            return Err(err(
+                key,
+                line,
+                format!("{key} applies only to kind = \"{}\"", for_kind.as_str()),
+            ));
+        }
+        Ok(())
+    };
+    only_for("region", r.region.is_some(), Kind::Ecr)?;
+    only_for("access_key_id", r.access_key_id.is_some(), Kind::Ecr)?;
+    only_for(
+        "secret_access_key",
+        r.secret_access_key.is_some(),
+        Kind::Ecr,
+    )?;
+    only_for(
+        "secret_access_key_file",
+        r.secret_access_key_file.is_some(),
+        Kind::Ecr,
+    )?;
+    only_for("registry_id", r.registry_id.is_some(), Kind::Ecr)?;
+    only_for("endpoint", r.endpoint.is_some(), Kind::Ecr)?;
+    only_for("project_id", r.project_id.is_some(), Kind::Gcr)?;
+    only_for("json_key", r.json_key.is_some(), Kind::Gcr)?;
+    only_for("json_key_file", r.json_key_file.is_some(), Kind::Gcr)?;
+    match kind {
+        Kind::Ecr => ecr_provider(r, url, err, line).map(Provider::Ecr),
+        Kind::Gcr => {
+            let project_id = r
+                .project_id
+                .clone()
+                .ok_or_else(|| err("project_id", line, "kind gcr needs project_id".into()))?;
+            let json_key = match (&r.json_key, &r.json_key_file) {
+                (Some(k), None) => k.0.clone(),
+                (None, Some(f)) => f.0.clone(),
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "json_key",
+                        line,
+                        "set either json_key or json_key_file, not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(err(
+                        "json_key",
+                        line,
+                        "kind gcr needs json_key or json_key_file (a service-account key)".into(),
+                    ));
+                }
+            };
+            crate::registry::gcr::check_key(&json_key).map_err(|e| err("json_key", line, e))?;
+            Ok(Provider::Gcr(GcrConfig {
+                project_id,
+                json_key,
+            }))
+        }
+        _ => Ok(Provider::Distribution),
+    }
+}
+
+fn ecr_provider(
+    r: &RawRegistry,
+    url: &Url,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+    line: usize,
+) -> Result<EcrConfig, ConfigError> {
+    // <account>.dkr.ecr.<region>.amazonaws.com[.cn]
+    let host = url.host_str().unwrap_or_default();
+    let labels: Vec<&str> = host.split('.').collect();
+    let from_host = match labels.as_slice() {
+        [account, "dkr", "ecr", region, "amazonaws", "com", ..] => Some((*account, *region)),
+        _ => None,
+    };
+    let region = r
+        .region
+        .clone()
+        .or_else(|| from_host.map(|(_, region)| region.to_owned()))
+        .ok_or_else(|| {
+            err(
+                "region",
+                line,
+                "kind ecr needs region (or an account URL that names it)".into(),
+            )
+        })?;
+    let registry_id = r
+        .registry_id
+        .clone()
+        .or_else(|| from_host.map(|(account, _)| account.to_owned()))
+        .filter(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            err(
+                "registry_id",
+                line,
+                "kind ecr needs a 12-digit registry_id, or url = \"https://<account>.dkr.ecr.<region>.amazonaws.com\"".into(),
+            )
+        })?;
+    let secret = match (&r.secret_access_key, &r.secret_access_key_file) {
+        (Some(s), None) => Some(s.0.clone()),
+        (None, Some(f)) => Some(f.0.clone()),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "secret_access_key",
+                line,
+                "set either secret_access_key or secret_access_key_file, not both".into(),
+            ));
+        }
+        (None, None) => None,
+    };
+    let keys = match (&r.access_key_id, secret) {
+        (Some(id), Some(secret)) => Some((id.0.clone(), secret)),
+        (None, None) => None,
+        _ => {
+            return Err(err(
+                "access_key_id",
+                line,
+                "set both access_key_id and secret_access_key, or neither (to use the default AWS credential chain)".into(),
+            ));
+        }
+    };
+    let endpoint = r
+        .endpoint
+        .as_deref()
+        .map(|e| {
+            let u = Url::parse(e)
+                .map_err(|x| err("endpoint", line, format!("invalid URL {e:?}: {x}")))?;
+            match u.scheme() {
+                "https" => Ok(u),
+                "http" if r.insecure => Ok(u),
+                _ => Err(err(
+                    "endpoint",
+                    line,
+                    "endpoint must be https:// (or set insecure = true)".into(),
+                )),
+            }
+        })
+        .transpose()?;
+    Ok(EcrConfig {
+        region,
+        registry_id,
+        keys,
+        endpoint,
     })
 }
 
@@ -904,11 +1137,59 @@ url = "https://registry.example.com"
         assert!(expand_env("${A", env).is_err());
     }
 
+    fn one(text: &str) -> RegistryConfig {
+        parse(text).unwrap().registries.remove(0)
+    }
+
     #[test]
-    fn unsupported_kind_is_clear() {
-        let e = parse(&MINIMAL.replace("\"oci\"", "\"ecr\"")).unwrap_err();
-        assert_eq!(e.path, "registry[0].kind");
-        assert!(e.message.contains("not yet supported"));
+    fn ecr_derives_account_and_region_from_the_url() {
+        let r = one(
+            "[[registry]]\nname = \"e\"\nkind = \"ecr\"\nurl = \"https://123456789012.dkr.ecr.eu-west-1.amazonaws.com\"\n",
+        );
+        let Provider::Ecr(e) = &r.provider else {
+            panic!()
+        };
+        assert_eq!(
+            (e.region.as_str(), e.registry_id.as_str()),
+            ("eu-west-1", "123456789012")
+        );
+        assert!(e.keys.is_none(), "no keys: the default AWS chain");
+        let err = parse("[[registry]]\nname = \"e\"\nkind = \"ecr\"\nurl = \"https://ecr.example\"\nregion = \"x\"\n").unwrap_err();
+        assert_eq!(err.path, "registry[0].registry_id");
+        let err = parse("[[registry]]\nname = \"e\"\nkind = \"ecr\"\nurl = \"https://123456789012.dkr.ecr.eu-west-1.amazonaws.com\"\naccess_key_id = \"AKIA\"\n").unwrap_err();
+        assert!(
+            err.message
+                .contains("both access_key_id and secret_access_key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn keys_of_another_kind_are_refused() {
+        let e = parse(&format!("{MINIMAL}region = \"us-east-1\"\n")).unwrap_err();
+        assert_eq!(e.path, "registry[0].region");
+        assert!(e.message.contains("only to kind = \"ecr\""), "{e}");
+    }
+
+    #[test]
+    fn dockerhub_maps_the_url_and_qualifies_official_images() {
+        let r = one(
+            "[[registry]]\nname = \"hub\"\nkind = \"dockerhub\"\nurl = \"https://registry.hub.docker.com\"\nrepositories = [\"nginx\", \"bitnami/redis\"]\n",
+        );
+        assert_eq!(r.url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(r.host, "docker.io");
+        let names: Vec<&str> = r.repositories.iter().map(RepoPattern::as_str).collect();
+        assert_eq!(names, vec!["library/nginx", "bitnami/redis"]);
+        let e = parse("[[registry]]\nname = \"hub\"\nkind = \"dockerhub\"\nurl = \"https://registry.hub.docker.com\"\nrepositories = [\"bitnami/*\"]\n").unwrap_err();
+        assert!(e.message.contains("no catalog"), "{e}");
+    }
+
+    #[test]
+    fn gcr_needs_a_key_and_prefixes_the_project() {
+        let e = parse("[[registry]]\nname = \"g\"\nkind = \"gcr\"\nurl = \"https://gcr.io\"\nproject_id = \"p\"\n").unwrap_err();
+        assert_eq!(e.path, "registry[0].json_key");
+        let e = parse("[[registry]]\nname = \"g\"\nkind = \"gcr\"\nurl = \"https://gcr.io\"\nproject_id = \"p\"\njson_key = \"{}\"\n").unwrap_err();
+        assert!(e.message.contains("not a service-account key"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,6 @@ use libfuzzer_sys::fuzz_target;
 use regwatch::registry::oci::{repositories_of, tags_of};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = tags_of(data);
-    let _ = repositories_of(data);
+    let _ = tags_of(data, &mut Vec::new());
+    let _ = repositories_of(data, &mut Vec::new());
 });

@@ -2,9 +2,10 @@
 //! realm the registry names, cached per scope until shortly before they expire.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::{StatusCode, header};
@@ -130,9 +131,23 @@ enum Scheme {
     },
 }
 
+/// Where a registry's credentials come from: fixed, or minted on demand (GCR's OAuth2 tokens).
+#[async_trait]
+pub trait CredentialSource: Send + Sync {
+    /// The credentials to use now.
+    async fn credentials(&self) -> Result<Credentials, RegistryError>;
+}
+
+#[async_trait]
+impl CredentialSource for Credentials {
+    async fn credentials(&self) -> Result<Credentials, RegistryError> {
+        Ok(self.clone())
+    }
+}
+
 /// Produces the `Authorization` header for a request, learning the scheme from challenges.
 pub struct Authenticator {
-    credentials: Option<Credentials>,
+    credentials: Option<Arc<dyn CredentialSource>>,
     insecure: bool,
     scheme: Mutex<Scheme>,
     tokens: Mutex<HashMap<String, CachedToken>>,
@@ -140,7 +155,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// An authenticator with the registry's credentials.
-    pub fn new(credentials: Option<Credentials>, insecure: bool) -> Self {
+    pub fn new(credentials: Option<Arc<dyn CredentialSource>>, insecure: bool) -> Self {
         Authenticator {
             credentials,
             insecure,
@@ -188,7 +203,7 @@ impl Authenticator {
         match scheme {
             Scheme::Unknown => Ok(None),
             Scheme::Basic => match &self.credentials {
-                Some(c) => Ok(Some(basic(c))),
+                Some(c) => Ok(Some(basic(&c.credentials().await?))),
                 None => Err(RegistryError::Unauthorized {
                     status: 401,
                     what: "registry (Basic auth required, no credentials configured)",
@@ -233,11 +248,15 @@ impl Authenticator {
         }
         // The realm is the one the registry named, and on_challenge refused it over plain http
         // unless insecure, so credentials may go there.
+        let basic_auth = match &self.credentials {
+            Some(c) => Some(basic(&c.credentials().await?)),
+            None => None,
+        };
         let response = transport
             .send(|| {
                 let req = transport.client().get(url.clone());
-                match &self.credentials {
-                    Some(c) => req.header(header::AUTHORIZATION, basic(c).expose_secret()),
+                match &basic_auth {
+                    Some(b) => req.header(header::AUTHORIZATION, sensitive(b)),
                     None => req,
                 }
             })
@@ -282,6 +301,14 @@ impl Authenticator {
             refresh_at: Instant::now() + lifetime - margin,
         })
     }
+}
+
+/// A header value that `Debug` output (and HTTP/2 header compression) treats as secret.
+pub fn sensitive(value: &SecretString) -> header::HeaderValue {
+    let mut v = header::HeaderValue::from_str(value.expose_secret())
+        .unwrap_or_else(|_| header::HeaderValue::from_static(""));
+    v.set_sensitive(true);
+    v
 }
 
 fn basic(c: &Credentials) -> SecretString {

@@ -16,12 +16,45 @@ pub const BODY_CAP: usize = 32 * 1024 * 1024;
 /// the scheduler backs the registry off.
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(30);
 
+/// A registry's request rate limiter (`rate_limit` per second); every request, token fetches
+/// included, waits on it first.
+pub struct Limiter {
+    inner: DefaultDirectRateLimiter,
+    /// The registry's name, for metrics.
+    name: String,
+}
+
+impl Limiter {
+    /// The limiter for one registry entry.
+    pub fn new(config: &RegistryConfig) -> Self {
+        Limiter {
+            inner: RateLimiter::direct(Quota::per_second(config.rate_limit)),
+            name: config.name.clone(),
+        }
+    }
+
+    /// Waits for a slot, counting the time waited.
+    pub async fn wait(&self) {
+        let waited = std::time::Instant::now();
+        self.inner.until_ready().await;
+        crate::metrics::get()
+            .limiter_wait
+            .get_or_create(&crate::metrics::registry_label(&self.name))
+            .inc_by(waited.elapsed().as_secs_f64());
+    }
+
+    /// The registry's name.
+    pub fn registry(&self) -> &str {
+        &self.name
+    }
+}
+
 /// A rate-limited, retrying HTTP client for one registry.
 pub struct Transport {
     client: reqwest::Client,
-    limiter: DefaultDirectRateLimiter,
-    /// The registry's name, for metrics.
-    name: String,
+    limiter: Limiter,
+    /// Set when the registry's pull quota (Docker Hub's `ratelimit-remaining`) runs low.
+    paused_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Transport {
@@ -40,8 +73,8 @@ impl Transport {
             .map_err(|e| RegistryError::Unreachable(format!("cannot build HTTP client: {e}")))?;
         Ok(Transport {
             client,
-            limiter: RateLimiter::direct(Quota::per_second(config.rate_limit)),
-            name: config.name.clone(),
+            limiter: Limiter::new(config),
+            paused_until: std::sync::Mutex::new(None),
         })
     }
 
@@ -56,24 +89,37 @@ impl Transport {
         &self,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
+        if let Some(until) = *self.paused_until.lock().expect("pause lock") {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if !left.is_zero() {
+                return Err(RegistryError::RateLimited {
+                    retry_after: Some(left),
+                });
+            }
+        }
         let metrics = crate::metrics::get();
         let attempt = || async {
-            let waited = std::time::Instant::now();
-            self.limiter.until_ready().await;
-            metrics
-                .limiter_wait
-                .get_or_create(&crate::metrics::registry_label(&self.name))
-                .inc_by(waited.elapsed().as_secs_f64());
+            self.limiter.wait().await;
+            let name = self.limiter.registry();
             let response = build().send().await.map_err(|e| {
-                metrics.request(&self.name, None);
+                metrics.request(name, None);
                 transport_error(e)
             })?;
             let status = response.status();
-            metrics.request(&self.name, Some(status.as_u16()));
+            metrics.request(name, Some(status.as_u16()));
+            if let Some(pause) = quota_pause(&response) {
+                tracing::warn!(
+                    registry = name,
+                    ?pause,
+                    "pull quota nearly used up; pausing this registry"
+                );
+                *self.paused_until.lock().expect("pause lock") =
+                    Some(std::time::Instant::now() + pause);
+            }
             if let Some(remaining) = ratelimit_remaining(&response) {
                 metrics
                     .ratelimit_remaining
-                    .get_or_create(&crate::metrics::registry_label(&self.name))
+                    .get_or_create(&crate::metrics::registry_label(name))
                     .set(remaining);
             }
             if status == StatusCode::TOO_MANY_REQUESTS {
@@ -158,6 +204,19 @@ fn ratelimit_remaining(response: &Response) -> Option<i64> {
         .to_str()
         .ok()?;
     value.split(';').next()?.trim().parse().ok()
+}
+
+/// How long to pause when the quota is down to its last 10 % (`ratelimit-limit: 100;w=21600`):
+/// the rest is left to the deployers that pull. Watching itself pulls nothing.
+fn quota_pause(response: &Response) -> Option<Duration> {
+    let remaining = ratelimit_remaining(response)?;
+    let limit = response.headers().get("ratelimit-limit")?.to_str().ok()?;
+    let mut parts = limit.split(';');
+    let total: i64 = parts.next()?.trim().parse().ok()?;
+    let window = parts
+        .find_map(|p| p.trim().strip_prefix("w=")?.parse::<u64>().ok())
+        .unwrap_or(21_600);
+    (remaining <= (total / 10).max(1)).then(|| Duration::from_secs(window))
 }
 
 fn retry_after(response: &Response) -> Option<Duration> {

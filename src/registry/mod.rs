@@ -1,6 +1,8 @@
 //! The [`Registry`] trait that every adapter implements, and the types a listing is made of.
 
 pub mod auth;
+pub mod ecr;
+pub mod gcr;
 pub mod http;
 pub mod oci;
 
@@ -9,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use crate::config::{Kind, RegistryConfig};
+use crate::config::{Provider, RegistryConfig};
 
 /// One tag as a registry lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,14 +97,14 @@ pub trait Registry: Send + Sync {
 
 /// Builds the adapter for a registry entry.
 pub fn connect(config: &RegistryConfig) -> Result<Arc<dyn Registry>, RegistryError> {
-    match config.kind {
-        Kind::Oci | Kind::Harbor | Kind::Acr => Ok(Arc::new(oci::OciRegistry::new(config)?)),
-        // Rejected at config load until their adapters land.
-        Kind::Ecr | Kind::Gcr | Kind::Dockerhub => Err(RegistryError::Protocol(format!(
-            "kind {} is not supported by this build",
-            config.kind.as_str()
-        ))),
-    }
+    Ok(match &config.provider {
+        Provider::Distribution => Arc::new(oci::OciRegistry::new(config)?),
+        Provider::Ecr(ecr) => Arc::new(ecr::EcrRegistry::new(config, ecr)),
+        Provider::Gcr(gcr) => {
+            let google = Arc::new(gcr::GoogleCredentials::new(gcr));
+            Arc::new(oci::OciRegistry::with_credentials(config, Some(google))?)
+        }
+    })
 }
 
 /// Whether `name` is a valid repository name per the Distribution spec (safe to put in a URL path).

@@ -2,13 +2,14 @@
 //! Harbor and ACR speak it as is.
 
 use async_trait::async_trait;
-use reqwest::header::{self, HeaderValue};
+use reqwest::header;
 use reqwest::{Method, Response, StatusCode};
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use url::Url;
 
-use super::auth::Authenticator;
+use std::sync::Arc;
+
+use super::auth::{Authenticator, CredentialSource, sensitive};
 use super::http::{BODY_CAP, Transport, expect_json, read_body};
 use super::{Registry, RegistryError, Tag, valid_digest, valid_repository, valid_tag};
 use crate::config::RegistryConfig;
@@ -20,6 +21,9 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
+
+/// Reads one listing page: its names, plus any tags whose digests the page carries.
+type PageParser = fn(&[u8], &mut Vec<Tag>) -> Result<Vec<String>, serde_json::Error>;
 
 /// A Distribution v2 registry.
 pub struct OciRegistry {
@@ -33,6 +37,17 @@ pub struct OciRegistry {
 struct TagsPage {
     #[serde(default)]
     tags: Option<Vec<String>>,
+    /// Google's extension: digest → the tags on it and its upload time.
+    #[serde(default)]
+    manifest: Option<std::collections::HashMap<String, GoogleManifest>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GoogleManifest {
+    #[serde(default)]
+    tag: Vec<String>,
+    time_uploaded_ms: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -42,12 +57,24 @@ struct CatalogPage {
 }
 
 impl OciRegistry {
-    /// A client for one registry entry.
+    /// A client for one registry entry, with its configured username and password.
     pub fn new(config: &RegistryConfig) -> Result<Self, RegistryError> {
+        let credentials = config
+            .credentials
+            .clone()
+            .map(|c| Arc::new(c) as Arc<dyn CredentialSource>);
+        Self::with_credentials(config, credentials)
+    }
+
+    /// A client whose credentials come from `credentials`.
+    pub fn with_credentials(
+        config: &RegistryConfig,
+        credentials: Option<Arc<dyn CredentialSource>>,
+    ) -> Result<Self, RegistryError> {
         Ok(OciRegistry {
             base: config.url.clone(),
             transport: Transport::new(config)?,
-            auth: Authenticator::new(config.credentials.clone(), config.insecure),
+            auth: Authenticator::new(credentials, config.insecure),
             page_size: config.page_size,
         })
     }
@@ -69,19 +96,11 @@ impl OciRegistry {
         accept: Option<&str>,
     ) -> Result<Response, RegistryError> {
         for attempt in 0..2 {
-            let auth = self.auth.header(&self.transport, scope).await?;
-            let auth = auth
-                .map(|a| HeaderValue::from_str(a.expose_secret()))
-                .transpose()
-                .map_err(|_| {
-                    RegistryError::Protocol(
-                        "credentials contain characters not allowed in a header".into(),
-                    )
-                })?
-                .map(|mut v| {
-                    v.set_sensitive(true);
-                    v
-                });
+            let auth = self
+                .auth
+                .header(&self.transport, scope)
+                .await?
+                .map(|a| sensitive(&a));
             let response = self
                 .transport
                 .send(|| {
@@ -115,12 +134,14 @@ impl OciRegistry {
         unreachable!("the loop returns on its second attempt")
     }
 
-    /// Follows `first` and its `Link: rel="next"` pages, returning every entry `extract` finds.
+    /// Follows `first` and its `Link: rel="next"` pages, returning every entry `extract` finds;
+    /// `extract` may also report tags with digests the listing carries (`details`).
     async fn paginate(
         &self,
         first: Url,
         scope: &str,
-        extract: fn(&[u8]) -> Result<Vec<String>, serde_json::Error>,
+        extract: PageParser,
+        details: &mut Vec<Tag>,
     ) -> Result<Vec<String>, RegistryError> {
         let page_size = self.page_size as usize;
         let mut items: Vec<String> = Vec::new();
@@ -154,7 +175,7 @@ impl OciRegistry {
             let link = next_link(&response, &url, &self.base)?;
             expect_json(&response)?;
             let body = read_body(response, BODY_CAP).await?;
-            let page = extract(&body).map_err(|e| {
+            let page = extract(&body, details).map_err(|e| {
                 RegistryError::Protocol(format!("invalid listing JSON from {}: {e}", url.path()))
             })?;
             let page_len = page.len();
@@ -250,13 +271,29 @@ pub fn parse_next_link(value: &str) -> Option<&str> {
     }
 }
 
-/// The tag names of one `tags/list` page.
-pub fn tags_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
-    serde_json::from_slice::<TagsPage>(body).map(|p| p.tags.unwrap_or_default())
+/// The tag names of one `tags/list` page. Where the page carries Google's `manifest` map, the
+/// tags' digests and upload times go to `details`, which spares a HEAD per tag.
+pub fn tags_of(body: &[u8], details: &mut Vec<Tag>) -> Result<Vec<String>, serde_json::Error> {
+    let page = serde_json::from_slice::<TagsPage>(body)?;
+    for (digest, m) in page.manifest.unwrap_or_default() {
+        let pushed_at = m
+            .time_uploaded_ms
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+        details.extend(m.tag.into_iter().map(|name| Tag {
+            name,
+            digest: valid_digest(&digest).then(|| digest.clone()),
+            pushed_at,
+        }));
+    }
+    Ok(page.tags.unwrap_or_default())
 }
 
 /// The repository names of one `_catalog` page.
-pub fn repositories_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+pub fn repositories_of(
+    body: &[u8],
+    _details: &mut Vec<Tag>,
+) -> Result<Vec<String>, serde_json::Error> {
     serde_json::from_slice::<CatalogPage>(body).map(|p| p.repositories.unwrap_or_default())
 }
 
@@ -280,7 +317,7 @@ impl Registry for OciRegistry {
         url.query_pairs_mut()
             .append_pair("n", &self.page_size.to_string());
         let repos = self
-            .paginate(url, "registry:catalog:*", repositories_of)
+            .paginate(url, "registry:catalog:*", repositories_of, &mut Vec::new())
             .await?;
         if let Some(bad) = repos.iter().find(|r| !valid_repository(r)) {
             return Err(RegistryError::Protocol(format!(
@@ -295,18 +332,23 @@ impl Registry for OciRegistry {
         url.query_pairs_mut()
             .append_pair("n", &self.page_size.to_string());
         let scope = format!("repository:{repo}:pull");
-        let tags = self.paginate(url, &scope, tags_of).await?;
+        let mut details = Vec::new();
+        let tags = self.paginate(url, &scope, tags_of, &mut details).await?;
         if let Some(bad) = tags.iter().find(|t| !valid_tag(t)) {
             return Err(RegistryError::Protocol(format!(
                 "{repo} lists an invalid tag {bad:?}"
             )));
         }
+        let mut known: std::collections::HashMap<String, Tag> =
+            details.into_iter().map(|t| (t.name.clone(), t)).collect();
         Ok(tags
             .into_iter()
-            .map(|name| Tag {
-                name,
-                digest: None,
-                pushed_at: None,
+            .map(|name| {
+                known.remove(&name).unwrap_or(Tag {
+                    name,
+                    digest: None,
+                    pushed_at: None,
+                })
             })
             .collect())
     }
@@ -367,19 +409,49 @@ mod tests {
     }
 
     #[test]
+    fn google_manifest_map_gives_digests_and_upload_times() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let body = format!(
+            r#"{{"name":"p/app","tags":["v1","latest"],"manifest":{{"{digest}":{{"tag":["v1","latest"],"timeUploadedMs":"1600000000000","mediaType":"x"}}}},"child":[]}}"#
+        );
+        let mut details = Vec::new();
+        assert_eq!(
+            tags_of(body.as_bytes(), &mut details).unwrap(),
+            vec!["v1", "latest"]
+        );
+        assert_eq!(details.len(), 2);
+        assert!(
+            details
+                .iter()
+                .all(|t| t.digest.as_deref() == Some(digest.as_str()))
+        );
+        let at = details[0].pushed_at.unwrap();
+        assert_eq!(
+            humantime::format_rfc3339(at).to_string(),
+            "2020-09-13T12:26:40Z"
+        );
+    }
+
+    #[test]
     fn listing_json_tolerates_null_tags() {
         assert_eq!(
-            tags_of(br#"{"name":"a","tags":null}"#).unwrap(),
+            tags_of(br#"{"name":"a","tags":null}"#, &mut Vec::new()).unwrap(),
             Vec::<String>::new()
         );
         assert_eq!(
-            tags_of(br#"{"name":"a","tags":["x","y"]}"#).unwrap(),
+            tags_of(br#"{"name":"a","tags":["x","y"]}"#, &mut Vec::new()).unwrap(),
             vec!["x", "y"]
         );
-        assert!(tags_of(b"{\"tags\":[\"x\"").is_err(), "truncated body");
-        assert!(tags_of(b"{\"tags\":[\"\xff\"]}").is_err(), "invalid UTF-8");
+        assert!(
+            tags_of(b"{\"tags\":[\"x\"", &mut Vec::new()).is_err(),
+            "truncated body"
+        );
+        assert!(
+            tags_of(b"{\"tags\":[\"\xff\"]}", &mut Vec::new()).is_err(),
+            "invalid UTF-8"
+        );
         assert_eq!(
-            repositories_of(br#"{"repositories":["a/b"]}"#).unwrap(),
+            repositories_of(br#"{"repositories":["a/b"]}"#, &mut Vec::new()).unwrap(),
             vec!["a/b"]
         );
     }
