@@ -20,6 +20,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
+# moto's server mode, the AWS ECR API the ECR tests talk to.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "test.sh: installing moto[server]"
+  python3 -m pip install --quiet 'moto[server]'
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+
 # Tansu, the Kafka-protocol broker the end-to-end tests publish to (memory engine needs dynostore).
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v tansu >/dev/null 2>&1; then

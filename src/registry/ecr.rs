@@ -115,6 +115,11 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
                 "ThrottlingException" | "ThrottledException" | "TooManyRequestsException" => {
                     RegistryError::RateLimited { retry_after: None }
                 }
+                // Whatever the code says, 401/403 is the credentials' verdict.
+                _ if status == 401 || status == 403 => RegistryError::Unauthorized {
+                    status,
+                    what: "ECR",
+                },
                 code => RegistryError::Status {
                     status,
                     what: format!("ECR {code}"),

@@ -5,6 +5,7 @@
 
 pub mod proxy;
 pub mod synthetic;
+pub mod token_server;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -62,11 +63,20 @@ pub enum Auth {
     None,
     /// htpasswd Basic auth with this user and password.
     Htpasswd(String, String),
+    /// Token auth: JWTs from `realm`, signed by the key of the certificate at `cert`.
+    Token {
+        /// The token endpoint.
+        realm: String,
+        /// The signer's certificate (`rootcertbundle`).
+        cert: PathBuf,
+    },
 }
 
 /// A running `docker-registry serve`.
 pub struct Registry {
     child: Child,
+    /// With token auth: a second, unauthenticated process on the same storage, to push through.
+    pusher: Option<(Child, String)>,
     /// `127.0.0.1:PORT`.
     pub host: String,
     /// Credentials to push with, if any.
@@ -87,6 +97,12 @@ impl Registry {
         let port = free_port();
         let auth_yaml = match &auth {
             Auth::None => String::new(),
+            Auth::Token { realm, cert } => format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                token_server::SERVICE,
+                token_server::ISSUER,
+                cert.display()
+            ),
             Auth::Htpasswd(user, pass) => {
                 let hash = bcrypt::hash(pass, 4).unwrap();
                 let file = dir.path().join("htpasswd");
@@ -111,8 +127,29 @@ impl Registry {
             .spawn()
             .expect("start docker-registry");
         wait_for_port(port, &mut child, "docker-registry");
+        let pusher = matches!(auth, Auth::Token { .. }).then(|| {
+            let push_port = free_port();
+            let push_config = dir.path().join("push.yml");
+            let text = std::fs::read_to_string(&config_path).unwrap();
+            let text = text[..text.find("auth:").unwrap()]
+                .replace(&format!(":{port}"), &format!(":{push_port}"));
+            std::fs::write(&push_config, text).unwrap();
+            let mut pusher = Command::new(require(
+                "docker-registry",
+                "apt-get install docker-registry",
+            ))
+            .arg("serve")
+            .arg(&push_config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the pushing docker-registry");
+            wait_for_port(push_port, &mut pusher, "docker-registry (pusher)");
+            (pusher, format!("http://127.0.0.1:{push_port}"))
+        });
         Registry {
             child,
+            pusher,
             host: format!("127.0.0.1:{port}"),
             auth,
             _dir: dir,
@@ -124,16 +161,23 @@ impl Registry {
         format!("http://{}", self.host)
     }
 
+    /// Where pushes go: the registry itself, or its unauthenticated sibling under token auth.
+    fn push_base(&self) -> String {
+        self.pusher
+            .as_ref()
+            .map_or_else(|| self.url(), |(_, url)| url.clone())
+    }
+
     fn request(
         &self,
         client: &reqwest::Client,
         method: reqwest::Method,
         path: &str,
     ) -> reqwest::RequestBuilder {
-        let req = client.request(method, format!("{}{path}", self.url()));
+        let req = client.request(method, format!("{}{path}", self.push_base()));
         match &self.auth {
-            Auth::None => req,
             Auth::Htpasswd(u, p) => req.basic_auth(u, Some(p)),
+            Auth::None | Auth::Token { .. } => req,
         }
     }
 
@@ -150,7 +194,7 @@ impl Registry {
             .unwrap();
         assert_eq!(start.status(), 202, "start blob upload to {repo}");
         let location = start.headers()["location"].to_str().unwrap();
-        let mut url = reqwest::Url::parse(&self.url())
+        let mut url = reqwest::Url::parse(&self.push_base())
             .unwrap()
             .join(location)
             .unwrap();
@@ -225,6 +269,10 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some((pusher, _)) = &mut self.pusher {
+            let _ = pusher.kill();
+            let _ = pusher.wait();
+        }
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Synthetic {
     pub redirect_to: Mutex<Option<String>>,
     /// The `Authorization` header of every request, as received.
     pub authorization_seen: Mutex<Vec<Option<String>>>,
+    /// Answer tags/list as Google does, with a digest → {tag, timeUploadedMs} map.
+    pub google_manifest: Mutex<bool>,
 }
 
 /// A digest derived from the content it names.
@@ -243,10 +245,18 @@ async fn handle(
         } else {
             None
         };
-        let mut r = json(
-            serde_json::json!({ "name": repo, "tags": items }).to_string(),
-            l,
-        );
+        let mut body = serde_json::json!({ "name": repo, "tags": items });
+        if *state.google_manifest.lock().unwrap() {
+            let mut manifest = serde_json::Map::new();
+            for t in &items {
+                manifest.insert(
+                    tags[t].clone(),
+                    serde_json::json!({ "tag": [t], "timeUploadedMs": "1764230400000" }),
+                );
+            }
+            body["manifest"] = manifest.into();
+        }
+        let mut r = json(body.to_string(), l);
         // Docker Hub's quota header, so the gauge can be checked.
         r.headers_mut().insert(
             "ratelimit-remaining",
