@@ -272,6 +272,32 @@ pub fn transport_error(e: reqwest::Error) -> RegistryError {
 mod tests {
     use super::*;
 
+    fn response(remaining: &str, limit: &str) -> Response {
+        let r = axum::http::Response::builder()
+            .header("ratelimit-remaining", remaining)
+            .header("ratelimit-limit", limit)
+            .body("")
+            .unwrap();
+        Response::from(r)
+    }
+
+    #[test]
+    fn docker_hub_quota_pauses_at_ten_percent() {
+        assert_eq!(quota_pause(&response("50;w=21600", "100;w=21600")), None);
+        assert_eq!(
+            quota_pause(&response("10;w=21600", "100;w=21600")),
+            Some(Duration::from_secs(21_600))
+        );
+        assert_eq!(
+            quota_pause(&response("0", "100;w=3600")),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            ratelimit_remaining(&response("97;w=21600", "100")),
+            Some(97)
+        );
+    }
+
     #[test]
     fn http_dates_parse() {
         let t = httpdate_parse("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
