@@ -1,0 +1,589 @@
+//! regwatch's benchmark harness: `cargo bench --bench scan`. It prints a table of figures, and
+//! each ratio is against a baseline measured in the same run, so a noisy machine's noise cancels.
+//!
+//! 1. Scan throughput against a real `docker-registry` holding a few thousand repositories
+//!    (populated once, cached under target/): `regwatch once --dry-run` against a bare parallel
+//!    HTTP client fetching the same URLs at the same concurrency, and against `skopeo list-tags`
+//!    per repository, 8 in parallel.
+//! 2. Scale against an in-process synthetic registry of 1,000 × 1,000 = 1 M tags: memory per
+//!    tracked tag, baseline time, requests per baseline and per idle cycle, start-to-first-request
+//!    with 1 M tags of state, CPU while idle.
+//! 3. Publishing: draining a 100k-event outbox to Tansu, against a bare producer.
+//!
+//! Sizes: REGWATCH_BENCH_REPOS (default 2000), REGWATCH_BENCH_SCALE_REPOS and
+//! REGWATCH_BENCH_SCALE_TAGS (default 1000 each), REGWATCH_BENCH_EVENTS (default 100000).
+
+#[path = "../tests/support/synthetic.rs"]
+#[allow(dead_code)]
+mod synthetic;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+/// Used by the synthetic registry's token mode (not exercised here).
+fn basic_b64(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn require(binary: &str, install: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(binary)).find(|p| p.is_file()))
+        .or_else(|| {
+            let p = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin").join(binary);
+            p.is_file().then_some(p)
+        })
+        .unwrap_or_else(|| panic!("the benchmark needs `{binary}`; install it with: {install}"))
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CPU seconds (user + system) of this process, or of its waited-for children.
+fn cpu(who: i32) -> f64 {
+    // SAFETY: getrusage fills the struct we pass and touches nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut usage) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(usage.ru_utime) + t(usage.ru_stime)
+}
+
+/// (VmRSS, VmHWM) of `pid` in bytes.
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// CPU seconds used so far by `pid`.
+fn proc_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// One row of the printed table.
+struct Row {
+    figure: String,
+    value: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+}
+
+fn row(figure: &str, value: String, baseline: &str, ratio: &str, target: &str) -> Row {
+    Row {
+        figure: figure.into(),
+        value,
+        baseline: baseline.into(),
+        ratio: ratio.into(),
+        target: target.into(),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// 1. Scan throughput against docker-registry
+
+struct DockerRegistry {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for DockerRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry(storage: &Path) -> DockerRegistry {
+    let bin = require("docker-registry", "apt-get install docker-registry");
+    let port = free_port();
+    let config = storage.with_extension("yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin).arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for_port(port);
+    DockerRegistry { child, port }
+}
+
+async fn populate(base: &str, repos: &[String], tags: usize) {
+    let client = reqwest::Client::new();
+    let layer = b"regwatch-bench-layer".to_vec();
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+    let digest = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
+    let (layer_d, config_d) = (digest(&layer), digest(&config));
+    let seed = &repos[0];
+    for blob in [&layer, &config] {
+        let start = client.post(format!("{base}/v2/{seed}/blobs/uploads/")).send().await.unwrap();
+        let location = start.headers()["location"].to_str().unwrap().to_owned();
+        let mut url = reqwest::Url::parse(base).unwrap().join(&location).unwrap();
+        url.query_pairs_mut().append_pair("digest", &digest(blob));
+        let put = client.put(url).body(blob.clone()).send().await.unwrap();
+        assert_eq!(put.status(), 201);
+    }
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":{},"digest":"{config_d}"}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":{},"digest":"{layer_d}"}}]}}"#,
+        config.len(),
+        layer.len()
+    );
+    futures_util::stream::iter(repos)
+        .for_each_concurrent(16, |repo| {
+            let (client, manifest) = (client.clone(), manifest.clone());
+            let (layer_d, config_d) = (layer_d.clone(), config_d.clone());
+            async move {
+                for d in [&layer_d, &config_d] {
+                    let url = format!("{base}/v2/{repo}/blobs/uploads/?mount={d}&from={seed}");
+                    let r = client.post(url).send().await.unwrap();
+                    assert_eq!(r.status(), 201, "cross-repository mount into {repo}");
+                }
+                for t in 0..tags {
+                    let r = client
+                        .put(format!("{base}/v2/{repo}/manifests/v{t}"))
+                        .header("content-type", "application/vnd.docker.distribution.manifest.v2+json")
+                        .body(manifest.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 201);
+                }
+            }
+        })
+        .await;
+}
+
+struct Run {
+    wall: f64,
+    cpu: f64,
+}
+
+fn run_regwatch_once(config: &Path) -> Run {
+    let (c0, t0) = (cpu(libc::RUSAGE_CHILDREN), Instant::now());
+    let out = Command::new(env!("CARGO_BIN_EXE_regwatch"))
+        .args(["once", "--dry-run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let wall = t0.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Run {
+        wall,
+        cpu: cpu(libc::RUSAGE_CHILDREN) - c0,
+    }
+}
+
+async fn run_bare_client(base: &str, repos: &[String], concurrency: usize) -> Run {
+    let (c0, t0) = (cpu(libc::RUSAGE_SELF), Instant::now());
+    let client = reqwest::Client::new();
+    let catalog = client.get(format!("{base}/v2/_catalog?n=1000")).send().await.unwrap();
+    assert!(catalog.status().is_success());
+    let _ = catalog.bytes().await;
+    futures_util::stream::iter(repos)
+        .for_each_concurrent(concurrency, |repo| {
+            let client = client.clone();
+            async move {
+                let r = client.get(format!("{base}/v2/{repo}/tags/list?n=1000")).send().await.unwrap();
+                assert!(r.status().is_success());
+                let _ = r.bytes().await.unwrap();
+            }
+        })
+        .await;
+    Run {
+        wall: t0.elapsed().as_secs_f64(),
+        cpu: cpu(libc::RUSAGE_SELF) - c0,
+    }
+}
+
+fn run_skopeo(port: u16, repos: &[String], parallel: usize) -> Run {
+    let bin = require("skopeo", "apt-get install skopeo");
+    let (c0, t0) = (cpu(libc::RUSAGE_CHILDREN), Instant::now());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let repos = Arc::new(repos.to_vec());
+    let workers: Vec<_> = (0..parallel)
+        .map(|_| {
+            let (next, repos, bin) = (next.clone(), repos.clone(), bin.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(repo) = repos.get(i) else { break };
+                    let out = Command::new(&bin)
+                        .args(["list-tags", "--tls-verify=false"])
+                        .arg(format!("docker://127.0.0.1:{port}/{repo}"))
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    Run {
+        wall: t0.elapsed().as_secs_f64(),
+        cpu: cpu(libc::RUSAGE_CHILDREN) - c0,
+    }
+}
+
+fn best(runs: Vec<Run>) -> Run {
+    runs.into_iter().min_by(|a, b| a.wall.total_cmp(&b.wall)).unwrap()
+}
+
+async fn scan_throughput(rows: &mut Vec<Row>) {
+    let n = env_usize("REGWATCH_BENCH_REPOS", 2000);
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-registry-{n}"));
+    let fresh = !cache.join(".populated").exists();
+    std::fs::create_dir_all(&cache).unwrap();
+    let registry = start_registry(&cache.join("storage"));
+    let base = format!("http://127.0.0.1:{}", registry.port);
+    let repos: Vec<String> = (0..n).map(|i| format!("bench/r{i:05}")).collect();
+    if fresh {
+        eprintln!("populating {n} repositories (cached for later runs)...");
+        populate(&base, &repos, 3).await;
+        std::fs::write(cache.join(".populated"), "").unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\n[[registry]]\nname = \"bench\"\nkind = \"oci\"\nurl = \"{base}\"\ninsecure = true\nrepositories = [\"bench/*\"]\nconcurrency = 8\nrate_limit = 1000000\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let requests = n + n / 1000 + 1;
+    // Warm the registry's and the kernel's caches, then take the best of three.
+    run_bare_client(&base, &repos, 8).await;
+    let ceiling = best(vec![
+        run_bare_client(&base, &repos, 8).await,
+        run_bare_client(&base, &repos, 8).await,
+        run_bare_client(&base, &repos, 8).await,
+    ]);
+    let ours = best(vec![run_regwatch_once(&config), run_regwatch_once(&config), run_regwatch_once(&config)]);
+    eprintln!("skopeo list-tags x {n}...");
+    let skopeo = run_skopeo(registry.port, &repos, 8);
+    let per_k = |r: &Run| format!("{:.0} ms CPU/1k req", r.cpu * 1000.0 / requests as f64 * 1000.0);
+    let rate = |r: &Run| format!("{:.2} s, {:.0} req/s", r.wall, requests as f64 / r.wall);
+    rows.push(row(
+        &format!("full scan of {n} repos: regwatch once --dry-run"),
+        format!("{}; {}", rate(&ours), per_k(&ours)),
+        &format!("bare client {}; {}", rate(&ceiling), per_k(&ceiling)),
+        &format!("{:.2}x ceiling", ceiling.wall / ours.wall),
+        ">= 0.9x",
+    ));
+    rows.push(row(
+        &format!("full scan of {n} repos vs skopeo list-tags, 8 parallel"),
+        rate(&ours),
+        &format!("skopeo {}; {}", rate(&skopeo), per_k(&skopeo)),
+        &format!("{:.1}x faster", skopeo.wall / ours.wall),
+        ">= 12x",
+    ));
+}
+
+// ------------------------------------------------------------------------------------------------
+// 2. Scale: 1 M tags in an in-process synthetic registry
+
+async fn scans_ok(admin: &str) -> u64 {
+    let Ok(r) = reqwest::get(format!("http://{admin}/metrics")).await else { return 0 };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("regwatch_scans_total{registry=\"syn\",result=\"ok\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn wait_scans(admin: &str, n: u64, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    while scans_ok(admin).await < n {
+        assert!(t0.elapsed() < limit, "scan {n} did not finish within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t0.elapsed()
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn daemon(config: &Path) -> Daemon {
+    Daemon(
+        Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn scale_config(dir: &Path, host: &str, interval: &str) -> (PathBuf, String) {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = dir.join(format!("scale-{interval}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\ninterval = \"{interval}\"\njitter = \"0%\"\nadmin_listen = \"{admin}\"\n[[registry]]\nname = \"syn\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nconcurrency = 8\nrate_limit = 1000000\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    (config, admin)
+}
+
+async fn scale(rows: &mut Vec<Row>) {
+    let repos = env_usize("REGWATCH_BENCH_SCALE_REPOS", 1000);
+    let tags = env_usize("REGWATCH_BENCH_SCALE_TAGS", 1000);
+    let total = repos * tags;
+
+    // The empty daemon: same binary and settings, a registry with nothing in it.
+    let empty = Arc::new(synthetic::Synthetic::default());
+    let empty_host = synthetic::serve(empty.clone()).await;
+    let empty_dir = tempfile::tempdir().unwrap();
+    let (config, admin) = scale_config(empty_dir.path(), &empty_host, "1h");
+    let d = daemon(&config);
+    wait_scans(&admin, 1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (empty_rss, _) = rss(d.0.id());
+    drop(d);
+
+    let state = Arc::new(synthetic::Synthetic::default());
+    eprintln!("building a synthetic registry of {repos} x {tags} tags...");
+    {
+        let mut all = state.repos.lock().unwrap();
+        for r in 0..repos {
+            let m = all.entry(format!("scale/r{r:04}")).or_default();
+            for t in 0..tags {
+                let tag = format!("v{t}.0.0");
+                let digest = synthetic::digest_of(&format!("scale/r{r:04}"), &tag, 0);
+                m.insert(tag, digest);
+            }
+        }
+    }
+    let host = synthetic::serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Baseline, then one idle cycle.
+    let (config, admin) = scale_config(dir.path(), &host, "3s");
+    let d = daemon(&config);
+    let baseline = wait_scans(&admin, 1, Duration::from_secs(600)).await;
+    let (rss_after, peak) = rss(d.0.id());
+    let baseline_requests = state.requests();
+    let heads_baseline = state.head_requests.load(Ordering::Relaxed);
+    wait_scans(&admin, 2, Duration::from_secs(600)).await;
+    let idle_requests = state.requests() - baseline_requests;
+    drop(d);
+
+    // Restart with 1 M tags of state: time to the first registry request, then 20 s of idle CPU.
+    let (config, admin) = scale_config(dir.path(), &host, "1h");
+    let before = state.requests();
+    let spawned = Instant::now();
+    let d = daemon(&config);
+    while state.requests() == before {
+        assert!(spawned.elapsed() < Duration::from_secs(30), "no request after restart");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let first_request = spawned.elapsed();
+    wait_scans(&admin, 1, Duration::from_secs(600)).await;
+    let c0 = proc_cpu(d.0.id());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let idle_cpu = (proc_cpu(d.0.id()) - c0) / 20.0 * 100.0;
+    drop(d);
+
+    let per_tag = rss_after.saturating_sub(empty_rss) as f64 / total as f64;
+    let peak_per_tag = peak.saturating_sub(empty_rss) as f64 / total as f64;
+    rows.push(row(
+        &format!("memory per tracked tag ({total} tags)"),
+        format!("{per_tag:.1} B (peak during baseline {peak_per_tag:.1} B); RSS {:.1} MB", rss_after as f64 / 1e6),
+        &format!("empty daemon RSS {:.1} MB", empty_rss as f64 / 1e6),
+        "",
+        "<= 64 B",
+    ));
+    rows.push(row(
+        &format!("baseline of {total} tags"),
+        format!("{:.2} s; {baseline_requests} requests, {heads_baseline} HEAD", baseline.as_secs_f64()),
+        &format!("{} repositories", repos),
+        &format!("{:.2} requests/repo", baseline_requests as f64 / repos as f64),
+        "~1 request/repo, 0 HEAD",
+    ));
+    rows.push(row(
+        "requests per idle cycle",
+        idle_requests.to_string(),
+        &format!("{repos} repositories"),
+        &format!("{:.2}/repo", idle_requests as f64 / repos as f64),
+        "1/repo",
+    ));
+    rows.push(row(
+        &format!("start to first registry request, {total} tags of state"),
+        format!("{:.0} ms", first_request.as_secs_f64() * 1000.0),
+        "",
+        "",
+        "<= 1 s",
+    ));
+    rows.push(row("CPU while idle between scans (20 s)", format!("{idle_cpu:.3} % of a core"), "", "", "< 0.1 %"));
+    rows.push(row(
+        "manifest GETs while watching",
+        state.get_manifest_requests.load(Ordering::Relaxed).to_string(),
+        "",
+        "",
+        "0",
+    ));
+}
+
+// ------------------------------------------------------------------------------------------------
+// 3. Publishing throughput to Tansu
+
+async fn publishing(rows: &mut Vec<Row>) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use regwatch::sink::Sink;
+    let n = env_usize("REGWATCH_BENCH_EVENTS", 100_000);
+    let bin = require("tansu", "cargo install tansu --locked --version 0.6.0 --features dynostore");
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut tansu = Command::new(bin)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let brokers = format!("127.0.0.1:{port}");
+
+    // Realistic events, built by regwatch itself.
+    let events: Vec<regwatch::event::Event> = (0..n)
+        .map(|i| {
+            let repo = format!("team/app{}", i % 500);
+            let change = regwatch::watch::diff::Change {
+                kind: regwatch::watch::diff::ChangeKind::Added,
+                tag: format!("v1.{i}.0"),
+                digest: Some(synthetic::digest_of(&repo, "t", i as u32)),
+                previous_digest: None,
+                pushed_at: None,
+            };
+            let origin = regwatch::event::Origin {
+                registry: "bench",
+                kind: regwatch::config::Kind::Oci,
+                host: "registry.example.com",
+                repository: &repo,
+            };
+            regwatch::event::build(origin, &change, SystemTime::now())
+        })
+        .collect();
+    let kafka = |topic: &str| regwatch::config::KafkaConfig {
+        brokers: brokers.clone(),
+        topic: topic.into(),
+        create_topic: true,
+        partitions: 6,
+        replication_factor: -1,
+        properties: vec![],
+    };
+
+    // Baseline: the same producer settings, sending straight from memory, no outbox.
+    let mut bare = regwatch::sink::kafka::KafkaSink::new(&kafka("bench.bare")).unwrap();
+    bare.prepare().await.unwrap();
+    let producer: FutureProducer = regwatch::sink::kafka::client_config(&kafka("bench.bare")).create().unwrap();
+    let t0 = Instant::now();
+    for chunk in events.chunks(1000) {
+        let sends: Vec<_> = chunk
+            .iter()
+            .map(|e| producer.send_result(FutureRecord::to("bench.bare").key(&e.key).payload(&e.payload)).ok().unwrap())
+            .collect();
+        for s in futures_util::future::join_all(sends).await {
+            s.unwrap().unwrap();
+        }
+    }
+    let bare_rate = n as f64 / t0.elapsed().as_secs_f64();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = regwatch::store::Store::open(dir.path()).unwrap();
+    for (i, chunk) in events.chunks(1000).enumerate() {
+        store.commit_scan("bench", &format!("r{i}"), &Default::default(), chunk).unwrap();
+    }
+    let mut sink = regwatch::sink::kafka::KafkaSink::new(&kafka("bench.outbox")).unwrap();
+    sink.prepare().await.unwrap();
+    let t0 = Instant::now();
+    let (delivered, left) = regwatch::sink::drain(&store, &mut sink).await.unwrap();
+    let ours = n as f64 / t0.elapsed().as_secs_f64();
+    assert_eq!((delivered, left), (n, 0));
+    let _ = tansu.kill();
+    let _ = tansu.wait();
+    rows.push(row(
+        &format!("outbox drain to Tansu, {n} events backlog"),
+        format!("{ours:.0} events/s"),
+        &format!("bare producer {bare_rate:.0} events/s"),
+        &format!("{:.2}x", ours / bare_rate),
+        ">= 20k events/s",
+    ));
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    let mut rows = Vec::new();
+    runtime.block_on(async {
+        if wanted("scan") {
+            scan_throughput(&mut rows).await;
+        }
+        if wanted("scale") {
+            scale(&mut rows).await;
+        }
+        if wanted("publish") {
+            publishing(&mut rows).await;
+        }
+    });
+    let w = |f: fn(&Row) -> &str| rows.iter().map(|r| f(r).len()).max().unwrap_or(0);
+    let (a, b, c, d) = (w(|r| &r.figure), w(|r| &r.value), w(|r| &r.baseline), w(|r| &r.ratio));
+    println!();
+    println!("{:a$} | {:b$} | {:c$} | {:d$} | target", "figure", "regwatch", "baseline (same run)", "ratio");
+    println!("{}", "-".repeat(a + b + c + d + 20));
+    for r in &rows {
+        println!("{:a$} | {:b$} | {:c$} | {:d$} | {}", r.figure, r.value, r.baseline, r.ratio, r.target);
+    }
+}
