@@ -140,13 +140,24 @@ fn print_tags(tags: &[regwatch::registry::Tag], json: bool) {
     }
 }
 
+/// The daemon gets a worker per core, so a slow task never stalls the admin endpoint or the
+/// publisher. One-shot commands are a single I/O-bound loop: one thread avoids cross-thread
+/// wake-ups and leaves the other cores to the registry when it runs on the same host.
+fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    match command {
+        Command::Run(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_for(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("regwatch: cannot start the async runtime: {e}");

@@ -177,3 +177,35 @@ async fn cycles_cost_one_request_per_repository_and_no_manifest_gets() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_registry_that_sends_link_is_trusted_after_one_follow_up() {
+    // Exactly one full page: the first listing asks once more, later ones believe the registry.
+    let (state, host) = synthetic(7).await;
+    let client = OciRegistry::new(&registry_config(&host, 7, "\"team/app\"")).unwrap();
+    assert_eq!(client.list_tags("team/app").await.unwrap().len(), 7);
+    assert_eq!(
+        state.tags_requests.load(Ordering::Relaxed),
+        2,
+        "one follow-up to learn"
+    );
+    assert_eq!(client.list_tags("team/app").await.unwrap().len(), 7);
+    assert_eq!(
+        state.tags_requests.load(Ordering::Relaxed),
+        3,
+        "then one request per listing"
+    );
+
+    // A registry caught forgetting Link is never trusted.
+    let (state, host) = synthetic(14).await;
+    *state.quirk.lock().unwrap() = Quirk::NoLink;
+    let client = OciRegistry::new(&registry_config(&host, 7, "\"team/app\"")).unwrap();
+    assert_eq!(client.list_tags("team/app").await.unwrap().len(), 14);
+    state.tags_requests.store(0, Ordering::Relaxed);
+    assert_eq!(client.list_tags("team/app").await.unwrap().len(), 14);
+    assert_eq!(
+        state.tags_requests.load(Ordering::Relaxed),
+        3,
+        "still asks after every full page"
+    );
+}

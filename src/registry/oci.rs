@@ -8,6 +8,7 @@ use serde::Deserialize;
 use url::Url;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::auth::{Authenticator, CredentialSource, sensitive};
 use super::http::{BODY_CAP, Transport, expect_json, read_body};
@@ -22,6 +23,37 @@ application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
+/// Whether a full page without `Link` can be believed to be the last, for one endpoint of one
+/// registry. Unknown at first, so the client asks once more with `last=`; an empty answer shows
+/// the registry sends `Link` when there is more (trusted from then on, saving a request per
+/// listing of exactly `page_size` entries), a non-empty one shows it forgets (never trusted).
+#[derive(Default)]
+pub struct LinkTrust(AtomicU8);
+
+const TRUST_UNKNOWN: u8 = 0;
+const TRUST_YES: u8 = 1;
+const TRUST_NEVER: u8 = 2;
+
+impl LinkTrust {
+    fn trusted(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == TRUST_YES
+    }
+
+    fn learn(&self, follow_up_found_more: bool) {
+        if follow_up_found_more {
+            // Caught forgetting once: never trusted again.
+            self.0.store(TRUST_NEVER, Ordering::Relaxed);
+        } else {
+            let _ = self.0.compare_exchange(
+                TRUST_UNKNOWN,
+                TRUST_YES,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
 /// Reads one listing page: its names, plus any tags whose digests the page carries.
 type PageParser = fn(&[u8], &mut Vec<Tag>) -> Result<Vec<String>, serde_json::Error>;
 
@@ -31,6 +63,8 @@ pub struct OciRegistry {
     transport: Transport,
     auth: Authenticator,
     page_size: u32,
+    catalog_links: LinkTrust,
+    tags_links: LinkTrust,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +110,8 @@ impl OciRegistry {
             transport: Transport::new(config)?,
             auth: Authenticator::new(credentials, config.insecure),
             page_size: config.page_size,
+            catalog_links: LinkTrust::default(),
+            tags_links: LinkTrust::default(),
         })
     }
 
@@ -142,6 +178,7 @@ impl OciRegistry {
         scope: &str,
         extract: PageParser,
         details: &mut Vec<Tag>,
+        trust: &LinkTrust,
     ) -> Result<Vec<String>, RegistryError> {
         let page_size = self.page_size as usize;
         let mut items: Vec<String> = Vec::new();
@@ -181,10 +218,12 @@ impl OciRegistry {
             let page_len = page.len();
             // A follow-up asked with `last=` that brings nothing past `last` means the list is
             // complete (this also ends registries that ignore `n` and `last` and send everything).
-            if let Some(last) = &asked_after
-                && !page.iter().any(|p| p > last)
-            {
-                break;
+            if let Some(last) = &asked_after {
+                let more = page.iter().any(|p| p > last);
+                trust.learn(more);
+                if !more {
+                    break;
+                }
             }
             if let Some(page_max) = page.iter().max()
                 && highest.as_ref().is_none_or(|h| page_max > h)
@@ -196,7 +235,7 @@ impl OciRegistry {
                 Some(link) => Some((link, None)),
                 // A full page without a Link may come from a registry that forgets it: ask once
                 // more, for what sorts after the highest entry seen so far.
-                None if page_len >= page_size => highest.as_ref().map(|last| {
+                None if page_len >= page_size && !trust.trusted() => highest.as_ref().map(|last| {
                     let mut u = url.clone();
                     let kept: Vec<(String, String)> = u
                         .query_pairs()
@@ -317,7 +356,13 @@ impl Registry for OciRegistry {
         url.query_pairs_mut()
             .append_pair("n", &self.page_size.to_string());
         let repos = self
-            .paginate(url, "registry:catalog:*", repositories_of, &mut Vec::new())
+            .paginate(
+                url,
+                "registry:catalog:*",
+                repositories_of,
+                &mut Vec::new(),
+                &self.catalog_links,
+            )
             .await?;
         if let Some(bad) = repos.iter().find(|r| !valid_repository(r)) {
             return Err(RegistryError::Protocol(format!(
@@ -333,7 +378,9 @@ impl Registry for OciRegistry {
             .append_pair("n", &self.page_size.to_string());
         let scope = format!("repository:{repo}:pull");
         let mut details = Vec::new();
-        let tags = self.paginate(url, &scope, tags_of, &mut details).await?;
+        let tags = self
+            .paginate(url, &scope, tags_of, &mut details, &self.tags_links)
+            .await?;
         if let Some(bad) = tags.iter().find(|t| !valid_tag(t)) {
             return Err(RegistryError::Protocol(format!(
                 "{repo} lists an invalid tag {bad:?}"
