@@ -13,11 +13,10 @@
 //! Sizes: REGWATCH_BENCH_REPOS (default 2000), REGWATCH_BENCH_SCALE_REPOS and
 //! REGWATCH_BENCH_SCALE_TAGS (default 1000 each), REGWATCH_BENCH_EVENTS (default 100000).
 
-#[path = "../tests/support/synthetic.rs"]
-#[allow(dead_code)]
-mod synthetic;
+// The test suite's real-component helpers (Tansu, the synthetic registry) serve here too.
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -26,42 +25,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-
-/// Used by the synthetic registry's token mode (not exercised here).
-fn basic_b64(user: &str, pass: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-}
+use support::{free_port, require};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn require(binary: &str, install: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(binary))
-                .find(|p| p.is_file())
-        })
-        .or_else(|| {
-            let p = PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cargo/bin")
-                .join(binary);
-            p.is_file().then_some(p)
-        })
-        .unwrap_or_else(|| panic!("the benchmark needs `{binary}`; install it with: {install}"))
 }
 
 fn wait_for_port(port: u16) {
@@ -474,8 +444,8 @@ async fn scale(rows: &mut Vec<Row>) {
     let total = repos * tags;
 
     // The empty daemon: same binary and settings, a registry with nothing in it.
-    let empty = Arc::new(synthetic::Synthetic::default());
-    let empty_host = synthetic::serve(empty.clone()).await;
+    let empty = Arc::new(support::synthetic::Synthetic::default());
+    let empty_host = support::synthetic::serve(empty.clone()).await;
     let empty_dir = tempfile::tempdir().unwrap();
     let (config, admin) = scale_config(empty_dir.path(), &empty_host, "1h");
     let d = daemon(&config);
@@ -484,7 +454,7 @@ async fn scale(rows: &mut Vec<Row>) {
     let (empty_rss, _) = rss(d.0.id());
     drop(d);
 
-    let state = Arc::new(synthetic::Synthetic::default());
+    let state = Arc::new(support::synthetic::Synthetic::default());
     eprintln!("building a synthetic registry of {repos} x {tags} tags...");
     {
         let mut all = state.repos.lock().unwrap();
@@ -492,12 +462,12 @@ async fn scale(rows: &mut Vec<Row>) {
             let m = all.entry(format!("scale/r{r:04}")).or_default();
             for t in 0..tags {
                 let tag = format!("v{t}.0.0");
-                let digest = synthetic::digest_of(&format!("scale/r{r:04}"), &tag, 0);
+                let digest = support::synthetic::digest_of(&format!("scale/r{r:04}"), &tag, 0);
                 m.insert(tag, digest);
             }
         }
     }
-    let host = synthetic::serve(state.clone()).await;
+    let host = support::synthetic::serve(state.clone()).await;
     let dir = tempfile::tempdir().unwrap();
 
     // Baseline, then one idle cycle.
@@ -595,28 +565,8 @@ async fn publishing(rows: &mut Vec<Row>) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use regwatch::sink::Sink;
     let n = env_usize("REGWATCH_BENCH_EVENTS", 100_000);
-    let bin = require(
-        "tansu",
-        "cargo install tansu --locked --version 0.6.0 --features dynostore",
-    );
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut tansu = Command::new(bin)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
-    let brokers = format!("127.0.0.1:{port}");
+    let tansu = support::Tansu::start();
+    let brokers = tansu.brokers.clone();
 
     // Realistic events, built by regwatch itself.
     let events: Vec<regwatch::event::Event> = (0..n)
@@ -625,7 +575,7 @@ async fn publishing(rows: &mut Vec<Row>) {
             let change = regwatch::watch::diff::Change {
                 kind: regwatch::watch::diff::ChangeKind::Added,
                 tag: format!("v1.{i}.0"),
-                digest: Some(synthetic::digest_of(&repo, "t", i as u32)),
+                digest: Some(support::synthetic::digest_of(&repo, "t", i as u32)),
                 previous_digest: None,
                 pushed_at: None,
             };
@@ -687,8 +637,7 @@ async fn publishing(rows: &mut Vec<Row>) {
     let (delivered, left) = regwatch::sink::drain(&store, &mut sink).await.unwrap();
     let ours = n as f64 / t0.elapsed().as_secs_f64();
     assert_eq!((delivered, left), (n, 0));
-    let _ = tansu.kill();
-    let _ = tansu.wait();
+    drop(tansu);
     rows.push(row(
         &format!("outbox drain to Tansu, {n} events backlog"),
         format!("{ours:.0} events/s"),

@@ -38,7 +38,7 @@ fi
 report_dir="target/tmp/fault-report"
 rm -rf "$report_dir"
 
-cargo test --all-targets "$@"
+cargo test --lib --bins --tests --examples "$@"
 
 if [ -d "$report_dir" ]; then
   echo

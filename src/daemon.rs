@@ -33,14 +33,8 @@ fn scanners(config: &Config) -> Result<Vec<Scanner>, RuntimeError> {
         .registries
         .iter()
         .map(|r| {
-            Ok(Scanner {
-                config: Arc::new(r.clone()),
-                registry: registry::connect(r)
-                    .map_err(|e| runtime(format!("registry {}: {e}", r.name)))?,
-                first_run: config.daemon.first_run,
-                emit_removed: config.daemon.emit_removed,
-                progress: None,
-            })
+            Scanner::new(r, config.daemon.first_run, config.daemon.emit_removed)
+                .map_err(|e| runtime(format!("registry {}: {e}", r.name)))
         })
         .collect()
 }
@@ -320,18 +314,11 @@ pub async fn check(config: &Config) -> Result<(), RuntimeError> {
 }
 
 async fn check_one(config: &RegistryConfig) -> Result<(), RegistryError> {
-    let registry = registry::connect(config)?;
-    registry.ping().await?;
-    let scanner = Scanner {
-        config: Arc::new(config.clone()),
-        registry: registry.clone(),
-        first_run: crate::config::FirstRun::Baseline,
-        emit_removed: false,
-        progress: None,
-    };
+    let scanner = Scanner::new(config, crate::config::FirstRun::Baseline, false)?;
+    scanner.registry.ping().await?;
     // Listing every watched repository proves read access where the registry scopes it per repo.
     for repo in scanner.watch_set().await? {
-        registry.list_tags(&repo).await?;
+        scanner.registry.list_tags(&repo).await?;
     }
     Ok(())
 }
@@ -353,13 +340,7 @@ fn find_registry<'a>(config: &'a Config, name: &str) -> Result<&'a RegistryConfi
 /// `regwatch repos`: the live watch set of one registry.
 pub async fn repos(config: &Config, name: &str) -> Result<Vec<String>, RuntimeError> {
     let r = find_registry(config, name)?;
-    let scanner = Scanner {
-        config: Arc::new(r.clone()),
-        registry: registry::connect(r).map_err(runtime)?,
-        first_run: config.daemon.first_run,
-        emit_removed: false,
-        progress: None,
-    };
+    let scanner = Scanner::new(r, config.daemon.first_run, false).map_err(runtime)?;
     scanner.watch_set().await.map_err(runtime)
 }
 

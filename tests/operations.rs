@@ -70,57 +70,19 @@ async fn metrics_readiness_and_webhooks() {
     let client = reqwest::Client::new();
     let hook = format!("{admin}/hooks/local");
     let body = r#"{"events":[{"action":"push","target":{"repository":"team/app","tag":"v9"}}]}"#;
-    let status = |r: reqwest::Response| r.status().as_u16();
-    assert_eq!(
-        status(client.post(&hook).body(body).send().await.unwrap()),
-        401
-    );
-    assert_eq!(
-        status(
-            client
-                .post(&hook)
-                .bearer_auth("wrong")
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-        ),
-        401
-    );
-    assert_eq!(
-        status(
-            client
-                .post(format!("{hook}?token=wrong"))
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-        ),
-        401
-    );
-    assert_eq!(
-        status(
-            client
-                .post(&hook)
-                .bearer_auth(TOKEN)
-                .body("{\"x\":1}")
-                .send()
-                .await
-                .unwrap()
-        ),
-        400
-    );
-    assert_eq!(
-        status(
-            client
-                .post(format!("{hook}?token={TOKEN}"))
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-        ),
-        202
-    );
+    let post = |url: String, token: Option<&str>, body: &'static str| {
+        let request = client.post(url).body(body);
+        let request = match token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post(hook.clone(), None, body).await, 401);
+    assert_eq!(post(hook.clone(), Some("wrong"), body).await, 401);
+    assert_eq!(post(format!("{hook}?token=wrong"), None, body).await, 401);
+    assert_eq!(post(hook.clone(), Some(TOKEN), "{\"x\":1}").await, 400);
+    assert_eq!(post(format!("{hook}?token={TOKEN}"), None, body).await, 202);
 
     // A push reaches Kafka through the registry's notification, long before the 300 s interval.
     let pushed = Instant::now();

@@ -104,13 +104,7 @@ async fn cycles_cost_one_request_per_repository_and_no_manifest_gets() {
     }
     let host = serve(state.clone()).await;
     let cfg = registry_config(&host, 1000, "\"a/one\", \"a/two\", \"a/three\"");
-    let scanner = Scanner {
-        registry: Arc::new(OciRegistry::new(&cfg).unwrap()),
-        config: Arc::new(cfg),
-        first_run: config::FirstRun::Baseline,
-        emit_removed: false,
-        progress: None,
-    };
+    let scanner = Scanner::new(&cfg, config::FirstRun::Baseline, false).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let output = Output::Commit {

@@ -207,13 +207,7 @@ async fn request_rate_stays_within_the_limit() {
         "[[registry]]\nname = \"tok\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nusername = \"u\"\npassword = \"p\"\nrate_limit = {RATE}\nrepositories = [{names}]\nmutable_tags = [\"latest\"]\n"
     );
     let cfg = config::parse(&text).unwrap().registries.remove(0);
-    let scanner = Scanner {
-        registry: Arc::new(OciRegistry::new(&cfg).unwrap()),
-        config: Arc::new(cfg),
-        first_run: config::FirstRun::Baseline,
-        emit_removed: false,
-        progress: None,
-    };
+    let scanner = Scanner::new(&cfg, config::FirstRun::Baseline, false).unwrap();
     let cycle = scanner
         .cycle(&Output::DryRun { store: None }, || false)
         .await
@@ -288,13 +282,7 @@ async fn hostile_responses_are_errors_not_events() {
         "[[registry]]\nname = \"hostile\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/app\"]\nrate_limit = 1000\n"
     );
     let cfg = config::parse(&text).unwrap().registries.remove(0);
-    let scanner = Scanner {
-        registry: Arc::new(OciRegistry::new(&cfg).unwrap()),
-        config: Arc::new(cfg),
-        first_run: config::FirstRun::Baseline,
-        emit_removed: true,
-        progress: None,
-    };
+    let scanner = Scanner::new(&cfg, config::FirstRun::Baseline, true).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let output = Output::Commit {

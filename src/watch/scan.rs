@@ -86,6 +86,21 @@ pub struct Scanner {
 }
 
 impl Scanner {
+    /// A scanner for one registry entry, with its adapter connected.
+    pub fn new(
+        config: &RegistryConfig,
+        first_run: FirstRun,
+        emit_removed: bool,
+    ) -> Result<Scanner, RegistryError> {
+        Ok(Scanner {
+            registry: crate::registry::connect(config)?,
+            config: Arc::new(config.clone()),
+            first_run,
+            emit_removed,
+            progress: None,
+        })
+    }
+
     /// The repositories the config selects: exact names, plus catalog entries matching a glob.
     pub async fn watch_set(&self) -> Result<Vec<String>, RegistryError> {
         let mut repos: Vec<String> = self
