@@ -11,7 +11,7 @@ SUDO=""
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
-for pkg in build-essential cmake pkg-config libssl-dev zlib1g-dev; do
+for pkg in build-essential cmake pkg-config libssl-dev zlib1g-dev ca-certificates; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -283,6 +283,11 @@ pub struct RegistryConfig {
 }
 
 impl RegistryConfig {
+    /// The full repository path for `name` as a user or a webhook writes it (see `repositories`).
+    pub fn qualified(&self, name: &str) -> String {
+        qualified_name(self.kind, &self.provider, name)
+    }
+
     /// Whether the watch set needs the catalog (any glob).
     pub fn needs_catalog(&self) -> bool {
         self.repositories
@@ -795,37 +800,29 @@ fn validate_registry(
     if page_size == 0 {
         return Err(err("page_size", table_line, "must be at least 1".into()));
     }
-    let mut repositories = if r.repositories.is_empty() {
+    let repositories = if r.repositories.is_empty() {
         vec![RepoPattern::parse("**").expect("static glob")]
     } else {
         r.repositories.into_iter().map(|p| p.0).collect()
     };
-    match (&provider, kind) {
-        (_, Kind::Dockerhub) => {
-            if repositories
-                .iter()
-                .any(|p| matches!(p, RepoPattern::Glob(_)))
-            {
-                return Err(err(
-                    "repositories",
-                    table_line,
-                    "Docker Hub has no catalog API, so globs cannot be resolved; list repositories by name (e.g. \"nginx\", \"bitnami/redis\")".into(),
-                ));
-            }
-            repositories = repositories
-                .iter()
-                .map(|p| qualify(p, "library/", |n| !n.contains('/')))
-                .collect();
-        }
-        (Provider::Gcr(g), _) => {
-            let prefix = format!("{}/", g.project_id);
-            repositories = repositories
-                .iter()
-                .map(|p| qualify(p, &prefix, |n| !n.starts_with(&prefix)))
-                .collect();
-        }
-        _ => {}
+    if kind == Kind::Dockerhub
+        && repositories
+            .iter()
+            .any(|p| matches!(p, RepoPattern::Glob(_)))
+    {
+        return Err(err(
+            "repositories",
+            table_line,
+            "Docker Hub has no catalog API, so globs cannot be resolved; list repositories by name (e.g. \"nginx\", \"bitnami/redis\")".into(),
+        ));
     }
+    let repositories = repositories
+        .iter()
+        .map(|p| {
+            let full = qualified_name(kind, &provider, p.as_str());
+            RepoPattern::parse(&full).expect("a valid pattern stays valid with a plain prefix")
+        })
+        .collect();
 
     Ok(RegistryConfig {
         name: r.name,
@@ -852,14 +849,15 @@ fn validate_registry(
     })
 }
 
-/// Prefixes a repository pattern with `prefix` when `needs(pattern)`.
-fn qualify(pattern: &RepoPattern, prefix: &str, needs: impl Fn(&str) -> bool) -> RepoPattern {
-    let text = pattern.as_str();
-    if needs(text) {
-        RepoPattern::parse(&format!("{prefix}{text}"))
-            .expect("a valid pattern stays valid with a plain prefix")
-    } else {
-        pattern.clone()
+/// The full repository path for a name as users write it: Docker Hub's `nginx` is
+/// `library/nginx`, and GCR's `app` is `<project_id>/app`. Other kinds take names as they are.
+fn qualified_name(kind: Kind, provider: &Provider, name: &str) -> String {
+    match (kind, provider) {
+        (Kind::Dockerhub, _) if !name.contains('/') => format!("library/{name}"),
+        (_, Provider::Gcr(g)) if !name.starts_with(&format!("{}/", g.project_id)) => {
+            format!("{}/{name}", g.project_id)
+        }
+        _ => name.to_owned(),
     }
 }
 
@@ -1180,6 +1178,12 @@ url = "https://registry.example.com"
         assert_eq!(r.host, "docker.io");
         let names: Vec<&str> = r.repositories.iter().map(RepoPattern::as_str).collect();
         assert_eq!(names, vec!["library/nginx", "bitnami/redis"]);
+        assert_eq!(
+            r.qualified("redis"),
+            "library/redis",
+            "webhooks and the CLI qualify the same way"
+        );
+        assert_eq!(r.qualified("bitnami/redis"), "bitnami/redis");
         let e = parse("[[registry]]\nname = \"hub\"\nkind = \"dockerhub\"\nurl = \"https://registry.hub.docker.com\"\nrepositories = [\"bitnami/*\"]\n").unwrap_err();
         assert!(e.message.contains("no catalog"), "{e}");
     }

@@ -348,6 +348,7 @@ pub async fn repos(config: &Config, name: &str) -> Result<Vec<String>, RuntimeEr
 pub async fn tags(config: &Config, name: &str, repo: &str) -> Result<Vec<Tag>, RuntimeError> {
     let r = find_registry(config, name)?;
     let registry: Arc<dyn Registry> = registry::connect(r).map_err(runtime)?;
+    let repo = &r.qualified(repo);
     let mut tags = registry.list_tags(repo).await.map_err(runtime)?;
     let lookups = tags
         .iter()

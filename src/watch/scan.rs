@@ -140,9 +140,12 @@ impl Scanner {
     pub async fn scan_hinted(
         &self,
         output: &Output,
-        mut repos: Vec<String>,
+        repos: Vec<String>,
     ) -> Result<CycleReport, ScanError> {
+        let mut repos: Vec<String> = repos.iter().map(|r| self.config.qualified(r)).collect();
         repos.retain(|r| self.config.repositories.iter().any(|p| p.matches(r)));
+        repos.sort_unstable();
+        repos.dedup();
         self.scan_set(output, repos, false, || false).await
     }
 
