@@ -175,22 +175,6 @@ impl Store {
         }
     }
 
-    /// Every repository of `registry` the store has a record for (pending or known).
-    pub fn repositories(
-        &self,
-        registry: &str,
-    ) -> Result<std::collections::HashSet<String>, StoreError> {
-        let tx = self.db.begin_read().map_err(io)?;
-        let table = tx.open_table(REPOS).map_err(io)?;
-        let (start, end) = (format!("{registry}\0"), format!("{registry}\u{1}"));
-        let mut out = std::collections::HashSet::new();
-        for entry in table.range(start.as_str()..end.as_str()).map_err(io)? {
-            let (k, _) = entry.map_err(io)?;
-            out.insert(k.value()[start.len()..].to_owned());
-        }
-        Ok(out)
-    }
-
     /// The `repositories` patterns of `registry`'s last completed listing, if it ever had one.
     pub fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError> {
         let tx = self.db.begin_read().map_err(io)?;
@@ -201,32 +185,32 @@ impl Store {
         }
     }
 
-    /// Records a listing: for repositories seen for the first time, whether their first scan emits,
-    /// and, when given, the patterns of a complete listing. One transaction; nothing to record
-    /// writes nothing.
-    pub fn record_listing(
-        &self,
-        registry: &str,
-        patterns: Option<&[String]>,
-        first_seen: &[(String, bool)],
-    ) -> Result<(), StoreError> {
-        if patterns.is_none() && first_seen.is_empty() {
-            return Ok(());
-        }
+    /// Records the `repositories` patterns of a complete listing of `registry`.
+    pub fn set_watch_set(&self, registry: &str, patterns: &[String]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io)?;
         {
-            if let Some(patterns) = patterns {
-                let mut sets = tx.open_table(WATCH_SETS).map_err(io)?;
-                let encoded = serde_json::to_vec(patterns).expect("patterns serialize");
-                sets.insert(registry, encoded.as_slice()).map_err(io)?;
-            }
+            let mut sets = tx.open_table(WATCH_SETS).map_err(io)?;
+            let encoded = serde_json::to_vec(patterns).expect("patterns serialize");
+            sets.insert(registry, encoded.as_slice()).map_err(io)?;
+        }
+        tx.commit().map_err(io)
+    }
+
+    /// Remembers, for a repository whose first scan failed, whether that scan was to emit, so a
+    /// later watch-set change cannot turn the decision around.
+    pub fn record_pending(
+        &self,
+        registry: &str,
+        repository: &str,
+        emit: bool,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        {
             let mut repos = tx.open_table(REPOS).map_err(io)?;
-            for (repo, emit) in first_seen {
-                let state = encode_state(&RepoState::Pending { emit: *emit });
-                repos
-                    .insert(repo_key(registry, repo).as_str(), state.as_slice())
-                    .map_err(io)?;
-            }
+            let state = encode_state(&RepoState::Pending { emit });
+            repos
+                .insert(repo_key(registry, repository).as_str(), state.as_slice())
+                .map_err(io)?;
         }
         tx.commit().map_err(io)
     }
@@ -310,9 +294,8 @@ mod tests {
         {
             let store = Store::open(&state_dir).unwrap();
             assert_eq!(store.repo_state("r", "a").unwrap(), None);
-            store
-                .record_listing("r", Some(&["team/*".into()]), &[("a".into(), true)])
-                .unwrap();
+            store.set_watch_set("r", &["team/*".into()]).unwrap();
+            store.record_pending("r", "a", true).unwrap();
             assert_eq!(
                 store.repo_state("r", "a").unwrap(),
                 Some(RepoState::Pending { emit: true })

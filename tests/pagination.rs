@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use regwatch::config;
 use regwatch::registry::{Registry, RegistryError, oci::OciRegistry};
-use regwatch::store::Store;
+use regwatch::store::{RepoState, Store};
 use regwatch::watch::scan::{Output, Scanner};
 use support::synthetic::{Quirk, Synthetic, serve};
 use tokio::sync::Notify;
@@ -202,4 +202,54 @@ async fn a_registry_that_sends_link_is_trusted_after_one_follow_up() {
         3,
         "still asks after every full page"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_first_scan_keeps_its_baseline_decision() {
+    let state = Arc::new(Synthetic::default());
+    state.put("a/one", "v1", 0);
+    state.put("b/new", "v1", 0);
+    state.put("b/new", "v2", 0);
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let output = Output::Commit {
+        store: store.clone(),
+        published: Arc::new(Notify::new()),
+    };
+    let scanner = |repos: &str| {
+        Scanner::new(
+            &registry_config(&host, 1000, repos),
+            config::FirstRun::Baseline,
+            false,
+        )
+        .unwrap()
+    };
+    scanner("\"a/*\"").cycle(&output, || false).await.unwrap();
+
+    // The config now also watches b/*: b/new's first scan is a baseline, but it fails...
+    *state.quirk.lock().unwrap() = Quirk::HtmlContentType;
+    let failed = scanner("\"a/*\", \"b/*\"")
+        .cycle(&output, || false)
+        .await
+        .unwrap();
+    assert_eq!(failed.failed, 2);
+    assert_eq!(
+        store.repo_state("syn", "b/new").unwrap(),
+        Some(RepoState::Pending { emit: false }),
+        "the decision is kept"
+    );
+
+    // ...and succeeding later, under the watch set that now includes b/*, it is still a baseline.
+    *state.quirk.lock().unwrap() = Quirk::None;
+    let later = scanner("\"a/*\", \"b/*\"")
+        .cycle(&output, || false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (later.failed, later.events),
+        (0, 0),
+        "a config edit must not flood"
+    );
+    assert_eq!(store.outbox_len().unwrap(), 0);
 }

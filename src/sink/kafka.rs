@@ -168,12 +168,7 @@ pub async fn probe(
     readiness: Arc<Readiness>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.brokers);
-    for (key, value) in &config.properties {
-        c.set(key, value.expose_secret());
-    }
-    let client: Arc<BaseProducer> = match c.create() {
+    let client: Arc<BaseProducer> = match client_config(&config).create() {
         Ok(p) => Arc::new(p),
         Err(e) => {
             tracing::error!(error = %e, "cannot create the kafka probe");

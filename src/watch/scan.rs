@@ -1,7 +1,7 @@
 //! One scan cycle of one registry: resolve the watch set, list each repository completely, look up
 //! the digests that matter, diff against the stored snapshot, and commit snapshot and events together.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -156,25 +156,28 @@ impl Scanner {
         complete_listing: bool,
         stop: impl Fn() -> bool,
     ) -> Result<CycleReport, ScanError> {
-        let previous_patterns = match output.store() {
+        let stored_patterns = match output.store() {
             Some(store) => store.watch_set(&self.config.name)?,
             None => None,
         };
-        let first_seen = self.classify_new(&repos, output.store(), previous_patterns.as_deref())?;
-        if let Output::Commit { store, .. } = output {
-            // Only a complete listing may move the watch set that decides "new or baseline"; an
-            // unchanged one is not rewritten, so idle cycles write nothing.
-            let current: Vec<String> = self
-                .config
-                .repositories
-                .iter()
-                .map(|p| p.as_str().to_owned())
-                .collect();
-            let patterns = (complete_listing && previous_patterns.as_ref() != Some(&current))
-                .then_some(current);
-            store.record_listing(&self.config.name, patterns.as_deref(), &first_seen)?;
-        }
-        let first_seen: std::collections::HashMap<String, bool> = first_seen.into_iter().collect();
+        let current: Vec<String> = self
+            .config
+            .repositories
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect();
+        // The watch set of the last complete listing; compiled only when a config edit changed it.
+        let previous: Option<Cow<'_, [RepoPattern]>> = stored_patterns.as_ref().map(|ps| {
+            if *ps == current {
+                Cow::Borrowed(self.config.repositories.as_slice())
+            } else {
+                Cow::Owned(
+                    ps.iter()
+                        .filter_map(|p| RepoPattern::parse(p).ok())
+                        .collect(),
+                )
+            }
+        });
 
         let mut report = CycleReport {
             repositories: repos.len(),
@@ -183,21 +186,21 @@ impl Scanner {
         if let Some(p) = &self.progress {
             p.set_length(repos.len() as u64);
         }
+        let previous = previous.as_deref();
         let results: Vec<(String, Result<RepoOutcome, ScanError>)> = stream::iter(repos)
             .take_while(|_| std::future::ready(!stop()))
-            .map(|repo| {
-                let pending_emit = first_seen.get(&repo).copied();
-                async move {
-                    let result = self.scan_repository(&repo, pending_emit, output).await;
-                    if let Some(p) = &self.progress {
-                        p.inc(1);
-                    }
-                    (repo, result)
+            .map(|repo| async move {
+                let result = self.scan_repository(&repo, previous, output).await;
+                if let Some(p) = &self.progress {
+                    p.inc(1);
                 }
+                (repo, result)
             })
             .buffer_unordered(self.config.concurrency)
             .collect()
             .await;
+        // A cycle cut short by shutdown has not decided for every repository.
+        let scanned_all = results.len() == report.repositories;
         let mut store_error = None;
         for (repo, result) in results {
             match result {
@@ -219,60 +222,68 @@ impl Scanner {
             }
         }
         // The store failing is not the registry's fault and will not heal by itself.
-        match store_error {
-            Some(e) => Err(e.into()),
-            None => Ok(report),
+        if let Some(e) = store_error {
+            return Err(e.into());
         }
+        // Only a complete listing moves the watch set that decides "new or baseline", and only
+        // after every first-seen repository has its decision recorded (scanned, or pending).
+        if let Output::Commit { store, .. } = output
+            && complete_listing
+            && scanned_all
+            && stored_patterns.as_ref() != Some(&current)
+        {
+            store.set_watch_set(&self.config.name, &current)?;
+        }
+        Ok(report)
     }
 
-    /// Decides, for repositories the store has never seen, whether their first scan emits: only if
+    /// Whether the first scan of a repository the store has never seen emits its tags: only if
     /// the registry was listed before and the repository already matched the watch set then (so it
     /// is genuinely new, not brought in by a config edit or a first run).
-    fn classify_new(
-        &self,
-        repos: &[String],
-        store: Option<&Store>,
-        previous_patterns: Option<&[String]>,
-    ) -> Result<Vec<(String, bool)>, StoreError> {
-        let Some(store) = store else {
-            let emit = self.first_run == FirstRun::Emit;
-            return Ok(repos.iter().map(|r| (r.clone(), emit)).collect());
-        };
-        let known: HashSet<String> = store.repositories(&self.config.name)?;
-        let previous: Option<Vec<RepoPattern>> = previous_patterns.map(|ps| {
-            ps.iter()
-                .filter_map(|p| RepoPattern::parse(p).ok())
-                .collect()
-        });
-        Ok(repos
-            .iter()
-            .filter(|r| !known.contains(*r))
-            .map(|r| {
-                let emit = match &previous {
-                    None => self.first_run == FirstRun::Emit,
-                    Some(patterns) => patterns.iter().any(|p| p.matches(r)),
-                };
-                (r.clone(), emit)
-            })
-            .collect())
+    fn first_scan_emits(&self, repo: &str, previous: Option<&[RepoPattern]>) -> bool {
+        match previous {
+            None => self.first_run == FirstRun::Emit,
+            Some(patterns) => patterns.iter().any(|p| p.matches(repo)),
+        }
     }
 
     /// Scans one repository. Any failure leaves the store as it was.
     async fn scan_repository(
         &self,
         repo: &str,
-        first_seen_emit: Option<bool>,
+        previous_watch_set: Option<&[RepoPattern]>,
         output: &Output,
     ) -> Result<RepoOutcome, ScanError> {
-        let state = match output.store() {
+        let stored = match output.store() {
             Some(store) => store.repo_state(&self.config.name, repo)?,
             None => None,
         };
-        let state = state.or(first_seen_emit.map(|emit| RepoState::Pending { emit }));
+        let first_seen = stored.is_none();
+        let state = stored.unwrap_or_else(|| RepoState::Pending {
+            emit: self.first_scan_emits(repo, previous_watch_set),
+        });
+        let result = self.scan_known(repo, state.clone(), output).await;
+        // A first scan that failed keeps its decision for the next try.
+        if first_seen
+            && result.is_err()
+            && let (Output::Commit { store, .. }, RepoState::Pending { emit }) = (output, state)
+        {
+            store.record_pending(&self.config.name, repo, emit)?;
+        }
+        result
+    }
+
+    /// Scans one repository whose state (stored, or just decided) is `state`.
+    async fn scan_known(
+        &self,
+        repo: &str,
+        state: RepoState,
+        output: &Output,
+    ) -> Result<RepoOutcome, ScanError> {
         let (previous, was_known) = match state {
-            Some(RepoState::Known(s)) => (Some(s), true),
-            Some(RepoState::Pending { emit: true }) => (Some(Snapshot::default()), false),
-            Some(RepoState::Pending { emit: false }) | None => (None, false),
+            RepoState::Known(s) => (Some(s), true),
+            RepoState::Pending { emit: true } => (Some(Snapshot::default()), false),
+            RepoState::Pending { emit: false } => (None, false),
         };
 
         let mut listing = match self.registry.list_tags(repo).await {
