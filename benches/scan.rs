@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
+use regwatch::store::StateStore;
 use sha2::{Digest, Sha256};
 use support::{free_port, require};
 
@@ -581,11 +582,12 @@ async fn publishing(rows: &mut Vec<Row>) {
             };
             let origin = regwatch::event::Origin {
                 registry: "bench",
+                identity: "https://registry.example.com",
                 kind: regwatch::config::Kind::Oci,
                 host: "registry.example.com",
                 repository: &repo,
             };
-            regwatch::event::build(origin, &change, SystemTime::now())
+            regwatch::event::build(origin, &change, 1, SystemTime::now())
         })
         .collect();
     let kafka = |topic: &str| regwatch::config::KafkaConfig {

@@ -11,7 +11,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use regwatch::config::KafkaConfig;
 use regwatch::event::Event;
 use regwatch::sink::{self, Sink, kafka::KafkaSink};
-use regwatch::store::Store;
+use regwatch::store::{StateStore, Store};
 use regwatch::watch::diff::Snapshot;
 
 const TOPIC: &str = "events";
