@@ -195,10 +195,22 @@ mod tests {
         let id = |identity, digest, kind| {
             event_id(identity, "team/app", "latest", Some(digest), kind, 41)
         };
-        assert_eq!(id("http://127.0.0.1:5000", "sha256:new", ChangeKind::Updated), e.id);
-        assert_ne!(id("http://127.0.0.1:5000", "sha256:new", ChangeKind::Added), e.id);
-        assert_ne!(id("http://127.0.0.1:5000", "sha256:x", ChangeKind::Updated), e.id);
-        assert_ne!(id("http://127.0.0.1:5001", "sha256:new", ChangeKind::Updated), e.id);
+        assert_eq!(
+            id("http://127.0.0.1:5000", "sha256:new", ChangeKind::Updated),
+            e.id
+        );
+        assert_ne!(
+            id("http://127.0.0.1:5000", "sha256:new", ChangeKind::Added),
+            e.id
+        );
+        assert_ne!(
+            id("http://127.0.0.1:5000", "sha256:x", ChangeKind::Updated),
+            e.id
+        );
+        assert_ne!(
+            id("http://127.0.0.1:5001", "sha256:new", ChangeKind::Updated),
+            e.id
+        );
         let renamed = Origin {
             registry: "renamed",
             ..origin

@@ -199,7 +199,10 @@ async fn an_empty_follow_up_proves_nothing_about_link() {
         format!("{long}/20"),
         "20/20",
     );
-    assert_eq!(long, 20, "the empty follow-up taught the client to stop at page 1");
+    assert_eq!(
+        long, 20,
+        "the empty follow-up taught the client to stop at page 1"
+    );
 
     // The same at the scanner, with emit_removed: a shrunken listing would be phantom removals.
     let cfg = registry_config(&host, 7, "\"team/*\"");

@@ -43,7 +43,11 @@ fn outbox(store: &Store) -> Vec<(String, String, String, String)> {
         .map(|(_, e)| {
             let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
             (
-                v["type"].as_str().unwrap().trim_start_matches("io.regwatch.").to_owned(),
+                v["type"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("io.regwatch.")
+                    .to_owned(),
                 v["data"]["tag"].as_str().unwrap().to_owned(),
                 v["data"]["digest"].as_str().unwrap_or("").to_owned(),
                 e.id,
@@ -68,7 +72,11 @@ async fn a_404_on_a_listed_repositorys_first_scan_is_a_failure_not_an_empty_base
     let s = scanner(&cfg, false);
 
     let first = s.cycle(&commit(&store), || false).await.unwrap();
-    assert_eq!((first.failed, first.events), (1, 0), "team/b's 404 is a failed scan");
+    assert_eq!(
+        (first.failed, first.events),
+        (1, 0),
+        "team/b's 404 is a failed scan"
+    );
     assert!(
         matches!(
             store.repo_state(&s.identity, "team/b").unwrap(),
@@ -87,11 +95,17 @@ async fn a_404_on_a_listed_repositorys_first_scan_is_a_failure_not_an_empty_base
         phantom,
         "0",
     );
-    assert_eq!(phantom, 0, "the existing tags of team/b are a baseline, not news");
+    assert_eq!(
+        phantom, 0,
+        "the existing tags of team/b are a baseline, not news"
+    );
 
     state.put("infra/later", "v1", 0);
     s.cycle(&commit(&store), || false).await.unwrap();
-    let added: Vec<_> = outbox(&store).into_iter().map(|(k, t, _, _)| (k, t)).collect();
+    let added: Vec<_> = outbox(&store)
+        .into_iter()
+        .map(|(k, t, _, _)| (k, t))
+        .collect();
     assert_eq!(added, vec![("tag.added".to_string(), "v1".to_string())]);
 }
 
@@ -146,7 +160,10 @@ async fn a_repository_dropped_from_the_config_and_added_back_gets_a_baseline() {
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let both = registry("syn", &host, "\"team/app\", \"infra/db\"", "");
     let one = registry("syn", &host, "\"team/app\"", "");
-    scanner(&both, false).cycle(&commit(&store), || false).await.unwrap();
+    scanner(&both, false)
+        .cycle(&commit(&store), || false)
+        .await
+        .unwrap();
 
     let s = scanner(&one, false);
     s.cycle(&commit(&store), || false).await.unwrap();
@@ -159,7 +176,10 @@ async fn a_repository_dropped_from_the_config_and_added_back_gets_a_baseline() {
     // Months later, infra/db has moved on and the config watches it again: a config edit.
     state.put("infra/db", "15.2", 0);
     state.put("infra/db", "16.0", 0);
-    let back = scanner(&both, false).cycle(&commit(&store), || false).await.unwrap();
+    let back = scanner(&both, false)
+        .cycle(&commit(&store), || false)
+        .await
+        .unwrap();
     report(
         "repository dropped from the config and added back: events",
         back.events,
@@ -191,7 +211,11 @@ async fn the_store_does_not_grow_as_repositories_churn() {
         assert_eq!(cycle.failed, 0);
         most = most.max(store.repositories(&s.identity).unwrap().len());
     }
-    let held: BTreeSet<String> = store.repositories(&s.identity).unwrap().into_iter().collect();
+    let held: BTreeSet<String> = store
+        .repositories(&s.identity)
+        .unwrap()
+        .into_iter()
+        .collect();
     let listed: BTreeSet<String> = state.repos.lock().unwrap().keys().cloned().collect();
     report(
         "40 repositories churned through a glob: most repositories held in the store",
@@ -203,8 +227,14 @@ async fn the_store_does_not_grow_as_repositories_churn() {
     // A fresh scanner (a restart) forgets what left while it was not running, too.
     state.repos.lock().unwrap().clear();
     state.put("ci/after-restart", "v1", 0);
-    scanner(&cfg, false).cycle(&commit(&store), || false).await.unwrap();
-    assert_eq!(store.repositories(&s.identity).unwrap(), vec!["ci/after-restart"]);
+    scanner(&cfg, false)
+        .cycle(&commit(&store), || false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.repositories(&s.identity).unwrap(),
+        vec!["ci/after-restart"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -231,7 +261,13 @@ async fn distinct_detections_get_distinct_ids_and_a_lost_commit_repeats_them() {
         // A tag removed, then pushed again at the same digest.
         state.put("team/app", "v9", 0);
         cycle(&store).await;
-        state.repos.lock().unwrap().get_mut("team/app").unwrap().remove("v9");
+        state
+            .repos
+            .lock()
+            .unwrap()
+            .get_mut("team/app")
+            .unwrap()
+            .remove("v9");
         cycle(&store).await;
         state.put("team/app", "v9", 0);
         cycle(&store).await;
@@ -254,7 +290,10 @@ async fn distinct_detections_get_distinct_ids_and_a_lost_commit_repeats_them() {
             format!("{}/{}", distinct.len(), events.len()),
             "all distinct",
         );
-        assert_ne!(updates[0], updates[2], "the roll-forward would be dropped as a duplicate");
+        assert_ne!(
+            updates[0], updates[2],
+            "the roll-forward would be dropped as a duplicate"
+        );
         assert_ne!(adds[0], adds[1]);
         assert_eq!(distinct.len(), events.len());
     }
@@ -322,7 +361,12 @@ async fn a_schema_1_state_file_migrates_without_baseline_or_events() {
     // Only the event schema 1 left in the outbox, delivered as it was stored.
     let summary: Vec<(String, String)> = events
         .iter()
-        .map(|e| (e["type"].as_str().unwrap().into(), e["data"]["tag"].as_str().unwrap().into()))
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().into(),
+                e["data"]["tag"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     report(
         "schema-1 state file migrated: new events on first run",
@@ -343,15 +387,59 @@ async fn a_schema_1_state_file_migrates_without_baseline_or_events() {
     let (events, err) = tokio::task::block_in_place(|| run(&setup));
     let mut summary: Vec<(String, String)> = events
         .iter()
-        .map(|e| (e["type"].as_str().unwrap().into(), e["data"]["repository"].as_str().unwrap().into()))
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().into(),
+                e["data"]["repository"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     summary.sort();
     assert_eq!(
         summary,
         vec![
             ("io.regwatch.tag.added".to_string(), "team/new".to_string()),
-            ("io.regwatch.tag.updated".to_string(), "team/app".to_string()),
+            (
+                "io.regwatch.tag.updated".to_string(),
+                "team/app".to_string()
+            ),
         ],
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_baseline_logs_one_summary_line_per_registry_at_info() {
+    let state = Arc::new(Synthetic::default());
+    for i in 0..60 {
+        state.put(&format!("team/r{i:02}"), "v1", 0);
+    }
+    let host = serve(state.clone()).await;
+    let setup = support::Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"syn\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrate_limit = 10000\nrepositories = [\"team/*\"]\n"
+        ),
+    );
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["once", "-c"])
+            .arg(&setup.config)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines = stderr
+        .lines()
+        .filter(|l| l.contains("baseline recorded"))
+        .count();
+    report(
+        "baseline of 60 repositories: INFO lines about it",
+        lines,
+        "1",
+    );
+    assert_eq!(lines, 1, "{stderr}");
+    assert!(stderr.contains("repositories=60"), "{stderr}");
 }

@@ -88,8 +88,11 @@ pub trait StateStore: Send + Sync {
     /// Every repository of `registry` the store holds state for.
     fn repositories(&self, registry: &str) -> Result<Vec<String>, StoreError>;
     /// Drops the state of repositories that left `registry`'s watch set.
-    fn forget_repositories(&self, registry: &str, repositories: &[String])
-    -> Result<(), StoreError>;
+    fn forget_repositories(
+        &self,
+        registry: &str,
+        repositories: &[String],
+    ) -> Result<(), StoreError>;
 }
 
 /// The identity state is keyed by: the normalised URL, plus the account and region for ECR and
@@ -130,8 +133,11 @@ mod tests {
         let a = one(
             "[[registry]]\nname = \"x\"\nkind = \"oci\"\nurl = \"HTTPS://Reg.Example.com:443/\"\n",
         );
-        let b = one("[[registry]]\nname = \"y\"\nkind = \"oci\"\nurl = \"https://reg.example.com\"\n");
-        let c = one("[[registry]]\nname = \"x\"\nkind = \"oci\"\nurl = \"https://other.example.com\"\n");
+        let b =
+            one("[[registry]]\nname = \"y\"\nkind = \"oci\"\nurl = \"https://reg.example.com\"\n");
+        let c = one(
+            "[[registry]]\nname = \"x\"\nkind = \"oci\"\nurl = \"https://other.example.com\"\n",
+        );
         assert_eq!(identity(&a), "https://reg.example.com");
         assert_eq!(identity(&a), identity(&b), "a rename keeps the state");
         assert_ne!(identity(&a), identity(&c), "a new URL is a new registry");

@@ -77,15 +77,24 @@ fn encode_state(state: &RepoState) -> Vec<u8> {
 fn decode_state(bytes: &[u8]) -> Result<RepoState, StoreError> {
     let bad = || StoreError::Io("unknown repository record".into());
     let revision = |b: &[u8]| -> Result<u64, StoreError> {
-        Ok(u64::from_be_bytes(b.get(..8).ok_or_else(bad)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            b.get(..8).ok_or_else(bad)?.try_into().expect("8 bytes"),
+        ))
     };
     match bytes.split_first() {
-        Some((&PENDING, [emit @ (0 | 1), rest @ ..])) if rest.len() == 8 => Ok(RepoState::Pending {
-            emit: *emit == 1,
-            revision: revision(rest)?,
-        }),
+        Some((&PENDING, [emit @ (0 | 1), rest @ ..])) if rest.len() == 8 => {
+            Ok(RepoState::Pending {
+                emit: *emit == 1,
+                revision: revision(rest)?,
+            })
+        }
         Some((&KNOWN, rest)) if rest.len() >= 8 => serde_json::from_slice(&rest[8..])
-            .map(|tags| RepoState::Known(Snapshot { tags, revision: revision(rest).expect("8 bytes") }))
+            .map(|tags| {
+                RepoState::Known(Snapshot {
+                    tags,
+                    revision: revision(rest).expect("8 bytes"),
+                })
+            })
             .map_err(|e| StoreError::Io(format!("undecodable snapshot record: {e}"))),
         _ => Err(bad()),
     }
@@ -94,8 +103,14 @@ fn decode_state(bytes: &[u8]) -> Result<RepoState, StoreError> {
 /// Reads a schema-1 record, giving it `revision` (schema 1 kept none).
 fn decode_v1(bytes: &[u8], revision: u64) -> Result<RepoState, StoreError> {
     match bytes.split_first() {
-        Some((b'b', [])) => Ok(RepoState::Pending { emit: false, revision }),
-        Some((b'e', [])) => Ok(RepoState::Pending { emit: true, revision }),
+        Some((b'b', [])) => Ok(RepoState::Pending {
+            emit: false,
+            revision,
+        }),
+        Some((b'e', [])) => Ok(RepoState::Pending {
+            emit: true,
+            revision,
+        }),
         Some((b'k', json)) => serde_json::from_slice(json)
             .map(|tags| RepoState::Known(Snapshot { tags, revision }))
             .map_err(|e| StoreError::Io(format!("undecodable schema-1 snapshot record: {e}"))),
@@ -300,7 +315,10 @@ fn migrate_v1(
     for (name, repositories) in dropped {
         tracing::info!(registry = %name, repositories, "forgetting the state of a registry no longer configured");
     }
-    tracing::info!(repositories = moved, "state file migrated to schema {SCHEMA} (keyed by registry identity)");
+    tracing::info!(
+        repositories = moved,
+        "state file migrated to schema {SCHEMA} (keyed by registry identity)"
+    );
     Ok(())
 }
 
@@ -314,8 +332,12 @@ fn private_dir(dir: &Path) {
         return;
     }
     match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
-        Ok(()) => tracing::warn!(dir = %dir.display(), was = format!("{mode:o}"), "state_dir was readable by others; tightened to 0700"),
-        Err(e) => tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), error = %e, "state_dir is readable by others and cannot be tightened; make it 0700"),
+        Ok(()) => {
+            tracing::warn!(dir = %dir.display(), was = format!("{mode:o}"), "state_dir was readable by others; tightened to 0700")
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), error = %e, "state_dir is readable by others and cannot be tightened; make it 0700")
+        }
     }
 }
 
@@ -517,20 +539,31 @@ mod tests {
     fn registries_no_longer_configured_are_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let both = [("id-a".to_string(), "a".to_string()), ("id-b".into(), "b".into())];
+        let both = [
+            ("id-a".to_string(), "a".to_string()),
+            ("id-b".into(), "b".into()),
+        ];
         store.adopt_registries(&both, true).unwrap();
         for id in ["id-a", "id-b"] {
             store.set_watch_set(id, &["x/*".into()]).unwrap();
-            store.commit_scan(id, "x/one", &Snapshot::default(), &[]).unwrap();
+            store
+                .commit_scan(id, "x/one", &Snapshot::default(), &[])
+                .unwrap();
             store.record_pending(id, "x/two", false, 1).unwrap();
         }
         store.adopt_registries(&both[..1], false).unwrap();
-        assert_eq!(store.repositories("id-b").unwrap().len(), 2, "kept without forget_others");
+        assert_eq!(
+            store.repositories("id-b").unwrap().len(),
+            2,
+            "kept without forget_others"
+        );
         store.adopt_registries(&both[..1], true).unwrap();
         assert_eq!(store.repositories("id-a").unwrap(), vec!["x/one", "x/two"]);
         assert_eq!(store.repositories("id-b").unwrap(), Vec::<String>::new());
         assert_eq!(store.watch_set("id-b").unwrap(), None);
-        store.forget_repositories("id-a", &["x/two".into()]).unwrap();
+        store
+            .forget_repositories("id-a", &["x/two".into()])
+            .unwrap();
         assert_eq!(store.repositories("id-a").unwrap(), vec!["x/one"]);
     }
 
