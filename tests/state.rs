@@ -443,3 +443,43 @@ async fn a_baseline_logs_one_summary_line_per_registry_at_info() {
     assert_eq!(lines, 1, "{stderr}");
     assert!(stderr.contains("repositories=60"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_catalog_that_omits_a_repository_is_not_proof_that_it_is_gone() {
+    // The catalog sent Link once, so a full page without one is believed to be the last. A proxy
+    // or a registry that then drops Link truncates the catalog: the repositories it omits still
+    // exist, and forgetting them would re-emit all their tags as news once the catalog recovers.
+    let state = Arc::new(Synthetic::default());
+    for r in ["team/a", "team/b", "team/c", "team/d", "team/e"] {
+        state.put(r, "v1", 0);
+    }
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let cfg = registry("syn", &host, "\"team/*\"", "page_size = 2");
+    let s = scanner(&cfg, false);
+    s.cycle(&commit(&store), || false).await.unwrap();
+
+    *state.quirk.lock().unwrap() = support::synthetic::Quirk::NoLink;
+    let truncated = s.cycle(&commit(&store), || false).await.unwrap();
+    assert_eq!(
+        truncated.repositories, 2,
+        "the catalog was cut to its first page"
+    );
+    *state.quirk.lock().unwrap() = support::synthetic::Quirk::None;
+    let recovered = s.cycle(&commit(&store), || false).await.unwrap();
+    report(
+        "catalog truncated by a dropped Link, then whole again: events",
+        recovered.events,
+        "0",
+    );
+    assert_eq!(recovered.events, 0, "{:?}", outbox(&store));
+
+    // A repository really deleted (its tags/list answers 404) is forgotten.
+    state.repos.lock().unwrap().remove("team/e");
+    s.cycle(&commit(&store), || false).await.unwrap();
+    assert_eq!(
+        store.repositories(&s.identity).unwrap(),
+        vec!["team/a", "team/b", "team/c", "team/d"]
+    );
+}

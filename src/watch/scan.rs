@@ -282,10 +282,15 @@ impl Scanner {
     /// Forgets the state of repositories that are no longer in the (complete) watch set, so that
     /// the store does not grow as repositories churn and a repository watched again later is a
     /// config edit, with a baseline, not a diff against a stale snapshot.
+    ///
+    /// A repository the patterns still select but the catalog no longer lists is forgotten only
+    /// once its own `tags/list` shows it gone (404, or no tags): a catalog cut short (a dropped
+    /// `Link`, eventual consistency) is no proof, and forgetting a live repository would re-emit
+    /// all its tags as news when the catalog recovers.
     async fn forget_departed(
         &self,
         store: &Arc<dyn StateStore>,
-        listed: BTreeSet<String>,
+        mut listed: BTreeSet<String>,
     ) -> Result<(), StoreError> {
         let before = self.listed.lock().expect("listed lock").take();
         let departed: Vec<String> = match before {
@@ -299,10 +304,34 @@ impl Scanner {
                     .collect()
             }
         };
-        if !departed.is_empty() {
-            tracing::info!(registry = %self.config.name, repositories = departed.len(), first = %departed[0], "forgetting repositories that left the watch set");
+        let (unlisted, deselected): (Vec<String>, Vec<String>) = departed
+            .into_iter()
+            .partition(|r| self.config.repositories.iter().any(|p| p.matches(r)));
+        let confirmed: Vec<(String, bool)> = stream::iter(unlisted)
+            .map(|repo| async move {
+                let gone = match self.registry.list_tags(&repo).await {
+                    Ok(tags) => tags.is_empty(),
+                    Err(RegistryError::NotFound(_)) => true,
+                    Err(_) => false,
+                };
+                (repo, gone)
+            })
+            .buffer_unordered(self.config.concurrency)
+            .collect()
+            .await;
+        let mut forget = deselected;
+        for (repo, gone) in confirmed {
+            if gone {
+                forget.push(repo);
+            } else {
+                // Still there: keep it, and look again after the next complete listing.
+                listed.insert(repo);
+            }
+        }
+        if !forget.is_empty() {
+            tracing::info!(registry = %self.config.name, repositories = forget.len(), first = %forget[0], "forgetting repositories that left the watch set");
             let identity = self.identity.clone();
-            blocking(store, move |s| s.forget_repositories(&identity, &departed)).await?;
+            blocking(store, move |s| s.forget_repositories(&identity, &forget)).await?;
         }
         *self.listed.lock().expect("listed lock") = Some(listed);
         Ok(())
