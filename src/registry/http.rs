@@ -65,8 +65,7 @@ impl Transport {
             .timeout(config.request_timeout)
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
-            // reqwest drops Authorization when a redirect changes host.
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(redirect_policy())
             .https_only(!config.insecure)
             .tls_danger_accept_invalid_certs(config.insecure)
             .build()
@@ -156,6 +155,30 @@ impl Transport {
             .notify(|e, wait| tracing::debug!(error = %e, ?wait, "retrying registry request"))
             .await
     }
+}
+
+/// The most redirects one request follows.
+const MAX_REDIRECTS: usize = 5;
+
+/// Follows up to [`MAX_REDIRECTS`] redirects, but never from https to http. reqwest's rule for
+/// dropping `Authorization` on a redirect looks at host and port only, so it does not promise that
+/// a downgrade to plain http on the same host and port (possible with `insecure`) goes without
+/// credentials; the Policy API cannot strip a header, so such a redirect is refused instead. No
+/// registry needs one to list tags.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt
+            .previous()
+            .last()
+            .is_some_and(|from| from.scheme() == "https" && attempt.url().scheme() == "http");
+        if downgrade {
+            attempt.error("refused a redirect from https to plain http")
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// Reads a body, refusing more than `cap` bytes.
@@ -261,6 +284,10 @@ pub fn transport_error(e: reqwest::Error) -> RegistryError {
             source = s.source();
         }
         RegistryError::Unreachable(reason)
+    } else if e.is_redirect() {
+        // A refused redirect is the registry's answer, not a transient failure: no retry.
+        let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        RegistryError::Protocol(format!("redirect: {reason}"))
     } else if e.is_body() || e.is_decode() {
         RegistryError::Protocol(format!("reading response: {e}"))
     } else {
