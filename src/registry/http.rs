@@ -247,28 +247,12 @@ fn retry_after(response: &Response) -> Option<Duration> {
     if let Ok(secs) = value.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = httpdate_parse(value)?;
+    // An HTTP-date (RFC 9110 §10.2.3): IMF-fixdate, or the obsolete RFC 850 and asctime forms.
+    let at = httpdate::parse_http_date(value.trim()).ok()?;
     Some(
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
     )
-}
-
-fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
-    humantime::parse_rfc3339_weak(value).ok().or_else(|| {
-        // IMF-fixdate, e.g. "Wed, 21 Oct 2015 07:28:00 GMT": reorder into RFC 3339.
-        let parts: Vec<&str> = value.split_whitespace().collect();
-        let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-            return None;
-        };
-        let month = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ]
-        .iter()
-        .position(|m| m == month)?
-            + 1;
-        humantime::parse_rfc3339(&format!("{year}-{month:02}-{day:0>2}T{time}Z")).ok()
-    })
 }
 
 /// Maps a reqwest failure to an error that never includes the URL's query (which could carry tokens).
@@ -325,13 +309,28 @@ mod tests {
         );
     }
 
+    fn retry_response(value: &str) -> Response {
+        let r = axum::http::Response::builder()
+            .header("retry-after", value)
+            .body("")
+            .unwrap();
+        Response::from(r)
+    }
+
     #[test]
-    fn http_dates_parse() {
-        let t = httpdate_parse("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+    fn retry_after_takes_seconds_and_http_dates() {
         assert_eq!(
-            humantime::format_rfc3339(t).to_string(),
-            "2015-10-21T07:28:00Z"
+            retry_after(&retry_response("120")),
+            Some(Duration::from_secs(120))
         );
-        assert!(httpdate_parse("soon").is_none());
+        let soon = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let wait = retry_after(&retry_response(&httpdate::fmt_http_date(soon))).unwrap();
+        assert!(wait > Duration::from_secs(3590) && wait <= Duration::from_secs(3600));
+        assert_eq!(
+            retry_after(&retry_response("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        assert_eq!(retry_after(&retry_response("soon")), None);
     }
 }
