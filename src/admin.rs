@@ -6,17 +6,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics;
 use crate::webhook::pushed_repositories;
+
+/// The largest webhook body read. Push notifications are a few KiB; a batch of distribution events
+/// stays well below this.
+pub const HOOK_BODY_CAP: usize = 64 * 1024;
 
 /// What `/readyz` reports: every registry scanned once, and Kafka reachable when configured.
 pub struct Readiness {
@@ -150,7 +155,8 @@ async fn hook(
     Path(registry): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    // The raw body, not `Bytes`: an extractor would read it before the token is checked.
+    body: Body,
 ) -> Response {
     let Some(hook) = state.hooks.get(&registry) else {
         return (StatusCode::NOT_FOUND, "no webhook for this registry\n").into_response();
@@ -161,6 +167,13 @@ async fn hook(
         tracing::warn!(%registry, "webhook with a missing or wrong token");
         return (StatusCode::UNAUTHORIZED, "missing or wrong token\n").into_response();
     }
+    let body = match read_capped(&headers, body).await {
+        Ok(body) => body,
+        Err(refusal) => {
+            tracing::warn!(%registry, "webhook body refused: {}", refusal.1.trim_end());
+            return refusal.into_response();
+        }
+    };
     let repos = match pushed_repositories(&body) {
         Ok(repos) => repos,
         Err(reason) => {
@@ -178,4 +191,33 @@ async fn hook(
         let _ = hook.hints.try_send(repo);
     }
     (StatusCode::ACCEPTED, "scan queued\n").into_response()
+}
+
+/// Reads a webhook body of at most [`HOOK_BODY_CAP`] bytes: 413 beyond it (at once when
+/// `Content-Length` says so), 400 when the body breaks off.
+async fn read_capped(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<u8>, (StatusCode, &'static str)> {
+    const TOO_LARGE: (StatusCode, &str) = (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "webhook body larger than 64 KiB\n",
+    );
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > HOOK_BODY_CAP as u64) {
+        return Err(TOO_LARGE);
+    }
+    let mut out = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| (StatusCode::BAD_REQUEST, "webhook body unreadable\n"))?;
+        if out.len() + chunk.len() > HOOK_BODY_CAP {
+            return Err(TOO_LARGE);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }

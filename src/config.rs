@@ -478,13 +478,78 @@ impl<'de> Deserialize<'de> for Expanded {
     }
 }
 
-/// A secret value with `${VAR}` expanded; never printed.
+/// A secret value with `${VAR}` expanded; never printed, not even in an error.
 struct Secret(SecretString);
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let Expanded(s) = Expanded::deserialize(d)?;
-        Ok(Secret(s.into()))
+        let s = d.deserialize_string(SecretVisitor)?;
+        // An invalid `${…}` would be quoted back; the env var name of a missing one is no secret.
+        expand_env(&s, |k| std::env::var(k).ok())
+            .map(|v| Secret(v.into()))
+            .map_err(|e| {
+                if e.starts_with("invalid variable name") {
+                    de::Error::custom(
+                        "invalid ${…} in a secret value (not shown); write $$ for a literal $",
+                    )
+                } else {
+                    de::Error::custom(e)
+                }
+            })
+    }
+}
+
+/// Accepts a string; anything else is refused by its type alone. serde's default messages quote
+/// the value ("invalid type: integer `12345`"), and `password = 12345` is still a password.
+struct SecretVisitor;
+
+impl SecretVisitor {
+    fn refuse<E: de::Error>(&self, what: &str) -> Result<String, E> {
+        Err(E::custom(format!(
+            "invalid type: {what} (value not shown), expected a string: quote the secret"
+        )))
+    }
+}
+
+impl<'de> de::Visitor<'de> for SecretVisitor {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+        Ok(v)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<String, E> {
+        self.refuse("boolean")
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<String, E> {
+        self.refuse("integer")
+    }
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<String, E> {
+        self.refuse("integer")
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<String, E> {
+        self.refuse("integer")
+    }
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<String, E> {
+        self.refuse("integer")
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<String, E> {
+        self.refuse("float")
+    }
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<String, E> {
+        self.refuse("bytes")
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+        // TOML datetimes arrive as a map; tables too.
+        self.refuse("table or datetime")
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+        self.refuse("array")
     }
 }
 

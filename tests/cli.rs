@@ -162,3 +162,69 @@ fn config_errors_exit_2_with_path_and_line() {
         assert!(err.contains(hint), "{text}: {err}");
     }
 }
+
+#[test]
+fn a_secret_written_as_a_number_is_not_echoed() {
+    let registry = "[[registry]]\nname = \"a\"\nkind = \"oci\"\nurl = \"https://h\"\n";
+    let ecr = "[[registry]]\nname = \"e\"\nkind = \"ecr\"\nurl = \"https://123456789012.dkr.ecr.eu-west-1.amazonaws.com\"\naccess_key_id = \"AKIA\"\n";
+    let gcr = "[[registry]]\nname = \"g\"\nkind = \"gcr\"\nurl = \"https://gcr.io\"\nproject_id = \"p\"\n";
+    let cases = [
+        (
+            format!("{registry}username = \"u\"\npassword = 9317024\n"),
+            "registry[0].password",
+            6,
+        ),
+        (
+            format!("{registry}webhook_token = 9317024\n"),
+            "registry[0].webhook_token",
+            5,
+        ),
+        (
+            format!("{ecr}secret_access_key = 9317024\n"),
+            "registry[0].secret_access_key",
+            6,
+        ),
+        (
+            format!("{gcr}json_key = 9317024.5\n"),
+            "registry[0].json_key",
+            6,
+        ),
+        (
+            format!("{registry}password = true\n"),
+            "registry[0].password",
+            5,
+        ),
+        (
+            format!(
+                "[kafka]\nbrokers = \"b:9092\"\n[kafka.properties]\n\"sasl.password\" = 9317024\n{registry}"
+            ),
+            "kafka.properties.sasl.password",
+            4,
+        ),
+    ];
+    let mut echoed = 0;
+    for (text, path, line) in &cases {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["check", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(&format!("`{path}`")), "{text}: {err}");
+        assert!(err.contains(&format!("(line {line})")), "{text}: {err}");
+        assert!(err.contains("expected a string"), "{text}: {err}");
+        if err.contains("9317024") || err.contains("true") {
+            echoed += 1;
+        }
+    }
+    support::report(
+        "secret typed as a number/bool echoed in the config error",
+        format!("{echoed} of {}", cases.len()),
+        "0",
+    );
+    assert_eq!(echoed, 0, "a secret value appeared in an error");
+}

@@ -200,6 +200,20 @@ async fn gcr_service_account_through_oauth2_and_the_token_realm() {
     );
     assert_eq!(events[0]["data"]["digest"], digest.as_str());
     assert!(tokens.google_grants() >= 1, "the service-account flow ran");
+    // Listing only reads: the token must not carry cloud-platform (read-write on every API).
+    let scopes = tokens.google_scopes();
+    let least = "https://www.googleapis.com/auth/devstorage.read_only";
+    report(
+        "GCR OAuth2 scopes requested",
+        scopes
+            .join(" ")
+            .replace("https://www.googleapis.com/auth/", ""),
+        "devstorage.read_only",
+    );
+    assert!(
+        !scopes.is_empty() && scopes.iter().all(|s| s == least),
+        "{scopes:?}"
+    );
 
     // A key the token_uri does not know is refused there, and check says so.
     let stranger = TokenServer::start(&[], Style::Docker)

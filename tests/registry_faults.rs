@@ -273,6 +273,128 @@ async fn credentials_stay_with_their_host() {
     assert!(refused.message.contains("insecure = true"), "{refused}");
 }
 
+/// `Authorization` headers a synthetic registry received.
+fn credentials_seen(state: &Synthetic) -> Vec<String> {
+    state
+        .authorization_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_challenge_from_another_origin_gets_no_credentials() {
+    // Another host that demands a token from its own realm, and would accept u:p there.
+    let elsewhere = Arc::new(Synthetic::default());
+    elsewhere.put("team/app", "v1", 0);
+    elsewhere.put("team/other", "v1", 0);
+    *elsewhere.token_auth.lock().unwrap() = Some(("u".into(), "p".into(), "theirs".into()));
+    let other = serve(elsewhere.clone()).await;
+    let block = |host: &str| {
+        format!(
+            "[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nusername = \"u\"\npassword = \"p\"\nrepositories = [\"team/app\"]\n"
+        )
+    };
+
+    // 1. An open registry whose tags/list redirects there: the first 401 it meets is foreign.
+    let open = Arc::new(Synthetic::default());
+    open.put("team/app", "v1", 0);
+    *open.redirect_to.lock().unwrap() = Some(format!("http://{other}"));
+    let host = serve(open.clone()).await;
+    let cfg = config::parse(&block(&host)).unwrap().registries.remove(0);
+    let first_contact = OciRegistry::new(&cfg).unwrap().list_tags("team/app").await;
+
+    // 2. A token registry, already authenticated against its own realm, that starts redirecting:
+    //    the foreign challenge must not replace the registry's realm.
+    let registry = Arc::new(Synthetic::default());
+    registry.put("team/app", "v1", 0);
+    registry.put("team/other", "v1", 0);
+    *registry.token_auth.lock().unwrap() = Some(("u".into(), "p".into(), "ours".into()));
+    let host = serve(registry.clone()).await;
+    let cfg = config::parse(&block(&host)).unwrap().registries.remove(0);
+    let client = OciRegistry::new(&cfg).unwrap();
+    assert_eq!(client.list_tags("team/app").await.unwrap().len(), 1);
+    *registry.redirect_to.lock().unwrap() = Some(format!("http://{other}"));
+    let redirected = client.list_tags("team/other").await;
+    *registry.redirect_to.lock().unwrap() = None;
+    let after = client.list_tags("team/other").await;
+
+    let leaked = credentials_seen(&elsewhere);
+    report(
+        "credentials sent to a realm named by another origin's 401",
+        leaked.len(),
+        "0",
+    );
+    assert!(
+        !elsewhere.authorization_seen.lock().unwrap().is_empty(),
+        "the other origin was reached"
+    );
+    assert_eq!(leaked, Vec::<String>::new(), "sent to the foreign origin");
+    assert_eq!(elsewhere.token_requests.load(Ordering::Relaxed), 0);
+    for (what, result) in [
+        ("first contact", &first_contact),
+        ("redirected", &redirected),
+    ] {
+        let e = result.as_ref().expect_err(what);
+        assert!(
+            matches!(e, RegistryError::Protocol(m) if m.contains("not the registry's origin")),
+            "{what}: {e}"
+        );
+    }
+    assert_eq!(
+        after.unwrap().len(),
+        1,
+        "the registry's own realm still serves once the redirect stops"
+    );
+    assert_eq!(
+        credentials_seen(&registry).last().map(String::as_str),
+        Some("Bearer ours"),
+        "with the registry's own token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_credentials_over_an_https_to_http_redirect() {
+    // One host and port: TLS serves the registry (token auth, realm over https), plain HTTP serves
+    // a copy of it that records what it is sent. The registry redirects tags/list to plain http.
+    let registry = Arc::new(Synthetic::default());
+    registry.put("team/app", "v1", 0);
+    *registry.token_auth.lock().unwrap() = Some(("u".into(), "p".into(), "tok".into()));
+    let plain = Arc::new(Synthetic::default());
+    plain.put("team/app", "v1", 0);
+    let host = support::tls::serve_dual(
+        support::synthetic::app(registry.clone()),
+        support::synthetic::app(plain.clone()),
+    )
+    .await;
+    *registry.host.lock().unwrap() = host.clone();
+    *registry.realm.lock().unwrap() = Some(format!("https://{host}/token"));
+    *registry.redirect_to.lock().unwrap() = Some(format!("http://{host}"));
+
+    let text = format!(
+        "[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"https://{host}\"\ninsecure = true\nusername = \"u\"\npassword = \"p\"\nrepositories = [\"team/app\"]\n"
+    );
+    let cfg = config::parse(&text).unwrap().registries.remove(0);
+    let client = OciRegistry::new(&cfg).unwrap();
+    let result = client.list_tags("team/app").await;
+    assert!(
+        registry.token_requests.load(Ordering::Relaxed) >= 1,
+        "the token flow ran over TLS"
+    );
+    let leaked = credentials_seen(&plain);
+    report(
+        "credentials sent over an https -> http redirect (same host and port)",
+        leaked.len(),
+        "0",
+    );
+    assert_eq!(leaked, Vec::<String>::new(), "sent in clear text");
+    let e = result.expect_err("the downgrade is refused");
+    assert!(e.to_string().contains("https to plain http"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_responses_are_errors_not_events() {
     let state = Arc::new(Synthetic::default());

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use reqwest::{StatusCode, header};
+use reqwest::{Response, StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
@@ -148,16 +148,24 @@ impl CredentialSource for Credentials {
 /// Produces the `Authorization` header for a request, learning the scheme from challenges.
 pub struct Authenticator {
     credentials: Option<Arc<dyn CredentialSource>>,
+    /// The registry's own origin (scheme, host, port of its configured URL): the only origin whose
+    /// challenges are believed, so the only one that can send credentials anywhere.
+    origin: url::Origin,
     insecure: bool,
     scheme: Mutex<Scheme>,
     tokens: Mutex<HashMap<String, CachedToken>>,
 }
 
 impl Authenticator {
-    /// An authenticator with the registry's credentials.
-    pub fn new(credentials: Option<Arc<dyn CredentialSource>>, insecure: bool) -> Self {
+    /// An authenticator with the credentials of the registry at `registry`.
+    pub fn new(
+        credentials: Option<Arc<dyn CredentialSource>>,
+        registry: &Url,
+        insecure: bool,
+    ) -> Self {
         Authenticator {
             credentials,
+            origin: registry.origin(),
             insecure,
             scheme: Mutex::new(Scheme::Unknown),
             tokens: Mutex::new(HashMap::new()),
@@ -165,8 +173,21 @@ impl Authenticator {
     }
 
     /// Learns from a 401's `WWW-Authenticate` and drops the cached token for `scope`, which the
-    /// registry just refused.
-    pub fn on_challenge(&self, value: Option<&str>, scope: &str) -> Result<(), RegistryError> {
+    /// registry just refused. Only a 401 that the registry's own origin sent (after any redirects)
+    /// is believed: a challenge from elsewhere would name a realm that receives the credentials.
+    pub fn on_challenge(&self, response: &Response, scope: &str) -> Result<(), RegistryError> {
+        let from = response.url().origin();
+        if from != self.origin {
+            return Err(RegistryError::Protocol(format!(
+                "401 challenge from {}, which is not the registry's origin {}; no credentials sent",
+                from.ascii_serialization(),
+                self.origin.ascii_serialization()
+            )));
+        }
+        let value = response
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok());
         let challenge = value.and_then(parse_challenge).ok_or_else(|| {
             RegistryError::Protocol("401 without a usable WWW-Authenticate challenge".into())
         })?;
@@ -246,8 +267,8 @@ impl Authenticator {
                 q.append_pair("scope", scope);
             }
         }
-        // The realm is the one the registry named, and on_challenge refused it over plain http
-        // unless insecure, so credentials may go there.
+        // The realm is the one a 401 from the registry's own origin named (on_challenge refuses
+        // any other, and plain http unless insecure), so credentials may go there.
         let basic_auth = match &self.credentials {
             Some(c) => Some(basic(&c.credentials().await?)),
             None => None,

@@ -12,8 +12,14 @@ use super::RegistryError;
 use super::auth::CredentialSource;
 use crate::config::{Credentials, GcrConfig};
 
-/// The scope registry access needs.
-const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+/// The least OAuth2 scope that reading a registry needs. Google documents it for both products:
+/// Container Registry, "For docker pull and docker search, the access token must use the
+/// devstorage.read_only scope" (cloud.google.com/container-registry/docs/advanced-authentication);
+/// Artifact Registry, "To pull container images from Artifact Registry repositories, [...] ensure
+/// the read-only access scope is set for Cloud Storage storage buckets"
+/// (cloud.google.com/artifact-registry/docs/integrate-compute). `cloud-platform` would hand every
+/// realm that sees the token read-write access to all of the account's Google Cloud APIs.
+const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
 
 /// Checks at config load that `json` is a service-account key.
 pub fn check_key(json: &SecretString) -> Result<(), String> {

@@ -65,8 +65,7 @@ impl Transport {
             .timeout(config.request_timeout)
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
-            // reqwest drops Authorization when a redirect changes host.
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(redirect_policy())
             .https_only(!config.insecure)
             .tls_danger_accept_invalid_certs(config.insecure)
             .build()
@@ -158,6 +157,30 @@ impl Transport {
     }
 }
 
+/// The most redirects one request follows.
+const MAX_REDIRECTS: usize = 5;
+
+/// Follows up to [`MAX_REDIRECTS`] redirects, but never from https to http. reqwest's rule for
+/// dropping `Authorization` on a redirect looks at host and port only, so it does not promise that
+/// a downgrade to plain http on the same host and port (possible with `insecure`) goes without
+/// credentials; the Policy API cannot strip a header, so such a redirect is refused instead. No
+/// registry needs one to list tags.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt
+            .previous()
+            .last()
+            .is_some_and(|from| from.scheme() == "https" && attempt.url().scheme() == "http");
+        if downgrade {
+            attempt.error("refused a redirect from https to plain http")
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 /// Reads a body, refusing more than `cap` bytes.
 pub async fn read_body(mut response: Response, cap: usize) -> Result<Vec<u8>, RegistryError> {
     if response
@@ -224,28 +247,12 @@ fn retry_after(response: &Response) -> Option<Duration> {
     if let Ok(secs) = value.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = httpdate_parse(value)?;
+    // An HTTP-date (RFC 9110 §10.2.3): IMF-fixdate, or the obsolete RFC 850 and asctime forms.
+    let at = httpdate::parse_http_date(value.trim()).ok()?;
     Some(
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
     )
-}
-
-fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
-    humantime::parse_rfc3339_weak(value).ok().or_else(|| {
-        // IMF-fixdate, e.g. "Wed, 21 Oct 2015 07:28:00 GMT": reorder into RFC 3339.
-        let parts: Vec<&str> = value.split_whitespace().collect();
-        let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-            return None;
-        };
-        let month = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ]
-        .iter()
-        .position(|m| m == month)?
-            + 1;
-        humantime::parse_rfc3339(&format!("{year}-{month:02}-{day:0>2}T{time}Z")).ok()
-    })
 }
 
 /// Maps a reqwest failure to an error that never includes the URL's query (which could carry tokens).
@@ -261,6 +268,10 @@ pub fn transport_error(e: reqwest::Error) -> RegistryError {
             source = s.source();
         }
         RegistryError::Unreachable(reason)
+    } else if e.is_redirect() {
+        // A refused redirect is the registry's answer, not a transient failure: no retry.
+        let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        RegistryError::Protocol(format!("redirect: {reason}"))
     } else if e.is_body() || e.is_decode() {
         RegistryError::Protocol(format!("reading response: {e}"))
     } else {
@@ -298,13 +309,28 @@ mod tests {
         );
     }
 
+    fn retry_response(value: &str) -> Response {
+        let r = axum::http::Response::builder()
+            .header("retry-after", value)
+            .body("")
+            .unwrap();
+        Response::from(r)
+    }
+
     #[test]
-    fn http_dates_parse() {
-        let t = httpdate_parse("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+    fn retry_after_takes_seconds_and_http_dates() {
         assert_eq!(
-            humantime::format_rfc3339(t).to_string(),
-            "2015-10-21T07:28:00Z"
+            retry_after(&retry_response("120")),
+            Some(Duration::from_secs(120))
         );
-        assert!(httpdate_parse("soon").is_none());
+        let soon = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let wait = retry_after(&retry_response(&httpdate::fmt_http_date(soon))).unwrap();
+        assert!(wait > Duration::from_secs(3590) && wait <= Duration::from_secs(3600));
+        assert_eq!(
+            retry_after(&retry_response("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        assert_eq!(retry_after(&retry_response("soon")), None);
     }
 }

@@ -110,7 +110,7 @@ impl OciRegistry {
         Ok(OciRegistry {
             base: config.url.clone(),
             transport: Transport::new(config)?,
-            auth: Authenticator::new(credentials, config.insecure),
+            auth: Authenticator::new(credentials, &config.url, config.insecure),
             page_size: config.page_size,
             catalog_links: LinkTrust::default(),
             tags_links: LinkTrust::default(),
@@ -154,11 +154,7 @@ impl OciRegistry {
                 .await?;
             match response.status() {
                 StatusCode::UNAUTHORIZED if attempt == 0 => {
-                    let challenge = response
-                        .headers()
-                        .get(header::WWW_AUTHENTICATE)
-                        .and_then(|v| v.to_str().ok());
-                    self.auth.on_challenge(challenge, scope)?;
+                    self.auth.on_challenge(&response, scope)?;
                 }
                 s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
                     return Err(RegistryError::Unauthorized {

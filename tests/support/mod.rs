@@ -5,6 +5,7 @@
 
 pub mod proxy;
 pub mod synthetic;
+pub mod tls;
 pub mod token_server;
 
 use std::net::TcpListener;

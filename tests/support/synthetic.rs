@@ -61,6 +61,8 @@ pub struct Synthetic {
     /// Repositories the catalog lists but whose tags/list answers 404, as ECR and GCR do for a
     /// while after a repository is created, and distribution while one is being deleted.
     pub tags_not_found: Mutex<std::collections::BTreeSet<String>>,
+    /// The token realm challenges name; `http://{host}/token` when unset.
+    pub realm: Mutex<Option<String>>,
 }
 
 /// A digest derived from the content it names.
@@ -171,8 +173,10 @@ async fn handle(
         }
         if presented != format!("Bearer {token}") {
             let host = state.host.lock().unwrap().clone();
+            let realm = (state.realm.lock().unwrap().clone())
+                .unwrap_or_else(|| format!("http://{host}/token"));
             let mut r = status(StatusCode::UNAUTHORIZED);
-            let challenge = format!("Bearer realm=\"http://{host}/token\",service=\"synthetic\"");
+            let challenge = format!("Bearer realm=\"{realm}\",service=\"synthetic\"");
             r.headers_mut().insert(
                 "www-authenticate",
                 HeaderValue::from_str(&challenge).unwrap(),
@@ -293,7 +297,12 @@ pub async fn serve(state: Arc<Synthetic>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = listener.local_addr().unwrap().to_string();
     *state.host.lock().unwrap() = host.clone();
-    let app = Router::new().fallback(handle).with_state(state);
+    let app = app(state);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     host
+}
+
+/// The registry as an app, for servers other than [`serve`] (e.g. `tls::serve_dual`).
+pub fn app(state: Arc<Synthetic>) -> Router {
+    Router::new().fallback(handle).with_state(state)
 }

@@ -48,6 +48,8 @@ struct Inner {
     registry_tokens: AtomicUsize,
     refused: AtomicUsize,
     google_grants: AtomicUsize,
+    /// The `scope` claim of every Google assertion granted.
+    google_scopes: Mutex<Vec<String>>,
 }
 
 /// A running token server.
@@ -104,6 +106,7 @@ impl TokenServer {
             registry_tokens: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             google_grants: AtomicUsize::new(0),
+            google_scopes: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/token", get(registry_token))
@@ -139,6 +142,11 @@ impl TokenServer {
     /// Google access tokens granted so far.
     pub fn google_grants(&self) -> usize {
         self.inner.google_grants.load(Ordering::Relaxed)
+    }
+
+    /// The OAuth2 scopes the service account asked for, one entry per grant.
+    pub fn google_scopes(&self) -> Vec<String> {
+        self.inner.google_scopes.lock().unwrap().clone()
     }
 
     /// Creates a service account whose key this server will accept, written under `dir`.
@@ -274,15 +282,22 @@ async fn google_token(State(inner): State<Arc<Inner>>, body: Bytes) -> Response 
                     .ok()
             })
             .and_then(|b| serde_json::from_slice(&b).ok());
-        signed
+        // Google grants whatever scopes the assertion asks for; the test checks which ones.
+        let scope = claims
+            .as_ref()
+            .and_then(|c| c["scope"].as_str())
+            .map(str::to_owned);
+        let ok = signed
             && claims.is_some_and(|c| {
                 c["iss"] == email.as_str()
                     && c["aud"] == audience.as_str()
                     && c["exp"].as_u64().is_some_and(|exp| exp > now())
-                    && c["scope"]
-                        .as_str()
-                        .is_some_and(|s| s.contains("cloud-platform"))
             })
+            && scope.is_some();
+        if ok {
+            inner.google_scopes.lock().unwrap().extend(scope);
+        }
+        ok
     });
     if !verified {
         inner.refused.fetch_add(1, Ordering::Relaxed);
