@@ -627,7 +627,7 @@ async fn publishing(rows: &mut Vec<Row>) {
     let bare_rate = n as f64 / t0.elapsed().as_secs_f64();
 
     let dir = tempfile::tempdir().unwrap();
-    let store = regwatch::store::Store::open(dir.path()).unwrap();
+    let store = Arc::new(regwatch::store::Store::open(dir.path()).unwrap());
     for (i, chunk) in events.chunks(1000).enumerate() {
         store
             .commit_scan("bench", &format!("r{i}"), &Default::default(), chunk)
