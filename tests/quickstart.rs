@@ -93,7 +93,7 @@ fn quickstart_registry_config_lets_check_say_ok() {
     let _ = registry.kill();
     let _ = registry.wait();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let outcome = stdout.trim().split_whitespace().collect::<Vec<_>>().join(" ");
+    let outcome = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
     support::report(
         "quickstart as written: `regwatch check` against its own registry config",
         &outcome,
