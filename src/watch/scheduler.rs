@@ -1,6 +1,7 @@
 //! The per-registry loop: one scan at a time (runs never overlap), a full cycle every
 //! `interval` ± `jitter`, webhook hints scanned at once and coalesced per repository, and backoff
-//! after failures that does not disturb other registries.
+//! after failures of the registry as a whole that does not disturb other registries. A failing
+//! repository backs off alone (see [`super::backoff`]) and leaves its registry's schedule as it is.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -87,11 +88,18 @@ impl RegistryLoop {
                             m.scan_finished(&name, "ok", started.elapsed());
                             tracing::debug!(registry = %name, ?report, elapsed = ?started.elapsed(), "scan complete");
                         }
+                        Ok(Ok(report)) if !report.registry_wide => {
+                            // Only those repositories failed; they sit out cycles on their own.
+                            backoff = failure_backoff(interval);
+                            self.readiness.scanned(&name);
+                            m.scan_finished(&name, "incomplete", started.elapsed());
+                            tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, "scan incomplete; the failed repositories back off, the others keep the schedule");
+                        }
                         Ok(Ok(report)) => {
                             self.readiness.scanned(&name);
                             m.scan_finished(&name, "incomplete", started.elapsed());
                             delay = delay.max(backoff.next().unwrap_or(interval));
-                            tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, next_in = ?delay, "scan incomplete");
+                            tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, next_in = ?delay, "scan failed for the whole registry; backing off");
                         }
                         Ok(Err(ScanError::Store(e))) => {
                             m.scan_finished(&name, "failed", started.elapsed());
@@ -120,7 +128,7 @@ impl RegistryLoop {
                     while let Ok(more) = self.hints.try_recv() {
                         repos.insert(more);
                     }
-                    let scan = self.scanner.scan_hinted(&self.output, repos.into_iter().collect());
+                    let scan = self.scanner.scan_hinted(&self.output, repos.into_iter().collect(), || false);
                     match beating(&mut tick, &self.heartbeat, scan).await {
                         Ok(report) => tracing::debug!(registry = %name, ?report, "hinted scan complete"),
                         Err(ScanError::Store(e)) => {

@@ -58,6 +58,13 @@ pub struct Synthetic {
     pub authorization_seen: Mutex<Vec<Option<String>>>,
     /// Answer tags/list as Google does, with a digest → {tag, timeUploadedMs} map.
     pub google_manifest: Mutex<bool>,
+    /// `repo:tag` names that tags/list shows but whose manifest HEAD answers 404, as when a tag is
+    /// deleted (or re-pushed) between a client's listing and its HEAD.
+    pub head_missing: Mutex<std::collections::BTreeSet<String>>,
+    /// tags/list requests per repository.
+    pub tags_requests_by_repo: Mutex<BTreeMap<String, usize>>,
+    /// How long every tags/list request waits before it is answered (a slow registry).
+    pub tags_delay: Mutex<Option<std::time::Duration>>,
 }
 
 /// A digest derived from the content it names.
@@ -235,6 +242,16 @@ async fn handle(
     };
     if let Some(repo) = rest.strip_suffix("/tags/list") {
         state.tags_requests.fetch_add(1, Ordering::Relaxed);
+        *state
+            .tags_requests_by_repo
+            .lock()
+            .unwrap()
+            .entry(repo.to_owned())
+            .or_default() += 1;
+        let delay = *state.tags_delay.lock().unwrap();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let repos = state.repos.lock().unwrap();
         let Some(tags) = repos.get(repo) else {
             return status(StatusCode::NOT_FOUND);
@@ -269,6 +286,14 @@ async fn handle(
             state.head_requests.fetch_add(1, Ordering::Relaxed);
         } else {
             state.get_manifest_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        if state
+            .head_missing
+            .lock()
+            .unwrap()
+            .contains(&format!("{repo}:{tag}"))
+        {
+            return status(StatusCode::NOT_FOUND);
         }
         let repos = state.repos.lock().unwrap();
         let Some(d) = repos.get(repo).and_then(|t| t.get(tag)) else {
