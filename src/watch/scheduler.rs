@@ -57,8 +57,9 @@ pub struct RegistryLoop {
 }
 
 impl RegistryLoop {
-    /// Polls the registry until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    /// Polls the registry until `shutdown` turns true. Returns the hint queue, for a loop that
+    /// replaces this one (a reload) to take over with the webhook senders unchanged.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> mpsc::Receiver<String> {
         let interval = self.scanner.config.interval;
         let name = self.scanner.config.name.clone();
         // A cycle that takes this long is wedged; cancelling it is safe (each repository commits
@@ -128,19 +129,25 @@ impl RegistryLoop {
                     while let Ok(more) = self.hints.try_recv() {
                         repos.insert(more);
                     }
-                    let scan = self.scanner.scan_hinted(&self.output, repos.into_iter().collect(), || false);
-                    match beating(&mut tick, &self.heartbeat, scan).await {
-                        Ok(report) => tracing::debug!(registry = %name, ?report, "hinted scan complete"),
-                        Err(ScanError::Store(e)) => {
+                    // Hinted scans obey shutdown and the time limit like full cycles.
+                    let stop = shutdown.clone();
+                    let scan = self.scanner.scan_hinted(&self.output, repos.into_iter().collect(), move || *stop.borrow());
+                    match beating(&mut tick, &self.heartbeat, tokio::time::timeout(cycle_limit, scan)).await {
+                        Ok(Ok(report)) => tracing::debug!(registry = %name, ?report, "hinted scan complete"),
+                        Ok(Err(ScanError::Store(e))) => {
                             let _ = self.fatal.try_send(format!("state store failed while scanning {name}: {e}"));
                             break;
                         }
-                        Err(e) => tracing::warn!(registry = %name, error = %e, "hinted scan failed"),
+                        Ok(Err(e)) => tracing::warn!(registry = %name, error = %e, "hinted scan failed"),
+                        Err(_) => tracing::error!(registry = %name, limit = ?cycle_limit, "hinted scan exceeded its time limit and was cancelled"),
                     }
                 }
             }
         }
+        // A loop that ended on purpose no longer owes the watchdog its beat.
+        self.heartbeat.retire();
         tracing::debug!(registry = %name, "scheduler stopped");
+        self.hints
     }
 }
 
