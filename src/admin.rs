@@ -26,7 +26,8 @@ pub const HOOK_BODY_CAP: usize = 64 * 1024;
 /// What `/readyz` reports: every registry scanned once, and Kafka reachable when configured.
 pub struct Readiness {
     unscanned: Mutex<BTreeSet<String>>,
-    kafka: Option<AtomicBool>,
+    /// Whether Kafka is configured (a reload may change it), and whether it answered.
+    kafka: (AtomicBool, AtomicBool),
 }
 
 impl Readiness {
@@ -34,8 +35,19 @@ impl Readiness {
     pub fn new(registries: impl IntoIterator<Item = String>, kafka: bool) -> Self {
         Readiness {
             unscanned: Mutex::new(registries.into_iter().collect()),
-            kafka: kafka.then(|| AtomicBool::new(false)),
+            kafka: (AtomicBool::new(kafka), AtomicBool::new(false)),
         }
+    }
+
+    /// Follows a reload: `added` registries wait for their first scan, `removed` ones are no longer
+    /// awaited, the others keep their state; `kafka` says whether Kafka is now configured.
+    pub fn reconfigure(&self, added: &[String], removed: &[String], kafka: bool) {
+        let mut unscanned = self.unscanned.lock().expect("readiness lock");
+        unscanned.extend(added.iter().cloned());
+        for r in removed {
+            unscanned.remove(r);
+        }
+        self.kafka.0.store(kafka, Ordering::Relaxed);
     }
 
     /// Records that `registry` completed a scan.
@@ -48,9 +60,7 @@ impl Readiness {
 
     /// Records whether Kafka answered the last probe.
     pub fn kafka_reachable(&self, ok: bool) {
-        if let Some(k) = &self.kafka {
-            k.store(ok, Ordering::Relaxed);
-        }
+        self.kafka.1.store(ok, Ordering::Relaxed);
     }
 
     /// `Ok` when ready, else why not.
@@ -62,11 +72,7 @@ impl Readiness {
                 unscanned.len()
             ));
         }
-        if self
-            .kafka
-            .as_ref()
-            .is_some_and(|k| !k.load(Ordering::Relaxed))
-        {
+        if self.kafka.0.load(Ordering::Relaxed) && !self.kafka.1.load(Ordering::Relaxed) {
             return Err("kafka unreachable".into());
         }
         Ok(())

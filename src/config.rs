@@ -79,6 +79,8 @@ pub struct DaemonConfig {
     pub emit_removed: bool,
     /// Admin HTTP listen address.
     pub admin_listen: SocketAddr,
+    /// How long SIGTERM may take: in-flight scans, then the last deliveries, are cut off after it.
+    pub shutdown_timeout: Duration,
 }
 
 /// `[kafka]`.
@@ -319,6 +321,7 @@ struct RawDaemon {
     first_run: FirstRun,
     emit_removed: bool,
     admin_listen: SocketAddr,
+    shutdown_timeout: Dur,
 }
 
 impl Default for RawDaemon {
@@ -330,6 +333,8 @@ impl Default for RawDaemon {
             first_run: FirstRun::Baseline,
             emit_removed: false,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9188)),
+            // Well under the unit's TimeoutStopSec (40 s), which kills what is still running.
+            shutdown_timeout: Dur(Duration::from_secs(20)),
         }
     }
 }
@@ -671,6 +676,7 @@ fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError> {
         first_run: raw.daemon.first_run,
         emit_removed: raw.daemon.emit_removed,
         admin_listen: raw.daemon.admin_listen,
+        shutdown_timeout: raw.daemon.shutdown_timeout.0,
     };
     let kafka = raw.kafka.map(|k| KafkaConfig {
         brokers: k.brokers.0,
@@ -1117,6 +1123,7 @@ url = "https://registry.example.com"
         assert_eq!(c.daemon.interval, Duration::from_secs(60));
         assert!((c.daemon.jitter - 0.1).abs() < 1e-9);
         assert_eq!(c.daemon.first_run, FirstRun::Baseline);
+        assert_eq!(c.daemon.shutdown_timeout, Duration::from_secs(20));
         assert!(c.kafka.is_none());
         let r = &c.registries[0];
         assert_eq!(r.host, "registry.example.com");

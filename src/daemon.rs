@@ -1,6 +1,7 @@
 //! Wiring: the commands `run`, `once`, `check`, `tags` and `repos`, built from a loaded [`Config`].
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Hook, Readiness};
 use crate::watchdog::{self, Heartbeats};
 
-use crate::config::{Config, RegistryConfig};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{Config, FirstRun, KafkaConfig, Provider, RegistryConfig};
 use crate::registry::{self, Registry, RegistryError, Tag};
 use crate::sink::{self, Sink, kafka::KafkaSink, stdout::StdoutSink};
 use crate::store::{StateStore, Store};
@@ -59,107 +62,483 @@ fn registry_identities(config: &Config) -> Vec<(String, String)> {
 
 fn make_sink(config: &Config) -> Result<Box<dyn Sink>, RuntimeError> {
     Ok(match &config.kafka {
-        Some(k) => Box::new(KafkaSink::new(k).map_err(|e| runtime(format!("kafka: {e}")))?),
+        Some(k) => {
+            let kafka = KafkaSink::new(k).map_err(|e| runtime(format!("kafka: {e}")))?;
+            Box::new(ClosedAside(Some(Box::new(kafka))))
+        }
         None => Box::new(StdoutSink),
     })
 }
 
-/// The tasks built from one configuration.
-struct Instance {
-    /// Receives a reason when a task hits an error the daemon must exit on.
-    fatal: mpsc::Receiver<String>,
-    stop_scans: watch::Sender<bool>,
-    stop_publisher: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-    publisher: JoinHandle<()>,
+/// A sink that is closed on a thread of its own. Closing a Kafka producer flushes for up to 5 s
+/// against a dead broker; that must neither block an async worker nor hold up a bounded shutdown
+/// (the process may exit mid-flush: whatever was not acknowledged is still in the outbox).
+struct ClosedAside(Option<Box<dyn Sink>>);
+
+#[async_trait::async_trait]
+impl Sink for ClosedAside {
+    async fn prepare(&mut self) -> Result<(), String> {
+        self.0.as_mut().expect("open until dropped").prepare().await
+    }
+
+    async fn deliver(&mut self, batch: &[crate::event::Event]) -> Vec<usize> {
+        self.0
+            .as_mut()
+            .expect("open until dropped")
+            .deliver(batch)
+            .await
+    }
 }
 
-impl Instance {
-    /// Starts the registry loops, the publisher, the admin endpoint, the Kafka probe and the watchdog.
-    async fn start(config: &Config, store: Arc<Store>) -> Result<Instance, RuntimeError> {
+impl Drop for ClosedAside {
+    fn drop(&mut self) {
+        if let Some(sink) = self.0.take() {
+            std::thread::spawn(move || drop(sink));
+        }
+    }
+}
+
+/// A spawned task and the switch that asks it to stop.
+struct Task<T = ()> {
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<T>,
+}
+
+impl<T: Send + 'static> Task<T> {
+    fn spawn<F: Future<Output = T> + Send + 'static>(
+        run: impl FnOnce(watch::Receiver<bool>) -> F,
+    ) -> Task<T> {
+        let (stop, rx) = watch::channel(false);
+        Task {
+            stop,
+            handle: tokio::spawn(run(rx)),
+        }
+    }
+
+    /// Asks it to stop, and waits at most `within` before cancelling it.
+    async fn stop_within(self, within: Duration) {
+        let _ = self.stop.send(true);
+        finish_or_abort(vec![self.handle], within).await;
+    }
+}
+
+/// Waits for `tasks` until `within` has passed, then cancels those still running and waits for
+/// them to unwind. Returns how many had to be cancelled.
+async fn finish_or_abort<T>(tasks: Vec<JoinHandle<T>>, within: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut cancelled = 0;
+    for mut t in tasks {
+        if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+            t.abort();
+            cancelled += 1;
+            let _ = t.await;
+        }
+    }
+    cancelled
+}
+
+/// What a registry loop runs with. A reload keeps a loop, with its schedule, backoff, token cache,
+/// quota pause and learned listing behaviour, when these did not change.
+struct LoopSettings {
+    registry: RegistryConfig,
+    first_run: FirstRun,
+    emit_removed: bool,
+    jitter: f64,
+}
+
+impl LoopSettings {
+    fn of(config: &Config, registry: &RegistryConfig) -> LoopSettings {
+        LoopSettings {
+            registry: registry.clone(),
+            first_run: config.daemon.first_run,
+            emit_removed: config.daemon.emit_removed,
+            jitter: config.daemon.jitter,
+        }
+    }
+
+    /// Whether `other` would run the same loop. Compiled regexes and globs have no equality and
+    /// secrets print redacted, so this compares the Debug form (every field, secrets hidden) and
+    /// then the secrets themselves. The webhook token is not the loop's business.
+    fn same_as(&self, other: &LoopSettings) -> bool {
+        fn secrets(r: &RegistryConfig) -> Vec<&str> {
+            let mut out: Vec<&str> = r
+                .credentials
+                .iter()
+                .map(|c| c.password.expose_secret())
+                .collect();
+            match &r.provider {
+                Provider::Ecr(e) => out.extend(e.keys.iter().map(|(_, k)| k.expose_secret())),
+                Provider::Gcr(g) => out.push(g.json_key.expose_secret()),
+                Provider::Distribution => {}
+            }
+            out
+        }
+        format!("{:?}", self.registry) == format!("{:?}", other.registry)
+            && secrets(&self.registry) == secrets(&other.registry)
+            && self.first_run == other.first_run
+            && self.emit_removed == other.emit_removed
+            && self.jitter == other.jitter
+    }
+}
+
+/// Whether two `[kafka]` sections configure the same sink (see [`LoopSettings::same_as`]).
+fn same_kafka(a: Option<&KafkaConfig>, b: Option<&KafkaConfig>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            let secrets = |k: &KafkaConfig| -> Vec<String> {
+                k.properties
+                    .iter()
+                    .map(|(_, v)| v.expose_secret().to_owned())
+                    .collect()
+            };
+            format!("{a:?}") == format!("{b:?}") && secrets(a) == secrets(b)
+        }
+        _ => false,
+    }
+}
+
+/// The hint queue a registry loop hands over when it ends.
+type Hints = mpsc::Receiver<String>;
+
+/// One registry's running loop.
+struct RunningLoop {
+    settings: LoopSettings,
+    task: Task<Hints>,
+    /// Its webhook hint queue; it outlives loop replacements, so webhooks keep reaching it.
+    hints: mpsc::Sender<String>,
+    /// The loop it replaced, which it waits for; cancelled with it at a bounded shutdown.
+    predecessor: Option<tokio::task::AbortHandle>,
+}
+
+/// The running daemon: one loop per registry, the publisher, the admin endpoint, the Kafka probe
+/// and the watchdog. A reload replaces only what its new configuration changed.
+struct Daemon {
+    store: Arc<Store>,
+    wake: Arc<Notify>,
+    readiness: Arc<Readiness>,
+    heartbeats: Arc<Heartbeats>,
+    fatal_tx: mpsc::Sender<String>,
+    loops: HashMap<String, RunningLoop>,
+    /// Loops of registries a reload removed, finishing their last scan.
+    retiring: Vec<JoinHandle<Hints>>,
+    admin: Task,
+    admin_listen: std::net::SocketAddr,
+    /// The webhook tokens the admin endpoint was built with, by registry.
+    hook_tokens: Vec<(String, SecretString)>,
+    publisher: Task,
+    probe: Option<Task>,
+    watchdog: Task,
+}
+
+async fn bind_admin(listen: std::net::SocketAddr) -> Result<tokio::net::TcpListener, RuntimeError> {
+    tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        runtime(format!(
+            "cannot listen on daemon.admin_listen {listen}: {e}"
+        ))
+    })
+}
+
+fn hook_tokens(config: &Config) -> Vec<(String, SecretString)> {
+    config
+        .registries
+        .iter()
+        .filter_map(|r| Some((r.name.clone(), r.webhook_token.clone()?)))
+        .collect()
+}
+
+fn same_tokens(a: &[(String, SecretString)], b: &[(String, SecretString)]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((n, t), (m, u))| n == m && t.expose_secret() == u.expose_secret())
+}
+
+impl Daemon {
+    /// Starts everything `config` asks for.
+    async fn start(
+        config: &Config,
+        store: Arc<Store>,
+    ) -> Result<(Daemon, mpsc::Receiver<String>), RuntimeError> {
         let sink = make_sink(config)?;
         let scanners = scanners(config)?;
-        let listen = config.daemon.admin_listen;
-        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-            runtime(format!(
-                "cannot listen on daemon.admin_listen {listen}: {e}"
-            ))
-        })?;
-        let (stop_scans, scans_rx) = watch::channel(false);
-        let (stop_publisher, publisher_rx) = watch::channel(false);
-        let wake = Arc::new(Notify::new());
-        let names = scanners.iter().map(|s| s.config.name.clone());
+        let listener = bind_admin(config.daemon.admin_listen).await?;
+        let names = config.registries.iter().map(|r| r.name.clone());
         let readiness = Arc::new(Readiness::new(names, config.kafka.is_some()));
         let heartbeats = Arc::new(Heartbeats::default());
-        let mut hooks = HashMap::new();
-        let mut tasks = Vec::new();
+        let wake = Arc::new(Notify::new());
         let (fatal_tx, fatal) = mpsc::channel(1);
-        for scanner in scanners {
-            let (hint_tx, hints) = mpsc::channel(1024);
-            if let Some(token) = &scanner.config.webhook_token {
-                let hook = Hook {
-                    token: token.clone(),
-                    hints: hint_tx,
-                };
-                hooks.insert(scanner.config.name.clone(), hook);
-            }
-            let registry_loop = RegistryLoop {
-                scanner,
-                output: Output::Commit {
-                    store: store.clone(),
-                    published: wake.clone(),
-                },
-                jitter: config.daemon.jitter,
-                hints,
-                readiness: readiness.clone(),
-                heartbeat: heartbeats.register(),
-                fatal: fatal_tx.clone(),
-            };
-            tasks.push(tokio::spawn(registry_loop.run(scans_rx.clone())));
+        let publisher = {
+            let (store, wake) = (store.clone(), wake.clone());
+            Task::spawn(move |rx| sink::publish(store, sink, wake, rx))
+        };
+        let watchdog = {
+            let heartbeats = heartbeats.clone();
+            Task::spawn(move |rx| watchdog::feed(heartbeats, rx))
+        };
+        let mut daemon = Daemon {
+            store,
+            wake,
+            readiness,
+            heartbeats,
+            fatal_tx,
+            loops: HashMap::new(),
+            retiring: Vec::new(),
+            admin: Task::spawn(|_| async {}),
+            admin_listen: config.daemon.admin_listen,
+            hook_tokens: hook_tokens(config),
+            publisher,
+            probe: None,
+            watchdog,
+        };
+        for (r, scanner) in config.registries.iter().zip(scanners) {
+            let running = daemon.spawn_loop(LoopSettings::of(config, r), scanner, None);
+            daemon.loops.insert(r.name.clone(), running);
         }
-        let app = admin::router(readiness.clone(), hooks);
-        tasks.push(tokio::spawn(admin::serve(listener, app, scans_rx.clone())));
-        if let Some(k) = &config.kafka {
-            let probe = crate::sink::kafka::probe(k.clone(), readiness, scans_rx.clone());
-            tasks.push(tokio::spawn(probe));
-        }
-        tasks.push(tokio::spawn(watchdog::feed(heartbeats, scans_rx)));
-        let publisher = tokio::spawn(sink::publish(store, sink, wake, publisher_rx));
+        daemon.admin = daemon.serve_admin(listener, config);
+        daemon.probe = daemon.spawn_probe(config);
         let sink_name = if config.kafka.is_some() {
             "kafka"
         } else {
             "stdout"
         };
-        tracing::info!(admin = %listen, registries = config.registries.len(), sink = sink_name, "running");
-        Ok(Instance {
-            fatal,
-            stop_scans,
-            stop_publisher,
-            tasks,
-            publisher,
-        })
+        tracing::info!(admin = %config.daemon.admin_listen, registries = config.registries.len(), sink = sink_name, "running");
+        Ok((daemon, fatal))
     }
 
-    /// Lets in-flight scans finish, then delivers what they committed, then returns.
-    async fn stop(self) {
-        let _ = self.stop_scans.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+    /// Starts a registry loop. With `predecessor` (the loop it replaces, and that loop's hint
+    /// sender), it starts only once that loop has finished its scan, so two loops never scan one
+    /// registry at once, and it takes over the predecessor's hint queue.
+    fn spawn_loop(
+        &self,
+        settings: LoopSettings,
+        scanner: Scanner,
+        predecessor: Option<(JoinHandle<Hints>, mpsc::Sender<String>)>,
+    ) -> RunningLoop {
+        let (hint_tx, queue) = match predecessor {
+            Some((previous, tx)) => (tx, Err(previous)),
+            None => {
+                let (tx, rx) = mpsc::channel(1024);
+                (tx, Ok(rx))
+            }
+        };
+        let name = settings.registry.name.clone();
+        let output = Output::Commit {
+            store: self.store.clone(),
+            published: self.wake.clone(),
+        };
+        let (readiness, heartbeats, fatal) = (
+            self.readiness.clone(),
+            self.heartbeats.clone(),
+            self.fatal_tx.clone(),
+        );
+        let jitter = settings.jitter;
+        let abort = queue.as_ref().err().map(JoinHandle::abort_handle);
+        let task = Task::spawn(move |stop| async move {
+            let hints = match queue {
+                Ok(fresh) => fresh,
+                Err(previous) => match previous.await {
+                    Ok(hints) => hints,
+                    Err(e) => {
+                        // A loop that panicked never retired its heartbeat, so the watchdog
+                        // restarts the daemon; until then, scan without webhook hints.
+                        tracing::error!(registry = %name, error = %e, "the replaced loop died; webhook hints are lost until a restart");
+                        mpsc::channel(1).1
+                    }
+                },
+            };
+            let registry_loop = RegistryLoop {
+                scanner,
+                output,
+                jitter,
+                hints,
+                readiness,
+                heartbeat: heartbeats.register(),
+                fatal,
+            };
+            registry_loop.run(stop).await
+        });
+        RunningLoop {
+            settings,
+            task,
+            hints: hint_tx,
+            predecessor: abort,
         }
-        let _ = self.stop_publisher.send(true);
-        let _ = self.publisher.await;
+    }
+
+    fn serve_admin(&self, listener: tokio::net::TcpListener, config: &Config) -> Task {
+        let hooks = config
+            .registries
+            .iter()
+            .filter_map(|r| {
+                let token = r.webhook_token.clone()?;
+                let hints = self.loops.get(&r.name)?.hints.clone();
+                Some((r.name.clone(), Hook { token, hints }))
+            })
+            .collect();
+        let app = admin::router(self.readiness.clone(), hooks);
+        Task::spawn(move |rx| admin::serve(listener, app, rx))
+    }
+
+    fn spawn_probe(&self, config: &Config) -> Option<Task> {
+        let k = config.kafka.clone()?;
+        let readiness = self.readiness.clone();
+        Some(Task::spawn(move |rx| sink::kafka::probe(k, readiness, rx)))
+    }
+
+    /// Applies `new` in place of `old`. Everything that can fail (the sink, the adapters, a new
+    /// admin address) is prepared first, so a failed reload leaves the running daemon untouched.
+    /// Nothing here waits for a scan: a replaced loop finishes its scan in the background while the
+    /// watchdog keeps being fed, and its successor starts after it.
+    async fn reload(&mut self, old: &Config, new: &Config) -> Result<(), RuntimeError> {
+        let kafka_changed = !same_kafka(old.kafka.as_ref(), new.kafka.as_ref());
+        let sink = kafka_changed.then(|| make_sink(new)).transpose()?;
+        let moved_admin = new.daemon.admin_listen != self.admin_listen;
+        let listener = if moved_admin {
+            Some(bind_admin(new.daemon.admin_listen).await?)
+        } else {
+            None
+        };
+        let mut fresh = Vec::new();
+        for r in &new.registries {
+            let settings = LoopSettings::of(new, r);
+            let unchanged = self
+                .loops
+                .get(&r.name)
+                .is_some_and(|l| l.settings.same_as(&settings));
+            if !unchanged {
+                let scanner = Scanner::new(r, new.daemon.first_run, new.daemon.emit_removed)
+                    .map_err(|e| runtime(format!("registry {}: {e}", r.name)))?;
+                fresh.push((settings, scanner));
+            }
+        }
+
+        let added: Vec<String> = fresh
+            .iter()
+            .map(|(s, _)| s.registry.name.clone())
+            .filter(|n| !self.loops.contains_key(n))
+            .collect();
+        let removed: Vec<String> = self
+            .loops
+            .keys()
+            .filter(|n| !new.registries.iter().any(|r| &r.name == *n))
+            .cloned()
+            .collect();
+        for name in &removed {
+            let l = self.loops.remove(name).expect("listed above");
+            let _ = l.task.stop.send(true);
+            self.retiring.push(l.task.handle);
+            tracing::info!(registry = %name, "registry removed; its loop stops after its current scan");
+        }
+        self.retiring.retain(|t| !t.is_finished());
+        for (settings, scanner) in fresh {
+            let name = settings.registry.name.clone();
+            let predecessor = self.loops.remove(&name).map(|l| {
+                let _ = l.task.stop.send(true);
+                tracing::info!(registry = %name, "registry configuration changed; its loop restarts after its current scan");
+                (l.task.handle, l.hints)
+            });
+            let running = self.spawn_loop(settings, scanner, predecessor);
+            self.loops.insert(name, running);
+        }
+        self.readiness
+            .reconfigure(&added, &removed, new.kafka.is_some());
+
+        // The webhook routes hold each registry's token and hint queue: rebuild the endpoint when
+        // the set of webhooks or a token changed.
+        let tokens = hook_tokens(new);
+        if moved_admin || !same_tokens(&tokens, &self.hook_tokens) {
+            let old = std::mem::replace(&mut self.admin, Task::spawn(|_| async {}));
+            let listener = match listener {
+                Some(l) => {
+                    tokio::spawn(old.stop_within(Duration::from_secs(2)));
+                    Some(l)
+                }
+                None => {
+                    // Same address: the old endpoint lets go of it first.
+                    old.stop_within(Duration::from_secs(2)).await;
+                    bind_admin(new.daemon.admin_listen)
+                        .await
+                        .inspect_err(
+                            |e| tracing::error!(error = %e, "admin endpoint lost in the reload"),
+                        )
+                        .ok()
+                }
+            };
+            if let Some(listener) = listener {
+                self.admin = self.serve_admin(listener, new);
+            }
+            self.admin_listen = new.daemon.admin_listen;
+            self.hook_tokens = tokens;
+        }
+
+        if let Some(sink) = sink {
+            // The new publisher starts once the old one has let go, so no event is sent twice by
+            // two publishers; whatever the old one did not deliver is still in the outbox.
+            let old = std::mem::replace(&mut self.publisher, Task::spawn(|_| async {}));
+            let (store, wake) = (self.store.clone(), self.wake.clone());
+            self.publisher = Task::spawn(move |rx| async move {
+                old.stop_within(Duration::from_secs(5)).await;
+                sink::publish(store, sink, wake, rx).await;
+            });
+            if let Some(probe) = self.probe.take() {
+                tokio::spawn(probe.stop_within(Duration::from_secs(5)));
+            }
+            self.probe = self.spawn_probe(new);
+        }
+        Ok(())
+    }
+
+    /// Stops within `budget`: scans get the first half to finish (then are cancelled, which is
+    /// safe: each repository commits atomically or not at all), the publisher the rest for its last
+    /// deliveries (then is cancelled). Undelivered events stay in the outbox for the next start.
+    async fn stop(self, budget: Duration) {
+        let started = tokio::time::Instant::now();
+        let mut scans = Vec::new();
+        let mut predecessors = Vec::new();
+        for (_, l) in self.loops {
+            let _ = l.task.stop.send(true);
+            scans.push(l.task.handle);
+            predecessors.extend(l.predecessor);
+        }
+        scans.extend(self.retiring);
+        let cancelled = finish_or_abort(scans, budget / 2).await;
+        for p in predecessors {
+            p.abort();
+        }
+        if cancelled > 0 {
+            tracing::warn!(
+                cancelled,
+                "scans still running at the shutdown deadline were cancelled; nothing of theirs was recorded"
+            );
+        }
+        let left = budget.saturating_sub(started.elapsed() + Duration::from_millis(200));
+        let _ = self.publisher.stop.send(true);
+        if finish_or_abort(vec![self.publisher.handle], left).await > 0 {
+            tracing::warn!(
+                "delivery still running at the shutdown deadline was cancelled; undelivered events stay in the outbox"
+            );
+        }
+        let mut rest = vec![self.admin, self.watchdog];
+        rest.extend(self.probe);
+        for t in &rest {
+            let _ = t.stop.send(true);
+        }
+        let left = budget.saturating_sub(started.elapsed());
+        finish_or_abort(rest.into_iter().map(|t| t.handle).collect(), left).await;
     }
 }
 
-/// `regwatch run`: poll every registry and publish until SIGTERM/SIGINT. SIGHUP reloads the
-/// configuration from `path`; an invalid new configuration keeps the running one.
+/// `regwatch run`: poll every registry and publish until SIGTERM/SIGINT, then stop within
+/// `daemon.shutdown_timeout`. SIGHUP reloads the configuration from `path`; an invalid new
+/// configuration keeps the running one.
 pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
     use tokio::signal::unix::{SignalKind, signal};
     let store = Arc::new(open_store(&config, false)?);
     let pending = store.outbox_len().map_err(runtime)?;
     crate::metrics::get().outbox_pending.set(pending as i64);
     tracing::info!(outbox = pending, state = %config.daemon.state_dir.display(), "regwatch starting");
-    let mut instance = Instance::start(&config, store.clone()).await?;
+    let (mut daemon, mut fatal) = Daemon::start(&config, store.clone()).await?;
     watchdog::ready();
 
     let mut term = signal(SignalKind::terminate()).map_err(runtime)?;
@@ -168,7 +547,7 @@ pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
         tokio::select! {
             _ = term.recv() => break Ok(()),
             _ = tokio::signal::ctrl_c() => break Ok(()),
-            Some(reason) = instance.fatal.recv() => break Err(runtime(format!(
+            Some(reason) = fatal.recv() => break Err(runtime(format!(
                 "{reason}; exiting so that a restart reopens and recovers the store"
             ))),
             _ = hup.recv() => {
@@ -183,28 +562,30 @@ pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
                 if new.daemon.state_dir != config.daemon.state_dir {
                     tracing::warn!("daemon.state_dir changes take effect on restart, not reload");
                 }
-                instance.stop().await;
-                if let Err(e) = store.adopt_registries(&registry_identities(&new), true) {
-                    tracing::error!(error = %e, "reload: cannot update the state store");
-                }
-                instance = match Instance::start(&new, store.clone()).await {
-                    Ok(started) => {
+                match daemon.reload(&config, &new).await {
+                    Ok(()) => {
+                        // Registries this configuration no longer has: their state is forgotten.
+                        let (store, ids) = (store.clone(), registry_identities(&new));
+                        let adopted = tokio::task::spawn_blocking(move || {
+                            store.adopt_registries(&ids, true)
+                        })
+                        .await;
+                        if let Err(e) = adopted.map_err(runtime).and_then(|r| r.map_err(runtime)) {
+                            tracing::error!(error = %e, "reload: cannot update the state store");
+                        }
                         config = new;
                         tracing::info!("configuration reloaded");
-                        started
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "reload failed; restarting with the previous configuration");
-                        Instance::start(&config, store.clone()).await?
-                    }
-                };
+                    Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
+                }
                 watchdog::ready();
             }
         }
     };
     watchdog::stopping();
-    tracing::info!("shutting down: finishing in-flight scans and delivering the outbox");
-    instance.stop().await;
+    let budget = config.daemon.shutdown_timeout;
+    tracing::info!(within = ?budget, "shutting down: finishing in-flight scans and delivering the outbox");
+    daemon.stop(budget).await;
     tracing::info!(outbox = store.outbox_len().unwrap_or(0), "stopped");
     outcome
 }

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 use sd_notify::NotifyState;
 use tokio::sync::watch;
 
-/// One loop's proof of life.
+/// The mark of a heartbeat whose loop ended on purpose (replaced by a reload, or stopped).
+const RETIRED: u64 = u64::MAX;
+
+/// One loop's proof of life. A loop that ends without [`Heartbeat::retire`] (a panic) goes stale,
+/// so the watchdog notices it.
 pub struct Heartbeat {
     epoch: Instant,
     last: Arc<AtomicU64>,
@@ -19,6 +23,11 @@ impl Heartbeat {
     pub fn beat(&self) {
         self.last
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Stops counting this loop: it ended on purpose.
+    pub fn retire(self) {
+        self.last.store(RETIRED, Ordering::Relaxed);
     }
 }
 
@@ -41,10 +50,9 @@ impl Heartbeats {
     /// A new heartbeat, counted from now.
     pub fn register(&self) -> Heartbeat {
         let last = Arc::new(AtomicU64::new(self.epoch.elapsed().as_millis() as u64));
-        self.beats
-            .lock()
-            .expect("heartbeat lock")
-            .push(last.clone());
+        let mut beats = self.beats.lock().expect("heartbeat lock");
+        beats.retain(|b| b.load(Ordering::Relaxed) != RETIRED);
+        beats.push(last.clone());
         Heartbeat {
             epoch: self.epoch,
             last,
@@ -59,7 +67,8 @@ impl Heartbeats {
             .lock()
             .expect("heartbeat lock")
             .iter()
-            .all(|b| now.saturating_sub(b.load(Ordering::Relaxed)) <= limit)
+            .map(|b| b.load(Ordering::Relaxed))
+            .all(|last| last == RETIRED || now.saturating_sub(last) <= limit)
     }
 }
 
@@ -84,6 +93,8 @@ pub fn stopping() {
 }
 
 /// Feeds the systemd watchdog (when `WatchdogSec=` is set) while all loops beat, until `shutdown`.
+/// It runs for the daemon's whole life, reloads included: a reload waiting for a long scan to end
+/// must not look like a wedge.
 pub async fn feed(heartbeats: Arc<Heartbeats>, mut shutdown: watch::Receiver<bool>) {
     let Some(period) = sd_notify::watchdog_enabled() else {
         return;
@@ -115,5 +126,20 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         a.beat();
         assert!(!hb.all_fresh(Duration::from_millis(10)), "b has not beaten");
+    }
+
+    #[test]
+    fn a_retired_heartbeat_is_not_awaited() {
+        let hb = Heartbeats::default();
+        let a = hb.register();
+        std::thread::sleep(Duration::from_millis(30));
+        a.retire();
+        assert!(hb.all_fresh(Duration::from_millis(10)));
+        let _b = hb.register();
+        assert_eq!(
+            hb.beats.lock().unwrap().len(),
+            1,
+            "retired ones are dropped"
+        );
     }
 }

@@ -10,6 +10,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use indicatif::ProgressBar;
 use tokio::sync::Notify;
 
+use super::backoff::{RepoBackoff, RepoResult};
 use super::diff::{self, Snapshot};
 use crate::config::{FirstRun, RegistryConfig, RepoPattern};
 use crate::event::{self, Event, Origin};
@@ -63,6 +64,10 @@ pub enum ScanError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A listed tag was gone when its digest was looked up (deleted or moved between list and
+    /// HEAD): a race, not a failure; the repository is listed again next cycle.
+    #[error("tag {0} vanished between listing and digest lookup")]
+    TagVanished(String),
 }
 
 /// What one cycle did.
@@ -72,6 +77,12 @@ pub struct CycleReport {
     pub repositories: usize,
     /// Repositories whose scan failed (their snapshots are untouched).
     pub failed: usize,
+    /// Repositories sitting out their backoff this cycle (not failures).
+    pub skipped: usize,
+    /// Repositories whose digest lookup raced a tag change (untouched, retried next cycle).
+    pub raced: usize,
+    /// The failures are the registry's as a whole (see [`super::backoff`]), not single repositories'.
+    pub registry_wide: bool,
     /// Events committed (or printed, in a dry run).
     pub events: usize,
     /// Digest lookups (HEAD requests) made.
@@ -103,6 +114,8 @@ pub struct Scanner {
     /// The repositories of the last complete listing, to see which ones left; `None` until the
     /// first complete listing since start, which compares with what the store holds instead.
     listed: Mutex<Option<BTreeSet<String>>>,
+    /// Which repositories sit out cycles after failing.
+    pub backoff: RepoBackoff,
 }
 
 impl Scanner {
@@ -120,6 +133,7 @@ impl Scanner {
             progress: None,
             identity: crate::store::identity(config),
             listed: Mutex::new(None),
+            backoff: RepoBackoff::default(),
         })
     }
 
@@ -158,17 +172,19 @@ impl Scanner {
         self.scan_set(output, repos, true, stop).await
     }
 
-    /// Scans the named repositories now (a webhook hint). Names outside the watch set are ignored.
+    /// Scans the named repositories now (a webhook hint), whatever their backoff: a push is news.
+    /// Names outside the watch set are ignored. Stops starting repositories once `stop()` is true.
     pub async fn scan_hinted(
         &self,
         output: &Output,
         repos: Vec<String>,
+        stop: impl Fn() -> bool,
     ) -> Result<CycleReport, ScanError> {
         let mut repos: Vec<String> = repos.iter().map(|r| self.config.qualified(r)).collect();
         repos.retain(|r| self.config.repositories.iter().any(|p| p.matches(r)));
         repos.sort_unstable();
         repos.dedup();
-        self.scan_set(output, repos, false, || false).await
+        self.scan_set(output, repos, false, stop).await
     }
 
     async fn scan_set(
@@ -210,7 +226,14 @@ impl Scanner {
         }
         let previous = previous.as_deref();
         let listed: BTreeSet<String> = repos.iter().cloned().collect();
-        let results: Vec<(String, Result<RepoOutcome, ScanError>)> = stream::iter(repos)
+        let due = if complete_listing {
+            let (due, skipped) = self.backoff.due(repos.clone());
+            report.skipped = skipped;
+            due
+        } else {
+            repos
+        };
+        let results: Vec<(String, Result<RepoOutcome, ScanError>)> = stream::iter(due)
             .take_while(|_| std::future::ready(!stop()))
             .map(|repo| async move {
                 let result = self.scan_repository(&repo, previous, output).await;
@@ -222,12 +245,24 @@ impl Scanner {
             .buffer_unordered(self.config.concurrency)
             .collect()
             .await;
-        // A cycle cut short by shutdown has not decided for every repository.
-        let scanned_all = results.len() == report.repositories;
-        let mut store_error = None;
+        // A cycle cut short by shutdown has not decided for every repository. One sitting out its
+        // backoff has: its first failure recorded its decision.
+        let scanned_all = results.len() + report.skipped == report.repositories;
+        // The store failing is not the registry's fault and will not heal by itself.
+        if results
+            .iter()
+            .any(|(_, r)| matches!(r, Err(ScanError::Store(_))))
+        {
+            let e = results.into_iter().find_map(|(_, r)| match r {
+                Err(ScanError::Store(e)) => Some(e),
+                _ => None,
+            });
+            return Err(e.expect("a store error").into());
+        }
+        let mut judged = Vec::with_capacity(results.len());
         let (mut baselines, mut baseline_tags) = (0usize, 0usize);
-        for (repo, result) in results {
-            match result {
+        for (repo, result) in &results {
+            let judgement = match result {
                 Ok(outcome) => {
                     report.events += outcome.events;
                     report.digest_lookups += outcome.digest_lookups;
@@ -235,27 +270,36 @@ impl Scanner {
                         baselines += 1;
                         baseline_tags += tags;
                     }
+                    RepoResult::Scanned
                 }
-                Err(e) => {
-                    report.failed += 1;
+                Err(ScanError::TagVanished(tag)) => {
+                    tracing::debug!(registry = %self.config.name, repository = %repo, tag = %tag, "tag vanished between listing and digest lookup; listing again next cycle");
+                    RepoResult::Raced
+                }
+                Err(ScanError::Registry(e)) => {
                     crate::metrics::get()
                         .repository_errors
                         .get_or_create(&crate::metrics::registry_label(&self.config.name))
                         .inc();
                     tracing::warn!(registry = %self.config.name, repository = %repo, error = %e, "scan failed; snapshot left unchanged");
-                    if let ScanError::Store(e) = e {
-                        store_error.get_or_insert(e);
-                    }
+                    RepoResult::Failed(e)
                 }
-            }
+                // Returned above.
+                Err(ScanError::Store(_)) => continue,
+            };
+            judged.push((repo.as_str(), judgement));
         }
+        let verdict = if complete_listing {
+            self.backoff.record(&self.config.name, judged)
+        } else {
+            self.backoff.hinted(judged)
+        };
+        report.failed = verdict.failed;
+        report.raced = verdict.raced;
+        report.registry_wide = verdict.registry_wide;
         if baselines > 0 {
             // One line per registry: a line per repository would bury everything else.
             tracing::info!(registry = %self.config.name, repositories = baselines, tags = baseline_tags, "baseline recorded");
-        }
-        // The store failing is not the registry's fault and will not heal by itself.
-        if let Some(e) = store_error {
-            return Err(e.into());
         }
         let Output::Commit { store, .. } = output else {
             return Ok(report);
@@ -439,7 +483,14 @@ impl Scanner {
         let digests: Vec<(usize, String)> = stream::iter(wanted)
             .map(|i| {
                 let tag = listing[i].name.clone();
-                async move { self.registry.digest(repo, &tag).await.map(|d| (i, d)) }
+                async move {
+                    match self.registry.digest(repo, &tag).await {
+                        Ok(d) => Ok((i, d)),
+                        // Listed a moment ago: deleted or re-pushed since, not a broken repository.
+                        Err(RegistryError::NotFound(_)) => Err(ScanError::TagVanished(tag)),
+                        Err(e) => Err(e.into()),
+                    }
+                }
             })
             .buffer_unordered(self.config.concurrency)
             .try_collect()

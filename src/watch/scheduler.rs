@@ -1,6 +1,7 @@
 //! The per-registry loop: one scan at a time (runs never overlap), a full cycle every
 //! `interval` ± `jitter`, webhook hints scanned at once and coalesced per repository, and backoff
-//! after failures that does not disturb other registries.
+//! after failures of the registry as a whole that does not disturb other registries. A failing
+//! repository backs off alone (see [`super::backoff`]) and leaves its registry's schedule as it is.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -56,8 +57,9 @@ pub struct RegistryLoop {
 }
 
 impl RegistryLoop {
-    /// Polls the registry until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    /// Polls the registry until `shutdown` turns true. Returns the hint queue, for a loop that
+    /// replaces this one (a reload) to take over with the webhook senders unchanged.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> mpsc::Receiver<String> {
         let interval = self.scanner.config.interval;
         let name = self.scanner.config.name.clone();
         // A cycle that takes this long is wedged; cancelling it is safe (each repository commits
@@ -87,11 +89,18 @@ impl RegistryLoop {
                             m.scan_finished(&name, "ok", started.elapsed());
                             tracing::debug!(registry = %name, ?report, elapsed = ?started.elapsed(), "scan complete");
                         }
+                        Ok(Ok(report)) if !report.registry_wide => {
+                            // Only those repositories failed; they sit out cycles on their own.
+                            backoff = failure_backoff(interval);
+                            self.readiness.scanned(&name);
+                            m.scan_finished(&name, "incomplete", started.elapsed());
+                            tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, "scan incomplete; the failed repositories back off, the others keep the schedule");
+                        }
                         Ok(Ok(report)) => {
                             self.readiness.scanned(&name);
                             m.scan_finished(&name, "incomplete", started.elapsed());
                             delay = delay.max(backoff.next().unwrap_or(interval));
-                            tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, next_in = ?delay, "scan incomplete");
+                            tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, next_in = ?delay, "scan failed for the whole registry; backing off");
                         }
                         Ok(Err(ScanError::Store(e))) => {
                             m.scan_finished(&name, "failed", started.elapsed());
@@ -120,19 +129,25 @@ impl RegistryLoop {
                     while let Ok(more) = self.hints.try_recv() {
                         repos.insert(more);
                     }
-                    let scan = self.scanner.scan_hinted(&self.output, repos.into_iter().collect());
-                    match beating(&mut tick, &self.heartbeat, scan).await {
-                        Ok(report) => tracing::debug!(registry = %name, ?report, "hinted scan complete"),
-                        Err(ScanError::Store(e)) => {
+                    // Hinted scans obey shutdown and the time limit like full cycles.
+                    let stop = shutdown.clone();
+                    let scan = self.scanner.scan_hinted(&self.output, repos.into_iter().collect(), move || *stop.borrow());
+                    match beating(&mut tick, &self.heartbeat, tokio::time::timeout(cycle_limit, scan)).await {
+                        Ok(Ok(report)) => tracing::debug!(registry = %name, ?report, "hinted scan complete"),
+                        Ok(Err(ScanError::Store(e))) => {
                             let _ = self.fatal.try_send(format!("state store failed while scanning {name}: {e}"));
                             break;
                         }
-                        Err(e) => tracing::warn!(registry = %name, error = %e, "hinted scan failed"),
+                        Ok(Err(e)) => tracing::warn!(registry = %name, error = %e, "hinted scan failed"),
+                        Err(_) => tracing::error!(registry = %name, limit = ?cycle_limit, "hinted scan exceeded its time limit and was cancelled"),
                     }
                 }
             }
         }
+        // A loop that ended on purpose no longer owes the watchdog its beat.
+        self.heartbeat.retire();
         tracing::debug!(registry = %name, "scheduler stopped");
+        self.hints
     }
 }
 

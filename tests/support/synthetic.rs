@@ -63,6 +63,13 @@ pub struct Synthetic {
     pub tags_not_found: Mutex<std::collections::BTreeSet<String>>,
     /// The token realm challenges name; `http://{host}/token` when unset.
     pub realm: Mutex<Option<String>>,
+    /// `repo:tag` names that tags/list shows but whose manifest HEAD answers 404, as when a tag is
+    /// deleted (or re-pushed) between a client's listing and its HEAD.
+    pub head_missing: Mutex<std::collections::BTreeSet<String>>,
+    /// tags/list requests per repository.
+    pub tags_requests_by_repo: Mutex<BTreeMap<String, usize>>,
+    /// How long every tags/list request waits before it is answered (a slow registry).
+    pub tags_delay: Mutex<Option<std::time::Duration>>,
 }
 
 /// A digest derived from the content it names.
@@ -242,6 +249,16 @@ async fn handle(
     };
     if let Some(repo) = rest.strip_suffix("/tags/list") {
         state.tags_requests.fetch_add(1, Ordering::Relaxed);
+        *state
+            .tags_requests_by_repo
+            .lock()
+            .unwrap()
+            .entry(repo.to_owned())
+            .or_default() += 1;
+        let delay = *state.tags_delay.lock().unwrap();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         if state.tags_not_found.lock().unwrap().contains(repo) {
             return status(StatusCode::NOT_FOUND);
         }
@@ -279,6 +296,14 @@ async fn handle(
             state.head_requests.fetch_add(1, Ordering::Relaxed);
         } else {
             state.get_manifest_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        if state
+            .head_missing
+            .lock()
+            .unwrap()
+            .contains(&format!("{repo}:{tag}"))
+        {
+            return status(StatusCode::NOT_FOUND);
         }
         let repos = state.repos.lock().unwrap();
         let Some(d) = repos.get(repo).and_then(|t| t.get(tag)) else {

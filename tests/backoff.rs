@@ -1,0 +1,201 @@
+//! One broken repository must not slow its registry: a repository that keeps failing backs off
+//! alone while its healthy siblings keep the normal schedule, and a tag that vanishes between the
+//! listing and its HEAD is a race, retried next cycle, not a failure.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use support::synthetic::{self, Synthetic};
+use support::{Setup, json_lines, report};
+
+async fn metric_sum(admin: &str, prefix: &str) -> f64 {
+    let Ok(r) = reqwest::get(format!("http://{admin}/metrics")).await else {
+        return 0.0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_ready(admin: &str) {
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{admin}/readyz")).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not ready within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the daemon's stdout has an event for `repo:tag`; returns how long that took.
+async fn wait_for_event(
+    daemon: &support::Daemon,
+    repo: &str,
+    tag: &str,
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        let lines = daemon.stdout.lock().unwrap().join("\n");
+        if json_lines(&lines)
+            .iter()
+            .any(|e| e["data"]["repository"] == repo && e["data"]["tag"] == tag)
+        {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no event for {repo}:{tag} within {within:?}");
+}
+
+fn config(host: &str, repos: &str) -> String {
+    format!(
+        "[[registry]]\nname = \"local\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [{repos}]\nrate_limit = 1000\n"
+    )
+}
+
+/// A repository named in the config was deleted from the registry after its baseline: every
+/// listing of it answers 404, which (with tags remembered) is a failure, not a deletion. The healthy
+/// repository next to it must keep the normal one-second schedule.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_repository_backs_off_alone() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/app", "v1", 1);
+    state.put("team/gone", "v1", 1);
+    let host = synthetic::serve(state.clone()).await;
+    let setup = Setup::new(
+        "interval = \"1s\"\njitter = \"0%\"\n",
+        &config(&host, "\"team/app\", \"team/gone\""),
+    );
+    let daemon = setup.spawn();
+    wait_ready(&setup.admin).await;
+
+    state.repos.lock().unwrap().remove("team/gone");
+    // Long enough for a whole-registry backoff to reach its cap (1 + 2 + 4 + 8 intervals).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+
+    let requests = |repo: &str| {
+        state
+            .tags_requests_by_repo
+            .lock()
+            .unwrap()
+            .get(repo)
+            .copied()
+            .unwrap_or(0)
+    };
+    let (app_before, gone_before) = (requests("team/app"), requests("team/gone"));
+    let window = Duration::from_secs(10);
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < window {
+        i += 1;
+        let tag = format!("v2.{i}");
+        state.put("team/app", &tag, 2);
+        slowest =
+            slowest.max(wait_for_event(&daemon, "team/app", &tag, Duration::from_secs(20)).await);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let app_listings = requests("team/app") - app_before;
+    let gone_listings = requests("team/gone") - gone_before;
+    let (code, _, err) = daemon.stop();
+    assert_eq!(code, 0, "{err}");
+
+    report(
+        "broken repository beside a healthy one: slowest detection of a push to the healthy one (interval 1 s)",
+        format!("{:.1} s", slowest.as_secs_f64()),
+        "<= 2.5 s",
+    );
+    report(
+        "broken repository beside a healthy one: listings of healthy / broken one per 10 s",
+        format!(
+            "{:.0} / {:.0}",
+            app_listings as f64 * 10.0 / elapsed,
+            gone_listings as f64 * 10.0 / elapsed
+        ),
+        ">= 7 / <= 2",
+    );
+    assert!(
+        slowest <= Duration::from_millis(2500),
+        "a push to the healthy repository took {slowest:?} to be seen; stderr:\n{err}"
+    );
+    assert!(
+        app_listings as f64 >= 0.7 * elapsed,
+        "the healthy repository was listed {app_listings} times in {elapsed:.1} s"
+    );
+    assert!(
+        gone_listings as f64 <= 0.2 * elapsed + 1.0,
+        "the broken repository was listed {gone_listings} times in {elapsed:.1} s: it must back off"
+    );
+}
+
+/// A new tag is listed, but its HEAD answers 404 (it was deleted or re-pushed in between). That is
+/// not a failure: no event, no registry backoff, no error counted; once the tag settles, it is
+/// reported with its digest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_vanishing_between_list_and_head_is_a_race() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/app", "v1", 1);
+    let host = synthetic::serve(state.clone()).await;
+    let setup = Setup::new(
+        "interval = \"1s\"\njitter = \"0%\"\n",
+        &config(&host, "\"team/app\""),
+    );
+    let daemon = setup.spawn();
+    wait_ready(&setup.admin).await;
+
+    state
+        .head_missing
+        .lock()
+        .unwrap()
+        .insert("team/app:v2".into());
+    let digest = state.put("team/app", "v2", 2);
+    let (lists_before, errors_before) = (
+        state.tags_requests.load(Ordering::Relaxed),
+        metric_sum(&setup.admin, "regwatch_repository_scan_errors_total").await,
+    );
+    let window = Duration::from_secs(8);
+    tokio::time::sleep(window).await;
+    let listings = state.tags_requests.load(Ordering::Relaxed) - lists_before;
+    let errors =
+        metric_sum(&setup.admin, "regwatch_repository_scan_errors_total").await - errors_before;
+    let early = json_lines(&daemon.stdout.lock().unwrap().join("\n"));
+
+    state.head_missing.lock().unwrap().clear();
+    let settled = wait_for_event(&daemon, "team/app", "v2", Duration::from_secs(10)).await;
+    let (code, out, err) = daemon.stop();
+    assert_eq!(code, 0, "{err}");
+    let events = json_lines(&out);
+
+    report(
+        "HEAD 404 for a just-listed tag: listings in 8 s (interval 1 s) / errors counted / events",
+        format!("{listings} / {errors} / {}", early.len()),
+        ">= 6 / 0 / 0",
+    );
+    report(
+        "HEAD 404 race: the tag reported once it settles, within",
+        format!("{:.1} s", settled.as_secs_f64()),
+        "<= 2.5 s",
+    );
+    assert!(early.is_empty(), "no event while the tag races: {early:?}");
+    assert_eq!(errors, 0.0, "a race is not a repository failure");
+    assert!(
+        listings >= 6,
+        "the registry must keep its schedule: {listings} listings in {window:?}"
+    );
+    assert!(settled <= Duration::from_millis(2500), "{settled:?}");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "io.regwatch.tag.added");
+    assert_eq!(events[0]["data"]["digest"], digest.as_str());
+}
