@@ -86,6 +86,17 @@ async fn broker_outage_loses_nothing() {
     // The broker returns empty (memory storage): the topic is re-created, the producer's
     // idempotence state is gone, and everything is delivered.
     let tansu = Tansu::start_on(port);
+    // The topic exists again once regwatch has re-created it (never auto-created with the
+    // broker's defaults); wait for the acknowledgements before reading it.
+    let back = Instant::now();
+    while metric(&setup.admin, "regwatch_events_published_total")
+        .await
+        .unwrap_or(0.0)
+        < N as f64
+        && back.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let records = consume(
         &tansu.brokers,
         TOPIC,
