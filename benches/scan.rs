@@ -6,8 +6,9 @@
 //!    HTTP client fetching the same URLs at the same concurrency, and against `skopeo list-tags`
 //!    per repository, 8 in parallel.
 //! 2. Scale against an in-process synthetic registry of 1,000 × 1,000 = 1 M tags: memory per
-//!    tracked tag, baseline time, requests per baseline and per idle cycle, start-to-first-request
-//!    with 1 M tags of state, CPU while idle.
+//!    tracked tag, baseline time, requests per baseline and per idle cycle, `/healthz` p99 latency
+//!    during the baseline (against an idle daemon), start-to-first-request with 1 M tags of state,
+//!    CPU while idle.
 //! 3. Publishing: draining a 100k-event outbox to Tansu, against a bare producer.
 //!
 //! Sizes: REGWATCH_BENCH_REPOS (default 2000), REGWATCH_BENCH_SCALE_REPOS and
@@ -425,6 +426,43 @@ fn daemon(config: &Path) -> Daemon {
     )
 }
 
+/// Latencies of `GET /healthz` on `admin`, one request every 5 ms (a fresh connection each, as a
+/// kubelet probe makes), until `stop`. A plain blocking client on its own thread, so that the
+/// benchmark's own runtime (busy serving the synthetic registry) does not add to the figures.
+fn probe_healthz(
+    admin: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Duration>> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut latencies = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let t0 = Instant::now();
+            // Until the daemon listens, nothing is measured.
+            if let Ok(mut conn) = std::net::TcpStream::connect(&admin) {
+                conn.write_all(
+                    b"GET /healthz HTTP/1.1\r\nHost: regwatch\r\nConnection: close\r\n\r\n",
+                )
+                .unwrap();
+                let mut response = String::new();
+                conn.read_to_string(&mut response).unwrap();
+                assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+                latencies.push(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        latencies
+    })
+}
+
+/// The 99th percentile of `latencies`, in milliseconds, and how many there were.
+fn p99_ms(mut latencies: Vec<Duration>) -> (f64, usize) {
+    assert!(!latencies.is_empty(), "no /healthz answer was measured");
+    latencies.sort_unstable();
+    let at = (latencies.len() * 99).div_ceil(100) - 1;
+    (latencies[at].as_secs_f64() * 1000.0, latencies.len())
+}
+
 fn scale_config(dir: &Path, host: &str, interval: &str) -> (PathBuf, String) {
     let admin = format!("127.0.0.1:{}", free_port());
     let config = dir.join(format!("scale-{interval}.toml"));
@@ -453,6 +491,12 @@ async fn scale(rows: &mut Vec<Row>) {
     wait_scans(&admin, 1, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (empty_rss, _) = rss(d.0.id());
+    // The /healthz baseline: the same daemon, idle.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = probe_healthz(admin.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (idle_p99, idle_n) = p99_ms(prober.join().unwrap());
     drop(d);
 
     let state = Arc::new(support::synthetic::Synthetic::default());
@@ -473,8 +517,12 @@ async fn scale(rows: &mut Vec<Row>) {
 
     // Baseline, then one idle cycle.
     let (config, admin) = scale_config(dir.path(), &host, "3s");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = probe_healthz(admin.clone(), stop.clone());
     let d = daemon(&config);
     let baseline = wait_scans(&admin, 1, Duration::from_secs(600)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (busy_p99, busy_n) = p99_ms(prober.join().unwrap());
     let (rss_after, peak) = rss(d.0.id());
     let baseline_requests = state.requests();
     let heads_baseline = state.head_requests.load(Ordering::Relaxed);
@@ -525,6 +573,13 @@ async fn scale(rows: &mut Vec<Row>) {
             baseline_requests as f64 / repos as f64
         ),
         "~1 request/repo, 0 HEAD",
+    ));
+    rows.push(row(
+        &format!("/healthz p99 during the baseline of {total} tags"),
+        format!("{busy_p99:.1} ms ({busy_n} requests)"),
+        &format!("idle daemon: {idle_p99:.1} ms ({idle_n} requests)"),
+        &format!("{:.1}x idle", busy_p99 / idle_p99),
+        "< 50 ms",
     ));
     rows.push(row(
         "requests per idle cycle",

@@ -357,7 +357,7 @@ pub async fn probe(
         }
     };
     let mut reachable = None;
-    let (mut losses, mut streak) = (0, 0u32);
+    let (mut losses, mut returned) = (0, false);
     loop {
         let (probe, topic) = (client.clone(), config.topic.clone());
         let ok = tokio::task::spawn_blocking(move || {
@@ -368,11 +368,12 @@ pub async fn probe(
         })
         .await
         .unwrap_or(false);
-        // A broker that restarted between two probes shows only as a lost connection. Right after
-        // a return, a loss reported late by librdkafka's event queue is the old outage: skip it.
+        // A broker that restarted between two probes shows only as a lost connection. On the
+        // probe after a return, a loss reported late by librdkafka's event queue is the old
+        // outage: skip it.
         let seen = all_brokers_down.load(Ordering::Relaxed);
-        let bounced = std::mem::replace(&mut losses, seen) != seen && streak >= 2;
-        streak = if ok { streak + 1 } else { 0 };
+        let bounced = std::mem::replace(&mut losses, seen) != seen && !returned;
+        returned = reachable == Some(false) && ok;
         readiness.kafka_reachable(ok);
         match (reachable, ok) {
             (None, true) => tracing::info!("kafka reachable"),
