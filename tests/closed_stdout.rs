@@ -121,3 +121,44 @@ async fn listing_commands_end_quietly_when_the_reader_closes_stdout() {
         unclean.join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_ends_quietly_when_stdout_is_already_closed() {
+    // `regwatch check | true`: the reader is gone before the first line is written.
+    let state = Arc::new(Synthetic::default());
+    state.put("team/app", "v1", 0);
+    let host = serve(state).await;
+    let setup = support::Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"local\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/app\"]\n"
+        ),
+    );
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created by pipe(2) and are owned here alone.
+    let (reader, writer) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    drop(reader);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["check", "-c"])
+            .arg(&setup.config)
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
