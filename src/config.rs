@@ -17,6 +17,8 @@ use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
 use url::Url;
 
+use crate::registry::{dockerhub, ecr, gcr};
+
 /// A configuration problem: where it is (key path, line) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -202,17 +204,6 @@ impl TagFilter {
         self.mutable.iter().any(|m| m == tag)
     }
 }
-
-/// Hosts users type for Docker Hub; all mean the Hub's registry API.
-const DOCKER_HUB_HOSTS: &[&str] = &[
-    "registry.hub.docker.com",
-    "hub.docker.com",
-    "docker.io",
-    "index.docker.io",
-    "registry-1.docker.io",
-];
-/// Docker Hub's registry API endpoint.
-const DOCKER_HUB_API: &str = "https://registry-1.docker.io";
 
 /// Kind-specific settings.
 #[derive(Debug, Clone)]
@@ -808,11 +799,11 @@ fn validate_registry(
         (None, _) => return Err(err("url", url_line, "URL has no host".into())),
     };
     let mut url = url;
-    if kind == Kind::Dockerhub && DOCKER_HUB_HOSTS.contains(&host.as_str()) {
-        // Users type the Hub's web or index host; the registry API lives elsewhere. Events name
-        // images the way `docker pull` does: docker.io/library/nginx.
-        url = Url::parse(DOCKER_HUB_API).expect("static URL");
-        host = "docker.io".into();
+    if kind == Kind::Dockerhub
+        && let Some(api) = dockerhub::api_endpoint(&host)
+    {
+        url = api;
+        host = dockerhub::EVENT_HOST.into();
     }
 
     let provider = provider(&r, kind, &url, &err, table_line)?;
@@ -914,14 +905,13 @@ fn validate_registry(
     })
 }
 
-/// The full repository path for a name as users write it: Docker Hub's `nginx` is
-/// `library/nginx`, and GCR's `app` is `<project_id>/app`. Other kinds take names as they are.
+/// The full repository path for a name as users write it, by the rule of the registry's adapter
+/// (Docker Hub's `nginx` is `library/nginx`, GCR's `app` is `<project_id>/app`). Other kinds take
+/// names as they are.
 fn qualified_name(kind: Kind, provider: &Provider, name: &str) -> String {
     match (kind, provider) {
-        (Kind::Dockerhub, _) if !name.contains('/') => format!("library/{name}"),
-        (_, Provider::Gcr(g)) if !name.starts_with(&format!("{}/", g.project_id)) => {
-            format!("{}/{name}", g.project_id)
-        }
+        (Kind::Dockerhub, _) => dockerhub::qualify(name),
+        (_, Provider::Gcr(g)) => gcr::qualify(&g.project_id, name),
         _ => name.to_owned(),
     }
 }
@@ -986,7 +976,7 @@ fn provider(
                     ));
                 }
             };
-            crate::registry::gcr::check_key(&json_key).map_err(|e| err("json_key", line, e))?;
+            gcr::check_key(&json_key).map_err(|e| err("json_key", line, e))?;
             Ok(Provider::Gcr(GcrConfig {
                 project_id,
                 json_key,
@@ -1002,13 +992,7 @@ fn ecr_provider(
     err: &impl Fn(&str, usize, String) -> ConfigError,
     line: usize,
 ) -> Result<EcrConfig, ConfigError> {
-    // <account>.dkr.ecr.<region>.amazonaws.com[.cn]
-    let host = url.host_str().unwrap_or_default();
-    let labels: Vec<&str> = host.split('.').collect();
-    let from_host = match labels.as_slice() {
-        [account, "dkr", "ecr", region, "amazonaws", "com", ..] => Some((*account, *region)),
-        _ => None,
-    };
+    let from_host = ecr::account_and_region(url.host_str().unwrap_or_default());
     let region = r
         .region
         .clone()
@@ -1024,7 +1008,7 @@ fn ecr_provider(
         .registry_id
         .clone()
         .or_else(|| from_host.map(|(account, _)| account.to_owned()))
-        .filter(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|id| ecr::valid_registry_id(id))
         .ok_or_else(|| {
             err(
                 "registry_id",
