@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
+use regwatch::store::StateStore;
 use sha2::{Digest, Sha256};
 use support::{free_port, require};
 
@@ -581,11 +582,12 @@ async fn publishing(rows: &mut Vec<Row>) {
             };
             let origin = regwatch::event::Origin {
                 registry: "bench",
+                identity: "https://registry.example.com",
                 kind: regwatch::config::Kind::Oci,
                 host: "registry.example.com",
                 repository: &repo,
             };
-            regwatch::event::build(origin, &change, SystemTime::now())
+            regwatch::event::build(origin, &change, 1, SystemTime::now())
         })
         .collect();
     let kafka = |topic: &str| regwatch::config::KafkaConfig {
@@ -625,7 +627,7 @@ async fn publishing(rows: &mut Vec<Row>) {
     let bare_rate = n as f64 / t0.elapsed().as_secs_f64();
 
     let dir = tempfile::tempdir().unwrap();
-    let store = regwatch::store::Store::open(dir.path()).unwrap();
+    let store = Arc::new(regwatch::store::Store::open(dir.path()).unwrap());
     for (i, chunk) in events.chunks(1000).enumerate() {
         store
             .commit_scan("bench", &format!("r{i}"), &Default::default(), chunk)

@@ -15,7 +15,7 @@ use crate::watchdog::{self, Heartbeats};
 use crate::config::{Config, RegistryConfig};
 use crate::registry::{self, Registry, RegistryError, Tag};
 use crate::sink::{self, Sink, kafka::KafkaSink, stdout::StdoutSink};
-use crate::store::Store;
+use crate::store::{StateStore, Store};
 use crate::watch::scan::{CycleReport, Output, Scanner};
 use crate::watch::scheduler::RegistryLoop;
 
@@ -36,6 +36,24 @@ fn scanners(config: &Config) -> Result<Vec<Scanner>, RuntimeError> {
             Scanner::new(r, config.daemon.first_run, config.daemon.emit_removed)
                 .map_err(|e| runtime(format!("registry {}: {e}", r.name)))
         })
+        .collect()
+}
+
+/// Opens the state store and makes it the configured registries' (migrating an older file and,
+/// unless this is a dry run, forgetting registries no longer configured).
+fn open_store(config: &Config, dry_run: bool) -> Result<Store, RuntimeError> {
+    let store = Store::open(&config.daemon.state_dir).map_err(runtime)?;
+    store
+        .adopt_registries(&registry_identities(config), !dry_run)
+        .map_err(runtime)?;
+    Ok(store)
+}
+
+fn registry_identities(config: &Config) -> Vec<(String, String)> {
+    config
+        .registries
+        .iter()
+        .map(|r| (crate::store::identity(r), r.name.clone()))
         .collect()
 }
 
@@ -137,7 +155,7 @@ impl Instance {
 /// configuration from `path`; an invalid new configuration keeps the running one.
 pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let store = Arc::new(Store::open(&config.daemon.state_dir).map_err(runtime)?);
+    let store = Arc::new(open_store(&config, false)?);
     let pending = store.outbox_len().map_err(runtime)?;
     crate::metrics::get().outbox_pending.set(pending as i64);
     tracing::info!(outbox = pending, state = %config.daemon.state_dir.display(), "regwatch starting");
@@ -166,6 +184,9 @@ pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
                     tracing::warn!("daemon.state_dir changes take effect on restart, not reload");
                 }
                 instance.stop().await;
+                if let Err(e) = store.adopt_registries(&registry_identities(&new), true) {
+                    tracing::error!(error = %e, "reload: cannot update the state store");
+                }
                 instance = match Instance::start(&new, store.clone()).await {
                     Ok(started) => {
                         config = new;
@@ -198,13 +219,10 @@ pub async fn once(config: Config, dry_run: bool) -> Result<(), RuntimeError> {
             .join(crate::store::FILE_NAME)
             .exists();
         exists
-            .then(|| Store::open(&config.daemon.state_dir).map(Arc::new))
-            .transpose()
-            .map_err(runtime)?
+            .then(|| open_store(&config, true).map(Arc::new))
+            .transpose()?
     } else {
-        Some(Arc::new(
-            Store::open(&config.daemon.state_dir).map_err(runtime)?,
-        ))
+        Some(Arc::new(open_store(&config, false)?))
     };
     let output = match (&store, dry_run) {
         (Some(store), false) => Output::Commit {
@@ -212,7 +230,7 @@ pub async fn once(config: Config, dry_run: bool) -> Result<(), RuntimeError> {
             published: Arc::new(Notify::new()),
         },
         _ => Output::DryRun {
-            store: store.clone(),
+            store: store.clone().map(|s| s as Arc<dyn StateStore>),
         },
     };
     let mut scanners = scanners(&config)?;

@@ -24,6 +24,8 @@ pub struct Event {
 pub struct Origin<'a> {
     /// Registry name from the config.
     pub registry: &'a str,
+    /// The registry's identity (`store::identity`), which the id covers instead of the name.
+    pub identity: &'a str,
     /// Registry kind.
     pub kind: Kind,
     /// `host[:port]`.
@@ -70,22 +72,27 @@ struct Data<'a> {
     image: String,
 }
 
-/// The event id: hex SHA-256 of registry name, repository, tag, digest and change type. The same
-/// change always gets the same id, so consumers can deduplicate redeliveries.
+/// The event id: hex SHA-256 of registry identity, repository, tag, digest, change type and the
+/// revision of the snapshot the change was diffed against. A redelivery, or a re-detection of a
+/// change whose commit was lost, diffs against the same revision and so gets the same id; every
+/// committed change advances the revision, so a later detection of the same move (A→B, back to A,
+/// to B again) gets a new one.
 pub fn event_id(
-    registry: &str,
+    identity: &str,
     repository: &str,
     tag: &str,
     digest: Option<&str>,
     kind: ChangeKind,
+    revision: u64,
 ) -> String {
     let mut h = Sha256::new();
     for part in [
-        registry,
+        identity,
         repository,
         tag,
         digest.unwrap_or(""),
         kind.event_type(),
+        &revision.to_string(),
     ] {
         h.update(part.as_bytes());
         h.update([0]);
@@ -97,15 +104,16 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Builds the event for one change detected at `detected`.
-pub fn build(origin: Origin<'_>, change: &Change, detected: SystemTime) -> Event {
+/// Builds the event for one change, diffed against snapshot `revision` and detected at `detected`.
+pub fn build(origin: Origin<'_>, change: &Change, revision: u64, detected: SystemTime) -> Event {
     let digest = change.digest.as_deref();
     let id = event_id(
-        origin.registry,
+        origin.identity,
         origin.repository,
         &change.tag,
         digest,
         change.kind,
+        revision,
     );
     let detected_at = rfc3339(detected);
     let reference = format!("{}/{}:{}", origin.host, origin.repository, change.tag);
@@ -151,6 +159,7 @@ mod tests {
     fn event_matches_the_contract() {
         let origin = Origin {
             registry: "local",
+            identity: "http://127.0.0.1:5000",
             kind: Kind::Oci,
             host: "127.0.0.1:5000",
             repository: "team/app",
@@ -162,7 +171,7 @@ mod tests {
             previous_digest: Some("sha256:old".into()),
             pushed_at: None,
         };
-        let e = build(origin, &change, SystemTime::UNIX_EPOCH);
+        let e = build(origin, &change, 41, SystemTime::UNIX_EPOCH);
         assert_eq!(e.key, "127.0.0.1:5000/team/app");
         let v: Value = serde_json::from_str(&e.payload).unwrap();
         assert_eq!(v["specversion"], "1.0");
@@ -178,28 +187,34 @@ mod tests {
             v["data"]["image"],
             "127.0.0.1:5000/team/app:latest@sha256:new"
         );
-        // Same change, later detection: same id.
-        assert_eq!(build(origin, &change, SystemTime::now()).id, e.id);
-        // Another type or digest: another id.
-        assert_ne!(
-            event_id(
-                "local",
-                "team/app",
-                "latest",
-                Some("sha256:new"),
-                ChangeKind::Added
-            ),
+        // Same change against the same revision, detected later: same id.
+        assert_eq!(build(origin, &change, 41, SystemTime::now()).id, e.id);
+        // The same move against a later revision is another detection: another id.
+        assert_ne!(build(origin, &change, 42, SystemTime::now()).id, e.id);
+        // Another type, digest or registry: another id; the display name does not count.
+        let id = |identity, digest, kind| {
+            event_id(identity, "team/app", "latest", Some(digest), kind, 41)
+        };
+        assert_eq!(
+            id("http://127.0.0.1:5000", "sha256:new", ChangeKind::Updated),
             e.id
         );
         assert_ne!(
-            event_id(
-                "local",
-                "team/app",
-                "latest",
-                Some("sha256:x"),
-                ChangeKind::Updated
-            ),
+            id("http://127.0.0.1:5000", "sha256:new", ChangeKind::Added),
             e.id
         );
+        assert_ne!(
+            id("http://127.0.0.1:5000", "sha256:x", ChangeKind::Updated),
+            e.id
+        );
+        assert_ne!(
+            id("http://127.0.0.1:5001", "sha256:new", ChangeKind::Updated),
+            e.id
+        );
+        let renamed = Origin {
+            registry: "renamed",
+            ..origin
+        };
+        assert_eq!(build(renamed, &change, 41, SystemTime::now()).id, e.id);
     }
 }

@@ -1,6 +1,6 @@
 //! The `regwatch` command line.
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -101,20 +101,34 @@ fn load(arg: &ConfigArg) -> Result<config::Config, ExitCode> {
     })
 }
 
-fn print_repos(repos: &[String], json: bool) {
-    if json {
-        println!("{}", serde_json::Value::from(repos.to_vec()));
-        return;
-    }
-    if std::io::stdout().is_terminal() {
-        println!("REPOSITORY");
-    }
-    for r in repos {
-        println!("{r}");
+/// Writes a listing to stdout through `print`. A reader that closed the pipe early (`| head`) got
+/// what it wanted, so that ends the command quietly and successfully, as with any Unix tool; any
+/// other write error is a failure.
+fn emit(print: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<(), ExitCode> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    match print(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            eprintln!("regwatch: cannot write to stdout: {e}");
+            Err(ExitCode::FAILURE)
+        }
+        _ => Ok(()),
     }
 }
 
-fn print_tags(tags: &[regwatch::registry::Tag], json: bool) {
+fn print_repos(out: &mut dyn Write, repos: &[String], json: bool) -> io::Result<()> {
+    if json {
+        return writeln!(out, "{}", serde_json::Value::from(repos.to_vec()));
+    }
+    if io::stdout().is_terminal() {
+        writeln!(out, "REPOSITORY")?;
+    }
+    for r in repos {
+        writeln!(out, "{r}")?;
+    }
+    Ok(())
+}
+
+fn print_tags(out: &mut dyn Write, tags: &[regwatch::registry::Tag], json: bool) -> io::Result<()> {
     let pushed = |t: &regwatch::registry::Tag| {
         t.pushed_at
             .map(|p| humantime::format_rfc3339_seconds(p).to_string())
@@ -124,20 +138,20 @@ fn print_tags(tags: &[regwatch::registry::Tag], json: bool) {
             .iter()
             .map(|t| serde_json::json!({ "tag": t.name, "digest": t.digest, "pushed_at": pushed(t) }))
             .collect();
-        println!("{}", serde_json::Value::from(rows));
-        return;
+        return writeln!(out, "{}", serde_json::Value::from(rows));
     }
     let width = tags.iter().map(|t| t.name.len()).max().unwrap_or(0).max(3);
-    if std::io::stdout().is_terminal() {
-        println!("{:width$}  {:71}  PUSHED", "TAG", "DIGEST");
+    if io::stdout().is_terminal() {
+        writeln!(out, "{:width$}  {:71}  PUSHED", "TAG", "DIGEST")?;
     }
     for t in tags {
         let digest = t.digest.as_deref().unwrap_or("-");
         match pushed(t) {
-            Some(p) => println!("{:width$}  {digest:71}  {p}", t.name),
-            None => println!("{:width$}  {digest}", t.name),
+            Some(p) => writeln!(out, "{:width$}  {digest:71}  {p}", t.name)?,
+            None => writeln!(out, "{:width$}  {digest}", t.name)?,
         }
     }
+    Ok(())
 }
 
 /// The daemon gets a worker per core, so a slow task never stalls the admin endpoint or the
@@ -165,18 +179,22 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let failed = |e: daemon::RuntimeError| {
+            eprintln!("regwatch: {e}");
+            ExitCode::FAILURE
+        };
         match cli.command {
             Command::Run(c) => {
                 let config = load(&c)?;
-                daemon::run(&c.config, config).await
+                daemon::run(&c.config, config).await.map_err(failed)
             }
             Command::Once { config, dry_run } => {
                 let config = load(&config)?;
-                daemon::once(config, dry_run).await
+                daemon::once(config, dry_run).await.map_err(failed)
             }
             Command::Check(c) => {
                 let config = load(&c)?;
-                daemon::check(&config).await
+                daemon::check(&config).await.map_err(failed)
             }
             Command::Repos {
                 config,
@@ -184,9 +202,8 @@ fn main() -> ExitCode {
                 json,
             } => {
                 let config = load(&config)?;
-                daemon::repos(&config, &registry)
-                    .await
-                    .map(|repos| print_repos(&repos, json))
+                let repos = daemon::repos(&config, &registry).await.map_err(failed)?;
+                emit(|out| print_repos(out, &repos, json))
             }
             Command::Tags {
                 config,
@@ -195,15 +212,12 @@ fn main() -> ExitCode {
                 json,
             } => {
                 let config = load(&config)?;
-                daemon::tags(&config, &registry, &repo)
+                let tags = daemon::tags(&config, &registry, &repo)
                     .await
-                    .map(|tags| print_tags(&tags, json))
+                    .map_err(failed)?;
+                emit(|out| print_tags(out, &tags, json))
             }
         }
-        .map_err(|e| {
-            eprintln!("regwatch: {e}");
-            ExitCode::FAILURE
-        })
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub last_success: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Kafka deliveries that failed (they stay in the outbox and are retried).
     pub kafka_delivery_errors: Counter,
+    /// librdkafka's reports of a failed or lost broker connection (logged at DEBUG only).
+    pub kafka_connection_errors: Counter,
     /// Webhook hints accepted, per registry.
     pub webhooks: Family<Labels, Counter>,
     /// Repository scans that failed (listing, digest or store error), per registry.
@@ -60,6 +62,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         outbox_pending: Gauge::default(),
         last_success: Family::default(),
         kafka_delivery_errors: Counter::default(),
+        kafka_connection_errors: Counter::default(),
         webhooks: Family::default(),
         repository_errors: Family::default(),
         registry: Registry::default(),
@@ -113,6 +116,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "kafka_delivery_errors",
         "Kafka deliveries that failed and will be retried",
         m.kafka_delivery_errors.clone(),
+    );
+    registry.register(
+        "kafka_connection_errors",
+        "Failed or lost Kafka broker connections, as librdkafka reports them",
+        m.kafka_connection_errors.clone(),
     );
     registry.register("webhooks", "Webhook hints accepted", m.webhooks.clone());
     registry.register(

@@ -1,13 +1,15 @@
 //! Kafka outage and crash faults against the real Tansu broker: the outbox holds events while the
-//! broker is gone and scanning goes on; `kill -9` at random moments loses nothing, and every re-sent
-//! event carries the id it had.
+//! broker is gone and scanning goes on; delivery resumes within seconds of the broker's return,
+//! with the outage logged once; `kill -9` at random moments loses nothing, and every re-sent event
+//! carries the id it had.
 
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Auth, Registry, Setup, Tansu, consume, report};
+use support::{Auth, Daemon, Registry, Setup, Tansu, consume, report};
 
 const TOPIC: &str = "regwatch.images";
 
@@ -114,6 +116,152 @@ async fn broker_outage_loses_nothing() {
         ">= 2",
     );
     assert_eq!(lost, 0, "lost events; stderr:\n{err}");
+}
+
+/// Events committed to the outbox so far, of every type.
+async fn produced(admin: &str) -> f64 {
+    let Ok(response) = reqwest::get(format!("http://{admin}/metrics")).await else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("regwatch_events_produced_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Log lines (default text format) at `level` that contain `text`.
+fn log_lines<'a>(log: &'a str, level: &str, text: &str) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some(level) && l.contains(text))
+        .collect()
+}
+
+/// What a new user meets: stop the broker, push tags, start the broker again (memory engine: the
+/// topic and the idempotent producer's id are gone), all with librdkafka's default
+/// `message.timeout.ms` (30 s) and the default log filter. Delivery must resume within 10 s of the
+/// broker accepting connections, the outage must be logged as one WARN "down" and one WARN "up",
+/// and librdkafka's per-attempt connection errors must be counted, not logged at ERROR.
+#[tokio::test(flavor = "multi_thread")]
+async fn delivery_resumes_within_10s_of_the_broker_return() {
+    const N: usize = 20;
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v0").await;
+    let tansu = Tansu::start();
+    let port = tansu.port();
+    let setup = Setup::new(
+        "interval = \"1s\"\njitter = \"0%\"\n",
+        &format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"{TOPIC}\"\npartitions = 2\n\n[[registry]]\nname = \"local\"\nkind = \"oci\"\nurl = \"{}\"\ninsecure = true\nrepositories = [\"team/*\"]\nrate_limit = 500\n",
+            tansu.brokers,
+            registry.url()
+        ),
+    );
+    let daemon = Daemon::start(
+        Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["run", "-c"])
+            .arg(&setup.config)
+            .env_remove("RUST_LOG"),
+    );
+    let ready = Instant::now();
+    while reqwest::get(format!("http://{}/readyz", setup.admin))
+        .await
+        .map_or(true, |r| r.status() != 200)
+    {
+        assert!(ready.elapsed() < Duration::from_secs(30), "never ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let outage_start = daemon.stderr.lock().unwrap().len();
+    drop(tansu);
+    let mut pushed = HashMap::new();
+    for i in 0..N {
+        let tag = format!("v2.{i}");
+        pushed.insert(tag.clone(), registry.push("team/app", &tag).await);
+    }
+    let started = Instant::now();
+    while produced(&setup.admin).await < N as f64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "events never reached the outbox"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The events wait in librdkafka now. Restart the broker once the outage has been noticed
+    // (the WARN line is asserted below; a few seconds are enough either way).
+    let noticed = Instant::now();
+    while noticed.elapsed() < Duration::from_secs(10)
+        && log_lines(&daemon.stderr.lock().unwrap(), "WARN", "kafka down").is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let published = "regwatch_events_published_total";
+    let before = metric(&setup.admin, published).await.unwrap_or(0.0);
+    let connection_errors = metric(&setup.admin, "regwatch_kafka_connection_errors_total").await;
+
+    let tansu = Tansu::start_on(port);
+    let up = Instant::now();
+    let mut resumed = None;
+    while up.elapsed() < Duration::from_secs(150) {
+        let now = metric(&setup.admin, published).await.unwrap_or(0.0);
+        if resumed.is_none() && now > before {
+            resumed = Some(up.elapsed());
+        }
+        if now >= before + N as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered_log = daemon.stderr.lock().unwrap()[outage_start..].to_owned();
+    let records = consume(
+        &tansu.brokers,
+        TOPIC,
+        N,
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    );
+    let (code, _, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
+
+    let tags: HashSet<&str> = records
+        .iter()
+        .map(|r| r.payload["data"]["tag"].as_str().unwrap())
+        .collect();
+    let lost = pushed.keys().filter(|t| !tags.contains(t.as_str())).count();
+    let errors = log_lines(&recovered_log, "ERROR", "");
+    let downs = log_lines(&log, "WARN", "kafka down");
+    let ups = log_lines(&log, "WARN", "kafka up");
+    let resumed_s = resumed.map_or(f64::INFINITY, |d| d.as_secs_f64());
+    report(
+        "Kafka outage: delivery resumed after broker up",
+        format!("{resumed_s:.1} s"),
+        "≤ 10 s",
+    );
+    report(
+        "Kafka outage: ERROR lines from outage to recovery / WARN down, up",
+        format!("{} / {}, {}", errors.len(), downs.len(), ups.len()),
+        "0 / 1, 1",
+    );
+    assert_eq!(lost, 0, "lost events; log:\n{log}");
+    assert!(
+        resumed_s <= 10.0,
+        "delivery resumed {resumed_s:.1} s after the broker's return; log:\n{recovered_log}"
+    );
+    assert!(
+        errors.is_empty(),
+        "the outage logged {} ERROR lines:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
+    assert_eq!(
+        (downs.len(), ups.len()),
+        (1, 1),
+        "one WARN line for the outage's start and one for its end:\n{log}"
+    );
+    assert!(
+        connection_errors.is_some_and(|n| n > 0.0),
+        "connection errors are counted in regwatch_kafka_connection_errors_total"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,7 +1,11 @@
 //! The Kafka sink and the outbox against rdkafka's in-process MockCluster: delivery with key and
-//! header, a broker outage that leaves events in the outbox, and retriable produce errors.
+//! header, a broker outage that leaves events in the outbox, retriable produce errors, and the
+//! blocking work (store calls, the producer's flush on drop) kept off the async workers.
 
-use std::time::Duration;
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -11,8 +15,9 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use regwatch::config::KafkaConfig;
 use regwatch::event::Event;
 use regwatch::sink::{self, Sink, kafka::KafkaSink};
-use regwatch::store::Store;
+use regwatch::store::{StateStore, Store};
 use regwatch::watch::diff::Snapshot;
+use support::report;
 
 const TOPIC: &str = "events";
 
@@ -85,7 +90,7 @@ async fn outbox_survives_a_broker_outage_and_delivers_once() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic(TOPIC, 2, 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
     let mut sink = KafkaSink::new(&kafka_config(cluster.bootstrap_servers())).unwrap();
     sink.prepare().await.unwrap();
 
@@ -152,7 +157,7 @@ async fn retriable_produce_errors_are_absorbed() {
         ],
     );
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
     let mut config = kafka_config(cluster.bootstrap_servers());
     config.properties.clear();
     let mut sink = KafkaSink::new(&config).unwrap();
@@ -162,4 +167,107 @@ async fn retriable_produce_errors_are_absorbed() {
     assert_eq!(sink::drain(&store, &mut sink).await.unwrap(), (20, 0));
     let records = read_all(&cluster.bootstrap_servers(), 20);
     assert_eq!(records.len(), 20, "idempotent retries add no duplicates");
+}
+
+/// The longest the current-thread runtime went without running a task that wakes every 5 ms,
+/// until `stop` is set.
+fn watch_stalls(stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<Duration> {
+    tokio::spawn(async move {
+        let mut worst = Duration::ZERO;
+        let mut last = Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            worst = worst.max(last.elapsed());
+            last = Instant::now();
+        }
+        worst
+    })
+}
+
+/// A scan's commit holds redb's write lock (and fsyncs) while the publisher wants to remove the
+/// events it just delivered. On the daemon's runtime that wait must not stall the worker, which
+/// also serves /healthz and feeds the watchdog: here, a current-thread runtime keeps ticking.
+#[tokio::test]
+async fn draining_does_not_stall_the_runtime_while_a_scan_commits() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 2, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    store
+        .commit_scan("r", "repo", &Snapshot::default(), &events(0..500))
+        .unwrap();
+    let mut sink = KafkaSink::new(&kafka_config(cluster.bootstrap_servers())).unwrap();
+    sink.prepare().await.unwrap();
+    // A big repository's snapshot: its commit takes a good part of a second.
+    let big = Snapshot {
+        tags: (0..400_000)
+            .map(|i| (format!("v{i}"), Some(format!("sha256:{i:064}"))))
+            .collect(),
+        revision: 1,
+    };
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let scan = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            started_tx.send(()).unwrap();
+            let t0 = Instant::now();
+            store.commit_scan("r", "big", &big, &[]).unwrap();
+            t0.elapsed()
+        })
+    };
+    started.recv().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stalls = watch_stalls(stop.clone());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(sink::drain(&store, &mut sink).await.unwrap(), (500, 0));
+    let commit = scan.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = stalls.await.unwrap();
+    report(
+        &format!(
+            "outbox drain during a {} ms scan commit: longest runtime stall",
+            commit.as_millis()
+        ),
+        format!("{} ms", worst.as_millis()),
+        "< 150 ms",
+    );
+    assert!(
+        commit >= Duration::from_millis(300),
+        "the scan's commit took only {commit:?}: too short to show a stall"
+    );
+    assert!(
+        worst < Duration::from_millis(150),
+        "the runtime stalled {worst:?} while a {commit:?} commit held the store"
+    );
+}
+
+/// Dropping the sink with messages stuck in librdkafka (broker down) flushes for up to 5 s; that
+/// must happen on a blocking thread, not on the worker that drops it.
+#[tokio::test]
+async fn dropping_the_sink_does_not_block_the_runtime() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 2, 1).unwrap();
+    let mut config = kafka_config(cluster.bootstrap_servers());
+    // librdkafka's 30 s message timeout: the messages stay queued while the broker is down.
+    config.properties.clear();
+    let mut sink = KafkaSink::new(&config).unwrap();
+    cluster.broker_down(1).unwrap();
+    let cut_short =
+        tokio::time::timeout(Duration::from_millis(500), sink.deliver(&events(0..10))).await;
+    assert!(
+        cut_short.is_err(),
+        "nothing is acknowledged by a broker that is down"
+    );
+    let t0 = Instant::now();
+    drop(sink);
+    let blocked = t0.elapsed();
+    report(
+        "Kafka sink dropped with a broker down: worker blocked",
+        format!("{} ms", blocked.as_millis()),
+        "< 100 ms",
+    );
+    assert!(
+        blocked < Duration::from_millis(100),
+        "dropping the sink blocked the worker for {blocked:?}"
+    );
 }

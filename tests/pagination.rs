@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 
 use regwatch::config;
 use regwatch::registry::{Registry, RegistryError, oci::OciRegistry};
-use regwatch::store::{RepoState, Store};
+use regwatch::store::{RepoState, StateStore, Store};
 use regwatch::watch::scan::{Output, Scanner};
+use support::report;
 use support::synthetic::{Quirk, Synthetic, serve};
 use tokio::sync::Notify;
 
@@ -173,22 +174,78 @@ async fn cycles_cost_one_request_per_repository_and_no_manifest_gets() {
 }
 
 #[tokio::test]
-async fn a_registry_that_sends_link_is_trusted_after_one_follow_up() {
-    // Exactly one full page: the first listing asks once more, later ones believe the registry.
-    let (state, host) = synthetic(7).await;
-    let client = OciRegistry::new(&registry_config(&host, 7, "\"team/app\"")).unwrap();
-    assert_eq!(client.list_tags("team/app").await.unwrap().len(), 7);
+async fn an_empty_follow_up_proves_nothing_about_link() {
+    // A registry that honours n/last but never sends Link (as some do): a repository of exactly
+    // one page ends with an empty follow-up, which must not teach the client to stop at page 1.
+    let state = Arc::new(Synthetic::default());
+    *state.quirk.lock().unwrap() = Quirk::NoLink;
+    for i in 0..7 {
+        state.put("team/exact", &format!("t{i:02}"), 0);
+    }
+    for i in 0..20 {
+        state.put("team/long", &format!("t{i:02}"), 0);
+    }
+    let host = serve(state.clone()).await;
+    let client = OciRegistry::new(&registry_config(&host, 7, "\"team/*\"")).unwrap();
+    assert_eq!(client.list_tags("team/exact").await.unwrap().len(), 7);
     assert_eq!(
         state.tags_requests.load(Ordering::Relaxed),
         2,
-        "one follow-up to learn"
+        "one full page, one empty follow-up"
     );
-    assert_eq!(client.list_tags("team/app").await.unwrap().len(), 7);
+    let long = client.list_tags("team/long").await.unwrap().len();
+    report(
+        "no Link, n/last honoured: tags listed after an exact-page repository",
+        format!("{long}/20"),
+        "20/20",
+    );
     assert_eq!(
-        state.tags_requests.load(Ordering::Relaxed),
-        3,
-        "then one request per listing"
+        long, 20,
+        "the empty follow-up taught the client to stop at page 1"
     );
+
+    // The same at the scanner, with emit_removed: a shrunken listing would be phantom removals.
+    let cfg = registry_config(&host, 7, "\"team/*\"");
+    let scanner = Scanner::new(&cfg, config::FirstRun::Baseline, true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let output = Output::Commit {
+        store: store.clone(),
+        published: Arc::new(Notify::new()),
+    };
+    for _ in 0..3 {
+        let cycle = scanner.cycle(&output, || false).await.unwrap();
+        assert_eq!((cycle.failed, cycle.events), (0, 0));
+    }
+    assert_eq!(store.outbox_len().unwrap(), 0, "no phantom tag.removed");
+}
+
+#[tokio::test]
+async fn only_a_received_link_earns_trust() {
+    // A registry that sends Link: until one is seen, a full page costs one follow-up...
+    let state = Arc::new(Synthetic::default());
+    for i in 0..7 {
+        state.put("team/exact", &format!("t{i:02}"), 0);
+    }
+    for i in 0..20 {
+        state.put("team/long", &format!("t{i:02}"), 0);
+    }
+    let host = serve(state.clone()).await;
+    let client = OciRegistry::new(&registry_config(&host, 7, "\"team/*\"")).unwrap();
+    for round in 1..=2 {
+        state.tags_requests.store(0, Ordering::Relaxed);
+        assert_eq!(client.list_tags("team/exact").await.unwrap().len(), 7);
+        assert_eq!(
+            state.tags_requests.load(Ordering::Relaxed),
+            2,
+            "round {round}: no Link seen yet, so the full page is followed up"
+        );
+    }
+    // ...and once a page carried one, a full page without it is the last.
+    assert_eq!(client.list_tags("team/long").await.unwrap().len(), 20);
+    state.tags_requests.store(0, Ordering::Relaxed);
+    assert_eq!(client.list_tags("team/exact").await.unwrap().len(), 7);
+    assert_eq!(state.tags_requests.load(Ordering::Relaxed), 1, "trusted");
 
     // A registry caught forgetting Link is never trusted.
     let (state, host) = synthetic(14).await;
@@ -234,9 +291,12 @@ async fn a_failed_first_scan_keeps_its_baseline_decision() {
         .await
         .unwrap();
     assert_eq!(failed.failed, 2);
-    assert_eq!(
-        store.repo_state("syn", "b/new").unwrap(),
-        Some(RepoState::Pending { emit: false }),
+    let identity = scanner("\"a/*\"").identity;
+    assert!(
+        matches!(
+            store.repo_state(&identity, "b/new").unwrap(),
+            Some(RepoState::Pending { emit: false, .. })
+        ),
         "the decision is kept"
     );
 

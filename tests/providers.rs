@@ -274,7 +274,10 @@ impl Moto {
 
     /// With `enforce_auth`, moto checks signatures against its own IAM, as AWS does.
     fn start_with_auth(enforce_auth: bool) -> Moto {
-        let bin = support::require("moto_server", "pip install 'moto[server]'");
+        let bin = support::require(
+            "moto_server",
+            "python3 -m venv target/venv && target/venv/bin/pip install 'moto[server]'",
+        );
         let port = support::free_port();
         let mut command = std::process::Command::new(bin);
         if enforce_auth {

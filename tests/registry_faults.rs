@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use regwatch::config;
 use regwatch::registry::{Registry as _, RegistryError, oci::OciRegistry};
-use regwatch::store::{RepoState, Store};
+use regwatch::store::{RepoState, StateStore, Store};
 use regwatch::watch::scan::{Output, Scanner};
 use support::proxy::{self, Fault};
 use support::synthetic::{Quirk, Synthetic, serve};
@@ -412,7 +412,7 @@ async fn hostile_responses_are_errors_not_events() {
         published: Arc::new(Notify::new()),
     };
     scanner.cycle(&output, || false).await.unwrap();
-    let before = store.repo_state("hostile", "team/app").unwrap();
+    let before = store.repo_state(&scanner.identity, "team/app").unwrap();
     assert!(matches!(before, Some(RepoState::Known(_))));
 
     // (A Link to another host is refused in tests/pagination.rs.)
@@ -430,7 +430,7 @@ async fn hostile_responses_are_errors_not_events() {
         assert_eq!((cycle.events, cycle.failed), (0, 1), "{quirk:?}");
         refused += 1;
         assert_eq!(
-            store.repo_state("hostile", "team/app").unwrap(),
+            store.repo_state(&scanner.identity, "team/app").unwrap(),
             before,
             "{quirk:?} touched the snapshot"
         );

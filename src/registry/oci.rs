@@ -24,9 +24,10 @@ application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
 /// Whether a full page without `Link` can be believed to be the last, for one endpoint of one
-/// registry. Unknown at first, so the client asks once more with `last=`; an empty answer shows
-/// the registry sends `Link` when there is more (trusted from then on, saving a request per
-/// listing of exactly `page_size` entries), a non-empty one shows it forgets (never trusted).
+/// registry. Only a `Link` actually received on a page of that endpoint proves that the registry
+/// sends one when there is more: until then, a full page is followed by one more request with
+/// `last=`. An empty follow-up proves nothing (the list may just have ended at a page boundary),
+/// and a follow-up that finds more shows the registry forgets `Link`: never trusted again.
 #[derive(Default)]
 pub struct LinkTrust(AtomicU8);
 
@@ -39,18 +40,19 @@ impl LinkTrust {
         self.0.load(Ordering::Relaxed) == TRUST_YES
     }
 
-    fn learn(&self, follow_up_found_more: bool) {
-        if follow_up_found_more {
-            // Caught forgetting once: never trusted again.
-            self.0.store(TRUST_NEVER, Ordering::Relaxed);
-        } else {
-            let _ = self.0.compare_exchange(
-                TRUST_UNKNOWN,
-                TRUST_YES,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-        }
+    /// A page of this endpoint carried `rel="next"`.
+    fn link_seen(&self) {
+        let _ = self.0.compare_exchange(
+            TRUST_UNKNOWN,
+            TRUST_YES,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A `last=` follow-up after a full page without `Link` found more entries.
+    fn caught_forgetting(&self) {
+        self.0.store(TRUST_NEVER, Ordering::Relaxed);
     }
 }
 
@@ -215,11 +217,13 @@ impl OciRegistry {
             // A follow-up asked with `last=` that brings nothing past `last` means the list is
             // complete (this also ends registries that ignore `n` and `last` and send everything).
             if let Some(last) = &asked_after {
-                let more = page.iter().any(|p| p > last);
-                trust.learn(more);
-                if !more {
+                if !page.iter().any(|p| p > last) {
                     break;
                 }
+                trust.caught_forgetting();
+            }
+            if link.is_some() {
+                trust.link_seen();
             }
             if let Some(page_max) = page.iter().max()
                 && highest.as_ref().is_none_or(|h| page_max > h)

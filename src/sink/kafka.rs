@@ -1,20 +1,22 @@
 //! The Kafka sink: an idempotent, `acks=all` producer; value = CloudEvent JSON, key =
 //! `<host>/<repository>`, header `content-type: application/cloudevents+json`.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use secrecy::ExposeSecret;
-
-use std::sync::Arc;
-
 use tokio::sync::watch;
 
 use super::Sink;
@@ -25,10 +27,117 @@ use crate::event::Event;
 /// The CloudEvents structured-mode content type.
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
 
+/// How often [`probe`] asks the brokers for metadata.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long dropping the sink lets queued messages go out (on a blocking thread).
+const FLUSH_ON_DROP: Duration = Duration::from_secs(5);
+/// The `tracing` target of librdkafka's own log lines.
+const LIBRDKAFKA: &str = "librdkafka";
+
+/// Counts the brokers' returns after an outage, as [`probe`] sees them. A sink that sees it change
+/// purges what its producer holds and starts a fresh one, and the publisher prepares it again at
+/// once: a broker that lost its state (Tansu's memory engine, a rebuilt cluster) lost the topic
+/// and the idempotent producer's id too, and the old producer would only find out when its
+/// deliveries time out (`message.timeout.ms`, 30 s by default) or are fenced.
+static BROKER_RETURNS: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::channel(0).0);
+
+/// The producer type, with our log routing.
+type KafkaProducer = FutureProducer<KafkaContext>;
+
+/// A producer whose end runs off the async workers: dropping flushes what it still holds (bounded
+/// by [`FLUSH_ON_DROP`]; everything delivered was already awaited, so this only bounds shutdown on
+/// a stuck broker), then purges and joins librdkafka's threads.
+struct Retiring(Option<KafkaProducer>);
+
+impl std::ops::Deref for Retiring {
+    type Target = KafkaProducer;
+    fn deref(&self) -> &KafkaProducer {
+        self.0.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl Drop for Retiring {
+    fn drop(&mut self) {
+        if let Some(producer) = self.0.take() {
+            off_worker(move || {
+                let _ = producer.flush(FLUSH_ON_DROP);
+            });
+        }
+    }
+}
+
+/// Routes librdkafka's log lines and global errors through `tracing`.
+///
+/// During an outage librdkafka reports every failed connection attempt, and each one twice: as a
+/// log line and as a global error. Those are counted in `regwatch_kafka_connection_errors_total`
+/// and logged at DEBUG only; [`probe`] logs the outage's start and end, once each, at WARN. Every
+/// other error keeps its ERROR line.
+#[derive(Clone, Default)]
+pub struct KafkaContext {
+    /// How often this client lost every broker (the probe uses it to notice a restart that
+    /// happened between two probes).
+    all_brokers_down: Arc<AtomicU64>,
+}
+
+/// Errors that only say a broker connection failed or was lost: expected during an outage.
+fn is_connection_error(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::Resolve
+            | RDKafkaErrorCode::NetworkException
+    )
+}
+
+impl ClientContext for KafkaContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // "FAIL" is a broker connection failing; the same failure arrives as a global error, which
+        // `error` counts or logs, so the line itself is only worth DEBUG.
+        if fac == "FAIL" {
+            tracing::debug!(target: LIBRDKAFKA, facility = fac, "{message}");
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: LIBRDKAFKA, facility = fac, "{message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: LIBRDKAFKA, facility = fac, "{message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: LIBRDKAFKA, facility = fac, "{message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: LIBRDKAFKA, facility = fac, "{message}")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        if code == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.all_brokers_down.fetch_add(1, Ordering::Relaxed);
+        }
+        if code.is_some_and(is_connection_error) {
+            crate::metrics::get().kafka_connection_errors.inc();
+            tracing::debug!(target: LIBRDKAFKA, %error, reason, "kafka connection error");
+        } else {
+            tracing::error!(target: LIBRDKAFKA, %error, reason, "kafka client error");
+        }
+    }
+}
+
 /// Publishes events to one topic.
 pub struct KafkaSink {
     config: KafkaConfig,
-    producer: FutureProducer,
+    producer: Retiring,
+    /// [`BROKER_RETURNS`], and the count the current producer was created after.
+    returns: watch::Receiver<u64>,
+    generation: u64,
 }
 
 /// The librdkafka settings: the user's `[kafka.properties]`, then the ones delivery guarantees
@@ -38,7 +147,10 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     c.set("bootstrap.servers", &config.brokers)
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
-        .set("message.timeout.ms", "30000");
+        .set("message.timeout.ms", "30000")
+        // Reconnect within a second of a broker's return rather than librdkafka's 10 s maximum
+        // backoff: recovery time matters more than the rate of attempts against a dead broker.
+        .set("reconnect.backoff.max.ms", "1000");
     for (key, value) in &config.properties {
         c.set(key, value.expose_secret());
     }
@@ -46,29 +158,41 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// Runs `work` (dropping or flushing a librdkafka client, which joins threads and waits on the
+/// network) on the blocking pool, so that it never stalls an async worker.
+fn off_worker(work: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(work)),
+        Err(_) => work(),
+    }
+}
+
 impl KafkaSink {
     /// Creates the producer (it connects lazily; an unreachable broker is not an error here).
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
-        let producer = client_config(config).create()?;
+        let returns = BROKER_RETURNS.subscribe();
+        let generation = *returns.borrow();
         Ok(KafkaSink {
             config: config.clone(),
-            producer,
+            producer: Retiring(Some(
+                client_config(config).create_with_context(KafkaContext::default())?,
+            )),
+            returns,
+            generation,
         })
     }
 
     /// Creates the topic if it is missing.
     async fn ensure_topic(&self) -> Result<(), String> {
-        let admin: AdminClient<DefaultClientContext> = client_config(&self.config)
-            .create()
+        let admin: AdminClient<KafkaContext> = client_config(&self.config)
+            .create_with_context(KafkaContext::default())
             .map_err(|e| format!("kafka admin client: {e}"))?;
         let replication = TopicReplication::Fixed(self.config.replication_factor);
         let topic = NewTopic::new(&self.config.topic, self.config.partitions, replication);
         let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-        let results = admin
-            .create_topics([&topic], &options)
-            .await
-            .map_err(|e| format!("create topic {}: {e}", self.config.topic))?;
-        for result in results {
+        let results = admin.create_topics([&topic], &options).await;
+        off_worker(move || drop(admin));
+        for result in results.map_err(|e| format!("create topic {}: {e}", self.config.topic))? {
             match result {
                 Ok(_) => tracing::info!(topic = %self.config.topic, "created topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -78,9 +202,28 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Starts a fresh producer (with a new producer id) in place of the current one. The outbox
+    /// holds every unacknowledged event.
+    fn restart_producer(&mut self) {
+        match client_config(&self.config).create_with_context(KafkaContext::default()) {
+            Ok(fresh) => self.producer = Retiring(Some(fresh)),
+            Err(e) => tracing::error!(error = %e, "cannot recreate the producer"),
+        }
+    }
+
+    /// Restarts the producer if the brokers returned from an outage since it was created.
+    fn restart_if_brokers_returned(&mut self) {
+        let latest = *self.returns.borrow();
+        if latest != self.generation {
+            self.generation = latest;
+            tracing::info!("kafka is back after an outage; restarting the producer");
+            self.restart_producer();
+        }
+    }
+
     /// A fatal error, or a broker that lost the idempotent producer's state (a restarted broker
     /// answers ProducerFenced, UnknownProducerId or OutOfOrderSequenceNumber), poisons the producer:
-    /// start a fresh one with a new producer id. The outbox still holds every unacknowledged event.
+    /// start a fresh one with a new producer id.
     fn recover(&mut self, codes: &[RDKafkaErrorCode]) {
         let fatal = self.producer.client().fatal_error();
         let lost_state = codes.iter().any(|c| {
@@ -96,9 +239,16 @@ impl KafkaSink {
             return;
         }
         tracing::error!(fatal = ?fatal, errors = ?codes, "producer state lost; recreating the producer");
-        match client_config(&self.config).create() {
-            Ok(p) => self.producer = p,
-            Err(e) => tracing::error!(error = %e, "cannot recreate the producer"),
+        self.restart_producer();
+    }
+
+    /// Completes when the brokers return after the outage this producer was created before.
+    fn brokers_returned(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (mut returns, generation) = (self.returns.clone(), self.generation);
+        async move {
+            if returns.wait_for(|n| *n != generation).await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 }
@@ -106,6 +256,7 @@ impl KafkaSink {
 #[async_trait]
 impl Sink for KafkaSink {
     async fn prepare(&mut self) -> Result<(), String> {
+        self.restart_if_brokers_returned();
         if self.config.create_topic {
             self.ensure_topic().await?;
         }
@@ -113,6 +264,11 @@ impl Sink for KafkaSink {
     }
 
     async fn deliver(&mut self, batch: &[Event]) -> Vec<usize> {
+        if *self.returns.borrow() != self.generation {
+            // The brokers returned since `prepare`: the topic may be gone. The publisher prepares
+            // again at once (see `recovered`), which restarts the producer too.
+            return Vec::new();
+        }
         let headers = OwnedHeaders::new().insert(Header {
             key: "content-type",
             value: Some(CONTENT_TYPE),
@@ -133,10 +289,21 @@ impl Sink for KafkaSink {
             }
         }
         let (positions, deliveries): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
+        let mut results = std::pin::pin!(join_all(deliveries));
+        let results = tokio::select! {
+            results = &mut results => results,
+            () = self.brokers_returned() => {
+                // What waits in this producer may wait for a topic or a producer id the returned
+                // broker no longer has. Purged, it fails now and stays in the outbox, and the
+                // publisher sends it again at once through a fresh producer.
+                self.producer.purge(PurgeConfig::default().queue().inflight());
+                results.await
+            }
+        };
         let mut acked = Vec::with_capacity(positions.len());
         let mut failed = 0usize;
         let mut codes = Vec::new();
-        for (i, result) in positions.into_iter().zip(join_all(deliveries).await) {
+        for (i, result) in positions.into_iter().zip(results) {
             match result {
                 Ok(Ok(_)) => acked.push(i),
                 Ok(Err((e, _))) => {
@@ -160,22 +327,37 @@ impl Sink for KafkaSink {
         }
         acked
     }
+
+    fn recovered(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self.brokers_returned())
+    }
 }
 
 /// Probes the brokers every two seconds and reports reachability to `readiness` until `shutdown`.
+/// An outage's start and end are logged once each, at WARN; its end also makes every sink restart
+/// its producer and prepare again (see [`BROKER_RETURNS`]).
 pub async fn probe(
     config: KafkaConfig,
     readiness: Arc<Readiness>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let client: Arc<BaseProducer> = match client_config(&config).create() {
+    let mut settings = client_config(&config);
+    // Asking for the topic's metadata must not create it with the broker's defaults, and a probe
+    // that never produces needs no producer id.
+    settings
+        .set("allow.auto.create.topics", "false")
+        .set("enable.idempotence", "false");
+    let context = KafkaContext::default();
+    let all_brokers_down = context.all_brokers_down.clone();
+    let client: Arc<KafkaProducer> = match settings.create_with_context(context) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             tracing::error!(error = %e, "cannot create the kafka probe");
             return;
         }
     };
-    let mut was = None;
+    let mut reachable = None;
+    let (mut losses, mut streak) = (0, 0u32);
     loop {
         let (probe, topic) = (client.clone(), config.topic.clone());
         let ok = tokio::task::spawn_blocking(move || {
@@ -186,25 +368,32 @@ pub async fn probe(
         })
         .await
         .unwrap_or(false);
+        // A broker that restarted between two probes shows only as a lost connection. Right after
+        // a return, a loss reported late by librdkafka's event queue is the old outage: skip it.
+        let seen = all_brokers_down.load(Ordering::Relaxed);
+        let bounced = std::mem::replace(&mut losses, seen) != seen && streak >= 2;
+        streak = if ok { streak + 1 } else { 0 };
         readiness.kafka_reachable(ok);
-        if was != Some(ok) {
-            if ok {
-                tracing::info!("kafka reachable");
-            } else {
-                tracing::warn!("kafka unreachable");
+        match (reachable, ok) {
+            (None, true) => tracing::info!("kafka reachable"),
+            (Some(false), true) => {
+                tracing::warn!("kafka up: the brokers answer again; delivery resumes");
+                BROKER_RETURNS.send_modify(|n| *n += 1);
             }
-            was = Some(ok);
+            (Some(true), true) if bounced => {
+                tracing::warn!("kafka down and up again between two probes; delivery resumes");
+                BROKER_RETURNS.send_modify(|n| *n += 1);
+            }
+            (None | Some(true), false) => {
+                tracing::warn!("kafka down: no broker answers; events wait in the outbox");
+            }
+            _ => {}
         }
+        reachable = Some(ok);
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+            _ = shutdown.changed() => break,
         }
     }
-}
-
-impl Drop for KafkaSink {
-    fn drop(&mut self) {
-        // Everything delivered was already awaited; this only bounds shutdown on a stuck broker.
-        let _ = self.producer.flush(Duration::from_secs(5));
-    }
+    off_worker(move || drop(client));
 }

@@ -6,6 +6,8 @@
 pub mod kafka;
 pub mod stdout;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, watch};
 
 use crate::event::Event;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Events read from the outbox per delivery round.
 const BATCH: usize = 1000;
@@ -29,16 +31,32 @@ pub trait Sink: Send {
     async fn prepare(&mut self) -> Result<(), String>;
     /// Delivers `batch`; returns the positions (indexes into `batch`) the sink acknowledged.
     async fn deliver(&mut self, batch: &[Event]) -> Vec<usize>;
+    /// Completes when the sink's destination is back after an outage, so that the publisher
+    /// prepares it and retries at once instead of after its backoff. Never, by default.
+    fn recovered(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// Runs a store call on the blocking pool: redb commits fsync, and a write transaction waits for
+/// the one a scan holds, either of which would stall an async worker.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<Store>,
+    call: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || call(&store)).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(StoreError::Io(format!("store call cancelled: {e}"))),
+    }
 }
 
 /// Delivers everything in the outbox that the sink will take now. Returns (delivered, left).
-pub async fn drain(
-    store: &Store,
-    sink: &mut dyn Sink,
-) -> Result<(usize, usize), crate::store::StoreError> {
+pub async fn drain(store: &Arc<Store>, sink: &mut dyn Sink) -> Result<(usize, usize), StoreError> {
     let mut delivered = 0;
     loop {
-        let batch = store.outbox_batch(BATCH)?;
+        let batch = blocking(store, |s| s.outbox_batch(BATCH)).await?;
         if batch.is_empty() {
             crate::metrics::get().outbox_pending.set(0);
             return Ok((delivered, 0));
@@ -50,12 +68,13 @@ pub async fn drain(
             .into_iter()
             .map(|i| seqs[i])
             .collect();
-        store.outbox_remove(&acked)?;
-        delivered += acked.len();
+        let removed = acked.len();
+        blocking(store, move |s| s.outbox_remove(&acked)).await?;
+        delivered += removed;
         let metrics = crate::metrics::get();
-        metrics.events_published.inc_by(acked.len() as u64);
-        if acked.len() < seqs.len() {
-            let left = store.outbox_len()?;
+        metrics.events_published.inc_by(removed as u64);
+        if removed < seqs.len() {
+            let left = blocking(store, Store::outbox_len).await?;
             metrics.outbox_pending.set(left as i64);
             return Ok((delivered, left as usize));
         }
@@ -108,6 +127,10 @@ pub async fn publish(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = wake.notified(), if failures == 0 => {}
+            () = sink.recovered() => {
+                failures = 0;
+                prepared = false;
+            }
             _ = shutdown.changed() => {
                 // Deliver what the last scans committed before exiting, within systemd's stop
                 // timeout; whatever is not acknowledged stays in the outbox for the next start.

@@ -14,6 +14,9 @@ use crate::registry::Tag;
 pub struct Snapshot {
     /// Tag name to manifest digest. Tags recorded by a baseline may have no digest.
     pub tags: BTreeMap<String, Option<String>>,
+    /// Counts the commits of this repository's state; events carry the revision they were
+    /// diffed against, so distinct detections get distinct ids (see `event::event_id`).
+    pub revision: u64,
 }
 
 /// The kind of a change, as in the event type.
@@ -71,7 +74,7 @@ pub fn needs_digest(
 }
 
 /// Compares a complete `listing` with `previous`. `previous` = `None` is a baseline: the snapshot
-/// is recorded and nothing is emitted. Tags the filter does not select are remembered but never
+/// is recorded and nothing is emitted. The new snapshot's `revision` is left for the caller. Tags the filter does not select are remembered but never
 /// reported, so editing the filter later does not flood.
 pub fn diff(
     previous: Option<&Snapshot>,
@@ -147,6 +150,7 @@ mod tests {
                 .iter()
                 .map(|(t, d)| (t.to_string(), d.map(Into::into)))
                 .collect(),
+            revision: 0,
         }
     }
 

@@ -2,7 +2,8 @@
 //! the digests that matter, diff against the stored snapshot, and commit snapshot and events together.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -13,7 +14,7 @@ use super::diff::{self, Snapshot};
 use crate::config::{FirstRun, RegistryConfig, RepoPattern};
 use crate::event::{self, Event, Origin};
 use crate::registry::{Registry, RegistryError};
-use crate::store::{RepoState, Store, StoreError};
+use crate::store::{RepoState, StateStore, StoreError, fresh_revision};
 
 /// What a cycle does with its results.
 #[derive(Clone)]
@@ -21,24 +22,36 @@ pub enum Output {
     /// Commit snapshots and events to the store, and wake the publisher.
     Commit {
         /// The store.
-        store: Arc<Store>,
+        store: Arc<dyn StateStore>,
         /// Woken after each commit that added events.
         published: Arc<Notify>,
     },
     /// Print events to stdout and store nothing; reads the store, when there is one, for context.
     DryRun {
         /// The existing store, if any.
-        store: Option<Arc<Store>>,
+        store: Option<Arc<dyn StateStore>>,
     },
 }
 
 impl Output {
-    fn store(&self) -> Option<&Store> {
+    fn store(&self) -> Option<&dyn StateStore> {
         match self {
-            Output::Commit { store, .. } => Some(store),
+            Output::Commit { store, .. } => Some(store.as_ref()),
             Output::DryRun { store } => store.as_deref(),
         }
     }
+}
+
+/// Runs a store write (fsync, write lock) on the blocking pool, off the async workers that serve
+/// heartbeats and the admin endpoint.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn StateStore>,
+    write: impl FnOnce(&dyn StateStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || write(store.as_ref()))
+        .await
+        .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
 }
 
 /// Why a cycle or a repository scan failed.
@@ -69,6 +82,8 @@ pub struct CycleReport {
 struct RepoOutcome {
     events: usize,
     digest_lookups: usize,
+    /// The tags a baseline recorded, when this scan was one.
+    baseline_tags: Option<usize>,
 }
 
 /// Scans one registry.
@@ -83,6 +98,11 @@ pub struct Scanner {
     pub emit_removed: bool,
     /// Advanced once per repository scanned (interactive `once`); hidden elsewhere.
     pub progress: Option<ProgressBar>,
+    /// What the store keys this registry's state by (`store::identity`).
+    pub identity: String,
+    /// The repositories of the last complete listing, to see which ones left; `None` until the
+    /// first complete listing since start, which compares with what the store holds instead.
+    listed: Mutex<Option<BTreeSet<String>>>,
 }
 
 impl Scanner {
@@ -98,6 +118,8 @@ impl Scanner {
             first_run,
             emit_removed,
             progress: None,
+            identity: crate::store::identity(config),
+            listed: Mutex::new(None),
         })
     }
 
@@ -157,7 +179,7 @@ impl Scanner {
         stop: impl Fn() -> bool,
     ) -> Result<CycleReport, ScanError> {
         let stored_patterns = match output.store() {
-            Some(store) => store.watch_set(&self.config.name)?,
+            Some(store) => store.watch_set(&self.identity)?,
             None => None,
         };
         let current: Vec<String> = self
@@ -187,6 +209,7 @@ impl Scanner {
             p.set_length(repos.len() as u64);
         }
         let previous = previous.as_deref();
+        let listed: BTreeSet<String> = repos.iter().cloned().collect();
         let results: Vec<(String, Result<RepoOutcome, ScanError>)> = stream::iter(repos)
             .take_while(|_| std::future::ready(!stop()))
             .map(|repo| async move {
@@ -202,11 +225,16 @@ impl Scanner {
         // A cycle cut short by shutdown has not decided for every repository.
         let scanned_all = results.len() == report.repositories;
         let mut store_error = None;
+        let (mut baselines, mut baseline_tags) = (0usize, 0usize);
         for (repo, result) in results {
             match result {
                 Ok(outcome) => {
                     report.events += outcome.events;
                     report.digest_lookups += outcome.digest_lookups;
+                    if let Some(tags) = outcome.baseline_tags {
+                        baselines += 1;
+                        baseline_tags += tags;
+                    }
                 }
                 Err(e) => {
                     report.failed += 1;
@@ -221,20 +249,92 @@ impl Scanner {
                 }
             }
         }
+        if baselines > 0 {
+            // One line per registry: a line per repository would bury everything else.
+            tracing::info!(registry = %self.config.name, repositories = baselines, tags = baseline_tags, "baseline recorded");
+        }
         // The store failing is not the registry's fault and will not heal by itself.
         if let Some(e) = store_error {
             return Err(e.into());
         }
+        let Output::Commit { store, .. } = output else {
+            return Ok(report);
+        };
+        if !complete_listing {
+            // Hinted repositories join the known set, so they are forgotten too once they leave.
+            if let Some(known) = self.listed.lock().expect("listed lock").as_mut() {
+                known.extend(listed);
+            }
+            return Ok(report);
+        }
         // Only a complete listing moves the watch set that decides "new or baseline", and only
         // after every first-seen repository has its decision recorded (scanned, or pending).
-        if let Output::Commit { store, .. } = output
-            && complete_listing
-            && scanned_all
-            && stored_patterns.as_ref() != Some(&current)
-        {
-            store.set_watch_set(&self.config.name, &current)?;
+        if scanned_all {
+            if stored_patterns.as_ref() != Some(&current) {
+                let (identity, current) = (self.identity.clone(), current.clone());
+                blocking(store, move |s| s.set_watch_set(&identity, &current)).await?;
+            }
+            self.forget_departed(store, listed).await?;
         }
         Ok(report)
+    }
+
+    /// Forgets the state of repositories that are no longer in the (complete) watch set, so that
+    /// the store does not grow as repositories churn and a repository watched again later is a
+    /// config edit, with a baseline, not a diff against a stale snapshot.
+    ///
+    /// A repository the patterns still select but the catalog no longer lists is forgotten only
+    /// once its own `tags/list` shows it gone (404, or no tags): a catalog cut short (a dropped
+    /// `Link`, eventual consistency) is no proof, and forgetting a live repository would re-emit
+    /// all its tags as news when the catalog recovers.
+    async fn forget_departed(
+        &self,
+        store: &Arc<dyn StateStore>,
+        mut listed: BTreeSet<String>,
+    ) -> Result<(), StoreError> {
+        let before = self.listed.lock().expect("listed lock").take();
+        let departed: Vec<String> = match before {
+            Some(before) => before.difference(&listed).cloned().collect(),
+            None => {
+                let identity = self.identity.clone();
+                blocking(store, move |s| s.repositories(&identity))
+                    .await?
+                    .into_iter()
+                    .filter(|r| !listed.contains(r))
+                    .collect()
+            }
+        };
+        let (unlisted, deselected): (Vec<String>, Vec<String>) = departed
+            .into_iter()
+            .partition(|r| self.config.repositories.iter().any(|p| p.matches(r)));
+        let confirmed: Vec<(String, bool)> = stream::iter(unlisted)
+            .map(|repo| async move {
+                let gone = match self.registry.list_tags(&repo).await {
+                    Ok(tags) => tags.is_empty(),
+                    Err(RegistryError::NotFound(_)) => true,
+                    Err(_) => false,
+                };
+                (repo, gone)
+            })
+            .buffer_unordered(self.config.concurrency)
+            .collect()
+            .await;
+        let mut forget = deselected;
+        for (repo, gone) in confirmed {
+            if gone {
+                forget.push(repo);
+            } else {
+                // Still there: keep it, and look again after the next complete listing.
+                listed.insert(repo);
+            }
+        }
+        if !forget.is_empty() {
+            tracing::info!(registry = %self.config.name, repositories = forget.len(), first = %forget[0], "forgetting repositories that left the watch set");
+            let identity = self.identity.clone();
+            blocking(store, move |s| s.forget_repositories(&identity, &forget)).await?;
+        }
+        *self.listed.lock().expect("listed lock") = Some(listed);
+        Ok(())
     }
 
     /// Whether the first scan of a repository the store has never seen emits its tags: only if
@@ -255,22 +355,43 @@ impl Scanner {
         output: &Output,
     ) -> Result<RepoOutcome, ScanError> {
         let stored = match output.store() {
-            Some(store) => store.repo_state(&self.config.name, repo)?,
+            Some(store) => store.repo_state(&self.identity, repo)?,
             None => None,
         };
         let first_seen = stored.is_none();
         let state = stored.unwrap_or_else(|| RepoState::Pending {
             emit: self.first_scan_emits(repo, previous_watch_set),
+            revision: fresh_revision(),
         });
         let result = self.scan_known(repo, state.clone(), output).await;
-        // A first scan that failed keeps its decision for the next try.
+        // A first scan that failed keeps its decision (and revision) for the next try.
         if first_seen
             && result.is_err()
-            && let (Output::Commit { store, .. }, RepoState::Pending { emit }) = (output, state)
+            && let (Output::Commit { store, .. }, RepoState::Pending { emit, revision }) =
+                (output, state)
         {
-            store.record_pending(&self.config.name, repo, emit)?;
+            let (identity, repo) = (self.identity.clone(), repo.to_owned());
+            blocking(store, move |s| {
+                s.record_pending(&identity, &repo, emit, revision)
+            })
+            .await?;
         }
         result
+    }
+
+    /// Whether a 404 on `tags/list` means "no tags" rather than a failed scan: for a repository
+    /// known to be empty, or named in `repositories` (it may not exist yet; once it does, its
+    /// tags are news). A repository the catalog listed but whose tags 404 is a registry glitch
+    /// (eventual consistency, a deletion in progress): failing keeps its first-scan decision.
+    fn absent_means_empty(&self, repo: &str, previous: Option<&Snapshot>, was_known: bool) -> bool {
+        if was_known {
+            previous.is_some_and(|p| p.tags.is_empty())
+        } else {
+            self.config
+                .repositories
+                .iter()
+                .any(|p| matches!(p, RepoPattern::Exact(name) if name == repo))
+        }
     }
 
     /// Scans one repository whose state (stored, or just decided) is `state`.
@@ -280,18 +401,33 @@ impl Scanner {
         state: RepoState,
         output: &Output,
     ) -> Result<RepoOutcome, ScanError> {
-        let (previous, was_known) = match state {
-            RepoState::Known(s) => (Some(s), true),
-            RepoState::Pending { emit: true } => (Some(Snapshot::default()), false),
-            RepoState::Pending { emit: false } => (None, false),
+        // The revision the changes are diffed against; the commit stores the next one.
+        let (previous, revision, was_known) = match state {
+            RepoState::Known(s) => {
+                let revision = s.revision;
+                (Some(s), revision, true)
+            }
+            RepoState::Pending {
+                emit: true,
+                revision,
+            } => (
+                Some(Snapshot {
+                    revision,
+                    ..Snapshot::default()
+                }),
+                revision,
+                false,
+            ),
+            RepoState::Pending {
+                emit: false,
+                revision,
+            } => (None, revision, false),
         };
 
         let mut listing = match self.registry.list_tags(repo).await {
             Ok(tags) => tags,
-            // A repository that does not exist (yet) is empty, unless we remember tags in it: then a
-            // 404 is more likely a glitch than a deletion, and deletions need a positive listing.
             Err(RegistryError::NotFound(_))
-                if previous.as_ref().is_none_or(|p| p.tags.is_empty()) =>
+                if self.absent_means_empty(repo, previous.as_ref(), was_known) =>
             {
                 Vec::new()
             }
@@ -312,20 +448,26 @@ impl Scanner {
             listing[i].digest = Some(d);
         }
 
-        let outcome = diff::diff(
+        let mut outcome = diff::diff(
             previous.as_ref(),
             listing,
             &self.config.tags,
             self.emit_removed,
         );
-        if was_known && outcome.changes.is_empty() && previous.as_ref() == Some(&outcome.snapshot) {
+        if was_known
+            && outcome.changes.is_empty()
+            && previous.as_ref().map(|p| &p.tags) == Some(&outcome.snapshot.tags)
+        {
             return Ok(RepoOutcome {
                 events: 0,
                 digest_lookups: lookups,
+                baseline_tags: None,
             });
         }
+        outcome.snapshot.revision = revision + 1;
         let origin = Origin {
             registry: &self.config.name,
+            identity: &self.identity,
             kind: self.config.kind,
             host: &self.config.host,
             repository: repo,
@@ -334,12 +476,19 @@ impl Scanner {
         let events: Vec<Event> = outcome
             .changes
             .iter()
-            .map(|c| event::build(origin, c, now))
+            .map(|c| event::build(origin, c, revision, now))
             .collect();
+        let event_count = events.len();
+        let baseline_tags = previous.is_none().then_some(outcome.snapshot.tags.len());
         match output {
             Output::Commit { store, published } => {
-                store.commit_scan(&self.config.name, repo, &outcome.snapshot, &events)?;
-                if !events.is_empty() {
+                let (identity, name, snapshot) =
+                    (self.identity.clone(), repo.to_owned(), outcome.snapshot);
+                blocking(store, move |s| {
+                    s.commit_scan(&identity, &name, &snapshot, &events)
+                })
+                .await?;
+                if event_count > 0 {
                     published.notify_one();
                 }
                 for c in &outcome.changes {
@@ -358,15 +507,16 @@ impl Scanner {
                 }
             }
         }
-        if previous.is_none() {
-            tracing::info!(registry = %self.config.name, repository = %repo, tags = outcome.snapshot.tags.len(), "baseline recorded");
+        if let Some(tags) = baseline_tags {
+            tracing::debug!(registry = %self.config.name, repository = %repo, tags, "baseline recorded");
         }
         for c in &outcome.changes {
             tracing::info!(registry = %self.config.name, repository = %repo, tag = %c.tag, change = c.kind.event_type(), "change detected");
         }
         Ok(RepoOutcome {
-            events: events.len(),
+            events: event_count,
             digest_lookups: lookups,
+            baseline_tags,
         })
     }
 }

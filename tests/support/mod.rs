@@ -29,7 +29,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The path of a required tool, or a loud failure that says how to install it.
+/// The path of a required tool, or a loud failure that says how to install it. Besides PATH, it
+/// looks where scripts/setup.sh installs: ~/.cargo/bin (Tansu) and target/venv/bin (moto).
 pub fn require(binary: &str, install: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -38,9 +39,13 @@ pub fn require(binary: &str, install: &str) -> PathBuf {
     });
     let home_cargo =
         std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin").join(binary));
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/venv/bin")
+        .join(binary);
     found
         .or(home_cargo.filter(|p| p.is_file()))
-        .unwrap_or_else(|| panic!("`{binary}` is required by this test but was not found on PATH; install it with: {install}"))
+        .or(Some(venv).filter(|p| p.is_file()))
+        .unwrap_or_else(|| panic!("`{binary}` is required by this test but was not found on PATH, in ~/.cargo/bin or in target/venv/bin; install it with: {install} (scripts/setup.sh installs every tool the suite needs)"))
 }
 
 fn wait_for_port(port: u16, child: &mut Child, what: &str) {

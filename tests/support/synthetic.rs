@@ -58,6 +58,9 @@ pub struct Synthetic {
     pub authorization_seen: Mutex<Vec<Option<String>>>,
     /// Answer tags/list as Google does, with a digest → {tag, timeUploadedMs} map.
     pub google_manifest: Mutex<bool>,
+    /// Repositories the catalog lists but whose tags/list answers 404, as ECR and GCR do for a
+    /// while after a repository is created, and distribution while one is being deleted.
+    pub tags_not_found: Mutex<std::collections::BTreeSet<String>>,
     /// The token realm challenges name; `http://{host}/token` when unset.
     pub realm: Mutex<Option<String>>,
 }
@@ -239,6 +242,9 @@ async fn handle(
     };
     if let Some(repo) = rest.strip_suffix("/tags/list") {
         state.tags_requests.fetch_add(1, Ordering::Relaxed);
+        if state.tags_not_found.lock().unwrap().contains(repo) {
+            return status(StatusCode::NOT_FOUND);
+        }
         let repos = state.repos.lock().unwrap();
         let Some(tags) = repos.get(repo) else {
             return status(StatusCode::NOT_FOUND);

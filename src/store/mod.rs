@@ -1,0 +1,145 @@
+//! Where regwatch keeps what it knows: per-repository snapshots, per-registry watch sets, and the
+//! outbox of events not yet acknowledged by the sink.
+//!
+//! State is keyed by a registry's [`identity`], never by its display name, so that pointing a
+//! name at another registry takes a new baseline instead of diffing two registries. The scanner
+//! sees only the [`StateStore`] trait; [`Store`] (redb, single node) implements it, and cluster
+//! mode can implement it on Kafka.
+
+mod redb;
+
+use std::path::PathBuf;
+
+use crate::config::{Provider, RegistryConfig};
+use crate::event::Event;
+use crate::watch::diff::Snapshot;
+
+pub use self::redb::{FILE_NAME, Store};
+
+/// What the store knows of one repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepoState {
+    /// Seen in a listing but not yet scanned successfully; `emit` says whether its tags are news
+    /// (it appeared after the baseline) or a baseline (first run, or added by a config change).
+    Pending {
+        /// Emit its tags as added on the first successful scan.
+        emit: bool,
+        /// The revision the first scan diffs against, kept so that a retried first scan gives
+        /// its events the same ids.
+        revision: u64,
+    },
+    /// The last complete listing, with its revision.
+    Known(Snapshot),
+}
+
+/// A store failure, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The state directory or file cannot be created or opened.
+    #[error("cannot open state store {path}: {reason}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The file is damaged.
+    #[error(
+        "state store {path} is corrupted ({reason}); stop regwatch and move the file aside to rebuild it: \
+         the next scan takes a fresh baseline and emits nothing for what is already there"
+    )]
+    Corrupted {
+        /// The file.
+        path: PathBuf,
+        /// What redb reported.
+        reason: String,
+    },
+    /// Reading or writing failed (disk full, I/O error, bad record).
+    #[error("state store I/O failed: {0}")]
+    Io(String),
+}
+
+/// The state a scanner reads and commits. `registry` is always a registry [`identity`].
+pub trait StateStore: Send + Sync {
+    /// What the store knows of `registry`/`repository`.
+    fn repo_state(&self, registry: &str, repository: &str)
+    -> Result<Option<RepoState>, StoreError>;
+    /// The `repositories` patterns of `registry`'s last complete listing, if it ever had one.
+    fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError>;
+    /// Records the `repositories` patterns of a complete listing of `registry`.
+    fn set_watch_set(&self, registry: &str, patterns: &[String]) -> Result<(), StoreError>;
+    /// Remembers a first scan's decision (emit or baseline, and its revision) after it failed,
+    /// so a later watch-set change cannot turn it around.
+    fn record_pending(
+        &self,
+        registry: &str,
+        repository: &str,
+        emit: bool,
+        revision: u64,
+    ) -> Result<(), StoreError>;
+    /// Stores a repository's new snapshot and appends its events to the outbox, atomically.
+    fn commit_scan(
+        &self,
+        registry: &str,
+        repository: &str,
+        snapshot: &Snapshot,
+        events: &[Event],
+    ) -> Result<(), StoreError>;
+    /// Every repository of `registry` the store holds state for.
+    fn repositories(&self, registry: &str) -> Result<Vec<String>, StoreError>;
+    /// Drops the state of repositories that left `registry`'s watch set.
+    fn forget_repositories(
+        &self,
+        registry: &str,
+        repositories: &[String],
+    ) -> Result<(), StoreError>;
+}
+
+/// The identity state is keyed by: the normalised URL, plus the account and region for ECR and
+/// the project for GCR (one URL serves many of those).
+pub fn identity(config: &RegistryConfig) -> String {
+    let url = &config.url;
+    let mut id = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        id.push_str(&format!(":{port}"));
+    }
+    id.push_str(url.path().trim_end_matches('/'));
+    match &config.provider {
+        Provider::Distribution => {}
+        Provider::Ecr(ecr) => id.push_str(&format!("#ecr={}/{}", ecr.registry_id, ecr.region)),
+        Provider::Gcr(gcr) => id.push_str(&format!("#project={}", gcr.project_id)),
+    }
+    id
+}
+
+/// A revision counter start that no earlier life of the same repository used: the current time in
+/// microseconds. A repository forgotten and watched again later so never reuses an event id.
+pub fn fresh_revision() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(text: &str) -> RegistryConfig {
+        crate::config::parse(text).unwrap().registries.remove(0)
+    }
+
+    #[test]
+    fn identity_follows_the_registry_not_the_name() {
+        let a = one(
+            "[[registry]]\nname = \"x\"\nkind = \"oci\"\nurl = \"HTTPS://Reg.Example.com:443/\"\n",
+        );
+        let b =
+            one("[[registry]]\nname = \"y\"\nkind = \"oci\"\nurl = \"https://reg.example.com\"\n");
+        let c = one(
+            "[[registry]]\nname = \"x\"\nkind = \"oci\"\nurl = \"https://other.example.com\"\n",
+        );
+        assert_eq!(identity(&a), "https://reg.example.com");
+        assert_eq!(identity(&a), identity(&b), "a rename keeps the state");
+        assert_ne!(identity(&a), identity(&c), "a new URL is a new registry");
+    }
+}

@@ -1,0 +1,593 @@
+//! The embedded ACID store (redb) in `state_dir`, single-node mode. Every byte on disk is written
+//! here: snapshots keyed by `identity \0 repository`, watch sets and display names keyed by
+//! identity, and the outbox.
+//!
+//! Schema 2 keys state by registry identity. A file written by schema 1 (keyed by registry name)
+//! is migrated by [`Store::adopt_registries`], which knows the names' identities: no baseline, no
+//! events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::{RepoState, StateStore, StoreError};
+use crate::event::Event;
+use crate::watch::diff::Snapshot;
+
+/// `identity \0 repository` → encoded [`RepoState`].
+const REPOS: TableDefinition<&str, &[u8]> = TableDefinition::new("repos");
+/// `identity` → JSON list of the `repositories` patterns of its last completed listing.
+const WATCH_SETS: TableDefinition<&str, &[u8]> = TableDefinition::new("watch_sets");
+/// `identity` → the registry's display name, to say what is forgotten when it leaves the config.
+const REGISTRIES: TableDefinition<&str, &str> = TableDefinition::new("registries");
+/// `"schema"` → the layout version of this file.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// sequence number → JSON [`Event`], oldest first.
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+
+/// The layout this code writes.
+const SCHEMA: u64 = 2;
+
+/// The file inside `state_dir`.
+pub const FILE_NAME: &str = "regwatch.redb";
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// The embedded store.
+pub struct Store {
+    db: Database,
+}
+
+fn repo_key(registry: &str, repository: &str) -> String {
+    format!("{registry}\0{repository}")
+}
+
+/// The key range holding every repository of `registry` (`\0` separates, `\x01` sorts after it).
+fn registry_range(registry: &str) -> (String, String) {
+    (format!("{registry}\0"), format!("{registry}\x01"))
+}
+
+// Encoding of RepoState. Schema 2: `P` + emit byte + revision, or `K` + revision + JSON list of
+// [tag, digest] pairs (revisions big-endian u64). Schema 1 had `b`/`e` (pending baseline/emit)
+// and `k` + JSON, with no revision.
+const PENDING: u8 = b'P';
+const KNOWN: u8 = b'K';
+
+fn encode_state(state: &RepoState) -> Vec<u8> {
+    match state {
+        RepoState::Pending { emit, revision } => {
+            let mut out = vec![PENDING, u8::from(*emit)];
+            out.extend_from_slice(&revision.to_be_bytes());
+            out
+        }
+        RepoState::Known(s) => {
+            let mut out = vec![KNOWN];
+            out.extend_from_slice(&s.revision.to_be_bytes());
+            serde_json::to_writer(&mut out, &s.tags).expect("snapshot serializes");
+            out
+        }
+    }
+}
+
+fn decode_state(bytes: &[u8]) -> Result<RepoState, StoreError> {
+    let bad = || StoreError::Io("unknown repository record".into());
+    let revision = |b: &[u8]| -> Result<u64, StoreError> {
+        Ok(u64::from_be_bytes(
+            b.get(..8).ok_or_else(bad)?.try_into().expect("8 bytes"),
+        ))
+    };
+    match bytes.split_first() {
+        Some((&PENDING, [emit @ (0 | 1), rest @ ..])) if rest.len() == 8 => {
+            Ok(RepoState::Pending {
+                emit: *emit == 1,
+                revision: revision(rest)?,
+            })
+        }
+        Some((&KNOWN, rest)) if rest.len() >= 8 => serde_json::from_slice(&rest[8..])
+            .map(|tags| {
+                RepoState::Known(Snapshot {
+                    tags,
+                    revision: revision(rest).expect("8 bytes"),
+                })
+            })
+            .map_err(|e| StoreError::Io(format!("undecodable snapshot record: {e}"))),
+        _ => Err(bad()),
+    }
+}
+
+/// Reads a schema-1 record, giving it `revision` (schema 1 kept none).
+fn decode_v1(bytes: &[u8], revision: u64) -> Result<RepoState, StoreError> {
+    match bytes.split_first() {
+        Some((b'b', [])) => Ok(RepoState::Pending {
+            emit: false,
+            revision,
+        }),
+        Some((b'e', [])) => Ok(RepoState::Pending {
+            emit: true,
+            revision,
+        }),
+        Some((b'k', json)) => serde_json::from_slice(json)
+            .map(|tags| RepoState::Known(Snapshot { tags, revision }))
+            .map_err(|e| StoreError::Io(format!("undecodable schema-1 snapshot record: {e}"))),
+        _ => Err(StoreError::Io("unknown schema-1 repository record".into())),
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, with 0700 / 0600 permissions. A `dir` that
+    /// others may read is tightened to 0700 (snapshots name private repositories), or warned about
+    /// where that is not allowed.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join(FILE_NAME);
+        let open_err = |reason: String| StoreError::Open {
+            path: path.clone(),
+            reason,
+        };
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| open_err(format!("cannot create state_dir: {e}")))?;
+        private_dir(dir);
+        if !path.exists() {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| open_err(e.to_string()))?;
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| open_err(e.to_string()))?;
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
+                StoreError::Corrupted {
+                    path: path.clone(),
+                    reason,
+                }
+            }
+            // A file that is not a redb file at all (overwritten, truncated header) is corrupt too.
+            redb::DatabaseError::Storage(redb::StorageError::Io(e))
+                if e.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                StoreError::Corrupted {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+            }
+            redb::DatabaseError::DatabaseAlreadyOpen => open_err(
+                "already in use by another regwatch process (one state_dir per daemon)".into(),
+            ),
+            other => open_err(other.to_string()),
+        })?;
+        let store = Store { db };
+        // Create the tables up front so readers never meet a missing table. A file with no
+        // schema mark but with state was written by schema 1 and waits for adopt_registries.
+        let tx = store.db.begin_write().map_err(io)?;
+        {
+            let repos = tx.open_table(REPOS).map_err(io)?;
+            let sets = tx.open_table(WATCH_SETS).map_err(io)?;
+            tx.open_table(REGISTRIES).map_err(io)?;
+            tx.open_table(OUTBOX).map_err(io)?;
+            let mut meta = tx.open_table(META).map_err(io)?;
+            let fresh = repos.is_empty().map_err(io)? && sets.is_empty().map_err(io)?;
+            if meta.get("schema").map_err(io)?.is_none() && fresh {
+                meta.insert("schema", SCHEMA).map_err(io)?;
+            }
+        }
+        tx.commit().map_err(io)?;
+        Ok(store)
+    }
+
+    /// Makes the store belong to the configured registries, given as (identity, name): migrates a
+    /// schema-1 file (keyed by name) to identities and, with `forget_others`, forgets every
+    /// registry no longer configured, with one log line each.
+    pub fn adopt_registries(
+        &self,
+        registries: &[(String, String)],
+        forget_others: bool,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut meta = tx.open_table(META).map_err(io)?;
+            let mut repos = tx.open_table(REPOS).map_err(io)?;
+            let mut sets = tx.open_table(WATCH_SETS).map_err(io)?;
+            let mut names = tx.open_table(REGISTRIES).map_err(io)?;
+            if meta.get("schema").map_err(io)?.is_none() {
+                migrate_v1(&mut repos, &mut sets, registries)?;
+                meta.insert("schema", SCHEMA).map_err(io)?;
+            }
+            let configured: HashMap<&str, &str> = registries
+                .iter()
+                .map(|(id, name)| (id.as_str(), name.as_str()))
+                .collect();
+            let mut gone = Vec::new();
+            for entry in names.iter().map_err(io)? {
+                let (id, name) = entry.map_err(io)?;
+                if forget_others && !configured.contains_key(id.value()) {
+                    gone.push((id.value().to_owned(), name.value().to_owned()));
+                }
+            }
+            for (id, name) in gone {
+                let (from, to) = registry_range(&id);
+                let dropped = repos
+                    .extract_from_if(from.as_str()..to.as_str(), |_, _| true)
+                    .map_err(io)?
+                    .count();
+                sets.remove(id.as_str()).map_err(io)?;
+                names.remove(id.as_str()).map_err(io)?;
+                tracing::info!(registry = %name, identity = %id, repositories = dropped, "forgetting the state of a registry no longer configured");
+            }
+            for (id, name) in &configured {
+                names.insert(*id, *name).map_err(io)?;
+            }
+        }
+        tx.commit().map_err(io)
+    }
+
+    /// Up to `limit` pending events, oldest first, with their sequence numbers.
+    pub fn outbox_batch(&self, limit: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        let table = tx.open_table(OUTBOX).map_err(io)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(io)?.take(limit) {
+            let (k, v) = entry.map_err(io)?;
+            let event: Event = serde_json::from_slice(v.value()).map_err(io)?;
+            out.push((k.value(), event));
+        }
+        Ok(out)
+    }
+
+    /// Removes acknowledged events.
+    pub fn outbox_remove(&self, sequences: &[u64]) -> Result<(), StoreError> {
+        if sequences.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut table = tx.open_table(OUTBOX).map_err(io)?;
+            for seq in sequences {
+                table.remove(*seq).map_err(io)?;
+            }
+        }
+        tx.commit().map_err(io)
+    }
+
+    /// How many events wait in the outbox.
+    pub fn outbox_len(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        tx.open_table(OUTBOX).map_err(io)?.len().map_err(io)
+    }
+}
+
+/// Re-keys a schema-1 file from registry names to identities. Records of names no longer
+/// configured are dropped, with one log line per name; snapshots keep their tags, so the next scan
+/// diffs against them as before.
+fn migrate_v1(
+    repos: &mut redb::Table<&str, &[u8]>,
+    sets: &mut redb::Table<&str, &[u8]>,
+    registries: &[(String, String)],
+) -> Result<(), StoreError> {
+    let identity_of: HashMap<&str, &str> = registries
+        .iter()
+        .map(|(id, name)| (name.as_str(), id.as_str()))
+        .collect();
+    let old: Vec<(String, Vec<u8>)> = repos
+        .extract_if(|_, _| true)
+        .map_err(io)?
+        .map(|entry| entry.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    let revision = super::fresh_revision();
+    let mut moved = 0usize;
+    let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
+    for (key, value) in old {
+        let (name, repository) = key
+            .split_once('\0')
+            .ok_or_else(|| StoreError::Io("schema-1 key without a registry".into()))?;
+        match identity_of.get(name) {
+            Some(id) => {
+                let state = encode_state(&decode_v1(&value, revision)?);
+                repos
+                    .insert(repo_key(id, repository).as_str(), state.as_slice())
+                    .map_err(io)?;
+                moved += 1;
+            }
+            None => *dropped.entry(name.to_owned()).or_default() += 1,
+        }
+    }
+    let old_sets: Vec<(String, Vec<u8>)> = sets
+        .extract_if(|_, _| true)
+        .map_err(io)?
+        .map(|entry| entry.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    for (name, patterns) in old_sets {
+        if let Some(id) = identity_of.get(name.as_str()) {
+            sets.insert(*id, patterns.as_slice()).map_err(io)?;
+        }
+    }
+    for (name, repositories) in dropped {
+        tracing::info!(registry = %name, repositories, "forgetting the state of a registry no longer configured");
+    }
+    tracing::info!(
+        repositories = moved,
+        "state file migrated to schema {SCHEMA} (keyed by registry identity)"
+    );
+    Ok(())
+}
+
+/// Tightens a state directory others can read to 0700, or says why it cannot.
+fn private_dir(dir: &Path) {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        Ok(()) => {
+            tracing::warn!(dir = %dir.display(), was = format!("{mode:o}"), "state_dir was readable by others; tightened to 0700")
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), error = %e, "state_dir is readable by others and cannot be tightened; make it 0700")
+        }
+    }
+}
+
+impl StateStore for Store {
+    fn repo_state(
+        &self,
+        registry: &str,
+        repository: &str,
+    ) -> Result<Option<RepoState>, StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        let table = tx.open_table(REPOS).map_err(io)?;
+        match table
+            .get(repo_key(registry, repository).as_str())
+            .map_err(io)?
+        {
+            Some(v) => decode_state(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        let table = tx.open_table(WATCH_SETS).map_err(io)?;
+        match table.get(registry).map_err(io)? {
+            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(io),
+            None => Ok(None),
+        }
+    }
+
+    fn set_watch_set(&self, registry: &str, patterns: &[String]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut sets = tx.open_table(WATCH_SETS).map_err(io)?;
+            let encoded = serde_json::to_vec(patterns).expect("patterns serialize");
+            sets.insert(registry, encoded.as_slice()).map_err(io)?;
+        }
+        tx.commit().map_err(io)
+    }
+
+    fn record_pending(
+        &self,
+        registry: &str,
+        repository: &str,
+        emit: bool,
+        revision: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut repos = tx.open_table(REPOS).map_err(io)?;
+            let state = encode_state(&RepoState::Pending { emit, revision });
+            repos
+                .insert(repo_key(registry, repository).as_str(), state.as_slice())
+                .map_err(io)?;
+        }
+        tx.commit().map_err(io)
+    }
+
+    fn commit_scan(
+        &self,
+        registry: &str,
+        repository: &str,
+        snapshot: &Snapshot,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut repos = tx.open_table(REPOS).map_err(io)?;
+            let state = encode_state(&RepoState::Known(snapshot.clone()));
+            repos
+                .insert(repo_key(registry, repository).as_str(), state.as_slice())
+                .map_err(io)?;
+            let mut outbox = tx.open_table(OUTBOX).map_err(io)?;
+            let first = outbox.last().map_err(io)?.map_or(0, |(k, _)| k.value() + 1);
+            for (seq, event) in (first..).zip(events) {
+                let encoded = serde_json::to_vec(event).expect("event serializes");
+                outbox.insert(seq, encoded.as_slice()).map_err(io)?;
+            }
+        }
+        tx.commit().map_err(io)
+    }
+
+    fn repositories(&self, registry: &str) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        let table = tx.open_table(REPOS).map_err(io)?;
+        let (from, to) = registry_range(registry);
+        let mut out = Vec::new();
+        for entry in table.range(from.as_str()..to.as_str()).map_err(io)? {
+            let (k, _) = entry.map_err(io)?;
+            out.push(k.value()[from.len()..].to_owned());
+        }
+        Ok(out)
+    }
+
+    fn forget_repositories(
+        &self,
+        registry: &str,
+        repositories: &[String],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut repos = tx.open_table(REPOS).map_err(io)?;
+            for repository in repositories {
+                repos
+                    .remove(repo_key(registry, repository).as_str())
+                    .map_err(io)?;
+            }
+        }
+        tx.commit().map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u32) -> Event {
+        Event {
+            id: format!("id{n}"),
+            key: "h/r".into(),
+            payload: format!("{{\"n\":{n}}}"),
+        }
+    }
+
+    #[test]
+    fn snapshot_and_outbox_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        {
+            let store = Store::open(&state_dir).unwrap();
+            assert_eq!(store.repo_state("r", "a").unwrap(), None);
+            store.set_watch_set("r", &["team/*".into()]).unwrap();
+            store.record_pending("r", "a", true, 7).unwrap();
+            assert_eq!(
+                store.repo_state("r", "a").unwrap(),
+                Some(RepoState::Pending {
+                    emit: true,
+                    revision: 7
+                })
+            );
+            let mut snap = Snapshot {
+                revision: 8,
+                ..Snapshot::default()
+            };
+            snap.tags.insert("v1".into(), Some("sha256:1".into()));
+            snap.tags.insert("v0".into(), None);
+            store
+                .commit_scan("r", "a", &snap, &[event(1), event(2)])
+                .unwrap();
+        }
+        let store = Store::open(&state_dir).unwrap();
+        let Some(RepoState::Known(snap)) = store.repo_state("r", "a").unwrap() else {
+            panic!()
+        };
+        assert_eq!((snap.tags.len(), snap.revision), (2, 8));
+        assert_eq!(
+            store.watch_set("r").unwrap(),
+            Some(vec!["team/*".to_string()])
+        );
+        let batch = store.outbox_batch(10).unwrap();
+        assert_eq!(
+            batch.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+            vec![event(1), event(2)]
+        );
+        store.outbox_remove(&[batch[0].0]).unwrap();
+        assert_eq!(store.outbox_len().unwrap(), 1);
+        // Sequence numbers keep rising past removed entries.
+        store.commit_scan("r", "a", &snap, &[event(3)]).unwrap();
+        let ids: Vec<String> = store
+            .outbox_batch(10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.id)
+            .collect();
+        assert_eq!(ids, vec!["id2", "id3"]);
+    }
+
+    #[test]
+    fn files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("s");
+        Store::open(&state_dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state_dir), 0o700);
+        assert_eq!(mode(&state_dir.join(FILE_NAME)), 0o600);
+    }
+
+    #[test]
+    fn an_existing_state_dir_readable_by_others_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("s");
+        std::fs::create_dir(&state_dir).unwrap();
+        std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Store::open(&state_dir).unwrap();
+        let mode = std::fs::metadata(&state_dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn registries_no_longer_configured_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let both = [
+            ("id-a".to_string(), "a".to_string()),
+            ("id-b".into(), "b".into()),
+        ];
+        store.adopt_registries(&both, true).unwrap();
+        for id in ["id-a", "id-b"] {
+            store.set_watch_set(id, &["x/*".into()]).unwrap();
+            store
+                .commit_scan(id, "x/one", &Snapshot::default(), &[])
+                .unwrap();
+            store.record_pending(id, "x/two", false, 1).unwrap();
+        }
+        store.adopt_registries(&both[..1], false).unwrap();
+        assert_eq!(
+            store.repositories("id-b").unwrap().len(),
+            2,
+            "kept without forget_others"
+        );
+        store.adopt_registries(&both[..1], true).unwrap();
+        assert_eq!(store.repositories("id-a").unwrap(), vec!["x/one", "x/two"]);
+        assert_eq!(store.repositories("id-b").unwrap(), Vec::<String>::new());
+        assert_eq!(store.watch_set("id-b").unwrap(), None);
+        store
+            .forget_repositories("id-a", &["x/two".into()])
+            .unwrap();
+        assert_eq!(store.repositories("id-a").unwrap(), vec!["x/one"]);
+    }
+
+    #[test]
+    fn garbage_file_is_reported_as_corrupt_or_unopenable() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), vec![0xAB; 8192]).unwrap();
+        let err = Store::open(dir.path())
+            .err()
+            .expect("garbage must not open");
+        let text = err.to_string();
+        assert!(text.contains(FILE_NAME), "{text}");
+    }
+
+    #[test]
+    fn second_open_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path())
+            .err()
+            .expect("second open must fail");
+        assert!(
+            err.to_string().contains("another regwatch process"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,485 @@
+//! What regwatch remembers, and the events it derives from it, against registries with real-world
+//! quirks: a 404 on a listed repository, a registry URL changed under the same name, repositories
+//! leaving and re-entering the watch set, churn, a tag moving back and forth, and a state file
+//! written by schema 1 (the release before registry identities).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use regwatch::config::{self, FirstRun};
+use regwatch::store::{RepoState, StateStore, Store};
+use regwatch::watch::scan::{Output, Scanner};
+use support::report;
+use support::synthetic::{Synthetic, serve};
+use tokio::sync::Notify;
+
+fn registry(name: &str, host: &str, repos: &str, extra: &str) -> config::RegistryConfig {
+    let text = format!(
+        "[[registry]]\nname = \"{name}\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrate_limit = 10000\nrepositories = [{repos}]\n{extra}\n"
+    );
+    config::parse(&text).unwrap().registries.remove(0)
+}
+
+fn scanner(cfg: &config::RegistryConfig, emit_removed: bool) -> Scanner {
+    Scanner::new(cfg, FirstRun::Baseline, emit_removed).unwrap()
+}
+
+fn commit(store: &Arc<Store>) -> Output {
+    Output::Commit {
+        store: store.clone(),
+        published: Arc::new(Notify::new()),
+    }
+}
+
+/// The outbox as (type, tag, digest, id), oldest first.
+fn outbox(store: &Store) -> Vec<(String, String, String, String)> {
+    store
+        .outbox_batch(10_000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| {
+            let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+            (
+                v["type"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("io.regwatch.")
+                    .to_owned(),
+                v["data"]["tag"].as_str().unwrap().to_owned(),
+                v["data"]["digest"].as_str().unwrap_or("").to_owned(),
+                e.id,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_404_on_a_listed_repositorys_first_scan_is_a_failure_not_an_empty_baseline() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/a", "v1", 0);
+    for t in ["v1", "v2", "v3"] {
+        state.put("team/b", t, 0);
+    }
+    state.tags_not_found.lock().unwrap().insert("team/b".into());
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    // infra/later is named, and does not exist yet: once it appears, its tags are news.
+    let cfg = registry("syn", &host, "\"team/*\", \"infra/later\"", "");
+    let s = scanner(&cfg, false);
+
+    let first = s.cycle(&commit(&store), || false).await.unwrap();
+    assert_eq!(
+        (first.failed, first.events),
+        (1, 0),
+        "team/b's 404 is a failed scan"
+    );
+    assert!(
+        matches!(
+            store.repo_state(&s.identity, "team/b").unwrap(),
+            Some(RepoState::Pending { emit: false, .. })
+        ),
+        "the baseline decision waits for a scan that works"
+    );
+
+    // The registry settles: team/b's first successful scan is still the baseline.
+    state.tags_not_found.lock().unwrap().clear();
+    let settled = s.cycle(&commit(&store), || false).await.unwrap();
+    assert_eq!(settled.failed, 0);
+    let phantom = store.outbox_len().unwrap();
+    report(
+        "404 on a listed repository's first scan, then cleared: events",
+        phantom,
+        "0",
+    );
+    assert_eq!(
+        phantom, 0,
+        "the existing tags of team/b are a baseline, not news"
+    );
+
+    state.put("infra/later", "v1", 0);
+    s.cycle(&commit(&store), || false).await.unwrap();
+    let added: Vec<_> = outbox(&store)
+        .into_iter()
+        .map(|(k, t, _, _)| (k, t))
+        .collect();
+    assert_eq!(added, vec![("tag.added".to_string(), "v1".to_string())]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_url_under_the_same_name_takes_its_own_baseline() {
+    let old = Arc::new(Synthetic::default());
+    for t in ["v1", "v2"] {
+        old.put("team/app", t, 0);
+    }
+    let new = Arc::new(Synthetic::default());
+    for t in ["x1", "x2", "x3"] {
+        new.put("team/app", t, 1);
+    }
+    let (old_host, new_host) = (serve(old).await, serve(new).await);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let before = registry("syn", &old_host, "\"team/*\"", "");
+    let s = scanner(&before, true);
+    // As the daemon does at start and on reload: the store belongs to the configured registries.
+    store
+        .adopt_registries(&[(s.identity.clone(), "syn".into())], true)
+        .unwrap();
+    s.cycle(&commit(&store), || false).await.unwrap();
+
+    let after = registry("syn", &new_host, "\"team/*\"", "");
+    let s2 = scanner(&after, true);
+    assert_ne!(s.identity, s2.identity);
+    store
+        .adopt_registries(&[(s2.identity.clone(), "syn".into())], true)
+        .unwrap();
+    let cycle = s2.cycle(&commit(&store), || false).await.unwrap();
+    report(
+        "registry url changed under the same name: events",
+        cycle.events,
+        "0 (new baseline)",
+    );
+    assert_eq!(cycle.events, 0, "{:?}", outbox(&store));
+    assert!(
+        store.repositories(&s.identity).unwrap().is_empty(),
+        "the old registry's state is forgotten"
+    );
+    assert_eq!(store.watch_set(&s.identity).unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_dropped_from_the_config_and_added_back_gets_a_baseline() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/app", "v1", 0);
+    state.put("infra/db", "15.1", 0);
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let both = registry("syn", &host, "\"team/app\", \"infra/db\"", "");
+    let one = registry("syn", &host, "\"team/app\"", "");
+    scanner(&both, false)
+        .cycle(&commit(&store), || false)
+        .await
+        .unwrap();
+
+    let s = scanner(&one, false);
+    s.cycle(&commit(&store), || false).await.unwrap();
+    assert_eq!(
+        store.repositories(&s.identity).unwrap(),
+        vec!["team/app"],
+        "infra/db left the watch set and is forgotten"
+    );
+
+    // Months later, infra/db has moved on and the config watches it again: a config edit.
+    state.put("infra/db", "15.2", 0);
+    state.put("infra/db", "16.0", 0);
+    let back = scanner(&both, false)
+        .cycle(&commit(&store), || false)
+        .await
+        .unwrap();
+    report(
+        "repository dropped from the config and added back: events",
+        back.events,
+        "0 (baseline)",
+    );
+    assert_eq!(back.events, 0, "{:?}", outbox(&store));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_does_not_grow_as_repositories_churn() {
+    let state = Arc::new(Synthetic::default());
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let cfg = registry("syn", &host, "\"ci/*\"", "");
+    let s = scanner(&cfg, false);
+    let mut most = 0;
+    for round in 0..40 {
+        // Each round a CI job creates a repository and deletes the one before last.
+        state.put(&format!("ci/job{round:03}"), "v1", 0);
+        if round >= 2 {
+            state
+                .repos
+                .lock()
+                .unwrap()
+                .remove(&format!("ci/job{:03}", round - 2));
+        }
+        let cycle = s.cycle(&commit(&store), || false).await.unwrap();
+        assert_eq!(cycle.failed, 0);
+        most = most.max(store.repositories(&s.identity).unwrap().len());
+    }
+    let held: BTreeSet<String> = store
+        .repositories(&s.identity)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let listed: BTreeSet<String> = state.repos.lock().unwrap().keys().cloned().collect();
+    report(
+        "40 repositories churned through a glob: most repositories held in the store",
+        most,
+        "≤ 2",
+    );
+    assert_eq!(held, listed, "the store holds exactly the watch set");
+    assert!(most <= 2, "{most}");
+    // A fresh scanner (a restart) forgets what left while it was not running, too.
+    state.repos.lock().unwrap().clear();
+    state.put("ci/after-restart", "v1", 0);
+    scanner(&cfg, false)
+        .cycle(&commit(&store), || false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.repositories(&s.identity).unwrap(),
+        vec!["ci/after-restart"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn distinct_detections_get_distinct_ids_and_a_lost_commit_repeats_them() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/app", "latest", 0);
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let cfg = registry("syn", &host, "\"team/app\"", "mutable_tags = [\"latest\"]");
+    let s = scanner(&cfg, true);
+    let cycle = |store: &Arc<Store>| {
+        let output = commit(store);
+        let s = &s;
+        async move { s.cycle(&output, || false).await.unwrap() }
+    };
+    {
+        let store = Arc::new(Store::open(&state_dir).unwrap());
+        cycle(&store).await; // baseline: latest = A
+        for version in [1, 0, 1] {
+            state.put("team/app", "latest", version); // A→B, B→A, A→B
+            assert_eq!(cycle(&store).await.events, 1);
+        }
+        // A tag removed, then pushed again at the same digest.
+        state.put("team/app", "v9", 0);
+        cycle(&store).await;
+        state
+            .repos
+            .lock()
+            .unwrap()
+            .get_mut("team/app")
+            .unwrap()
+            .remove("v9");
+        cycle(&store).await;
+        state.put("team/app", "v9", 0);
+        cycle(&store).await;
+        let events = outbox(&store);
+        let ids = |kind: &str, tag: &str| -> Vec<String> {
+            events
+                .iter()
+                .filter(|(k, t, _, _)| k == kind && t == tag)
+                .map(|(_, _, _, id)| id.clone())
+                .collect()
+        };
+        let updates = ids("tag.updated", "latest");
+        assert_eq!(updates.len(), 3);
+        assert_eq!(events[0].2, events[2].2, "both A→B moves carry digest B");
+        let adds = ids("tag.added", "v9");
+        assert_eq!(adds.len(), 2);
+        let distinct: BTreeSet<&String> = events.iter().map(|e| &e.3).collect();
+        report(
+            "latest A→B→A→B and v9 added, removed, re-added: distinct ids",
+            format!("{}/{}", distinct.len(), events.len()),
+            "all distinct",
+        );
+        assert_ne!(
+            updates[0], updates[2],
+            "the roll-forward would be dropped as a duplicate"
+        );
+        assert_ne!(adds[0], adds[1]);
+        assert_eq!(distinct.len(), events.len());
+    }
+
+    // A crash that loses a commit: the change is detected again, against the same revision,
+    // with the same id (and a redelivery from the outbox carries the id it was stored with).
+    let saved = dir.path().join("saved.redb");
+    let file = state_dir.join(regwatch::store::FILE_NAME);
+    std::fs::copy(&file, &saved).unwrap();
+    state.put("team/app", "latest", 2);
+    let first = {
+        let store = Arc::new(Store::open(&state_dir).unwrap());
+        let before = store.outbox_len().unwrap() as usize;
+        cycle(&store).await;
+        outbox(&store).split_off(before)
+    };
+    std::fs::copy(&saved, &file).unwrap();
+    let again = {
+        let store = Arc::new(Store::open(&state_dir).unwrap());
+        let before = store.outbox_len().unwrap() as usize;
+        cycle(&store).await;
+        outbox(&store).split_off(before)
+    };
+    assert_eq!(first.len(), 1);
+    report(
+        "change re-detected after a lost commit: same id",
+        first == again,
+        "true",
+    );
+    assert_eq!(first, again);
+}
+
+/// A copy of the schema-1 state file in `tests/fixtures/`, written by the release before registry
+/// identities: registry `syn` watching `team/*` and `infra/db`, with `latest` mutable, after a
+/// baseline of team/app (v1, v2, latest), team/web (v1) and infra/db (15), then a cycle that found
+/// team/app:v3, whose event still waits in the outbox. Digests are `synthetic::digest_of(.., 0)`.
+fn schema_1_state(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema1.redb");
+    std::fs::copy(fixture, dir.join(regwatch::store::FILE_NAME)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_1_state_file_migrates_without_baseline_or_events() {
+    let state = Arc::new(Synthetic::default());
+    for t in ["v1", "v2", "v3", "latest"] {
+        state.put("team/app", t, 0);
+    }
+    state.put("team/web", "v1", 0);
+    state.put("infra/db", "15", 0);
+    let host = serve(state.clone()).await;
+    let setup = support::Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"syn\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\", \"infra/db\"]\nmutable_tags = [\"latest\"]\n"
+        ),
+    );
+    schema_1_state(&setup.dir.path().join("state"));
+    let run = |setup: &support::Setup| {
+        let (code, out, err) = setup.regwatch(&["once"]);
+        assert_eq!(code, 0, "{err}");
+        (support::json_lines(&out), err)
+    };
+    let (events, err) = tokio::task::block_in_place(|| run(&setup));
+    // Only the event schema 1 left in the outbox, delivered as it was stored.
+    let summary: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().into(),
+                e["data"]["tag"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    report(
+        "schema-1 state file migrated: new events on first run",
+        summary.len().saturating_sub(1),
+        "0",
+    );
+    assert_eq!(
+        summary,
+        vec![("io.regwatch.tag.added".to_string(), "v3".to_string())],
+        "{err}"
+    );
+    assert!(err.contains("migrated"), "{err}");
+    assert!(!err.contains("baseline recorded"), "no new baseline: {err}");
+
+    // The watch set migrated too: a repository that appears now is news, not a baseline.
+    state.put("team/new", "v1", 0);
+    state.put("team/app", "latest", 1);
+    let (events, err) = tokio::task::block_in_place(|| run(&setup));
+    let mut summary: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().into(),
+                e["data"]["repository"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    summary.sort();
+    assert_eq!(
+        summary,
+        vec![
+            ("io.regwatch.tag.added".to_string(), "team/new".to_string()),
+            (
+                "io.regwatch.tag.updated".to_string(),
+                "team/app".to_string()
+            ),
+        ],
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_baseline_logs_one_summary_line_per_registry_at_info() {
+    let state = Arc::new(Synthetic::default());
+    for i in 0..60 {
+        state.put(&format!("team/r{i:02}"), "v1", 0);
+    }
+    let host = serve(state.clone()).await;
+    let setup = support::Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"syn\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrate_limit = 10000\nrepositories = [\"team/*\"]\n"
+        ),
+    );
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["once", "-c"])
+            .arg(&setup.config)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines = stderr
+        .lines()
+        .filter(|l| l.contains("baseline recorded"))
+        .count();
+    report(
+        "baseline of 60 repositories: INFO lines about it",
+        lines,
+        "1",
+    );
+    assert_eq!(lines, 1, "{stderr}");
+    assert!(stderr.contains("repositories=60"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_catalog_that_omits_a_repository_is_not_proof_that_it_is_gone() {
+    // The catalog sent Link once, so a full page without one is believed to be the last. A proxy
+    // or a registry that then drops Link truncates the catalog: the repositories it omits still
+    // exist, and forgetting them would re-emit all their tags as news once the catalog recovers.
+    let state = Arc::new(Synthetic::default());
+    for r in ["team/a", "team/b", "team/c", "team/d", "team/e"] {
+        state.put(r, "v1", 0);
+    }
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let cfg = registry("syn", &host, "\"team/*\"", "page_size = 2");
+    let s = scanner(&cfg, false);
+    s.cycle(&commit(&store), || false).await.unwrap();
+
+    *state.quirk.lock().unwrap() = support::synthetic::Quirk::NoLink;
+    let truncated = s.cycle(&commit(&store), || false).await.unwrap();
+    assert_eq!(
+        truncated.repositories, 2,
+        "the catalog was cut to its first page"
+    );
+    *state.quirk.lock().unwrap() = support::synthetic::Quirk::None;
+    let recovered = s.cycle(&commit(&store), || false).await.unwrap();
+    report(
+        "catalog truncated by a dropped Link, then whole again: events",
+        recovered.events,
+        "0",
+    );
+    assert_eq!(recovered.events, 0, "{:?}", outbox(&store));
+
+    // A repository really deleted (its tags/list answers 404) is forgotten.
+    state.repos.lock().unwrap().remove("team/e");
+    s.cycle(&commit(&store), || false).await.unwrap();
+    assert_eq!(
+        store.repositories(&s.identity).unwrap(),
+        vec!["team/a", "team/b", "team/c", "team/d"]
+    );
+}
