@@ -19,6 +19,21 @@ use crate::config::{EcrConfig, RegistryConfig};
 /// A paginated listing needing more requests than this is refused as runaway.
 const MAX_PAGES: usize = 100_000;
 
+/// The account and region an ECR registry host names:
+/// `<account>.dkr.ecr.<region>.amazonaws.com` (and `.com.cn`).
+pub fn account_and_region(host: &str) -> Option<(&str, &str)> {
+    let labels: Vec<&str> = host.split('.').collect();
+    match labels.as_slice() {
+        [account, "dkr", "ecr", region, "amazonaws", "com", ..] => Some((*account, *region)),
+        _ => None,
+    }
+}
+
+/// Whether `id` is an AWS account id (12 digits), as ECR's registry id is.
+pub fn valid_registry_id(id: &str) -> bool {
+    id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// An ECR registry (one account, one region).
 pub struct EcrRegistry {
     config: EcrConfig,
@@ -254,6 +269,21 @@ impl Registry for EcrRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_and_region_come_from_the_registry_host() {
+        assert_eq!(
+            account_and_region("123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+            Some(("123456789012", "eu-west-1"))
+        );
+        assert_eq!(
+            account_and_region("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn"),
+            Some(("123456789012", "cn-north-1"))
+        );
+        assert_eq!(account_and_region("ecr.example.com"), None);
+        assert!(valid_registry_id("123456789012"));
+        assert!(!valid_registry_id("12345678901a"));
+    }
 
     #[tokio::test]
     async fn pages_are_followed_to_the_end() {

@@ -21,6 +21,15 @@ use crate::config::{Credentials, GcrConfig};
 /// realm that sees the token read-write access to all of the account's Google Cloud APIs.
 const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
 
+/// The full repository path for a name as users write it: `app` is `<project_id>/app`.
+pub fn qualify(project_id: &str, name: &str) -> String {
+    if name.starts_with(&format!("{project_id}/")) {
+        name.to_owned()
+    } else {
+        format!("{project_id}/{name}")
+    }
+}
+
 /// Checks at config load that `json` is a service-account key.
 pub fn check_key(json: &SecretString) -> Result<(), String> {
     yup_oauth2::parse_service_account_key(json.expose_secret())

@@ -1,6 +1,7 @@
 //! The [`Registry`] trait that every adapter implements, and the types a listing is made of.
 
 pub mod auth;
+pub mod dockerhub;
 pub mod ecr;
 pub mod gcr;
 pub mod http;

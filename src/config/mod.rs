@@ -1,0 +1,561 @@
+//! The TOML configuration: the typed [`Config`], and loading it. The raw schema (`raw`), secrets
+//! (`secrets`: `${VAR}` and `*_file`) and validation (`validate`) live in their own modules.
+//!
+//! Everything that can be decided once is decided here: regexes and globs are compiled, URLs parsed,
+//! secrets read. Errors carry the key path and the line so that a user can fix the file at once.
+
+mod raw;
+mod secrets;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::GlobMatcher;
+use regex::Regex;
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+pub use secrets::expand_env;
+
+use crate::registry::{dockerhub, gcr};
+use raw::RawConfig;
+
+/// A configuration problem: where it is (key path, line) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path such as `registry[0].include_tags[1]`; empty for file-level errors.
+    pub path: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("config error")?;
+        if !self.path.is_empty() {
+            write!(f, " at `{}`", self.path)?;
+        }
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole, validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// `[daemon]`.
+    pub daemon: DaemonConfig,
+    /// `[kafka]`; `None` sends events to stdout.
+    pub kafka: Option<KafkaConfig>,
+    /// `[[registry]]`, in file order.
+    pub registries: Vec<RegistryConfig>,
+}
+
+/// What the first scan of a registry does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstRun {
+    /// Record what is there and emit nothing.
+    Baseline,
+    /// Emit every tag seen on first sight.
+    Emit,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Where the embedded store lives.
+    pub state_dir: PathBuf,
+    /// Default poll interval.
+    pub interval: Duration,
+    /// Random spread of each schedule, as a fraction (0.1 = 10 %).
+    pub jitter: f64,
+    /// Baseline or emit on a registry's first scan.
+    pub first_run: FirstRun,
+    /// Also emit `tag.removed`.
+    pub emit_removed: bool,
+    /// Admin HTTP listen address.
+    pub admin_listen: SocketAddr,
+    /// How long SIGTERM may take: in-flight scans, then the last deliveries, are cut off after it.
+    pub shutdown_timeout: Duration,
+}
+
+/// `[kafka]`.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Topic events go to.
+    pub topic: String,
+    /// Create the topic on start when missing.
+    pub create_topic: bool,
+    /// Partitions of a topic regwatch creates.
+    pub partitions: i32,
+    /// Replication factor of a topic regwatch creates; -1 is the broker default.
+    pub replication_factor: i32,
+    /// Passed to librdkafka as is; values may hold secrets, so they are never printed.
+    pub properties: Vec<(String, SecretString)>,
+}
+
+/// Which registry API an entry speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Any OCI Distribution registry.
+    Oci,
+    /// AWS ECR.
+    Ecr,
+    /// Azure ACR.
+    Acr,
+    /// Google GCR and Artifact Registry.
+    Gcr,
+    /// Docker Hub.
+    Dockerhub,
+    /// Harbor.
+    Harbor,
+}
+
+impl Kind {
+    /// The name used in config and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Oci => "oci",
+            Kind::Ecr => "ecr",
+            Kind::Acr => "acr",
+            Kind::Gcr => "gcr",
+            Kind::Dockerhub => "dockerhub",
+            Kind::Harbor => "harbor",
+        }
+    }
+}
+
+/// A user name and its password or token.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// User name, service-principal id or Docker ID.
+    pub username: String,
+    /// Password or access token.
+    pub password: SecretString,
+}
+
+/// One entry of `repositories`: an exact name, or a glob resolved through the catalog.
+#[derive(Debug, Clone)]
+pub enum RepoPattern {
+    /// A plain repository name; needs no catalog.
+    Exact(String),
+    /// A glob such as `team/*`; `*` stays within one path segment, `**` crosses them.
+    Glob(GlobMatcher),
+}
+
+impl RepoPattern {
+    /// Compiles one `repositories` entry.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        if pattern.contains(['*', '?', '[', '{']) {
+            let glob = globset::GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("invalid glob {pattern:?}: {e}"))?;
+            Ok(RepoPattern::Glob(glob.compile_matcher()))
+        } else {
+            Ok(RepoPattern::Exact(pattern.to_owned()))
+        }
+    }
+
+    /// Whether `repo` is selected by this pattern.
+    pub fn matches(&self, repo: &str) -> bool {
+        match self {
+            RepoPattern::Exact(name) => name == repo,
+            RepoPattern::Glob(m) => m.is_match(repo),
+        }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RepoPattern::Exact(name) => name,
+            RepoPattern::Glob(m) => m.glob().glob(),
+        }
+    }
+}
+
+/// Which tags are reported: include/exclude regexes and the mutable tag names.
+#[derive(Debug, Clone, Default)]
+pub struct TagFilter {
+    /// A tag must match one of these (empty = all).
+    pub include: Vec<Regex>,
+    /// A tag matching one of these is ignored.
+    pub exclude: Vec<Regex>,
+    /// Tags whose digest is re-checked every scan.
+    pub mutable: Vec<String>,
+}
+
+impl TagFilter {
+    /// Whether changes to `tag` are reported.
+    pub fn selects(&self, tag: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|r| r.is_match(tag)))
+            && !self.exclude.iter().any(|r| r.is_match(tag))
+    }
+
+    /// Whether `tag` is watched for digest moves.
+    pub fn is_mutable(&self, tag: &str) -> bool {
+        self.mutable.iter().any(|m| m == tag)
+    }
+}
+
+/// Kind-specific settings.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    /// The Distribution API, as is (oci, harbor, acr, dockerhub).
+    Distribution,
+    /// The AWS ECR API.
+    Ecr(EcrConfig),
+    /// The Distribution API, authenticated with a Google service account.
+    Gcr(GcrConfig),
+}
+
+/// `kind = "ecr"` settings.
+#[derive(Debug, Clone)]
+pub struct EcrConfig {
+    /// AWS region.
+    pub region: String,
+    /// The account whose registry is watched.
+    pub registry_id: String,
+    /// Static keys; `None` uses the default AWS credential chain.
+    pub keys: Option<(String, SecretString)>,
+    /// API endpoint override (VPC endpoints, tests).
+    pub endpoint: Option<Url>,
+}
+
+/// `kind = "gcr"` settings.
+#[derive(Debug, Clone)]
+pub struct GcrConfig {
+    /// The Google Cloud project.
+    pub project_id: String,
+    /// The service-account key JSON.
+    pub json_key: SecretString,
+}
+
+/// One `[[registry]]`, validated.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Unique name, used in events and the CLI.
+    pub name: String,
+    /// Which API it speaks.
+    pub kind: Kind,
+    /// Kind-specific settings.
+    pub provider: Provider,
+    /// Base URL, without a trailing slash (for Docker Hub, the registry API endpoint).
+    pub url: Url,
+    /// `host[:port]`, as events show it.
+    pub host: String,
+    /// Basic or token-realm credentials.
+    pub credentials: Option<Credentials>,
+    /// The watch set.
+    pub repositories: Vec<RepoPattern>,
+    /// Which tags are reported.
+    pub tags: TagFilter,
+    /// Poll interval.
+    pub interval: Duration,
+    /// Requests per second to this registry.
+    pub rate_limit: NonZeroU32,
+    /// Repositories scanned at once.
+    pub concurrency: usize,
+    /// `n` sent to `tags/list` and `_catalog`.
+    pub page_size: u32,
+    /// Whole-request timeout for every HTTP request to this registry.
+    pub request_timeout: Duration,
+    /// Allow `http://` and self-signed TLS.
+    pub insecure: bool,
+    /// Enables `POST /hooks/<name>`.
+    pub webhook_token: Option<SecretString>,
+}
+
+impl RegistryConfig {
+    /// The full repository path for `name` as a user or a webhook writes it (see `repositories`).
+    pub fn qualified(&self, name: &str) -> String {
+        qualified_name(self.kind, &self.provider, name)
+    }
+
+    /// Whether the watch set needs the catalog (any glob).
+    pub fn needs_catalog(&self) -> bool {
+        self.repositories
+            .iter()
+            .any(|p| matches!(p, RepoPattern::Glob(_)))
+    }
+}
+
+/// The full repository path for a name as users write it, by the rule of the registry's adapter
+/// (Docker Hub's `nginx` is `library/nginx`, GCR's `app` is `<project_id>/app`). Other kinds take
+/// names as they are.
+fn qualified_name(kind: Kind, provider: &Provider, name: &str) -> String {
+    match (kind, provider) {
+        (Kind::Dockerhub, _) => dockerhub::qualify(name),
+        (_, Provider::Gcr(g)) => gcr::qualify(&g.project_id, name),
+        _ => name.to_owned(),
+    }
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: String::new(),
+        line: None,
+        message: format!("cannot read {}: {e}", path.display()),
+    })?;
+    parse(&text)
+}
+
+/// Parses and validates configuration text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let raw = deserialize(text)?;
+    validate::validate(raw, text)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn deserialize(text: &str) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(text, String::new(), &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // Spanned wrappers show up as a private path segment; users never wrote it.
+        let path = e
+            .path()
+            .to_string()
+            .replace("$__serde_spanned_private_value.", "");
+        let path = if path == "." { String::new() } else { path };
+        toml_error(text, path, e.inner())
+    })
+}
+
+fn toml_error(text: &str, path: String, e: &toml::de::Error) -> ConfigError {
+    ConfigError {
+        path,
+        line: e.span().map(|s| line_of(text, s.start)),
+        message: suggest_key(e.message()),
+    }
+}
+
+/// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a hint with the closest key.
+fn suggest_key(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_owned();
+    };
+    let Some((field, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let closest = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (strsim::levenshtein(field, k), k))
+        .filter(|(d, k)| *d <= 3.max(k.len() / 3))
+        .min();
+    match closest {
+        Some((_, key)) => format!("unknown key `{field}`; did you mean `{key}`?"),
+        None => format!("unknown key `{field}`{expected}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    const MINIMAL: &str = r#"
+[[registry]]
+name = "local"
+kind = "oci"
+url = "https://registry.example.com"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.daemon.interval, Duration::from_secs(60));
+        assert!((c.daemon.jitter - 0.1).abs() < 1e-9);
+        assert_eq!(c.daemon.first_run, FirstRun::Baseline);
+        assert_eq!(c.daemon.shutdown_timeout, Duration::from_secs(20));
+        assert!(c.kafka.is_none());
+        let r = &c.registries[0];
+        assert_eq!(r.host, "registry.example.com");
+        assert_eq!(r.page_size, 1000);
+        assert_eq!(r.concurrency, 8);
+        assert!(r.needs_catalog(), "default watch set is every repository");
+    }
+
+    #[test]
+    fn unknown_key_names_path_line_and_suggestion() {
+        let text = "[daemon]\nintervall = \"5s\"\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.path, "daemon.intervall");
+        assert_eq!(e.line, Some(2));
+        assert!(
+            e.message.contains("did you mean `interval`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn bad_regex_is_reported_at_its_line() {
+        let text = format!("{MINIMAL}include_tags = ['^v(']\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.path, "registry[0].include_tags[0]");
+        assert_eq!(e.line, Some(6));
+        assert!(e.message.contains("invalid regex"), "{}", e.message);
+    }
+
+    #[test]
+    fn plain_http_needs_insecure() {
+        let text = "[[registry]]\nname = \"a\"\nkind = \"oci\"\nurl = \"http://127.0.0.1:5000\"\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.path, "registry[0].url");
+        assert_eq!(e.line, Some(4));
+        assert!(parse(&format!("{text}insecure = true\n")).is_ok());
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let e = parse(&format!("{MINIMAL}{MINIMAL}")).unwrap_err();
+        assert_eq!(e.path, "registry[1].name");
+        assert_eq!(e.line, Some(7), "the second [[registry]] header");
+    }
+
+    #[test]
+    fn missing_secret_file_is_reported() {
+        let e = parse(&format!(
+            "{MINIMAL}username = \"u\"\npassword_file = \"/nonexistent/p\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "registry[0].password_file");
+        assert!(e.message.contains("/nonexistent/p"), "{}", e.message);
+    }
+
+    #[test]
+    fn secret_file_is_read_and_hidden_from_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p");
+        std::fs::write(&f, "canary-s3cret\n").unwrap();
+        let c = parse(&format!(
+            "{MINIMAL}username = \"u\"\npassword_file = \"{}\"\n",
+            f.display()
+        ))
+        .unwrap();
+        let creds = c.registries[0].credentials.as_ref().unwrap();
+        assert_eq!(creds.password.expose_secret(), "canary-s3cret");
+        assert!(!format!("{c:?}").contains("canary-s3cret"));
+    }
+
+    #[test]
+    fn env_expansion() {
+        let env = |k: &str| (k == "A").then(|| "x".to_string());
+        assert_eq!(expand_env("p-${A}-$$-$", env).unwrap(), "p-x-$-$");
+        assert!(
+            expand_env("${B}", env)
+                .unwrap_err()
+                .contains("B is not set")
+        );
+        assert!(expand_env("${A", env).is_err());
+    }
+
+    fn one(text: &str) -> RegistryConfig {
+        parse(text).unwrap().registries.remove(0)
+    }
+
+    #[test]
+    fn ecr_derives_account_and_region_from_the_url() {
+        let r = one(
+            "[[registry]]\nname = \"e\"\nkind = \"ecr\"\nurl = \"https://123456789012.dkr.ecr.eu-west-1.amazonaws.com\"\n",
+        );
+        let Provider::Ecr(e) = &r.provider else {
+            panic!()
+        };
+        assert_eq!(
+            (e.region.as_str(), e.registry_id.as_str()),
+            ("eu-west-1", "123456789012")
+        );
+        assert!(e.keys.is_none(), "no keys: the default AWS chain");
+        let err = parse("[[registry]]\nname = \"e\"\nkind = \"ecr\"\nurl = \"https://ecr.example\"\nregion = \"x\"\n").unwrap_err();
+        assert_eq!(err.path, "registry[0].registry_id");
+        let err = parse("[[registry]]\nname = \"e\"\nkind = \"ecr\"\nurl = \"https://123456789012.dkr.ecr.eu-west-1.amazonaws.com\"\naccess_key_id = \"AKIA\"\n").unwrap_err();
+        assert!(
+            err.message
+                .contains("both access_key_id and secret_access_key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn keys_of_another_kind_are_refused() {
+        let e = parse(&format!("{MINIMAL}region = \"us-east-1\"\n")).unwrap_err();
+        assert_eq!(e.path, "registry[0].region");
+        assert!(e.message.contains("only to kind = \"ecr\""), "{e}");
+    }
+
+    #[test]
+    fn dockerhub_maps_the_url_and_qualifies_official_images() {
+        let r = one(
+            "[[registry]]\nname = \"hub\"\nkind = \"dockerhub\"\nurl = \"https://registry.hub.docker.com\"\nrepositories = [\"nginx\", \"bitnami/redis\"]\n",
+        );
+        assert_eq!(r.url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(r.host, "docker.io");
+        let names: Vec<&str> = r.repositories.iter().map(RepoPattern::as_str).collect();
+        assert_eq!(names, vec!["library/nginx", "bitnami/redis"]);
+        assert_eq!(
+            r.qualified("redis"),
+            "library/redis",
+            "webhooks and the CLI qualify the same way"
+        );
+        assert_eq!(r.qualified("bitnami/redis"), "bitnami/redis");
+        let e = parse("[[registry]]\nname = \"hub\"\nkind = \"dockerhub\"\nurl = \"https://registry.hub.docker.com\"\nrepositories = [\"bitnami/*\"]\n").unwrap_err();
+        assert!(e.message.contains("no catalog"), "{e}");
+    }
+
+    #[test]
+    fn gcr_needs_a_key_and_prefixes_the_project() {
+        let e = parse("[[registry]]\nname = \"g\"\nkind = \"gcr\"\nurl = \"https://gcr.io\"\nproject_id = \"p\"\n").unwrap_err();
+        assert_eq!(e.path, "registry[0].json_key");
+        let e = parse("[[registry]]\nname = \"g\"\nkind = \"gcr\"\nurl = \"https://gcr.io\"\nproject_id = \"p\"\njson_key = \"{}\"\n").unwrap_err();
+        assert!(e.message.contains("not a service-account key"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_and_type_errors() {
+        let e = parse(&format!("{MINIMAL}interval = \"soon\"\n")).unwrap_err();
+        assert_eq!(e.path, "registry[0].interval");
+        let e = parse(&format!("{MINIMAL}concurrency = \"8\"\n")).unwrap_err();
+        assert_eq!(e.path, "registry[0].concurrency");
+        assert_eq!(e.line, Some(6));
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let example =
+            include_str!("../../config/regwatch.example.toml").replace("${REGISTRY_PASSWORD}", "x");
+        let c = parse(&example).unwrap();
+        assert_eq!(c.kafka.unwrap().properties.len(), 0);
+        assert_eq!(c.registries[0].tags.include.len(), 1);
+        parse(include_str!("../../config/quickstart.toml")).unwrap();
+    }
+
+    #[test]
+    fn globs_stay_within_a_segment() {
+        let p = RepoPattern::parse("team/*").unwrap();
+        assert!(p.matches("team/app"));
+        assert!(!p.matches("team/sub/app"));
+        assert!(!p.matches("other/app"));
+        assert!(RepoPattern::parse("**").unwrap().matches("a/b/c"));
+    }
+}

@@ -1,0 +1,416 @@
+//! Validation: the checks that involve more than one key or value (credential pairs, keys of
+//! another kind, limits, duplicate names), and the typed [`Config`](super::Config) they produce.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use url::Url;
+
+use super::raw::{RawConfig, RawRegistry};
+use super::secrets::one_secret;
+use super::{
+    Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig, KafkaConfig, Kind,
+    Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
+};
+use crate::registry::{dockerhub, ecr, gcr};
+
+/// Builds the typed configuration from the raw schema, or the first problem found.
+pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError> {
+    let daemon = DaemonConfig {
+        state_dir: raw.daemon.state_dir,
+        interval: raw.daemon.interval.0,
+        jitter: raw.daemon.jitter.0,
+        first_run: raw.daemon.first_run,
+        emit_removed: raw.daemon.emit_removed,
+        admin_listen: raw.daemon.admin_listen,
+        shutdown_timeout: raw.daemon.shutdown_timeout.0,
+    };
+    let kafka = raw.kafka.map(|k| KafkaConfig {
+        brokers: k.brokers.0,
+        topic: k.topic,
+        create_topic: k.create_topic,
+        partitions: k.partitions,
+        replication_factor: k.replication_factor,
+        properties: k.properties.into_iter().map(|(k, v)| (k, v.0)).collect(),
+    });
+    if let Some(k) = &kafka {
+        let err = |key: &str, message: &str| ConfigError {
+            path: format!("kafka.{key}"),
+            line: find_line(text, key),
+            message: message.into(),
+        };
+        if k.brokers.trim().is_empty() {
+            return Err(err("brokers", "must name at least one broker"));
+        }
+        if k.topic.is_empty() {
+            return Err(err("topic", "must not be empty"));
+        }
+        if k.partitions < 1 {
+            return Err(err("partitions", "must be at least 1"));
+        }
+        if k.replication_factor == 0 || k.replication_factor < -1 {
+            return Err(err(
+                "replication_factor",
+                "must be -1 (broker default) or at least 1",
+            ));
+        }
+    }
+
+    let mut registries: Vec<RegistryConfig> = Vec::with_capacity(raw.registry.len());
+    for (i, spanned) in raw.registry.into_iter().enumerate() {
+        let table_line = line_of(text, spanned.span().start);
+        let r = validate_registry(spanned.into_inner(), &daemon, text, i, table_line)?;
+        if registries.iter().any(|o| o.name == r.name) {
+            return Err(ConfigError {
+                path: format!("registry[{i}].name"),
+                line: Some(table_line),
+                message: format!("duplicate registry name {:?}", r.name),
+            });
+        }
+        registries.push(r);
+    }
+    if registries.is_empty() {
+        return Err(ConfigError {
+            path: "registry".into(),
+            line: None,
+            message: "no [[registry]] configured; add at least one".into(),
+        });
+    }
+    Ok(Config {
+        daemon,
+        kafka,
+        registries,
+    })
+}
+
+/// Best-effort line of a `key =` for errors about values that carry no span of their own.
+fn find_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+fn validate_registry(
+    r: RawRegistry,
+    daemon: &DaemonConfig,
+    text: &str,
+    index: usize,
+    table_line: usize,
+) -> Result<RegistryConfig, ConfigError> {
+    let err = |key: &str, line: usize, message: String| ConfigError {
+        path: format!("registry[{index}].{key}"),
+        line: Some(line),
+        message,
+    };
+    let kind = *r.kind.get_ref();
+    match kind {
+        Kind::Oci | Kind::Harbor | Kind::Acr | Kind::Ecr | Kind::Gcr | Kind::Dockerhub => {}
+    }
+    if r.name.is_empty()
+        || !r
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(err(
+            "name",
+            table_line,
+            format!(
+                "invalid name {:?}: use letters, digits, '-', '_' or '.'",
+                r.name
+            ),
+        ));
+    }
+
+    let url_line = line_of(text, r.url.span().start);
+    let url_text = r.url.get_ref().trim_end_matches('/');
+    let url = Url::parse(url_text)
+        .map_err(|e| err("url", url_line, format!("invalid URL {url_text:?}: {e}")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if r.insecure => {}
+        "http" => {
+            return Err(err(
+                "url",
+                url_line,
+                "plain http:// sends credentials and data unencrypted; use https:// or set insecure = true".into(),
+            ));
+        }
+        other => {
+            return Err(err(
+                "url",
+                url_line,
+                format!("unsupported scheme {other:?}; use https://"),
+            ));
+        }
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(err(
+            "url",
+            url_line,
+            "URL must not carry a query, fragment or user info; use username/password".into(),
+        ));
+    }
+    let mut host = match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        (None, _) => return Err(err("url", url_line, "URL has no host".into())),
+    };
+    let mut url = url;
+    if kind == Kind::Dockerhub
+        && let Some(api) = dockerhub::api_endpoint(&host)
+    {
+        url = api;
+        host = dockerhub::EVENT_HOST.into();
+    }
+
+    let provider = provider(&r, kind, &url, &err, table_line)?;
+    let password = one_secret(r.password, r.password_file, "password", &err, table_line)?;
+    let credentials = match (r.username, password) {
+        (Some(u), Some(p)) => Some(Credentials {
+            username: u.0,
+            password: p,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(err(
+                "password",
+                table_line,
+                "username is set but no password or password_file".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "username",
+                table_line,
+                "password is set but no username".into(),
+            ));
+        }
+    };
+    let webhook_token = one_secret(
+        r.webhook_token,
+        r.webhook_token_file,
+        "webhook_token",
+        &err,
+        table_line,
+    )?;
+
+    if matches!(provider, Provider::Ecr(_) | Provider::Gcr(_)) && credentials.is_some() {
+        return Err(err(
+            "username",
+            table_line,
+            format!(
+                "kind {} authenticates with its own keys, not username/password",
+                kind.as_str()
+            ),
+        ));
+    }
+
+    let concurrency = r.concurrency.unwrap_or(8);
+    if concurrency == 0 {
+        return Err(err("concurrency", table_line, "must be at least 1".into()));
+    }
+    let page_size = r.page_size.unwrap_or(1000);
+    if page_size == 0 {
+        return Err(err("page_size", table_line, "must be at least 1".into()));
+    }
+    let repositories = if r.repositories.is_empty() {
+        vec![RepoPattern::parse("**").expect("static glob")]
+    } else {
+        r.repositories.into_iter().map(|p| p.0).collect()
+    };
+    if kind == Kind::Dockerhub
+        && repositories
+            .iter()
+            .any(|p| matches!(p, RepoPattern::Glob(_)))
+    {
+        return Err(err(
+            "repositories",
+            table_line,
+            "Docker Hub has no catalog API, so globs cannot be resolved; list repositories by name (e.g. \"nginx\", \"bitnami/redis\")".into(),
+        ));
+    }
+    let repositories = repositories
+        .iter()
+        .map(|p| {
+            let full = qualified_name(kind, &provider, p.as_str());
+            RepoPattern::parse(&full).expect("a valid pattern stays valid with a plain prefix")
+        })
+        .collect();
+
+    Ok(RegistryConfig {
+        name: r.name,
+        kind,
+        provider,
+        url,
+        host,
+        credentials,
+        repositories,
+        tags: TagFilter {
+            include: r.include_tags.into_iter().map(|t| t.0).collect(),
+            exclude: r.exclude_tags.into_iter().map(|t| t.0).collect(),
+            mutable: r.mutable_tags,
+        },
+        interval: r.interval.map_or(daemon.interval, |d| d.0),
+        rate_limit: r
+            .rate_limit
+            .unwrap_or(NonZeroU32::new(20).expect("non-zero")),
+        concurrency,
+        page_size,
+        request_timeout: r.request_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        insecure: r.insecure,
+        webhook_token,
+    })
+}
+
+/// Builds the kind-specific settings, rejecting keys that belong to another kind.
+fn provider(
+    r: &RawRegistry,
+    kind: Kind,
+    url: &Url,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+    line: usize,
+) -> Result<Provider, ConfigError> {
+    let only_for = |key: &str, present: bool, for_kind: Kind| -> Result<(), ConfigError> {
+        if present && kind != for_kind {
+            return Err(err(
+                key,
+                line,
+                format!("{key} applies only to kind = \"{}\"", for_kind.as_str()),
+            ));
+        }
+        Ok(())
+    };
+    only_for("region", r.region.is_some(), Kind::Ecr)?;
+    only_for("access_key_id", r.access_key_id.is_some(), Kind::Ecr)?;
+    only_for(
+        "secret_access_key",
+        r.secret_access_key.is_some(),
+        Kind::Ecr,
+    )?;
+    only_for(
+        "secret_access_key_file",
+        r.secret_access_key_file.is_some(),
+        Kind::Ecr,
+    )?;
+    only_for("registry_id", r.registry_id.is_some(), Kind::Ecr)?;
+    only_for("endpoint", r.endpoint.is_some(), Kind::Ecr)?;
+    only_for("project_id", r.project_id.is_some(), Kind::Gcr)?;
+    only_for("json_key", r.json_key.is_some(), Kind::Gcr)?;
+    only_for("json_key_file", r.json_key_file.is_some(), Kind::Gcr)?;
+    match kind {
+        Kind::Ecr => ecr_provider(r, url, err, line).map(Provider::Ecr),
+        Kind::Gcr => {
+            let project_id = r
+                .project_id
+                .clone()
+                .ok_or_else(|| err("project_id", line, "kind gcr needs project_id".into()))?;
+            let json_key = match (&r.json_key, &r.json_key_file) {
+                (Some(k), None) => k.0.clone(),
+                (None, Some(f)) => f.0.clone(),
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "json_key",
+                        line,
+                        "set either json_key or json_key_file, not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(err(
+                        "json_key",
+                        line,
+                        "kind gcr needs json_key or json_key_file (a service-account key)".into(),
+                    ));
+                }
+            };
+            gcr::check_key(&json_key).map_err(|e| err("json_key", line, e))?;
+            Ok(Provider::Gcr(GcrConfig {
+                project_id,
+                json_key,
+            }))
+        }
+        _ => Ok(Provider::Distribution),
+    }
+}
+
+fn ecr_provider(
+    r: &RawRegistry,
+    url: &Url,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+    line: usize,
+) -> Result<EcrConfig, ConfigError> {
+    let from_host = ecr::account_and_region(url.host_str().unwrap_or_default());
+    let region = r
+        .region
+        .clone()
+        .or_else(|| from_host.map(|(_, region)| region.to_owned()))
+        .ok_or_else(|| {
+            err(
+                "region",
+                line,
+                "kind ecr needs region (or an account URL that names it)".into(),
+            )
+        })?;
+    let registry_id = r
+        .registry_id
+        .clone()
+        .or_else(|| from_host.map(|(account, _)| account.to_owned()))
+        .filter(|id| ecr::valid_registry_id(id))
+        .ok_or_else(|| {
+            err(
+                "registry_id",
+                line,
+                "kind ecr needs a 12-digit registry_id, or url = \"https://<account>.dkr.ecr.<region>.amazonaws.com\"".into(),
+            )
+        })?;
+    let secret = match (&r.secret_access_key, &r.secret_access_key_file) {
+        (Some(s), None) => Some(s.0.clone()),
+        (None, Some(f)) => Some(f.0.clone()),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "secret_access_key",
+                line,
+                "set either secret_access_key or secret_access_key_file, not both".into(),
+            ));
+        }
+        (None, None) => None,
+    };
+    let keys = match (&r.access_key_id, secret) {
+        (Some(id), Some(secret)) => Some((id.0.clone(), secret)),
+        (None, None) => None,
+        _ => {
+            return Err(err(
+                "access_key_id",
+                line,
+                "set both access_key_id and secret_access_key, or neither (to use the default AWS credential chain)".into(),
+            ));
+        }
+    };
+    let endpoint = r
+        .endpoint
+        .as_deref()
+        .map(|e| {
+            let u = Url::parse(e)
+                .map_err(|x| err("endpoint", line, format!("invalid URL {e:?}: {x}")))?;
+            match u.scheme() {
+                "https" => Ok(u),
+                "http" if r.insecure => Ok(u),
+                _ => Err(err(
+                    "endpoint",
+                    line,
+                    "endpoint must be https:// (or set insecure = true)".into(),
+                )),
+            }
+        })
+        .transpose()?;
+    Ok(EcrConfig {
+        region,
+        registry_id,
+        keys,
+        endpoint,
+    })
+}
