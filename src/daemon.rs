@@ -220,8 +220,9 @@ struct Daemon {
     heartbeats: Arc<Heartbeats>,
     fatal_tx: mpsc::Sender<String>,
     loops: HashMap<String, RunningLoop>,
-    /// Loops of registries a reload removed, finishing their last scan.
-    retiring: Vec<JoinHandle<Hints>>,
+    /// Loops of registries a reload removed, finishing their last scan, with their hint senders
+    /// (a registry added back waits for its old loop, like a changed one).
+    retiring: HashMap<String, (JoinHandle<Hints>, mpsc::Sender<String>)>,
     admin: Task,
     admin_listen: std::net::SocketAddr,
     /// The webhook tokens the admin endpoint was built with, by registry.
@@ -283,7 +284,7 @@ impl Daemon {
             heartbeats,
             fatal_tx,
             loops: HashMap::new(),
-            retiring: Vec::new(),
+            retiring: HashMap::new(),
             admin: Task::spawn(|_| async {}),
             admin_listen: config.daemon.admin_listen,
             hook_tokens: hook_tokens(config),
@@ -424,20 +425,24 @@ impl Daemon {
             .filter(|n| !new.registries.iter().any(|r| &r.name == *n))
             .cloned()
             .collect();
+        self.retiring.retain(|_, (t, _)| !t.is_finished());
         for name in &removed {
             let l = self.loops.remove(name).expect("listed above");
             let _ = l.task.stop.send(true);
-            self.retiring.push(l.task.handle);
+            self.retiring.insert(name.clone(), (l.task.handle, l.hints));
             tracing::info!(registry = %name, "registry removed; its loop stops after its current scan");
         }
-        self.retiring.retain(|t| !t.is_finished());
         for (settings, scanner) in fresh {
             let name = settings.registry.name.clone();
-            let predecessor = self.loops.remove(&name).map(|l| {
-                let _ = l.task.stop.send(true);
-                tracing::info!(registry = %name, "registry configuration changed; its loop restarts after its current scan");
-                (l.task.handle, l.hints)
-            });
+            let predecessor = self
+                .loops
+                .remove(&name)
+                .map(|l| {
+                    let _ = l.task.stop.send(true);
+                    tracing::info!(registry = %name, "registry configuration changed; its loop restarts after its current scan");
+                    (l.task.handle, l.hints)
+                })
+                .or_else(|| self.retiring.remove(&name));
             let running = self.spawn_loop(settings, scanner, predecessor);
             self.loops.insert(name, running);
         }
@@ -501,7 +506,7 @@ impl Daemon {
             scans.push(l.task.handle);
             predecessors.extend(l.predecessor);
         }
-        scans.extend(self.retiring);
+        scans.extend(self.retiring.into_values().map(|(t, _)| t));
         let cancelled = finish_or_abort(scans, budget / 2).await;
         for p in predecessors {
             p.abort();
