@@ -8,7 +8,6 @@ use serde::Deserialize;
 use url::Url;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::auth::{Authenticator, CredentialSource, sensitive};
 use super::http::{BODY_CAP, Transport, expect_json, read_body};
@@ -23,39 +22,6 @@ application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
-/// Whether a full page without `Link` can be believed to be the last, for one endpoint of one
-/// registry. Only a `Link` actually received on a page of that endpoint proves that the registry
-/// sends one when there is more: until then, a full page is followed by one more request with
-/// `last=`. An empty follow-up proves nothing (the list may just have ended at a page boundary),
-/// and a follow-up that finds more shows the registry forgets `Link`: never trusted again.
-#[derive(Default)]
-pub struct LinkTrust(AtomicU8);
-
-const TRUST_UNKNOWN: u8 = 0;
-const TRUST_YES: u8 = 1;
-const TRUST_NEVER: u8 = 2;
-
-impl LinkTrust {
-    fn trusted(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == TRUST_YES
-    }
-
-    /// A page of this endpoint carried `rel="next"`.
-    fn link_seen(&self) {
-        let _ = self.0.compare_exchange(
-            TRUST_UNKNOWN,
-            TRUST_YES,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-    }
-
-    /// A `last=` follow-up after a full page without `Link` found more entries.
-    fn caught_forgetting(&self) {
-        self.0.store(TRUST_NEVER, Ordering::Relaxed);
-    }
-}
-
 /// Reads one listing page: its names, plus any tags whose digests the page carries.
 type PageParser = fn(&[u8], &mut Vec<Tag>) -> Result<Vec<String>, serde_json::Error>;
 
@@ -65,8 +31,6 @@ pub struct OciRegistry {
     transport: Transport,
     auth: Authenticator,
     page_size: u32,
-    catalog_links: LinkTrust,
-    tags_links: LinkTrust,
 }
 
 #[derive(Deserialize)]
@@ -112,8 +76,6 @@ impl OciRegistry {
             transport: Transport::new(config)?,
             auth: Authenticator::new(credentials, &config.url, config.insecure),
             page_size: config.page_size,
-            catalog_links: LinkTrust::default(),
-            tags_links: LinkTrust::default(),
         })
     }
 
@@ -176,7 +138,6 @@ impl OciRegistry {
         scope: &str,
         extract: PageParser,
         details: &mut Vec<Tag>,
-        trust: &LinkTrust,
     ) -> Result<Vec<String>, RegistryError> {
         let page_size = self.page_size as usize;
         let mut items: Vec<String> = Vec::new();
@@ -216,14 +177,10 @@ impl OciRegistry {
             let page_len = page.len();
             // A follow-up asked with `last=` that brings nothing past `last` means the list is
             // complete (this also ends registries that ignore `n` and `last` and send everything).
-            if let Some(last) = &asked_after {
-                if !page.iter().any(|p| p > last) {
-                    break;
-                }
-                trust.caught_forgetting();
-            }
-            if link.is_some() {
-                trust.link_seen();
+            if let Some(last) = &asked_after
+                && !page.iter().any(|p| p > last)
+            {
+                break;
             }
             if let Some(page_max) = page.iter().max()
                 && highest.as_ref().is_none_or(|h| page_max > h)
@@ -233,9 +190,12 @@ impl OciRegistry {
             items.extend(page);
             next = match link {
                 Some(link) => Some((link, None)),
-                // A full page without a Link may come from a registry that forgets it: ask once
-                // more, for what sorts after the highest entry seen so far.
-                None if page_len >= page_size && !trust.trusted() => highest.as_ref().map(|last| {
+                // A full page without a Link may be the last one, or may come from a registry (or
+                // a proxy) that dropped it: ask once more, for what sorts after the highest entry
+                // seen so far. Never learned away: a registry that sent Link before can lose it
+                // on the next page, and a listing cut short is a storm of phantom events. It
+                // costs one request only for listings whose length is a multiple of page_size.
+                None if page_len >= page_size => highest.as_ref().map(|last| {
                     let mut u = url.clone();
                     let kept: Vec<(String, String)> = u
                         .query_pairs()
@@ -361,7 +321,6 @@ impl Registry for OciRegistry {
                 "registry:catalog:*",
                 repositories_of,
                 &mut Vec::new(),
-                &self.catalog_links,
             )
             .await?;
         if let Some(bad) = repos.iter().find(|r| !valid_repository(r)) {
@@ -379,7 +338,7 @@ impl Registry for OciRegistry {
         let scope = format!("repository:{repo}:pull");
         let mut details = Vec::new();
         let tags = self
-            .paginate(url, &scope, tags_of, &mut details, &self.tags_links)
+            .paginate(url, &scope, tags_of, &mut details)
             .await?;
         if let Some(bad) = tags.iter().find(|t| !valid_tag(t)) {
             return Err(RegistryError::Protocol(format!(
