@@ -18,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{Config, FirstRun, KafkaConfig, Provider, RegistryConfig};
 use crate::registry::{self, Registry, RegistryError, Tag};
 use crate::sink::{self, Sink, kafka::KafkaSink, stdout::StdoutSink};
-use crate::store::{StateStore, Store};
+use crate::store::{ReadOnlyStore, StateStore, Store};
 use crate::watch::scan::{CycleReport, Output, Scanner};
 use crate::watch::scheduler::RegistryLoop;
 
@@ -35,19 +35,24 @@ fn scanners(config: &Config) -> Result<Vec<Scanner>, RuntimeError> {
     config
         .registries
         .iter()
-        .map(|r| {
-            Scanner::new(r, config.daemon.first_run, config.daemon.emit_removed)
-                .map_err(|e| runtime(format!("registry {}: {e}", r.name)))
-        })
+        .map(|r| scanner(config, r))
         .collect()
 }
 
-/// Opens the state store and makes it the configured registries' (migrating an older file and,
-/// unless this is a dry run, forgetting registries no longer configured).
-fn open_store(config: &Config, dry_run: bool) -> Result<Store, RuntimeError> {
+/// The scanner of registry `r` of `config`, its state keyed by its identity within `config`.
+fn scanner(config: &Config, r: &RegistryConfig) -> Result<Scanner, RuntimeError> {
+    let mut scanner = Scanner::new(r, config.daemon.first_run, config.daemon.emit_removed)
+        .map_err(|e| runtime(format!("registry {}: {e}", r.name)))?;
+    scanner.identity = crate::store::identity_in(config, r);
+    Ok(scanner)
+}
+
+/// Opens the state store and makes it the configured registries' (migrating an older file, and
+/// forgetting registries no longer configured).
+fn open_store(config: &Config) -> Result<Store, RuntimeError> {
     let store = Store::open(&config.daemon.state_dir).map_err(runtime)?;
     store
-        .adopt_registries(&registry_identities(config), !dry_run)
+        .adopt_registries(&registry_identities(config))
         .map_err(runtime)?;
     Ok(store)
 }
@@ -56,7 +61,13 @@ fn registry_identities(config: &Config) -> Vec<(String, String)> {
     config
         .registries
         .iter()
-        .map(|r| (crate::store::identity(r), r.name.clone()))
+        .map(|r| {
+            let id = crate::store::identity_in(config, r);
+            if id != crate::store::identity(r) {
+                tracing::warn!(registry = %r.name, "another [[registry]] watches the same registry; each keeps its own state, so renaming this one takes a new baseline");
+            }
+            (id, r.name.clone())
+        })
         .collect()
 }
 
@@ -141,6 +152,8 @@ async fn finish_or_abort<T>(tasks: Vec<JoinHandle<T>>, within: Duration) -> usiz
 /// quota pause and learned listing behaviour, when these did not change.
 struct LoopSettings {
     registry: RegistryConfig,
+    /// What its state is keyed by, which another entry on the same registry can change.
+    identity: String,
     first_run: FirstRun,
     emit_removed: bool,
     jitter: f64,
@@ -150,6 +163,7 @@ impl LoopSettings {
     fn of(config: &Config, registry: &RegistryConfig) -> LoopSettings {
         LoopSettings {
             registry: registry.clone(),
+            identity: crate::store::identity_in(config, registry),
             first_run: config.daemon.first_run,
             emit_removed: config.daemon.emit_removed,
             jitter: config.daemon.jitter,
@@ -175,6 +189,7 @@ impl LoopSettings {
         }
         format!("{:?}", self.registry) == format!("{:?}", other.registry)
             && secrets(&self.registry) == secrets(&other.registry)
+            && self.identity == other.identity
             && self.first_run == other.first_run
             && self.emit_removed == other.emit_removed
             && self.jitter == other.jitter
@@ -408,9 +423,7 @@ impl Daemon {
                 .get(&r.name)
                 .is_some_and(|l| l.settings.same_as(&settings));
             if !unchanged {
-                let scanner = Scanner::new(r, new.daemon.first_run, new.daemon.emit_removed)
-                    .map_err(|e| runtime(format!("registry {}: {e}", r.name)))?;
-                fresh.push((settings, scanner));
+                fresh.push((settings, scanner(new, r)?));
             }
         }
 
@@ -539,7 +552,7 @@ impl Daemon {
 /// configuration keeps the running one.
 pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let store = Arc::new(open_store(&config, false)?);
+    let store = Arc::new(open_store(&config)?);
     let pending = store.outbox_len().map_err(runtime)?;
     crate::metrics::get().outbox_pending.set(pending as i64);
     tracing::info!(outbox = pending, state = %config.daemon.state_dir.display(), "regwatch starting");
@@ -572,7 +585,7 @@ pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
                         // Registries this configuration no longer has: their state is forgotten.
                         let (store, ids) = (store.clone(), registry_identities(&new));
                         let adopted = tokio::task::spawn_blocking(move || {
-                            store.adopt_registries(&ids, true)
+                            store.adopt_registries(&ids)
                         })
                         .await;
                         if let Err(e) = adopted.map_err(runtime).and_then(|r| r.map_err(runtime)) {
@@ -598,26 +611,28 @@ pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
 /// `regwatch once`: one cycle of every registry, then deliver the outbox (or, with `dry_run`,
 /// print what would be emitted and store nothing). Fails if any registry failed.
 pub async fn once(config: Config, dry_run: bool) -> Result<(), RuntimeError> {
+    // A dry run reads the store, when there is one, and writes nothing to it.
     let store = if dry_run {
-        let exists = config
-            .daemon
-            .state_dir
-            .join(crate::store::FILE_NAME)
-            .exists();
-        exists
-            .then(|| open_store(&config, true).map(Arc::new))
-            .transpose()?
+        None
     } else {
-        Some(Arc::new(open_store(&config, false)?))
+        Some(Arc::new(open_store(&config)?))
     };
-    let output = match (&store, dry_run) {
-        (Some(store), false) => Output::Commit {
+    let output = match &store {
+        Some(store) => Output::Commit {
             store: store.clone(),
             published: Arc::new(Notify::new()),
         },
-        _ => Output::DryRun {
-            store: store.clone().map(|s| s as Arc<dyn StateStore>),
-        },
+        None => {
+            let file = config.daemon.state_dir.join(crate::store::FILE_NAME);
+            let existing = file
+                .exists()
+                .then(|| ReadOnlyStore::open(&config.daemon.state_dir))
+                .transpose()
+                .map_err(runtime)?;
+            Output::DryRun {
+                store: existing.map(|s| Arc::new(s) as Arc<dyn StateStore>),
+            }
+        }
     };
     let mut scanners = scanners(&config)?;
     // A progress bar per registry on a terminal; plain log lines otherwise.
@@ -664,7 +679,7 @@ pub async fn once(config: Config, dry_run: bool) -> Result<(), RuntimeError> {
         }
     }
 
-    if let (Some(store), false) = (&store, dry_run) {
+    if let Some(store) = &store {
         let mut sink = make_sink(&config)?;
         let deadline = Duration::from_secs(60);
         let delivered = tokio::time::timeout(deadline, async {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use regwatch::config::{self, FirstRun};
-use regwatch::store::{StateStore, Store};
+use regwatch::store::Store;
 use regwatch::watch::scan::{Output, Scanner};
 use support::synthetic::{Quirk, Synthetic, serve};
 use tokio::sync::Notify;
@@ -49,9 +49,9 @@ fn outbox(store: &Store) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// R1. Two [[registry]] entries on one URL (per-team globs, or different intervals) now share one
-/// identity, hence one watch set and one key range: each overwrites the other's watch set and
-/// forgets the other's repositories, so a genuinely new repository is baselined (lost).
+/// Two [[registry]] entries on one URL (per-team globs, or different intervals) sharing one
+/// identity would share one watch set and one key range: each would overwrite the other's watch
+/// set and forget the other's repositories, so a genuinely new repository is baselined (lost).
 #[tokio::test(flavor = "multi_thread")]
 async fn two_entries_on_one_url_do_not_lose_a_new_repository() {
     let state = Arc::new(Synthetic::default());
@@ -60,35 +60,38 @@ async fn two_entries_on_one_url_do_not_lose_a_new_repository() {
     let host = serve(state.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
-    let a = Scanner::new(
-        &registry("teams", &host, "\"team/*\"", ""),
-        FirstRun::Baseline,
-        false,
-    )
+    // As the daemon builds them: each entry's identity within the whole config.
+    let both = config::parse(&format!(
+        "[[registry]]\nname = \"teams\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\"]\n\n[[registry]]\nname = \"infra\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"infra/*\"]\n"
+    ))
     .unwrap();
-    let b = Scanner::new(
-        &registry("infra", &host, "\"infra/*\"", ""),
-        FirstRun::Baseline,
-        false,
-    )
-    .unwrap();
-    assert_eq!(a.identity, b.identity, "same URL, same identity");
+    let scanner = |i: usize| {
+        let r = &both.registries[i];
+        let mut s = Scanner::new(r, FirstRun::Baseline, false).unwrap();
+        s.identity = regwatch::store::identity_in(&both, r);
+        s
+    };
+    let (a, b) = (scanner(0), scanner(1));
+    assert_ne!(
+        a.identity, b.identity,
+        "one registry, two entries, two states"
+    );
     store
-        .adopt_registries(
-            &[
-                (a.identity.clone(), "teams".into()),
-                (b.identity.clone(), "infra".into()),
-            ],
-            true,
-        )
+        .adopt_registries(&[
+            (a.identity.clone(), "teams".into()),
+            (b.identity.clone(), "infra".into()),
+        ])
         .unwrap();
     a.cycle(&commit(&store), || false).await.unwrap(); // baseline team/a
     b.cycle(&commit(&store), || false).await.unwrap(); // baseline infra/b (and forgets team/a!)
-    let held = store.repositories(&a.identity).unwrap();
-    eprintln!("after infra's first cycle the shared key range holds {held:?} (team/a forgotten)");
     // A repository created after both baselines is news for `teams`.
     state.put("team/new", "v1", 0);
     a.cycle(&commit(&store), || false).await.unwrap();
+    support::report(
+        "two entries on one registry: a new repository reported",
+        outbox(&store).len(),
+        "1",
+    );
     assert_eq!(
         outbox(&store),
         vec![("tag.added".into(), "team/new".into(), "v1".into())],
@@ -96,9 +99,9 @@ async fn two_entries_on_one_url_do_not_lose_a_new_repository() {
     );
 }
 
-/// R2. Link trust, once learned, is never re-checked: a later page that loses its Link (proxy,
-/// CDN, the chaos proxy's "drop Link") truncates a tags listing that is then diffed as complete:
-/// phantom tag.removed now, phantom tag.added when Link comes back.
+/// A page that loses its Link after Links were seen (a proxy, a CDN, the chaos proxy's "drop
+/// Link") must not cut the listing short: it would be diffed as complete, giving phantom
+/// tag.removed now and phantom tag.added when Link comes back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_link_dropped_after_trust_does_not_shrink_a_tags_listing() {
     let state = Arc::new(Synthetic::default());
@@ -115,6 +118,11 @@ async fn a_link_dropped_after_trust_does_not_shrink_a_tags_listing() {
     s.cycle(&commit(&store), || false).await.unwrap();
     *state.quirk.lock().unwrap() = Quirk::None;
     s.cycle(&commit(&store), || false).await.unwrap();
+    support::report(
+        "Link dropped on a page after Links were seen: phantom events",
+        outbox(&store).len(),
+        "0",
+    );
     assert_eq!(
         outbox(&store),
         vec![],
@@ -122,8 +130,8 @@ async fn a_link_dropped_after_trust_does_not_shrink_a_tags_listing() {
     );
 }
 
-/// R3. A schema-1 file migrates inside `once --dry-run` (which "stores nothing"), and the
-/// migration drops every name the dry-run config lacks, whatever forget_others says.
+/// `once --dry-run` stores nothing: a schema-1 file must not be migrated by it (the migration
+/// would drop every name the dry-run config lacks).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_with_another_config_leaves_a_schema_1_file_alone() {
     let state = Arc::new(Synthetic::default());
@@ -167,11 +175,10 @@ async fn a_dry_run_with_another_config_leaves_a_schema_1_file_alone() {
             .output()
             .unwrap()
     });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // A schema-1 file cannot be read without migrating it, which would write: the dry run says so.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("migrate"), "{stderr}");
     let after = std::fs::read(&file).unwrap();
     let wrote = before != after;
     // What the real daemon then does: team/new appeared after syn's last scan, so it is news.
@@ -192,10 +199,15 @@ async fn a_dry_run_with_another_config_leaves_a_schema_1_file_alone() {
         news.contains(&"team/new v1".to_string()),
         "lost after the dry run (it migrated: {wrote}): {news:?}\n{err}"
     );
+    support::report(
+        "once --dry-run on a schema-1 state file: file changed",
+        wrote,
+        "false",
+    );
     assert!(!wrote, "--dry-run wrote to the state file");
 }
 
-/// R4. The forget path reads a 404 as proof of deletion, while the first-scan path calls the same
+/// The forget path reads a 404 as proof of deletion, while the first-scan path calls the same
 /// 404 a glitch. A catalog omission (truncated by a dropped Link, or ECR/GCR lag) coinciding with
 /// a transient 404 forgets a live repository; when both clear, all its tags are emitted as news.
 #[tokio::test(flavor = "multi_thread")]
@@ -213,13 +225,18 @@ async fn a_transient_404_while_the_catalog_omits_a_repository_causes_no_storm() 
     let cfg = registry("syn", &host, "\"team/*\"", "page_size = 3");
     let s = Scanner::new(&cfg, FirstRun::Baseline, false).unwrap();
     s.cycle(&commit(&store), || false).await.unwrap(); // baseline
-    // One cycle: the catalog stops at its first page and team/z's tags/list 404s.
-    *state.quirk.lock().unwrap() = Quirk::NoLink;
+    // One cycle: the catalog leaves team/z out and team/z's tags/list 404s.
+    state.catalog_hidden.lock().unwrap().insert("team/z".into());
     state.tags_not_found.lock().unwrap().insert("team/z".into());
     s.cycle(&commit(&store), || false).await.unwrap();
-    *state.quirk.lock().unwrap() = Quirk::None;
+    state.catalog_hidden.lock().unwrap().clear();
     state.tags_not_found.lock().unwrap().clear();
     s.cycle(&commit(&store), || false).await.unwrap();
+    support::report(
+        "catalog leaves a repository out while its tags/list 404s once: events",
+        outbox(&store).len(),
+        "0",
+    );
     assert_eq!(
         outbox(&store),
         vec![],
@@ -227,9 +244,9 @@ async fn a_transient_404_while_the_catalog_omits_a_repository_causes_no_storm() 
     );
 }
 
-/// R5. SIGHUP with a config whose start fails (here: admin_listen on a busy port) falls back to
-/// the previous config, but adopt_registries(new, forget_others=true) already ran: the running
-/// registry's state is gone and it silently re-baselines (a tag pushed meanwhile is lost).
+/// SIGHUP with a config whose start fails (here: admin_listen on a busy port) keeps the running
+/// configuration, and its state: forgetting the registries of the refused config would make the
+/// running one re-baseline silently (a tag pushed meanwhile would be lost).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_reload_keeps_the_running_registrys_state() {
     let state = Arc::new(Synthetic::default());
@@ -268,10 +285,20 @@ async fn a_failed_reload_keeps_the_running_registrys_state() {
         .status()
         .unwrap();
     tokio::task::block_in_place(|| wait_for("reload failed", 1));
-    let scans = daemon.stderr.lock().unwrap().matches("scan complete").count();
+    let scans = daemon
+        .stderr
+        .lock()
+        .unwrap()
+        .matches("scan complete")
+        .count();
     tokio::task::block_in_place(|| wait_for("scan complete", scans + 1));
     std::thread::sleep(Duration::from_secs(1));
     let (_, out, err) = daemon.stop();
+    support::report(
+        "reload that fails to start: tag pushed before it reported",
+        out.contains("\"tag\":\"v2\""),
+        "true",
+    );
     assert!(
         out.contains("\"tag\":\"v2\""),
         "v2 lost: the fallback re-baselined a registry whose state the failed reload forgot\n{err}"
@@ -287,7 +314,7 @@ fn ids(store: &Store) -> Vec<String> {
         .collect()
 }
 
-/// R6. The README promises "a change detected again after a crash lost its commit has the same
+/// The README promises "a change detected again after a crash lost its commit has the same
 /// id". For a repository first seen after the baseline, the revision its events are diffed against
 /// is `fresh_revision()` (wall clock), drawn anew on every attempt: the re-detection gets new ids.
 #[tokio::test(flavor = "multi_thread")]
@@ -309,7 +336,6 @@ async fn a_new_repositorys_tags_redetected_after_a_lost_commit_keep_their_ids() 
     state.put("team/new", "v1", 0);
     let file = state_dir.join(regwatch::store::FILE_NAME);
     let saved = dir.path().join("saved.redb");
-    std::fs::copy(&file, &saved).unwrap();
     let run = || async {
         let store = Arc::new(Store::open(&state_dir).unwrap());
         Scanner::new(&cfg, FirstRun::Baseline, false)
@@ -319,9 +345,22 @@ async fn a_new_repositorys_tags_redetected_after_a_lost_commit_keep_their_ids() 
             .unwrap();
         ids(&store)
     };
-    let first = run().await;
-    std::fs::copy(&saved, &file).unwrap(); // the commit is lost (crash; or cluster mode's ack-then-advance)
+    // A crash while team/new is being listed: what was committed before survives, the scan's
+    // own commit never happens. The file is copied mid-scan, while tags/list is slow to answer.
+    *state.tags_delay.lock().unwrap() = Some(Duration::from_millis(800));
+    let copy = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        std::fs::copy(&file, &saved).unwrap();
+    };
+    let (first, ()) = tokio::join!(run(), copy);
+    *state.tags_delay.lock().unwrap() = None;
+    std::fs::copy(&saved, &file).unwrap();
     let again = run().await;
+    support::report(
+        "new repository re-detected after a lost commit: same ids",
+        first == again,
+        "true",
+    );
     assert_eq!(first.len(), 1);
     assert_eq!(first, again, "re-detection of team/new:v1 got another id");
 }

@@ -316,12 +316,7 @@ impl Registry for OciRegistry {
         url.query_pairs_mut()
             .append_pair("n", &self.page_size.to_string());
         let repos = self
-            .paginate(
-                url,
-                "registry:catalog:*",
-                repositories_of,
-                &mut Vec::new(),
-            )
+            .paginate(url, "registry:catalog:*", repositories_of, &mut Vec::new())
             .await?;
         if let Some(bad) = repos.iter().find(|r| !valid_repository(r)) {
             return Err(RegistryError::Protocol(format!(
@@ -337,9 +332,7 @@ impl Registry for OciRegistry {
             .append_pair("n", &self.page_size.to_string());
         let scope = format!("repository:{repo}:pull");
         let mut details = Vec::new();
-        let tags = self
-            .paginate(url, &scope, tags_of, &mut details)
-            .await?;
+        let tags = self.paginate(url, &scope, tags_of, &mut details).await?;
         if let Some(bad) = tags.iter().find(|t| !valid_tag(t)) {
             return Err(RegistryError::Protocol(format!(
                 "{repo} lists an invalid tag {bad:?}"

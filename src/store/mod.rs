@@ -14,7 +14,7 @@ use crate::config::{Provider, RegistryConfig};
 use crate::event::Event;
 use crate::watch::diff::Snapshot;
 
-pub use self::redb::{FILE_NAME, Store};
+pub use self::redb::{FILE_NAME, ReadOnlyStore, Store};
 
 /// What the store knows of one repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +110,24 @@ pub fn identity(config: &RegistryConfig) -> String {
         Provider::Gcr(gcr) => id.push_str(&format!("#project={}", gcr.project_id)),
     }
     id
+}
+
+/// The identity of registry `r` within `config`. Two entries on one registry (per-team globs,
+/// other credentials) each keep their own state: their identity also names the entry, so renaming
+/// such an entry takes a new baseline.
+pub fn identity_in(config: &crate::config::Config, r: &RegistryConfig) -> String {
+    let own = identity(r);
+    let shared = config
+        .registries
+        .iter()
+        .filter(|o| identity(o) == own)
+        .count()
+        > 1;
+    if shared {
+        format!("{own}#name={}", r.name)
+    } else {
+        own
+    }
 }
 
 /// A revision counter start that no earlier life of the same repository used: the current time in

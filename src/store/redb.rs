@@ -185,13 +185,9 @@ impl Store {
     }
 
     /// Makes the store belong to the configured registries, given as (identity, name): migrates a
-    /// schema-1 file (keyed by name) to identities and, with `forget_others`, forgets every
-    /// registry no longer configured, with one log line each.
-    pub fn adopt_registries(
-        &self,
-        registries: &[(String, String)],
-        forget_others: bool,
-    ) -> Result<(), StoreError> {
+    /// schema-1 file (keyed by name) to identities, and forgets every registry no longer
+    /// configured, with one log line each.
+    pub fn adopt_registries(&self, registries: &[(String, String)]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io)?;
         {
             let mut meta = tx.open_table(META).map_err(io)?;
@@ -209,7 +205,7 @@ impl Store {
             let mut gone = Vec::new();
             for entry in names.iter().map_err(io)? {
                 let (id, name) = entry.map_err(io)?;
-                if forget_others && !configured.contains_key(id.value()) {
+                if !configured.contains_key(id.value()) {
                     gone.push((id.value().to_owned(), name.value().to_owned()));
                 }
             }
@@ -341,30 +337,126 @@ fn private_dir(dir: &Path) {
     }
 }
 
+fn read_repo_state(
+    db: &impl ReadableDatabase,
+    registry: &str,
+    repository: &str,
+) -> Result<Option<RepoState>, StoreError> {
+    let tx = db.begin_read().map_err(io)?;
+    let table = match tx.open_table(REPOS) {
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        other => other.map_err(io)?,
+    };
+    match table
+        .get(repo_key(registry, repository).as_str())
+        .map_err(io)?
+    {
+        Some(v) => decode_state(v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn read_watch_set(
+    db: &impl ReadableDatabase,
+    registry: &str,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let tx = db.begin_read().map_err(io)?;
+    let table = match tx.open_table(WATCH_SETS) {
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        other => other.map_err(io)?,
+    };
+    match table.get(registry).map_err(io)? {
+        Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(io),
+        None => Ok(None),
+    }
+}
+
+/// The store opened read-only, for `once --dry-run`: it reads what a scan diffs against and
+/// writes nothing, not even a migration.
+pub struct ReadOnlyStore {
+    db: redb::ReadOnlyDatabase,
+}
+
+impl ReadOnlyStore {
+    /// Opens the existing store in `dir` for reading. A schema-1 file is refused: it can only be
+    /// read once migrated, which writes.
+    pub fn open(dir: &Path) -> Result<ReadOnlyStore, StoreError> {
+        let path = dir.join(FILE_NAME);
+        let db = redb::ReadOnlyDatabase::open(&path).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let tx = db.begin_read().map_err(io)?;
+        let schema = match tx.open_table(META) {
+            Ok(meta) => meta.get("schema").map_err(io)?.map(|v| v.value()),
+            Err(_) => None,
+        };
+        let has_state = match tx.open_table(REPOS) {
+            Ok(repos) => !repos.is_empty().map_err(io)?,
+            Err(_) => false,
+        };
+        if schema.is_none() && has_state {
+            return Err(StoreError::Open {
+                path,
+                reason: "written by an older regwatch; run `regwatch once` (or start the daemon) \
+                         once to migrate it, then dry-run again"
+                    .into(),
+            });
+        }
+        drop(tx);
+        Ok(ReadOnlyStore { db })
+    }
+}
+
+impl StateStore for ReadOnlyStore {
+    fn repo_state(
+        &self,
+        registry: &str,
+        repository: &str,
+    ) -> Result<Option<RepoState>, StoreError> {
+        read_repo_state(&self.db, registry, repository)
+    }
+
+    fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError> {
+        read_watch_set(&self.db, registry)
+    }
+
+    fn set_watch_set(&self, _: &str, _: &[String]) -> Result<(), StoreError> {
+        Err(read_only())
+    }
+
+    fn record_pending(&self, _: &str, _: &str, _: bool, _: u64) -> Result<(), StoreError> {
+        Err(read_only())
+    }
+
+    fn commit_scan(&self, _: &str, _: &str, _: &Snapshot, _: &[Event]) -> Result<(), StoreError> {
+        Err(read_only())
+    }
+
+    fn repositories(&self, _: &str) -> Result<Vec<String>, StoreError> {
+        Err(read_only())
+    }
+
+    fn forget_repositories(&self, _: &str, _: &[String]) -> Result<(), StoreError> {
+        Err(read_only())
+    }
+}
+
+fn read_only() -> StoreError {
+    StoreError::Io("the store is open read-only (dry run)".into())
+}
+
 impl StateStore for Store {
     fn repo_state(
         &self,
         registry: &str,
         repository: &str,
     ) -> Result<Option<RepoState>, StoreError> {
-        let tx = self.db.begin_read().map_err(io)?;
-        let table = tx.open_table(REPOS).map_err(io)?;
-        match table
-            .get(repo_key(registry, repository).as_str())
-            .map_err(io)?
-        {
-            Some(v) => decode_state(v.value()).map(Some),
-            None => Ok(None),
-        }
+        read_repo_state(&self.db, registry, repository)
     }
 
     fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError> {
-        let tx = self.db.begin_read().map_err(io)?;
-        let table = tx.open_table(WATCH_SETS).map_err(io)?;
-        match table.get(registry).map_err(io)? {
-            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(io),
-            None => Ok(None),
-        }
+        read_watch_set(&self.db, registry)
     }
 
     fn set_watch_set(&self, registry: &str, patterns: &[String]) -> Result<(), StoreError> {
@@ -543,7 +635,7 @@ mod tests {
             ("id-a".to_string(), "a".to_string()),
             ("id-b".into(), "b".into()),
         ];
-        store.adopt_registries(&both, true).unwrap();
+        store.adopt_registries(&both).unwrap();
         for id in ["id-a", "id-b"] {
             store.set_watch_set(id, &["x/*".into()]).unwrap();
             store
@@ -551,13 +643,7 @@ mod tests {
                 .unwrap();
             store.record_pending(id, "x/two", false, 1).unwrap();
         }
-        store.adopt_registries(&both[..1], false).unwrap();
-        assert_eq!(
-            store.repositories("id-b").unwrap().len(),
-            2,
-            "kept without forget_others"
-        );
-        store.adopt_registries(&both[..1], true).unwrap();
+        store.adopt_registries(&both[..1]).unwrap();
         assert_eq!(store.repositories("id-a").unwrap(), vec!["x/one", "x/two"]);
         assert_eq!(store.repositories("id-b").unwrap(), Vec::<String>::new());
         assert_eq!(store.watch_set("id-b").unwrap(), None);

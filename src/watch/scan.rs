@@ -114,6 +114,8 @@ pub struct Scanner {
     /// The repositories of the last complete listing, to see which ones left; `None` until the
     /// first complete listing since start, which compares with what the store holds instead.
     listed: Mutex<Option<BTreeSet<String>>>,
+    /// Repositories left out of the last complete listing whose own `tags/list` showed them gone.
+    gone: Mutex<BTreeSet<String>>,
     /// Which repositories sit out cycles after failing.
     pub backoff: RepoBackoff,
 }
@@ -133,6 +135,7 @@ impl Scanner {
             progress: None,
             identity: crate::store::identity(config),
             listed: Mutex::new(None),
+            gone: Mutex::new(BTreeSet::new()),
             backoff: RepoBackoff::default(),
         })
     }
@@ -318,7 +321,7 @@ impl Scanner {
                 let (identity, current) = (self.identity.clone(), current.clone());
                 blocking(store, move |s| s.set_watch_set(&identity, &current)).await?;
             }
-            self.forget_departed(store, listed).await?;
+            self.forget_departed(store, listed, &stop).await?;
         }
         Ok(report)
     }
@@ -327,14 +330,16 @@ impl Scanner {
     /// the store does not grow as repositories churn and a repository watched again later is a
     /// config edit, with a baseline, not a diff against a stale snapshot.
     ///
-    /// A repository the patterns still select but the catalog no longer lists is forgotten only
-    /// once its own `tags/list` shows it gone (404, or no tags): a catalog cut short (a dropped
-    /// `Link`, eventual consistency) is no proof, and forgetting a live repository would re-emit
-    /// all its tags as news when the catalog recovers.
+    /// A repository a config edit deselected is forgotten at once. One the patterns still select
+    /// but the catalog no longer lists is forgotten only once its own `tags/list` has shown it
+    /// gone (404, or no tags) in two complete cycles running: a catalog that lags or was cut
+    /// short is no proof, nor is one 404 (the first-scan rule calls that a glitch), and forgetting
+    /// a live repository would re-emit all its tags as news when the catalog recovers.
     async fn forget_departed(
         &self,
         store: &Arc<dyn StateStore>,
         mut listed: BTreeSet<String>,
+        stop: &impl Fn() -> bool,
     ) -> Result<(), StoreError> {
         let before = self.listed.lock().expect("listed lock").take();
         let departed: Vec<String> = match before {
@@ -348,10 +353,11 @@ impl Scanner {
                     .collect()
             }
         };
-        let (unlisted, deselected): (Vec<String>, Vec<String>) = departed
+        let (unlisted, mut forget): (Vec<String>, Vec<String>) = departed
             .into_iter()
             .partition(|r| self.config.repositories.iter().any(|p| p.matches(r)));
-        let confirmed: Vec<(String, bool)> = stream::iter(unlisted)
+        let probed: Vec<(String, bool)> = stream::iter(unlisted.iter().cloned())
+            .take_while(|_| std::future::ready(!stop()))
             .map(|repo| async move {
                 let gone = match self.registry.list_tags(&repo).await {
                     Ok(tags) => tags.is_empty(),
@@ -363,15 +369,19 @@ impl Scanner {
             .buffer_unordered(self.config.concurrency)
             .collect()
             .await;
-        let mut forget = deselected;
-        for (repo, gone) in confirmed {
-            if gone {
+        let gone_before = std::mem::take(&mut *self.gone.lock().expect("gone lock"));
+        let mut gone_now = BTreeSet::new();
+        for (repo, gone) in probed {
+            if gone && gone_before.contains(&repo) {
                 forget.push(repo);
-            } else {
-                // Still there: keep it, and look again after the next complete listing.
-                listed.insert(repo);
+            } else if gone {
+                gone_now.insert(repo);
             }
         }
+        // Everything not forgotten (alive, gone once, or not probed before a stop) is looked at
+        // again after the next complete listing.
+        listed.extend(unlisted.into_iter().filter(|r| !forget.contains(r)));
+        *self.gone.lock().expect("gone lock") = gone_now;
         if !forget.is_empty() {
             tracing::info!(registry = %self.config.name, repositories = forget.len(), first = %forget[0], "forgetting repositories that left the watch set");
             let identity = self.identity.clone();
@@ -407,6 +417,23 @@ impl Scanner {
             emit: self.first_scan_emits(repo, previous_watch_set),
             revision: fresh_revision(),
         });
+        // A new repository's events are diffed against a revision drawn now: record it first, so
+        // that detecting them again after a lost commit gives them the same ids.
+        if first_seen
+            && let (
+                Output::Commit { store, .. },
+                RepoState::Pending {
+                    emit: true,
+                    revision,
+                },
+            ) = (output, &state)
+        {
+            let (identity, repo, revision) = (self.identity.clone(), repo.to_owned(), *revision);
+            blocking(store, move |s| {
+                s.record_pending(&identity, &repo, true, revision)
+            })
+            .await?;
+        }
         let result = self.scan_known(repo, state.clone(), output).await;
         // A first scan that failed keeps its decision (and revision) for the next try.
         if first_seen

@@ -61,6 +61,9 @@ pub struct Synthetic {
     /// Repositories the catalog lists but whose tags/list answers 404, as ECR and GCR do for a
     /// while after a repository is created, and distribution while one is being deleted.
     pub tags_not_found: Mutex<std::collections::BTreeSet<String>>,
+    /// Repositories that exist but the catalog leaves out, as a catalog that lags behind does (or
+    /// one cut short by a proxy).
+    pub catalog_hidden: Mutex<std::collections::BTreeSet<String>>,
     /// The token realm challenges name; `http://{host}/token` when unset.
     pub realm: Mutex<Option<String>>,
     /// `repo:tag` names that tags/list shows but whose manifest HEAD answers 404, as when a tag is
@@ -236,7 +239,8 @@ async fn handle(
     if path == "/v2/_catalog" {
         state.catalog_requests.fetch_add(1, Ordering::Relaxed);
         let repos = state.repos.lock().unwrap();
-        let (items, more) = page(repos.keys(), &q);
+        let hidden = state.catalog_hidden.lock().unwrap().clone();
+        let (items, more) = page(repos.keys().filter(|r| !hidden.contains(*r)), &q);
         let l = if more {
             link(&state, &path, q.n.unwrap(), items.last().unwrap(), &first)
         } else {
