@@ -826,3 +826,45 @@ async fn a_new_repositorys_tags_redetected_after_a_lost_commit_keep_their_ids() 
     assert_eq!(first.len(), 1);
     assert_eq!(first, again, "re-detection of team/new:v1 got another id");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_repository_reports_its_removals_when_asked() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/a", "v1", 0);
+    for t in ["v1", "v2"] {
+        state.put("team/b", t, 0);
+    }
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let cfg = registry("syn", &host, "\"team/*\"", "");
+    let s = scanner(&cfg, true);
+    s.cycle(&commit(&store), || false).await.unwrap();
+    // The repository is deleted: the catalog leaves it out and its tags/list answers 404.
+    state.repos.lock().unwrap().remove("team/b");
+    for _ in 0..3 {
+        s.cycle(&commit(&store), || false).await.unwrap();
+    }
+    let removed = changes(&store);
+    report(
+        "repository deleted, with emit_removed: tag.removed events",
+        removed.len(),
+        "2, once",
+    );
+    assert_eq!(
+        removed,
+        vec![
+            (
+                "tag.removed".to_string(),
+                "team/b".to_string(),
+                "v1".to_string()
+            ),
+            (
+                "tag.removed".to_string(),
+                "team/b".to_string(),
+                "v2".to_string()
+            ),
+        ]
+    );
+    assert_eq!(store.repositories(&s.identity).unwrap(), vec!["team/a"]);
+}

@@ -321,7 +321,7 @@ impl Scanner {
                 let (identity, current) = (self.identity.clone(), current.clone());
                 blocking(store, move |s| s.set_watch_set(&identity, &current)).await?;
             }
-            self.forget_departed(store, listed, &stop).await?;
+            self.forget_departed(output, store, listed, &stop).await?;
         }
         Ok(report)
     }
@@ -337,6 +337,7 @@ impl Scanner {
     /// a live repository would re-emit all its tags as news when the catalog recovers.
     async fn forget_departed(
         &self,
+        output: &Output,
         store: &Arc<dyn StateStore>,
         mut listed: BTreeSet<String>,
         stop: &impl Fn() -> bool,
@@ -373,6 +374,9 @@ impl Scanner {
         let mut gone_now = BTreeSet::new();
         for (repo, gone) in probed {
             if gone && gone_before.contains(&repo) {
+                if self.emit_removed {
+                    self.record_deletion(output, &repo).await?;
+                }
                 forget.push(repo);
             } else if gone {
                 gone_now.insert(repo);
@@ -526,7 +530,7 @@ impl Scanner {
             listing[i].digest = Some(d);
         }
 
-        let mut outcome = diff::diff(
+        let outcome = diff::diff(
             previous.as_ref(),
             listing,
             &self.config.tags,
@@ -542,6 +546,27 @@ impl Scanner {
                 baseline_tags: None,
             });
         }
+        let baseline_tags = previous.is_none().then_some(outcome.snapshot.tags.len());
+        let event_count = self.record(output, repo, outcome, revision).await?;
+        if let Some(tags) = baseline_tags {
+            tracing::debug!(registry = %self.config.name, repository = %repo, tags, "baseline recorded");
+        }
+        Ok(RepoOutcome {
+            events: event_count,
+            digest_lookups: lookups,
+            baseline_tags,
+        })
+    }
+
+    /// Records a diff of `repo` against snapshot `revision`: commits the next snapshot with the
+    /// changes' events (or, in a dry run, prints them). Returns the number of events.
+    async fn record(
+        &self,
+        output: &Output,
+        repo: &str,
+        mut outcome: diff::Diff,
+        revision: u64,
+    ) -> Result<usize, StoreError> {
         outcome.snapshot.revision = revision + 1;
         let origin = Origin {
             registry: &self.config.name,
@@ -557,7 +582,6 @@ impl Scanner {
             .map(|c| event::build(origin, c, revision, now))
             .collect();
         let event_count = events.len();
-        let baseline_tags = previous.is_none().then_some(outcome.snapshot.tags.len());
         match output {
             Output::Commit { store, published } => {
                 let (identity, name, snapshot) =
@@ -585,16 +609,26 @@ impl Scanner {
                 }
             }
         }
-        if let Some(tags) = baseline_tags {
-            tracing::debug!(registry = %self.config.name, repository = %repo, tags, "baseline recorded");
-        }
         for c in &outcome.changes {
             tracing::info!(registry = %self.config.name, repository = %repo, tag = %c.tag, change = c.kind.event_type(), "change detected");
         }
-        Ok(RepoOutcome {
-            events: event_count,
-            digest_lookups: lookups,
-            baseline_tags,
-        })
+        Ok(event_count)
+    }
+
+    /// With `emit_removed`, a repository shown gone reports its selected tags as removed before
+    /// it is forgotten (a crash in between leaves an empty snapshot: nothing is reported twice).
+    async fn record_deletion(&self, output: &Output, repo: &str) -> Result<(), StoreError> {
+        let Some(store) = output.store() else {
+            return Ok(());
+        };
+        let Some(RepoState::Known(previous)) = store.repo_state(&self.identity, repo)? else {
+            return Ok(());
+        };
+        let outcome = diff::diff(Some(&previous), Vec::new(), &self.config.tags, true);
+        if !outcome.changes.is_empty() {
+            self.record(output, repo, outcome, previous.revision)
+                .await?;
+        }
+        Ok(())
     }
 }
