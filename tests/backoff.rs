@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::synthetic::{self, Synthetic};
-use support::{Setup, json_lines, report};
+use support::{Setup, json_lines, report, wait_ready};
 
 async fn metric_sum(admin: &str, prefix: &str) -> f64 {
     let Ok(r) = reqwest::get(format!("http://{admin}/metrics")).await else {
@@ -20,22 +20,6 @@ async fn metric_sum(admin: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-async fn wait_ready(admin: &str) {
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://{admin}/readyz")).await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "not ready within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Waits until the daemon's stdout has an event for `repo:tag`; returns how long that took.

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Auth, Daemon, Registry, Setup, Tansu, consume, report};
+use support::{Auth, Daemon, Registry, Setup, Tansu, consume, metric, report};
 
 const TOPIC: &str = "regwatch.images";
 
@@ -18,17 +18,6 @@ fn config(registry: &Registry, brokers: &str) -> String {
         "[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{TOPIC}\"\npartitions = 2\n[kafka.properties]\n\"message.timeout.ms\" = \"3000\"\n\n[[registry]]\nname = \"local\"\nkind = \"oci\"\nurl = \"{}\"\ninsecure = true\nrepositories = [\"team/*\"]\nrate_limit = 500\n",
         registry.url()
     )
-}
-
-async fn metric(admin: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,38 +11,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::synthetic::{self, Synthetic};
-use support::{Setup, Tansu, consume, report};
+use support::{Setup, Tansu, consume, metric, report, wait_ready};
 
 const TOPIC: &str = "regwatch.images";
 /// Slack for process exit and the test's own polling.
 const MARGIN: Duration = Duration::from_secs(2);
-
-async fn metric(admin: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-}
-
-async fn wait_ready(admin: &str) {
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://{admin}/readyz")).await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "not ready within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_a_kafka_outage_is_bounded_and_loses_nothing() {
@@ -92,6 +65,17 @@ async fn sigterm_during_a_kafka_outage_is_bounded_and_loses_nothing() {
 
     let tansu = Tansu::start_on(port);
     let daemon = setup.spawn();
+    // The topic exists again once regwatch has re-created it (never auto-created with the
+    // broker's defaults); wait for the acknowledgements before reading it.
+    let back = Instant::now();
+    while metric(&setup.admin, "regwatch_events_published_total")
+        .await
+        .unwrap_or(0.0)
+        < N as f64
+        && back.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let records = consume(
         &tansu.brokers,
         TOPIC,

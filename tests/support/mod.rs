@@ -603,3 +603,32 @@ pub fn report(measure: &str, value: impl std::fmt::Display, expected: &str) {
     writeln!(f, "{measure}\t{value}\t{expected}").unwrap();
     println!("REPORT {measure}: {value} (expected {expected})");
 }
+
+/// The value of the first metric line of `/metrics` on `admin` that starts with `name`.
+pub async fn metric(admin: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// Waits until `/readyz` on `admin` answers 200, failing the test after 30 s.
+pub async fn wait_ready(admin: &str) {
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{admin}/readyz")).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not ready within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
