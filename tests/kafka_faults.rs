@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Auth, Daemon, Registry, Setup, Tansu, consume, metric, report};
+use support::{Auth, Daemon, Registry, Setup, Tansu, consume, metric, report, wait_published};
 
 const TOPIC: &str = "regwatch.images";
 
@@ -77,15 +77,7 @@ async fn broker_outage_loses_nothing() {
     let tansu = Tansu::start_on(port);
     // The topic exists again once regwatch has re-created it (never auto-created with the
     // broker's defaults); wait for the acknowledgements before reading it.
-    let back = Instant::now();
-    while metric(&setup.admin, "regwatch_events_published_total")
-        .await
-        .unwrap_or(0.0)
-        < N as f64
-        && back.elapsed() < Duration::from_secs(60)
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_published(&setup.admin, N, Duration::from_secs(60)).await;
     let records = consume(
         &tansu.brokers,
         TOPIC,
@@ -372,14 +364,7 @@ async fn delivery_resumes_after_a_restart_between_two_probes() {
     let tansu = Tansu::start_on(port);
     let up = Instant::now();
     let digest = registry.push("team/app", "v3").await;
-    while metric(&setup.admin, "regwatch_events_published_total")
-        .await
-        .unwrap_or(0.0)
-        < 1.0
-        && up.elapsed() < Duration::from_secs(120)
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_published(&setup.admin, 1, Duration::from_secs(120)).await;
     let resumed = up.elapsed().as_secs_f64();
     let records = consume(
         &tansu.brokers,

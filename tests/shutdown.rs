@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::synthetic::{self, Synthetic};
-use support::{Setup, Tansu, consume, metric, report, wait_ready};
+use support::{Setup, Tansu, consume, metric, report, wait_published, wait_ready};
 
 const TOPIC: &str = "regwatch.images";
 /// Slack for process exit and the test's own polling.
@@ -67,15 +67,7 @@ async fn sigterm_during_a_kafka_outage_is_bounded_and_loses_nothing() {
     let daemon = setup.spawn();
     // The topic exists again once regwatch has re-created it (never auto-created with the
     // broker's defaults); wait for the acknowledgements before reading it.
-    let back = Instant::now();
-    while metric(&setup.admin, "regwatch_events_published_total")
-        .await
-        .unwrap_or(0.0)
-        < N as f64
-        && back.elapsed() < Duration::from_secs(60)
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_published(&setup.admin, N, Duration::from_secs(60)).await;
     let records = consume(
         &tansu.brokers,
         TOPIC,

@@ -365,8 +365,9 @@ fn schema_1_state(dir: &Path) {
     std::fs::copy(fixture, dir.join(regwatch::store::FILE_NAME)).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_schema_1_state_file_migrates_without_baseline_or_events() {
+/// A registry holding what the schema-1 fixture remembers, and the `[[registry]]` block, under
+/// `name`, that watches it as the fixture's registry `syn` did.
+async fn schema_1_registry(name: &str) -> (Arc<Synthetic>, String) {
     let state = Arc::new(Synthetic::default());
     for t in ["v1", "v2", "v3", "latest"] {
         state.put("team/app", t, 0);
@@ -374,12 +375,16 @@ async fn a_schema_1_state_file_migrates_without_baseline_or_events() {
     state.put("team/web", "v1", 0);
     state.put("infra/db", "15", 0);
     let host = serve(state.clone()).await;
-    let setup = support::Setup::new(
-        "",
-        &format!(
-            "[[registry]]\nname = \"syn\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\", \"infra/db\"]\nmutable_tags = [\"latest\"]\n"
-        ),
+    let block = format!(
+        "[[registry]]\nname = \"{name}\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\", \"infra/db\"]\nmutable_tags = [\"latest\"]\n"
     );
+    (state, block)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_1_state_file_migrates_without_baseline_or_events() {
+    let (state, block) = schema_1_registry("syn").await;
+    let setup = support::Setup::new("", &block);
     schema_1_state(&setup.dir.path().join("state"));
     let run = |setup: &support::Setup| {
         let (code, out, err) = setup.regwatch(&["once"]);
@@ -601,27 +606,11 @@ async fn a_link_dropped_after_trust_does_not_shrink_a_tags_listing() {
 /// would drop every name the dry-run config lacks).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_with_another_config_leaves_a_schema_1_file_alone() {
-    let state = Arc::new(Synthetic::default());
-    for t in ["v1", "v2", "v3", "latest"] {
-        state.put("team/app", t, 0);
-    }
-    state.put("team/web", "v1", 0);
-    state.put("infra/db", "15", 0);
-    let host = serve(state.clone()).await;
-    let body = |name: &str| {
-        format!(
-            "[[registry]]\nname = \"{name}\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\", \"infra/db\"]\nmutable_tags = [\"latest\"]\n"
-        )
-    };
-    let real = support::Setup::new("", &body("syn"));
+    let (state, block) = schema_1_registry("syn").await;
+    let real = support::Setup::new("", &block);
     let state_dir = real.dir.path().join("state");
-    std::fs::create_dir_all(&state_dir).unwrap();
+    schema_1_state(&state_dir);
     let file = state_dir.join(regwatch::store::FILE_NAME);
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema1.redb"),
-        &file,
-    )
-    .unwrap();
     let before = std::fs::read(&file).unwrap();
     // A scratch config pointed at the same state_dir, trying out a registry under another name.
     let scratch = real.dir.path().join("scratch.toml");
@@ -631,7 +620,7 @@ async fn a_dry_run_with_another_config_leaves_a_schema_1_file_alone() {
             "[daemon]\nstate_dir = \"{}\"\nadmin_listen = \"127.0.0.1:{}\"\n{}",
             state_dir.display(),
             support::free_port(),
-            body("scratch")
+            block.replace("name = \"syn\"", "name = \"scratch\"")
         ),
     )
     .unwrap();

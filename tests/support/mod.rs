@@ -632,3 +632,17 @@ pub async fn wait_ready(admin: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until the daemon on `admin` has had `count` events acknowledged by the broker (a topic
+/// regwatch re-creates exists only then), or `limit` passes.
+pub async fn wait_published(admin: &str, count: usize, limit: Duration) {
+    let started = Instant::now();
+    while metric(admin, "regwatch_events_published_total")
+        .await
+        .unwrap_or(0.0)
+        < count as f64
+        && started.elapsed() < limit
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
