@@ -318,6 +318,29 @@ fn migrate_v1(
     Ok(())
 }
 
+/// Writes a repository's state, registering its registry when the registry table lacks it: a
+/// loop still finishing its scan after a reload forgot its registry leaves state that the next
+/// start or reload then forgets.
+fn put_repo(
+    tx: &redb::WriteTransaction,
+    registry: &str,
+    repository: &str,
+    state: &RepoState,
+) -> Result<(), StoreError> {
+    let mut repos = tx.open_table(REPOS).map_err(io)?;
+    repos
+        .insert(
+            repo_key(registry, repository).as_str(),
+            encode_state(state).as_slice(),
+        )
+        .map_err(io)?;
+    let mut names = tx.open_table(REGISTRIES).map_err(io)?;
+    if names.get(registry).map_err(io)?.is_none() {
+        names.insert(registry, registry).map_err(io)?;
+    }
+    Ok(())
+}
+
 /// Tightens a state directory others can read to 0700, or says why it cannot.
 fn private_dir(dir: &Path) {
     let Ok(meta) = std::fs::metadata(dir) else {
@@ -477,13 +500,12 @@ impl StateStore for Store {
         revision: u64,
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io)?;
-        {
-            let mut repos = tx.open_table(REPOS).map_err(io)?;
-            let state = encode_state(&RepoState::Pending { emit, revision });
-            repos
-                .insert(repo_key(registry, repository).as_str(), state.as_slice())
-                .map_err(io)?;
-        }
+        put_repo(
+            &tx,
+            registry,
+            repository,
+            &RepoState::Pending { emit, revision },
+        )?;
         tx.commit().map_err(io)
     }
 
@@ -495,12 +517,13 @@ impl StateStore for Store {
         events: &[Event],
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io)?;
+        put_repo(
+            &tx,
+            registry,
+            repository,
+            &RepoState::Known(snapshot.clone()),
+        )?;
         {
-            let mut repos = tx.open_table(REPOS).map_err(io)?;
-            let state = encode_state(&RepoState::Known(snapshot.clone()));
-            repos
-                .insert(repo_key(registry, repository).as_str(), state.as_slice())
-                .map_err(io)?;
             let mut outbox = tx.open_table(OUTBOX).map_err(io)?;
             let first = outbox.last().map_err(io)?.map_or(0, |(k, _)| k.value() + 1);
             for (seq, event) in (first..).zip(events) {
@@ -625,6 +648,22 @@ mod tests {
         Store::open(&state_dir).unwrap();
         let mode = std::fs::metadata(&state_dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn a_commit_after_its_registry_was_forgotten_is_forgotten_next_time() {
+        // A reload forgets a registry whose loop still finishes its current scan; that scan's
+        // commit must not leave state that no later start or reload ever removes.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = [("id-a".to_string(), "a".to_string())];
+        store.adopt_registries(&a).unwrap();
+        store
+            .commit_scan("id-old", "x/late", &Snapshot::default(), &[])
+            .unwrap();
+        store.record_pending("id-old", "x/later", true, 1).unwrap();
+        store.adopt_registries(&a).unwrap();
+        assert_eq!(store.repositories("id-old").unwrap(), Vec::<String>::new());
     }
 
     #[test]

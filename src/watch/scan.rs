@@ -109,7 +109,8 @@ pub struct Scanner {
     pub emit_removed: bool,
     /// Advanced once per repository scanned (interactive `once`); hidden elsewhere.
     pub progress: Option<ProgressBar>,
-    /// What the store keys this registry's state by (`store::identity`).
+    /// What the store keys this registry's state by (`store::identity`; the daemon sets
+    /// `store::identity_in` for its whole config).
     pub identity: String,
     /// The repositories of the last complete listing, to see which ones left; `None` until the
     /// first complete listing since start, which compares with what the store holds instead.
