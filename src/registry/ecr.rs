@@ -34,6 +34,37 @@ pub fn valid_registry_id(id: &str) -> bool {
     id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Whether `arn` names an IAM role as STS AssumeRole takes it:
+/// `arn:<aws|aws-cn|aws-us-gov>:iam::<12 digits>:role/<path/name>`.
+pub fn valid_role_arn(arn: &str) -> bool {
+    let Some(rest) = ["arn:aws:iam::", "arn:aws-cn:iam::", "arn:aws-us-gov:iam::"]
+        .iter()
+        .find_map(|p| arn.strip_prefix(p))
+    else {
+        return false;
+    };
+    let Some((account, name)) = rest.split_once(":role/") else {
+        return false;
+    };
+    valid_registry_id(account)
+        && arn.len() <= 2048
+        && !name.is_empty()
+        && !name.ends_with('/')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
+}
+
+/// Whether `name` is a valid STS role session name (`[\w+=,.@-]{2,64}`).
+pub fn valid_session_name(name: &str) -> bool {
+    (2..=64).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+}
+
+/// Whether `id` is a valid STS external id (`[\w+=,.@:/-]{2,1224}`).
+pub fn valid_external_id(id: &str) -> bool {
+    (2..=1224).contains(&id.len())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@:/_-".contains(c))
+}
+
 /// An ECR registry (one account, one region).
 pub struct EcrRegistry {
     config: EcrConfig,
