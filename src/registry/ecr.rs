@@ -1,6 +1,9 @@
 //! AWS ECR through its own API (aws-sdk-ecr): repositories from DescribeRepositories, and tags,
 //! digests and push times from DescribeImages, 1,000 images per request. No Distribution calls and
 //! no token juggling: the SDK signs each request, and refreshes role credentials itself.
+//! Credentials (static, the default chain, an assumed role) are set up in [`credentials`].
+
+mod credentials;
 
 use std::future::Future;
 use std::time::SystemTime;
@@ -69,7 +72,7 @@ pub fn valid_external_id(id: &str) -> bool {
 pub struct EcrRegistry {
     config: EcrConfig,
     limiter: Limiter,
-    client: OnceCell<Client>,
+    client: OnceCell<(Client, credentials::Credentials)>,
 }
 
 impl EcrRegistry {
@@ -83,7 +86,8 @@ impl EcrRegistry {
     }
 
     async fn client(&self) -> &Client {
-        self.client
+        &self
+            .client
             .get_or_init(|| async {
                 let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .region(aws_config::Region::new(self.config.region.clone()));
@@ -97,12 +101,18 @@ impl EcrRegistry {
                     );
                     loader = loader.credentials_provider(static_keys);
                 }
+                let sdk = loader.load().await;
+                let credentials = credentials::Credentials::new(&self.config, &sdk).await;
+                // The endpoint override is ECR's alone: STS (for role_arn) keeps its own.
+                let mut ecr = aws_sdk_ecr::config::Builder::from(&sdk)
+                    .credentials_provider(credentials.provider.clone());
                 if let Some(endpoint) = &self.config.endpoint {
-                    loader = loader.endpoint_url(endpoint.as_str().trim_end_matches('/'));
+                    ecr = ecr.endpoint_url(endpoint.as_str().trim_end_matches('/'));
                 }
-                Client::new(&loader.load().await)
+                (Client::from_conf(ecr.build()), credentials)
             })
             .await
+            .0
     }
 
     /// Waits on the limiter, then records the outcome of one API call.
@@ -134,6 +144,11 @@ impl EcrRegistry {
 fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
     e: SdkError<E>,
 ) -> RegistryError {
+    if !matches!(e, SdkError::ServiceError(_))
+        && let Some(failure) = credentials::credentials_failure(&e)
+    {
+        return failure;
+    }
     match &e {
         SdkError::DispatchFailure(d) => RegistryError::Unreachable(format!(
             "{:?}",
@@ -294,6 +309,10 @@ impl Registry for EcrRegistry {
             .and_then(|i| i.image_digest())
             .map(str::to_owned)
             .ok_or_else(|| RegistryError::NotFound(format!("{repo}:{tag}")))
+    }
+
+    fn credential_source(&self) -> Option<String> {
+        self.client.get().and_then(|(_, c)| c.source())
     }
 }
 
