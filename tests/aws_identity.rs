@@ -16,7 +16,7 @@
 mod support;
 
 use support::aws_endpoints::{ContainerEndpoint, StsFront, WebIdentity};
-use support::moto::{ACCOUNT, AccessKey, Moto, ecr_client, put_image};
+use support::moto::{ACCOUNT, AccessKey, Moto, ecr_client, put_image, run_without_ambient_aws};
 use support::{Setup, json_lines, report};
 
 const ECR_READ: &[&str] = &["ecr:DescribeRepositories", "ecr:DescribeImages"];
@@ -64,27 +64,7 @@ fn config(moto: &Moto, extra: &str) -> Setup {
 
 /// Runs regwatch with a clean AWS environment plus `env`: (exit code, stdout, stderr).
 fn regwatch(setup: &Setup, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
-    command.args(args).arg("-c").arg(&setup.config);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("AWS_") {
-            command.env_remove(name);
-        }
-    }
-    let nowhere = setup.dir.path().join("no-such-file");
-    command
-        .env("HOME", setup.dir.path())
-        .env("AWS_CONFIG_FILE", &nowhere)
-        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "regwatch=debug")
-        .envs(env.iter().copied());
-    let out = command.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_without_ambient_aws(setup, args, env, "regwatch=debug")
 }
 
 /// `check` says `ok (<source>)`; `once` baselines, then reports the tag pushed in between.
@@ -136,7 +116,10 @@ async fn ecr_through_eks_irsa_web_identity() {
     .await;
     let setup = config(moto, "");
     // Where EKS mounts the projected service-account token.
-    let token_file = setup.dir.path().join("eks.amazonaws.com/serviceaccount/token");
+    let token_file = setup
+        .dir
+        .path()
+        .join("eks.amazonaws.com/serviceaccount/token");
     std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
     std::fs::write(&token_file, &token).unwrap();
     let token_path = token_file.to_str().unwrap();
@@ -172,6 +155,14 @@ async fn ecr_through_eks_irsa_web_identity() {
         )),
         "{out}"
     );
+
+    // No source at all (IMDS disabled, as off EC2).
+    let (code, out, _) = regwatch(&setup, &["check"], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("no credentials: none found in the AWS default chain"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -205,10 +196,7 @@ async fn ecr_through_the_container_credentials_endpoint() {
     assert!(by_value >= 3, "each run fetched credentials ({by_value})");
 
     // As EKS Pod Identity injects it: the token in a file, which wins over the variable.
-    let token_file = setup
-        .dir
-        .path()
-        .join("eks-pod-identity-token");
+    let token_file = setup.dir.path().join("eks-pod-identity-token");
     std::fs::write(&token_file, &token).unwrap();
     let token_path = token_file.to_str().unwrap();
     let pod_identity = [
@@ -230,7 +218,12 @@ async fn ecr_through_the_container_credentials_endpoint() {
     std::fs::write(&token_file, "stale-token").unwrap();
     let (code, out, _) = regwatch(&second, &["check"], &pod_identity);
     assert_eq!(code, 1);
-    assert!(out.contains("no credentials: "), "{out}");
+    assert!(
+        out.contains(
+            "no credentials: Non-success status from HTTP credential provider: StatusCode(401)"
+        ),
+        "{out}"
+    );
     assert!(endpoint.refused() >= 1);
 
     std::fs::remove_file(&token_file).unwrap();
@@ -269,7 +262,9 @@ async fn ecr_through_an_assumed_role_with_an_external_id() {
     let env = [("AWS_ENDPOINT_URL_STS", moto.url.as_str())];
     let setup = config(
         moto,
-        &format!("{keys}role_arn = \"{role}\"\nexternal_id = \"ext-7f3a\"\nsession_name = \"regwatch-test\"\n"),
+        &format!(
+            "{keys}role_arn = \"{role}\"\nexternal_id = \"ext-7f3a\"\nsession_name = \"regwatch-test\"\n"
+        ),
     );
     check_and_watch(
         &account,
@@ -323,7 +318,9 @@ async fn ecr_through_a_role_assumed_on_top_of_irsa() {
             "Action": "sts:AssumeRole",
         }],
     });
-    let target = moto.role("other-team-reader", &target_trust, ECR_READ).await;
+    let target = moto
+        .role("other-team-reader", &target_trust, ECR_READ)
+        .await;
     moto.enforce_auth(0).await;
     let token = format!("eyJhbGciOiJSUzI1NiJ9.hop-{:x}.sig", rand::random::<u64>());
     let sts = StsFront::start(
@@ -351,5 +348,8 @@ async fn ecr_through_a_role_assumed_on_top_of_irsa() {
         &format!("assumed role {target} via web identity (IRSA)"),
     )
     .await;
-    assert!(sts.granted() >= 3 && sts.relayed() >= 3, "both hops ran each time");
+    assert!(
+        sts.granted() >= 3 && sts.relayed() >= 3,
+        "both hops ran each time"
+    );
 }

@@ -527,7 +527,10 @@ url = "https://registry.example.com"
             "arn:aws-cn:iam::210987654321:role/r",
             "arn:aws-us-gov:iam::210987654321:role/r",
         ] {
-            assert!(parse(&format!("{ecr}role_arn = \"{arn}\"\n")).is_ok(), "{arn}");
+            assert!(
+                parse(&format!("{ecr}role_arn = \"{arn}\"\n")).is_ok(),
+                "{arn}"
+            );
         }
         for bad in [
             "arn:aws:iam::21098765432:role/r",
@@ -551,8 +554,10 @@ url = "https://registry.example.com"
         assert_eq!(err.path, "registry[0].external_id");
         assert!(err.message.contains("needs role_arn"), "{err}");
         let oci = "[[registry]]\nname = \"o\"\nkind = \"oci\"\nurl = \"https://r.example\"\n";
-        let err = parse(&format!("{oci}role_arn = \"arn:aws:iam::210987654321:role/r\"\n"))
-            .unwrap_err();
+        let err = parse(&format!(
+            "{oci}role_arn = \"arn:aws:iam::210987654321:role/r\"\n"
+        ))
+        .unwrap_err();
         assert_eq!(err.path, "registry[0].role_arn");
         assert!(err.message.contains("only to kind = \"ecr\""), "{err}");
     }

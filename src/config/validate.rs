@@ -9,8 +9,8 @@ use url::Url;
 use super::raw::{RawConfig, RawRegistry};
 use super::secrets::one_secret;
 use super::{
-    AssumeRole, Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig, KafkaConfig, Kind,
-    Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
+    AssumeRole, Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig, KafkaConfig,
+    Kind, Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
 };
 use crate::registry::{dockerhub, ecr, gcr};
 
@@ -416,14 +416,22 @@ fn ecr_provider(
                 return Err(err(
                     "role_arn",
                     line,
-                    format!("invalid role ARN {arn:?}; use arn:aws:iam::<12-digit account>:role/<name> (or the aws-cn / aws-us-gov partition)"),
+                    format!(
+                        "invalid role ARN {arn:?}; use arn:aws:iam::<12-digit account>:role/<name> (or the aws-cn / aws-us-gov partition)"
+                    ),
                 ));
             }
-            if let Some(id) = r.external_id.as_deref().filter(|id| !ecr::valid_external_id(id)) {
+            if let Some(id) = r
+                .external_id
+                .as_deref()
+                .filter(|id| !ecr::valid_external_id(id))
+            {
                 return Err(err(
                     "external_id",
                     line,
-                    format!("invalid external_id {id:?}: AWS allows 2 to 1224 of letters, digits and +=,.@:/-"),
+                    format!(
+                        "invalid external_id {id:?}: AWS allows 2 to 1224 of letters, digits and +=,.@:/-"
+                    ),
                 ));
             }
             let session_name = r.session_name.clone().unwrap_or_else(|| "regwatch".into());
@@ -431,7 +439,9 @@ fn ecr_provider(
                 return Err(err(
                     "session_name",
                     line,
-                    format!("invalid session_name {session_name:?}: AWS allows 2 to 64 of letters, digits and +=,.@-"),
+                    format!(
+                        "invalid session_name {session_name:?}: AWS allows 2 to 64 of letters, digits and +=,.@-"
+                    ),
                 ));
             }
             Some(AssumeRole {
@@ -441,8 +451,16 @@ fn ecr_provider(
             })
         }
         None if r.external_id.is_some() || r.session_name.is_some() => {
-            let key = if r.external_id.is_some() { "external_id" } else { "session_name" };
-            return Err(err(key, line, format!("{key} needs role_arn (the role to assume)")));
+            let key = if r.external_id.is_some() {
+                "external_id"
+            } else {
+                "session_name"
+            };
+            return Err(err(
+                key,
+                line,
+                format!("{key} needs role_arn (the role to assume)"),
+            ));
         }
         None => None,
     };

@@ -53,19 +53,25 @@ pub fn valid_role_arn(arn: &str) -> bool {
         && arn.len() <= 2048
         && !name.is_empty()
         && !name.ends_with('/')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
 }
 
 /// Whether `name` is a valid STS role session name (`[\w+=,.@-]{2,64}`).
 pub fn valid_session_name(name: &str) -> bool {
     (2..=64).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
 }
 
 /// Whether `id` is a valid STS external id (`[\w+=,.@:/-]{2,1224}`).
 pub fn valid_external_id(id: &str) -> bool {
     (2..=1224).contains(&id.len())
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@:/_-".contains(c))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@:/_-".contains(c))
 }
 
 /// An ECR registry (one account, one region).

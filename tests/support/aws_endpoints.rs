@@ -222,7 +222,8 @@ async fn container_credentials(State(c): State<Arc<Container>>, headers: HeaderM
         .unwrap_or_default();
     if presented != c.token.as_str() {
         c.refused.fetch_add(1, Ordering::Relaxed);
-        let body = serde_json::json!({ "code": "AccessDenied", "message": "invalid authorization token" });
+        let body =
+            serde_json::json!({ "code": "AccessDenied", "message": "invalid authorization token" });
         return (StatusCode::UNAUTHORIZED, [JSON], body.to_string()).into_response();
     }
     c.served.fetch_add(1, Ordering::Relaxed);

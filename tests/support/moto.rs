@@ -173,7 +173,11 @@ impl Moto {
 
     /// An ECR client with moto's placeholder keys, for setup before auth is enforced.
     pub async fn ecr_setup_client(&self) -> aws_sdk_ecr::Client {
-        ecr_client(&self.url, Credentials::new("testing", "testing", None, None, "test")).await
+        ecr_client(
+            &self.url,
+            Credentials::new("testing", "testing", None, None, "test"),
+        )
+        .await
     }
 }
 
@@ -236,4 +240,36 @@ pub async fn put_image(client: &aws_sdk_ecr::Client, repo: &str, tag: &str) -> S
         .and_then(|i| i.image_digest())
         .unwrap()
         .to_owned()
+}
+
+/// Runs regwatch with `args` on `setup`'s config in a clean AWS environment plus `env`: no
+/// inherited AWS_* variables, no profile files, IMDS disabled (so nothing leaves loopback), and
+/// `RUST_LOG` = `log`. (exit code, stdout, stderr).
+pub fn run_without_ambient_aws(
+    setup: &super::Setup,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &str,
+) -> (i32, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
+    command.args(args).arg("-c").arg(&setup.config);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    let nowhere = setup.dir.path().join("no-such-file");
+    command
+        .env("HOME", setup.dir.path())
+        .env("AWS_CONFIG_FILE", &nowhere)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", log)
+        .envs(env.iter().copied());
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -176,6 +176,7 @@ fn reason(error: &CredentialsError) -> String {
     if let CredentialsError::CredentialsNotLoaded(_) = error {
         return "none found in the AWS default chain (environment, profile, web identity, container credentials, instance metadata)".into();
     }
+    let mut innermost: &(dyn Error + 'static) = error;
     let mut cause: Option<&(dyn Error + 'static)> = Some(error);
     while let Some(e) = cause {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
@@ -189,15 +190,20 @@ fn reason(error: &CredentialsError) -> String {
                     "container authorization token file",
                 ),
             ] {
-                if let Some(path) = std::env::var_os(var)
-                    .filter(|p| !std::path::Path::new(p).exists())
+                if let Some(path) =
+                    std::env::var_os(var).filter(|p| !std::path::Path::new(p).exists())
                 {
                     return format!("{what} not found ({})", path.to_string_lossy());
                 }
             }
         }
+        innermost = e;
         cause = e.source();
     }
-    // The SDK's own words: they name the provider and what went wrong, never the keys.
-    aws_sdk_sts::error::DisplayErrorContext(error).to_string()
+    // The SDK's own words for the root cause: they name the provider or endpoint and what went
+    // wrong, never the keys.
+    match error {
+        CredentialsError::ProviderTimedOut(_) => error.to_string(),
+        _ => innermost.to_string(),
+    }
 }
