@@ -8,7 +8,6 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use support::moto::{Moto, put_image};
 use support::proxy;

@@ -236,7 +236,7 @@ pub struct EcrConfig {
     /// API endpoint override (VPC endpoints, tests).
     pub endpoint: Option<Url>,
     /// A role to assume on top of the credentials above (cross-account watching).
-    pub assume_role: Option<AssumeRole>,
+    pub assume_role: Option<Box<AssumeRole>>,
 }
 
 /// `role_arn` (+ `external_id`, `session_name`) of a `kind = "ecr"` entry.

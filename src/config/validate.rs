@@ -444,11 +444,11 @@ fn ecr_provider(
                     ),
                 ));
             }
-            Some(AssumeRole {
+            Some(Box::new(AssumeRole {
                 role_arn: arn.clone(),
                 external_id: r.external_id.clone(),
                 session_name,
-            })
+            }))
         }
         None if r.external_id.is_some() || r.session_name.is_some() => {
             let key = if r.external_id.is_some() {
