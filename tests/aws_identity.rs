@@ -107,11 +107,11 @@ async fn ecr_through_eks_irsa_web_identity() {
     let token = format!("eyJhbGciOiJSUzI1NiJ9.irsa-{:x}.sig", rand::random::<u64>());
     let sts = StsFront::start(
         moto,
-        WebIdentity {
+        Some(WebIdentity {
             token: token.clone(),
             role_arn: role.clone(),
             session_name: "regwatch-pod".into(),
-        },
+        }),
     )
     .await;
     let setup = config(moto, "");
@@ -226,6 +226,22 @@ async fn ecr_through_the_container_credentials_endpoint() {
     );
     assert!(endpoint.refused() >= 1);
 
+    // The agent down.
+    let closed = format!("http://127.0.0.1:{}/v1/credentials", support::free_port());
+    let (code, out, _) = regwatch(
+        &second,
+        &["check"],
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &closed),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", &token),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("no credentials: container credentials endpoint unreachable: "),
+        "{out}"
+    );
+
     std::fs::remove_file(&token_file).unwrap();
     let (code, out, _) = regwatch(&second, &["check"], &pod_identity);
     assert_eq!(code, 1);
@@ -259,7 +275,9 @@ async fn ecr_through_an_assumed_role_with_an_external_id() {
         "access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
         ci.id, ci.secret
     );
-    let env = [("AWS_ENDPOINT_URL_STS", moto.url.as_str())];
+    // STS through the front, which relays the signed AssumeRole to moto as sent and keeps its form.
+    let sts = StsFront::start(moto, None).await;
+    let env = [("AWS_ENDPOINT_URL_STS", sts.url.as_str())];
     let setup = config(
         moto,
         &format!(
@@ -273,6 +291,22 @@ async fn ecr_through_an_assumed_role_with_an_external_id() {
         &format!("assumed role {role} via static keys"),
     )
     .await;
+
+    let forms = sts.relayed_forms();
+    assert!(forms.len() >= 3, "one AssumeRole per run");
+    for form in &forms {
+        let field = |k: &str| form.get(k).map(String::as_str);
+        assert_eq!(field("Action"), Some("AssumeRole"));
+        assert_eq!(field("RoleArn"), Some(role.as_str()));
+        assert_eq!(field("ExternalId"), Some("ext-7f3a"));
+        assert_eq!(field("RoleSessionName"), Some("regwatch-test"));
+    }
+
+    // STS unreachable: no credentials, and why.
+    let closed = format!("http://127.0.0.1:{}", support::free_port());
+    let (code, out, _) = regwatch(&setup, &["check"], &[("AWS_ENDPOINT_URL_STS", &closed)]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no credentials: STS unreachable: "), "{out}");
 
     // The same keys without the role: ECR refuses them.
     let (code, out, _) = regwatch(&config(moto, &keys), &["check"], &env);
@@ -325,11 +359,11 @@ async fn ecr_through_a_role_assumed_on_top_of_irsa() {
     let token = format!("eyJhbGciOiJSUzI1NiJ9.hop-{:x}.sig", rand::random::<u64>());
     let sts = StsFront::start(
         moto,
-        WebIdentity {
+        Some(WebIdentity {
             token: token.clone(),
             role_arn: pod_role.clone(),
             session_name: "regwatch-pod".into(),
-        },
+        }),
     )
     .await;
     let setup = config(moto, &format!("role_arn = \"{target}\"\n"));
@@ -351,5 +385,11 @@ async fn ecr_through_a_role_assumed_on_top_of_irsa() {
     assert!(
         sts.granted() >= 3 && sts.relayed() >= 3,
         "both hops ran each time"
+    );
+    assert!(
+        sts.relayed_forms()
+            .iter()
+            .all(|f| f.get("RoleSessionName").map(String::as_str) == Some("regwatch")),
+        "session_name defaults to regwatch"
     );
 }

@@ -195,11 +195,11 @@ async fn aws_identity_secrets_never_reach_any_output() {
     let container_token = format!("canary-container-{:x}", rand::random::<u64>());
     let sts = StsFront::start(
         &moto,
-        WebIdentity {
+        Some(WebIdentity {
             token: web_token.clone(),
             role_arn: pod_role.clone(),
             session_name: "canary-pod".into(),
-        },
+        }),
     )
     .await;
     let container_keys = moto.assume_role(&agent, &target, "canary-container").await;

@@ -31,8 +31,9 @@ pub struct WebIdentity {
 
 struct Front {
     moto_url: String,
-    expected: WebIdentity,
+    expected: Option<WebIdentity>,
     client: reqwest::Client,
+    relayed_forms: Mutex<Vec<HashMap<String, String>>>,
     granted: AtomicUsize,
     refused: AtomicUsize,
     relayed: AtomicUsize,
@@ -47,12 +48,14 @@ pub struct StsFront {
 }
 
 impl StsFront {
-    /// Starts a front for `moto` that grants web identity to exactly `expected`.
-    pub async fn start(moto: &Moto, expected: WebIdentity) -> StsFront {
+    /// Starts a front for `moto` that grants web identity to exactly `expected` (to none
+    /// without it).
+    pub async fn start(moto: &Moto, expected: Option<WebIdentity>) -> StsFront {
         let state = Arc::new(Front {
             moto_url: moto.url.clone(),
             expected,
             client: reqwest::Client::new(),
+            relayed_forms: Mutex::new(Vec::new()),
             granted: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             relayed: AtomicUsize::new(0),
@@ -82,6 +85,12 @@ impl StsFront {
         self.state.relayed.load(Ordering::Relaxed)
     }
 
+    /// The form of every signed call relayed (`Action`, `RoleArn`, `RoleSessionName`,
+    /// `ExternalId`...).
+    pub fn relayed_forms(&self) -> Vec<HashMap<String, String>> {
+        self.state.relayed_forms.lock().unwrap().clone()
+    }
+
     /// Every SecretAccessKey and SessionToken moto issued through this front.
     pub fn issued_secrets(&self) -> Vec<String> {
         self.state.issued_secrets.lock().unwrap().clone()
@@ -105,10 +114,11 @@ async fn sts(State(front): State<Arc<Front>>, headers: HeaderMap, body: Bytes) -
         .header("content-type", "application/x-www-form-urlencoded")
         .body(body.clone());
     if action == Some("AssumeRoleWithWebIdentity") {
-        let expected = &front.expected;
-        let ok = form.get("WebIdentityToken") == Some(&expected.token)
-            && form.get("RoleArn") == Some(&expected.role_arn)
-            && form.get("RoleSessionName") == Some(&expected.session_name);
+        let ok = front.expected.as_ref().is_some_and(|expected| {
+            form.get("WebIdentityToken") == Some(&expected.token)
+                && form.get("RoleArn") == Some(&expected.role_arn)
+                && form.get("RoleSessionName") == Some(&expected.session_name)
+        });
         if !ok {
             front.refused.fetch_add(1, Ordering::Relaxed);
             return sts_error(
@@ -129,6 +139,7 @@ async fn sts(State(front): State<Arc<Front>>, headers: HeaderMap, body: Bytes) -
             }
         }
         front.relayed.fetch_add(1, Ordering::Relaxed);
+        front.relayed_forms.lock().unwrap().push(form);
     }
     let answer = forward.send().await.unwrap();
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap();

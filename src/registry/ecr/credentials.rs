@@ -140,11 +140,23 @@ pub(super) fn credentials_failure(error: &(dyn Error + 'static)) -> Option<Regis
     found.map(|c| RegistryError::NoCredentials(reason(c)))
 }
 
-/// STS's answer when it refused AssumeRole or AssumeRoleWithWebIdentity for the credentials.
+/// STS refusing AssumeRole or AssumeRoleWithWebIdentity for the credentials, or not answering.
 fn sts_refusal(e: &(dyn Error + 'static)) -> Option<RegistryError> {
-    fn refused<E: ProvideErrorMetadata>(e: &SdkError<E>) -> Option<RegistryError> {
-        let SdkError::ServiceError(s) = e else {
-            return None;
+    fn refused<E: ProvideErrorMetadata + Error + 'static>(
+        e: &SdkError<E>,
+    ) -> Option<RegistryError> {
+        let s = match e {
+            SdkError::ServiceError(s) => s,
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                let mut root: &(dyn Error + 'static) = e;
+                while let Some(next) = root.source() {
+                    root = next;
+                }
+                return Some(RegistryError::NoCredentials(format!(
+                    "STS unreachable: {root}"
+                )));
+            }
+            _ => return None,
         };
         let status = s.raw().status().as_u16();
         let auth = matches!(
@@ -199,6 +211,30 @@ fn reason(error: &CredentialsError) -> String {
         }
         innermost = e;
         cause = e.source();
+    }
+    if let Some(io) = innermost.downcast_ref::<std::io::Error>()
+        && matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::TimedOut
+                | std::io::ErrorKind::HostUnreachable
+                | std::io::ErrorKind::NetworkUnreachable
+        )
+    {
+        // STS failures were caught before; what else the chain dials is one of these two.
+        let container = [
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+        let endpoint = if container {
+            "container credentials endpoint"
+        } else {
+            "instance metadata (IMDS)"
+        };
+        return format!("{endpoint} unreachable: {io}");
     }
     // The SDK's own words for the root cause: they name the provider or endpoint and what went
     // wrong, never the keys.
