@@ -393,3 +393,64 @@ async fn ecr_through_a_role_assumed_on_top_of_irsa() {
         "session_name defaults to regwatch"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ecr_through_environment_profile_and_instance_metadata() {
+    let account = Account::new().await;
+    let moto = &account.moto;
+    let reader = moto.user("reader", ECR_READ).await;
+    let agent = moto.user("ec2", &["sts:AssumeRole"]).await;
+    let trust = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": { "AWS": format!("arn:aws:iam::{ACCOUNT}:user/ec2") },
+            "Action": "sts:AssumeRole",
+        }],
+    });
+    let role = moto.role("instance-role", &trust, ECR_READ).await;
+    moto.enforce_auth(0).await;
+
+    let environment = config(moto, "");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", reader.id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", reader.secret.as_str()),
+    ];
+    check_and_watch(&account, &environment, &env, "environment").await;
+
+    let profile = config(moto, "");
+    let credentials = profile.dir.path().join("aws-credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[watcher]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            reader.id, reader.secret
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap()),
+        ("AWS_PROFILE", "watcher"),
+    ];
+    check_and_watch(&account, &profile, &env, "profile").await;
+
+    let keys = moto.assume_role(&agent, &role, "i-0123456789abcdef0").await;
+    let imds = support::aws_endpoints::InstanceMetadata::start("instance-role", keys).await;
+    let instance = config(moto, "");
+    let env = [
+        ("AWS_EC2_METADATA_DISABLED", "false"),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url.as_str()),
+    ];
+    check_and_watch(&account, &instance, &env, "instance metadata (IMDS)").await;
+    assert!(imds.served() >= 3 && !imds.tokens().is_empty());
+    assert_eq!(
+        imds.refused(),
+        0,
+        "every GET carried an IMDSv2 session token"
+    );
+    report(
+        "ECR via the default chain: environment / profile / IMDSv2 named by check",
+        "yes / yes / yes",
+        "yes / yes / yes",
+    );
+}

@@ -152,12 +152,12 @@ async fn secrets_never_reach_any_output() {
 }
 
 /// The AWS identities of ECR at `RUST_LOG=trace`: the web identity token (good and forged), the
-/// container authorization token (good and wrong), the session credentials STS and the container
-/// endpoint hand out (web identity, the role assumed on top, the container's), and a static
-/// secret key under `role_arn`. Access key ids are identifiers, not secrets, and are not checked.
+/// container authorization token (good and wrong), IMDSv2 session tokens, the session credentials
+/// STS, the container endpoint and IMDS hand out (web identity, the role assumed on top, the
+/// container's), and a static secret key under `role_arn`. Access key ids are identifiers, not secrets, and are not checked.
 #[tokio::test(flavor = "multi_thread")]
 async fn aws_identity_secrets_never_reach_any_output() {
-    use support::aws_endpoints::{ContainerEndpoint, StsFront, WebIdentity};
+    use support::aws_endpoints::{ContainerEndpoint, InstanceMetadata, StsFront, WebIdentity};
     use support::moto::{ACCOUNT, Moto, put_image, run_without_ambient_aws};
 
     let moto = Moto::start();
@@ -282,6 +282,13 @@ async fn aws_identity_secrets_never_reach_any_output() {
         assert_eq!(run(&irsa, &["check"], &env), if good { 0 } else { 1 });
         assert_eq!(run(&irsa, &["once"], &env), if good { 0 } else { 1 });
     }
+    let imds = InstanceMetadata::start("target", container_keys.clone()).await;
+    let env = [
+        ("AWS_EC2_METADATA_DISABLED", "false"),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url.as_str()),
+    ];
+    assert_eq!(run(&irsa, &["check"], &env), 0);
+    assert_eq!(run(&irsa, &["once"], &env), 0);
     assert!(output.contains("TRACE"), "trace logging was on");
     assert!(
         output.contains("io.regwatch.tag.added"),
@@ -302,6 +309,7 @@ async fn aws_identity_secrets_never_reach_any_output() {
         container_keys.token,
         ci.secret,
     ];
+    canaries.extend(imds.tokens());
     let issued = sts.issued_secrets();
     assert!(
         issued.len() >= 8,
@@ -319,7 +327,7 @@ async fn aws_identity_secrets_never_reach_any_output() {
     let total: usize = found.iter().map(|(_, n)| n).sum();
     report(
         &format!(
-            "AWS identity canaries (web identity and container tokens, session keys) in {} bytes of trace output",
+            "AWS identity canaries (web identity, container and IMDS tokens, session keys) in {} bytes of trace output",
             output.len()
         ),
         total,

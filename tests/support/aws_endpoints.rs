@@ -248,3 +248,128 @@ async fn container_credentials(State(c): State<Arc<Container>>, headers: HeaderM
     });
     ([JSON], body.to_string()).into_response()
 }
+
+struct Metadata {
+    role: String,
+    keys: SessionKeys,
+    tokens: Mutex<Vec<String>>,
+    served: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+/// EC2's instance metadata service, IMDSv2 only, as the EC2 user guide gives it ("Use IMDSv2",
+/// "Retrieve security credentials from instance metadata"):
+/// - `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds` (1 to 21600) returns a
+///   session token, with the lifetime in the same response header;
+/// - `GET /latest/meta-data/iam/security-credentials/` with `X-aws-ec2-metadata-token` returns the
+///   role name, and `GET .../<role name>` the role's credentials: `{"Code": "Success",
+///   "LastUpdated": ..., "Type": "AWS-HMAC", "AccessKeyId": ..., "SecretAccessKey": ...,
+///   "Token": ..., "Expiration": ...}`.
+///
+/// A GET without a token this server issued is refused with 401, as IMDSv2-only instances do.
+pub struct InstanceMetadata {
+    state: Arc<Metadata>,
+    /// `http://127.0.0.1:PORT`, for `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
+    pub url: String,
+}
+
+impl InstanceMetadata {
+    /// Serves `keys` as the credentials of the instance role `role`.
+    pub async fn start(role: &str, keys: SessionKeys) -> InstanceMetadata {
+        let state = Arc::new(Metadata {
+            role: role.to_owned(),
+            keys,
+            tokens: Mutex::new(Vec::new()),
+            served: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .route("/latest/api/token", axum::routing::put(imds_token))
+            .route(
+                "/latest/meta-data/iam/security-credentials/",
+                get(imds_role),
+            )
+            .route(
+                "/latest/meta-data/iam/security-credentials/{role}",
+                get(imds_credentials),
+            )
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        InstanceMetadata { state, url }
+    }
+
+    /// Credentials handed out.
+    pub fn served(&self) -> usize {
+        self.state.served.load(Ordering::Relaxed)
+    }
+
+    /// GETs refused for a missing or unknown session token.
+    pub fn refused(&self) -> usize {
+        self.state.refused.load(Ordering::Relaxed)
+    }
+
+    /// The session tokens it issued.
+    pub fn tokens(&self) -> Vec<String> {
+        self.state.tokens.lock().unwrap().clone()
+    }
+}
+
+async fn imds_token(State(m): State<Arc<Metadata>>, headers: HeaderMap) -> Response {
+    let ttl = headers
+        .get("x-aws-ec2-metadata-token-ttl-seconds")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    if !ttl.is_some_and(|t| (1..=21600).contains(&t)) {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let token = format!("imds-session-{:x}", rand::random::<u128>());
+    m.tokens.lock().unwrap().push(token.clone());
+    // IMDS echoes the granted lifetime in the same header.
+    let ttl = ttl.unwrap_or_default().to_string();
+    ([("x-aws-ec2-metadata-token-ttl-seconds", ttl)], token).into_response()
+}
+
+fn imds_authorized(m: &Metadata, headers: &HeaderMap) -> bool {
+    let ok = headers
+        .get("x-aws-ec2-metadata-token")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| m.tokens.lock().unwrap().iter().any(|issued| issued == t));
+    if !ok {
+        m.refused.fetch_add(1, Ordering::Relaxed);
+    }
+    ok
+}
+
+async fn imds_role(State(m): State<Arc<Metadata>>, headers: HeaderMap) -> Response {
+    if !imds_authorized(&m, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    m.role.clone().into_response()
+}
+
+async fn imds_credentials(
+    State(m): State<Arc<Metadata>>,
+    axum::extract::Path(role): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !imds_authorized(&m, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if role != m.role {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    m.served.fetch_add(1, Ordering::Relaxed);
+    let k = &m.keys;
+    let body = serde_json::json!({
+        "Code": "Success",
+        "LastUpdated": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "Type": "AWS-HMAC",
+        "AccessKeyId": k.access_key_id,
+        "SecretAccessKey": k.secret_access_key,
+        "Token": k.token,
+        "Expiration": k.expiration,
+    });
+    ([JSON], body.to_string()).into_response()
+}
