@@ -118,6 +118,11 @@ pub(super) struct RawRegistry {
     pub(super) project_id: Option<String>,
     pub(super) json_key: Option<Secret>,
     pub(super) json_key_file: Option<FileSecret>,
+    // acr
+    pub(super) tenant_id: Option<Expanded>,
+    pub(super) client_id: Option<Expanded>,
+    pub(super) client_secret: Option<Secret>,
+    pub(super) client_secret_file: Option<FileSecret>,
 }
 
 /// A humantime duration such as `30s` or `5m`.

@@ -1,6 +1,8 @@
 //! The [`Registry`] trait that every adapter implements, and the types a listing is made of.
 
+pub mod acr;
 pub mod auth;
+pub mod azure;
 pub mod dockerhub;
 pub mod ecr;
 pub mod gcr;
@@ -117,6 +119,10 @@ pub fn connect(config: &RegistryConfig) -> Result<Arc<dyn Registry>, RegistryErr
         Provider::Gcr(gcr) => {
             let google = Arc::new(gcr::GoogleCredentials::new(gcr));
             Arc::new(oci::OciRegistry::with_credentials(config, Some(google))?)
+        }
+        Provider::Acr(acr) => {
+            let source = acr::source(config, acr)?;
+            Arc::new(oci::OciRegistry::with_credentials(config, Some(source))?)
         }
     })
 }
