@@ -710,7 +710,8 @@ pub async fn once(config: Config, dry_run: bool) -> Result<(), RuntimeError> {
 pub async fn check(config: &Config) -> Result<(), RuntimeError> {
     let results = futures_util::future::join_all(config.registries.iter().map(|r| async move {
         let outcome = match check_one(r).await {
-            Ok(()) => "ok".to_string(),
+            Ok(Some(source)) => format!("ok ({source})"),
+            Ok(None) => "ok".to_string(),
             Err(e) => e.check_outcome(),
         };
         (r.name.clone(), outcome)
@@ -722,7 +723,7 @@ pub async fn check(config: &Config) -> Result<(), RuntimeError> {
     for (name, outcome) in &results {
         // A reader that went away (`check | true`) does not change the outcome, the exit code.
         let _ = writeln!(out, "{name:width$}  {outcome}");
-        bad += usize::from(outcome != "ok");
+        bad += usize::from(!outcome.starts_with("ok"));
     }
     if bad == 0 {
         Ok(())
@@ -734,14 +735,15 @@ pub async fn check(config: &Config) -> Result<(), RuntimeError> {
     }
 }
 
-async fn check_one(config: &RegistryConfig) -> Result<(), RegistryError> {
+/// Checks one registry; `Ok` names the credential source used, `None` when anonymous.
+async fn check_one(config: &RegistryConfig) -> Result<Option<String>, RegistryError> {
     let scanner = Scanner::new(config, crate::config::FirstRun::Baseline, false)?;
     scanner.registry.ping().await?;
     // Listing every watched repository proves read access where the registry scopes it per repo.
     for repo in scanner.watch_set().await? {
         scanner.registry.list_tags(&repo).await?;
     }
-    Ok(())
+    Ok(scanner.registry.credential_source())
 }
 
 fn find_registry<'a>(config: &'a Config, name: &str) -> Result<&'a RegistryConfig, RuntimeError> {

@@ -35,7 +35,10 @@ async fn check_tells_outcomes_apart() {
             .unwrap_or_else(|| panic!("no line for {name} in {out}"))
             .to_owned()
     };
-    assert!(line("good").ends_with(" ok"), "{out}");
+    assert!(
+        line("good").ends_with(" ok (username and password)"),
+        "check names the credential source: {out}"
+    );
     assert!(
         line("badpass").ends_with("invalid credentials (401/403)"),
         "{out}"

@@ -78,7 +78,10 @@ async fn acr_with_an_access_token_only_realm() {
     );
     let (code, out, _) = setup.regwatch(&["check"]);
     assert_eq!(code, 1);
-    assert!(line(&out, "acr").ends_with(" ok"), "{out}");
+    assert!(
+        line(&out, "acr").ends_with(" ok (username and password)"),
+        "check names the credential source: {out}"
+    );
     assert!(
         line(&out, "acr-bad").ends_with("invalid credentials (401/403)"),
         "{out}"

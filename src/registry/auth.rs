@@ -131,17 +131,37 @@ enum Scheme {
     },
 }
 
-/// Where a registry's credentials come from: fixed, or minted on demand (GCR's OAuth2 tokens).
+/// What a registry's token realm (or its Basic challenge) is shown.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A user name and password: sent as Basic to the registry or its token realm.
+    Basic(Credentials),
+    /// An OAuth2 refresh token (ACR's exchanged token, a docker config's `identitytoken`): POSTed to
+    /// the token realm as `grant_type=refresh_token`, per the Docker token spec's OAuth2 flow.
+    RefreshToken(SecretString),
+}
+
+/// Where a registry's credentials come from: fixed, or minted on demand (cloud identities,
+/// credential helpers).
 #[async_trait]
 pub trait CredentialSource: Send + Sync {
-    /// The credentials to use now.
-    async fn credentials(&self) -> Result<Credentials, RegistryError>;
+    /// The credential to use now.
+    async fn credential(&self) -> Result<Credential, RegistryError>;
+    /// Where the credential comes from, for `regwatch check`, e.g. "workload identity".
+    fn describe(&self) -> String;
+    /// The registry or its token endpoint refused the last credential: drop any cached one, so the
+    /// next call mints it anew.
+    fn refused(&self) {}
 }
 
 #[async_trait]
 impl CredentialSource for Credentials {
-    async fn credentials(&self) -> Result<Credentials, RegistryError> {
-        Ok(self.clone())
+    async fn credential(&self) -> Result<Credential, RegistryError> {
+        Ok(Credential::Basic(self.clone()))
+    }
+
+    fn describe(&self) -> String {
+        "username and password".into()
     }
 }
 
@@ -224,7 +244,13 @@ impl Authenticator {
         match scheme {
             Scheme::Unknown => Ok(None),
             Scheme::Basic => match &self.credentials {
-                Some(c) => Ok(Some(basic(&c.credentials().await?))),
+                Some(c) => match c.credential().await? {
+                    Credential::Basic(c) => Ok(Some(basic(&c))),
+                    Credential::RefreshToken(_) => Err(RegistryError::Unauthorized {
+                        status: 401,
+                        what: "registry (it asks for Basic auth; a refresh token needs a token realm)",
+                    }),
+                },
                 None => Err(RegistryError::Unauthorized {
                     status: 401,
                     what: "registry (Basic auth required, no credentials configured)",
@@ -249,6 +275,23 @@ impl Authenticator {
         }
     }
 
+    /// Where the credentials come from, for `regwatch check`; `None` while the registry has not
+    /// asked for any (credentials configured but never sent are not "used").
+    pub fn source(&self) -> Option<String> {
+        let challenged = !matches!(*self.scheme.lock().expect("scheme lock"), Scheme::Unknown);
+        self.credentials
+            .as_ref()
+            .filter(|_| challenged)
+            .map(|c| c.describe())
+    }
+
+    /// The registry refused the credentials: the source mints new ones next time.
+    pub fn refused(&self) {
+        if let Some(c) = &self.credentials {
+            c.refused();
+        }
+    }
+
     async fn fetch_token(
         &self,
         transport: &Transport,
@@ -269,21 +312,37 @@ impl Authenticator {
         }
         // The realm is the one a 401 from the registry's own origin named (on_challenge refuses
         // any other, and plain http unless insecure), so credentials may go there.
-        let basic_auth = match &self.credentials {
-            Some(c) => Some(basic(&c.credentials().await?)),
+        let credential = match &self.credentials {
+            Some(c) => Some(c.credential().await?),
             None => None,
         };
         let response = transport
-            .send(|| {
-                let req = transport.client().get(url.clone());
-                match &basic_auth {
-                    Some(b) => req.header(header::AUTHORIZATION, sensitive(b)),
-                    None => req,
+            .send(|| match &credential {
+                None => transport.client().get(url.clone()),
+                Some(Credential::Basic(c)) => transport
+                    .client()
+                    .get(url.clone())
+                    .header(header::AUTHORIZATION, sensitive(&basic(c))),
+                // The Docker token spec's OAuth2 flow: the same realm, a POSTed form.
+                Some(Credential::RefreshToken(token)) => {
+                    let mut form = vec![
+                        ("grant_type", "refresh_token"),
+                        ("client_id", "regwatch"),
+                        ("refresh_token", token.expose_secret()),
+                    ];
+                    if let Some(s) = service {
+                        form.push(("service", s));
+                    }
+                    if !scope.is_empty() {
+                        form.push(("scope", scope));
+                    }
+                    transport.client().post(realm.clone()).form(&form)
                 }
             })
             .await?;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            self.refused();
             return Err(RegistryError::Unauthorized {
                 status: status.as_u16(),
                 what: "token endpoint",

@@ -9,7 +9,7 @@ use tokio::sync::OnceCell;
 use yup_oauth2::authenticator::DefaultAuthenticator;
 
 use super::RegistryError;
-use super::auth::CredentialSource;
+use super::auth::{Credential, CredentialSource};
 use crate::config::{Credentials, GcrConfig};
 
 /// The least OAuth2 scope that reading a registry needs. Google documents it for both products:
@@ -55,7 +55,7 @@ impl GoogleCredentials {
 
 #[async_trait]
 impl CredentialSource for GoogleCredentials {
-    async fn credentials(&self) -> Result<Credentials, RegistryError> {
+    async fn credential(&self) -> Result<Credential, RegistryError> {
         let auth = self
             .authenticator
             .get_or_try_init(|| async {
@@ -71,10 +71,14 @@ impl CredentialSource for GoogleCredentials {
         let token = token.token().ok_or_else(|| {
             RegistryError::Protocol("the token endpoint returned no access token".into())
         })?;
-        Ok(Credentials {
+        Ok(Credential::Basic(Credentials {
             username: "oauth2accesstoken".into(),
             password: token.to_owned().into(),
-        })
+        }))
+    }
+
+    fn describe(&self) -> String {
+        "service-account key".into()
     }
 }
 

@@ -48,6 +48,10 @@ pub enum RegistryError {
         /// What `Retry-After` asked for.
         retry_after: Option<Duration>,
     },
+    /// The credential source could not produce credentials (a missing token file, an unreachable
+    /// metadata server); the reason never holds a secret.
+    #[error("no credentials: {0}")]
+    NoCredentials(String),
     /// Any other unexpected status.
     #[error("unexpected HTTP status {status} for {what}")]
     Status {
@@ -65,7 +69,11 @@ impl RegistryError {
     /// Whether retrying the same request soon may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            RegistryError::Unreachable(_) | RegistryError::RateLimited { .. } => true,
+            // A credential source that fails now (a token file not yet mounted, a metadata
+            // server restarting) may work on the next try.
+            RegistryError::Unreachable(_)
+            | RegistryError::RateLimited { .. }
+            | RegistryError::NoCredentials(_) => true,
             RegistryError::Status { status, .. } => *status >= 500,
             _ => false,
         }
@@ -77,6 +85,7 @@ impl RegistryError {
             RegistryError::Unauthorized { .. } => "invalid credentials (401/403)".into(),
             RegistryError::NotFound(_) => "not found".into(),
             RegistryError::Unreachable(reason) => format!("unreachable: {reason}"),
+            RegistryError::NoCredentials(reason) => format!("no credentials: {reason}"),
             other => format!("error: {other}"),
         }
     }
@@ -94,6 +103,10 @@ pub trait Registry: Send + Sync {
     async fn list_tags(&self, repo: &str) -> Result<Vec<Tag>, RegistryError>;
     /// The manifest digest of `repo:tag`, without pulling the manifest.
     async fn digest(&self, repo: &str, tag: &str) -> Result<String, RegistryError>;
+    /// Where the credentials come from, for `regwatch check`; `None` when anonymous.
+    fn credential_source(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Builds the adapter for a registry entry.

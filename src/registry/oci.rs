@@ -119,6 +119,7 @@ impl OciRegistry {
                     self.auth.on_challenge(&response, scope)?;
                 }
                 s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                    self.auth.refused();
                     return Err(RegistryError::Unauthorized {
                         status: s.as_u16(),
                         what: "registry",
@@ -298,6 +299,10 @@ pub fn repositories_of(
 
 #[async_trait]
 impl Registry for OciRegistry {
+    fn credential_source(&self) -> Option<String> {
+        self.auth.source()
+    }
+
     async fn ping(&self) -> Result<(), RegistryError> {
         let url = self.endpoint("/v2/");
         let response = self.request(Method::GET, &url, "", None).await?;

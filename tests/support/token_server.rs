@@ -4,11 +4,13 @@
 //!   against the certificate this server generated;
 //! - Google's OAuth2 `token_uri`: it verifies the JWT assertion signed by the test service
 //!   account's key and returns an access token, which it then accepts as the password of
-//!   `oauth2accesstoken` at the registry token endpoint (as GCR does).
+//!   `oauth2accesstoken` at the registry token endpoint (as GCR does);
+//! - the Docker token spec's OAuth2 flow at the same realm: a POSTed `grant_type=refresh_token`
+//!   form, with refresh tokens registered by the test (ACR's exchanged tokens, `identitytoken`s).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -50,6 +52,10 @@ struct Inner {
     google_grants: AtomicUsize,
     /// The `scope` claim of every Google assertion granted.
     google_scopes: Mutex<Vec<String>>,
+    /// Refresh token → the user it stands for.
+    refresh_tokens: Mutex<HashMap<String, String>>,
+    /// Lifetime (`expires_in`, and the JWT's `exp`) of registry tokens, in seconds.
+    token_lifetime: AtomicU64,
 }
 
 /// A running token server.
@@ -107,9 +113,11 @@ impl TokenServer {
             refused: AtomicUsize::new(0),
             google_grants: AtomicUsize::new(0),
             google_scopes: Mutex::new(Vec::new()),
+            refresh_tokens: Mutex::new(HashMap::new()),
+            token_lifetime: AtomicU64::new(300),
         });
         let app = Router::new()
-            .route("/token", get(registry_token))
+            .route("/token", get(registry_token).post(refresh_token_grant))
             .route("/oauth2/token", post(google_token))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -147,6 +155,20 @@ impl TokenServer {
     /// The OAuth2 scopes the service account asked for, one entry per grant.
     pub fn google_scopes(&self) -> Vec<String> {
         self.inner.google_scopes.lock().unwrap().clone()
+    }
+
+    /// Accepts `token` as an OAuth2 refresh token standing for `user` at the realm.
+    pub fn add_refresh_token(&self, token: &str, user: &str) {
+        self.inner
+            .refresh_tokens
+            .lock()
+            .unwrap()
+            .insert(token.to_owned(), user.to_owned());
+    }
+
+    /// Makes registry tokens expire `seconds` after they are issued.
+    pub fn set_token_lifetime(&self, seconds: u64) {
+        self.inner.token_lifetime.store(seconds, Ordering::Relaxed);
     }
 
     /// Creates a service account whose key this server will accept, written under `dir`.
@@ -207,6 +229,28 @@ async fn registry_token(
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .into_owned()
             .collect();
+    issue_registry_token(&inner, &user, &pairs)
+}
+
+/// The Docker token spec's OAuth2 flow (distribution.github.io/distribution/spec/auth/oauth/):
+/// "POST /token" with `grant_type=refresh_token`, `service`, `client_id` (required),
+/// `refresh_token` and `scope` form fields; answers `access_token` and `expires_in`.
+async fn refresh_token_grant(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let field = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if field("grant_type") != Some("refresh_token") || field("client_id").is_none() {
+        return (StatusCode::BAD_REQUEST, "{\"error\":\"invalid_request\"}").into_response();
+    }
+    let user =
+        field("refresh_token").and_then(|t| inner.refresh_tokens.lock().unwrap().get(t).cloned());
+    let Some(user) = user else {
+        return unauthorized(&inner);
+    };
+    issue_registry_token(&inner, &user, &pairs)
+}
+
+/// A JWT for `user` with the access the `scope` pairs ask for, signed as the registry expects.
+fn issue_registry_token(inner: &Inner, user: &str, pairs: &[(String, String)]) -> Response {
     if pairs.iter().any(|(k, v)| k == "service" && v != SERVICE) {
         return (StatusCode::BAD_REQUEST, "unknown service").into_response();
     }
@@ -220,6 +264,7 @@ async fn registry_token(
             Some(serde_json::json!({ "type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>() }))
         })
         .collect();
+    let lifetime = inner.token_lifetime.load(Ordering::Relaxed);
     let mut header = Header::new(Algorithm::RS256);
     header.typ = Some("JWT".into());
     header.x5c = Some(vec![inner.cert_der_b64.clone()]);
@@ -227,7 +272,7 @@ async fn registry_token(
         "iss": ISSUER,
         "sub": user,
         "aud": SERVICE,
-        "exp": now() + 300,
+        "exp": now() + lifetime,
         "nbf": now() - 10,
         "iat": now(),
         "jti": format!("{:x}", rand::random::<u64>()),
@@ -237,7 +282,7 @@ async fn registry_token(
     inner.registry_tokens.fetch_add(1, Ordering::Relaxed);
     let body = match inner.style {
         Style::Docker => {
-            serde_json::json!({ "token": jwt, "access_token": jwt, "expires_in": 300 })
+            serde_json::json!({ "token": jwt, "access_token": jwt, "expires_in": lifetime })
         }
         Style::AccessTokenOnly => serde_json::json!({ "access_token": jwt }),
     };
