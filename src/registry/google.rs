@@ -19,7 +19,13 @@ use yup_oauth2::authenticator::DefaultAuthenticator;
 
 use super::RegistryError;
 
-/// The least scope that reading a registry needs (see `gcr.rs`).
+/// The least OAuth2 scope that reading a registry needs. Google documents it for both products:
+/// Container Registry, "For docker pull and docker search, the access token must use the
+/// devstorage.read_only scope" (cloud.google.com/container-registry/docs/advanced-authentication);
+/// Artifact Registry, "To pull container images from Artifact Registry repositories, [...] ensure
+/// the read-only access scope is set for Cloud Storage storage buckets"
+/// (cloud.google.com/artifact-registry/docs/integrate-compute). `cloud-platform` would hand every
+/// realm that sees the token read-write access to all of the account's Google Cloud APIs.
 pub const READ_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
 /// The scope the IAM Credentials API requires of the caller's token.
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -135,10 +141,12 @@ impl GoogleTokens {
                 .build()
                 .map_err(|e| RegistryError::Unreachable(format!("cannot build HTTP client: {e}")))
         };
-        let described = match (&source, &impersonate) {
-            (Source::Key(_), _) => "service-account key".to_owned(),
-            (Source::Adc(_), _) => "application default credentials".to_owned(),
+        // Until a token is minted, ADC has not yet picked a source.
+        let described = match &source {
+            Source::Key(_) => "service-account key".to_owned(),
+            Source::Adc(_) => "application default credentials".to_owned(),
         };
+        let described = with_target(described, impersonate.as_ref().map(|i| &i.email));
         Ok(GoogleTokens {
             source,
             impersonate,
@@ -147,7 +155,7 @@ impl GoogleTokens {
             metadata: build(Duration::from_secs(2))?,
             cache: std::sync::Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
-            described: std::sync::Mutex::new(with_target(described, impersonate_ref(&impersonate))),
+            described: std::sync::Mutex::new(described),
             service_account: tokio::sync::Mutex::new(None),
         })
     }
@@ -235,14 +243,14 @@ impl GoogleTokens {
             let (token, kind) = self.from_file(&json, scope, what).await?;
             return Ok((
                 token,
-                format!("application default credentials: {what} ({kind})"),
+                format!("application default credentials: {what}, {kind}"),
             ));
         }
         if let Some(path) = env.gcloud_file.as_ref().filter(|p| p.exists()) {
             let what = "gcloud application_default_credentials.json";
             let json = read_credentials(path, what)?;
             let (token, kind) = self.from_file(&json, scope, what).await?;
-            return Ok((token, format!("application default credentials: gcloud ({kind})")));
+            return Ok((token, format!("application default credentials: gcloud, {kind}")));
         }
         let token = self.metadata_token(&env.metadata_host, scope).await?;
         Ok((
@@ -358,19 +366,18 @@ impl GoogleTokens {
     /// to the file's `token_uri` (default `https://oauth2.googleapis.com/token`). No scope is sent:
     /// the token carries the scopes the user consented to at `gcloud auth application-default login`.
     async fn refresh_grant(&self, user: &AuthorizedUser) -> Result<Token, RegistryError> {
-        let body = url::form_urlencoded::Serializer::new(String::new())
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "refresh_token")
             .append_pair("client_id", &user.client_id)
             .append_pair("client_secret", &user.client_secret)
             .append_pair("refresh_token", &user.refresh_token)
             .finish();
-        let body = SecretString::from(body);
         let uri = user.token_uri.as_deref().unwrap_or(DEFAULT_TOKEN_URI);
         let response = self
             .http
             .post(uri)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(body.expose_secret().to_owned())
+            .body(body)
             .send()
             .await
             .map_err(|e| unreachable("Google token endpoint", e))?;
@@ -473,10 +480,6 @@ fn with_target(described: String, target: Option<&String>) -> String {
         Some(email) => format!("{described}, impersonating {email}"),
         None => described,
     }
-}
-
-fn impersonate_ref(i: &Option<Impersonation>) -> Option<&String> {
-    i.as_ref().map(|i| &i.email)
 }
 
 fn seconds_until(t: SystemTime) -> Duration {
@@ -631,9 +634,15 @@ mod tests {
 
     #[test]
     fn parse_errors_never_quote_values() {
-        let json: SecretString = r#"{"type": "authorized_user", "client_id": 5, "client_secret": "s3cr3t", "refresh_token": "r3fr3sh"}"#.into();
-        let e = parse::<AuthorizedUser>(&json, "f").err().unwrap().to_string();
-        assert!(!e.contains("s3cr3t") && !e.contains('5'.to_string().as_str()) || e.contains("line"), "{e}");
+        // serde would say: invalid type: string "s3cr3t", expected u64.
+        let json: SecretString = r#"{"client_id": "c", "client_secret": "s", "refresh_token": "r", "expires_in": "s3cr3t"}"#.into();
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct Strict {
+            expires_in: u64,
+        }
+        let e = parse::<Strict>(&json, "f").err().unwrap().to_string();
+        assert!(!e.contains("s3cr3t") && e.contains("line 1"), "{e}");
         let json: SecretString = r#"{"type": "authorized_user", "client_id": "c"}"#.into();
         let e = parse::<AuthorizedUser>(&json, "f").err().unwrap().to_string();
         assert!(e.contains("missing field `client_secret`"), "{e}");
