@@ -86,12 +86,7 @@ async fn check_and_watch(
     tokens: &TokenServer,
 ) {
     let (code, out, err, _) = run(setup, env, &["check"]);
-    let diag = || {
-        format!(
-            "{out}{err}\nrefusals: {:?}",
-            tokens.gcp().refusals()
-        )
-    };
+    let diag = || format!("{out}{err}\nrefusals: {:?}", tokens.gcp().refusals());
     assert_eq!(code, 0, "{}", diag());
     for (name, source) in names {
         assert_eq!(
@@ -213,7 +208,10 @@ async fn adc_gcloud_file_under_cloudsdk_config_then_home() {
     );
     let (code, out, err, _) = run(&setup, &[], &["check"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(line(&out, "gcr").ends_with(&format!("ok ({source})")), "{out}");
+    assert!(
+        line(&out, "gcr").ends_with(&format!("ok ({source})")),
+        "{out}"
+    );
     report(
         "GCR ADC gcloud file: refresh grants",
         tokens.gcp().grants().0,
@@ -275,13 +273,7 @@ async fn adc_metadata_server_honouring_gce_metadata_host() {
         !scopes.is_empty() && scopes.iter().all(|s| s == READ),
         "{scopes:?}"
     );
-    assert!(
-        tokens
-            .gcp()
-            .realm_principals()
-            .iter()
-            .all(|p| p == GKE_SA)
-    );
+    assert!(tokens.gcp().realm_principals().iter().all(|p| p == GKE_SA));
     report(
         "GCR ADC metadata server: tokens granted (scope)",
         format!("{} (devstorage.read_only)", tokens.gcp().grants().1),
@@ -320,10 +312,15 @@ async fn impersonation_through_the_iam_credentials_api() {
         &env,
         &registry,
         &[
-            ("gcr-key", &format!("service-account key, impersonating {READER}")),
+            (
+                "gcr-key",
+                &format!("service-account key, impersonating {READER}"),
+            ),
             (
                 "gcr-adc",
-                &format!("application default credentials: metadata server, impersonating {READER}"),
+                &format!(
+                    "application default credentials: metadata server, impersonating {READER}"
+                ),
             ),
         ],
         &tokens,
@@ -337,7 +334,10 @@ async fn impersonation_through_the_iam_credentials_api() {
         .into_iter()
         .chain(gcp.metadata_scopes())
         .collect();
-    assert!(source_scopes.iter().all(|s| s == CLOUD), "{source_scopes:?}");
+    assert!(
+        source_scopes.iter().all(|s| s == CLOUD),
+        "{source_scopes:?}"
+    );
     let iam = gcp.iam_scopes();
     assert!(!iam.is_empty() && iam.iter().all(|s| s == READ), "{iam:?}");
     let principals = gcp.realm_principals();
@@ -347,7 +347,11 @@ async fn impersonation_through_the_iam_credentials_api() {
     );
     report(
         "GCR impersonation: principals the registry realm saw",
-        format!("{} × {}", principals.len(), READER.split('@').next().unwrap()),
+        format!(
+            "{} × {}",
+            principals.len(),
+            READER.split('@').next().unwrap()
+        ),
         "only the impersonated reader",
     );
 
@@ -410,7 +414,10 @@ async fn a_source_that_fails_says_why_without_hanging() {
     .unwrap();
     let (code, out, _, _) = run(
         &setup,
-        &[("GOOGLE_APPLICATION_CREDENTIALS", federation.to_str().unwrap())],
+        &[(
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            federation.to_str().unwrap(),
+        )],
         &["check"],
     );
     assert_eq!(code, 1);
@@ -456,12 +463,18 @@ async fn five_second_tokens_never_meet_a_401() {
     let env = [("GCE_METADATA_HOST", tokens.host())];
     let daemon = support::Daemon::start(&mut command(&setup, &env, &["run"]));
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let ok = metric(&setup.admin, "regwatch_scans_total{registry=\"gcr\",result=\"ok\"}")
-        .await
-        .unwrap_or(0.0);
-    let failed = metric(&setup.admin, "regwatch_scans_total{registry=\"gcr\",result=\"failed\"}")
-        .await
-        .unwrap_or(0.0);
+    let ok = metric(
+        &setup.admin,
+        "regwatch_scans_total{registry=\"gcr\",result=\"ok\"}",
+    )
+    .await
+    .unwrap_or(0.0);
+    let failed = metric(
+        &setup.admin,
+        "regwatch_scans_total{registry=\"gcr\",result=\"failed\"}",
+    )
+    .await
+    .unwrap_or(0.0);
     let incomplete = metric(
         &setup.admin,
         "regwatch_scans_total{registry=\"gcr\",result=\"incomplete\"}",
@@ -501,5 +514,52 @@ async fn five_second_tokens_never_meet_a_401() {
     assert!(
         (6..=40).contains(&metadata_grants) && (6..=40).contains(&iam_grants),
         "metadata {metadata_grants}, iam {iam_grants}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adc_impersonated_service_account_file() {
+    // What `gcloud auth application-default login --impersonate-service-account=SA` writes: the
+    // user's credentials as `source_credentials`, and the IAM URL to trade their token at.
+    let (tokens, registry) = peers().await;
+    let gcp = tokens.gcp();
+    gcp.add_user("cid", "user-secret", "1//0refresh", "dev@example.com");
+    gcp.allow_impersonation("dev@example.com", READER);
+    let setup = Setup::new("", &block("gcr", &registry, ""));
+    let file = setup.dir.path().join("impersonated.json");
+    let json = serde_json::json!({
+        "type": "impersonated_service_account",
+        "service_account_impersonation_url": format!(
+            "{}/v1/projects/-/serviceAccounts/{READER}:generateAccessToken",
+            tokens.url
+        ),
+        "delegates": [],
+        "source_credentials": {
+            "type": "authorized_user",
+            "client_id": "cid",
+            "client_secret": "user-secret",
+            "refresh_token": "1//0refresh",
+            "token_uri": format!("{}/oauth2/token", tokens.url),
+        },
+    });
+    std::fs::write(&file, json.to_string()).unwrap();
+    let env = [("GOOGLE_APPLICATION_CREDENTIALS", file.to_str().unwrap())];
+    check_and_watch(
+        &setup,
+        &env,
+        &registry,
+        &[(
+            "gcr",
+            "application default credentials: GOOGLE_APPLICATION_CREDENTIALS, impersonated_service_account",
+        )],
+        &tokens,
+    )
+    .await;
+    let iam = gcp.iam_scopes();
+    assert!(!iam.is_empty() && iam.iter().all(|s| s == READ), "{iam:?}");
+    let principals = gcp.realm_principals();
+    assert!(
+        !principals.is_empty() && principals.iter().all(|p| p == READER),
+        "{principals:?}"
     );
 }

@@ -533,7 +533,10 @@ url = "https://registry.example.com"
         let Provider::Gcr(g) = &c.registries[0].provider else {
             panic!()
         };
-        assert!(g.json_key.is_none(), "no key: Application Default Credentials");
+        assert!(
+            g.json_key.is_none(),
+            "no key: Application Default Credentials"
+        );
         let e = parse("[[registry]]\nname = \"g\"\nkind = \"gcr\"\nurl = \"https://gcr.io\"\nproject_id = \"p\"\njson_key = \"{}\"\n").unwrap_err();
         assert!(e.message.contains("not a service-account key"), "{e}");
     }

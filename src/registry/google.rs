@@ -234,13 +234,14 @@ impl GoogleTokens {
     ///  1. GOOGLE_APPLICATION_CREDENTIALS environment variable
     ///  2. User credentials set up by using the Google Cloud CLI
     ///  3. The attached service account, returned by the metadata server".
+    ///
     /// As in Google's libraries, a set variable is final: a bad file there is an error, not a
     /// reason to look further.
     async fn adc(&self, env: &AdcEnv, scope: &str) -> Result<(Token, String), RegistryError> {
         if let Some(path) = &env.credentials_file {
             let what = "GOOGLE_APPLICATION_CREDENTIALS";
             let json = read_credentials(path, what)?;
-            let (token, kind) = self.from_file(&json, scope, what).await?;
+            let (token, kind) = self.file_token(&json, scope, what).await?;
             return Ok((
                 token,
                 format!("application default credentials: {what}, {kind}"),
@@ -249,8 +250,11 @@ impl GoogleTokens {
         if let Some(path) = env.gcloud_file.as_ref().filter(|p| p.exists()) {
             let what = "gcloud application_default_credentials.json";
             let json = read_credentials(path, what)?;
-            let (token, kind) = self.from_file(&json, scope, what).await?;
-            return Ok((token, format!("application default credentials: gcloud, {kind}")));
+            let (token, kind) = self.file_token(&json, scope, what).await?;
+            return Ok((
+                token,
+                format!("application default credentials: gcloud, {kind}"),
+            ));
         }
         let token = self.metadata_token(&env.metadata_host, scope).await?;
         Ok((
@@ -262,7 +266,7 @@ impl GoogleTokens {
     /// A token from a credentials file: `service_account`, `authorized_user`, or
     /// `impersonated_service_account` (what `gcloud auth application-default login
     /// --impersonate-service-account` writes). Returns the token and the file's type.
-    async fn from_file(
+    async fn file_token(
         &self,
         json: &SecretString,
         scope: &str,
@@ -533,9 +537,11 @@ fn read_credentials(path: &Path, what: &str) -> Result<SecretString, RegistryErr
             path.display()
         )));
     }
-    String::from_utf8(bytes).map(SecretString::from).map_err(|_| {
-        RegistryError::NoCredentials(format!("{what} file {} is not UTF-8", path.display()))
-    })
+    String::from_utf8(bytes)
+        .map(SecretString::from)
+        .map_err(|_| {
+            RegistryError::NoCredentials(format!("{what} file {} is not UTF-8", path.display()))
+        })
 }
 
 fn file_type(json: &SecretString, what: &str) -> Result<String, RegistryError> {
@@ -644,7 +650,10 @@ mod tests {
         let e = parse::<Strict>(&json, "f").err().unwrap().to_string();
         assert!(!e.contains("s3cr3t") && e.contains("line 1"), "{e}");
         let json: SecretString = r#"{"type": "authorized_user", "client_id": "c"}"#.into();
-        let e = parse::<AuthorizedUser>(&json, "f").err().unwrap().to_string();
+        let e = parse::<AuthorizedUser>(&json, "f")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("missing field `client_secret`"), "{e}");
     }
 }

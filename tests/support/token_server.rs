@@ -366,8 +366,7 @@ async fn google_token(State(inner): State<Arc<Inner>>, body: Bytes) -> Response 
     let scope = inner.google_scopes.lock().unwrap().last().cloned();
     let lifetime = inner.gcp.grant(&token, &email, &scope.unwrap_or_default());
     inner.google_grants.fetch_add(1, Ordering::Relaxed);
-    let body =
-        serde_json::json!({ "access_token": token, "expires_in": lifetime, "token_type": "Bearer" });
+    let body = serde_json::json!({ "access_token": token, "expires_in": lifetime, "token_type": "Bearer" });
     ([("content-type", "application/json")], body.to_string()).into_response()
 }
 
@@ -464,7 +463,12 @@ impl Gcp {
 }
 
 fn google_json(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, [("content-type", "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// OAuth2's refresh-token grant (RFC 6749 §6) as Google's token endpoint takes it for
@@ -478,7 +482,9 @@ fn google_refresh_grant(inner: &Inner, form: &HashMap<String, String>) -> Respon
         .find(|(id, _, token, _)| id == field("client_id") && token == field("refresh_token"))
     else {
         inner.refused.fetch_add(1, Ordering::Relaxed);
-        inner.gcp.refuse("token_uri: unknown client_id/refresh_token".into());
+        inner
+            .gcp
+            .refuse("token_uri: unknown client_id/refresh_token".into());
         return google_json(
             StatusCode::BAD_REQUEST,
             serde_json::json!({ "error": "invalid_grant" }),
@@ -517,8 +523,14 @@ async fn metadata_token(
 ) -> Response {
     if headers.get("metadata-flavor").and_then(|v| v.to_str().ok()) != Some("Google") {
         inner.refused.fetch_add(1, Ordering::Relaxed);
-        inner.gcp.refuse("metadata: no Metadata-Flavor: Google".into());
-        return (StatusCode::FORBIDDEN, "Missing required header: Metadata-Flavor").into_response();
+        inner
+            .gcp
+            .refuse("metadata: no Metadata-Flavor: Google".into());
+        return (
+            StatusCode::FORBIDDEN,
+            "Missing required header: Metadata-Flavor",
+        )
+            .into_response();
     }
     let Some(account) = inner.gcp.metadata_account.lock().unwrap().clone() else {
         return (StatusCode::NOT_FOUND, "not found").into_response();
@@ -528,7 +540,12 @@ async fn metadata_token(
         .flat_map(|(_, v)| v.split(',').map(str::to_owned).collect::<Vec<_>>())
         .collect();
     let scopes = scopes.join(" ");
-    inner.gcp.metadata_scopes.lock().unwrap().push(scopes.clone());
+    inner
+        .gcp
+        .metadata_scopes
+        .lock()
+        .unwrap()
+        .push(scopes.clone());
     let token = format!("ya29.gce-{:x}", rand::random::<u128>());
     let lifetime = inner.gcp.grant(&token, &account, &scopes);
     inner.gcp.metadata_grants.fetch_add(1, Ordering::Relaxed);
@@ -604,7 +621,10 @@ async fn generate_access_token(
         })
     });
     let Some(scopes) = scopes.filter(|s| !s.is_empty()) else {
-        return error(StatusCode::BAD_REQUEST, "scope: at least one value required");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "scope: at least one value required",
+        );
     };
     if !lifetime_ok {
         return error(StatusCode::BAD_REQUEST, "lifetime must be 1s..3600s");
@@ -614,7 +634,9 @@ async fn generate_access_token(
     let token = format!("ya29.impersonated-{:x}", rand::random::<u128>());
     let lifetime = gcp.grant(&token, email, &scopes);
     gcp.iam_grants.fetch_add(1, Ordering::Relaxed);
-    let expire = humantime::format_rfc3339_seconds(SystemTime::now() + std::time::Duration::from_secs(lifetime));
+    let expire = humantime::format_rfc3339_seconds(
+        SystemTime::now() + std::time::Duration::from_secs(lifetime),
+    );
     google_json(
         StatusCode::OK,
         serde_json::json!({ "accessToken": token, "expireTime": expire.to_string() }),
@@ -640,7 +662,13 @@ impl Gcp {
     }
 
     /// Registers `authorized_user` credentials standing for `principal`.
-    pub fn add_user(&self, client_id: &str, client_secret: &str, refresh_token: &str, principal: &str) {
+    pub fn add_user(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        refresh_token: &str,
+        principal: &str,
+    ) {
         self.users.lock().unwrap().push((
             client_id.into(),
             client_secret.into(),
