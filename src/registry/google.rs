@@ -207,7 +207,7 @@ impl GoogleTokens {
         };
         let (token, described) = match &self.source {
             Source::Key(key) => (
-                self.service_account_token(key, scope).await?,
+                self.service_account_token(key, scope, "json_key").await?,
                 "service-account key".to_owned(),
             ),
             Source::Adc(env) => self.adc(env, scope).await?,
@@ -315,10 +315,7 @@ impl GoogleTokens {
         what: &str,
     ) -> Result<Token, RegistryError> {
         if kind == "service_account" {
-            yup_oauth2::parse_service_account_key(json.expose_secret()).map_err(|_| {
-                RegistryError::NoCredentials(format!("{what} is not a valid service-account key"))
-            })?;
-            return self.service_account_token(json, scope).await;
+            return self.service_account_token(json, scope, what).await;
         }
         let user: AuthorizedUser = parse(json, what)?;
         self.refresh_grant(&user).await
@@ -329,6 +326,7 @@ impl GoogleTokens {
         &self,
         key: &SecretString,
         scope: &str,
+        what: &str,
     ) -> Result<Token, RegistryError> {
         let auth = {
             let mut slot = self.service_account.lock().await;
@@ -337,7 +335,9 @@ impl GoogleTokens {
                 _ => {
                     let parsed = yup_oauth2::parse_service_account_key(key.expose_secret())
                         .map_err(|_| {
-                            RegistryError::NoCredentials("not a valid service-account key".into())
+                            RegistryError::NoCredentials(format!(
+                                "{what} is not a valid service-account key"
+                            ))
                         })?;
                     let a = Arc::new(
                         yup_oauth2::ServiceAccountAuthenticator::builder(parsed)
@@ -385,7 +385,8 @@ impl GoogleTokens {
             .send()
             .await
             .map_err(|e| unreachable("Google token endpoint", e))?;
-        let parsed: OAuthToken = answer(response, "Google token endpoint").await?;
+        // OAuth2 answers a revoked or mismatched grant with 400 `invalid_grant` (RFC 6749 §5.2).
+        let parsed: OAuthToken = answer(response, "Google token endpoint", true).await?;
         Token::new(
             parsed.access_token,
             Duration::from_secs(parsed.expires_in.unwrap_or(3600)),
@@ -431,7 +432,7 @@ impl GoogleTokens {
                 status.as_u16()
             )));
         }
-        let parsed: OAuthToken = answer(response, "metadata server").await?;
+        let parsed: OAuthToken = answer(response, "metadata server", false).await?;
         Token::new(
             parsed.access_token,
             Duration::from_secs(parsed.expires_in.unwrap_or(3600)),
@@ -470,7 +471,7 @@ impl GoogleTokens {
             .send()
             .await
             .map_err(|e| unreachable("IAM Credentials API", e))?;
-        let parsed: IamToken = answer(response, "IAM Credentials API").await?;
+        let parsed: IamToken = answer(response, "IAM Credentials API", false).await?;
         let expires = humantime::parse_rfc3339_weak(&parsed.expire_time).map_err(|_| {
             RegistryError::Protocol("IAM Credentials API: expireTime is not RFC 3339".into())
         })?;
@@ -581,17 +582,18 @@ fn unreachable(what: &str, e: reqwest::Error) -> RegistryError {
     }
 }
 
-/// Reads a token endpoint's JSON answer; 400/401/403 mean the credentials were refused (OAuth2
-/// answers `invalid_grant` with 400).
+/// Reads a token endpoint's JSON answer; 401 and 403 (and 400 where `bad_request_refuses`) mean
+/// the credentials were refused.
 async fn answer<T: serde::de::DeserializeOwned>(
     response: reqwest::Response,
     what: &'static str,
+    bad_request_refuses: bool,
 ) -> Result<T, RegistryError> {
     let status = response.status();
-    if matches!(
-        status,
-        StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-    ) {
+    if status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+        || (bad_request_refuses && status == StatusCode::BAD_REQUEST)
+    {
         return Err(RegistryError::Unauthorized {
             status: status.as_u16(),
             what,
