@@ -4,6 +4,7 @@ pub mod auth;
 pub mod dockerhub;
 pub mod ecr;
 pub mod gcr;
+pub mod google;
 pub mod http;
 pub mod oci;
 
@@ -115,7 +116,7 @@ pub fn connect(config: &RegistryConfig) -> Result<Arc<dyn Registry>, RegistryErr
         Provider::Distribution => Arc::new(oci::OciRegistry::new(config)?),
         Provider::Ecr(ecr) => Arc::new(ecr::EcrRegistry::new(config, ecr)),
         Provider::Gcr(gcr) => {
-            let google = Arc::new(gcr::GoogleCredentials::new(gcr));
+            let google = Arc::new(gcr::GoogleCredentials::new(gcr, config.request_timeout)?);
             Arc::new(oci::OciRegistry::with_credentials(config, Some(google))?)
         }
     })
