@@ -119,6 +119,8 @@ pub(super) struct RawRegistry {
     pub(super) project_id: Option<String>,
     pub(super) json_key: Option<Secret>,
     pub(super) json_key_file: Option<FileSecret>,
+    pub(super) impersonate_service_account: Option<String>,
+    pub(super) iam_endpoint: Option<String>,
 }
 
 /// A humantime duration such as `30s` or `5m`.

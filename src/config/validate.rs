@@ -13,7 +13,7 @@ use super::{
     Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig, KafkaConfig, Kind,
     Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
 };
-use crate::registry::{docker_config, dockerhub, ecr, gcr};
+use crate::registry::{docker_config, dockerhub, ecr, gcr, google};
 
 /// Builds the typed configuration from the raw schema, or the first problem found.
 pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError> {
@@ -322,39 +322,92 @@ fn provider(
     only_for("project_id", r.project_id.is_some(), Kind::Gcr)?;
     only_for("json_key", r.json_key.is_some(), Kind::Gcr)?;
     only_for("json_key_file", r.json_key_file.is_some(), Kind::Gcr)?;
+    only_for(
+        "impersonate_service_account",
+        r.impersonate_service_account.is_some(),
+        Kind::Gcr,
+    )?;
+    only_for("iam_endpoint", r.iam_endpoint.is_some(), Kind::Gcr)?;
     match kind {
         Kind::Ecr => ecr_provider(r, url, err, line).map(Provider::Ecr),
-        Kind::Gcr => {
-            let project_id = r
-                .project_id
-                .clone()
-                .ok_or_else(|| err("project_id", line, "kind gcr needs project_id".into()))?;
-            let json_key = match (&r.json_key, &r.json_key_file) {
-                (Some(k), None) => k.0.clone(),
-                (None, Some(f)) => f.0.clone(),
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        "json_key",
-                        line,
-                        "set either json_key or json_key_file, not both".into(),
-                    ));
-                }
-                (None, None) => {
-                    return Err(err(
-                        "json_key",
-                        line,
-                        "kind gcr needs json_key or json_key_file (a service-account key)".into(),
-                    ));
-                }
-            };
-            gcr::check_key(&json_key).map_err(|e| err("json_key", line, e))?;
-            Ok(Provider::Gcr(GcrConfig {
-                project_id,
-                json_key,
-            }))
-        }
+        Kind::Gcr => gcr_provider(r, err, line).map(Provider::Gcr),
         _ => Ok(Provider::Distribution),
     }
+}
+
+fn gcr_provider(
+    r: &RawRegistry,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+    line: usize,
+) -> Result<GcrConfig, ConfigError> {
+    let project_id = r
+        .project_id
+        .clone()
+        .ok_or_else(|| err("project_id", line, "kind gcr needs project_id".into()))?;
+    let json_key = match (&r.json_key, &r.json_key_file) {
+        (Some(k), None) => Some(k.0.clone()),
+        (None, Some(f)) => Some(f.0.clone()),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "json_key",
+                line,
+                "set either json_key or json_key_file, not both".into(),
+            ));
+        }
+        // Application Default Credentials, resolved when the registry is first asked.
+        (None, None) => None,
+    };
+    if let Some(key) = &json_key {
+        gcr::check_key(key).map_err(|e| err("json_key", line, e))?;
+    }
+    let impersonate_service_account = r
+        .impersonate_service_account
+        .as_deref()
+        .map(|email| {
+            gcr::check_service_account_email(email)
+                .map(|()| email.to_owned())
+                .map_err(|e| err("impersonate_service_account", line, e))
+        })
+        .transpose()?;
+    let iam_endpoint = match &r.iam_endpoint {
+        None => Url::parse(google::DEFAULT_IAM_ENDPOINT).expect("static URL"),
+        Some(_) if impersonate_service_account.is_none() => {
+            return Err(err(
+                "iam_endpoint",
+                line,
+                "iam_endpoint is used only with impersonate_service_account".into(),
+            ));
+        }
+        Some(e) => {
+            let u = Url::parse(e)
+                .map_err(|x| err("iam_endpoint", line, format!("invalid URL {e:?}: {x}")))?;
+            match u.scheme() {
+                "https" => {}
+                "http" if r.insecure => {}
+                _ => {
+                    return Err(err(
+                        "iam_endpoint",
+                        line,
+                        "iam_endpoint must be https:// (or http:// with insecure = true)".into(),
+                    ));
+                }
+            }
+            if u.path() != "/" || u.query().is_some() || !u.username().is_empty() {
+                return Err(err(
+                    "iam_endpoint",
+                    line,
+                    "iam_endpoint is a base URL such as https://iamcredentials-myendpoint.p.googleapis.com, without a path".into(),
+                ));
+            }
+            u
+        }
+    };
+    Ok(GcrConfig {
+        project_id,
+        json_key,
+        impersonate_service_account,
+        iam_endpoint,
+    })
 }
 
 fn ecr_provider(

@@ -5,6 +5,7 @@ pub mod docker_config;
 pub mod dockerhub;
 pub mod ecr;
 pub mod gcr;
+pub mod google;
 pub mod http;
 pub mod oci;
 
@@ -122,7 +123,7 @@ pub fn connect(config: &RegistryConfig) -> Result<Arc<dyn Registry>, RegistryErr
         },
         Provider::Ecr(ecr) => Arc::new(ecr::EcrRegistry::new(config, ecr)),
         Provider::Gcr(gcr) => {
-            let google = Arc::new(gcr::GoogleCredentials::new(gcr));
+            let google = Arc::new(gcr::GoogleCredentials::new(gcr, config.request_timeout)?);
             Arc::new(oci::OciRegistry::with_credentials(config, Some(google))?)
         }
     })
