@@ -66,6 +66,10 @@ fn regwatch(setup: &Setup, args: &[&str], path: &str) -> (i32, String, String) {
         .arg(&setup.config)
         .env("RUST_LOG", "regwatch=debug")
         .env("PATH", path)
+        // Keep gcr's Application Default Credentials on loopback, should they ever be consulted.
+        .env("GCE_METADATA_HOST", "127.0.0.1:9")
+        .env("CLOUDSDK_CONFIG", "/nonexistent")
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
         .output()
         .unwrap();
     (
@@ -147,10 +151,13 @@ async fn auths_with_auth_password_and_identity_token() {
             entry("userpass", "harbor", &url, &userpass),
             entry("identity", "acr", &url, &identity),
             entry("hub", "dockerhub", &url, &hub),
+            // gcr without a key or impersonation: the docker config, not ADC.
+            entry("gcr", "gcr", &url, &auth).replace("\n\n", "\nproject_id = \"team\"\n\n"),
         ]
         .concat(),
     );
-    let (code, out, err) = setup.regwatch(&["check"]);
+    let path = std::env::var("PATH").unwrap_or_default();
+    let (code, out, err) = regwatch(&setup, &["check"], &path);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         line(&out, "auth").ends_with(" ok (docker config: auths)"),
@@ -168,12 +175,16 @@ async fn auths_with_auth_password_and_identity_token() {
         line(&out, "hub").ends_with(" ok (docker config: auths)"),
         "{out}"
     );
+    assert!(
+        line(&out, "gcr").ends_with(" ok (docker config: auths)"),
+        "{out}"
+    );
     assert_eq!(tokens.refused(), 0, "every realm request was accepted");
 
-    let (code, out, err) = setup.regwatch(&["once"]);
+    let (code, out, err) = regwatch(&setup, &["once"], &path);
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     let digest = registry.push("team/app", "v2").await;
-    let (code, out, err) = setup.regwatch(&["once"]);
+    let (code, out, err) = regwatch(&setup, &["once"], &path);
     assert_eq!(code, 0, "{err}");
     let mut seen: Vec<String> = json_lines(&out)
         .iter()
@@ -186,8 +197,16 @@ async fn auths_with_auth_password_and_identity_token() {
         })
         .collect();
     seen.sort();
-    assert_eq!(seen, ["auth", "hub", "identity", "userpass"], "{out}");
-    report("docker config auths forms accepted by the realm", 4, "4");
+    assert_eq!(
+        seen,
+        ["auth", "gcr", "hub", "identity", "userpass"],
+        "{out}"
+    );
+    report(
+        "docker config auths forms accepted by the realm (5 kinds)",
+        seen.len(),
+        "5",
+    );
 
     // A wrong identity token: the realm refuses it, and check says so as for any password.
     let wrong = write(

@@ -123,8 +123,14 @@ pub fn connect(config: &RegistryConfig) -> Result<Arc<dyn Registry>, RegistryErr
         },
         Provider::Ecr(ecr) => Arc::new(ecr::EcrRegistry::new(config, ecr)),
         Provider::Gcr(gcr) => {
-            let google = Arc::new(gcr::GoogleCredentials::new(gcr, config.request_timeout)?);
-            Arc::new(oci::OciRegistry::with_credentials(config, Some(google))?)
+            // A key or an impersonation set in the entry wins; else docker_config before ADC.
+            let docker = docker_config::DockerConfigSource::for_registry(config)
+                .filter(|_| gcr.json_key.is_none() && gcr.impersonate_service_account.is_none());
+            let source: Arc<dyn auth::CredentialSource> = match docker {
+                Some(docker) => Arc::new(docker),
+                None => Arc::new(gcr::GoogleCredentials::new(gcr, config.request_timeout)?),
+            };
+            Arc::new(oci::OciRegistry::with_credentials(config, Some(source))?)
         }
     })
 }
