@@ -299,3 +299,162 @@ async fn google_secrets_never_reach_any_output() {
     );
     assert!(found.is_empty(), "secrets leaked: {found:?}");
 }
+
+const DC_AUTH_PW: &str = "canary-dcauth-6e0a";
+const DC_PW: &str = "canary-dcpw-2f9b";
+const DC_IDENTITY: &str = "canary-dcidtok-93c1";
+const DC_WRONG_IDENTITY: &str = "canary-dcbadtok-0d7e";
+const DC_HELPER: &str = "canary-dchelper-b81f";
+const DC_HELPER_TOKEN: &str = "canary-dchelpertok-4a5c";
+
+/// `docker_config`: `auth`, `password`, `identitytoken` values and a credential helper's Secret go
+/// through check, once and tags at `RUST_LOG=trace`, with one refused identity token; none may
+/// appear in the output, nor in `Debug` of the config, the source or the credential it yields.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_config_secrets_never_reach_any_output() {
+    use base64::Engine;
+    use regwatch::registry::auth::CredentialSource;
+    use regwatch::registry::docker_config::DockerConfigSource;
+    use std::os::unix::fs::PermissionsExt;
+    use support::token_server::{Style, TokenServer};
+
+    let tokens = TokenServer::start(
+        &[
+            ("dcauth", DC_AUTH_PW),
+            ("dcpw", DC_PW),
+            ("dchelper", DC_HELPER),
+        ],
+        Style::Docker,
+    )
+    .await;
+    tokens.add_refresh_token(DC_IDENTITY, "dcpw");
+    tokens.add_refresh_token(DC_HELPER_TOKEN, "dcpw");
+    let registry = Registry::start(Auth::Token {
+        realm: tokens.realm(),
+        cert: tokens.cert_path.clone(),
+    });
+    registry.push("team/app", "v1").await;
+    let host = &registry.host;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (name, user, secret) in [
+        ("basic", "dchelper", DC_HELPER),
+        ("token", "<token>", DC_HELPER_TOKEN),
+    ] {
+        let path = d.join(format!("docker-credential-canary{name}"));
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\ninput=$(cat)\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{secret}\"}}' \"$input\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let files = [
+        (
+            "auth",
+            format!(
+                r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+                b64(&format!("dcauth:{DC_AUTH_PW}"))
+            ),
+        ),
+        (
+            "userpass",
+            format!(r#"{{"auths":{{"{host}":{{"username":"dcpw","password":"{DC_PW}"}}}}}}"#),
+        ),
+        (
+            "identity",
+            format!(r#"{{"auths":{{"{host}":{{"identitytoken":"{DC_IDENTITY}"}}}}}}"#),
+        ),
+        (
+            "badidentity",
+            format!(r#"{{"auths":{{"{host}":{{"identitytoken":"{DC_WRONG_IDENTITY}"}}}}}}"#),
+        ),
+        (
+            "helper",
+            format!(r#"{{"credHelpers":{{"{host}":"canarybasic"}}}}"#),
+        ),
+        ("helpertoken", r#"{"credsStore":"canarytoken"}"#.to_owned()),
+    ];
+    let mut body = String::new();
+    for (name, json) in &files {
+        let path = d.join(format!("{name}.json"));
+        std::fs::write(&path, json).unwrap();
+        body.push_str(&format!(
+            "[[registry]]\nname = \"{name}\"\nkind = \"oci\"\nurl = \"{}\"\ninsecure = true\nrepositories = [\"team/app\"]\ndocker_config = \"{}\"\n\n",
+            registry.url(),
+            path.display()
+        ));
+    }
+    let setup = Setup::new("first_run = \"emit\"\n", &body);
+    let path = format!("{}:/usr/bin:/bin", d.display());
+    let mut output = String::new();
+    let mut run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(args)
+            .arg("-c")
+            .arg(&setup.config)
+            .env("RUST_LOG", "trace")
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        output.push_str(&String::from_utf8_lossy(&out.stdout));
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        out.status.code()
+    };
+    assert_eq!(run(&["check"]), Some(1), "badidentity fails the check");
+    assert_eq!(run(&["once"]), Some(1));
+    for name in ["auth", "userpass", "identity", "helper", "helpertoken"] {
+        assert_eq!(run(&["tags", name, "team/app"]), Some(0), "{output}");
+    }
+    assert!(output.contains("TRACE"), "trace logging was on");
+    assert!(
+        output.contains("ok (docker config: credHelper canarybasic)")
+            && output.contains("ok (docker config: credsStore canarytoken)")
+            && output.contains("ok (docker config: identity token)")
+            && output.contains("invalid credentials (401/403)"),
+        "every source was exercised: {output}"
+    );
+
+    // Debug of the config, of the source, and of the credential it yields.
+    let config = regwatch::config::load(&setup.config).unwrap();
+    output.push_str(&format!("{config:?}"));
+    for (i, r) in config.registries.iter().enumerate() {
+        let source = DockerConfigSource::for_registry(r).unwrap();
+        output.push_str(&format!("{source:?}"));
+        // The helpers are found through PATH; this process's PATH lacks them, so only the files'.
+        if i < 4 {
+            let credential = source.credential().await.unwrap();
+            output.push_str(&format!("{credential:?}"));
+        }
+    }
+
+    let canaries = [
+        DC_AUTH_PW.to_owned(),
+        DC_PW.into(),
+        DC_IDENTITY.into(),
+        DC_WRONG_IDENTITY.into(),
+        DC_HELPER.into(),
+        DC_HELPER_TOKEN.into(),
+        b64(&format!("dcauth:{DC_AUTH_PW}")),
+        basic_b64("dcpw", DC_PW),
+        basic_b64("dchelper", DC_HELPER),
+    ];
+    let found: Vec<(&String, usize)> = canaries
+        .iter()
+        .map(|c| (c, output.matches(c.as_str()).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let total: usize = found.iter().map(|(_, n)| n).sum();
+    report(
+        &format!(
+            "docker config secret canaries in {} bytes of trace output and Debug",
+            output.len()
+        ),
+        total,
+        "0",
+    );
+    assert!(found.is_empty(), "secrets leaked: {found:?}");
+}

@@ -283,6 +283,8 @@ pub struct RegistryConfig {
     pub insecure: bool,
     /// Enables `POST /hooks/<name>`.
     pub webhook_token: Option<SecretString>,
+    /// A docker `config.json` to take credentials from when `username`/`password` are not set.
+    pub docker_config: Option<PathBuf>,
 }
 
 impl RegistryConfig {

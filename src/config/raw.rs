@@ -107,6 +107,7 @@ pub(super) struct RawRegistry {
     pub(super) insecure: bool,
     pub(super) webhook_token: Option<Secret>,
     pub(super) webhook_token_file: Option<FileSecret>,
+    pub(super) docker_config: Option<Spanned<Expanded>>,
     // ecr
     pub(super) region: Option<String>,
     pub(super) access_key_id: Option<Expanded>,

@@ -2,6 +2,7 @@
 //! another kind, limits, duplicate names), and the typed [`Config`](super::Config) they produce.
 
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use url::Url;
@@ -12,7 +13,7 @@ use super::{
     Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig, KafkaConfig, Kind,
     Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
 };
-use crate::registry::{dockerhub, ecr, gcr, google};
+use crate::registry::{docker_config, dockerhub, ecr, gcr, google};
 
 /// Builds the typed configuration from the raw schema, or the first problem found.
 pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError> {
@@ -199,6 +200,24 @@ fn validate_registry(
         table_line,
     )?;
 
+    let docker_config = match r.docker_config {
+        None => None,
+        Some(spanned) => {
+            let line = line_of(text, spanned.span().start);
+            let path = PathBuf::from(spanned.into_inner().0);
+            if kind == Kind::Ecr {
+                return Err(err(
+                    "docker_config",
+                    line,
+                    "kind ecr is watched through the AWS API (DescribeImages), not a registry login; use the AWS credential chain or access_key_id".into(),
+                ));
+            }
+            docker_config::validate(&path, &docker_config::server_key(kind, &host))
+                .map_err(|e| err("docker_config", line, e))?;
+            Some(path)
+        }
+    };
+
     if matches!(provider, Provider::Ecr(_) | Provider::Gcr(_)) && credentials.is_some() {
         return Err(err(
             "username",
@@ -264,6 +283,7 @@ fn validate_registry(
         request_timeout: r.request_timeout.map_or(Duration::from_secs(30), |d| d.0),
         insecure: r.insecure,
         webhook_token,
+        docker_config,
     })
 }
 
