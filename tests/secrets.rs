@@ -151,6 +151,314 @@ async fn secrets_never_reach_any_output() {
     assert!(found.is_empty(), "secrets leaked: {found:?}");
 }
 
+const G_CLIENT_SECRET: &str = "canary-gclient-6a1e";
+const G_REFRESH: &str = "canary-grefresh-2f7c";
+
+/// Google identities: the refresh token and client secret of an `authorized_user` file, the
+/// service-account private key, and every access token the peers granted (from the key, the refresh
+/// grant, the metadata server and the IAM Credentials API) go through good and refused flows at
+/// `RUST_LOG=trace`; none of them may appear in any output.
+#[tokio::test(flavor = "multi_thread")]
+async fn google_secrets_never_reach_any_output() {
+    use support::token_server::{Style, TokenServer};
+    let tokens = TokenServer::start(&[], Style::Docker).await;
+    let registry = Registry::start(Auth::Token {
+        realm: tokens.realm(),
+        cert: tokens.cert_path.clone(),
+    });
+    registry.push("my-project/app", "v1").await;
+    let reader = "reader@my-project.iam.gserviceaccount.com";
+    let gcp = tokens.gcp();
+    gcp.add_user(
+        "canary-client-id",
+        G_CLIENT_SECRET,
+        G_REFRESH,
+        "dev@example.com",
+    );
+    gcp.set_metadata_account("gke-sa@my-project.iam.gserviceaccount.com");
+    gcp.allow_impersonation("dev@example.com", reader);
+    gcp.allow_impersonation("gke-sa@my-project.iam.gserviceaccount.com", reader);
+    let dir = tempfile::tempdir().unwrap();
+    let key = tokens.service_account(dir.path(), "my-project");
+    let user_file = |secret: &str| {
+        let path = dir.path().join(format!("adc-{secret}.json"));
+        let json = serde_json::json!({
+            "type": "authorized_user", "client_id": "canary-client-id",
+            "client_secret": secret, "refresh_token": G_REFRESH,
+            "token_uri": format!("{}/oauth2/token", tokens.url),
+        });
+        std::fs::write(&path, json.to_string()).unwrap();
+        path
+    };
+    let (good_user, bad_user) = (user_file(G_CLIENT_SECRET), user_file(WRONG_PW));
+    let gcr = |name: &str, extra: &str| {
+        format!(
+            "[[registry]]\nname = \"{name}\"\nkind = \"gcr\"\nurl = \"{}\"\ninsecure = true\nproject_id = \"my-project\"\nrepositories = [\"app\"]\n{extra}\n",
+            registry.url()
+        )
+    };
+    let setup = Setup::new(
+        "first_run = \"emit\"\ninterval = \"1s\"\n",
+        &[
+            gcr(
+                "gcr-key",
+                &format!("json_key_file = \"{}\"\n", key.path.display()),
+            ),
+            gcr(
+                "gcr-adc",
+                &format!(
+                    "impersonate_service_account = \"{reader}\"\niam_endpoint = \"{}\"\n",
+                    tokens.url
+                ),
+            ),
+        ]
+        .concat(),
+    );
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let command = |args: &[&str], adc: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
+        c.args(args)
+            .arg("-c")
+            .arg(&setup.config)
+            .env("RUST_LOG", "trace")
+            .env("HOME", &home)
+            .env_remove("CLOUDSDK_CONFIG")
+            .env(
+                "GCE_METADATA_HOST",
+                tokens.url.trim_start_matches("http://"),
+            );
+        match adc {
+            Some(path) => c.env("GOOGLE_APPLICATION_CREDENTIALS", path),
+            None => c.env_remove("GOOGLE_APPLICATION_CREDENTIALS"),
+        };
+        c
+    };
+    let mut output = String::new();
+    let mut run = |args: &[&str], adc: Option<&std::path::Path>| {
+        let out = command(args, adc).output().unwrap();
+        output.push_str(&String::from_utf8_lossy(&out.stdout));
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        out.status.code()
+    };
+    assert_eq!(run(&["check"], Some(&good_user)), Some(0));
+    assert_eq!(run(&["once"], Some(&good_user)), Some(0));
+    assert_eq!(run(&["check"], None), Some(0));
+    assert_eq!(run(&["tags", "gcr-adc", "app"], None), Some(0));
+    assert_eq!(run(&["check"], Some(&bad_user)), Some(1));
+    assert!(output.contains("ok (application default credentials: GOOGLE_APPLICATION_CREDENTIALS, authorized_user, impersonating"));
+    assert!(
+        output.contains("invalid credentials (401/403)"),
+        "a refused grant was exercised"
+    );
+    let daemon = support::Daemon::start(&mut command(&["run"], None));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, out, err) = daemon.stop();
+    output.push_str(&out);
+    output.push_str(&err);
+    assert!(output.contains("TRACE"), "trace logging was on");
+
+    let granted = gcp.granted_tokens();
+    let (refresh, metadata, iam) = gcp.grants();
+    assert!(refresh >= 2 && metadata >= 1 && iam >= 3 && tokens.google_grants() >= 1);
+    let private_key: Vec<String> =
+        serde_json::from_str::<serde_json::Value>(&key.json).unwrap()["private_key"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() > 20)
+            .map(str::to_owned)
+            .collect();
+    let mut canaries = vec![
+        G_CLIENT_SECRET.to_owned(),
+        G_REFRESH.to_owned(),
+        WRONG_PW.to_owned(),
+    ];
+    canaries.extend(private_key);
+    for t in &granted {
+        canaries.push(t.clone());
+        canaries.push(basic_b64("oauth2accesstoken", t));
+    }
+    let found: Vec<(String, usize)> = canaries
+        .into_iter()
+        .map(|c| {
+            let n = output.matches(&c).count();
+            (c, n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let total: usize = found.iter().map(|(_, n)| n).sum();
+    report(
+        &format!(
+            "Google secret canaries ({} access tokens, refresh token, client secret, key) in {} bytes of trace output",
+            granted.len(),
+            output.len()
+        ),
+        total,
+        "0",
+    );
+    assert!(found.is_empty(), "secrets leaked: {found:?}");
+}
+
+const DC_AUTH_PW: &str = "canary-dcauth-6e0a";
+const DC_PW: &str = "canary-dcpw-2f9b";
+const DC_IDENTITY: &str = "canary-dcidtok-93c1";
+const DC_WRONG_IDENTITY: &str = "canary-dcbadtok-0d7e";
+const DC_HELPER: &str = "canary-dchelper-b81f";
+const DC_HELPER_TOKEN: &str = "canary-dchelpertok-4a5c";
+
+/// `docker_config`: `auth`, `password`, `identitytoken` values and a credential helper's Secret go
+/// through check, once and tags at `RUST_LOG=trace`, with one refused identity token; none may
+/// appear in the output, nor in `Debug` of the config, the source or the credential it yields.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_config_secrets_never_reach_any_output() {
+    use base64::Engine;
+    use regwatch::registry::auth::CredentialSource;
+    use regwatch::registry::docker_config::DockerConfigSource;
+    use std::os::unix::fs::PermissionsExt;
+    use support::token_server::{Style, TokenServer};
+
+    let tokens = TokenServer::start(
+        &[
+            ("dcauth", DC_AUTH_PW),
+            ("dcpw", DC_PW),
+            ("dchelper", DC_HELPER),
+        ],
+        Style::Docker,
+    )
+    .await;
+    tokens.add_refresh_token(DC_IDENTITY, "dcpw");
+    tokens.add_refresh_token(DC_HELPER_TOKEN, "dcpw");
+    let registry = Registry::start(Auth::Token {
+        realm: tokens.realm(),
+        cert: tokens.cert_path.clone(),
+    });
+    registry.push("team/app", "v1").await;
+    let host = &registry.host;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (name, user, secret) in [
+        ("basic", "dchelper", DC_HELPER),
+        ("token", "<token>", DC_HELPER_TOKEN),
+    ] {
+        let path = d.join(format!("docker-credential-canary{name}"));
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\ninput=$(cat)\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{secret}\"}}' \"$input\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let files = [
+        (
+            "auth",
+            format!(
+                r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+                b64(&format!("dcauth:{DC_AUTH_PW}"))
+            ),
+        ),
+        (
+            "userpass",
+            format!(r#"{{"auths":{{"{host}":{{"username":"dcpw","password":"{DC_PW}"}}}}}}"#),
+        ),
+        (
+            "identity",
+            format!(r#"{{"auths":{{"{host}":{{"identitytoken":"{DC_IDENTITY}"}}}}}}"#),
+        ),
+        (
+            "badidentity",
+            format!(r#"{{"auths":{{"{host}":{{"identitytoken":"{DC_WRONG_IDENTITY}"}}}}}}"#),
+        ),
+        (
+            "helper",
+            format!(r#"{{"credHelpers":{{"{host}":"canarybasic"}}}}"#),
+        ),
+        ("helpertoken", r#"{"credsStore":"canarytoken"}"#.to_owned()),
+    ];
+    let mut body = String::new();
+    for (name, json) in &files {
+        let path = d.join(format!("{name}.json"));
+        std::fs::write(&path, json).unwrap();
+        body.push_str(&format!(
+            "[[registry]]\nname = \"{name}\"\nkind = \"oci\"\nurl = \"{}\"\ninsecure = true\nrepositories = [\"team/app\"]\ndocker_config = \"{}\"\n\n",
+            registry.url(),
+            path.display()
+        ));
+    }
+    let setup = Setup::new("first_run = \"emit\"\n", &body);
+    let path = format!("{}:/usr/bin:/bin", d.display());
+    let mut output = String::new();
+    let mut run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(args)
+            .arg("-c")
+            .arg(&setup.config)
+            .env("RUST_LOG", "trace")
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        output.push_str(&String::from_utf8_lossy(&out.stdout));
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        out.status.code()
+    };
+    assert_eq!(run(&["check"]), Some(1), "badidentity fails the check");
+    assert_eq!(run(&["once"]), Some(1));
+    for name in ["auth", "userpass", "identity", "helper", "helpertoken"] {
+        assert_eq!(run(&["tags", name, "team/app"]), Some(0), "{output}");
+    }
+    assert!(output.contains("TRACE"), "trace logging was on");
+    assert!(
+        output.contains("ok (docker config: credHelper canarybasic)")
+            && output.contains("ok (docker config: credsStore canarytoken)")
+            && output.contains("ok (docker config: identity token)")
+            && output.contains("invalid credentials (401/403)"),
+        "every source was exercised: {output}"
+    );
+
+    // Debug of the config, of the source, and of the credential it yields.
+    let config = regwatch::config::load(&setup.config).unwrap();
+    output.push_str(&format!("{config:?}"));
+    for (i, r) in config.registries.iter().enumerate() {
+        let source = DockerConfigSource::for_registry(r).unwrap();
+        output.push_str(&format!("{source:?}"));
+        // The helpers are found through PATH; this process's PATH lacks them, so only the files'.
+        if i < 4 {
+            let credential = source.credential().await.unwrap();
+            output.push_str(&format!("{credential:?}"));
+        }
+    }
+
+    let canaries = [
+        DC_AUTH_PW.to_owned(),
+        DC_PW.into(),
+        DC_IDENTITY.into(),
+        DC_WRONG_IDENTITY.into(),
+        DC_HELPER.into(),
+        DC_HELPER_TOKEN.into(),
+        b64(&format!("dcauth:{DC_AUTH_PW}")),
+        basic_b64("dcpw", DC_PW),
+        basic_b64("dchelper", DC_HELPER),
+    ];
+    let found: Vec<(&String, usize)> = canaries
+        .iter()
+        .map(|c| (c, output.matches(c.as_str()).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let total: usize = found.iter().map(|(_, n)| n).sum();
+    report(
+        &format!(
+            "docker config secret canaries in {} bytes of trace output and Debug",
+            output.len()
+        ),
+        total,
+        "0",
+    );
+    assert!(found.is_empty(), "secrets leaked: {found:?}");
+}
+
 /// The Azure sources' secrets (client secret, federated token, `IDENTITY_HEADER`) and what they
 /// become (Entra access tokens, ACR refresh tokens) go through good and refused flows at
 /// `RUST_LOG=trace`; none may appear in the output.

@@ -244,8 +244,12 @@ pub struct EcrConfig {
 pub struct GcrConfig {
     /// The Google Cloud project.
     pub project_id: String,
-    /// The service-account key JSON.
-    pub json_key: SecretString,
+    /// The service-account key JSON; `None` uses Application Default Credentials.
+    pub json_key: Option<SecretString>,
+    /// A service account to impersonate through the IAM Credentials API.
+    pub impersonate_service_account: Option<String>,
+    /// The IAM Credentials API endpoint (Private Service Connect, tests).
+    pub iam_endpoint: Url,
 }
 
 /// `kind = "acr"` settings: an Entra ID identity, all optional (see `registry::acr`).
@@ -293,6 +297,8 @@ pub struct RegistryConfig {
     pub insecure: bool,
     /// Enables `POST /hooks/<name>`.
     pub webhook_token: Option<SecretString>,
+    /// A docker `config.json` to take credentials from when `username`/`password` are not set.
+    pub docker_config: Option<PathBuf>,
 }
 
 impl RegistryConfig {
@@ -538,9 +544,15 @@ url = "https://registry.example.com"
     }
 
     #[test]
-    fn gcr_needs_a_key_and_prefixes_the_project() {
-        let e = parse("[[registry]]\nname = \"g\"\nkind = \"gcr\"\nurl = \"https://gcr.io\"\nproject_id = \"p\"\n").unwrap_err();
-        assert_eq!(e.path, "registry[0].json_key");
+    fn gcr_key_is_optional_but_checked() {
+        let c = parse("[[registry]]\nname = \"g\"\nkind = \"gcr\"\nurl = \"https://gcr.io\"\nproject_id = \"p\"\n").unwrap();
+        let Provider::Gcr(g) = &c.registries[0].provider else {
+            panic!()
+        };
+        assert!(
+            g.json_key.is_none(),
+            "no key: Application Default Credentials"
+        );
         let e = parse("[[registry]]\nname = \"g\"\nkind = \"gcr\"\nurl = \"https://gcr.io\"\nproject_id = \"p\"\njson_key = \"{}\"\n").unwrap_err();
         assert!(e.message.contains("not a service-account key"), "{e}");
     }

@@ -30,13 +30,20 @@ use super::azure::{Flow, Minted};
 use super::http::{Transport, expect_json, read_body};
 use crate::config::{AcrConfig, RegistryConfig};
 
-/// The credential source for an ACR entry: its username/password if configured, else Entra ID.
+/// The credential source for an ACR entry: keys set in the entry (username/password, a client
+/// secret) win; then `docker_config` (e.g. the refresh token `az acr login` stores as
+/// `identitytoken`); then the ambient Entra identity.
 pub fn source(
     config: &RegistryConfig,
     acr: &AcrConfig,
 ) -> Result<Arc<dyn CredentialSource>, RegistryError> {
     if let Some(c) = &config.credentials {
         return Ok(Arc::new(c.clone()));
+    }
+    if acr.client_secret.is_none()
+        && let Some(docker) = super::docker_config::DockerConfigSource::for_registry(config)
+    {
+        return Ok(Arc::new(docker));
     }
     let env = |k: &str| std::env::var(k).ok();
     Ok(Arc::new(AcrCredentials::new(config, acr, &env)?))
