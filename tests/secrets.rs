@@ -458,3 +458,145 @@ async fn docker_config_secrets_never_reach_any_output() {
     );
     assert!(found.is_empty(), "secrets leaked: {found:?}");
 }
+
+/// The Azure sources' secrets (client secret, federated token, `IDENTITY_HEADER`) and what they
+/// become (Entra access tokens, ACR refresh tokens) go through good and refused flows at
+/// `RUST_LOG=trace`; none may appear in the output.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_identity_secrets_never_reach_any_output() {
+    use support::azure::{AcrFront, Entra};
+    const ENTRA_SECRET: &str = "canary-entra-secret-6a0d";
+    const ENTRA_WRONG: &str = "canary-entra-wrong-93c1";
+    let entra = Entra::start(ENTRA_SECRET).await;
+    let front = AcrFront::start(&entra).await;
+    front.registry.push("svc/api", "v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    let federated = entra.federated_token(3600);
+    std::fs::write(&token_file, &federated).unwrap();
+    let entry = |name: &str, keys: &str| {
+        format!(
+            "[[registry]]\nname = \"{name}\"\nkind = \"acr\"\nurl = \"{}\"\ninsecure = true\nrepositories = [\"svc/api\"]\n{keys}\n",
+            front.url()
+        )
+    };
+    let keys = |secret: &str| {
+        format!(
+            "tenant_id = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{secret}\"\n",
+            entra.tenant(),
+            entra.client_id()
+        )
+    };
+    let setup = Setup::new(
+        "first_run = \"emit\"\n",
+        &[
+            entry("acr-secret", &keys(ENTRA_SECRET)),
+            entry("acr-wrong", &keys(ENTRA_WRONG)),
+            entry("acr-ambient", ""),
+        ]
+        .concat(),
+    );
+    let workload = [
+        ("AZURE_CLIENT_ID", entra.client_id().to_owned()),
+        ("AZURE_TENANT_ID", entra.tenant().to_owned()),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        ("AZURE_AUTHORITY_HOST", entra.url.clone()),
+    ];
+    let managed = [
+        ("AZURE_AUTHORITY_HOST", entra.url.clone()),
+        ("IDENTITY_ENDPOINT", format!("{}/msi/token", entra.url)),
+        ("IDENTITY_HEADER", entra.identity_header().to_owned()),
+    ];
+    let mut output = String::new();
+    let mut run = |args: &[&str], env: &[(&str, String)]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
+        c.args(args)
+            .arg("-c")
+            .arg(&setup.config)
+            .env("RUST_LOG", "trace");
+        for k in [
+            "AZURE_CLIENT_ID",
+            "AZURE_TENANT_ID",
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "AZURE_AUTHORITY_HOST",
+            "IDENTITY_ENDPOINT",
+            "IDENTITY_HEADER",
+        ] {
+            c.env_remove(k);
+        }
+        // A loopback IMDS that is not there: no request to the real link-local address.
+        c.env(
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            format!("http://127.0.0.1:{}", free_port()),
+        );
+        c.envs(env.iter().map(|(k, v)| (k, v)));
+        let out = c.output().unwrap();
+        output.push_str(&String::from_utf8_lossy(&out.stdout));
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        out.status.code()
+    };
+    assert_eq!(run(&["check"], &workload), Some(1), "acr-wrong fails");
+    assert_eq!(run(&["once"], &workload), Some(1));
+    assert_eq!(run(&["tags", "acr-ambient", "svc/api"], &workload), Some(0));
+    assert_eq!(run(&["check"], &managed), Some(1));
+    assert_eq!(
+        run(&["once", "--dry-run", "--log-format", "json"], &managed),
+        Some(1)
+    );
+    assert!(output.contains("TRACE"), "trace logging was on");
+    for source in [
+        "client secret",
+        "workload identity",
+        "managed identity (IDENTITY_ENDPOINT)",
+    ] {
+        assert!(
+            output.contains(&format!("ok ({source})")),
+            "{source} exercised"
+        );
+    }
+    assert!(
+        output.contains("invalid credentials (401/403)"),
+        "refusal exercised"
+    );
+    assert!(
+        output.contains("io.regwatch.tag.added"),
+        "events were printed"
+    );
+
+    let mut canaries = vec![
+        ENTRA_SECRET.to_owned(),
+        ENTRA_WRONG.to_owned(),
+        federated,
+        entra.identity_header().to_owned(),
+    ];
+    let (access, refresh) = (entra.issued(), front.refresh_tokens());
+    assert!(
+        access.len() >= 3 && refresh.len() >= 3,
+        "tokens were minted"
+    );
+    canaries.extend(access);
+    canaries.extend(refresh);
+    // A JWT's signature alone is as telling as the whole token.
+    let signatures: Vec<String> = canaries
+        .iter()
+        .filter_map(|c| c.rsplit_once('.').map(|(_, s)| s.to_owned()))
+        .collect();
+    canaries.extend(signatures);
+    let found: usize = canaries
+        .iter()
+        .map(|c| output.matches(c.as_str()).count())
+        .sum();
+    report(
+        &format!(
+            "Azure secret canaries ({} values) in {} bytes of trace output",
+            canaries.len(),
+            output.len()
+        ),
+        found,
+        "0",
+    );
+    assert_eq!(found, 0, "an Azure secret or token leaked");
+}

@@ -121,6 +121,11 @@ pub(super) struct RawRegistry {
     pub(super) json_key_file: Option<FileSecret>,
     pub(super) impersonate_service_account: Option<String>,
     pub(super) iam_endpoint: Option<String>,
+    // acr
+    pub(super) tenant_id: Option<Expanded>,
+    pub(super) client_id: Option<Expanded>,
+    pub(super) client_secret: Option<Secret>,
+    pub(super) client_secret_file: Option<FileSecret>,
 }
 
 /// A humantime duration such as `30s` or `5m`.

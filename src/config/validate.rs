@@ -10,8 +10,8 @@ use url::Url;
 use super::raw::{RawConfig, RawRegistry};
 use super::secrets::one_secret;
 use super::{
-    Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig, KafkaConfig, Kind,
-    Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
+    AcrConfig, Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig, KafkaConfig,
+    Kind, Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
 };
 use crate::registry::{docker_config, dockerhub, ecr, gcr, google};
 
@@ -328,11 +328,67 @@ fn provider(
         Kind::Gcr,
     )?;
     only_for("iam_endpoint", r.iam_endpoint.is_some(), Kind::Gcr)?;
+    only_for("tenant_id", r.tenant_id.is_some(), Kind::Acr)?;
+    only_for("client_id", r.client_id.is_some(), Kind::Acr)?;
+    only_for("client_secret", r.client_secret.is_some(), Kind::Acr)?;
+    only_for(
+        "client_secret_file",
+        r.client_secret_file.is_some(),
+        Kind::Acr,
+    )?;
     match kind {
+        Kind::Acr => acr_provider(r, err, line).map(Provider::Acr),
         Kind::Ecr => ecr_provider(r, url, err, line).map(Provider::Ecr),
         Kind::Gcr => gcr_provider(r, err, line).map(Provider::Gcr),
         _ => Ok(Provider::Distribution),
     }
+}
+
+/// ACR's Entra keys: a client secret needs its tenant and app, and replaces username/password.
+fn acr_provider(
+    r: &RawRegistry,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+    line: usize,
+) -> Result<AcrConfig, ConfigError> {
+    let client_secret = match (&r.client_secret, &r.client_secret_file) {
+        (Some(s), None) => Some(s.0.clone()),
+        (None, Some(f)) => Some(f.0.clone()),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "client_secret",
+                line,
+                "set either client_secret or client_secret_file, not both".into(),
+            ));
+        }
+        (None, None) => None,
+    };
+    let config = AcrConfig {
+        tenant_id: r.tenant_id.as_ref().map(|t| t.0.clone()),
+        client_id: r.client_id.as_ref().map(|c| c.0.clone()),
+        client_secret,
+    };
+    if config.client_secret.is_some() {
+        if r.username.is_some() {
+            return Err(err(
+                "client_secret",
+                line,
+                "set either username/password or client_secret, not both".into(),
+            ));
+        }
+        for (key, value) in [
+            ("tenant_id", &config.tenant_id),
+            ("client_id", &config.client_id),
+        ] {
+            if value.as_deref().is_none_or(str::is_empty) {
+                return Err(err(
+                    key,
+                    line,
+                    format!("client_secret needs {key} (the app registration's {key})"),
+                ));
+            }
+        }
+    }
+    Ok(config)
 }
 
 fn gcr_provider(

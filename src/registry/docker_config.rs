@@ -506,7 +506,7 @@ fn jwt_exp(secret: &str) -> Option<u64> {
 fn password(c: &Credential) -> Option<&str> {
     match c {
         Credential::Basic(c) => Some(secrecy::ExposeSecret::expose_secret(&c.password)),
-        Credential::RefreshToken(_) => None,
+        Credential::RefreshToken(_) | Credential::Anonymous => None,
     }
 }
 

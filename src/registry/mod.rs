@@ -1,6 +1,8 @@
 //! The [`Registry`] trait that every adapter implements, and the types a listing is made of.
 
+pub mod acr;
 pub mod auth;
+pub mod azure;
 pub mod docker_config;
 pub mod dockerhub;
 pub mod ecr;
@@ -130,6 +132,10 @@ pub fn connect(config: &RegistryConfig) -> Result<Arc<dyn Registry>, RegistryErr
                 Some(docker) => Arc::new(docker),
                 None => Arc::new(gcr::GoogleCredentials::new(gcr, config.request_timeout)?),
             };
+            Arc::new(oci::OciRegistry::with_credentials(config, Some(source))?)
+        }
+        Provider::Acr(acr) => {
+            let source = acr::source(config, acr)?;
             Arc::new(oci::OciRegistry::with_credentials(config, Some(source))?)
         }
     })

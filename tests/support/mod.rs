@@ -3,6 +3,7 @@
 //! Kafka consumer; and helpers to run the `regwatch` binary.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod azure;
 pub mod proxy;
 pub mod synthetic;
 pub mod tls;
