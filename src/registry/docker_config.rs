@@ -14,16 +14,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
 use super::RegistryError;
-use super::auth::{Credential, CredentialSource};
+use super::auth::{Credential, CredentialSource, jwt_lifetime};
 use super::dockerhub;
 use crate::config::{Credentials, Kind, RegistryConfig};
 
@@ -478,27 +478,14 @@ async fn run_helper(name: &str, server: &str) -> Result<(Credential, Option<Dura
 /// How long to reuse a helper's secret: until shortly before the `exp` of a JWT (a tenth of its
 /// remaining life, 1 s to 60 s early), else [`HELPER_DEFAULT_TTL`]; `None` if already expired.
 fn secret_lifetime(secret: &str) -> Option<Duration> {
-    let Some(exp) = jwt_exp(secret) else {
+    let Some(remaining) = jwt_lifetime(secret) else {
         return Some(HELPER_DEFAULT_TTL);
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-    let remaining = Duration::from_secs(exp.checked_sub(now).filter(|r| *r > 1)?);
-    let margin = (remaining / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    Some(remaining.saturating_sub(margin))
-}
-
-/// The `exp` claim of a JWT-shaped secret, unverified (it only times the cache).
-fn jwt_exp(secret: &str) -> Option<u64> {
-    let mut parts = secret.split('.');
-    let (_, claims, _) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
+    if remaining <= Duration::from_secs(1) {
         return None;
     }
-    let bytes = URL_SAFE_NO_PAD.decode(claims.trim_end_matches('=')).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    value["exp"]
-        .as_u64()
-        .or_else(|| value["exp"].as_f64().map(|f| f as u64))
+    let margin = (remaining / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    Some(remaining.saturating_sub(margin))
 }
 
 /// Exposes a `Basic` credential's password to unit tests only.
@@ -564,8 +551,9 @@ mod tests {
 
     #[test]
     fn helper_secrets_live_until_shortly_before_exp() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
+            .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
         let jwt = |exp: u64| {
