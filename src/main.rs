@@ -77,8 +77,11 @@ enum Command {
 }
 
 fn init_logging(format: Option<LogFormat>) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info".into())
+        // yup-oauth2 logs Google's token responses and the signed JWT assertion at debug level:
+        // those are secrets, so its debug output stays off whatever RUST_LOG says.
+        .add_directive("yup_oauth2=info".parse().expect("a static directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -151,10 +151,461 @@ async fn secrets_never_reach_any_output() {
     assert!(found.is_empty(), "secrets leaked: {found:?}");
 }
 
+const G_CLIENT_SECRET: &str = "canary-gclient-6a1e";
+const G_REFRESH: &str = "canary-grefresh-2f7c";
+
+/// Google identities: the refresh token and client secret of an `authorized_user` file, the
+/// service-account private key, and every access token the peers granted (from the key, the refresh
+/// grant, the metadata server and the IAM Credentials API) go through good and refused flows at
+/// `RUST_LOG=trace`; none of them may appear in any output.
+#[tokio::test(flavor = "multi_thread")]
+async fn google_secrets_never_reach_any_output() {
+    use support::token_server::{Style, TokenServer};
+    let tokens = TokenServer::start(&[], Style::Docker).await;
+    let registry = Registry::start(Auth::Token {
+        realm: tokens.realm(),
+        cert: tokens.cert_path.clone(),
+    });
+    registry.push("my-project/app", "v1").await;
+    let reader = "reader@my-project.iam.gserviceaccount.com";
+    let gcp = tokens.gcp();
+    gcp.add_user(
+        "canary-client-id",
+        G_CLIENT_SECRET,
+        G_REFRESH,
+        "dev@example.com",
+    );
+    gcp.set_metadata_account("gke-sa@my-project.iam.gserviceaccount.com");
+    gcp.allow_impersonation("dev@example.com", reader);
+    gcp.allow_impersonation("gke-sa@my-project.iam.gserviceaccount.com", reader);
+    let dir = tempfile::tempdir().unwrap();
+    let key = tokens.service_account(dir.path(), "my-project");
+    let user_file = |secret: &str| {
+        let path = dir.path().join(format!("adc-{secret}.json"));
+        let json = serde_json::json!({
+            "type": "authorized_user", "client_id": "canary-client-id",
+            "client_secret": secret, "refresh_token": G_REFRESH,
+            "token_uri": format!("{}/oauth2/token", tokens.url),
+        });
+        std::fs::write(&path, json.to_string()).unwrap();
+        path
+    };
+    let (good_user, bad_user) = (user_file(G_CLIENT_SECRET), user_file(WRONG_PW));
+    let gcr = |name: &str, extra: &str| {
+        format!(
+            "[[registry]]\nname = \"{name}\"\nkind = \"gcr\"\nurl = \"{}\"\ninsecure = true\nproject_id = \"my-project\"\nrepositories = [\"app\"]\n{extra}\n",
+            registry.url()
+        )
+    };
+    let setup = Setup::new(
+        "first_run = \"emit\"\ninterval = \"1s\"\n",
+        &[
+            gcr(
+                "gcr-key",
+                &format!("json_key_file = \"{}\"\n", key.path.display()),
+            ),
+            gcr(
+                "gcr-adc",
+                &format!(
+                    "impersonate_service_account = \"{reader}\"\niam_endpoint = \"{}\"\n",
+                    tokens.url
+                ),
+            ),
+        ]
+        .concat(),
+    );
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let command = |args: &[&str], adc: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
+        c.args(args)
+            .arg("-c")
+            .arg(&setup.config)
+            .env("RUST_LOG", "trace")
+            .env("HOME", &home)
+            .env_remove("CLOUDSDK_CONFIG")
+            .env(
+                "GCE_METADATA_HOST",
+                tokens.url.trim_start_matches("http://"),
+            );
+        match adc {
+            Some(path) => c.env("GOOGLE_APPLICATION_CREDENTIALS", path),
+            None => c.env_remove("GOOGLE_APPLICATION_CREDENTIALS"),
+        };
+        c
+    };
+    let mut output = String::new();
+    let mut run = |args: &[&str], adc: Option<&std::path::Path>| {
+        let out = command(args, adc).output().unwrap();
+        output.push_str(&String::from_utf8_lossy(&out.stdout));
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        out.status.code()
+    };
+    assert_eq!(run(&["check"], Some(&good_user)), Some(0));
+    assert_eq!(run(&["once"], Some(&good_user)), Some(0));
+    assert_eq!(run(&["check"], None), Some(0));
+    assert_eq!(run(&["tags", "gcr-adc", "app"], None), Some(0));
+    assert_eq!(run(&["check"], Some(&bad_user)), Some(1));
+    assert!(output.contains("ok (application default credentials: GOOGLE_APPLICATION_CREDENTIALS, authorized_user, impersonating"));
+    assert!(
+        output.contains("invalid credentials (401/403)"),
+        "a refused grant was exercised"
+    );
+    let daemon = support::Daemon::start(&mut command(&["run"], None));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, out, err) = daemon.stop();
+    output.push_str(&out);
+    output.push_str(&err);
+    assert!(output.contains("TRACE"), "trace logging was on");
+
+    let granted = gcp.granted_tokens();
+    let (refresh, metadata, iam) = gcp.grants();
+    assert!(refresh >= 2 && metadata >= 1 && iam >= 3 && tokens.google_grants() >= 1);
+    let private_key: Vec<String> =
+        serde_json::from_str::<serde_json::Value>(&key.json).unwrap()["private_key"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() > 20)
+            .map(str::to_owned)
+            .collect();
+    let mut canaries = vec![
+        G_CLIENT_SECRET.to_owned(),
+        G_REFRESH.to_owned(),
+        WRONG_PW.to_owned(),
+    ];
+    canaries.extend(private_key);
+    for t in &granted {
+        canaries.push(t.clone());
+        canaries.push(basic_b64("oauth2accesstoken", t));
+    }
+    let found: Vec<(String, usize)> = canaries
+        .into_iter()
+        .map(|c| {
+            let n = output.matches(&c).count();
+            (c, n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let total: usize = found.iter().map(|(_, n)| n).sum();
+    report(
+        &format!(
+            "Google secret canaries ({} access tokens, refresh token, client secret, key) in {} bytes of trace output",
+            granted.len(),
+            output.len()
+        ),
+        total,
+        "0",
+    );
+    assert!(found.is_empty(), "secrets leaked: {found:?}");
+}
+
+const DC_AUTH_PW: &str = "canary-dcauth-6e0a";
+const DC_PW: &str = "canary-dcpw-2f9b";
+const DC_IDENTITY: &str = "canary-dcidtok-93c1";
+const DC_WRONG_IDENTITY: &str = "canary-dcbadtok-0d7e";
+const DC_HELPER: &str = "canary-dchelper-b81f";
+const DC_HELPER_TOKEN: &str = "canary-dchelpertok-4a5c";
+
+/// `docker_config`: `auth`, `password`, `identitytoken` values and a credential helper's Secret go
+/// through check, once and tags at `RUST_LOG=trace`, with one refused identity token; none may
+/// appear in the output, nor in `Debug` of the config, the source or the credential it yields.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_config_secrets_never_reach_any_output() {
+    use base64::Engine;
+    use regwatch::registry::auth::CredentialSource;
+    use regwatch::registry::docker_config::DockerConfigSource;
+    use std::os::unix::fs::PermissionsExt;
+    use support::token_server::{Style, TokenServer};
+
+    let tokens = TokenServer::start(
+        &[
+            ("dcauth", DC_AUTH_PW),
+            ("dcpw", DC_PW),
+            ("dchelper", DC_HELPER),
+        ],
+        Style::Docker,
+    )
+    .await;
+    tokens.add_refresh_token(DC_IDENTITY, "dcpw");
+    tokens.add_refresh_token(DC_HELPER_TOKEN, "dcpw");
+    let registry = Registry::start(Auth::Token {
+        realm: tokens.realm(),
+        cert: tokens.cert_path.clone(),
+    });
+    registry.push("team/app", "v1").await;
+    let host = &registry.host;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (name, user, secret) in [
+        ("basic", "dchelper", DC_HELPER),
+        ("token", "<token>", DC_HELPER_TOKEN),
+    ] {
+        let path = d.join(format!("docker-credential-canary{name}"));
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\ninput=$(cat)\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{secret}\"}}' \"$input\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let files = [
+        (
+            "auth",
+            format!(
+                r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+                b64(&format!("dcauth:{DC_AUTH_PW}"))
+            ),
+        ),
+        (
+            "userpass",
+            format!(r#"{{"auths":{{"{host}":{{"username":"dcpw","password":"{DC_PW}"}}}}}}"#),
+        ),
+        (
+            "identity",
+            format!(r#"{{"auths":{{"{host}":{{"identitytoken":"{DC_IDENTITY}"}}}}}}"#),
+        ),
+        (
+            "badidentity",
+            format!(r#"{{"auths":{{"{host}":{{"identitytoken":"{DC_WRONG_IDENTITY}"}}}}}}"#),
+        ),
+        (
+            "helper",
+            format!(r#"{{"credHelpers":{{"{host}":"canarybasic"}}}}"#),
+        ),
+        ("helpertoken", r#"{"credsStore":"canarytoken"}"#.to_owned()),
+    ];
+    let mut body = String::new();
+    for (name, json) in &files {
+        let path = d.join(format!("{name}.json"));
+        std::fs::write(&path, json).unwrap();
+        body.push_str(&format!(
+            "[[registry]]\nname = \"{name}\"\nkind = \"oci\"\nurl = \"{}\"\ninsecure = true\nrepositories = [\"team/app\"]\ndocker_config = \"{}\"\n\n",
+            registry.url(),
+            path.display()
+        ));
+    }
+    let setup = Setup::new("first_run = \"emit\"\n", &body);
+    let path = format!("{}:/usr/bin:/bin", d.display());
+    let mut output = String::new();
+    let mut run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(args)
+            .arg("-c")
+            .arg(&setup.config)
+            .env("RUST_LOG", "trace")
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        output.push_str(&String::from_utf8_lossy(&out.stdout));
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        out.status.code()
+    };
+    assert_eq!(run(&["check"]), Some(1), "badidentity fails the check");
+    assert_eq!(run(&["once"]), Some(1));
+    for name in ["auth", "userpass", "identity", "helper", "helpertoken"] {
+        assert_eq!(run(&["tags", name, "team/app"]), Some(0), "{output}");
+    }
+    assert!(output.contains("TRACE"), "trace logging was on");
+    assert!(
+        output.contains("ok (docker config: credHelper canarybasic)")
+            && output.contains("ok (docker config: credsStore canarytoken)")
+            && output.contains("ok (docker config: identity token)")
+            && output.contains("invalid credentials (401/403)"),
+        "every source was exercised: {output}"
+    );
+
+    // Debug of the config, of the source, and of the credential it yields.
+    let config = regwatch::config::load(&setup.config).unwrap();
+    output.push_str(&format!("{config:?}"));
+    for (i, r) in config.registries.iter().enumerate() {
+        let source = DockerConfigSource::for_registry(r).unwrap();
+        output.push_str(&format!("{source:?}"));
+        // The helpers are found through PATH; this process's PATH lacks them, so only the files'.
+        if i < 4 {
+            let credential = source.credential().await.unwrap();
+            output.push_str(&format!("{credential:?}"));
+        }
+    }
+
+    let canaries = [
+        DC_AUTH_PW.to_owned(),
+        DC_PW.into(),
+        DC_IDENTITY.into(),
+        DC_WRONG_IDENTITY.into(),
+        DC_HELPER.into(),
+        DC_HELPER_TOKEN.into(),
+        b64(&format!("dcauth:{DC_AUTH_PW}")),
+        basic_b64("dcpw", DC_PW),
+        basic_b64("dchelper", DC_HELPER),
+    ];
+    let found: Vec<(&String, usize)> = canaries
+        .iter()
+        .map(|c| (c, output.matches(c.as_str()).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let total: usize = found.iter().map(|(_, n)| n).sum();
+    report(
+        &format!(
+            "docker config secret canaries in {} bytes of trace output and Debug",
+            output.len()
+        ),
+        total,
+        "0",
+    );
+    assert!(found.is_empty(), "secrets leaked: {found:?}");
+}
+
+/// The Azure sources' secrets (client secret, federated token, `IDENTITY_HEADER`) and what they
+/// become (Entra access tokens, ACR refresh tokens) go through good and refused flows at
+/// `RUST_LOG=trace`; none may appear in the output.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_identity_secrets_never_reach_any_output() {
+    use support::azure::{AcrFront, Entra};
+    const ENTRA_SECRET: &str = "canary-entra-secret-6a0d";
+    const ENTRA_WRONG: &str = "canary-entra-wrong-93c1";
+    let entra = Entra::start(ENTRA_SECRET).await;
+    let front = AcrFront::start(&entra).await;
+    front.registry.push("svc/api", "v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    let federated = entra.federated_token(3600);
+    std::fs::write(&token_file, &federated).unwrap();
+    let entry = |name: &str, keys: &str| {
+        format!(
+            "[[registry]]\nname = \"{name}\"\nkind = \"acr\"\nurl = \"{}\"\ninsecure = true\nrepositories = [\"svc/api\"]\n{keys}\n",
+            front.url()
+        )
+    };
+    let keys = |secret: &str| {
+        format!(
+            "tenant_id = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{secret}\"\n",
+            entra.tenant(),
+            entra.client_id()
+        )
+    };
+    let setup = Setup::new(
+        "first_run = \"emit\"\n",
+        &[
+            entry("acr-secret", &keys(ENTRA_SECRET)),
+            entry("acr-wrong", &keys(ENTRA_WRONG)),
+            entry("acr-ambient", ""),
+        ]
+        .concat(),
+    );
+    let workload = [
+        ("AZURE_CLIENT_ID", entra.client_id().to_owned()),
+        ("AZURE_TENANT_ID", entra.tenant().to_owned()),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        ("AZURE_AUTHORITY_HOST", entra.url.clone()),
+    ];
+    let managed = [
+        ("AZURE_AUTHORITY_HOST", entra.url.clone()),
+        ("IDENTITY_ENDPOINT", format!("{}/msi/token", entra.url)),
+        ("IDENTITY_HEADER", entra.identity_header().to_owned()),
+    ];
+    let mut output = String::new();
+    let mut run = |args: &[&str], env: &[(&str, String)]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
+        c.args(args)
+            .arg("-c")
+            .arg(&setup.config)
+            .env("RUST_LOG", "trace");
+        for k in [
+            "AZURE_CLIENT_ID",
+            "AZURE_TENANT_ID",
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "AZURE_AUTHORITY_HOST",
+            "IDENTITY_ENDPOINT",
+            "IDENTITY_HEADER",
+        ] {
+            c.env_remove(k);
+        }
+        // A loopback IMDS that is not there: no request to the real link-local address.
+        c.env(
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            format!("http://127.0.0.1:{}", free_port()),
+        );
+        c.envs(env.iter().map(|(k, v)| (k, v)));
+        let out = c.output().unwrap();
+        output.push_str(&String::from_utf8_lossy(&out.stdout));
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        out.status.code()
+    };
+    assert_eq!(run(&["check"], &workload), Some(1), "acr-wrong fails");
+    assert_eq!(run(&["once"], &workload), Some(1));
+    assert_eq!(run(&["tags", "acr-ambient", "svc/api"], &workload), Some(0));
+    assert_eq!(run(&["check"], &managed), Some(1));
+    assert_eq!(
+        run(&["once", "--dry-run", "--log-format", "json"], &managed),
+        Some(1)
+    );
+    assert!(output.contains("TRACE"), "trace logging was on");
+    for source in [
+        "client secret",
+        "workload identity",
+        "managed identity (IDENTITY_ENDPOINT)",
+    ] {
+        assert!(
+            output.contains(&format!("ok ({source})")),
+            "{source} exercised"
+        );
+    }
+    assert!(
+        output.contains("invalid credentials (401/403)"),
+        "refusal exercised"
+    );
+    assert!(
+        output.contains("io.regwatch.tag.added"),
+        "events were printed"
+    );
+
+    let mut canaries = vec![
+        ENTRA_SECRET.to_owned(),
+        ENTRA_WRONG.to_owned(),
+        federated,
+        entra.identity_header().to_owned(),
+    ];
+    let (access, refresh) = (entra.issued(), front.refresh_tokens());
+    assert!(
+        access.len() >= 3 && refresh.len() >= 3,
+        "tokens were minted"
+    );
+    canaries.extend(access);
+    canaries.extend(refresh);
+    // A JWT's signature alone is as telling as the whole token.
+    let signatures: Vec<String> = canaries
+        .iter()
+        .filter_map(|c| c.rsplit_once('.').map(|(_, s)| s.to_owned()))
+        .collect();
+    canaries.extend(signatures);
+    let found: usize = canaries
+        .iter()
+        .map(|c| output.matches(c.as_str()).count())
+        .sum();
+    report(
+        &format!(
+            "Azure secret canaries ({} values) in {} bytes of trace output",
+            canaries.len(),
+            output.len()
+        ),
+        found,
+        "0",
+    );
+    assert_eq!(found, 0, "an Azure secret or token leaked");
+}
+
 /// The AWS identities of ECR at `RUST_LOG=trace`: the web identity token (good and forged), the
 /// container authorization token (good and wrong), IMDSv2 session tokens, the session credentials
 /// STS, the container endpoint and IMDS hand out (web identity, the role assumed on top, the
-/// container's), and a static secret key under `role_arn`. Access key ids are identifiers, not secrets, and are not checked.
+/// container's), and a static secret key under `role_arn`. Access key ids are identifiers, not
+/// secrets, and are not checked.
 #[tokio::test(flavor = "multi_thread")]
 async fn aws_identity_secrets_never_reach_any_output() {
     use support::aws_endpoints::{ContainerEndpoint, InstanceMetadata, StsFront, WebIdentity};

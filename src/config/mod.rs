@@ -222,6 +222,8 @@ pub enum Provider {
     Ecr(EcrConfig),
     /// The Distribution API, authenticated with a Google service account.
     Gcr(GcrConfig),
+    /// The Distribution API, with Entra ID identities exchanged at ACR's `/oauth2/exchange`.
+    Acr(AcrConfig),
 }
 
 /// `kind = "ecr"` settings.
@@ -255,8 +257,24 @@ pub struct AssumeRole {
 pub struct GcrConfig {
     /// The Google Cloud project.
     pub project_id: String,
-    /// The service-account key JSON.
-    pub json_key: SecretString,
+    /// The service-account key JSON; `None` uses Application Default Credentials.
+    pub json_key: Option<SecretString>,
+    /// A service account to impersonate through the IAM Credentials API.
+    pub impersonate_service_account: Option<String>,
+    /// The IAM Credentials API endpoint (Private Service Connect, tests).
+    pub iam_endpoint: Url,
+}
+
+/// `kind = "acr"` settings: an Entra ID identity, all optional (see `registry::acr`).
+#[derive(Debug, Clone, Default)]
+pub struct AcrConfig {
+    /// The Entra tenant; overrides `AZURE_TENANT_ID` for workload identity.
+    pub tenant_id: Option<String>,
+    /// The app registration (client secret, workload identity, overriding `AZURE_CLIENT_ID`) or the
+    /// user-assigned managed identity.
+    pub client_id: Option<String>,
+    /// The app registration's client secret (read at load).
+    pub client_secret: Option<SecretString>,
 }
 
 /// One `[[registry]]`, validated.
@@ -292,6 +310,8 @@ pub struct RegistryConfig {
     pub insecure: bool,
     /// Enables `POST /hooks/<name>`.
     pub webhook_token: Option<SecretString>,
+    /// A docker `config.json` to take credentials from when `username`/`password` are not set.
+    pub docker_config: Option<PathBuf>,
 }
 
 impl RegistryConfig {
@@ -589,9 +609,15 @@ url = "https://registry.example.com"
     }
 
     #[test]
-    fn gcr_needs_a_key_and_prefixes_the_project() {
-        let e = parse("[[registry]]\nname = \"g\"\nkind = \"gcr\"\nurl = \"https://gcr.io\"\nproject_id = \"p\"\n").unwrap_err();
-        assert_eq!(e.path, "registry[0].json_key");
+    fn gcr_key_is_optional_but_checked() {
+        let c = parse("[[registry]]\nname = \"g\"\nkind = \"gcr\"\nurl = \"https://gcr.io\"\nproject_id = \"p\"\n").unwrap();
+        let Provider::Gcr(g) = &c.registries[0].provider else {
+            panic!()
+        };
+        assert!(
+            g.json_key.is_none(),
+            "no key: Application Default Credentials"
+        );
         let e = parse("[[registry]]\nname = \"g\"\nkind = \"gcr\"\nurl = \"https://gcr.io\"\nproject_id = \"p\"\njson_key = \"{}\"\n").unwrap_err();
         assert!(e.message.contains("not a service-account key"), "{e}");
     }
@@ -622,5 +648,47 @@ url = "https://registry.example.com"
         assert!(!p.matches("team/sub/app"));
         assert!(!p.matches("other/app"));
         assert!(RepoPattern::parse("**").unwrap().matches("a/b/c"));
+    }
+    const ACR: &str =
+        "[[registry]]\nname = \"a\"\nkind = \"acr\"\nurl = \"https://r.azurecr.io\"\n";
+
+    #[test]
+    fn acr_entra_keys_are_checked_at_load() {
+        let ok = parse(&format!(
+            "{ACR}tenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"canary-entra\"\n"
+        ))
+        .unwrap();
+        let Provider::Acr(a) = &ok.registries[0].provider else {
+            panic!("kind acr has its own settings")
+        };
+        assert_eq!(
+            a.client_secret.as_ref().unwrap().expose_secret(),
+            "canary-entra"
+        );
+        assert!(!format!("{ok:?}").contains("canary-entra"));
+        assert!(parse(&format!("{ACR}client_id = \"user-assigned\"\n")).is_ok());
+
+        let e = parse(&format!("{ACR}client_id = \"c\"\nclient_secret = \"s\"\n")).unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.line),
+            ("registry[0].tenant_id", Some(1))
+        );
+        let e = parse(&format!(
+            "{ACR}tenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\nusername = \"u\"\npassword = \"p\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "registry[0].client_secret");
+        let e = parse(&format!(
+            "{ACR}tenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\nclient_secret_file = \"/nonexistent\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.path.starts_with("registry[0].client_secret"), "{e:?}");
+        let e = parse(&format!("{MINIMAL}tenant_id = \"t\"\n")).unwrap_err();
+        assert_eq!(e.path, "registry[0].tenant_id");
+        assert!(
+            e.message.contains("only to kind = \"acr\""),
+            "{}",
+            e.message
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! another kind, limits, duplicate names), and the typed [`Config`](super::Config) they produce.
 
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use url::Url;
@@ -9,10 +10,10 @@ use url::Url;
 use super::raw::{RawConfig, RawRegistry};
 use super::secrets::one_secret;
 use super::{
-    AssumeRole, Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig, KafkaConfig,
-    Kind, Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
+    AcrConfig, AssumeRole, Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig,
+    KafkaConfig, Kind, Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
 };
-use crate::registry::{dockerhub, ecr, gcr};
+use crate::registry::{docker_config, dockerhub, ecr, gcr, google};
 
 /// Builds the typed configuration from the raw schema, or the first problem found.
 pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError> {
@@ -199,6 +200,24 @@ fn validate_registry(
         table_line,
     )?;
 
+    let docker_config = match r.docker_config {
+        None => None,
+        Some(spanned) => {
+            let line = line_of(text, spanned.span().start);
+            let path = PathBuf::from(spanned.into_inner().0);
+            if kind == Kind::Ecr {
+                return Err(err(
+                    "docker_config",
+                    line,
+                    "kind ecr is watched through the AWS API (DescribeImages), not a registry login; use the AWS credential chain or access_key_id".into(),
+                ));
+            }
+            docker_config::validate(&path, &docker_config::server_key(kind, &host))
+                .map_err(|e| err("docker_config", line, e))?;
+            Some(path)
+        }
+    };
+
     if matches!(provider, Provider::Ecr(_) | Provider::Gcr(_)) && credentials.is_some() {
         return Err(err(
             "username",
@@ -264,6 +283,7 @@ fn validate_registry(
         request_timeout: r.request_timeout.map_or(Duration::from_secs(30), |d| d.0),
         insecure: r.insecure,
         webhook_token,
+        docker_config,
     })
 }
 
@@ -305,39 +325,148 @@ fn provider(
     only_for("project_id", r.project_id.is_some(), Kind::Gcr)?;
     only_for("json_key", r.json_key.is_some(), Kind::Gcr)?;
     only_for("json_key_file", r.json_key_file.is_some(), Kind::Gcr)?;
+    only_for(
+        "impersonate_service_account",
+        r.impersonate_service_account.is_some(),
+        Kind::Gcr,
+    )?;
+    only_for("iam_endpoint", r.iam_endpoint.is_some(), Kind::Gcr)?;
+    only_for("tenant_id", r.tenant_id.is_some(), Kind::Acr)?;
+    only_for("client_id", r.client_id.is_some(), Kind::Acr)?;
+    only_for("client_secret", r.client_secret.is_some(), Kind::Acr)?;
+    only_for(
+        "client_secret_file",
+        r.client_secret_file.is_some(),
+        Kind::Acr,
+    )?;
     match kind {
+        Kind::Acr => acr_provider(r, err, line).map(Provider::Acr),
         Kind::Ecr => ecr_provider(r, url, err, line).map(Provider::Ecr),
-        Kind::Gcr => {
-            let project_id = r
-                .project_id
-                .clone()
-                .ok_or_else(|| err("project_id", line, "kind gcr needs project_id".into()))?;
-            let json_key = match (&r.json_key, &r.json_key_file) {
-                (Some(k), None) => k.0.clone(),
-                (None, Some(f)) => f.0.clone(),
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        "json_key",
-                        line,
-                        "set either json_key or json_key_file, not both".into(),
-                    ));
-                }
-                (None, None) => {
-                    return Err(err(
-                        "json_key",
-                        line,
-                        "kind gcr needs json_key or json_key_file (a service-account key)".into(),
-                    ));
-                }
-            };
-            gcr::check_key(&json_key).map_err(|e| err("json_key", line, e))?;
-            Ok(Provider::Gcr(GcrConfig {
-                project_id,
-                json_key,
-            }))
-        }
+        Kind::Gcr => gcr_provider(r, err, line).map(Provider::Gcr),
         _ => Ok(Provider::Distribution),
     }
+}
+
+/// ACR's Entra keys: a client secret needs its tenant and app, and replaces username/password.
+fn acr_provider(
+    r: &RawRegistry,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+    line: usize,
+) -> Result<AcrConfig, ConfigError> {
+    let client_secret = match (&r.client_secret, &r.client_secret_file) {
+        (Some(s), None) => Some(s.0.clone()),
+        (None, Some(f)) => Some(f.0.clone()),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "client_secret",
+                line,
+                "set either client_secret or client_secret_file, not both".into(),
+            ));
+        }
+        (None, None) => None,
+    };
+    let config = AcrConfig {
+        tenant_id: r.tenant_id.as_ref().map(|t| t.0.clone()),
+        client_id: r.client_id.as_ref().map(|c| c.0.clone()),
+        client_secret,
+    };
+    if config.client_secret.is_some() {
+        if r.username.is_some() {
+            return Err(err(
+                "client_secret",
+                line,
+                "set either username/password or client_secret, not both".into(),
+            ));
+        }
+        for (key, value) in [
+            ("tenant_id", &config.tenant_id),
+            ("client_id", &config.client_id),
+        ] {
+            if value.as_deref().is_none_or(str::is_empty) {
+                return Err(err(
+                    key,
+                    line,
+                    format!("client_secret needs {key} (the app registration's {key})"),
+                ));
+            }
+        }
+    }
+    Ok(config)
+}
+
+fn gcr_provider(
+    r: &RawRegistry,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+    line: usize,
+) -> Result<GcrConfig, ConfigError> {
+    let project_id = r
+        .project_id
+        .clone()
+        .ok_or_else(|| err("project_id", line, "kind gcr needs project_id".into()))?;
+    let json_key = match (&r.json_key, &r.json_key_file) {
+        (Some(k), None) => Some(k.0.clone()),
+        (None, Some(f)) => Some(f.0.clone()),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "json_key",
+                line,
+                "set either json_key or json_key_file, not both".into(),
+            ));
+        }
+        // Application Default Credentials, resolved when the registry is first asked.
+        (None, None) => None,
+    };
+    if let Some(key) = &json_key {
+        gcr::check_key(key).map_err(|e| err("json_key", line, e))?;
+    }
+    let impersonate_service_account = r
+        .impersonate_service_account
+        .as_deref()
+        .map(|email| {
+            gcr::check_service_account_email(email)
+                .map(|()| email.to_owned())
+                .map_err(|e| err("impersonate_service_account", line, e))
+        })
+        .transpose()?;
+    let iam_endpoint = match &r.iam_endpoint {
+        None => Url::parse(google::DEFAULT_IAM_ENDPOINT).expect("static URL"),
+        Some(_) if impersonate_service_account.is_none() => {
+            return Err(err(
+                "iam_endpoint",
+                line,
+                "iam_endpoint is used only with impersonate_service_account".into(),
+            ));
+        }
+        Some(e) => {
+            let u = Url::parse(e)
+                .map_err(|x| err("iam_endpoint", line, format!("invalid URL {e:?}: {x}")))?;
+            match u.scheme() {
+                "https" => {}
+                "http" if r.insecure => {}
+                _ => {
+                    return Err(err(
+                        "iam_endpoint",
+                        line,
+                        "iam_endpoint must be https:// (or http:// with insecure = true)".into(),
+                    ));
+                }
+            }
+            if u.path() != "/" || u.query().is_some() || !u.username().is_empty() {
+                return Err(err(
+                    "iam_endpoint",
+                    line,
+                    "iam_endpoint is a base URL such as https://iamcredentials-myendpoint.p.googleapis.com, without a path".into(),
+                ));
+            }
+            u
+        }
+    };
+    Ok(GcrConfig {
+        project_id,
+        json_key,
+        impersonate_service_account,
+        iam_endpoint,
+    })
 }
 
 fn ecr_provider(

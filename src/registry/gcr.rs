@@ -1,25 +1,16 @@
-//! Google Container Registry and Artifact Registry: the Distribution API, authenticated with an
-//! OAuth2 access token from a service-account key (yup-oauth2, against the key's own `token_uri`),
-//! presented as Basic `oauth2accesstoken:<token>` to the registry's token realm. Google's
-//! `tags/list` carries digests and upload times, so watching needs no HEADs (see `oci.rs`).
+//! Google Container Registry and Artifact Registry: the Distribution API, authenticated with a
+//! Google OAuth2 access token (see `google.rs`: a service-account key, or Application Default
+//! Credentials, optionally impersonating another service account), presented as Basic
+//! `oauth2accesstoken:<token>` to the registry's token realm. Google's `tags/list` carries digests
+//! and upload times, so watching needs no HEADs (see `oci.rs`).
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::OnceCell;
-use yup_oauth2::authenticator::DefaultAuthenticator;
 
 use super::RegistryError;
 use super::auth::{Credential, CredentialSource};
+use super::google::{AdcEnv, GoogleTokens, Impersonation, Source};
 use crate::config::{Credentials, GcrConfig};
-
-/// The least OAuth2 scope that reading a registry needs. Google documents it for both products:
-/// Container Registry, "For docker pull and docker search, the access token must use the
-/// devstorage.read_only scope" (cloud.google.com/container-registry/docs/advanced-authentication);
-/// Artifact Registry, "To pull container images from Artifact Registry repositories, [...] ensure
-/// the read-only access scope is set for Cloud Storage storage buckets"
-/// (cloud.google.com/artifact-registry/docs/integrate-compute). `cloud-platform` would hand every
-/// realm that sees the token read-write access to all of the account's Google Cloud APIs.
-const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
 
 /// The full repository path for a name as users write it: `app` is `<project_id>/app`.
 pub fn qualify(project_id: &str, name: &str) -> String {
@@ -37,63 +28,64 @@ pub fn check_key(json: &SecretString) -> Result<(), String> {
         .map_err(|e| format!("not a service-account key: {e}"))
 }
 
-/// Access tokens for a service account; yup-oauth2 caches them and refreshes them before expiry.
+/// Checks at config load that `email` names a service account (it goes into the IAM API's path).
+pub fn check_service_account_email(email: &str) -> Result<(), String> {
+    let valid = email.split_once('@').is_some_and(|(name, domain)| {
+        !name.is_empty()
+            && domain.ends_with(".gserviceaccount.com")
+            && email
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.@_".contains(&b))
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{email:?} is not a service account email (NAME@PROJECT.iam.gserviceaccount.com)"
+        ))
+    }
+}
+
+/// The registry's credential: a Google access token as the password of `oauth2accesstoken`.
 pub struct GoogleCredentials {
-    key: SecretString,
-    authenticator: OnceCell<DefaultAuthenticator>,
+    tokens: GoogleTokens,
 }
 
 impl GoogleCredentials {
-    /// Credentials from the key in `config`.
-    pub fn new(config: &GcrConfig) -> Self {
-        GoogleCredentials {
-            key: config.json_key.clone(),
-            authenticator: OnceCell::new(),
-        }
+    /// Credentials as `config` says: its key, else Application Default Credentials from this
+    /// process's environment.
+    pub fn new(config: &GcrConfig, timeout: std::time::Duration) -> Result<Self, RegistryError> {
+        let source = match &config.json_key {
+            Some(key) => Source::Key(key.clone()),
+            None => Source::Adc(AdcEnv::from_process()),
+        };
+        let impersonate = config
+            .impersonate_service_account
+            .as_ref()
+            .map(|email| Impersonation {
+                email: email.clone(),
+                endpoint: config.iam_endpoint.clone(),
+            });
+        Ok(GoogleCredentials {
+            tokens: GoogleTokens::new(source, impersonate, timeout)?,
+        })
     }
 }
 
 #[async_trait]
 impl CredentialSource for GoogleCredentials {
     async fn credential(&self) -> Result<Credential, RegistryError> {
-        let auth = self
-            .authenticator
-            .get_or_try_init(|| async {
-                let key = yup_oauth2::parse_service_account_key(self.key.expose_secret())
-                    .map_err(|e| RegistryError::Protocol(format!("service-account key: {e}")))?;
-                yup_oauth2::ServiceAccountAuthenticator::builder(key)
-                    .build()
-                    .await
-                    .map_err(|e| RegistryError::Unreachable(format!("oauth2 client: {e}")))
-            })
-            .await?;
-        let token = auth.token(&[SCOPE]).await.map_err(oauth_error)?;
-        let token = token.token().ok_or_else(|| {
-            RegistryError::Protocol("the token endpoint returned no access token".into())
-        })?;
         Ok(Credential::Basic(Credentials {
             username: "oauth2accesstoken".into(),
-            password: token.to_owned().into(),
+            password: self.tokens.token().await?,
         }))
     }
 
     fn describe(&self) -> String {
-        "service-account key".into()
+        self.tokens.describe()
     }
-}
 
-fn oauth_error(e: yup_oauth2::Error) -> RegistryError {
-    match e {
-        yup_oauth2::Error::AuthError(_) => RegistryError::Unauthorized {
-            status: 401,
-            what: "Google token endpoint",
-        },
-        yup_oauth2::Error::HttpError(e) => {
-            RegistryError::Unreachable(format!("Google token endpoint: {e}"))
-        }
-        yup_oauth2::Error::HttpClientError(e) => {
-            RegistryError::Unreachable(format!("Google token endpoint: {e}"))
-        }
-        other => RegistryError::Protocol(format!("Google token endpoint: {other}")),
+    fn refused(&self) {
+        self.tokens.forget();
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod aws_endpoints;
+pub mod azure;
 pub mod moto;
 pub mod proxy;
 pub mod synthetic;

@@ -6,7 +6,9 @@
 //!   account's key and returns an access token, which it then accepts as the password of
 //!   `oauth2accesstoken` at the registry token endpoint (as GCR does);
 //! - the Docker token spec's OAuth2 flow at the same realm: a POSTed `grant_type=refresh_token`
-//!   form, with refresh tokens registered by the test (ACR's exchanged tokens, `identitytoken`s).
+//!   form, with refresh tokens registered by the test (ACR's exchanged tokens, `identitytoken`s);
+//! - Google's other identity peers (see [`Gcp`]): the refresh-token grant at the same `token_uri`,
+//!   the GCE/GKE metadata server, and the IAM Credentials API's `generateAccessToken`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -45,7 +47,6 @@ struct Inner {
     users: HashMap<String, String>,
     /// The Google service account: (client email, public key PEM).
     google_account: Mutex<Option<(String, String)>>,
-    google_tokens: Mutex<HashSet<String>>,
     base: Mutex<String>,
     registry_tokens: AtomicUsize,
     refused: AtomicUsize,
@@ -56,6 +57,8 @@ struct Inner {
     refresh_tokens: Mutex<HashMap<String, String>>,
     /// Lifetime (`expires_in`, and the JWT's `exp`) of registry tokens, in seconds.
     token_lifetime: AtomicU64,
+    /// Google access tokens and the peers that grant them.
+    gcp: Gcp,
 }
 
 /// A running token server.
@@ -107,7 +110,6 @@ impl TokenServer {
                 .map(|(u, p)| (u.to_string(), p.to_string()))
                 .collect(),
             google_account: Mutex::new(None),
-            google_tokens: Mutex::new(HashSet::new()),
             base: Mutex::new(String::new()),
             registry_tokens: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
@@ -115,10 +117,19 @@ impl TokenServer {
             google_scopes: Mutex::new(Vec::new()),
             refresh_tokens: Mutex::new(HashMap::new()),
             token_lifetime: AtomicU64::new(300),
+            gcp: Gcp::default(),
         });
         let app = Router::new()
             .route("/token", get(registry_token).post(refresh_token_grant))
             .route("/oauth2/token", post(google_token))
+            .route(
+                "/computeMetadata/v1/instance/service-accounts/default/token",
+                get(metadata_token),
+            )
+            .route(
+                "/v1/projects/-/serviceAccounts/{target}",
+                post(generate_access_token),
+            )
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -164,6 +175,11 @@ impl TokenServer {
             .lock()
             .unwrap()
             .insert(token.to_owned(), user.to_owned());
+    }
+
+    /// Revokes a refresh token registered with `add_refresh_token`.
+    pub fn remove_refresh_token(&self, token: &str) {
+        self.inner.refresh_tokens.lock().unwrap().remove(token);
     }
 
     /// Makes registry tokens expire `seconds` after they are issued.
@@ -218,7 +234,7 @@ async fn registry_token(
         return unauthorized(&inner);
     };
     let valid = if user == "oauth2accesstoken" {
-        inner.google_tokens.lock().unwrap().contains(&pass)
+        inner.gcp.accepts_at_realm(&pass)
     } else {
         inner.users.get(&user) == Some(&pass)
     };
@@ -291,6 +307,9 @@ fn issue_registry_token(inner: &Inner, user: &str, pairs: &[(String, String)]) -
 
 async fn google_token(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+        return google_refresh_grant(&inner, &form);
+    }
     if form.get("grant_type").map(String::as_str)
         != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
     {
@@ -349,9 +368,364 @@ async fn google_token(State(inner): State<Arc<Inner>>, body: Bytes) -> Response 
         return (StatusCode::BAD_REQUEST, "{\"error\":\"invalid_grant\"}").into_response();
     }
     let token = format!("ya29.test-{:x}", rand::random::<u128>());
-    inner.google_tokens.lock().unwrap().insert(token.clone());
+    let scope = inner.google_scopes.lock().unwrap().last().cloned();
+    let lifetime = inner.gcp.grant(&token, &email, &scope.unwrap_or_default());
     inner.google_grants.fetch_add(1, Ordering::Relaxed);
-    let body =
-        serde_json::json!({ "access_token": token, "expires_in": 3600, "token_type": "Bearer" });
+    let body = serde_json::json!({ "access_token": token, "expires_in": lifetime, "token_type": "Bearer" });
     ([("content-type", "application/json")], body.to_string()).into_response()
+}
+
+/// Google's identity peers, as the regwatch test suite needs them. Every access token any of them
+/// grants is recorded with its holder, scopes and expiry; the registry token realm accepts it as
+/// the password of `oauth2accesstoken` only while it is unexpired (as GCR does).
+#[derive(Default)]
+pub struct Gcp {
+    /// Access token → (principal, scopes, expiry in Unix milliseconds).
+    tokens: Mutex<HashMap<String, (String, String, u128)>>,
+    /// `expires_in` of every Google access token granted, in seconds; 0 means 3600.
+    lifetime: AtomicU64,
+    /// `authorized_user` credentials known: (client_id, client_secret, refresh_token, principal).
+    users: Mutex<Vec<(String, String, String, String)>>,
+    /// The service account the metadata server hands out; `None` answers 404, as GKE does for a
+    /// Kubernetes service account bound to no Google one.
+    metadata_account: Mutex<Option<String>>,
+    /// IAM policy: (caller, target) pairs where the caller holds Service Account Token Creator.
+    token_creators: Mutex<HashSet<(String, String)>>,
+    /// Every request refused, with why.
+    refusals: Mutex<Vec<String>>,
+    /// Principals whose tokens the registry realm accepted, in order.
+    realm_principals: Mutex<Vec<String>>,
+    /// Granted through each peer: refresh grants, metadata tokens, impersonated tokens.
+    refresh_grants: AtomicUsize,
+    metadata_grants: AtomicUsize,
+    iam_grants: AtomicUsize,
+    /// Scopes asked of the metadata server and of generateAccessToken, one entry per request.
+    metadata_scopes: Mutex<Vec<String>>,
+    iam_scopes: Mutex<Vec<String>>,
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+impl Gcp {
+    /// Records a new access token for `principal`; returns its `expires_in`.
+    fn grant(&self, token: &str, principal: &str, scopes: &str) -> u64 {
+        let lifetime = match self.lifetime.load(Ordering::Relaxed) {
+            0 => 3600,
+            n => n,
+        };
+        self.tokens.lock().unwrap().insert(
+            token.to_owned(),
+            (
+                principal.to_owned(),
+                scopes.to_owned(),
+                now_ms() + u128::from(lifetime) * 1000,
+            ),
+        );
+        lifetime
+    }
+
+    /// The (principal, scopes) of an unexpired token.
+    fn holder(&self, token: &str) -> Option<(String, String)> {
+        self.tokens
+            .lock()
+            .unwrap()
+            .get(token)
+            .filter(|(_, _, expiry)| *expiry > now_ms())
+            .map(|(p, s, _)| (p.clone(), s.clone()))
+    }
+
+    fn refuse(&self, why: String) {
+        self.refusals.lock().unwrap().push(why);
+    }
+
+    /// GCR accepts a token that can read Cloud Storage.
+    fn accepts_at_realm(&self, token: &str) -> bool {
+        match self.holder(token) {
+            Some((principal, scopes))
+                if scopes.split(' ').any(|s| {
+                    s == "https://www.googleapis.com/auth/devstorage.read_only"
+                        || s == "https://www.googleapis.com/auth/cloud-platform"
+                }) =>
+            {
+                self.realm_principals.lock().unwrap().push(principal);
+                true
+            }
+            Some(_) => {
+                self.refuse("realm: token lacks a storage scope".into());
+                false
+            }
+            None => {
+                self.refuse("realm: unknown or expired Google token".into());
+                false
+            }
+        }
+    }
+}
+
+fn google_json(status: StatusCode, body: serde_json::Value) -> Response {
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// OAuth2's refresh-token grant (RFC 6749 §6) as Google's token endpoint takes it for
+/// `authorized_user` credentials: `client_id`, `client_secret` and `refresh_token` must belong
+/// together; a mismatch is `400 invalid_grant` (or `401 invalid_client` for a wrong secret).
+fn google_refresh_grant(inner: &Inner, form: &HashMap<String, String>) -> Response {
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    let users = inner.gcp.users.lock().unwrap().clone();
+    let Some((_, secret, _, principal)) = users
+        .iter()
+        .find(|(id, _, token, _)| id == field("client_id") && token == field("refresh_token"))
+    else {
+        inner.refused.fetch_add(1, Ordering::Relaxed);
+        inner
+            .gcp
+            .refuse("token_uri: unknown client_id/refresh_token".into());
+        return google_json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "invalid_grant" }),
+        );
+    };
+    if secret != field("client_secret") {
+        inner.refused.fetch_add(1, Ordering::Relaxed);
+        inner.gcp.refuse("token_uri: wrong client_secret".into());
+        return google_json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({ "error": "invalid_client" }),
+        );
+    }
+    let token = format!("ya29.user-{:x}", rand::random::<u128>());
+    // User credentials carry the scopes consented at `gcloud auth application-default login`.
+    let lifetime = inner.gcp.grant(
+        &token,
+        principal,
+        "https://www.googleapis.com/auth/cloud-platform",
+    );
+    inner.gcp.refresh_grants.fetch_add(1, Ordering::Relaxed);
+    google_json(
+        StatusCode::OK,
+        serde_json::json!({ "access_token": token, "expires_in": lifetime, "token_type": "Bearer", "scope": "https://www.googleapis.com/auth/cloud-platform" }),
+    )
+}
+
+/// The metadata server's token endpoint
+/// (cloud.google.com/compute/docs/access/authenticate-workloads): it refuses any request without
+/// `Metadata-Flavor: Google` (403), takes the wanted scopes as `?scopes=a,b`, and answers
+/// `{"access_token", "expires_in", "token_type"}`.
+async fn metadata_token(
+    State(inner): State<Arc<Inner>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    if headers.get("metadata-flavor").and_then(|v| v.to_str().ok()) != Some("Google") {
+        inner.refused.fetch_add(1, Ordering::Relaxed);
+        inner
+            .gcp
+            .refuse("metadata: no Metadata-Flavor: Google".into());
+        return (
+            StatusCode::FORBIDDEN,
+            "Missing required header: Metadata-Flavor",
+        )
+            .into_response();
+    }
+    let Some(account) = inner.gcp.metadata_account.lock().unwrap().clone() else {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    };
+    let scopes: Vec<String> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "scopes")
+        .flat_map(|(_, v)| v.split(',').map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let scopes = scopes.join(" ");
+    inner
+        .gcp
+        .metadata_scopes
+        .lock()
+        .unwrap()
+        .push(scopes.clone());
+    let token = format!("ya29.gce-{:x}", rand::random::<u128>());
+    let lifetime = inner.gcp.grant(&token, &account, &scopes);
+    inner.gcp.metadata_grants.fetch_add(1, Ordering::Relaxed);
+    google_json(
+        StatusCode::OK,
+        serde_json::json!({ "access_token": token, "expires_in": lifetime, "token_type": "Bearer" }),
+    )
+}
+
+/// The IAM Credentials API's `generateAccessToken`
+/// (cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/generateAccessToken):
+/// `POST /v1/projects/-/serviceAccounts/{email}:generateAccessToken`, Bearer token of the caller
+/// (which needs the cloud-platform scope and Token Creator on the target), body
+/// `{"scope": [..] (at least one), "lifetime": "Ns", "delegates": [..]}`; answers
+/// `{"accessToken", "expireTime"}` with `expireTime` in RFC 3339.
+async fn generate_access_token(
+    State(inner): State<Arc<Inner>>,
+    axum::extract::Path(target): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let gcp = &inner.gcp;
+    let error = |status: StatusCode, why: &str| {
+        inner.refused.fetch_add(1, Ordering::Relaxed);
+        gcp.refuse(format!("iam: {why}"));
+        google_json(
+            status,
+            serde_json::json!({ "error": { "code": status.as_u16(), "message": why } }),
+        )
+    };
+    let Some(email) = target.strip_suffix(":generateAccessToken") else {
+        return error(StatusCode::NOT_FOUND, "unknown method");
+    };
+    let caller = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| gcp.holder(t));
+    let Some((caller, caller_scopes)) = caller else {
+        return error(StatusCode::UNAUTHORIZED, "invalid or expired caller token");
+    };
+    if !caller_scopes
+        .split(' ')
+        .any(|s| s == "https://www.googleapis.com/auth/cloud-platform")
+    {
+        return error(StatusCode::FORBIDDEN, "ACCESS_TOKEN_SCOPE_INSUFFICIENT");
+    }
+    if !gcp
+        .token_creators
+        .lock()
+        .unwrap()
+        .contains(&(caller.clone(), email.to_owned()))
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED: iam.serviceAccounts.getAccessToken",
+        );
+    }
+    let request: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let scopes: Option<Vec<String>> = request.as_ref().and_then(|r| {
+        r["scope"].as_array().map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+    });
+    let lifetime_ok = request.as_ref().is_some_and(|r| {
+        r.get("lifetime").is_none_or(|l| {
+            l.as_str()
+                .and_then(|l| l.strip_suffix('s'))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| (1..=3600).contains(&n))
+        })
+    });
+    let Some(scopes) = scopes.filter(|s| !s.is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "scope: at least one value required",
+        );
+    };
+    if !lifetime_ok {
+        return error(StatusCode::BAD_REQUEST, "lifetime must be 1s..3600s");
+    }
+    let scopes = scopes.join(" ");
+    gcp.iam_scopes.lock().unwrap().push(scopes.clone());
+    let token = format!("ya29.impersonated-{:x}", rand::random::<u128>());
+    let lifetime = gcp.grant(&token, email, &scopes);
+    gcp.iam_grants.fetch_add(1, Ordering::Relaxed);
+    let expire = humantime::format_rfc3339_seconds(
+        SystemTime::now() + std::time::Duration::from_secs(lifetime),
+    );
+    google_json(
+        StatusCode::OK,
+        serde_json::json!({ "accessToken": token, "expireTime": expire.to_string() }),
+    )
+}
+
+impl TokenServer {
+    /// Google's peers at this server: refresh grants, the metadata server, the IAM API.
+    pub fn gcp(&self) -> &Gcp {
+        &self.inner.gcp
+    }
+
+    /// `host:port`, for `GCE_METADATA_HOST`.
+    pub fn host(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+}
+
+impl Gcp {
+    /// Makes every Google access token granted from now on expire after `seconds`.
+    pub fn set_lifetime(&self, seconds: u64) {
+        self.lifetime.store(seconds, Ordering::Relaxed);
+    }
+
+    /// Registers `authorized_user` credentials standing for `principal`.
+    pub fn add_user(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        refresh_token: &str,
+        principal: &str,
+    ) {
+        self.users.lock().unwrap().push((
+            client_id.into(),
+            client_secret.into(),
+            refresh_token.into(),
+            principal.into(),
+        ));
+    }
+
+    /// Makes the metadata server hand out tokens for `account`.
+    pub fn set_metadata_account(&self, account: &str) {
+        *self.metadata_account.lock().unwrap() = Some(account.into());
+    }
+
+    /// Grants `caller` Service Account Token Creator on `target`.
+    pub fn allow_impersonation(&self, caller: &str, target: &str) {
+        self.token_creators
+            .lock()
+            .unwrap()
+            .insert((caller.into(), target.into()));
+    }
+
+    /// Why requests were refused, in order.
+    pub fn refusals(&self) -> Vec<String> {
+        self.refusals.lock().unwrap().clone()
+    }
+
+    /// The principals whose tokens the registry realm accepted.
+    pub fn realm_principals(&self) -> Vec<String> {
+        self.realm_principals.lock().unwrap().clone()
+    }
+
+    /// (refresh grants, metadata tokens, impersonated tokens) granted so far.
+    pub fn grants(&self) -> (usize, usize, usize) {
+        (
+            self.refresh_grants.load(Ordering::Relaxed),
+            self.metadata_grants.load(Ordering::Relaxed),
+            self.iam_grants.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Scopes asked of the metadata server, one entry per request.
+    pub fn metadata_scopes(&self) -> Vec<String> {
+        self.metadata_scopes.lock().unwrap().clone()
+    }
+
+    /// Scopes asked of generateAccessToken, one entry per request.
+    pub fn iam_scopes(&self) -> Vec<String> {
+        self.iam_scopes.lock().unwrap().clone()
+    }
+
+    /// Every access token granted so far (for the secret canary).
+    pub fn granted_tokens(&self) -> Vec<String> {
+        self.tokens.lock().unwrap().keys().cloned().collect()
+    }
 }
