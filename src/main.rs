@@ -86,14 +86,26 @@ fn init_logging(format: Option<LogFormat>) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let terminal = std::io::stderr().is_terminal();
+    // The AWS SDK's TRACE events print signed requests whole: session tokens and the container
+    // credentials endpoint's Authorization header. Whatever RUST_LOG says, they are dropped.
+    let aws_trace = tracing_subscriber::filter::filter_fn(|m| {
+        !(*m.level() == tracing::Level::TRACE && m.target().starts_with("aws_"))
+    });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     match format.unwrap_or(if terminal {
         LogFormat::Pretty
     } else {
         LogFormat::Text
     }) {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.with_ansi(terminal).init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(aws_trace)
+            .init(),
+        LogFormat::Pretty => builder.with_ansi(terminal).finish().with(aws_trace).init(),
+        LogFormat::Text => builder.with_ansi(false).finish().with(aws_trace).init(),
     }
 }
 

@@ -237,6 +237,19 @@ pub struct EcrConfig {
     pub keys: Option<(String, SecretString)>,
     /// API endpoint override (VPC endpoints, tests).
     pub endpoint: Option<Url>,
+    /// A role to assume on top of the credentials above (cross-account watching).
+    pub assume_role: Option<Box<AssumeRole>>,
+}
+
+/// `role_arn` (+ `external_id`, `session_name`) of a `kind = "ecr"` entry.
+#[derive(Debug, Clone)]
+pub struct AssumeRole {
+    /// `arn:aws:iam::<account>:role/<name>`.
+    pub role_arn: String,
+    /// The external id the role's trust policy may require (not a secret, per AWS).
+    pub external_id: Option<String>,
+    /// The role session name, visible in CloudTrail.
+    pub session_name: String,
 }
 
 /// `kind = "gcr"` settings.
@@ -515,6 +528,58 @@ url = "https://registry.example.com"
                 .contains("both access_key_id and secret_access_key"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ecr_role_arn_is_checked_at_load() {
+        let ecr = "[[registry]]\nname = \"e\"\nkind = \"ecr\"\nurl = \"https://123456789012.dkr.ecr.eu-west-1.amazonaws.com\"\n";
+        let r = one(&format!(
+            "{ecr}role_arn = \"arn:aws:iam::210987654321:role/team/reader\"\nexternal_id = \"ext-42\"\n"
+        ));
+        let Provider::Ecr(e) = &r.provider else {
+            panic!()
+        };
+        let role = e.assume_role.as_ref().expect("role_arn parsed");
+        assert_eq!(role.role_arn, "arn:aws:iam::210987654321:role/team/reader");
+        assert_eq!(role.external_id.as_deref(), Some("ext-42"));
+        assert_eq!(role.session_name, "regwatch", "default session name");
+        for arn in [
+            "arn:aws-cn:iam::210987654321:role/r",
+            "arn:aws-us-gov:iam::210987654321:role/r",
+        ] {
+            assert!(
+                parse(&format!("{ecr}role_arn = \"{arn}\"\n")).is_ok(),
+                "{arn}"
+            );
+        }
+        for bad in [
+            "arn:aws:iam::21098765432:role/r",
+            "arn:aws:iam::210987654321:user/r",
+            "arn:aws:sts::210987654321:role/r",
+            "arn:aws-xx:iam::210987654321:role/r",
+            "arn:aws:iam::210987654321:role/",
+            "reader",
+        ] {
+            let err = parse(&format!("{ecr}role_arn = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(err.path, "registry[0].role_arn", "{bad}");
+            assert_eq!(err.line, Some(1), "{bad}");
+            assert!(err.message.contains("invalid role ARN"), "{err}");
+        }
+        let err = parse(&format!(
+            "{ecr}role_arn = \"arn:aws:iam::210987654321:role/r\"\nsession_name = \"has space\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.path, "registry[0].session_name");
+        let err = parse(&format!("{ecr}external_id = \"ext-42\"\n")).unwrap_err();
+        assert_eq!(err.path, "registry[0].external_id");
+        assert!(err.message.contains("needs role_arn"), "{err}");
+        let oci = "[[registry]]\nname = \"o\"\nkind = \"oci\"\nurl = \"https://r.example\"\n";
+        let err = parse(&format!(
+            "{oci}role_arn = \"arn:aws:iam::210987654321:role/r\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.path, "registry[0].role_arn");
+        assert!(err.message.contains("only to kind = \"ecr\""), "{err}");
     }
 
     #[test]

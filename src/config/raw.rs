@@ -115,6 +115,9 @@ pub(super) struct RawRegistry {
     pub(super) secret_access_key_file: Option<FileSecret>,
     pub(super) registry_id: Option<String>,
     pub(super) endpoint: Option<String>,
+    pub(super) role_arn: Option<String>,
+    pub(super) external_id: Option<String>,
+    pub(super) session_name: Option<String>,
     // gcr
     pub(super) project_id: Option<String>,
     pub(super) json_key: Option<Secret>,

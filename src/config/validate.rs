@@ -10,8 +10,8 @@ use url::Url;
 use super::raw::{RawConfig, RawRegistry};
 use super::secrets::one_secret;
 use super::{
-    AcrConfig, Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig, KafkaConfig,
-    Kind, Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
+    AcrConfig, AssumeRole, Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig,
+    KafkaConfig, Kind, Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
 };
 use crate::registry::{docker_config, dockerhub, ecr, gcr, google};
 
@@ -319,6 +319,9 @@ fn provider(
     )?;
     only_for("registry_id", r.registry_id.is_some(), Kind::Ecr)?;
     only_for("endpoint", r.endpoint.is_some(), Kind::Ecr)?;
+    only_for("role_arn", r.role_arn.is_some(), Kind::Ecr)?;
+    only_for("external_id", r.external_id.is_some(), Kind::Ecr)?;
+    only_for("session_name", r.session_name.is_some(), Kind::Ecr)?;
     only_for("project_id", r.project_id.is_some(), Kind::Gcr)?;
     only_for("json_key", r.json_key.is_some(), Kind::Gcr)?;
     only_for("json_key_file", r.json_key_file.is_some(), Kind::Gcr)?;
@@ -536,10 +539,65 @@ fn ecr_provider(
             }
         })
         .transpose()?;
+    let assume_role = match &r.role_arn {
+        Some(arn) => {
+            if !ecr::valid_role_arn(arn) {
+                return Err(err(
+                    "role_arn",
+                    line,
+                    format!(
+                        "invalid role ARN {arn:?}; use arn:aws:iam::<12-digit account>:role/<name> (or the aws-cn / aws-us-gov partition)"
+                    ),
+                ));
+            }
+            if let Some(id) = r
+                .external_id
+                .as_deref()
+                .filter(|id| !ecr::valid_external_id(id))
+            {
+                return Err(err(
+                    "external_id",
+                    line,
+                    format!(
+                        "invalid external_id {id:?}: AWS allows 2 to 1224 of letters, digits and +=,.@:/-"
+                    ),
+                ));
+            }
+            let session_name = r.session_name.clone().unwrap_or_else(|| "regwatch".into());
+            if !ecr::valid_session_name(&session_name) {
+                return Err(err(
+                    "session_name",
+                    line,
+                    format!(
+                        "invalid session_name {session_name:?}: AWS allows 2 to 64 of letters, digits and +=,.@-"
+                    ),
+                ));
+            }
+            Some(Box::new(AssumeRole {
+                role_arn: arn.clone(),
+                external_id: r.external_id.clone(),
+                session_name,
+            }))
+        }
+        None if r.external_id.is_some() || r.session_name.is_some() => {
+            let key = if r.external_id.is_some() {
+                "external_id"
+            } else {
+                "session_name"
+            };
+            return Err(err(
+                key,
+                line,
+                format!("{key} needs role_arn (the role to assume)"),
+            ));
+        }
+        None => None,
+    };
     Ok(EcrConfig {
         region,
         registry_id,
         keys,
         endpoint,
+        assume_role,
     })
 }
