@@ -158,7 +158,7 @@ impl AcrCredentials {
             .transport
             .send(|| {
                 self.transport
-                    .client()
+                    .secret_body_client()
                     .post(self.exchange_url.clone())
                     .form(&form)
             })

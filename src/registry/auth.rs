@@ -343,7 +343,7 @@ impl Authenticator {
                     if !scope.is_empty() {
                         form.push(("scope", scope));
                     }
-                    transport.client().post(realm.clone()).form(&form)
+                    transport.secret_body_client().post(realm.clone()).form(&form)
                 }
             })
             .await?;
