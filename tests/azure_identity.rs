@@ -460,3 +460,39 @@ fn now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// `client_id` without a secret names a user-assigned managed identity. When IMDS says the host has
+/// no such identity (400 "Identity not found", a typo or an identity not yet assigned), that is a
+/// misconfiguration to report, not "no identity here": on a registry with anonymous pull, silently
+/// going anonymous would watch with other rights than asked and hide the mistake.
+#[tokio::test(flavor = "multi_thread")]
+async fn acr_named_managed_identity_missing_is_an_error_not_anonymous() {
+    let entra = Entra::start(SECRET).await;
+    let front = AcrFront::start(&entra).await;
+    front.registry.push("svc/api", "v1").await;
+    front.set_anonymous_pull(true);
+    let imds = [("AZURE_POD_IDENTITY_AUTHORITY_HOST", entra.url.clone())];
+    let setup = Setup::new(
+        "",
+        &block(
+            "acr",
+            &front,
+            "client_id = \"00000000-0000-4000-8000-00000000dead\"\n",
+        ),
+    );
+    let (code, out, err) = run(&setup, &["check"], &imds);
+    report(
+        "ACR: client_id of an identity IMDS does not have, anonymous pull on: check",
+        line(&out, "acr").split_once("  ").map_or("", |x| x.1.trim()),
+        "no credentials: ... (no anonymous fallback)",
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        line(&out, "acr").contains("no credentials: no managed identity on this host"),
+        "{out}"
+    );
+    // The same host without client_id (system-assigned, which the stand-in has) still works.
+    let system = Setup::new("", &block("acr", &front, ""));
+    let (code, out, err) = run(&system, &["check"], &imds);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -233,7 +233,16 @@ impl CredentialSource for AcrCredentials {
                 }
                 Minted::Absent(why) => {
                     let mut state = self.state();
-                    if state.imds_answered {
+                    // A named (user-assigned) identity that is not there is a mistake to report;
+                    // only "no identity configured, none found" may mean anonymous pull.
+                    let named = matches!(
+                        flow,
+                        Flow::Imds {
+                            client_id: Some(_),
+                            ..
+                        }
+                    );
+                    if state.imds_answered || named {
                         return Err(RegistryError::NoCredentials(why.into()));
                     }
                     tracing::info!(
