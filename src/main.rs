@@ -88,8 +88,16 @@ fn init_logging(format: Option<LogFormat>) {
     let terminal = std::io::stderr().is_terminal();
     // The AWS SDK's TRACE events print signed requests whole: session tokens and the container
     // credentials endpoint's Authorization header. Whatever RUST_LOG says, they are dropped.
+    // At WARN, aws-config's container provider prints an authorization token that is not a valid
+    // header value (a token file ending in a newline, say) as `token`, and quotes it in its error,
+    // which the default chain prints as `error`: both are dropped too; regwatch's own error says
+    // why the source failed, without the token.
     let aws_trace = tracing_subscriber::filter::filter_fn(|m| {
-        !(*m.level() == tracing::Level::TRACE && m.target().starts_with("aws_"))
+        let target = m.target();
+        let has = |field: &str| m.fields().field(field).is_some();
+        !((*m.level() == tracing::Level::TRACE && target.starts_with("aws_"))
+            || (target.starts_with("aws_config::ecs") && has("token"))
+            || (target.starts_with("aws_config::meta::credentials::chain") && has("error")))
     });
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;

@@ -454,3 +454,55 @@ async fn ecr_through_environment_profile_and_instance_metadata() {
         "yes / yes / yes",
     );
 }
+
+/// A container authorization token file that ends in a newline (written with `echo`, or a secret
+/// mounted with one) is not a valid header value. aws-config then logs the token at WARN
+/// (`invalid auth token`) and quotes it in its error, which the chain's own WARN prints: the
+/// secret would reach the log at the default level. regwatch refuses such a token itself, saying
+/// why without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn ecr_container_token_that_is_no_header_value_is_never_printed() {
+    let token = format!("pod-identity-token-{:x}", rand::random::<u64>());
+    let keys = support::aws_endpoints::SessionKeys {
+        access_key_id: "ASIAEXAMPLEEXAMPLE01".into(),
+        secret_access_key: format!("session-secret-{:x}", rand::random::<u64>()),
+        token: format!("session-token-{:x}", rand::random::<u64>()),
+        expiration: "2100-01-01T00:00:00Z".into(),
+        role_arn: format!("arn:aws:iam::{ACCOUNT}:role/pod"),
+    };
+    let endpoint = ContainerEndpoint::start(&token, keys).await;
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"ecr\"\nkind = \"ecr\"\nurl = \"https://{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com\"\nendpoint = \"http://127.0.0.1:{}\"\ninsecure = true\nrepositories = [\"team/*\"]\n",
+            support::free_port()
+        ),
+    );
+    let token_file = setup.dir.path().join("eks-pod-identity-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let path = token_file.to_str().unwrap();
+    let file_env = [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url.as_str()),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", path),
+    ];
+    let value = format!("{token}\r\n");
+    let var_env = [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url.as_str()),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN", value.as_str()),
+    ];
+    for (env, log) in [(&file_env, "info"), (&var_env, "info"), (&file_env, "trace")] {
+        let (code, out, err) = run_without_ambient_aws(&setup, &["check"], env, log);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            out.contains("no credentials: container authorization token is not a valid header value"),
+            "{out}"
+        );
+        let leaked = out.contains(&token) || err.contains(&token);
+        report(
+            &format!("ECR: container token with a stray newline, RUST_LOG={log}: token in output"),
+            leaked,
+            "false",
+        );
+        assert!(!leaked, "the token leaked:\n{out}\n{err}");
+    }
+}
