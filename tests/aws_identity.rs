@@ -506,3 +506,65 @@ async fn ecr_container_token_that_is_no_header_value_is_never_printed() {
         assert!(!leaked, "the token leaked:\n{out}\n{err}");
     }
 }
+
+/// An ECR endpoint that accepts connections and never answers (a stalled proxy, a black-holed
+/// VPC endpoint): every call must end within the entry's `request_timeout`, as every other kind's
+/// requests do. The SDK's defaults set only a connect timeout, so without one the scan (and
+/// `check`) would wait forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn ecr_call_to_a_silent_endpoint_ends_within_request_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accept and hold every connection, never writing a byte.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"ecr\"\nkind = \"ecr\"\nurl = \"https://{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com\"\nendpoint = \"http://{addr}\"\ninsecure = true\nrequest_timeout = \"2s\"\nrepositories = [\"team/*\"]\naccess_key_id = \"AKIAEXAMPLEEXAMPLE01\"\nsecret_access_key = \"not-a-real-secret\"\n"
+        ),
+    );
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
+    command.args(["check", "-c"]).arg(&setup.config);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    let nowhere = setup.dir.path().join("no-such-file");
+    command
+        .env("HOME", setup.dir.path())
+        .env("AWS_CONFIG_FILE", &nowhere)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let started = std::time::Instant::now();
+    let mut child = command.spawn().unwrap();
+    let limit = std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let took = started.elapsed();
+    report(
+        "ECR: check against an endpoint that never answers (request_timeout 2s), seconds",
+        format!("{:.1}", took.as_secs_f64()),
+        "< 30 (ends, with retries)",
+    );
+    let status = status.unwrap_or_else(|| panic!("check still waiting after {limit:?}"));
+    let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("unreachable"), "{out}");
+}
