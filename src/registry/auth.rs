@@ -21,6 +21,9 @@ use crate::config::Credentials;
 const TOKEN_BODY_CAP: usize = 1024 * 1024;
 /// The token lifetime the Docker token spec assumes when `expires_in` is absent.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest a token is trusted, whatever it claims: a day. Also keeps `Instant` and
+/// `SystemTime` arithmetic on a server's number from overflowing (a panic).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// An authentication challenge from `WWW-Authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -384,13 +387,19 @@ impl Authenticator {
             .map(Duration::from_secs)
             .or_else(|| jwt_lifetime(&value))
             .unwrap_or(DEFAULT_TOKEN_LIFETIME);
-        // Refresh early: at 90 % of the lifetime, and at least 5 s before expiry.
-        let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime);
         Ok(CachedToken {
             value: value.into(),
-            refresh_at: Instant::now() + lifetime - margin,
+            refresh_at: renew_at(lifetime),
         })
     }
+}
+
+/// When to renew a registry token that lives `lifetime` (at most [`MAX_TOKEN_LIFETIME`]): at 90 %
+/// of it, and at least 5 s before expiry.
+fn renew_at(lifetime: Duration) -> Instant {
+    let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
+    let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime);
+    Instant::now() + lifetime - margin
 }
 
 /// The time left until a JWT's `exp`, read without verifying it (the issuer checks its own tokens;
@@ -401,10 +410,14 @@ pub fn jwt_lifetime(token: &str) -> Option<Duration> {
     let claims: serde_json::Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?)
             .ok()?;
-    let exp = std::time::UNIX_EPOCH + Duration::from_secs(claims.get("exp")?.as_u64()?);
+    let exp = claims.get("exp")?.as_u64()?;
+    let Some(exp) = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(exp)) else {
+        return Some(MAX_TOKEN_LIFETIME);
+    };
     Some(
         exp.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .min(MAX_TOKEN_LIFETIME),
     )
 }
 
@@ -428,6 +441,24 @@ fn bearer(token: &SecretString) -> SecretString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `exp` or `expires_in` no clock can hold (a realm's or Entra's bug, or a hostile
+    /// server) must not panic the task that reads it: it is a token to renew within a day.
+    #[test]
+    fn absurd_lifetimes_are_capped_not_panics() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwt = |exp: u64| {
+            format!(
+                "e30.{}.sig",
+                URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"))
+            )
+        };
+        assert_eq!(jwt_lifetime(&jwt(u64::MAX)), Some(MAX_TOKEN_LIFETIME));
+        assert_eq!(jwt_lifetime(&jwt(1 << 62)), Some(MAX_TOKEN_LIFETIME));
+        assert_eq!(jwt_lifetime(&jwt(0)), Some(Duration::ZERO));
+        let at = renew_at(Duration::from_secs(u64::MAX));
+        assert!(at > Instant::now() + Duration::from_secs(3600));
+    }
 
     #[test]
     fn parses_docker_hub_bearer() {
