@@ -490,11 +490,17 @@ async fn ecr_container_token_that_is_no_header_value_is_never_printed() {
         ("AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url.as_str()),
         ("AWS_CONTAINER_AUTHORIZATION_TOKEN", value.as_str()),
     ];
-    for (env, log) in [(&file_env, "info"), (&var_env, "info"), (&file_env, "trace")] {
+    for (env, log) in [
+        (&file_env, "info"),
+        (&var_env, "info"),
+        (&file_env, "trace"),
+    ] {
         let (code, out, err) = run_without_ambient_aws(&setup, &["check"], env, log);
         assert_eq!(code, 1, "{out}{err}");
         assert!(
-            out.contains("no credentials: container authorization token is not a valid header value"),
+            out.contains(
+                "no credentials: container authorization token is not a valid header value"
+            ),
             "{out}"
         );
         let leaked = out.contains(&token) || err.contains(&token);

@@ -406,7 +406,8 @@ async fn acr_exchange_and_realm_never_follow_a_redirect_with_the_token() {
                 async move {
                     let path = uri.path();
                     if path == redirected && method == "POST" {
-                        return (StatusCode::TEMPORARY_REDIRECT, [("location", to)]).into_response();
+                        return (StatusCode::TEMPORARY_REDIRECT, [("location", to)])
+                            .into_response();
                     }
                     if path == "/oauth2/exchange" {
                         // A refresh token that lives an hour (only its `exp` is read).
@@ -483,7 +484,9 @@ async fn acr_named_managed_identity_missing_is_an_error_not_anonymous() {
     let (code, out, err) = run(&setup, &["check"], &imds);
     report(
         "ACR: client_id of an identity IMDS does not have, anonymous pull on: check",
-        line(&out, "acr").split_once("  ").map_or("", |x| x.1.trim()),
+        line(&out, "acr")
+            .split_once("  ")
+            .map_or("", |x| x.1.trim()),
         "no credentials: ... (no anonymous fallback)",
     );
     assert_eq!(code, 1, "{out}{err}");

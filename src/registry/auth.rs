@@ -346,7 +346,10 @@ impl Authenticator {
                     if !scope.is_empty() {
                         form.push(("scope", scope));
                     }
-                    transport.secret_body_client().post(realm.clone()).form(&form)
+                    transport
+                        .secret_body_client()
+                        .post(realm.clone())
+                        .form(&form)
                 }
             })
             .await?;
