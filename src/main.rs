@@ -77,11 +77,8 @@ enum Command {
 }
 
 fn init_logging(format: Option<LogFormat>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info".into())
-        // yup-oauth2 logs Google's token responses and the signed JWT assertion at debug level:
-        // those are secrets, so its debug output stays off whatever RUST_LOG says.
-        .add_directive("yup_oauth2=info".parse().expect("a static directive"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -92,10 +89,15 @@ fn init_logging(format: Option<LogFormat>) {
     // header value (a token file ending in a newline, say) as `token`, and quotes it in its error,
     // which the default chain prints as `error`: both are dropped too; regwatch's own error says
     // why the source failed, without the token.
-    let aws_trace = tracing_subscriber::filter::filter_fn(|m| {
+    // yup-oauth2 logs Google's token responses and the signed JWT assertion at debug level: its
+    // debug and trace output is dropped here, where no RUST_LOG directive can override it (an
+    // added `yup_oauth2=info` directive lost to a more specific `yup_oauth2::service_account=debug`).
+    let secret_events = tracing_subscriber::filter::filter_fn(|m| {
         let target = m.target();
         let has = |field: &str| m.fields().field(field).is_some();
-        !((*m.level() == tracing::Level::TRACE && target.starts_with("aws_"))
+        let verbose = matches!(*m.level(), tracing::Level::DEBUG | tracing::Level::TRACE);
+        !((verbose && target.starts_with("yup_oauth2"))
+            || (*m.level() == tracing::Level::TRACE && target.starts_with("aws_"))
             || (target.starts_with("aws_config::ecs") && has("token"))
             || (target.starts_with("aws_config::meta::credentials::chain") && has("error")))
     });
@@ -110,10 +112,14 @@ fn init_logging(format: Option<LogFormat>) {
             .json()
             .flatten_event(true)
             .finish()
-            .with(aws_trace)
+            .with(secret_events)
             .init(),
-        LogFormat::Pretty => builder.with_ansi(terminal).finish().with(aws_trace).init(),
-        LogFormat::Text => builder.with_ansi(false).finish().with(aws_trace).init(),
+        LogFormat::Pretty => builder
+            .with_ansi(terminal)
+            .finish()
+            .with(secret_events)
+            .init(),
+        LogFormat::Text => builder.with_ansi(false).finish().with(secret_events).init(),
     }
 }
 

@@ -221,7 +221,12 @@ async fn google_secrets_never_reach_any_output() {
         c.args(args)
             .arg("-c")
             .arg(&setup.config)
-            .env("RUST_LOG", "trace")
+            // A module directive is more specific than a crate one: yup_oauth2's own modules
+            // named, as someone debugging Google auth would, must not turn its debug on.
+            .env(
+                "RUST_LOG",
+                "trace,yup_oauth2::service_account=trace,yup_oauth2::authenticator=trace",
+            )
             .env("HOME", &home)
             .env_remove("CLOUDSDK_CONFIG")
             .env(
