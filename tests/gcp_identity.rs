@@ -563,3 +563,113 @@ async fn adc_impersonated_service_account_file() {
         "{principals:?}"
     );
 }
+
+/// A peer that accepts connections and then stalls: with `partial`, after the head of a 200 and
+/// the first byte of its JSON body (so a timeout on the response head alone is not enough); else
+/// before answering anything. Counts connections; holds every socket open until the test ends.
+fn stalling_peer(partial: bool) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut stream in listener.incoming().flatten() {
+            seen.fetch_add(1, Ordering::SeqCst);
+            if partial {
+                // Answer only once the request is in: hyper refuses an answer to no request.
+                let _ = std::io::Read::read(&mut stream, &mut [0u8; 4096]);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{",
+                );
+            }
+            held.push(stream);
+        }
+    });
+    (addr, count)
+}
+
+/// Review: the service-account JWT flow (yup-oauth2) ran without any timeout, so a token endpoint
+/// that stalls mid-answer hung `check` for ever, and held the refresh lock every scan of the
+/// registry waits on. It must give up within the registry's `request_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_service_account_token_endpoint_times_out() {
+    let (tokens, registry) = peers().await;
+    let (stall, _) = stalling_peer(true);
+    let dir = tempfile::tempdir().unwrap();
+    let key = tokens.service_account(dir.path(), "my-project");
+    let mut json: serde_json::Value = serde_json::from_str(&key.json).unwrap();
+    json["token_uri"] = format!("http://{stall}/token").into();
+    std::fs::write(&key.path, json.to_string()).unwrap();
+    let setup = Setup::new(
+        "",
+        &block(
+            "gcr",
+            &registry,
+            &format!(
+                "request_timeout = \"2s\"\njson_key_file = \"{}\"\n",
+                key.path.display()
+            ),
+        ),
+    );
+    let started = Instant::now();
+    let mut child = command(&setup, &[], &["check"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = started.elapsed();
+    report(
+        "GCR key, token endpoint stalls mid-answer: check time",
+        format!("{} ms", took.as_millis()),
+        "< 30 s (request_timeout 2 s)",
+    );
+    assert!(code.is_some(), "check still hung after {took:?}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(line(&out, "gcr").contains("timed out"), "{out}");
+}
+
+/// Review: concurrent scans that queued behind a failing token attempt each tried again in turn,
+/// so one unreachable metadata server cost every repository a full `request_timeout`, one after
+/// another (N repositories: N x timeout, N connections). Scans waiting on an attempt share its
+/// outcome, as they share its token when it succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn scans_waiting_on_a_failing_token_attempt_share_its_failure() {
+    let (_tokens, registry) = peers().await;
+    let (metadata, connections) = stalling_peer(false);
+    let names: Vec<String> = (0..6).map(|i| format!("\"app{i}\"")).collect();
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"gcr\"\nkind = \"gcr\"\nurl = \"{}\"\ninsecure = true\nproject_id = \"my-project\"\nrepositories = [{}]\nconcurrency = 6\nrequest_timeout = \"2s\"\n",
+            registry.url(),
+            names.join(", ")
+        ),
+    );
+    let env = [("GCE_METADATA_HOST", metadata.as_str())];
+    let (code, out, err, took) = run(&setup, &env, &["once"]);
+    let tries = connections.load(std::sync::atomic::Ordering::SeqCst);
+    report(
+        "GCR ADC, metadata server stalls, 6 repositories at concurrency 6: once time / metadata connections",
+        format!("{} ms / {tries}", took.as_millis()),
+        "< 6 s / 1",
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("timed out"), "{err}");
+    assert_eq!(tries, 1, "metadata connections\n{err}");
+    assert!(took < Duration::from_secs(6), "once took {took:?}\n{err}");
+}

@@ -118,6 +118,11 @@ pub struct GoogleTokens {
     cache: std::sync::Mutex<Option<Token>>,
     /// One refresh at a time: concurrent scans wait for it instead of each minting a token.
     refreshing: tokio::sync::Mutex<()>,
+    /// Attempts finished so far and the last one's error: scans that waited on a failing attempt
+    /// share its failure instead of each trying again in turn (N scans, N timeouts in a row).
+    attempts: std::sync::Mutex<(u64, Option<RegistryError>)>,
+    /// The registry's `request_timeout`, for yup-oauth2, whose requests have none of their own.
+    timeout: Duration,
     /// The source the last token came from, for `check`.
     described: std::sync::Mutex<String>,
     /// yup-oauth2's authenticator for the service-account key in use, rebuilt if the key changes.
@@ -155,6 +160,8 @@ impl GoogleTokens {
             metadata: build(Duration::from_secs(2))?,
             cache: std::sync::Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
+            attempts: std::sync::Mutex::new((0, None)),
+            timeout,
             described: std::sync::Mutex::new(described),
             service_account: tokio::sync::Mutex::new(None),
         })
@@ -165,11 +172,25 @@ impl GoogleTokens {
         if let Some(t) = self.cached() {
             return Ok(t);
         }
+        let seen = self.attempts.lock().expect("attempts lock").0;
         let _one = self.refreshing.lock().await;
         if let Some(t) = self.cached() {
             return Ok(t);
         }
-        let (token, described) = self.mint().await?;
+        {
+            let attempts = self.attempts.lock().expect("attempts lock");
+            if attempts.0 != seen
+                && let Some(e) = &attempts.1
+            {
+                return Err(e.clone());
+            }
+        }
+        let minted = self.mint().await;
+        let mut attempts = self.attempts.lock().expect("attempts lock");
+        attempts.0 += 1;
+        attempts.1 = minted.as_ref().err().cloned();
+        drop(attempts);
+        let (token, described) = minted?;
         let value = token.value.clone();
         *self.described.lock().expect("describe lock") = described;
         *self.cache.lock().expect("cache lock") = Some(token);
@@ -352,7 +373,12 @@ impl GoogleTokens {
                 }
             }
         };
-        let token = auth.token(&[scope]).await.map_err(oauth_error)?;
+        // yup-oauth2 sets no timeout of its own (and its optional one ends at the response head,
+        // not the body): a token endpoint that stalls would hold every scan of the registry.
+        let token = tokio::time::timeout(self.timeout, auth.token(&[scope]))
+            .await
+            .map_err(|_| RegistryError::Unreachable("Google token endpoint: timed out".into()))?
+            .map_err(oauth_error)?;
         let lifetime = token
             .expiration_time()
             .map(|t| t.unix_timestamp())
