@@ -77,11 +77,17 @@ enum Command {
 }
 
 fn init_logging(format: Option<LogFormat>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info".into())
-        // yup-oauth2 logs Google's token responses and the signed JWT assertion at debug level:
-        // those are secrets, so its debug output stays off whatever RUST_LOG says.
-        .add_directive("yup_oauth2=info".parse().expect("a static directive"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // yup-oauth2 logs Google's token responses and the signed JWT assertion at debug level: those
+    // are secrets, so its debug output stays off whatever RUST_LOG says. A filter of its own, not
+    // an EnvFilter directive, which a more specific one (`yup_oauth2::service_account=debug`) or
+    // a span directive would outrank.
+    let quiet = tracing_subscriber::filter::filter_fn(|m| {
+        !(m.target().starts_with("yup_oauth2") && *m.level() > tracing::Level::INFO)
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -91,9 +97,14 @@ fn init_logging(format: Option<LogFormat>) {
     } else {
         LogFormat::Text
     }) {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.with_ansi(terminal).init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(quiet)
+            .init(),
+        LogFormat::Pretty => builder.with_ansi(terminal).finish().with(quiet).init(),
+        LogFormat::Text => builder.with_ansi(false).finish().with(quiet).init(),
     }
 }
 
