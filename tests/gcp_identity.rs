@@ -673,3 +673,33 @@ async fn scans_waiting_on_a_failing_token_attempt_share_its_failure() {
     assert_eq!(tries, 1, "metadata connections\n{err}");
     assert!(took < Duration::from_secs(6), "once took {took:?}\n{err}");
 }
+
+/// Review: an `expires_in` past what `Instant` can hold (the metadata server's, or any registry
+/// token realm's) panicked on `Instant + Duration`, killing the registry's loop; a lifetime is a
+/// number a peer sends, so an absurd one is clamped, not trusted.
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_token_lifetimes_do_not_panic() {
+    // Fits u64 (and the peers' own arithmetic) but not a monotonic clock's i64 seconds.
+    const ABSURD: u64 = 10_000_000_000_000_000_000;
+    let (tokens, registry) = peers().await;
+    let gcp = tokens.gcp();
+    gcp.set_metadata_account(GKE_SA);
+    gcp.set_lifetime(ABSURD);
+    let setup = Setup::new("", &block("gcr", &registry, ""));
+    let env = [("GCE_METADATA_HOST", tokens.host())];
+    let (code, out, err, _) = run(&setup, &env, &["check"]);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(code, 0, "Google token lifetime {ABSURD} s\n{out}{err}");
+    // The registry's realm: docker-registry cannot read such an `exp`, so the check fails, but
+    // it must fail as a refusal, not a panic.
+    gcp.set_lifetime(3600);
+    tokens.set_token_lifetime(ABSURD);
+    let (code, out, err, _) = run(&setup, &env, &["check"]);
+    report(
+        "GCR, expires_in 1e19 s from metadata / realm: panics",
+        usize::from(err.contains("panicked")),
+        "0",
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(code, 1, "realm token lifetime {ABSURD} s\n{out}{err}");
+}

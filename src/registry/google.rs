@@ -41,6 +41,9 @@ const BODY_CAP: usize = 64 * 1024;
 const REFRESH_THRESHOLD: Duration = Duration::from_secs(225);
 /// The lifetime asked of the IAM Credentials API: its default and its maximum without an org policy.
 const IMPERSONATED_LIFETIME: &str = "3600s";
+/// The longest lifetime believed: Google's tokens last an hour, at most 12 with an org policy; a
+/// bigger `expires_in` would overflow `Instant` (a panic).
+const MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 /// The environment Application Default Credentials read, taken once when a registry is connected
 /// (the files it names are read again at every refresh, so a rotated file is picked up).
@@ -101,6 +104,7 @@ impl Token {
                 "Google returned an empty or malformed access token".into(),
             ));
         }
+        let lifetime = lifetime.min(MAX_LIFETIME);
         let early = (lifetime / 4).min(REFRESH_THRESHOLD);
         Ok(Token {
             value: value.into(),
