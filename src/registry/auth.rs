@@ -338,7 +338,11 @@ impl Authenticator {
                     if !scope.is_empty() {
                         form.push(("scope", scope));
                     }
-                    transport.client().post(realm.clone()).form(&form)
+                    // Not redirected: a 307/308 would re-send the token to its `Location`.
+                    transport
+                        .no_redirect_client()
+                        .post(realm.clone())
+                        .form(&form)
                 }
             })
             .await?;
