@@ -287,6 +287,13 @@ impl Authenticator {
             .map(|c| c.describe())
     }
 
+    /// The registry refused the token it was shown for `scope` (a 401 after a fresh token, or a
+    /// 403): that token is not presented again, and the source mints new credentials next time.
+    pub fn refused_in(&self, scope: &str) {
+        self.tokens.lock().expect("token lock").remove(scope);
+        self.refused();
+    }
+
     /// The registry refused the credentials: the source mints new ones next time.
     pub fn refused(&self) {
         if let Some(c) = &self.credentials {

@@ -1,4 +1,6 @@
-//! Review of the auth core: an OAuth2 refresh token (ACR's exchanged token, a docker config's
+//! Review of the auth core.
+//!
+//! An OAuth2 refresh token (ACR's exchanged token, a docker config's
 //! `identitytoken`) is POSTed as a form to the token realm (Docker token spec, "OAuth2 token"
 //! flow). A realm that answers 307/308 must not carry that body to another origin: HTTP clients
 //! re-send a 307/308's body as is and strip only the `Authorization` header across hosts, so
@@ -100,4 +102,46 @@ async fn a_realm_redirect_does_not_carry_the_refresh_token_elsewhere() {
         .count();
     assert_eq!(leaked, 0, "the refresh token reached another origin");
     assert!(result.is_err(), "{result:?}");
+}
+
+mod support;
+
+/// A registry token the registry refused with 403 was kept in the per-scope cache and presented
+/// again on every request until it expired, so `refused()` (the credential source minting anew)
+/// could not take effect: the registry's refusal must drop the token it refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_token_refused_with_403_is_not_presented_again() {
+    use support::synthetic::{Synthetic, serve};
+    let synthetic = Arc::new(Synthetic::default());
+    synthetic.put("team/app", "v1", 1);
+    *synthetic.token_auth.lock().unwrap() = Some(("u".into(), "p".into(), "t1".into()));
+    synthetic.forbidden_tokens.lock().unwrap().push("t1".into());
+    let url = serve(synthetic.clone()).await;
+    let config = regwatch::config::parse(&format!(
+        "[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"http://{url}\"\ninsecure = true\nusername = \"u\"\npassword = \"p\"\nrepositories = [\"team/app\"]\n"
+    ))
+    .unwrap();
+    let client = OciRegistry::new(&config.registries[0]).unwrap();
+    let first = client.list_tags("team/app").await;
+    assert!(
+        matches!(first, Err(RegistryError::Unauthorized { status: 403, .. })),
+        "{first:?}"
+    );
+    // The realm now issues a token the registry accepts (the identity was granted access).
+    *synthetic.token_auth.lock().unwrap() = Some(("u".into(), "p".into(), "t2".into()));
+    let second = client.list_tags("team/app").await;
+    let refused_again = synthetic
+        .authorization_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| a.as_deref() == Some("Bearer t1"))
+        .count();
+    support::report(
+        "registry 403 on a token: times the refused token was presented",
+        refused_again,
+        "1",
+    );
+    assert_eq!(refused_again, 1, "{second:?}");
+    assert_eq!(second.unwrap().len(), 1);
 }
