@@ -703,3 +703,36 @@ async fn absurd_token_lifetimes_do_not_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(code, 1, "realm token lifetime {ABSURD} s\n{out}{err}");
 }
+
+/// Review: every refusal at the realm made the source forget its token, so an identity the
+/// registry refuses (a missing IAM binding) cost one new Google token per repository scanned:
+/// one metadata, IAM or token-endpoint call per repository per cycle. A token minted moments
+/// ago is refused for who it names, not for its age; minting another changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_identity_is_not_reminted_for_every_repository() {
+    let (_tokens, registry) = peers().await;
+    // Another project's metadata server: its tokens are real, but this registry's realm
+    // does not accept them.
+    let elsewhere = TokenServer::start(&[], Style::Docker).await;
+    elsewhere.gcp().set_metadata_account(GKE_SA);
+    let names: Vec<String> = (0..6).map(|i| format!("\"app{i}\"")).collect();
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"gcr\"\nkind = \"gcr\"\nurl = \"{}\"\ninsecure = true\nproject_id = \"my-project\"\nrepositories = [{}]\nconcurrency = 1\n",
+            registry.url(),
+            names.join(", ")
+        ),
+    );
+    let env = [("GCE_METADATA_HOST", elsewhere.host())];
+    let (code, out, err, _) = run(&setup, &env, &["once"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("invalid credentials"), "{err}");
+    let (_, minted, _) = elsewhere.gcp().grants();
+    report(
+        "GCR ADC, identity refused at the realm, 6 repositories: metadata tokens minted",
+        minted,
+        "1",
+    );
+    assert_eq!(minted, 1, "{err}");
+}

@@ -41,6 +41,10 @@ const BODY_CAP: usize = 64 * 1024;
 const REFRESH_THRESHOLD: Duration = Duration::from_secs(225);
 /// The lifetime asked of the IAM Credentials API: its default and its maximum without an org policy.
 const IMPERSONATED_LIFETIME: &str = "3600s";
+/// A token refused younger than this is kept: it was refused for the identity it names (a
+/// missing IAM binding), which a new token shares, or by a refusal of the token it replaced that
+/// arrived late. Forgetting it would mint one token per repository scanned.
+const KEEP_REFUSED_FOR: Duration = Duration::from_secs(30);
 /// The longest lifetime believed: Google's tokens last an hour, at most 12 with an org policy; a
 /// bigger `expires_in` would overflow `Instant` (a panic).
 const MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -95,6 +99,7 @@ pub struct Impersonation {
 struct Token {
     value: SecretString,
     refresh_at: Instant,
+    minted_at: Instant,
 }
 
 impl Token {
@@ -109,6 +114,7 @@ impl Token {
         Ok(Token {
             value: value.into(),
             refresh_at: Instant::now() + lifetime - early,
+            minted_at: Instant::now(),
         })
     }
 }
@@ -206,9 +212,18 @@ impl GoogleTokens {
         self.described.lock().expect("describe lock").clone()
     }
 
-    /// The token was refused: mint a new one next time.
+    /// The token was refused: mint a new one next time, unless it was minted moments ago.
     pub fn forget(&self) {
-        *self.cache.lock().expect("cache lock") = None;
+        {
+            let mut cache = self.cache.lock().expect("cache lock");
+            if cache
+                .as_ref()
+                .is_some_and(|t| t.minted_at.elapsed() < KEEP_REFUSED_FOR)
+            {
+                return;
+            }
+            *cache = None;
+        }
         if let Ok(mut sa) = self.service_account.try_lock() {
             *sa = None;
         }
