@@ -736,3 +736,48 @@ async fn a_refused_identity_is_not_reminted_for_every_repository() {
     );
     assert_eq!(minted, 1, "{err}");
 }
+
+/// Review: yup-oauth2 reads an OAuth2 error body whatever the HTTP status, and every such error
+/// was reported as refused credentials. Google's token endpoint answers an outage with 5xx and
+/// `{"error": "internal_failure"}` (google-auth retries `internal_failure`, `server_error` and
+/// `temporarily_unavailable`, the latter two from RFC 6749 §4.1.2.1): that is an unreachable
+/// peer to retry, not "invalid credentials (401/403)".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_google_token_endpoint_outage_is_not_refused_credentials() {
+    use std::io::{Read, Write};
+    let (tokens, registry) = peers().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.read(&mut [0u8; 8192]);
+            let body = r#"{"error":"internal_failure","error_description":"Backend Error"}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key = tokens.service_account(dir.path(), "my-project");
+    let mut json: serde_json::Value = serde_json::from_str(&key.json).unwrap();
+    json["token_uri"] = format!("http://{peer}/token").into();
+    std::fs::write(&key.path, json.to_string()).unwrap();
+    let setup = Setup::new(
+        "",
+        &block(
+            "gcr",
+            &registry,
+            &format!("json_key_file = \"{}\"\n", key.path.display()),
+        ),
+    );
+    let (code, out, err, _) = run(&setup, &[], &["check"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let outcome = line(&out, "gcr");
+    assert!(!outcome.contains("invalid credentials"), "{outcome}");
+    assert!(
+        outcome.contains("unreachable: Google token endpoint"),
+        "{outcome}"
+    );
+}

@@ -657,6 +657,19 @@ async fn answer<T: serde::de::DeserializeOwned>(
 
 fn oauth_error(e: yup_oauth2::Error) -> RegistryError {
     match e {
+        // yup-oauth2 reads the error body whatever the status: Google's outages (5xx) say
+        // `internal_failure`, and RFC 6749 names `server_error` and `temporarily_unavailable`;
+        // google-auth retries those three. Any other error code is a refusal.
+        yup_oauth2::Error::AuthError(yup_oauth2::error::AuthError {
+            error: yup_oauth2::error::AuthErrorCode::Other(code),
+            ..
+        }) if matches!(
+            code.as_str(),
+            "internal_failure" | "server_error" | "temporarily_unavailable"
+        ) =>
+        {
+            RegistryError::Unreachable(format!("Google token endpoint: {code}"))
+        }
         yup_oauth2::Error::AuthError(_) => RegistryError::Unauthorized {
             status: 401,
             what: "Google token endpoint",
