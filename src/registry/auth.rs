@@ -141,6 +141,9 @@ pub enum Credential {
     /// An OAuth2 refresh token (ACR's exchanged token, a docker config's `identitytoken`): POSTed to
     /// the token realm as `grant_type=refresh_token`, per the Docker token spec's OAuth2 flow.
     RefreshToken(SecretString),
+    /// None: an ambient source found no identity here (no Azure metadata server, say), so the
+    /// request goes without credentials, as with no source at all (anonymous pull).
+    Anonymous,
 }
 
 /// Where a registry's credentials come from: fixed, or minted on demand (cloud identities,
@@ -252,6 +255,10 @@ impl Authenticator {
                         status: 401,
                         what: "registry (it asks for Basic auth; a refresh token needs a token realm)",
                     }),
+                    Credential::Anonymous => Err(RegistryError::Unauthorized {
+                        status: 401,
+                        what: "registry (Basic auth required, no identity found)",
+                    }),
                 },
                 None => Err(RegistryError::Unauthorized {
                     status: 401,
@@ -327,7 +334,7 @@ impl Authenticator {
         };
         let response = transport
             .send(|| match &credential {
-                None => transport.client().get(url.clone()),
+                None | Some(Credential::Anonymous) => transport.client().get(url.clone()),
                 Some(Credential::Basic(c)) => transport
                     .client()
                     .get(url.clone())
@@ -384,9 +391,12 @@ impl Authenticator {
                 "token contains characters not allowed in a header".into(),
             ));
         }
+        // ACR's realm answers `access_token` alone; its JWT's `exp` says how long it lives.
         let lifetime = parsed
             .expires_in
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+            .map(Duration::from_secs)
+            .or_else(|| jwt_lifetime(&value))
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME)
             .min(MAX_TOKEN_LIFETIME);
         // Refresh early: at 90 % of the lifetime, and at least 5 s before expiry.
         let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime);
@@ -395,6 +405,21 @@ impl Authenticator {
             refresh_at: Instant::now() + lifetime - margin,
         })
     }
+}
+
+/// The time left until a JWT's `exp`, read without verifying it (the issuer checks its own tokens;
+/// this only decides when to renew). `None` when `token` is not a JWT with `exp`.
+pub fn jwt_lifetime(token: &str) -> Option<Duration> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload = token.split('.').nth(1)?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?)
+            .ok()?;
+    let exp = std::time::UNIX_EPOCH + Duration::from_secs(claims.get("exp")?.as_u64()?);
+    Some(
+        exp.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 /// A header value that `Debug` output (and HTTP/2 header compression) treats as secret.

@@ -1,6 +1,9 @@
 //! The [`Registry`] trait that every adapter implements, and the types a listing is made of.
 
+pub mod acr;
 pub mod auth;
+pub mod azure;
+pub mod docker_config;
 pub mod dockerhub;
 pub mod ecr;
 pub mod gcr;
@@ -113,11 +116,27 @@ pub trait Registry: Send + Sync {
 /// Builds the adapter for a registry entry.
 pub fn connect(config: &RegistryConfig) -> Result<Arc<dyn Registry>, RegistryError> {
     Ok(match &config.provider {
-        Provider::Distribution => Arc::new(oci::OciRegistry::new(config)?),
+        Provider::Distribution => match docker_config::DockerConfigSource::for_registry(config) {
+            Some(source) => Arc::new(oci::OciRegistry::with_credentials(
+                config,
+                Some(Arc::new(source)),
+            )?),
+            None => Arc::new(oci::OciRegistry::new(config)?),
+        },
         Provider::Ecr(ecr) => Arc::new(ecr::EcrRegistry::new(config, ecr)),
         Provider::Gcr(gcr) => {
-            let google = Arc::new(gcr::GoogleCredentials::new(gcr, config.request_timeout)?);
-            Arc::new(oci::OciRegistry::with_credentials(config, Some(google))?)
+            // A key or an impersonation set in the entry wins; else docker_config before ADC.
+            let docker = docker_config::DockerConfigSource::for_registry(config)
+                .filter(|_| gcr.json_key.is_none() && gcr.impersonate_service_account.is_none());
+            let source: Arc<dyn auth::CredentialSource> = match docker {
+                Some(docker) => Arc::new(docker),
+                None => Arc::new(gcr::GoogleCredentials::new(gcr, config.request_timeout)?),
+            };
+            Arc::new(oci::OciRegistry::with_credentials(config, Some(source))?)
+        }
+        Provider::Acr(acr) => {
+            let source = acr::source(config, acr)?;
+            Arc::new(oci::OciRegistry::with_credentials(config, Some(source))?)
         }
     })
 }

@@ -177,6 +177,11 @@ impl TokenServer {
             .insert(token.to_owned(), user.to_owned());
     }
 
+    /// Revokes a refresh token registered with `add_refresh_token`.
+    pub fn remove_refresh_token(&self, token: &str) {
+        self.inner.refresh_tokens.lock().unwrap().remove(token);
+    }
+
     /// Makes registry tokens expire `seconds` after they are issued.
     pub fn set_token_lifetime(&self, seconds: u64) {
         self.inner.token_lifetime.store(seconds, Ordering::Relaxed);
