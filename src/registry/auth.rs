@@ -415,10 +415,16 @@ pub fn jwt_lifetime(token: &str) -> Option<Duration> {
     let claims: serde_json::Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?)
             .ok()?;
-    let exp = std::time::UNIX_EPOCH + Duration::from_secs(claims.get("exp")?.as_u64()?);
+    // `exp` is the peer's number: past SystemTime's range it is simply far away, and no lifetime
+    // beyond MAX_TOKEN_LIFETIME is believed (callers add it to an Instant).
+    let exp = claims.get("exp")?.as_u64()?;
+    let Some(exp) = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(exp)) else {
+        return Some(MAX_TOKEN_LIFETIME);
+    };
     Some(
         exp.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .min(MAX_TOKEN_LIFETIME),
     )
 }
 
@@ -442,6 +448,26 @@ fn bearer(token: &SecretString) -> SecretString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review: a JWT's `exp` is the peer's number (an ACR login server's refresh token, a
+    /// credential helper's answer, a realm's access token). One past what `SystemTime` holds
+    /// panicked on `UNIX_EPOCH + Duration`; a far one overflowed the callers' `Instant + lifetime`.
+    #[test]
+    fn jwt_lifetime_survives_absurd_expiry() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwt = |exp: u64| {
+            format!(
+                "e30.{}.sig",
+                URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"))
+            )
+        };
+        for exp in [u64::MAX, 10_000_000_000_000_000_000, 1 << 62] {
+            let lifetime = jwt_lifetime(&jwt(exp)).expect("a lifetime");
+            assert!(lifetime <= MAX_TOKEN_LIFETIME, "{lifetime:?}");
+            let _ = Instant::now() + lifetime;
+        }
+        assert_eq!(jwt_lifetime(&jwt(1)), Some(Duration::ZERO), "expired");
+    }
 
     #[test]
     fn parses_docker_hub_bearer() {
