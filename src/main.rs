@@ -77,22 +77,25 @@ enum Command {
 }
 
 fn init_logging(format: Option<LogFormat>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info".into())
-        // yup-oauth2 logs Google's token responses and the signed JWT assertion at debug level:
-        // those are secrets, so its debug output stays off whatever RUST_LOG says.
-        .add_directive("yup_oauth2=info".parse().expect("a static directive"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Dependencies that log secrets are silenced by a filter of their own, whatever RUST_LOG says
+    // (an EnvFilter directive would lose to a more specific one, `yup_oauth2::service_account=debug`,
+    // or to a span directive):
+    // - yup-oauth2's debug output: Google's token responses and the signed JWT assertion;
+    // - the AWS SDK's TRACE events: signed requests whole, session tokens and the container
+    //   credentials endpoint's Authorization header.
+    let secret_logs = tracing_subscriber::filter::filter_fn(|m| {
+        let yup = m.target().starts_with("yup_oauth2") && *m.level() > tracing::Level::INFO;
+        let aws = m.target().starts_with("aws_") && *m.level() == tracing::Level::TRACE;
+        !(yup || aws)
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let terminal = std::io::stderr().is_terminal();
-    // The AWS SDK's TRACE events print signed requests whole: session tokens and the container
-    // credentials endpoint's Authorization header. Whatever RUST_LOG says, they are dropped.
-    let aws_trace = tracing_subscriber::filter::filter_fn(|m| {
-        !(*m.level() == tracing::Level::TRACE && m.target().starts_with("aws_"))
-    });
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
     match format.unwrap_or(if terminal {
         LogFormat::Pretty
     } else {
@@ -102,10 +105,14 @@ fn init_logging(format: Option<LogFormat>) {
             .json()
             .flatten_event(true)
             .finish()
-            .with(aws_trace)
+            .with(secret_logs)
             .init(),
-        LogFormat::Pretty => builder.with_ansi(terminal).finish().with(aws_trace).init(),
-        LogFormat::Text => builder.with_ansi(false).finish().with(aws_trace).init(),
+        LogFormat::Pretty => builder
+            .with_ansi(terminal)
+            .finish()
+            .with(secret_logs)
+            .init(),
+        LogFormat::Text => builder.with_ansi(false).finish().with(secret_logs).init(),
     }
 }
 

@@ -21,6 +21,8 @@ use crate::config::Credentials;
 const TOKEN_BODY_CAP: usize = 1024 * 1024;
 /// The token lifetime the Docker token spec assumes when `expires_in` is absent.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest `expires_in` believed: the realm's number, past what `Instant` holds, would panic.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// An authentication challenge from `WWW-Authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,6 +294,13 @@ impl Authenticator {
             .map(|c| c.describe())
     }
 
+    /// The registry refused the token it was shown for `scope` (a 401 after a fresh token, or a
+    /// 403): that token is not presented again, and the source mints new credentials next time.
+    pub fn refused_in(&self, scope: &str) {
+        self.tokens.lock().expect("token lock").remove(scope);
+        self.refused();
+    }
+
     /// The registry refused the credentials: the source mints new ones next time.
     pub fn refused(&self) {
         if let Some(c) = &self.credentials {
@@ -343,7 +352,11 @@ impl Authenticator {
                     if !scope.is_empty() {
                         form.push(("scope", scope));
                     }
-                    transport.client().post(realm.clone()).form(&form)
+                    // Not redirected: a 307/308 would re-send the token to its `Location`.
+                    transport
+                        .no_redirect_client()
+                        .post(realm.clone())
+                        .form(&form)
                 }
             })
             .await?;
@@ -383,7 +396,8 @@ impl Authenticator {
             .expires_in
             .map(Duration::from_secs)
             .or_else(|| jwt_lifetime(&value))
-            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME)
+            .min(MAX_TOKEN_LIFETIME);
         // Refresh early: at 90 % of the lifetime, and at least 5 s before expiry.
         let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime);
         Ok(CachedToken {
@@ -401,10 +415,16 @@ pub fn jwt_lifetime(token: &str) -> Option<Duration> {
     let claims: serde_json::Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?)
             .ok()?;
-    let exp = std::time::UNIX_EPOCH + Duration::from_secs(claims.get("exp")?.as_u64()?);
+    // `exp` is the peer's number: past SystemTime's range it is simply far away, and no lifetime
+    // beyond MAX_TOKEN_LIFETIME is believed (callers add it to an Instant).
+    let exp = claims.get("exp")?.as_u64()?;
+    let Some(exp) = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(exp)) else {
+        return Some(MAX_TOKEN_LIFETIME);
+    };
     Some(
         exp.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .min(MAX_TOKEN_LIFETIME),
     )
 }
 
@@ -428,6 +448,26 @@ fn bearer(token: &SecretString) -> SecretString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review: a JWT's `exp` is the peer's number (an ACR login server's refresh token, a
+    /// credential helper's answer, a realm's access token). One past what `SystemTime` holds
+    /// panicked on `UNIX_EPOCH + Duration`; a far one overflowed the callers' `Instant + lifetime`.
+    #[test]
+    fn jwt_lifetime_survives_absurd_expiry() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwt = |exp: u64| {
+            format!(
+                "e30.{}.sig",
+                URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"))
+            )
+        };
+        for exp in [u64::MAX, 10_000_000_000_000_000_000, 1 << 62] {
+            let lifetime = jwt_lifetime(&jwt(exp)).expect("a lifetime");
+            assert!(lifetime <= MAX_TOKEN_LIFETIME, "{lifetime:?}");
+            let _ = Instant::now() + lifetime;
+        }
+        assert_eq!(jwt_lifetime(&jwt(1)), Some(Duration::ZERO), "expired");
+    }
 
     #[test]
     fn parses_docker_hub_bearer() {
