@@ -77,32 +77,33 @@ enum Command {
 }
 
 fn init_logging(format: Option<LogFormat>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Dependencies that log secrets are silenced by a filter of their own, whatever RUST_LOG says
+    // (an EnvFilter directive would lose to a more specific one, `yup_oauth2::service_account=debug`,
+    // or to a span directive):
+    // - yup-oauth2's debug output: Google's token responses and the signed JWT assertion;
+    // - the AWS SDK's TRACE events: signed requests whole, session tokens and the container
+    //   credentials endpoint's Authorization header;
+    // - aws-config's WARNs about a container authorization token that is not a valid header value
+    //   (a token file ending in a newline): its container provider prints it as `token`, and
+    //   quotes it in its error, which the default chain prints as `error`. regwatch's own error
+    //   says why the source failed, without the token.
+    let secret_logs = tracing_subscriber::filter::filter_fn(|m| {
+        let target = m.target();
+        let has = |field: &str| m.fields().field(field).is_some();
+        let yup = target.starts_with("yup_oauth2") && *m.level() > tracing::Level::INFO;
+        let aws = target.starts_with("aws_") && *m.level() == tracing::Level::TRACE;
+        let container_token = (target.starts_with("aws_config::ecs") && has("token"))
+            || (target.starts_with("aws_config::meta::credentials::chain") && has("error"));
+        !(yup || aws || container_token)
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let terminal = std::io::stderr().is_terminal();
-    // The AWS SDK's TRACE events print signed requests whole: session tokens and the container
-    // credentials endpoint's Authorization header. Whatever RUST_LOG says, they are dropped.
-    // At WARN, aws-config's container provider prints an authorization token that is not a valid
-    // header value (a token file ending in a newline, say) as `token`, and quotes it in its error,
-    // which the default chain prints as `error`: both are dropped too; regwatch's own error says
-    // why the source failed, without the token.
-    // yup-oauth2 logs Google's token responses and the signed JWT assertion at debug level: its
-    // debug and trace output is dropped here, where no RUST_LOG directive can override it (an
-    // added `yup_oauth2=info` directive lost to a more specific `yup_oauth2::service_account=debug`).
-    let secret_events = tracing_subscriber::filter::filter_fn(|m| {
-        let target = m.target();
-        let has = |field: &str| m.fields().field(field).is_some();
-        let verbose = matches!(*m.level(), tracing::Level::DEBUG | tracing::Level::TRACE);
-        !((verbose && target.starts_with("yup_oauth2"))
-            || (*m.level() == tracing::Level::TRACE && target.starts_with("aws_"))
-            || (target.starts_with("aws_config::ecs") && has("token"))
-            || (target.starts_with("aws_config::meta::credentials::chain") && has("error")))
-    });
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
     match format.unwrap_or(if terminal {
         LogFormat::Pretty
     } else {
@@ -112,14 +113,14 @@ fn init_logging(format: Option<LogFormat>) {
             .json()
             .flatten_event(true)
             .finish()
-            .with(secret_events)
+            .with(secret_logs)
             .init(),
         LogFormat::Pretty => builder
             .with_ansi(terminal)
             .finish()
-            .with(secret_events)
+            .with(secret_logs)
             .init(),
-        LogFormat::Text => builder.with_ansi(false).finish().with(secret_events).init(),
+        LogFormat::Text => builder.with_ansi(false).finish().with(secret_logs).init(),
     }
 }
 

@@ -221,12 +221,7 @@ async fn google_secrets_never_reach_any_output() {
         c.args(args)
             .arg("-c")
             .arg(&setup.config)
-            // A module directive is more specific than a crate one: yup_oauth2's own modules
-            // named, as someone debugging Google auth would, must not turn its debug on.
-            .env(
-                "RUST_LOG",
-                "trace,yup_oauth2::service_account=trace,yup_oauth2::authenticator=trace",
-            )
+            .env("RUST_LOG", "trace")
             .env("HOME", &home)
             .env_remove("CLOUDSDK_CONFIG")
             .env(
@@ -790,4 +785,57 @@ async fn aws_identity_secrets_never_reach_any_output() {
         "0",
     );
     assert!(found.is_empty(), "secrets leaked: {found:?}");
+}
+
+/// Review: yup-oauth2's debug logs (the signed JWT assertion, Google's token response) were kept
+/// off with an added `yup_oauth2=info` directive, which a more specific `RUST_LOG` directive for
+/// one of its modules outranks. No `RUST_LOG` may bring them back.
+#[tokio::test(flavor = "multi_thread")]
+async fn yup_oauth2_debug_stays_off_whatever_rust_log_names() {
+    use support::token_server::{Style, TokenServer};
+    let tokens = TokenServer::start(&[], Style::Docker).await;
+    let registry = Registry::start(Auth::Token {
+        realm: tokens.realm(),
+        cert: tokens.cert_path.clone(),
+    });
+    registry.push("my-project/app", "v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = tokens.service_account(dir.path(), "my-project");
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"gcr\"\nkind = \"gcr\"\nurl = \"{}\"\ninsecure = true\nproject_id = \"my-project\"\nrepositories = [\"app\"]\njson_key_file = \"{}\"\n",
+            registry.url(),
+            key.path.display()
+        ),
+    );
+    let mut output = String::new();
+    for filter in [
+        "trace,yup_oauth2::service_account=trace",
+        "yup_oauth2::authenticator=debug",
+        "yup_oauth2::service_account=debug,regwatch=debug",
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["check", "-c"])
+            .arg(&setup.config)
+            .env("RUST_LOG", filter)
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{filter}");
+        output.push_str(&String::from_utf8_lossy(&out.stdout));
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    let granted = tokens.gcp().granted_tokens();
+    assert!(granted.len() >= 3, "{granted:?}");
+    let leaked: Vec<&String> = granted.iter().filter(|t| output.contains(*t)).collect();
+    report(
+        "Google access tokens in output with module-level RUST_LOG for yup-oauth2",
+        leaked.len(),
+        "0",
+    );
+    assert!(
+        leaked.is_empty() && !output.contains("yup_oauth2"),
+        "leaked {leaked:?}\n{output}"
+    );
 }

@@ -160,7 +160,7 @@ impl AcrCredentials {
             .transport
             .send(|| {
                 self.transport
-                    .secret_body_client()
+                    .no_redirect_client()
                     .post(self.exchange_url.clone())
                     .form(&form)
             })

@@ -21,9 +21,8 @@ use crate::config::Credentials;
 const TOKEN_BODY_CAP: usize = 1024 * 1024;
 /// The token lifetime the Docker token spec assumes when `expires_in` is absent.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
-/// The longest a token is trusted, whatever it claims: a day. Also keeps `Instant` and
-/// `SystemTime` arithmetic on a server's number from overflowing (a panic).
-pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The longest `expires_in` believed: the realm's number, past what `Instant` holds, would panic.
+pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// An authentication challenge from `WWW-Authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,6 +294,13 @@ impl Authenticator {
             .map(|c| c.describe())
     }
 
+    /// The registry refused the token it was shown for `scope` (a 401 after a fresh token, or a
+    /// 403): that token is not presented again, and the source mints new credentials next time.
+    pub fn refused_in(&self, scope: &str) {
+        self.tokens.lock().expect("token lock").remove(scope);
+        self.refused();
+    }
+
     /// The registry refused the credentials: the source mints new ones next time.
     pub fn refused(&self) {
         if let Some(c) = &self.credentials {
@@ -346,8 +352,9 @@ impl Authenticator {
                     if !scope.is_empty() {
                         form.push(("scope", scope));
                     }
+                    // Not redirected: a 307/308 would re-send the token to its `Location`.
                     transport
-                        .secret_body_client()
+                        .no_redirect_client()
                         .post(realm.clone())
                         .form(&form)
                 }
@@ -389,20 +396,15 @@ impl Authenticator {
             .expires_in
             .map(Duration::from_secs)
             .or_else(|| jwt_lifetime(&value))
-            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME)
+            .min(MAX_TOKEN_LIFETIME);
+        // Refresh early: at 90 % of the lifetime, and at least 5 s before expiry.
+        let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime);
         Ok(CachedToken {
             value: value.into(),
-            refresh_at: renew_at(lifetime),
+            refresh_at: Instant::now() + lifetime - margin,
         })
     }
-}
-
-/// When to renew a registry token that lives `lifetime` (at most [`MAX_TOKEN_LIFETIME`]): at 90 %
-/// of it, and at least 5 s before expiry.
-fn renew_at(lifetime: Duration) -> Instant {
-    let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
-    let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime);
-    Instant::now() + lifetime - margin
 }
 
 /// The time left until a JWT's `exp`, read without verifying it (the issuer checks its own tokens;
@@ -413,6 +415,8 @@ pub fn jwt_lifetime(token: &str) -> Option<Duration> {
     let claims: serde_json::Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?)
             .ok()?;
+    // `exp` is the peer's number: past SystemTime's range it is simply far away, and no lifetime
+    // beyond MAX_TOKEN_LIFETIME is believed (callers add it to an Instant).
     let exp = claims.get("exp")?.as_u64()?;
     let Some(exp) = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(exp)) else {
         return Some(MAX_TOKEN_LIFETIME);
@@ -445,10 +449,11 @@ fn bearer(token: &SecretString) -> SecretString {
 mod tests {
     use super::*;
 
-    /// An `exp` or `expires_in` no clock can hold (a realm's or Entra's bug, or a hostile
-    /// server) must not panic the task that reads it: it is a token to renew within a day.
+    /// Review: a JWT's `exp` is the peer's number (an ACR login server's refresh token, a
+    /// credential helper's answer, a realm's access token). One past what `SystemTime` holds
+    /// panicked on `UNIX_EPOCH + Duration`; a far one overflowed the callers' `Instant + lifetime`.
     #[test]
-    fn absurd_lifetimes_are_capped_not_panics() {
+    fn jwt_lifetime_survives_absurd_expiry() {
         use base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let jwt = |exp: u64| {
             format!(
@@ -456,11 +461,12 @@ mod tests {
                 URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"))
             )
         };
-        assert_eq!(jwt_lifetime(&jwt(u64::MAX)), Some(MAX_TOKEN_LIFETIME));
-        assert_eq!(jwt_lifetime(&jwt(1 << 62)), Some(MAX_TOKEN_LIFETIME));
-        assert_eq!(jwt_lifetime(&jwt(0)), Some(Duration::ZERO));
-        let at = renew_at(Duration::from_secs(u64::MAX));
-        assert!(at > Instant::now() + Duration::from_secs(3600));
+        for exp in [u64::MAX, 10_000_000_000_000_000_000, 1 << 62] {
+            let lifetime = jwt_lifetime(&jwt(exp)).expect("a lifetime");
+            assert!(lifetime <= MAX_TOKEN_LIFETIME, "{lifetime:?}");
+            let _ = Instant::now() + lifetime;
+        }
+        assert_eq!(jwt_lifetime(&jwt(1)), Some(Duration::ZERO), "expired");
     }
 
     #[test]

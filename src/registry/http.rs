@@ -52,10 +52,9 @@ impl Limiter {
 /// A rate-limited, retrying HTTP client for one registry.
 pub struct Transport {
     client: reqwest::Client,
-    /// The same client without redirects, for requests whose body is a secret (ACR's exchange, a
-    /// refresh-token grant): a 307 or 308 re-sends the body to wherever `Location` points, and
-    /// reqwest only strips headers, never the body, on a cross-origin redirect.
-    secret_body_client: reqwest::Client,
+    /// The same client, but following no redirect: for requests whose body carries a secret
+    /// (a 307/308 re-sends the body to wherever `Location` points; only headers are stripped).
+    no_redirect: reqwest::Client,
     limiter: Limiter,
     /// Set when the registry's pull quota (Docker Hub's `ratelimit-remaining`) runs low.
     paused_until: std::sync::Mutex<Option<std::time::Instant>>,
@@ -78,7 +77,7 @@ impl Transport {
         };
         Ok(Transport {
             client: build(redirect_policy())?,
-            secret_body_client: build(reqwest::redirect::Policy::none())?,
+            no_redirect: build(reqwest::redirect::Policy::none())?,
             limiter: Limiter::new(config),
             paused_until: std::sync::Mutex::new(None),
         })
@@ -89,9 +88,9 @@ impl Transport {
         &self.client
     }
 
-    /// The client for requests whose body carries a secret: it follows no redirect.
-    pub fn secret_body_client(&self) -> &reqwest::Client {
-        &self.secret_body_client
+    /// A client that follows no redirect, for requests whose body is a secret.
+    pub fn no_redirect_client(&self) -> &reqwest::Client {
+        &self.no_redirect
     }
 
     /// Sends the request `build` makes, waiting for the limiter before every attempt and retrying

@@ -30,7 +30,7 @@ pub struct Tag {
 }
 
 /// Why a registry call failed. Every variant means "this listing is not complete".
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     /// 401/403 from the registry or its token endpoint.
     #[error("invalid credentials ({status}) from {what}")]
