@@ -134,13 +134,15 @@ async fn auths_with_auth_password_and_identity_token() {
             r#"{{"auths":{{"https://{host}/v1/":{{"auth":"","identitytoken":"identity-token-1"}}}}}}"#
         ),
     );
-    // Docker Hub's entries live under the legacy index URL, whatever host the registry has.
+    // Docker Hub's entry (under the legacy index URL) is for Docker Hub's hosts only: a dockerhub
+    // entry pointed at another host (a mirror, here the local registry) uses that host's entry,
+    // as `docker login <host>` files it. The realm refuses the Hub password, so sending it fails.
     let hub = write(
         &d.join("hub.json"),
         &format!(
             r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{}"}},"{host}":{{"auth":"{}"}}}}}}"#,
-            STANDARD.encode("hubuser:hub-pw"),
-            STANDARD.encode("ci:wrong")
+            STANDARD.encode("hubuser:not-for-this-host"),
+            STANDARD.encode("ci:ci-pw")
         ),
     );
     let url = registry.url();
@@ -733,4 +735,52 @@ fn broken_or_misplaced_docker_config_is_a_config_error() {
         err.contains("base64") && !err.contains("secret-canary"),
         "{err}"
     );
+}
+
+/// Docker files Docker Hub's credentials under `https://index.docker.io/v1/` and hands them only
+/// to the Hub (docker/cli resolves the key from the image reference's host: `docker.io` and its
+/// aliases). A `dockerhub` entry whose `url` is another host, a pull-through mirror say, must not
+/// receive them: the mirror's operator would get the user's Docker ID password.
+#[test]
+fn hub_credentials_are_not_sent_to_a_mirror() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub_only = write(
+        &dir.path().join("hub.json"),
+        &format!(
+            r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{}"}}}}}}"#,
+            STANDARD.encode("hubuser:hub-canary-pw")
+        ),
+    );
+    let body = |url: &str| {
+        format!(
+            "[[registry]]\nname = \"m\"\nkind = \"dockerhub\"\nurl = \"{url}\"\nrepositories = [\"nginx\"]\ndocker_config = \"{}\"\n",
+            hub_only.display()
+        )
+    };
+    // Config load only: nothing is sent anywhere.
+    let setup = Setup::new("", &body("https://mirror.example"));
+    let err = match regwatch::config::load(&setup.config) {
+        Ok(_) => String::new(),
+        Err(e) => format!("{}: {}", e.path, e.message),
+    };
+    report(
+        "docker config: Hub credentials offered to a dockerhub entry at a mirror host",
+        if err.is_empty() {
+            "accepted"
+        } else {
+            "refused at load"
+        },
+        "refused at load",
+    );
+    assert!(
+        err.starts_with("registry[0].docker_config") && err.contains("no entry for mirror.example"),
+        "the Hub entry was taken for mirror.example: {err:?}"
+    );
+    assert!(!err.contains("hub-canary-pw"), "{err}");
+    // The Hub itself still finds them (validation only; nothing is sent).
+    for url in ["https://registry.hub.docker.com", "https://docker.io"] {
+        let setup = Setup::new("", &body(url));
+        let config = regwatch::config::load(&setup.config);
+        assert!(config.is_ok(), "{url}: {:?}", config.err());
+    }
 }

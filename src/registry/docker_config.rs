@@ -25,7 +25,7 @@ use tokio::io::AsyncWriteExt;
 use super::RegistryError;
 use super::auth::{Credential, CredentialSource};
 use super::dockerhub;
-use crate::config::{Credentials, Kind, RegistryConfig};
+use crate::config::{Credentials, RegistryConfig};
 
 /// The key Docker files Docker Hub's credentials under, whatever host the Hub is reached at.
 pub const HUB_KEY: &str = "https://index.docker.io/v1/";
@@ -40,10 +40,12 @@ const TOKEN_USERNAME: &str = "<token>";
 const HELPER_OUTPUT_CAP: usize = 64 * 1024;
 
 /// The key this registry's credentials are filed under: `https://index.docker.io/v1/` for Docker
-/// Hub (kind dockerhub, or any Hub host), else `host[:port]` as docker/cli's `ConvertToHostname`
-/// yields it. It is also what a credential helper gets on stdin, as Docker sends it.
-pub fn server_key(kind: Kind, host: &str) -> String {
-    if kind == Kind::Dockerhub || dockerhub::api_endpoint(host).is_some() {
+/// Hub's hosts, else `host[:port]` as docker/cli's `ConvertToHostname` yields it. It is also what
+/// a credential helper gets on stdin, as Docker sends it. By host, not kind: a dockerhub entry
+/// pointed at a mirror must not receive the Hub password (docker/cli picks the key from the
+/// image reference's host too).
+pub fn server_key(host: &str) -> String {
+    if dockerhub::api_endpoint(host).is_some() {
         HUB_KEY.to_owned()
     } else {
         host.to_owned()
@@ -300,10 +302,7 @@ impl DockerConfigSource {
         if config.credentials.is_some() {
             return None;
         }
-        Some(Self::new(
-            path.clone(),
-            server_key(config.kind, &config.host),
-        ))
+        Some(Self::new(path.clone(), server_key(&config.host)))
     }
 
     /// What the file says now, re-read if it changed since the last call.
@@ -530,11 +529,9 @@ mod tests {
         assert!(key_matches("https://index.docker.io/v1/", HUB_KEY));
         assert!(key_matches("docker.io", HUB_KEY));
         assert!(!key_matches("reg.example", HUB_KEY));
-        assert_eq!(server_key(Kind::Oci, "registry-1.docker.io"), HUB_KEY);
-        assert_eq!(
-            server_key(Kind::Oci, "reg.example:5000"),
-            "reg.example:5000"
-        );
+        assert_eq!(server_key("registry-1.docker.io"), HUB_KEY);
+        assert_eq!(server_key("docker.io"), HUB_KEY);
+        assert_eq!(server_key("reg.example:5000"), "reg.example:5000");
     }
 
     #[test]
