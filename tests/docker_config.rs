@@ -784,3 +784,110 @@ fn hub_credentials_are_not_sent_to_a_mirror() {
         assert!(config.is_ok(), "{url}: {:?}", config.err());
     }
 }
+
+/// Many repositories ask for a token at once (each has its own scope), so they all ask the source
+/// at once. A helper that hangs until its 10 s timeout must cost one run, not one per repository
+/// queued behind it: else a cycle over N repositories takes N × 10 s, and a failing helper is
+/// started N times per cycle.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_helper_runs_once_for_repositories_asking_together() {
+    let (_tokens, registry) = token_registry(&[("ci", "ci-pw")]).await;
+    for repo in ["team/b", "team/c", "team/d"] {
+        registry.push(repo, "v1").await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("helper.log");
+    helper(
+        d,
+        "hang",
+        &format!(
+            "cat >/dev/null\necho \"$1\" >> {}\nexec sleep 60\n",
+            log.display()
+        ),
+    );
+    let config = write(
+        &d.join("config.json"),
+        &format!(r#"{{"credHelpers":{{"{}":"hang"}}}}"#, registry.host),
+    );
+    let setup = Setup::new(
+        "",
+        &entry("many", "oci", &registry.url(), &config).replace(
+            "[\"team/app\"]",
+            "[\"team/app\", \"team/b\", \"team/c\", \"team/d\"]",
+        ),
+    );
+    let started = Instant::now();
+    let (code, out, err) = regwatch(&setup, &["once"], &path_with(d));
+    let took = started.elapsed();
+    let runs = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    report(
+        "docker config: hanging helper, 4 repositories at once: helper runs, once took",
+        format!("{runs} runs, {:.1} s", took.as_secs_f64()),
+        "1 run, < 20 s",
+    );
+    assert_ne!(code, 0, "no credentials, no complete scan: {out}{err}");
+    assert!(
+        err.contains("docker-credential-hang timed out after 10s"),
+        "{err}"
+    );
+    assert_eq!(runs, 1, "one run shared by the repositories: {err}");
+    assert!(took < Duration::from_secs(20), "{took:?}: {err}");
+}
+
+/// A helper's answer is a few hundred bytes; one that floods stdout must be cut off at the cap
+/// (and killed) rather than read to the end into memory. Measured: the peak RSS of `regwatch
+/// check` while the helper prints 256 MiB and then holds stdout open.
+#[test]
+fn a_helper_flooding_stdout_is_cut_off_at_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    helper(
+        d,
+        "flood",
+        "cat >/dev/null\nhead -c 268435456 /dev/zero\nexec sleep 60\n",
+    );
+    // The source is asked once the registry challenges, so a token registry is needed.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_tokens, registry) = rt.block_on(token_registry(&[("ci", "ci-pw")]));
+    let config = write(
+        &d.join("config.json"),
+        &format!(r#"{{"credHelpers":{{"{}":"flood"}}}}"#, registry.host),
+    );
+    let setup = Setup::new("", &entry("flood", "oci", &registry.url(), &config));
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_regwatch"))
+        .args(["check", "-c"])
+        .arg(&setup.config)
+        .env("RUST_LOG", "regwatch=debug")
+        .env("PATH", path_with(d))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    // Reap it ourselves to read its peak resident set (ru_maxrss, KiB on Linux).
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    let took = started.elapsed();
+    let peak_mib = usage.ru_maxrss as f64 / 1024.0;
+    report(
+        "docker config: peak RSS of check while a helper prints 256 MiB",
+        format!("{peak_mib:.0} MiB in {:.1} s", took.as_secs_f64()),
+        "< 100 MiB, < 5 s",
+    );
+    assert!(
+        line(&stdout, "flood").ends_with(
+            "no credentials: docker config: docker-credential-flood printed more than a credential"
+        ),
+        "{stdout}"
+    );
+    assert!(peak_mib < 100.0, "{peak_mib:.0} MiB");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}

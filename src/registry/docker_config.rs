@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD};
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::RegistryError;
 use super::auth::{Credential, CredentialSource};
@@ -38,6 +38,10 @@ pub const HELPER_DEFAULT_TTL: Duration = Duration::from_secs(300);
 const TOKEN_USERNAME: &str = "<token>";
 /// A helper's answer is small; anything bigger is not one.
 const HELPER_OUTPUT_CAP: usize = 64 * 1024;
+/// How long a failed helper run is remembered: the repositories asking meanwhile (each token
+/// scope asks) share its failure instead of each starting the helper, or waiting out its timeout,
+/// again.
+pub const HELPER_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// The key this registry's credentials are filed under: `https://index.docker.io/v1/` for Docker
 /// Hub's hosts, else `host[:port]` as docker/cli's `ConvertToHostname` yields it. It is also what
@@ -257,7 +261,8 @@ struct Parsed {
 
 struct Cached {
     helper: String,
-    credential: Credential,
+    /// The helper's credential, or why it gave none (never its output).
+    answer: Result<Credential, String>,
     refresh_at: Instant,
 }
 
@@ -336,36 +341,43 @@ impl DockerConfigSource {
             .map_err(|e| RegistryError::NoCredentials(format!("docker config: {e}")))
     }
 
-    fn cached(&self, helper: &str) -> Option<Credential> {
+    fn cached(&self, helper: &str) -> Option<Result<Credential, RegistryError>> {
         self.cache
             .lock()
             .expect("helper cache lock")
             .as_ref()
             .filter(|c| c.helper == helper && Instant::now() < c.refresh_at)
-            .map(|c| c.credential.clone())
+            .map(|c| c.answer.clone().map_err(no_credentials))
     }
 
     async fn ask_helper(&self, name: &str) -> Result<Credential, RegistryError> {
-        if let Some(c) = self.cached(name) {
-            return Ok(c);
+        if let Some(answer) = self.cached(name) {
+            return answer;
         }
         let _gate = self.helper_gate.lock().await;
-        if let Some(c) = self.cached(name) {
-            return Ok(c);
+        if let Some(answer) = self.cached(name) {
+            return answer;
         }
-        let (credential, lifetime) = run_helper(name, &self.server)
-            .await
-            .map_err(|e| RegistryError::NoCredentials(format!("docker config: {e}")))?;
-        tracing::debug!(helper = name, lifetime = ?lifetime, "credential helper answered");
-        if let Some(lifetime) = lifetime {
+        let (answer, keep) = match run_helper(name, &self.server).await {
+            Ok((credential, lifetime)) => {
+                tracing::debug!(helper = name, lifetime = ?lifetime, "credential helper answered");
+                (Ok(credential), lifetime)
+            }
+            Err(e) => (Err(e), Some(HELPER_RETRY_AFTER)),
+        };
+        if let Some(keep) = keep {
             *self.cache.lock().expect("helper cache lock") = Some(Cached {
                 helper: name.to_owned(),
-                credential: credential.clone(),
-                refresh_at: Instant::now() + lifetime,
+                answer: answer.clone(),
+                refresh_at: Instant::now() + keep,
             });
         }
-        Ok(credential)
+        answer.map_err(no_credentials)
     }
+}
+
+fn no_credentials(reason: String) -> RegistryError {
+    RegistryError::NoCredentials(format!("docker config: {reason}"))
 }
 
 #[async_trait]
@@ -433,31 +445,40 @@ async fn run_helper(name: &str, server: &str) -> Result<(Credential, Option<Dura
         .spawn()
         .map_err(|e| format!("cannot run {program} (it must be on regwatch's PATH): {e}"))?;
     let mut stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
     let server_url = server.to_owned();
     let run = async move {
         // A helper that exits without reading stdin closes the pipe: not an error by itself.
         let _ = stdin.write_all(server_url.as_bytes()).await;
         drop(stdin);
-        child.wait_with_output().await
+        // One byte past the cap tells an oversized answer, and memory stays bounded however
+        // much the helper prints.
+        let mut out = Vec::new();
+        stdout
+            .take(HELPER_OUTPUT_CAP as u64 + 1)
+            .read_to_end(&mut out)
+            .await?;
+        if out.len() > HELPER_OUTPUT_CAP {
+            return Ok(None);
+        }
+        Ok::<_, std::io::Error>(Some((child.wait().await?, out)))
     };
-    // On timeout the future, and with it the child, is dropped: kill_on_drop kills it.
-    let output = tokio::time::timeout(HELPER_TIMEOUT, run)
+    // On timeout, or past the cap, the child is dropped: kill_on_drop kills it.
+    let (status, stdout) = tokio::time::timeout(HELPER_TIMEOUT, run)
         .await
         .map_err(|_| format!("{program} timed out after {}s", HELPER_TIMEOUT.as_secs()))?
-        .map_err(|e| format!("{program} failed: {e}"))?;
-    if !output.status.success() {
-        if String::from_utf8_lossy(&output.stdout).trim() == NOT_FOUND {
+        .map_err(|e| format!("{program} failed: {e}"))?
+        .ok_or_else(|| format!("{program} printed more than a credential"))?;
+    if !status.success() {
+        if String::from_utf8_lossy(&stdout).trim() == NOT_FOUND {
             return Err(format!("{program} has no credentials for {server}"));
         }
-        return Err(match output.status.code() {
+        return Err(match status.code() {
             Some(code) => format!("{program} exited with status {code}"),
             None => format!("{program} was killed by a signal"),
         });
     }
-    if output.stdout.len() > HELPER_OUTPUT_CAP {
-        return Err(format!("{program} printed more than a credential"));
-    }
-    let answer: HelperAnswer = serde_json::from_slice(&output.stdout)
+    let answer: HelperAnswer = serde_json::from_slice(&stdout)
         .map_err(|_| format!("{program} printed no credentials JSON"))?;
     if answer.secret.is_empty() {
         return Err(format!("{program} has no credentials for {server}"));
