@@ -891,3 +891,59 @@ fn a_helper_flooding_stdout_is_cut_off_at_the_cap() {
     assert!(peak_mib < 100.0, "{peak_mib:.0} MiB");
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
+
+/// Lifetimes come from outside: a helper's JWT `exp` and the token realm's `expires_in`. Absurd
+/// ones (`exp` = u64::MAX - 1, `expires_in` = 10^19 s) must not panic the process when
+/// added to the clock (`Instant + Duration` panics on overflow); the credential is used, and
+/// reused no longer than a bounded time.
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_lifetimes_from_helper_or_realm_do_not_panic() {
+    let (tokens, registry) = token_registry(&[]).await;
+    let far = jwt_with_exp(u64::MAX - 1, 1);
+    tokens.add_refresh_token(&far, "ci");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    helper(
+        d,
+        "far",
+        &format!(
+            "cat >/dev/null\nprintf '{{\"Username\":\"<token>\",\"Secret\":\"%s\"}}' '{far}'\n"
+        ),
+    );
+    let config = write(
+        &d.join("config.json"),
+        &format!(r#"{{"credHelpers":{{"{}":"far"}}}}"#, registry.host),
+    );
+    let setup = Setup::new("", &entry("far", "oci", &registry.url(), &config));
+    let (code, out, err) = regwatch(&setup, &["check"], &path_with(d));
+    report(
+        "docker config: check with a helper JWT whose exp is u64::MAX - 1",
+        format!("exit {code}"),
+        "exit 0",
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        line(&out, "far").ends_with(" ok (docker config: credHelper far)"),
+        "{out}"
+    );
+
+    // The realm answers expires_in = 10^19 s (it fits a u64; the JWT's own exp is then past what
+    // the registry's JWT library reads, so the registry may refuse the token: either outcome is a
+    // verdict, a panic is not).
+    tokens.set_token_lifetime(10_000_000_000_000_000_000);
+    let (code, out, err) = regwatch(&setup, &["check"], &path_with(d));
+    report(
+        "docker config: check with a realm expires_in of 1e19 s",
+        format!("exit {code}"),
+        "exit 0 or 1, no panic",
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(code == 0 || code == 1, "{out}{err}");
+    let verdict = line(&out, "far");
+    assert!(
+        verdict.ends_with(" ok (docker config: credHelper far)")
+            || verdict.ends_with(" invalid credentials (401/403)"),
+        "{out}"
+    );
+}

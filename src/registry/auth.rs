@@ -21,6 +21,9 @@ use crate::config::Credentials;
 const TOKEN_BODY_CAP: usize = 1024 * 1024;
 /// The token lifetime the Docker token spec assumes when `expires_in` is absent.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest a token is reused, whatever `expires_in` claims: the realm's number is added to the
+/// clock, and an absurd one (near u64::MAX) would overflow `Instant` and panic.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// An authentication challenge from `WWW-Authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -373,7 +376,8 @@ impl Authenticator {
         }
         let lifetime = parsed
             .expires_in
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+            .min(MAX_TOKEN_LIFETIME);
         // Refresh early: at 90 % of the lifetime, and at least 5 s before expiry.
         let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime);
         Ok(CachedToken {

@@ -33,6 +33,9 @@ pub const HUB_KEY: &str = "https://index.docker.io/v1/";
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a helper's answer is reused when its secret carries no expiry (not a JWT with `exp`).
 pub const HELPER_DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// The longest a helper's answer is reused, whatever its `exp` says (an absurd `exp` added to the
+/// clock would overflow `Instant` and panic).
+const HELPER_MAX_TTL: Duration = Duration::from_secs(12 * 3600);
 /// The Username a helper answers with when the Secret is an identity token (docker/cli's
 /// `tokenUsername` in cli/config/credentials/native_store.go).
 const TOKEN_USERNAME: &str = "<token>";
@@ -496,7 +499,8 @@ async fn run_helper(name: &str, server: &str) -> Result<(Credential, Option<Dura
 }
 
 /// How long to reuse a helper's secret: until shortly before the `exp` of a JWT (a tenth of its
-/// remaining life, 1 s to 60 s early), else [`HELPER_DEFAULT_TTL`]; `None` if already expired.
+/// remaining life, 1 s to 60 s early; at most [`HELPER_MAX_TTL`]), else [`HELPER_DEFAULT_TTL`];
+/// `None` if already expired.
 fn secret_lifetime(secret: &str) -> Option<Duration> {
     let Some(exp) = jwt_exp(secret) else {
         return Some(HELPER_DEFAULT_TTL);
@@ -504,7 +508,7 @@ fn secret_lifetime(secret: &str) -> Option<Duration> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
     let remaining = Duration::from_secs(exp.checked_sub(now).filter(|r| *r > 1)?);
     let margin = (remaining / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    Some(remaining.saturating_sub(margin))
+    Some(remaining.saturating_sub(margin).min(HELPER_MAX_TTL))
 }
 
 /// The `exp` claim of a JWT-shaped secret, unverified (it only times the cache).
