@@ -947,3 +947,40 @@ async fn absurd_lifetimes_from_helper_or_realm_do_not_panic() {
         "{out}"
     );
 }
+
+/// docker/cli's `ConvertToHostname` keeps the port a key spells out, a scheme's default one too
+/// (Go's url.Parse keeps it: `http://reg.example:80` is `reg.example:80`). A key for port 80 of a
+/// host names another registry than the https one on 443, and its password must not go there.
+#[test]
+fn a_key_for_another_port_of_the_host_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir.path().join("port80.json"),
+        &format!(
+            r#"{{"auths":{{"http://reg.example:80":{{"auth":"{}"}}}}}}"#,
+            STANDARD.encode("u:port80-canary-pw")
+        ),
+    );
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"https://reg.example\"\nrepositories = [\"a\"]\ndocker_config = \"{}\"\n",
+            file.display()
+        ),
+    );
+    // Config load only: nothing is sent anywhere.
+    let err = match regwatch::config::load(&setup.config) {
+        Ok(_) => String::new(),
+        Err(e) => format!("{}: {}", e.path, e.message),
+    };
+    report(
+        "docker config: key http://reg.example:80 offered to https://reg.example",
+        if err.is_empty() { "used" } else { "not used" },
+        "not used",
+    );
+    assert!(
+        err.contains("no entry for reg.example"),
+        "the port-80 entry was taken for port 443: {err:?}"
+    );
+    assert!(!err.contains("port80-canary-pw"), "{err}");
+}

@@ -60,16 +60,20 @@ pub fn server_key(host: &str) -> String {
 }
 
 /// docker/cli's `credentials.ConvertToHostname`: `https://host:port/v1/` → `host:port`,
-/// `host/path` → `host`.
+/// `host/path` → `host`. The port is kept as written, a scheme's default one too (Go's url.Parse
+/// keeps it): `http://host:80` names another registry than `https://host`. Hostnames compare
+/// case-insensitively, as the config's host is lowercase.
 fn convert_to_hostname(key: &str) -> String {
-    if key.contains("://")
-        && let Ok(url) = url::Url::parse(key)
-        && let Some(host) = url.host_str()
-    {
-        return match url.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_owned(),
+    if let Some((_, rest)) = key.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = match host_port.strip_prefix('[') {
+            Some(v6) => v6.split(']').next(),
+            None => host_port.split(':').next(),
         };
+        if host.is_some_and(|h| !h.is_empty()) && url::Url::parse(key).is_ok() {
+            return host_port.trim_end_matches(':').to_ascii_lowercase();
+        }
     }
     key.split('/').next().unwrap_or_default().to_owned()
 }
@@ -551,6 +555,18 @@ mod tests {
         assert_eq!(convert_to_hostname("http://reg.example"), "reg.example");
         assert_eq!(convert_to_hostname("reg.example/v2/"), "reg.example");
         assert_eq!(convert_to_hostname("reg.example:443"), "reg.example:443");
+        // As Go's url.Parse: a default port stays, user info goes, case folds.
+        assert_eq!(
+            convert_to_hostname("http://reg.example:80"),
+            "reg.example:80"
+        );
+        assert_eq!(
+            convert_to_hostname("https://reg.example:443/v2/"),
+            "reg.example:443"
+        );
+        assert_eq!(convert_to_hostname("https://u@Reg.Example/"), "reg.example");
+        assert_eq!(convert_to_hostname("https://[::1]:5000/v1/"), "[::1]:5000");
+        assert!(!key_matches("http://reg.example:80", "reg.example"));
         assert!(key_matches("https://index.docker.io/v1/", HUB_KEY));
         assert!(key_matches("docker.io", HUB_KEY));
         assert!(!key_matches("reg.example", HUB_KEY));
