@@ -859,6 +859,8 @@ fn a_helper_flooding_stdout_is_cut_off_at_the_cap() {
     );
     let setup = Setup::new("", &entry("flood", "oci", &registry.url(), &config));
     let started = Instant::now();
+    // Reaped below by wait4, which also reports its peak memory.
+    #[allow(clippy::zombie_processes)]
     let mut child = Command::new(env!("CARGO_BIN_EXE_regwatch"))
         .args(["check", "-c"])
         .arg(&setup.config)
