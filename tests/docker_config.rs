@@ -986,3 +986,50 @@ fn a_key_for_another_port_of_the_host_is_not_used() {
     );
     assert!(!err.contains("port80-canary-pw"), "{err}");
 }
+
+/// A helper whose answer the realm refuses (a revoked robot account, say): each refusal drops the
+/// cached answer so the next request asks the helper again, which is right once; but repositories
+/// scanned one after the other must not run the helper once each (with ecr-login or gcloud
+/// behind it, that is a cloud API call per repository per cycle). At most one re-ask per 5 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_helper_is_not_rerun_for_every_repository() {
+    let (tokens, registry) = token_registry(&[]).await;
+    let repos = ["team/app", "team/b", "team/c", "team/d", "team/e", "team/f"];
+    for repo in &repos[1..] {
+        registry.push(repo, "v1").await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("helper.log");
+    helper(
+        d,
+        "revoked",
+        &format!(
+            "cat >/dev/null\necho \"$1\" >> {}\nprintf '{{\"Username\":\"<token>\",\"Secret\":\"revoked-token\"}}'\n",
+            log.display()
+        ),
+    );
+    let config = write(
+        &d.join("config.json"),
+        &format!(r#"{{"credHelpers":{{"{}":"revoked"}}}}"#, registry.host),
+    );
+    let list = repos.map(|r| format!("\"{r}\"")).join(", ");
+    let setup = Setup::new(
+        "",
+        &entry("revoked", "oci", &registry.url(), &config)
+            .replace("[\"team/app\"]", &format!("[{list}]\nconcurrency = 1")),
+    );
+    let (code, out, err) = regwatch(&setup, &["once"], &path_with(d));
+    let runs = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    report(
+        "docker config: helper runs for 6 repositories (one at a time) whose answer is refused",
+        format!("{runs} runs, {} refusals", tokens.refused()),
+        "<= 2 runs",
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert_eq!(tokens.refused(), 6, "every repository was refused: {err}");
+    assert!(runs <= 2, "{runs} helper runs: {err}");
+}

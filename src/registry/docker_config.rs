@@ -281,6 +281,9 @@ pub struct DockerConfigSource {
     cache: Mutex<Option<Cached>>,
     /// One helper run at a time: concurrent scans wait for its answer instead of running it again.
     helper_gate: tokio::sync::Mutex<()>,
+    /// When a refusal last dropped the helper's answer: one re-ask per [`HELPER_RETRY_AFTER`], so
+    /// repositories refused one after the other do not each run the helper again.
+    dropped_for_refusal: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for DockerConfigSource {
@@ -304,6 +307,7 @@ impl DockerConfigSource {
             }),
             cache: Mutex::new(None),
             helper_gate: tokio::sync::Mutex::new(()),
+            dropped_for_refusal: Mutex::new(None),
         }
     }
 
@@ -404,7 +408,14 @@ impl CredentialSource for DockerConfigSource {
     }
 
     fn refused(&self) {
-        // The helper's answer was refused: ask it again next time.
+        // The helper's answer was refused: ask it again next time, unless a refusal already
+        // dropped one less than HELPER_RETRY_AFTER ago (requests still carrying the old answer,
+        // or a helper with nothing better yet: running it again per repository would not help).
+        let mut dropped = self.dropped_for_refusal.lock().expect("refusal lock");
+        if dropped.is_some_and(|at| at.elapsed() < HELPER_RETRY_AFTER) {
+            return;
+        }
+        *dropped = Some(Instant::now());
         *self.cache.lock().expect("helper cache lock") = None;
     }
 }
