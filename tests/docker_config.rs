@@ -1033,3 +1033,60 @@ async fn a_refused_helper_is_not_rerun_for_every_repository() {
     assert_eq!(tokens.refused(), 6, "every repository was refused: {err}");
     assert!(runs <= 2, "{runs} helper runs: {err}");
 }
+
+/// `docker_config` is read at load and before each use. A path that is not a regular file (a FIFO
+/// nobody writes, `/dev/zero`) must be refused, not read: a FIFO blocks the read, and with it
+/// the thread, forever; `/dev/zero` never ends and fills memory.
+#[test]
+fn a_docker_config_that_is_not_a_regular_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("config.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for path in [fifo.as_path(), Path::new("/dev/zero")] {
+        let setup = Setup::new(
+            "",
+            &format!(
+                "[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"https://reg.example\"\nrepositories = [\"a\"]\ndocker_config = \"{}\"\n",
+                path.display()
+            ),
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["check", "-c"])
+            .arg(&setup.config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        report(
+            &format!(
+                "docker config: check with docker_config = {}",
+                path.display()
+            ),
+            match status {
+                Some(s) => format!("exit {:?}", s.code()),
+                None => "still running after 10 s".into(),
+            },
+            "exit 2",
+        );
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{path:?}: {err}");
+        assert!(
+            err.contains("registry[0].docker_config") && err.contains("not a regular file"),
+            "{err}"
+        );
+    }
+}

@@ -39,6 +39,8 @@ const HELPER_MAX_TTL: Duration = Duration::from_secs(12 * 3600);
 /// The Username a helper answers with when the Secret is an identity token (docker/cli's
 /// `tokenUsername` in cli/config/credentials/native_store.go).
 const TOKEN_USERNAME: &str = "<token>";
+/// A docker config (a Kubernetes secret holds at most 1 MiB) is smaller than this.
+const FILE_CAP: u64 = 4 * 1024 * 1024;
 /// A helper's answer is small; anything bigger is not one.
 const HELPER_OUTPUT_CAP: usize = 64 * 1024;
 /// How long a failed helper run is remembered: the repositories asking meanwhile (each token
@@ -137,7 +139,7 @@ impl Lookup {
 /// Reads `path` and finds the credentials for `server`. Errors name the file and the position,
 /// never a value.
 fn lookup(path: &Path, server: &str) -> Result<Lookup, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = read_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let file: File = serde_json::from_slice(&text).map_err(|e| {
         // serde's message may quote a value (a password of the wrong type): give the position.
         let what = match e.classify() {
@@ -154,6 +156,27 @@ fn lookup(path: &Path, server: &str) -> Result<Lookup, String> {
         )
     })?;
     resolve(file, server).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The file's bytes, if it is a regular file of at most [`FILE_CAP`]: a FIFO would block the
+/// read (and the thread) forever, `/dev/zero` would fill memory.
+fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, Read};
+    // metadata() follows symlinks (Kubernetes mounts are symlinks) and does not open the file.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(Error::other("not a regular file"));
+    }
+    let mut text = Vec::new();
+    std::fs::File::open(path)?
+        .take(FILE_CAP + 1)
+        .read_to_end(&mut text)?;
+    if text.len() as u64 > FILE_CAP {
+        return Err(Error::other(format!(
+            "larger than {} MiB",
+            FILE_CAP / (1024 * 1024)
+        )));
+    }
+    Ok(text)
 }
 
 /// docker/cli's precedence: `credHelpers[host]`, then `credsStore`, then `auths`
