@@ -183,6 +183,7 @@ impl LoopSettings {
             match &r.provider {
                 Provider::Ecr(e) => out.extend(e.keys.iter().map(|(_, k)| k.expose_secret())),
                 Provider::Gcr(g) => out.extend(g.json_key.iter().map(|k| k.expose_secret())),
+                Provider::Acr(a) => out.extend(a.client_secret.iter().map(|s| s.expose_secret())),
                 Provider::Distribution => {}
             }
             out

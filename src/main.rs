@@ -77,11 +77,21 @@ enum Command {
 }
 
 fn init_logging(format: Option<LogFormat>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info".into())
-        // yup-oauth2 logs Google's token responses and the signed JWT assertion at debug level:
-        // those are secrets, so its debug output stays off whatever RUST_LOG says.
-        .add_directive("yup_oauth2=info".parse().expect("a static directive"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Dependencies that log secrets are silenced by a filter of their own, whatever RUST_LOG says
+    // (an EnvFilter directive would lose to a more specific one, `yup_oauth2::service_account=debug`,
+    // or to a span directive):
+    // - yup-oauth2's debug output: Google's token responses and the signed JWT assertion;
+    // - the AWS SDK's TRACE events: signed requests whole, session tokens and the container
+    //   credentials endpoint's Authorization header.
+    let secret_logs = tracing_subscriber::filter::filter_fn(|m| {
+        let yup = m.target().starts_with("yup_oauth2") && *m.level() > tracing::Level::INFO;
+        let aws = m.target().starts_with("aws_") && *m.level() == tracing::Level::TRACE;
+        !(yup || aws)
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -91,9 +101,18 @@ fn init_logging(format: Option<LogFormat>) {
     } else {
         LogFormat::Text
     }) {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.with_ansi(terminal).init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(secret_logs)
+            .init(),
+        LogFormat::Pretty => builder
+            .with_ansi(terminal)
+            .finish()
+            .with(secret_logs)
+            .init(),
+        LogFormat::Text => builder.with_ansi(false).finish().with(secret_logs).init(),
     }
 }
 

@@ -563,3 +563,221 @@ async fn adc_impersonated_service_account_file() {
         "{principals:?}"
     );
 }
+
+/// A peer that accepts connections and then stalls: with `partial`, after the head of a 200 and
+/// the first byte of its JSON body (so a timeout on the response head alone is not enough); else
+/// before answering anything. Counts connections; holds every socket open until the test ends.
+fn stalling_peer(partial: bool) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut stream in listener.incoming().flatten() {
+            seen.fetch_add(1, Ordering::SeqCst);
+            if partial {
+                // Answer only once the request is in: hyper refuses an answer to no request.
+                let _ = std::io::Read::read(&mut stream, &mut [0u8; 4096]);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{",
+                );
+            }
+            held.push(stream);
+        }
+    });
+    (addr, count)
+}
+
+/// Review: the service-account JWT flow (yup-oauth2) ran without any timeout, so a token endpoint
+/// that stalls mid-answer hung `check` for ever, and held the refresh lock every scan of the
+/// registry waits on. It must give up within the registry's `request_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_service_account_token_endpoint_times_out() {
+    let (tokens, registry) = peers().await;
+    let (stall, _) = stalling_peer(true);
+    let dir = tempfile::tempdir().unwrap();
+    let key = tokens.service_account(dir.path(), "my-project");
+    let mut json: serde_json::Value = serde_json::from_str(&key.json).unwrap();
+    json["token_uri"] = format!("http://{stall}/token").into();
+    std::fs::write(&key.path, json.to_string()).unwrap();
+    let setup = Setup::new(
+        "",
+        &block(
+            "gcr",
+            &registry,
+            &format!(
+                "request_timeout = \"2s\"\njson_key_file = \"{}\"\n",
+                key.path.display()
+            ),
+        ),
+    );
+    let started = Instant::now();
+    let mut child = command(&setup, &[], &["check"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = started.elapsed();
+    report(
+        "GCR key, token endpoint stalls mid-answer: check time",
+        format!("{} ms", took.as_millis()),
+        "< 30 s (request_timeout 2 s)",
+    );
+    assert!(code.is_some(), "check still hung after {took:?}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(line(&out, "gcr").contains("timed out"), "{out}");
+}
+
+/// Review: concurrent scans that queued behind a failing token attempt each tried again in turn,
+/// so one unreachable metadata server cost every repository a full `request_timeout`, one after
+/// another (N repositories: N x timeout, N connections). Scans waiting on an attempt share its
+/// outcome, as they share its token when it succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn scans_waiting_on_a_failing_token_attempt_share_its_failure() {
+    let (_tokens, registry) = peers().await;
+    let (metadata, connections) = stalling_peer(false);
+    let names: Vec<String> = (0..6).map(|i| format!("\"app{i}\"")).collect();
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"gcr\"\nkind = \"gcr\"\nurl = \"{}\"\ninsecure = true\nproject_id = \"my-project\"\nrepositories = [{}]\nconcurrency = 6\nrequest_timeout = \"2s\"\n",
+            registry.url(),
+            names.join(", ")
+        ),
+    );
+    let env = [("GCE_METADATA_HOST", metadata.as_str())];
+    let (code, out, err, took) = run(&setup, &env, &["once"]);
+    let tries = connections.load(std::sync::atomic::Ordering::SeqCst);
+    report(
+        "GCR ADC, metadata server stalls, 6 repositories at concurrency 6: once time / metadata connections",
+        format!("{} ms / {tries}", took.as_millis()),
+        "< 6 s / 1",
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("timed out"), "{err}");
+    assert_eq!(tries, 1, "metadata connections\n{err}");
+    assert!(took < Duration::from_secs(6), "once took {took:?}\n{err}");
+}
+
+/// Review: an `expires_in` past what `Instant` can hold (the metadata server's, or any registry
+/// token realm's) panicked on `Instant + Duration`, killing the registry's loop; a lifetime is a
+/// number a peer sends, so an absurd one is clamped, not trusted.
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_token_lifetimes_do_not_panic() {
+    // Fits u64 (and the peers' own arithmetic) but not a monotonic clock's i64 seconds.
+    const ABSURD: u64 = 10_000_000_000_000_000_000;
+    let (tokens, registry) = peers().await;
+    let gcp = tokens.gcp();
+    gcp.set_metadata_account(GKE_SA);
+    gcp.set_lifetime(ABSURD);
+    let setup = Setup::new("", &block("gcr", &registry, ""));
+    let env = [("GCE_METADATA_HOST", tokens.host())];
+    let (code, out, err, _) = run(&setup, &env, &["check"]);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(code, 0, "Google token lifetime {ABSURD} s\n{out}{err}");
+    // The registry's realm: docker-registry cannot read such an `exp`, so the check fails, but
+    // it must fail as a refusal, not a panic.
+    gcp.set_lifetime(3600);
+    tokens.set_token_lifetime(ABSURD);
+    let (code, out, err, _) = run(&setup, &env, &["check"]);
+    report(
+        "GCR, expires_in 1e19 s from metadata / realm: panics",
+        usize::from(err.contains("panicked")),
+        "0",
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(code, 1, "realm token lifetime {ABSURD} s\n{out}{err}");
+}
+
+/// Review: every refusal at the realm made the source forget its token, so an identity the
+/// registry refuses (a missing IAM binding) cost one new Google token per repository scanned:
+/// one metadata, IAM or token-endpoint call per repository per cycle. A token minted moments
+/// ago is refused for who it names, not for its age; minting another changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_identity_is_not_reminted_for_every_repository() {
+    let (_tokens, registry) = peers().await;
+    // Another project's metadata server: its tokens are real, but this registry's realm
+    // does not accept them.
+    let elsewhere = TokenServer::start(&[], Style::Docker).await;
+    elsewhere.gcp().set_metadata_account(GKE_SA);
+    let names: Vec<String> = (0..6).map(|i| format!("\"app{i}\"")).collect();
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"gcr\"\nkind = \"gcr\"\nurl = \"{}\"\ninsecure = true\nproject_id = \"my-project\"\nrepositories = [{}]\nconcurrency = 1\n",
+            registry.url(),
+            names.join(", ")
+        ),
+    );
+    let env = [("GCE_METADATA_HOST", elsewhere.host())];
+    let (code, out, err, _) = run(&setup, &env, &["once"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("invalid credentials"), "{err}");
+    let (_, minted, _) = elsewhere.gcp().grants();
+    report(
+        "GCR ADC, identity refused at the realm, 6 repositories: metadata tokens minted",
+        minted,
+        "1",
+    );
+    assert_eq!(minted, 1, "{err}");
+}
+
+/// Review: yup-oauth2 reads an OAuth2 error body whatever the HTTP status, and every such error
+/// was reported as refused credentials. Google's token endpoint answers an outage with 5xx and
+/// `{"error": "internal_failure"}` (google-auth retries `internal_failure`, `server_error` and
+/// `temporarily_unavailable`, the latter two from RFC 6749 §4.1.2.1): that is an unreachable
+/// peer to retry, not "invalid credentials (401/403)".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_google_token_endpoint_outage_is_not_refused_credentials() {
+    use std::io::{Read, Write};
+    let (tokens, registry) = peers().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.read(&mut [0u8; 8192]);
+            let body = r#"{"error":"internal_failure","error_description":"Backend Error"}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key = tokens.service_account(dir.path(), "my-project");
+    let mut json: serde_json::Value = serde_json::from_str(&key.json).unwrap();
+    json["token_uri"] = format!("http://{peer}/token").into();
+    std::fs::write(&key.path, json.to_string()).unwrap();
+    let setup = Setup::new(
+        "",
+        &block(
+            "gcr",
+            &registry,
+            &format!("json_key_file = \"{}\"\n", key.path.display()),
+        ),
+    );
+    let (code, out, err, _) = run(&setup, &[], &["check"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let outcome = line(&out, "gcr");
+    assert!(!outcome.contains("invalid credentials"), "{outcome}");
+    assert!(
+        outcome.contains("unreachable: Google token endpoint"),
+        "{outcome}"
+    );
+}

@@ -8,8 +8,8 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
+use support::moto::{Moto, put_image};
 use support::proxy;
 use support::synthetic::{Synthetic, serve};
 use support::token_server::{Style, TokenServer};
@@ -264,94 +264,10 @@ async fn gcr_listing_takes_digests_and_push_times_from_the_manifest_map() {
     );
 }
 
-/// A running `moto_server`.
-struct Moto {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        Self::start_with_auth(false)
-    }
-
-    /// With `enforce_auth`, moto checks signatures against its own IAM, as AWS does.
-    fn start_with_auth(enforce_auth: bool) -> Moto {
-        let bin = support::require(
-            "moto_server",
-            "python3 -m venv target/venv && target/venv/bin/pip install 'moto[server]'",
-        );
-        let port = support::free_port();
-        let mut command = std::process::Command::new(bin);
-        if enforce_auth {
-            command.env("INITIAL_NO_AUTH_ACTION_COUNT", "0");
-        }
-        let child = command
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start moto_server");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "moto_server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn ecr_client(endpoint: &str) -> aws_sdk_ecr::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_ecr::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .endpoint_url(endpoint)
-        .load()
-        .await;
-    aws_sdk_ecr::Client::new(&config)
-}
-
-async fn put_image(client: &aws_sdk_ecr::Client, repo: &str, tag: &str) -> String {
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": { "mediaType": "application/vnd.docker.container.image.v1+json", "size": 2, "digest": format!("sha256:{}", "0".repeat(64)) },
-        "layers": [{ "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 3, "digest": format!("sha256:{:064x}", rand::random::<u128>()) }],
-    });
-    let out = client
-        .put_image()
-        .repository_name(repo)
-        .image_tag(tag)
-        .image_manifest(manifest.to_string())
-        .send()
-        .await
-        .unwrap();
-    out.image()
-        .and_then(|i| i.image_id())
-        .and_then(|i| i.image_digest())
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn ecr_through_the_api_with_digests_and_push_times() {
     let moto = Moto::start();
-    let client = ecr_client(&moto.url).await;
+    let client = moto.ecr_setup_client().await;
     for repo in ["team/api", "team/web", "other/x"] {
         client
             .create_repository()

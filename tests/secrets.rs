@@ -458,3 +458,384 @@ async fn docker_config_secrets_never_reach_any_output() {
     );
     assert!(found.is_empty(), "secrets leaked: {found:?}");
 }
+
+/// The Azure sources' secrets (client secret, federated token, `IDENTITY_HEADER`) and what they
+/// become (Entra access tokens, ACR refresh tokens) go through good and refused flows at
+/// `RUST_LOG=trace`; none may appear in the output.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_identity_secrets_never_reach_any_output() {
+    use support::azure::{AcrFront, Entra};
+    const ENTRA_SECRET: &str = "canary-entra-secret-6a0d";
+    const ENTRA_WRONG: &str = "canary-entra-wrong-93c1";
+    let entra = Entra::start(ENTRA_SECRET).await;
+    let front = AcrFront::start(&entra).await;
+    front.registry.push("svc/api", "v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    let federated = entra.federated_token(3600);
+    std::fs::write(&token_file, &federated).unwrap();
+    let entry = |name: &str, keys: &str| {
+        format!(
+            "[[registry]]\nname = \"{name}\"\nkind = \"acr\"\nurl = \"{}\"\ninsecure = true\nrepositories = [\"svc/api\"]\n{keys}\n",
+            front.url()
+        )
+    };
+    let keys = |secret: &str| {
+        format!(
+            "tenant_id = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{secret}\"\n",
+            entra.tenant(),
+            entra.client_id()
+        )
+    };
+    let setup = Setup::new(
+        "first_run = \"emit\"\n",
+        &[
+            entry("acr-secret", &keys(ENTRA_SECRET)),
+            entry("acr-wrong", &keys(ENTRA_WRONG)),
+            entry("acr-ambient", ""),
+        ]
+        .concat(),
+    );
+    let workload = [
+        ("AZURE_CLIENT_ID", entra.client_id().to_owned()),
+        ("AZURE_TENANT_ID", entra.tenant().to_owned()),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        ("AZURE_AUTHORITY_HOST", entra.url.clone()),
+    ];
+    let managed = [
+        ("AZURE_AUTHORITY_HOST", entra.url.clone()),
+        ("IDENTITY_ENDPOINT", format!("{}/msi/token", entra.url)),
+        ("IDENTITY_HEADER", entra.identity_header().to_owned()),
+    ];
+    let mut output = String::new();
+    let mut run = |args: &[&str], env: &[(&str, String)]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
+        c.args(args)
+            .arg("-c")
+            .arg(&setup.config)
+            .env("RUST_LOG", "trace");
+        for k in [
+            "AZURE_CLIENT_ID",
+            "AZURE_TENANT_ID",
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "AZURE_AUTHORITY_HOST",
+            "IDENTITY_ENDPOINT",
+            "IDENTITY_HEADER",
+        ] {
+            c.env_remove(k);
+        }
+        // A loopback IMDS that is not there: no request to the real link-local address.
+        c.env(
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            format!("http://127.0.0.1:{}", free_port()),
+        );
+        c.envs(env.iter().map(|(k, v)| (k, v)));
+        let out = c.output().unwrap();
+        output.push_str(&String::from_utf8_lossy(&out.stdout));
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        out.status.code()
+    };
+    assert_eq!(run(&["check"], &workload), Some(1), "acr-wrong fails");
+    assert_eq!(run(&["once"], &workload), Some(1));
+    assert_eq!(run(&["tags", "acr-ambient", "svc/api"], &workload), Some(0));
+    assert_eq!(run(&["check"], &managed), Some(1));
+    assert_eq!(
+        run(&["once", "--dry-run", "--log-format", "json"], &managed),
+        Some(1)
+    );
+    assert!(output.contains("TRACE"), "trace logging was on");
+    for source in [
+        "client secret",
+        "workload identity",
+        "managed identity (IDENTITY_ENDPOINT)",
+    ] {
+        assert!(
+            output.contains(&format!("ok ({source})")),
+            "{source} exercised"
+        );
+    }
+    assert!(
+        output.contains("invalid credentials (401/403)"),
+        "refusal exercised"
+    );
+    assert!(
+        output.contains("io.regwatch.tag.added"),
+        "events were printed"
+    );
+
+    let mut canaries = vec![
+        ENTRA_SECRET.to_owned(),
+        ENTRA_WRONG.to_owned(),
+        federated,
+        entra.identity_header().to_owned(),
+    ];
+    let (access, refresh) = (entra.issued(), front.refresh_tokens());
+    assert!(
+        access.len() >= 3 && refresh.len() >= 3,
+        "tokens were minted"
+    );
+    canaries.extend(access);
+    canaries.extend(refresh);
+    // A JWT's signature alone is as telling as the whole token.
+    let signatures: Vec<String> = canaries
+        .iter()
+        .filter_map(|c| c.rsplit_once('.').map(|(_, s)| s.to_owned()))
+        .collect();
+    canaries.extend(signatures);
+    let found: usize = canaries
+        .iter()
+        .map(|c| output.matches(c.as_str()).count())
+        .sum();
+    report(
+        &format!(
+            "Azure secret canaries ({} values) in {} bytes of trace output",
+            canaries.len(),
+            output.len()
+        ),
+        found,
+        "0",
+    );
+    assert_eq!(found, 0, "an Azure secret or token leaked");
+}
+
+/// The AWS identities of ECR at `RUST_LOG=trace`: the web identity token (good and forged), the
+/// container authorization token (good and wrong), IMDSv2 session tokens, the session credentials
+/// STS, the container endpoint and IMDS hand out (web identity, the role assumed on top, the
+/// container's), and a static secret key under `role_arn`. Access key ids are identifiers, not
+/// secrets, and are not checked.
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_identity_secrets_never_reach_any_output() {
+    use support::aws_endpoints::{ContainerEndpoint, InstanceMetadata, StsFront, WebIdentity};
+    use support::moto::{ACCOUNT, Moto, put_image, run_without_ambient_aws};
+
+    let moto = Moto::start();
+    let setup_client = moto.ecr_setup_client().await;
+    setup_client
+        .create_repository()
+        .repository_name("team/api")
+        .send()
+        .await
+        .unwrap();
+    put_image(&setup_client, "team/api", "v1").await;
+    let read = &["ecr:DescribeRepositories", "ecr:DescribeImages"];
+    let federated = serde_json::json!({ "Version": "2012-10-17", "Statement": [{ "Effect": "Allow",
+        "Principal": { "Federated": format!("arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.example/id/X") },
+        "Action": "sts:AssumeRoleWithWebIdentity" }] });
+    let pod_role = moto
+        .role("pod", &federated, &["sts:AssumeRole", read[0], read[1]])
+        .await;
+    let hop_trust = serde_json::json!({ "Version": "2012-10-17", "Statement": [{ "Effect": "Allow",
+        "Principal": { "AWS": [
+            format!("arn:aws:sts::{ACCOUNT}:assumed-role/pod/canary-pod"),
+            format!("arn:aws:iam::{ACCOUNT}:user/ci"),
+            format!("arn:aws:iam::{ACCOUNT}:user/agent"),
+        ] },
+        "Action": "sts:AssumeRole" }] });
+    let target = moto.role("target", &hop_trust, read).await;
+    let ci = moto.user("ci", &["sts:AssumeRole"]).await;
+    let agent = moto.user("agent", &["sts:AssumeRole"]).await;
+    moto.enforce_auth(0).await;
+
+    let web_token = format!(
+        "eyJhbGciOiJSUzI1NiJ9.canary-webid-{:x}.sig",
+        rand::random::<u64>()
+    );
+    let container_token = format!("canary-container-{:x}", rand::random::<u64>());
+    let sts = StsFront::start(
+        &moto,
+        Some(WebIdentity {
+            token: web_token.clone(),
+            role_arn: pod_role.clone(),
+            session_name: "canary-pod".into(),
+        }),
+    )
+    .await;
+    let container_keys = moto.assume_role(&agent, &target, "canary-container").await;
+    let container = ContainerEndpoint::start(&container_token, container_keys.clone()).await;
+
+    let entry = |name: &str, extra: &str| {
+        format!(
+            "[[registry]]\nname = \"{name}\"\nkind = \"ecr\"\nurl = \"https://{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com\"\nendpoint = \"{}\"\ninsecure = true\nrepositories = [\"team/*\"]\n{extra}\n",
+            moto.url
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let token_path = token_file.to_str().unwrap().to_owned();
+    let irsa = Setup::new("first_run = \"emit\"\n", &entry("irsa", ""));
+    let hop = Setup::new(
+        "first_run = \"emit\"\n",
+        &entry(
+            "hop",
+            &format!("role_arn = \"{target}\"\nexternal_id = \"ext-canary\"\n"),
+        ),
+    );
+    let keyed = Setup::new(
+        "first_run = \"emit\"\n",
+        &entry(
+            "keyed",
+            &format!(
+                "access_key_id = \"{}\"\nsecret_access_key = \"{}\"\nrole_arn = \"{target}\"\n",
+                ci.id, ci.secret
+            ),
+        ),
+    );
+    let web_env = [
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_path.as_str()),
+        ("AWS_ROLE_ARN", pod_role.as_str()),
+        ("AWS_ROLE_SESSION_NAME", "canary-pod"),
+        ("AWS_ENDPOINT_URL_STS", sts.url.as_str()),
+    ];
+    let wrong_container_token = "canary-container-wrong-6e1d";
+    let mut output = String::new();
+    let mut run = |setup: &Setup, args: &[&str], env: &[(&str, &str)]| {
+        let (code, out, err) = run_without_ambient_aws(setup, args, env, "trace");
+        output.push_str(&out);
+        output.push_str(&err);
+        code
+    };
+    std::fs::write(&token_file, &web_token).unwrap();
+    for setup in [&irsa, &hop] {
+        assert_eq!(run(setup, &["check"], &web_env), 0);
+        assert_eq!(run(setup, &["once"], &web_env), 0);
+    }
+    assert_eq!(
+        run(
+            &keyed,
+            &["check"],
+            &[("AWS_ENDPOINT_URL_STS", sts.url.as_str())]
+        ),
+        0
+    );
+    assert_eq!(
+        run(
+            &keyed,
+            &["once"],
+            &[("AWS_ENDPOINT_URL_STS", sts.url.as_str())]
+        ),
+        0
+    );
+    std::fs::write(&token_file, "eyJhbGciOiJSUzI1NiJ9.canary-forged-0b7c.sig").unwrap();
+    assert_eq!(run(&irsa, &["check"], &web_env), 1);
+    for token in [container_token.as_str(), wrong_container_token] {
+        std::fs::write(&token_file, token).unwrap();
+        let env = [
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", container.url.as_str()),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                token_path.as_str(),
+            ),
+        ];
+        let good = token == container_token;
+        assert_eq!(run(&irsa, &["check"], &env), if good { 0 } else { 1 });
+        assert_eq!(run(&irsa, &["once"], &env), if good { 0 } else { 1 });
+    }
+    let imds = InstanceMetadata::start("target", container_keys.clone()).await;
+    let env = [
+        ("AWS_EC2_METADATA_DISABLED", "false"),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url.as_str()),
+    ];
+    assert_eq!(run(&irsa, &["check"], &env), 0);
+    assert_eq!(run(&irsa, &["once"], &env), 0);
+    assert!(output.contains("TRACE"), "trace logging was on");
+    assert!(
+        output.contains("io.regwatch.tag.added"),
+        "events were printed"
+    );
+    assert!(
+        sts.granted() >= 4 && sts.refused() >= 1 && sts.relayed() >= 4,
+        "both STS flows ran, and a forged token was refused"
+    );
+    assert!(container.served() >= 2 && container.refused() >= 1);
+
+    let mut canaries = vec![
+        web_token,
+        "eyJhbGciOiJSUzI1NiJ9.canary-forged-0b7c.sig".into(),
+        container_token,
+        wrong_container_token.into(),
+        container_keys.secret_access_key,
+        container_keys.token,
+        ci.secret,
+    ];
+    canaries.extend(imds.tokens());
+    let issued = sts.issued_secrets();
+    assert!(
+        issued.len() >= 8,
+        "session secrets of both hops were recorded"
+    );
+    canaries.extend(issued);
+    let found: Vec<(String, usize)> = canaries
+        .into_iter()
+        .map(|c| {
+            let n = output.matches(&c).count();
+            (c, n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let total: usize = found.iter().map(|(_, n)| n).sum();
+    report(
+        &format!(
+            "AWS identity canaries (web identity, container and IMDS tokens, session keys) in {} bytes of trace output",
+            output.len()
+        ),
+        total,
+        "0",
+    );
+    assert!(found.is_empty(), "secrets leaked: {found:?}");
+}
+
+/// Review: yup-oauth2's debug logs (the signed JWT assertion, Google's token response) were kept
+/// off with an added `yup_oauth2=info` directive, which a more specific `RUST_LOG` directive for
+/// one of its modules outranks. No `RUST_LOG` may bring them back.
+#[tokio::test(flavor = "multi_thread")]
+async fn yup_oauth2_debug_stays_off_whatever_rust_log_names() {
+    use support::token_server::{Style, TokenServer};
+    let tokens = TokenServer::start(&[], Style::Docker).await;
+    let registry = Registry::start(Auth::Token {
+        realm: tokens.realm(),
+        cert: tokens.cert_path.clone(),
+    });
+    registry.push("my-project/app", "v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = tokens.service_account(dir.path(), "my-project");
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"gcr\"\nkind = \"gcr\"\nurl = \"{}\"\ninsecure = true\nproject_id = \"my-project\"\nrepositories = [\"app\"]\njson_key_file = \"{}\"\n",
+            registry.url(),
+            key.path.display()
+        ),
+    );
+    let mut output = String::new();
+    for filter in [
+        "trace,yup_oauth2::service_account=trace",
+        "yup_oauth2::authenticator=debug",
+        "yup_oauth2::service_account=debug,regwatch=debug",
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["check", "-c"])
+            .arg(&setup.config)
+            .env("RUST_LOG", filter)
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{filter}");
+        output.push_str(&String::from_utf8_lossy(&out.stdout));
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    let granted = tokens.gcp().granted_tokens();
+    assert!(granted.len() >= 3, "{granted:?}");
+    let leaked: Vec<&String> = granted.iter().filter(|t| output.contains(*t)).collect();
+    report(
+        "Google access tokens in output with module-level RUST_LOG for yup-oauth2",
+        leaked.len(),
+        "0",
+    );
+    assert!(
+        leaked.is_empty() && !output.contains("yup_oauth2"),
+        "leaked {leaked:?}\n{output}"
+    );
+}

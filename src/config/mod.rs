@@ -222,6 +222,8 @@ pub enum Provider {
     Ecr(EcrConfig),
     /// The Distribution API, authenticated with a Google service account.
     Gcr(GcrConfig),
+    /// The Distribution API, with Entra ID identities exchanged at ACR's `/oauth2/exchange`.
+    Acr(AcrConfig),
 }
 
 /// `kind = "ecr"` settings.
@@ -235,6 +237,19 @@ pub struct EcrConfig {
     pub keys: Option<(String, SecretString)>,
     /// API endpoint override (VPC endpoints, tests).
     pub endpoint: Option<Url>,
+    /// A role to assume on top of the credentials above (cross-account watching).
+    pub assume_role: Option<Box<AssumeRole>>,
+}
+
+/// `role_arn` (+ `external_id`, `session_name`) of a `kind = "ecr"` entry.
+#[derive(Debug, Clone)]
+pub struct AssumeRole {
+    /// `arn:aws:iam::<account>:role/<name>`.
+    pub role_arn: String,
+    /// The external id the role's trust policy may require (not a secret, per AWS).
+    pub external_id: Option<String>,
+    /// The role session name, visible in CloudTrail.
+    pub session_name: String,
 }
 
 /// `kind = "gcr"` settings.
@@ -248,6 +263,18 @@ pub struct GcrConfig {
     pub impersonate_service_account: Option<String>,
     /// The IAM Credentials API endpoint (Private Service Connect, tests).
     pub iam_endpoint: Url,
+}
+
+/// `kind = "acr"` settings: an Entra ID identity, all optional (see `registry::acr`).
+#[derive(Debug, Clone, Default)]
+pub struct AcrConfig {
+    /// The Entra tenant; overrides `AZURE_TENANT_ID` for workload identity.
+    pub tenant_id: Option<String>,
+    /// The app registration (client secret, workload identity, overriding `AZURE_CLIENT_ID`) or the
+    /// user-assigned managed identity.
+    pub client_id: Option<String>,
+    /// The app registration's client secret (read at load).
+    pub client_secret: Option<SecretString>,
 }
 
 /// One `[[registry]]`, validated.
@@ -504,6 +531,58 @@ url = "https://registry.example.com"
     }
 
     #[test]
+    fn ecr_role_arn_is_checked_at_load() {
+        let ecr = "[[registry]]\nname = \"e\"\nkind = \"ecr\"\nurl = \"https://123456789012.dkr.ecr.eu-west-1.amazonaws.com\"\n";
+        let r = one(&format!(
+            "{ecr}role_arn = \"arn:aws:iam::210987654321:role/team/reader\"\nexternal_id = \"ext-42\"\n"
+        ));
+        let Provider::Ecr(e) = &r.provider else {
+            panic!()
+        };
+        let role = e.assume_role.as_ref().expect("role_arn parsed");
+        assert_eq!(role.role_arn, "arn:aws:iam::210987654321:role/team/reader");
+        assert_eq!(role.external_id.as_deref(), Some("ext-42"));
+        assert_eq!(role.session_name, "regwatch", "default session name");
+        for arn in [
+            "arn:aws-cn:iam::210987654321:role/r",
+            "arn:aws-us-gov:iam::210987654321:role/r",
+        ] {
+            assert!(
+                parse(&format!("{ecr}role_arn = \"{arn}\"\n")).is_ok(),
+                "{arn}"
+            );
+        }
+        for bad in [
+            "arn:aws:iam::21098765432:role/r",
+            "arn:aws:iam::210987654321:user/r",
+            "arn:aws:sts::210987654321:role/r",
+            "arn:aws-xx:iam::210987654321:role/r",
+            "arn:aws:iam::210987654321:role/",
+            "reader",
+        ] {
+            let err = parse(&format!("{ecr}role_arn = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(err.path, "registry[0].role_arn", "{bad}");
+            assert_eq!(err.line, Some(1), "{bad}");
+            assert!(err.message.contains("invalid role ARN"), "{err}");
+        }
+        let err = parse(&format!(
+            "{ecr}role_arn = \"arn:aws:iam::210987654321:role/r\"\nsession_name = \"has space\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.path, "registry[0].session_name");
+        let err = parse(&format!("{ecr}external_id = \"ext-42\"\n")).unwrap_err();
+        assert_eq!(err.path, "registry[0].external_id");
+        assert!(err.message.contains("needs role_arn"), "{err}");
+        let oci = "[[registry]]\nname = \"o\"\nkind = \"oci\"\nurl = \"https://r.example\"\n";
+        let err = parse(&format!(
+            "{oci}role_arn = \"arn:aws:iam::210987654321:role/r\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.path, "registry[0].role_arn");
+        assert!(err.message.contains("only to kind = \"ecr\""), "{err}");
+    }
+
+    #[test]
     fn keys_of_another_kind_are_refused() {
         let e = parse(&format!("{MINIMAL}region = \"us-east-1\"\n")).unwrap_err();
         assert_eq!(e.path, "registry[0].region");
@@ -569,5 +648,47 @@ url = "https://registry.example.com"
         assert!(!p.matches("team/sub/app"));
         assert!(!p.matches("other/app"));
         assert!(RepoPattern::parse("**").unwrap().matches("a/b/c"));
+    }
+    const ACR: &str =
+        "[[registry]]\nname = \"a\"\nkind = \"acr\"\nurl = \"https://r.azurecr.io\"\n";
+
+    #[test]
+    fn acr_entra_keys_are_checked_at_load() {
+        let ok = parse(&format!(
+            "{ACR}tenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"canary-entra\"\n"
+        ))
+        .unwrap();
+        let Provider::Acr(a) = &ok.registries[0].provider else {
+            panic!("kind acr has its own settings")
+        };
+        assert_eq!(
+            a.client_secret.as_ref().unwrap().expose_secret(),
+            "canary-entra"
+        );
+        assert!(!format!("{ok:?}").contains("canary-entra"));
+        assert!(parse(&format!("{ACR}client_id = \"user-assigned\"\n")).is_ok());
+
+        let e = parse(&format!("{ACR}client_id = \"c\"\nclient_secret = \"s\"\n")).unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.line),
+            ("registry[0].tenant_id", Some(1))
+        );
+        let e = parse(&format!(
+            "{ACR}tenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\nusername = \"u\"\npassword = \"p\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "registry[0].client_secret");
+        let e = parse(&format!(
+            "{ACR}tenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\nclient_secret_file = \"/nonexistent\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.path.starts_with("registry[0].client_secret"), "{e:?}");
+        let e = parse(&format!("{MINIMAL}tenant_id = \"t\"\n")).unwrap_err();
+        assert_eq!(e.path, "registry[0].tenant_id");
+        assert!(
+            e.message.contains("only to kind = \"acr\""),
+            "{}",
+            e.message
+        );
     }
 }

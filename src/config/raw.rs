@@ -115,12 +115,20 @@ pub(super) struct RawRegistry {
     pub(super) secret_access_key_file: Option<FileSecret>,
     pub(super) registry_id: Option<String>,
     pub(super) endpoint: Option<String>,
+    pub(super) role_arn: Option<String>,
+    pub(super) external_id: Option<String>,
+    pub(super) session_name: Option<String>,
     // gcr
     pub(super) project_id: Option<String>,
     pub(super) json_key: Option<Secret>,
     pub(super) json_key_file: Option<FileSecret>,
     pub(super) impersonate_service_account: Option<String>,
     pub(super) iam_endpoint: Option<String>,
+    // acr
+    pub(super) tenant_id: Option<Expanded>,
+    pub(super) client_id: Option<Expanded>,
+    pub(super) client_secret: Option<Secret>,
+    pub(super) client_secret_file: Option<FileSecret>,
 }
 
 /// A humantime duration such as `30s` or `5m`.

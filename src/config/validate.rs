@@ -10,8 +10,8 @@ use url::Url;
 use super::raw::{RawConfig, RawRegistry};
 use super::secrets::one_secret;
 use super::{
-    Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig, KafkaConfig, Kind,
-    Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
+    AcrConfig, AssumeRole, Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig,
+    KafkaConfig, Kind, Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
 };
 use crate::registry::{docker_config, dockerhub, ecr, gcr, google};
 
@@ -319,6 +319,9 @@ fn provider(
     )?;
     only_for("registry_id", r.registry_id.is_some(), Kind::Ecr)?;
     only_for("endpoint", r.endpoint.is_some(), Kind::Ecr)?;
+    only_for("role_arn", r.role_arn.is_some(), Kind::Ecr)?;
+    only_for("external_id", r.external_id.is_some(), Kind::Ecr)?;
+    only_for("session_name", r.session_name.is_some(), Kind::Ecr)?;
     only_for("project_id", r.project_id.is_some(), Kind::Gcr)?;
     only_for("json_key", r.json_key.is_some(), Kind::Gcr)?;
     only_for("json_key_file", r.json_key_file.is_some(), Kind::Gcr)?;
@@ -328,11 +331,67 @@ fn provider(
         Kind::Gcr,
     )?;
     only_for("iam_endpoint", r.iam_endpoint.is_some(), Kind::Gcr)?;
+    only_for("tenant_id", r.tenant_id.is_some(), Kind::Acr)?;
+    only_for("client_id", r.client_id.is_some(), Kind::Acr)?;
+    only_for("client_secret", r.client_secret.is_some(), Kind::Acr)?;
+    only_for(
+        "client_secret_file",
+        r.client_secret_file.is_some(),
+        Kind::Acr,
+    )?;
     match kind {
+        Kind::Acr => acr_provider(r, err, line).map(Provider::Acr),
         Kind::Ecr => ecr_provider(r, url, err, line).map(Provider::Ecr),
         Kind::Gcr => gcr_provider(r, err, line).map(Provider::Gcr),
         _ => Ok(Provider::Distribution),
     }
+}
+
+/// ACR's Entra keys: a client secret needs its tenant and app, and replaces username/password.
+fn acr_provider(
+    r: &RawRegistry,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+    line: usize,
+) -> Result<AcrConfig, ConfigError> {
+    let client_secret = match (&r.client_secret, &r.client_secret_file) {
+        (Some(s), None) => Some(s.0.clone()),
+        (None, Some(f)) => Some(f.0.clone()),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "client_secret",
+                line,
+                "set either client_secret or client_secret_file, not both".into(),
+            ));
+        }
+        (None, None) => None,
+    };
+    let config = AcrConfig {
+        tenant_id: r.tenant_id.as_ref().map(|t| t.0.clone()),
+        client_id: r.client_id.as_ref().map(|c| c.0.clone()),
+        client_secret,
+    };
+    if config.client_secret.is_some() {
+        if r.username.is_some() {
+            return Err(err(
+                "client_secret",
+                line,
+                "set either username/password or client_secret, not both".into(),
+            ));
+        }
+        for (key, value) in [
+            ("tenant_id", &config.tenant_id),
+            ("client_id", &config.client_id),
+        ] {
+            if value.as_deref().is_none_or(str::is_empty) {
+                return Err(err(
+                    key,
+                    line,
+                    format!("client_secret needs {key} (the app registration's {key})"),
+                ));
+            }
+        }
+    }
+    Ok(config)
 }
 
 fn gcr_provider(
@@ -480,10 +539,65 @@ fn ecr_provider(
             }
         })
         .transpose()?;
+    let assume_role = match &r.role_arn {
+        Some(arn) => {
+            if !ecr::valid_role_arn(arn) {
+                return Err(err(
+                    "role_arn",
+                    line,
+                    format!(
+                        "invalid role ARN {arn:?}; use arn:aws:iam::<12-digit account>:role/<name> (or the aws-cn / aws-us-gov partition)"
+                    ),
+                ));
+            }
+            if let Some(id) = r
+                .external_id
+                .as_deref()
+                .filter(|id| !ecr::valid_external_id(id))
+            {
+                return Err(err(
+                    "external_id",
+                    line,
+                    format!(
+                        "invalid external_id {id:?}: AWS allows 2 to 1224 of letters, digits and +=,.@:/-"
+                    ),
+                ));
+            }
+            let session_name = r.session_name.clone().unwrap_or_else(|| "regwatch".into());
+            if !ecr::valid_session_name(&session_name) {
+                return Err(err(
+                    "session_name",
+                    line,
+                    format!(
+                        "invalid session_name {session_name:?}: AWS allows 2 to 64 of letters, digits and +=,.@-"
+                    ),
+                ));
+            }
+            Some(Box::new(AssumeRole {
+                role_arn: arn.clone(),
+                external_id: r.external_id.clone(),
+                session_name,
+            }))
+        }
+        None if r.external_id.is_some() || r.session_name.is_some() => {
+            let key = if r.external_id.is_some() {
+                "external_id"
+            } else {
+                "session_name"
+            };
+            return Err(err(
+                key,
+                line,
+                format!("{key} needs role_arn (the role to assume)"),
+            ));
+        }
+        None => None,
+    };
     Ok(EcrConfig {
         region,
         registry_id,
         keys,
         endpoint,
+        assume_role,
     })
 }

@@ -21,8 +21,7 @@ use crate::config::Credentials;
 const TOKEN_BODY_CAP: usize = 1024 * 1024;
 /// The token lifetime the Docker token spec assumes when `expires_in` is absent.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
-/// The longest a token is reused, whatever `expires_in` claims: the realm's number is added to the
-/// clock, and an absurd one (near u64::MAX) would overflow `Instant` and panic.
+/// The longest `expires_in` believed: the realm's number, past what `Instant` holds, would panic.
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// An authentication challenge from `WWW-Authenticate`.
@@ -142,6 +141,9 @@ pub enum Credential {
     /// An OAuth2 refresh token (ACR's exchanged token, a docker config's `identitytoken`): POSTed to
     /// the token realm as `grant_type=refresh_token`, per the Docker token spec's OAuth2 flow.
     RefreshToken(SecretString),
+    /// None: an ambient source found no identity here (no Azure metadata server, say), so the
+    /// request goes without credentials, as with no source at all (anonymous pull).
+    Anonymous,
 }
 
 /// Where a registry's credentials come from: fixed, or minted on demand (cloud identities,
@@ -253,6 +255,10 @@ impl Authenticator {
                         status: 401,
                         what: "registry (it asks for Basic auth; a refresh token needs a token realm)",
                     }),
+                    Credential::Anonymous => Err(RegistryError::Unauthorized {
+                        status: 401,
+                        what: "registry (Basic auth required, no identity found)",
+                    }),
                 },
                 None => Err(RegistryError::Unauthorized {
                     status: 401,
@@ -288,6 +294,13 @@ impl Authenticator {
             .map(|c| c.describe())
     }
 
+    /// The registry refused the token it was shown for `scope` (a 401 after a fresh token, or a
+    /// 403): that token is not presented again, and the source mints new credentials next time.
+    pub fn refused_in(&self, scope: &str) {
+        self.tokens.lock().expect("token lock").remove(scope);
+        self.refused();
+    }
+
     /// The registry refused the credentials: the source mints new ones next time.
     pub fn refused(&self) {
         if let Some(c) = &self.credentials {
@@ -321,7 +334,7 @@ impl Authenticator {
         };
         let response = transport
             .send(|| match &credential {
-                None => transport.client().get(url.clone()),
+                None | Some(Credential::Anonymous) => transport.client().get(url.clone()),
                 Some(Credential::Basic(c)) => transport
                     .client()
                     .get(url.clone())
@@ -339,7 +352,11 @@ impl Authenticator {
                     if !scope.is_empty() {
                         form.push(("scope", scope));
                     }
-                    transport.client().post(realm.clone()).form(&form)
+                    // Not redirected: a 307/308 would re-send the token to its `Location`.
+                    transport
+                        .no_redirect_client()
+                        .post(realm.clone())
+                        .form(&form)
                 }
             })
             .await?;
@@ -374,9 +391,12 @@ impl Authenticator {
                 "token contains characters not allowed in a header".into(),
             ));
         }
+        // ACR's realm answers `access_token` alone; its JWT's `exp` says how long it lives.
         let lifetime = parsed
             .expires_in
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+            .map(Duration::from_secs)
+            .or_else(|| jwt_lifetime(&value))
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME)
             .min(MAX_TOKEN_LIFETIME);
         // Refresh early: at 90 % of the lifetime, and at least 5 s before expiry.
         let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime);
@@ -385,6 +405,27 @@ impl Authenticator {
             refresh_at: Instant::now() + lifetime - margin,
         })
     }
+}
+
+/// The time left until a JWT's `exp`, read without verifying it (the issuer checks its own tokens;
+/// this only decides when to renew). `None` when `token` is not a JWT with `exp`.
+pub fn jwt_lifetime(token: &str) -> Option<Duration> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload = token.split('.').nth(1)?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?)
+            .ok()?;
+    // `exp` is the peer's number: past SystemTime's range it is simply far away, and no lifetime
+    // beyond MAX_TOKEN_LIFETIME is believed (callers add it to an Instant).
+    let exp = claims.get("exp")?.as_u64()?;
+    let Some(exp) = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(exp)) else {
+        return Some(MAX_TOKEN_LIFETIME);
+    };
+    Some(
+        exp.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            .min(MAX_TOKEN_LIFETIME),
+    )
 }
 
 /// A header value that `Debug` output (and HTTP/2 header compression) treats as secret.
@@ -407,6 +448,26 @@ fn bearer(token: &SecretString) -> SecretString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review: a JWT's `exp` is the peer's number (an ACR login server's refresh token, a
+    /// credential helper's answer, a realm's access token). One past what `SystemTime` holds
+    /// panicked on `UNIX_EPOCH + Duration`; a far one overflowed the callers' `Instant + lifetime`.
+    #[test]
+    fn jwt_lifetime_survives_absurd_expiry() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwt = |exp: u64| {
+            format!(
+                "e30.{}.sig",
+                URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"))
+            )
+        };
+        for exp in [u64::MAX, 10_000_000_000_000_000_000, 1 << 62] {
+            let lifetime = jwt_lifetime(&jwt(exp)).expect("a lifetime");
+            assert!(lifetime <= MAX_TOKEN_LIFETIME, "{lifetime:?}");
+            let _ = Instant::now() + lifetime;
+        }
+        assert_eq!(jwt_lifetime(&jwt(1)), Some(Duration::ZERO), "expired");
+    }
 
     #[test]
     fn parses_docker_hub_bearer() {

@@ -14,16 +14,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::RegistryError;
-use super::auth::{Credential, CredentialSource};
+use super::auth::{Credential, CredentialSource, jwt_lifetime};
 use super::dockerhub;
 use crate::config::{Credentials, RegistryConfig};
 
@@ -33,9 +33,6 @@ pub const HUB_KEY: &str = "https://index.docker.io/v1/";
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a helper's answer is reused when its secret carries no expiry (not a JWT with `exp`).
 pub const HELPER_DEFAULT_TTL: Duration = Duration::from_secs(300);
-/// The longest a helper's answer is reused, whatever its `exp` says (an absurd `exp` added to the
-/// clock would overflow `Instant` and panic).
-const HELPER_MAX_TTL: Duration = Duration::from_secs(12 * 3600);
 /// The Username a helper answers with when the Secret is an identity token (docker/cli's
 /// `tokenUsername` in cli/config/credentials/native_store.go).
 const TOKEN_USERNAME: &str = "<token>";
@@ -537,30 +534,17 @@ async fn run_helper(name: &str, server: &str) -> Result<(Credential, Option<Dura
 }
 
 /// How long to reuse a helper's secret: until shortly before the `exp` of a JWT (a tenth of its
-/// remaining life, 1 s to 60 s early; at most [`HELPER_MAX_TTL`]), else [`HELPER_DEFAULT_TTL`];
-/// `None` if already expired.
+/// remaining life, 1 s to 60 s early; `jwt_lifetime` believes at most 24 h), else
+/// [`HELPER_DEFAULT_TTL`]; `None` if already expired.
 fn secret_lifetime(secret: &str) -> Option<Duration> {
-    let Some(exp) = jwt_exp(secret) else {
+    let Some(remaining) = jwt_lifetime(secret) else {
         return Some(HELPER_DEFAULT_TTL);
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-    let remaining = Duration::from_secs(exp.checked_sub(now).filter(|r| *r > 1)?);
-    let margin = (remaining / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    Some(remaining.saturating_sub(margin).min(HELPER_MAX_TTL))
-}
-
-/// The `exp` claim of a JWT-shaped secret, unverified (it only times the cache).
-fn jwt_exp(secret: &str) -> Option<u64> {
-    let mut parts = secret.split('.');
-    let (_, claims, _) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
+    if remaining <= Duration::from_secs(1) {
         return None;
     }
-    let bytes = URL_SAFE_NO_PAD.decode(claims.trim_end_matches('=')).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    value["exp"]
-        .as_u64()
-        .or_else(|| value["exp"].as_f64().map(|f| f as u64))
+    let margin = (remaining / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    Some(remaining.saturating_sub(margin))
 }
 
 /// Exposes a `Basic` credential's password to unit tests only.
@@ -568,7 +552,7 @@ fn jwt_exp(secret: &str) -> Option<u64> {
 fn password(c: &Credential) -> Option<&str> {
     match c {
         Credential::Basic(c) => Some(secrecy::ExposeSecret::expose_secret(&c.password)),
-        Credential::RefreshToken(_) => None,
+        Credential::RefreshToken(_) | Credential::Anonymous => None,
     }
 }
 
@@ -636,8 +620,9 @@ mod tests {
 
     #[test]
     fn helper_secrets_live_until_shortly_before_exp() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
+            .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
         let jwt = |exp: u64| {

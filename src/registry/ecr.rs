@@ -1,6 +1,9 @@
 //! AWS ECR through its own API (aws-sdk-ecr): repositories from DescribeRepositories, and tags,
 //! digests and push times from DescribeImages, 1,000 images per request. No Distribution calls and
 //! no token juggling: the SDK signs each request, and refreshes role credentials itself.
+//! Credentials (static, the default chain, an assumed role) are set up in [`credentials`].
+
+mod credentials;
 
 use std::future::Future;
 use std::time::SystemTime;
@@ -34,11 +37,48 @@ pub fn valid_registry_id(id: &str) -> bool {
     id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Whether `arn` names an IAM role as STS AssumeRole takes it:
+/// `arn:<aws|aws-cn|aws-us-gov>:iam::<12 digits>:role/<path/name>`.
+pub fn valid_role_arn(arn: &str) -> bool {
+    let Some(rest) = ["arn:aws:iam::", "arn:aws-cn:iam::", "arn:aws-us-gov:iam::"]
+        .iter()
+        .find_map(|p| arn.strip_prefix(p))
+    else {
+        return false;
+    };
+    let Some((account, name)) = rest.split_once(":role/") else {
+        return false;
+    };
+    valid_registry_id(account)
+        && arn.len() <= 2048
+        && !name.is_empty()
+        && !name.ends_with('/')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
+}
+
+/// Whether `name` is a valid STS role session name (`[\w+=,.@-]{2,64}`).
+pub fn valid_session_name(name: &str) -> bool {
+    (2..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+}
+
+/// Whether `id` is a valid STS external id (`[\w+=,.@:/-]{2,1224}`).
+pub fn valid_external_id(id: &str) -> bool {
+    (2..=1224).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@:/_-".contains(c))
+}
+
 /// An ECR registry (one account, one region).
 pub struct EcrRegistry {
     config: EcrConfig,
     limiter: Limiter,
-    client: OnceCell<Client>,
+    client: OnceCell<(Client, credentials::Credentials)>,
 }
 
 impl EcrRegistry {
@@ -52,7 +92,8 @@ impl EcrRegistry {
     }
 
     async fn client(&self) -> &Client {
-        self.client
+        &self
+            .client
             .get_or_init(|| async {
                 let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .region(aws_config::Region::new(self.config.region.clone()));
@@ -66,12 +107,18 @@ impl EcrRegistry {
                     );
                     loader = loader.credentials_provider(static_keys);
                 }
+                let sdk = loader.load().await;
+                let credentials = credentials::Credentials::new(&self.config, &sdk).await;
+                // The endpoint override is ECR's alone: STS (for role_arn) keeps its own.
+                let mut ecr = aws_sdk_ecr::config::Builder::from(&sdk)
+                    .credentials_provider(credentials.provider.clone());
                 if let Some(endpoint) = &self.config.endpoint {
-                    loader = loader.endpoint_url(endpoint.as_str().trim_end_matches('/'));
+                    ecr = ecr.endpoint_url(endpoint.as_str().trim_end_matches('/'));
                 }
-                Client::new(&loader.load().await)
+                (Client::from_conf(ecr.build()), credentials)
             })
             .await
+            .0
     }
 
     /// Waits on the limiter, then records the outcome of one API call.
@@ -103,6 +150,11 @@ impl EcrRegistry {
 fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
     e: SdkError<E>,
 ) -> RegistryError {
+    if !matches!(e, SdkError::ServiceError(_))
+        && let Some(failure) = credentials::credentials_failure(&e)
+    {
+        return failure;
+    }
     match &e {
         SdkError::DispatchFailure(d) => RegistryError::Unreachable(format!(
             "{:?}",
@@ -263,6 +315,10 @@ impl Registry for EcrRegistry {
             .and_then(|i| i.image_digest())
             .map(str::to_owned)
             .ok_or_else(|| RegistryError::NotFound(format!("{repo}:{tag}")))
+    }
+
+    fn credential_source(&self) -> Option<String> {
+        self.client.get().and_then(|(_, c)| c.source())
     }
 }
 

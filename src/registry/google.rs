@@ -41,6 +41,13 @@ const BODY_CAP: usize = 64 * 1024;
 const REFRESH_THRESHOLD: Duration = Duration::from_secs(225);
 /// The lifetime asked of the IAM Credentials API: its default and its maximum without an org policy.
 const IMPERSONATED_LIFETIME: &str = "3600s";
+/// A token refused younger than this is kept: it was refused for the identity it names (a
+/// missing IAM binding), which a new token shares, or by a refusal of the token it replaced that
+/// arrived late. Forgetting it would mint one token per repository scanned.
+const KEEP_REFUSED_FOR: Duration = Duration::from_secs(30);
+/// The longest lifetime believed: Google's tokens last an hour, at most 12 with an org policy; a
+/// bigger `expires_in` would overflow `Instant` (a panic).
+const MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 /// The environment Application Default Credentials read, taken once when a registry is connected
 /// (the files it names are read again at every refresh, so a rotated file is picked up).
@@ -92,6 +99,7 @@ pub struct Impersonation {
 struct Token {
     value: SecretString,
     refresh_at: Instant,
+    minted_at: Instant,
 }
 
 impl Token {
@@ -101,10 +109,12 @@ impl Token {
                 "Google returned an empty or malformed access token".into(),
             ));
         }
+        let lifetime = lifetime.min(MAX_LIFETIME);
         let early = (lifetime / 4).min(REFRESH_THRESHOLD);
         Ok(Token {
             value: value.into(),
             refresh_at: Instant::now() + lifetime - early,
+            minted_at: Instant::now(),
         })
     }
 }
@@ -118,6 +128,11 @@ pub struct GoogleTokens {
     cache: std::sync::Mutex<Option<Token>>,
     /// One refresh at a time: concurrent scans wait for it instead of each minting a token.
     refreshing: tokio::sync::Mutex<()>,
+    /// Attempts finished so far and the last one's error: scans that waited on a failing attempt
+    /// share its failure instead of each trying again in turn (N scans, N timeouts in a row).
+    attempts: std::sync::Mutex<(u64, Option<RegistryError>)>,
+    /// The registry's `request_timeout`, for yup-oauth2, whose requests have none of their own.
+    timeout: Duration,
     /// The source the last token came from, for `check`.
     described: std::sync::Mutex<String>,
     /// yup-oauth2's authenticator for the service-account key in use, rebuilt if the key changes.
@@ -155,6 +170,8 @@ impl GoogleTokens {
             metadata: build(Duration::from_secs(2))?,
             cache: std::sync::Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
+            attempts: std::sync::Mutex::new((0, None)),
+            timeout,
             described: std::sync::Mutex::new(described),
             service_account: tokio::sync::Mutex::new(None),
         })
@@ -165,11 +182,25 @@ impl GoogleTokens {
         if let Some(t) = self.cached() {
             return Ok(t);
         }
+        let seen = self.attempts.lock().expect("attempts lock").0;
         let _one = self.refreshing.lock().await;
         if let Some(t) = self.cached() {
             return Ok(t);
         }
-        let (token, described) = self.mint().await?;
+        {
+            let attempts = self.attempts.lock().expect("attempts lock");
+            if attempts.0 != seen
+                && let Some(e) = &attempts.1
+            {
+                return Err(e.clone());
+            }
+        }
+        let minted = self.mint().await;
+        let mut attempts = self.attempts.lock().expect("attempts lock");
+        attempts.0 += 1;
+        attempts.1 = minted.as_ref().err().cloned();
+        drop(attempts);
+        let (token, described) = minted?;
         let value = token.value.clone();
         *self.described.lock().expect("describe lock") = described;
         *self.cache.lock().expect("cache lock") = Some(token);
@@ -181,9 +212,18 @@ impl GoogleTokens {
         self.described.lock().expect("describe lock").clone()
     }
 
-    /// The token was refused: mint a new one next time.
+    /// The token was refused: mint a new one next time, unless it was minted moments ago.
     pub fn forget(&self) {
-        *self.cache.lock().expect("cache lock") = None;
+        {
+            let mut cache = self.cache.lock().expect("cache lock");
+            if cache
+                .as_ref()
+                .is_some_and(|t| t.minted_at.elapsed() < KEEP_REFUSED_FOR)
+            {
+                return;
+            }
+            *cache = None;
+        }
         if let Ok(mut sa) = self.service_account.try_lock() {
             *sa = None;
         }
@@ -352,7 +392,12 @@ impl GoogleTokens {
                 }
             }
         };
-        let token = auth.token(&[scope]).await.map_err(oauth_error)?;
+        // yup-oauth2 sets no timeout of its own (and its optional one ends at the response head,
+        // not the body): a token endpoint that stalls would hold every scan of the registry.
+        let token = tokio::time::timeout(self.timeout, auth.token(&[scope]))
+            .await
+            .map_err(|_| RegistryError::Unreachable("Google token endpoint: timed out".into()))?
+            .map_err(oauth_error)?;
         let lifetime = token
             .expiration_time()
             .map(|t| t.unix_timestamp())
@@ -612,6 +657,19 @@ async fn answer<T: serde::de::DeserializeOwned>(
 
 fn oauth_error(e: yup_oauth2::Error) -> RegistryError {
     match e {
+        // yup-oauth2 reads the error body whatever the status: Google's outages (5xx) say
+        // `internal_failure`, and RFC 6749 names `server_error` and `temporarily_unavailable`;
+        // google-auth retries those three. Any other error code is a refusal.
+        yup_oauth2::Error::AuthError(yup_oauth2::error::AuthError {
+            error: yup_oauth2::error::AuthErrorCode::Other(code),
+            ..
+        }) if matches!(
+            code.as_str(),
+            "internal_failure" | "server_error" | "temporarily_unavailable"
+        ) =>
+        {
+            RegistryError::Unreachable(format!("Google token endpoint: {code}"))
+        }
         yup_oauth2::Error::AuthError(_) => RegistryError::Unauthorized {
             status: 401,
             what: "Google token endpoint",

@@ -52,6 +52,9 @@ impl Limiter {
 /// A rate-limited, retrying HTTP client for one registry.
 pub struct Transport {
     client: reqwest::Client,
+    /// The same client, but following no redirect: for requests whose body carries a secret
+    /// (a 307/308 re-sends the body to wherever `Location` points; only headers are stripped).
+    no_redirect: reqwest::Client,
     limiter: Limiter,
     /// Set when the registry's pull quota (Docker Hub's `ratelimit-remaining`) runs low.
     paused_until: std::sync::Mutex<Option<std::time::Instant>>,
@@ -60,18 +63,21 @@ pub struct Transport {
 impl Transport {
     /// Builds the client and limiter for one registry entry.
     pub fn new(config: &RegistryConfig) -> Result<Self, RegistryError> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("regwatch/", env!("CARGO_PKG_VERSION")))
-            .timeout(config.request_timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(redirect_policy())
-            .https_only(!config.insecure)
-            .tls_danger_accept_invalid_certs(config.insecure)
-            .build()
-            .map_err(|e| RegistryError::Unreachable(format!("cannot build HTTP client: {e}")))?;
+        let build = |redirect| {
+            reqwest::Client::builder()
+                .user_agent(concat!("regwatch/", env!("CARGO_PKG_VERSION")))
+                .timeout(config.request_timeout)
+                .connect_timeout(Duration::from_secs(10))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .redirect(redirect)
+                .https_only(!config.insecure)
+                .tls_danger_accept_invalid_certs(config.insecure)
+                .build()
+                .map_err(|e| RegistryError::Unreachable(format!("cannot build HTTP client: {e}")))
+        };
         Ok(Transport {
-            client,
+            client: build(redirect_policy())?,
+            no_redirect: build(reqwest::redirect::Policy::none())?,
             limiter: Limiter::new(config),
             paused_until: std::sync::Mutex::new(None),
         })
@@ -80,6 +86,11 @@ impl Transport {
     /// The underlying client, to build requests with.
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// A client that follows no redirect, for requests whose body is a secret.
+    pub fn no_redirect_client(&self) -> &reqwest::Client {
+        &self.no_redirect
     }
 
     /// Sends the request `build` makes, waiting for the limiter before every attempt and retrying

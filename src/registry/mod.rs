@@ -1,6 +1,8 @@
 //! The [`Registry`] trait that every adapter implements, and the types a listing is made of.
 
+pub mod acr;
 pub mod auth;
+pub mod azure;
 pub mod docker_config;
 pub mod dockerhub;
 pub mod ecr;
@@ -28,7 +30,7 @@ pub struct Tag {
 }
 
 /// Why a registry call failed. Every variant means "this listing is not complete".
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     /// 401/403 from the registry or its token endpoint.
     #[error("invalid credentials ({status}) from {what}")]
@@ -130,6 +132,10 @@ pub fn connect(config: &RegistryConfig) -> Result<Arc<dyn Registry>, RegistryErr
                 Some(docker) => Arc::new(docker),
                 None => Arc::new(gcr::GoogleCredentials::new(gcr, config.request_timeout)?),
             };
+            Arc::new(oci::OciRegistry::with_credentials(config, Some(source))?)
+        }
+        Provider::Acr(acr) => {
+            let source = acr::source(config, acr)?;
             Arc::new(oci::OciRegistry::with_credentials(config, Some(source))?)
         }
     })

@@ -119,7 +119,7 @@ impl OciRegistry {
                     self.auth.on_challenge(&response, scope)?;
                 }
                 s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-                    self.auth.refused();
+                    self.auth.refused_in(scope);
                     return Err(RegistryError::Unauthorized {
                         status: s.as_u16(),
                         what: "registry",

@@ -105,7 +105,8 @@ pub fn identity(config: &RegistryConfig) -> String {
     }
     id.push_str(url.path().trim_end_matches('/'));
     match &config.provider {
-        Provider::Distribution => {}
+        // ACR's identity is its URL, as before it had keys of its own.
+        Provider::Distribution | Provider::Acr(_) => {}
         Provider::Ecr(ecr) => id.push_str(&format!("#ecr={}/{}", ecr.registry_id, ecr.region)),
         Provider::Gcr(gcr) => id.push_str(&format!("#project={}", gcr.project_id)),
     }

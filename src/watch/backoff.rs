@@ -101,7 +101,11 @@ impl RepoBackoff {
         let throttled = results
             .iter()
             .any(|(_, r)| matches!(r, RepoResult::Failed(RegistryError::RateLimited { .. })));
-        let registry_wide = failed > 0 && (answered == 0 || throttled);
+        // Credentials the source could not produce are the registry's, whatever answered before.
+        let no_credentials = results
+            .iter()
+            .any(|(_, r)| matches!(r, RepoResult::Failed(RegistryError::NoCredentials(_))));
+        let registry_wide = failed > 0 && (answered == 0 || throttled || no_credentials);
         let mut verdict = Verdict {
             registry_wide,
             ..Verdict::default()
@@ -220,6 +224,28 @@ mod tests {
             ],
         );
         assert!(v.registry_wide, "429 is about the registry");
+    }
+
+    /// Review: a credential source that fails mid-cycle (a token refresh after the first
+    /// repositories were scanned with the old token) fails every repository after it; that is the
+    /// registry's credentials, not those repositories, which must not sit out cycles for it.
+    #[test]
+    fn a_credential_source_failure_mid_cycle_is_registry_wide() {
+        let b = RepoBackoff::default();
+        let no_token = RegistryError::NoCredentials("metadata server unreachable".into());
+        for _ in 0..3 {
+            let v = b.record(
+                "r",
+                [
+                    ("a", RepoResult::Scanned),
+                    ("b", RepoResult::Failed(&no_token)),
+                    ("c", RepoResult::Failed(&no_token)),
+                ],
+            );
+            assert!(v.registry_wide);
+            assert_eq!(v.failed, 2);
+        }
+        assert_eq!(b.due(repos(&["a", "b", "c"])).1, 0, "nobody sits out");
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! Kafka consumer; and helpers to run the `regwatch` binary.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod aws_endpoints;
+pub mod azure;
+pub mod moto;
 pub mod proxy;
 pub mod synthetic;
 pub mod tls;

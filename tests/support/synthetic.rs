@@ -56,6 +56,9 @@ pub struct Synthetic {
     pub redirect_to: Mutex<Option<String>>,
     /// The `Authorization` header of every request, as received.
     pub authorization_seen: Mutex<Vec<Option<String>>>,
+    /// Bearer tokens answered 403 DENIED (Distribution spec: "the access controller denied
+    /// access for the operation on a resource"), checked before `token_auth`'s current token.
+    pub forbidden_tokens: Mutex<Vec<String>>,
     /// Answer tags/list as Google does, with a digest → {tag, timeUploadedMs} map.
     pub google_manifest: Mutex<bool>,
     /// Repositories the catalog lists but whose tags/list answers 404, as ECR and GCR do for a
@@ -180,6 +183,16 @@ async fn handle(
                 serde_json::json!({ "token": token, "expires_in": 300 }).to_string(),
                 None,
             );
+        }
+        if let Some(t) = presented.strip_prefix("Bearer ")
+            && state
+                .forbidden_tokens
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|f| f == t)
+        {
+            return status(StatusCode::FORBIDDEN);
         }
         if presented != format!("Bearer {token}") {
             let host = state.host.lock().unwrap().clone();

@@ -1,0 +1,274 @@
+//! Azure Container Registry. The registry speaks the Distribution API; what is ACR's own is how an
+//! Entra ID identity becomes registry credentials (Azure/acr docs/AAD-OAuth.md):
+//! 1. an Entra access token for ACR's resource (see `azure`);
+//! 2. "Call `POST /oauth2/exchange` presenting the AAD access token ... The service will return you
+//!    an ACR refresh token": done here;
+//! 3. "Call `POST /oauth2/token` presenting the ACR refresh token. The service will return you an
+//!    ACR access token": the realm ACR names in its challenges, done by the `Authenticator` with
+//!    the [`Credential::RefreshToken`] this source returns.
+//!
+//! Both tokens are cached until shortly before they expire, and dropped when the registry or its
+//! realm refuses them. Username/password (admin user, service principal) stay as they were.
+//!
+//! Without any identity (no keys, no workload identity, no `IDENTITY_ENDPOINT`), IMDS is asked,
+//! with a 1 s connect timeout; where it is absent or has no identity for us, requests go
+//! anonymously, which works for registries with anonymous pull enabled.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use super::RegistryError;
+use super::auth::{Credential, CredentialSource, jwt_lifetime};
+use super::azure::{Flow, Minted};
+use super::http::{Transport, expect_json, read_body};
+use crate::config::{AcrConfig, RegistryConfig};
+
+/// The credential source for an ACR entry: keys set in the entry (username/password, a client
+/// secret) win; then `docker_config` (e.g. the refresh token `az acr login` stores as
+/// `identitytoken`); then the ambient Entra identity.
+pub fn source(
+    config: &RegistryConfig,
+    acr: &AcrConfig,
+) -> Result<Arc<dyn CredentialSource>, RegistryError> {
+    if let Some(c) = &config.credentials {
+        return Ok(Arc::new(c.clone()));
+    }
+    if acr.client_secret.is_none()
+        && let Some(docker) = super::docker_config::DockerConfigSource::for_registry(config)
+    {
+        return Ok(Arc::new(docker));
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    Ok(Arc::new(AcrCredentials::new(config, acr, &env)?))
+}
+
+struct Cached {
+    value: SecretString,
+    renew_at: Instant,
+}
+
+impl Cached {
+    /// Renewed with a margin of half its lifetime, at most 5 minutes, so a token is never presented
+    /// in its last moments (Entra tokens live about an hour, ACR refresh tokens three).
+    fn new(value: SecretString, lifetime: Duration) -> Cached {
+        let margin = (lifetime / 2).min(Duration::from_secs(300));
+        Cached {
+            value,
+            renew_at: Instant::now() + lifetime - margin,
+        }
+    }
+
+    fn fresh(slot: &Option<Cached>) -> Option<SecretString> {
+        slot.as_ref()
+            .filter(|c| Instant::now() < c.renew_at)
+            .map(|c| c.value.clone())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    entra: Option<Cached>,
+    refresh: Option<Cached>,
+    /// IMDS found no identity: requests go anonymously until the registry refuses that.
+    anonymous: bool,
+    /// IMDS gave a token once: from then on its absence is a failure, not "no identity here".
+    imds_answered: bool,
+}
+
+/// Entra ID identity exchanged for ACR refresh tokens.
+pub struct AcrCredentials {
+    flow: Result<Flow, (&'static str, String)>,
+    client: reqwest::Client,
+    /// For the exchange, which goes to the registry itself: its limiter, retries and metrics.
+    transport: Transport,
+    exchange_url: Url,
+    /// The login server's name, ACR's `service`.
+    service: String,
+    /// One grant at a time: concurrent scans wait for it instead of each minting their own.
+    minting: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+}
+
+#[derive(Deserialize)]
+struct ExchangeAnswer {
+    refresh_token: Option<String>,
+}
+
+impl AcrCredentials {
+    /// The source for one entry; `env` reads the environment the platform injected.
+    pub fn new(
+        config: &RegistryConfig,
+        acr: &AcrConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, RegistryError> {
+        let flow = Flow::choose(acr, env, config.insecure);
+        let client = match &flow {
+            Ok(f) => f.client(config.request_timeout)?,
+            Err(_) => reqwest::Client::new(),
+        };
+        let exchange_url = config
+            .url
+            .join("/oauth2/exchange")
+            .map_err(|e| RegistryError::Protocol(format!("exchange URL: {e}")))?;
+        Ok(AcrCredentials {
+            flow,
+            client,
+            transport: Transport::new(config)?,
+            exchange_url,
+            service: config.host.clone(),
+            minting: tokio::sync::Mutex::new(()),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("acr state lock")
+    }
+
+    /// `POST <login server>/oauth2/exchange` with a form of `grant_type` (`access_token`),
+    /// `service` ("must indicate the name of your Azure container registry"), `tenant` ("the AAD
+    /// tenant associated to the AAD credentials") and `access_token`; the answer is
+    /// `{"refresh_token":"eyJ..."}` (Azure/acr docs/AAD-OAuth.md).
+    async fn exchange(
+        &self,
+        flow: &Flow,
+        entra: &SecretString,
+    ) -> Result<SecretString, RegistryError> {
+        // A managed identity's tenant is the one its token names (`tid`).
+        let tenant = flow
+            .tenant()
+            .map(str::to_owned)
+            .or_else(|| tenant_claim(entra.expose_secret()));
+        let mut form = vec![
+            ("grant_type", "access_token"),
+            ("service", self.service.as_str()),
+            ("access_token", entra.expose_secret()),
+        ];
+        if let Some(t) = &tenant {
+            form.push(("tenant", t));
+        }
+        let response = self
+            .transport
+            .send(|| {
+                self.transport
+                    .client()
+                    .post(self.exchange_url.clone())
+                    .form(&form)
+            })
+            .await?;
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            // The Entra token is not good for this registry: mint a new one next time.
+            self.state().entra = None;
+            return Err(RegistryError::Unauthorized {
+                status: status.as_u16(),
+                what: "ACR token exchange",
+            });
+        }
+        if !status.is_success() {
+            return Err(RegistryError::Status {
+                status: status.as_u16(),
+                what: "ACR token exchange".into(),
+            });
+        }
+        expect_json(&response)?;
+        let body = read_body(response, 64 * 1024).await?;
+        let answer: ExchangeAnswer = serde_json::from_slice(&body).map_err(|e| {
+            RegistryError::Protocol(format!("ACR token exchange answer is not JSON: {e}"))
+        })?;
+        answer
+            .refresh_token
+            .filter(|t| !t.is_empty())
+            .map(SecretString::from)
+            .ok_or_else(|| {
+                RegistryError::Protocol("ACR token exchange gave no refresh_token".into())
+            })
+    }
+}
+
+/// The `tid` claim of an Entra access token, read without verifying it: ACR's exchange verifies
+/// the token; this only fills in the form's `tenant`.
+fn tenant_claim(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("tid")?.as_str().map(str::to_owned)
+}
+
+#[async_trait]
+impl CredentialSource for AcrCredentials {
+    async fn credential(&self) -> Result<Credential, RegistryError> {
+        let flow = self
+            .flow
+            .as_ref()
+            .map_err(|(_, why)| RegistryError::NoCredentials(why.clone()))?;
+        let _one_at_a_time = self.minting.lock().await;
+        {
+            let state = self.state();
+            if let Some(refresh) = Cached::fresh(&state.refresh) {
+                return Ok(Credential::RefreshToken(refresh));
+            }
+            if state.anonymous {
+                return Ok(Credential::Anonymous);
+            }
+        }
+        let cached = Cached::fresh(&self.state().entra);
+        let entra = match cached {
+            Some(token) => token,
+            None => match flow.token(&self.client).await? {
+                Minted::Token(t) => {
+                    let mut state = self.state();
+                    state.imds_answered = true;
+                    state.entra = Some(Cached::new(t.value.clone(), t.lifetime));
+                    t.value
+                }
+                Minted::Absent(why) => {
+                    let mut state = self.state();
+                    if state.imds_answered {
+                        return Err(RegistryError::NoCredentials(why.into()));
+                    }
+                    tracing::info!(
+                        reason = why,
+                        "no Azure managed identity here; ACR requests go anonymously"
+                    );
+                    state.anonymous = true;
+                    return Ok(Credential::Anonymous);
+                }
+            },
+        };
+        let refresh = self.exchange(flow, &entra).await?;
+        // ACR refresh tokens are JWTs; without a readable `exp`, trust it as long as the Entra
+        // token it came from.
+        let lifetime = jwt_lifetime(refresh.expose_secret())
+            .or_else(|| jwt_lifetime(entra.expose_secret()))
+            .unwrap_or(Duration::from_secs(300));
+        self.state().refresh = Some(Cached::new(refresh.clone(), lifetime));
+        Ok(Credential::RefreshToken(refresh))
+    }
+
+    fn describe(&self) -> String {
+        match &self.flow {
+            Ok(Flow::Imds { .. }) if self.state().anonymous => {
+                "anonymous: no managed identity".into()
+            }
+            Ok(flow) => flow.describe().into(),
+            Err((name, _)) => (*name).into(),
+        }
+    }
+
+    fn refused(&self) {
+        let mut state = self.state();
+        state.entra = None;
+        state.refresh = None;
+        state.anonymous = false;
+    }
+}
