@@ -134,13 +134,15 @@ async fn auths_with_auth_password_and_identity_token() {
             r#"{{"auths":{{"https://{host}/v1/":{{"auth":"","identitytoken":"identity-token-1"}}}}}}"#
         ),
     );
-    // Docker Hub's entries live under the legacy index URL, whatever host the registry has.
+    // Docker Hub's entry (under the legacy index URL) is for Docker Hub's hosts only: a dockerhub
+    // entry pointed at another host (a mirror, here the local registry) uses that host's entry,
+    // as `docker login <host>` files it. The realm refuses the Hub password, so sending it fails.
     let hub = write(
         &d.join("hub.json"),
         &format!(
             r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{}"}},"{host}":{{"auth":"{}"}}}}}}"#,
-            STANDARD.encode("hubuser:hub-pw"),
-            STANDARD.encode("ci:wrong")
+            STANDARD.encode("hubuser:not-for-this-host"),
+            STANDARD.encode("ci:ci-pw")
         ),
     );
     let url = registry.url();
@@ -733,4 +735,358 @@ fn broken_or_misplaced_docker_config_is_a_config_error() {
         err.contains("base64") && !err.contains("secret-canary"),
         "{err}"
     );
+}
+
+/// Docker files Docker Hub's credentials under `https://index.docker.io/v1/` and hands them only
+/// to the Hub (docker/cli resolves the key from the image reference's host: `docker.io` and its
+/// aliases). A `dockerhub` entry whose `url` is another host, a pull-through mirror say, must not
+/// receive them: the mirror's operator would get the user's Docker ID password.
+#[test]
+fn hub_credentials_are_not_sent_to_a_mirror() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub_only = write(
+        &dir.path().join("hub.json"),
+        &format!(
+            r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{}"}}}}}}"#,
+            STANDARD.encode("hubuser:hub-canary-pw")
+        ),
+    );
+    let body = |url: &str| {
+        format!(
+            "[[registry]]\nname = \"m\"\nkind = \"dockerhub\"\nurl = \"{url}\"\nrepositories = [\"nginx\"]\ndocker_config = \"{}\"\n",
+            hub_only.display()
+        )
+    };
+    // Config load only: nothing is sent anywhere.
+    let setup = Setup::new("", &body("https://mirror.example"));
+    let err = match regwatch::config::load(&setup.config) {
+        Ok(_) => String::new(),
+        Err(e) => format!("{}: {}", e.path, e.message),
+    };
+    report(
+        "docker config: Hub credentials offered to a dockerhub entry at a mirror host",
+        if err.is_empty() {
+            "accepted"
+        } else {
+            "refused at load"
+        },
+        "refused at load",
+    );
+    assert!(
+        err.starts_with("registry[0].docker_config") && err.contains("no entry for mirror.example"),
+        "the Hub entry was taken for mirror.example: {err:?}"
+    );
+    assert!(!err.contains("hub-canary-pw"), "{err}");
+    // The Hub itself still finds them (validation only; nothing is sent).
+    for url in ["https://registry.hub.docker.com", "https://docker.io"] {
+        let setup = Setup::new("", &body(url));
+        let config = regwatch::config::load(&setup.config);
+        assert!(config.is_ok(), "{url}: {:?}", config.err());
+    }
+}
+
+/// Many repositories ask for a token at once (each has its own scope), so they all ask the source
+/// at once. A helper that hangs until its 10 s timeout must cost one run, not one per repository
+/// queued behind it: else a cycle over N repositories takes N × 10 s, and a failing helper is
+/// started N times per cycle.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_helper_runs_once_for_repositories_asking_together() {
+    let (_tokens, registry) = token_registry(&[("ci", "ci-pw")]).await;
+    for repo in ["team/b", "team/c", "team/d"] {
+        registry.push(repo, "v1").await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("helper.log");
+    helper(
+        d,
+        "hang",
+        &format!(
+            "cat >/dev/null\necho \"$1\" >> {}\nexec sleep 60\n",
+            log.display()
+        ),
+    );
+    let config = write(
+        &d.join("config.json"),
+        &format!(r#"{{"credHelpers":{{"{}":"hang"}}}}"#, registry.host),
+    );
+    let setup = Setup::new(
+        "",
+        &entry("many", "oci", &registry.url(), &config).replace(
+            "[\"team/app\"]",
+            "[\"team/app\", \"team/b\", \"team/c\", \"team/d\"]",
+        ),
+    );
+    let started = Instant::now();
+    let (code, out, err) = regwatch(&setup, &["once"], &path_with(d));
+    let took = started.elapsed();
+    let runs = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    report(
+        "docker config: hanging helper, 4 repositories at once: helper runs, once took",
+        format!("{runs} runs, {:.1} s", took.as_secs_f64()),
+        "1 run, < 20 s",
+    );
+    assert_ne!(code, 0, "no credentials, no complete scan: {out}{err}");
+    assert!(
+        err.contains("docker-credential-hang timed out after 10s"),
+        "{err}"
+    );
+    assert_eq!(runs, 1, "one run shared by the repositories: {err}");
+    assert!(took < Duration::from_secs(20), "{took:?}: {err}");
+}
+
+/// A helper's answer is a few hundred bytes; one that floods stdout must be cut off at the cap
+/// (and killed) rather than read to the end into memory. Measured: the peak RSS of `regwatch
+/// check` while the helper prints 256 MiB and then holds stdout open.
+#[test]
+fn a_helper_flooding_stdout_is_cut_off_at_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    helper(
+        d,
+        "flood",
+        "cat >/dev/null\nhead -c 268435456 /dev/zero\nexec sleep 60\n",
+    );
+    // The source is asked once the registry challenges, so a token registry is needed.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_tokens, registry) = rt.block_on(token_registry(&[("ci", "ci-pw")]));
+    let config = write(
+        &d.join("config.json"),
+        &format!(r#"{{"credHelpers":{{"{}":"flood"}}}}"#, registry.host),
+    );
+    let setup = Setup::new("", &entry("flood", "oci", &registry.url(), &config));
+    let started = Instant::now();
+    // Reaped below by wait4, which also reports its peak memory.
+    #[allow(clippy::zombie_processes)]
+    let mut child = Command::new(env!("CARGO_BIN_EXE_regwatch"))
+        .args(["check", "-c"])
+        .arg(&setup.config)
+        .env("RUST_LOG", "regwatch=debug")
+        .env("PATH", path_with(d))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    // Reap it ourselves to read its peak resident set (ru_maxrss, KiB on Linux).
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    let took = started.elapsed();
+    let peak_mib = usage.ru_maxrss as f64 / 1024.0;
+    report(
+        "docker config: peak RSS of check while a helper prints 256 MiB",
+        format!("{peak_mib:.0} MiB in {:.1} s", took.as_secs_f64()),
+        "< 100 MiB, < 5 s",
+    );
+    assert!(
+        line(&stdout, "flood").ends_with(
+            "no credentials: docker config: docker-credential-flood printed more than a credential"
+        ),
+        "{stdout}"
+    );
+    assert!(peak_mib < 100.0, "{peak_mib:.0} MiB");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+/// Lifetimes come from outside: a helper's JWT `exp` and the token realm's `expires_in`. Absurd
+/// ones (`exp` = u64::MAX - 1, `expires_in` = 10^19 s) must not panic the process when
+/// added to the clock (`Instant + Duration` panics on overflow); the credential is used, and
+/// reused no longer than a bounded time.
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_lifetimes_from_helper_or_realm_do_not_panic() {
+    let (tokens, registry) = token_registry(&[]).await;
+    let far = jwt_with_exp(u64::MAX - 1, 1);
+    tokens.add_refresh_token(&far, "ci");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    helper(
+        d,
+        "far",
+        &format!(
+            "cat >/dev/null\nprintf '{{\"Username\":\"<token>\",\"Secret\":\"%s\"}}' '{far}'\n"
+        ),
+    );
+    let config = write(
+        &d.join("config.json"),
+        &format!(r#"{{"credHelpers":{{"{}":"far"}}}}"#, registry.host),
+    );
+    let setup = Setup::new("", &entry("far", "oci", &registry.url(), &config));
+    let (code, out, err) = regwatch(&setup, &["check"], &path_with(d));
+    report(
+        "docker config: check with a helper JWT whose exp is u64::MAX - 1",
+        format!("exit {code}"),
+        "exit 0",
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        line(&out, "far").ends_with(" ok (docker config: credHelper far)"),
+        "{out}"
+    );
+
+    // The realm answers expires_in = 10^19 s (it fits a u64; the JWT's own exp is then past what
+    // the registry's JWT library reads, so the registry may refuse the token: either outcome is a
+    // verdict, a panic is not).
+    tokens.set_token_lifetime(10_000_000_000_000_000_000);
+    let (code, out, err) = regwatch(&setup, &["check"], &path_with(d));
+    report(
+        "docker config: check with a realm expires_in of 1e19 s",
+        format!("exit {code}"),
+        "exit 0 or 1, no panic",
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(code == 0 || code == 1, "{out}{err}");
+    let verdict = line(&out, "far");
+    assert!(
+        verdict.ends_with(" ok (docker config: credHelper far)")
+            || verdict.ends_with(" invalid credentials (401/403)"),
+        "{out}"
+    );
+}
+
+/// docker/cli's `ConvertToHostname` keeps the port a key spells out, a scheme's default one too
+/// (Go's url.Parse keeps it: `http://reg.example:80` is `reg.example:80`). A key for port 80 of a
+/// host names another registry than the https one on 443, and its password must not go there.
+#[test]
+fn a_key_for_another_port_of_the_host_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir.path().join("port80.json"),
+        &format!(
+            r#"{{"auths":{{"http://reg.example:80":{{"auth":"{}"}}}}}}"#,
+            STANDARD.encode("u:port80-canary-pw")
+        ),
+    );
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"https://reg.example\"\nrepositories = [\"a\"]\ndocker_config = \"{}\"\n",
+            file.display()
+        ),
+    );
+    // Config load only: nothing is sent anywhere.
+    let err = match regwatch::config::load(&setup.config) {
+        Ok(_) => String::new(),
+        Err(e) => format!("{}: {}", e.path, e.message),
+    };
+    report(
+        "docker config: key http://reg.example:80 offered to https://reg.example",
+        if err.is_empty() { "used" } else { "not used" },
+        "not used",
+    );
+    assert!(
+        err.contains("no entry for reg.example"),
+        "the port-80 entry was taken for port 443: {err:?}"
+    );
+    assert!(!err.contains("port80-canary-pw"), "{err}");
+}
+
+/// A helper whose answer the realm refuses (a revoked robot account, say): each refusal drops the
+/// cached answer so the next request asks the helper again, which is right once; but repositories
+/// scanned one after the other must not run the helper once each (with ecr-login or gcloud
+/// behind it, that is a cloud API call per repository per cycle). At most one re-ask per 5 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_helper_is_not_rerun_for_every_repository() {
+    let (tokens, registry) = token_registry(&[]).await;
+    let repos = ["team/app", "team/b", "team/c", "team/d", "team/e", "team/f"];
+    for repo in &repos[1..] {
+        registry.push(repo, "v1").await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("helper.log");
+    helper(
+        d,
+        "revoked",
+        &format!(
+            "cat >/dev/null\necho \"$1\" >> {}\nprintf '{{\"Username\":\"<token>\",\"Secret\":\"revoked-token\"}}'\n",
+            log.display()
+        ),
+    );
+    let config = write(
+        &d.join("config.json"),
+        &format!(r#"{{"credHelpers":{{"{}":"revoked"}}}}"#, registry.host),
+    );
+    let list = repos.map(|r| format!("\"{r}\"")).join(", ");
+    let setup = Setup::new(
+        "",
+        &entry("revoked", "oci", &registry.url(), &config)
+            .replace("[\"team/app\"]", &format!("[{list}]\nconcurrency = 1")),
+    );
+    let (code, out, err) = regwatch(&setup, &["once"], &path_with(d));
+    let runs = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    report(
+        "docker config: helper runs for 6 repositories (one at a time) whose answer is refused",
+        format!("{runs} runs, {} refusals", tokens.refused()),
+        "<= 2 runs",
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert_eq!(tokens.refused(), 6, "every repository was refused: {err}");
+    assert!(runs <= 2, "{runs} helper runs: {err}");
+}
+
+/// `docker_config` is read at load and before each use. A path that is not a regular file (a FIFO
+/// nobody writes, `/dev/zero`) must be refused, not read: a FIFO blocks the read, and with it
+/// the thread, forever; `/dev/zero` never ends and fills memory.
+#[test]
+fn a_docker_config_that_is_not_a_regular_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("config.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for path in [fifo.as_path(), Path::new("/dev/zero")] {
+        let setup = Setup::new(
+            "",
+            &format!(
+                "[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"https://reg.example\"\nrepositories = [\"a\"]\ndocker_config = \"{}\"\n",
+                path.display()
+            ),
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["check", "-c"])
+            .arg(&setup.config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        report(
+            &format!(
+                "docker config: check with docker_config = {}",
+                path.display()
+            ),
+            match status {
+                Some(s) => format!("exit {:?}", s.code()),
+                None => "still running after 10 s".into(),
+            },
+            "exit 2",
+        );
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{path:?}: {err}");
+        assert!(
+            err.contains("registry[0].docker_config") && err.contains("not a regular file"),
+            "{err}"
+        );
+    }
 }

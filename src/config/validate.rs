@@ -212,7 +212,7 @@ fn validate_registry(
                     "kind ecr is watched through the AWS API (DescribeImages), not a registry login; use the AWS credential chain or access_key_id".into(),
                 ));
             }
-            docker_config::validate(&path, &docker_config::server_key(kind, &host))
+            docker_config::validate(&path, &docker_config::server_key(&host))
                 .map_err(|e| err("docker_config", line, e))?;
             Some(path)
         }

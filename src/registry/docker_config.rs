@@ -20,12 +20,12 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::RegistryError;
 use super::auth::{Credential, CredentialSource, jwt_lifetime};
 use super::dockerhub;
-use crate::config::{Credentials, Kind, RegistryConfig};
+use crate::config::{Credentials, RegistryConfig};
 
 /// The key Docker files Docker Hub's credentials under, whatever host the Hub is reached at.
 pub const HUB_KEY: &str = "https://index.docker.io/v1/";
@@ -36,14 +36,22 @@ pub const HELPER_DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// The Username a helper answers with when the Secret is an identity token (docker/cli's
 /// `tokenUsername` in cli/config/credentials/native_store.go).
 const TOKEN_USERNAME: &str = "<token>";
+/// A docker config (a Kubernetes secret holds at most 1 MiB) is smaller than this.
+const FILE_CAP: u64 = 4 * 1024 * 1024;
 /// A helper's answer is small; anything bigger is not one.
 const HELPER_OUTPUT_CAP: usize = 64 * 1024;
+/// How long a failed helper run is remembered: the repositories asking meanwhile (each token
+/// scope asks) share its failure instead of each starting the helper, or waiting out its timeout,
+/// again.
+pub const HELPER_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// The key this registry's credentials are filed under: `https://index.docker.io/v1/` for Docker
-/// Hub (kind dockerhub, or any Hub host), else `host[:port]` as docker/cli's `ConvertToHostname`
-/// yields it. It is also what a credential helper gets on stdin, as Docker sends it.
-pub fn server_key(kind: Kind, host: &str) -> String {
-    if kind == Kind::Dockerhub || dockerhub::api_endpoint(host).is_some() {
+/// Hub's hosts, else `host[:port]` as docker/cli's `ConvertToHostname` yields it. It is also what
+/// a credential helper gets on stdin, as Docker sends it. By host, not kind: a dockerhub entry
+/// pointed at a mirror must not receive the Hub password (docker/cli picks the key from the
+/// image reference's host too).
+pub fn server_key(host: &str) -> String {
+    if dockerhub::api_endpoint(host).is_some() {
         HUB_KEY.to_owned()
     } else {
         host.to_owned()
@@ -51,16 +59,20 @@ pub fn server_key(kind: Kind, host: &str) -> String {
 }
 
 /// docker/cli's `credentials.ConvertToHostname`: `https://host:port/v1/` → `host:port`,
-/// `host/path` → `host`.
+/// `host/path` → `host`. The port is kept as written, a scheme's default one too (Go's url.Parse
+/// keeps it): `http://host:80` names another registry than `https://host`. Hostnames compare
+/// case-insensitively, as the config's host is lowercase.
 fn convert_to_hostname(key: &str) -> String {
-    if key.contains("://")
-        && let Ok(url) = url::Url::parse(key)
-        && let Some(host) = url.host_str()
-    {
-        return match url.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_owned(),
+    if let Some((_, rest)) = key.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = match host_port.strip_prefix('[') {
+            Some(v6) => v6.split(']').next(),
+            None => host_port.split(':').next(),
         };
+        if host.is_some_and(|h| !h.is_empty()) && url::Url::parse(key).is_ok() {
+            return host_port.trim_end_matches(':').to_ascii_lowercase();
+        }
     }
     key.split('/').next().unwrap_or_default().to_owned()
 }
@@ -124,7 +136,7 @@ impl Lookup {
 /// Reads `path` and finds the credentials for `server`. Errors name the file and the position,
 /// never a value.
 fn lookup(path: &Path, server: &str) -> Result<Lookup, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = read_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let file: File = serde_json::from_slice(&text).map_err(|e| {
         // serde's message may quote a value (a password of the wrong type): give the position.
         let what = match e.classify() {
@@ -141,6 +153,27 @@ fn lookup(path: &Path, server: &str) -> Result<Lookup, String> {
         )
     })?;
     resolve(file, server).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The file's bytes, if it is a regular file of at most [`FILE_CAP`]: a FIFO would block the
+/// read (and the thread) forever, `/dev/zero` would fill memory.
+fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, Read};
+    // metadata() follows symlinks (Kubernetes mounts are symlinks) and does not open the file.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(Error::other("not a regular file"));
+    }
+    let mut text = Vec::new();
+    std::fs::File::open(path)?
+        .take(FILE_CAP + 1)
+        .read_to_end(&mut text)?;
+    if text.len() as u64 > FILE_CAP {
+        return Err(Error::other(format!(
+            "larger than {} MiB",
+            FILE_CAP / (1024 * 1024)
+        )));
+    }
+    Ok(text)
 }
 
 /// docker/cli's precedence: `credHelpers[host]`, then `credsStore`, then `auths`
@@ -255,7 +288,8 @@ struct Parsed {
 
 struct Cached {
     helper: String,
-    credential: Credential,
+    /// The helper's credential, or why it gave none (never its output).
+    answer: Result<Credential, String>,
     refresh_at: Instant,
 }
 
@@ -267,6 +301,9 @@ pub struct DockerConfigSource {
     cache: Mutex<Option<Cached>>,
     /// One helper run at a time: concurrent scans wait for its answer instead of running it again.
     helper_gate: tokio::sync::Mutex<()>,
+    /// When a refusal last dropped the helper's answer: one re-ask per [`HELPER_RETRY_AFTER`], so
+    /// repositories refused one after the other do not each run the helper again.
+    dropped_for_refusal: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for DockerConfigSource {
@@ -290,6 +327,7 @@ impl DockerConfigSource {
             }),
             cache: Mutex::new(None),
             helper_gate: tokio::sync::Mutex::new(()),
+            dropped_for_refusal: Mutex::new(None),
         }
     }
 
@@ -300,10 +338,7 @@ impl DockerConfigSource {
         if config.credentials.is_some() {
             return None;
         }
-        Some(Self::new(
-            path.clone(),
-            server_key(config.kind, &config.host),
-        ))
+        Some(Self::new(path.clone(), server_key(&config.host)))
     }
 
     /// What the file says now, re-read if it changed since the last call.
@@ -337,36 +372,43 @@ impl DockerConfigSource {
             .map_err(|e| RegistryError::NoCredentials(format!("docker config: {e}")))
     }
 
-    fn cached(&self, helper: &str) -> Option<Credential> {
+    fn cached(&self, helper: &str) -> Option<Result<Credential, RegistryError>> {
         self.cache
             .lock()
             .expect("helper cache lock")
             .as_ref()
             .filter(|c| c.helper == helper && Instant::now() < c.refresh_at)
-            .map(|c| c.credential.clone())
+            .map(|c| c.answer.clone().map_err(no_credentials))
     }
 
     async fn ask_helper(&self, name: &str) -> Result<Credential, RegistryError> {
-        if let Some(c) = self.cached(name) {
-            return Ok(c);
+        if let Some(answer) = self.cached(name) {
+            return answer;
         }
         let _gate = self.helper_gate.lock().await;
-        if let Some(c) = self.cached(name) {
-            return Ok(c);
+        if let Some(answer) = self.cached(name) {
+            return answer;
         }
-        let (credential, lifetime) = run_helper(name, &self.server)
-            .await
-            .map_err(|e| RegistryError::NoCredentials(format!("docker config: {e}")))?;
-        tracing::debug!(helper = name, lifetime = ?lifetime, "credential helper answered");
-        if let Some(lifetime) = lifetime {
+        let (answer, keep) = match run_helper(name, &self.server).await {
+            Ok((credential, lifetime)) => {
+                tracing::debug!(helper = name, lifetime = ?lifetime, "credential helper answered");
+                (Ok(credential), lifetime)
+            }
+            Err(e) => (Err(e), Some(HELPER_RETRY_AFTER)),
+        };
+        if let Some(keep) = keep {
             *self.cache.lock().expect("helper cache lock") = Some(Cached {
                 helper: name.to_owned(),
-                credential: credential.clone(),
-                refresh_at: Instant::now() + lifetime,
+                answer: answer.clone(),
+                refresh_at: Instant::now() + keep,
             });
         }
-        Ok(credential)
+        answer.map_err(no_credentials)
     }
+}
+
+fn no_credentials(reason: String) -> RegistryError {
+    RegistryError::NoCredentials(format!("docker config: {reason}"))
 }
 
 #[async_trait]
@@ -386,7 +428,14 @@ impl CredentialSource for DockerConfigSource {
     }
 
     fn refused(&self) {
-        // The helper's answer was refused: ask it again next time.
+        // The helper's answer was refused: ask it again next time, unless a refusal already
+        // dropped one less than HELPER_RETRY_AFTER ago (requests still carrying the old answer,
+        // or a helper with nothing better yet: running it again per repository would not help).
+        let mut dropped = self.dropped_for_refusal.lock().expect("refusal lock");
+        if dropped.is_some_and(|at| at.elapsed() < HELPER_RETRY_AFTER) {
+            return;
+        }
+        *dropped = Some(Instant::now());
         *self.cache.lock().expect("helper cache lock") = None;
     }
 }
@@ -434,31 +483,40 @@ async fn run_helper(name: &str, server: &str) -> Result<(Credential, Option<Dura
         .spawn()
         .map_err(|e| format!("cannot run {program} (it must be on regwatch's PATH): {e}"))?;
     let mut stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
     let server_url = server.to_owned();
     let run = async move {
         // A helper that exits without reading stdin closes the pipe: not an error by itself.
         let _ = stdin.write_all(server_url.as_bytes()).await;
         drop(stdin);
-        child.wait_with_output().await
+        // One byte past the cap tells an oversized answer, and memory stays bounded however
+        // much the helper prints.
+        let mut out = Vec::new();
+        stdout
+            .take(HELPER_OUTPUT_CAP as u64 + 1)
+            .read_to_end(&mut out)
+            .await?;
+        if out.len() > HELPER_OUTPUT_CAP {
+            return Ok(None);
+        }
+        Ok::<_, std::io::Error>(Some((child.wait().await?, out)))
     };
-    // On timeout the future, and with it the child, is dropped: kill_on_drop kills it.
-    let output = tokio::time::timeout(HELPER_TIMEOUT, run)
+    // On timeout, or past the cap, the child is dropped: kill_on_drop kills it.
+    let (status, stdout) = tokio::time::timeout(HELPER_TIMEOUT, run)
         .await
         .map_err(|_| format!("{program} timed out after {}s", HELPER_TIMEOUT.as_secs()))?
-        .map_err(|e| format!("{program} failed: {e}"))?;
-    if !output.status.success() {
-        if String::from_utf8_lossy(&output.stdout).trim() == NOT_FOUND {
+        .map_err(|e| format!("{program} failed: {e}"))?
+        .ok_or_else(|| format!("{program} printed more than a credential"))?;
+    if !status.success() {
+        if String::from_utf8_lossy(&stdout).trim() == NOT_FOUND {
             return Err(format!("{program} has no credentials for {server}"));
         }
-        return Err(match output.status.code() {
+        return Err(match status.code() {
             Some(code) => format!("{program} exited with status {code}"),
             None => format!("{program} was killed by a signal"),
         });
     }
-    if output.stdout.len() > HELPER_OUTPUT_CAP {
-        return Err(format!("{program} printed more than a credential"));
-    }
-    let answer: HelperAnswer = serde_json::from_slice(&output.stdout)
+    let answer: HelperAnswer = serde_json::from_slice(&stdout)
         .map_err(|_| format!("{program} printed no credentials JSON"))?;
     if answer.secret.is_empty() {
         return Err(format!("{program} has no credentials for {server}"));
@@ -476,7 +534,8 @@ async fn run_helper(name: &str, server: &str) -> Result<(Credential, Option<Dura
 }
 
 /// How long to reuse a helper's secret: until shortly before the `exp` of a JWT (a tenth of its
-/// remaining life, 1 s to 60 s early), else [`HELPER_DEFAULT_TTL`]; `None` if already expired.
+/// remaining life, 1 s to 60 s early; `jwt_lifetime` believes at most 24 h), else
+/// [`HELPER_DEFAULT_TTL`]; `None` if already expired.
 fn secret_lifetime(secret: &str) -> Option<Duration> {
     let Some(remaining) = jwt_lifetime(secret) else {
         return Some(HELPER_DEFAULT_TTL);
@@ -514,14 +573,24 @@ mod tests {
         assert_eq!(convert_to_hostname("http://reg.example"), "reg.example");
         assert_eq!(convert_to_hostname("reg.example/v2/"), "reg.example");
         assert_eq!(convert_to_hostname("reg.example:443"), "reg.example:443");
+        // As Go's url.Parse: a default port stays, user info goes, case folds.
+        assert_eq!(
+            convert_to_hostname("http://reg.example:80"),
+            "reg.example:80"
+        );
+        assert_eq!(
+            convert_to_hostname("https://reg.example:443/v2/"),
+            "reg.example:443"
+        );
+        assert_eq!(convert_to_hostname("https://u@Reg.Example/"), "reg.example");
+        assert_eq!(convert_to_hostname("https://[::1]:5000/v1/"), "[::1]:5000");
+        assert!(!key_matches("http://reg.example:80", "reg.example"));
         assert!(key_matches("https://index.docker.io/v1/", HUB_KEY));
         assert!(key_matches("docker.io", HUB_KEY));
         assert!(!key_matches("reg.example", HUB_KEY));
-        assert_eq!(server_key(Kind::Oci, "registry-1.docker.io"), HUB_KEY);
-        assert_eq!(
-            server_key(Kind::Oci, "reg.example:5000"),
-            "reg.example:5000"
-        );
+        assert_eq!(server_key("registry-1.docker.io"), HUB_KEY);
+        assert_eq!(server_key("docker.io"), HUB_KEY);
+        assert_eq!(server_key("reg.example:5000"), "reg.example:5000");
     }
 
     #[test]

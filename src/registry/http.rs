@@ -242,6 +242,10 @@ fn ratelimit_remaining(response: &Response) -> Option<i64> {
 
 /// How long to pause when the quota is down to its last 10 % (`ratelimit-limit: 100;w=21600`):
 /// the rest is left to the deployers that pull. Watching itself pulls nothing.
+/// The longest pause a registry's headers are believed for: Docker Hub's window is 6 h, and an
+/// absurd value must not overflow `Instant` arithmetic.
+const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
+
 fn quota_pause(response: &Response) -> Option<Duration> {
     let remaining = ratelimit_remaining(response)?;
     let limit = response.headers().get("ratelimit-limit")?.to_str().ok()?;
@@ -250,19 +254,20 @@ fn quota_pause(response: &Response) -> Option<Duration> {
     let window = parts
         .find_map(|p| p.trim().strip_prefix("w=")?.parse::<u64>().ok())
         .unwrap_or(21_600);
-    (remaining <= (total / 10).max(1)).then(|| Duration::from_secs(window))
+    (remaining <= (total / 10).max(1)).then(|| Duration::from_secs(window).min(MAX_PAUSE))
 }
 
 fn retry_after(response: &Response) -> Option<Duration> {
     let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
     if let Ok(secs) = value.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_PAUSE));
     }
     // An HTTP-date (RFC 9110 §10.2.3): IMF-fixdate, or the obsolete RFC 850 and asctime forms.
     let at = httpdate::parse_http_date(value.trim()).ok()?;
     Some(
         at.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .min(MAX_PAUSE),
     )
 }
 
@@ -318,6 +323,17 @@ mod tests {
             ratelimit_remaining(&response("97;w=21600", "100")),
             Some(97)
         );
+    }
+
+    #[test]
+    fn absurd_pauses_are_believed_for_a_day_at_most() {
+        // `Instant::now() + pause` must not overflow whatever a registry's headers say.
+        let huge = u64::MAX.to_string();
+        let pause = quota_pause(&response("0", &format!("100;w={huge}"))).unwrap();
+        assert!(pause <= MAX_PAUSE, "{pause:?}");
+        let wait = retry_after(&retry_response(&huge)).unwrap();
+        assert!(wait <= MAX_PAUSE, "{wait:?}");
+        let _ = std::time::Instant::now() + pause + wait;
     }
 
     fn retry_response(value: &str) -> Response {
