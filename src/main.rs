@@ -86,11 +86,19 @@ fn init_logging(format: Option<LogFormat>) {
     // or to a span directive):
     // - yup-oauth2's debug output: Google's token responses and the signed JWT assertion;
     // - the AWS SDK's TRACE events: signed requests whole, session tokens and the container
-    //   credentials endpoint's Authorization header.
+    //   credentials endpoint's Authorization header;
+    // - aws-config's WARNs about a container authorization token that is not a valid header value
+    //   (a token file ending in a newline): its container provider prints it as `token`, and
+    //   quotes it in its error, which the default chain prints as `error`. regwatch's own error
+    //   says why the source failed, without the token.
     let secret_logs = tracing_subscriber::filter::filter_fn(|m| {
-        let yup = m.target().starts_with("yup_oauth2") && *m.level() > tracing::Level::INFO;
-        let aws = m.target().starts_with("aws_") && *m.level() == tracing::Level::TRACE;
-        !(yup || aws)
+        let target = m.target();
+        let has = |field: &str| m.fields().field(field).is_some();
+        let yup = target.starts_with("yup_oauth2") && *m.level() > tracing::Level::INFO;
+        let aws = target.starts_with("aws_") && *m.level() == tracing::Level::TRACE;
+        let container_token = (target.starts_with("aws_config::ecs") && has("token"))
+            || (target.starts_with("aws_config::meta::credentials::chain") && has("error"));
+        !(yup || aws || container_token)
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

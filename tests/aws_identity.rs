@@ -454,3 +454,123 @@ async fn ecr_through_environment_profile_and_instance_metadata() {
         "yes / yes / yes",
     );
 }
+
+/// A container authorization token file that ends in a newline (written with `echo`, or a secret
+/// mounted with one) is not a valid header value. aws-config then logs the token at WARN
+/// (`invalid auth token`) and quotes it in its error, which the chain's own WARN prints: the
+/// secret would reach the log at the default level. regwatch refuses such a token itself, saying
+/// why without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn ecr_container_token_that_is_no_header_value_is_never_printed() {
+    let token = format!("pod-identity-token-{:x}", rand::random::<u64>());
+    let keys = support::aws_endpoints::SessionKeys {
+        access_key_id: "ASIAEXAMPLEEXAMPLE01".into(),
+        secret_access_key: format!("session-secret-{:x}", rand::random::<u64>()),
+        token: format!("session-token-{:x}", rand::random::<u64>()),
+        expiration: "2100-01-01T00:00:00Z".into(),
+        role_arn: format!("arn:aws:iam::{ACCOUNT}:role/pod"),
+    };
+    let endpoint = ContainerEndpoint::start(&token, keys).await;
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"ecr\"\nkind = \"ecr\"\nurl = \"https://{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com\"\nendpoint = \"http://127.0.0.1:{}\"\ninsecure = true\nrepositories = [\"team/*\"]\n",
+            support::free_port()
+        ),
+    );
+    let token_file = setup.dir.path().join("eks-pod-identity-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let path = token_file.to_str().unwrap();
+    let file_env = [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url.as_str()),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", path),
+    ];
+    let value = format!("{token}\r\n");
+    let var_env = [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url.as_str()),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN", value.as_str()),
+    ];
+    for (env, log) in [
+        (&file_env, "info"),
+        (&var_env, "info"),
+        (&file_env, "trace"),
+    ] {
+        let (code, out, err) = run_without_ambient_aws(&setup, &["check"], env, log);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            out.contains(
+                "no credentials: container authorization token is not a valid header value"
+            ),
+            "{out}"
+        );
+        let leaked = out.contains(&token) || err.contains(&token);
+        report(
+            &format!("ECR: container token with a stray newline, RUST_LOG={log}: token in output"),
+            leaked,
+            "false",
+        );
+        assert!(!leaked, "the token leaked:\n{out}\n{err}");
+    }
+}
+
+/// An ECR endpoint that accepts connections and never answers (a stalled proxy, a black-holed
+/// VPC endpoint): every call must end within the entry's `request_timeout`, as every other kind's
+/// requests do. The SDK's defaults set only a connect timeout, so without one the scan (and
+/// `check`) would wait forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn ecr_call_to_a_silent_endpoint_ends_within_request_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accept and hold every connection, never writing a byte.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"ecr\"\nkind = \"ecr\"\nurl = \"https://{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com\"\nendpoint = \"http://{addr}\"\ninsecure = true\nrequest_timeout = \"2s\"\nrepositories = [\"team/*\"]\naccess_key_id = \"AKIAEXAMPLEEXAMPLE01\"\nsecret_access_key = \"not-a-real-secret\"\n"
+        ),
+    );
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
+    command.args(["check", "-c"]).arg(&setup.config);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    let nowhere = setup.dir.path().join("no-such-file");
+    command
+        .env("HOME", setup.dir.path())
+        .env("AWS_CONFIG_FILE", &nowhere)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let started = std::time::Instant::now();
+    let mut child = command.spawn().unwrap();
+    let limit = std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let took = started.elapsed();
+    report(
+        "ECR: check against an endpoint that never answers (request_timeout 2s), seconds",
+        format!("{:.1}", took.as_secs_f64()),
+        "< 30 (ends, with retries)",
+    );
+    let status = status.unwrap_or_else(|| panic!("check still waiting after {limit:?}"));
+    let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("unreachable"), "{out}");
+}

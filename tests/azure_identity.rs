@@ -370,3 +370,132 @@ async fn acr_tokens_that_expire_in_5s_never_get_a_401() {
     );
     assert_eq!(entra.counts().refused.load(Ordering::Relaxed), 0, "{err}");
 }
+
+/// A login server whose `/oauth2/exchange` answers 307 to another origin (a proxy, a compromised
+/// or misconfigured front): a 307 keeps the method and body, so following it would post the Entra
+/// access token (valid for every registry the identity can pull from, not just this one) to that
+/// origin. The same holds for the refresh token POSTed to the realm. Neither may be followed.
+#[tokio::test(flavor = "multi_thread")]
+async fn acr_exchange_and_realm_never_follow_a_redirect_with_the_token() {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let entra = Entra::start(SECRET).await;
+    // The other origin: records every body it receives.
+    let stolen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = {
+        let stolen = stolen.clone();
+        axum::Router::new().fallback(move |body: String| {
+            let stolen = stolen.clone();
+            async move {
+                stolen.lock().unwrap().push(body);
+                StatusCode::NOT_FOUND
+            }
+        })
+    };
+    let sink_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_url = format!("http://{}", sink_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(sink_listener, sink).await.unwrap() });
+
+    for redirected in ["/oauth2/exchange", "/oauth2/token"] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let (to, me) = (format!("{sink_url}/steal"), host.clone());
+        let front = axum::Router::new().fallback(
+            move |method: axum::http::Method, uri: axum::http::Uri, _h: HeaderMap| {
+                let (to, me) = (to.clone(), me.clone());
+                async move {
+                    let path = uri.path();
+                    if path == redirected && method == "POST" {
+                        return (StatusCode::TEMPORARY_REDIRECT, [("location", to)])
+                            .into_response();
+                    }
+                    if path == "/oauth2/exchange" {
+                        // A refresh token that lives an hour (only its `exp` is read).
+                        let claims = base64::Engine::encode(
+                            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                            format!("{{\"exp\":{}}}", now() + 3600),
+                        );
+                        return (
+                            [("content-type", "application/json")],
+                            format!("{{\"refresh_token\":\"e30.{claims}.sig\"}}"),
+                        )
+                            .into_response();
+                    }
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        [(
+                            "www-authenticate",
+                            format!("Bearer realm=\"http://{me}/oauth2/token\",service=\"{me}\""),
+                        )],
+                    )
+                        .into_response()
+                }
+            },
+        );
+        tokio::spawn(async move { axum::serve(listener, front).await.unwrap() });
+        let block = format!(
+            "[[registry]]\nname = \"acr\"\nkind = \"acr\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"svc/api\"]\ntenant_id = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{SECRET}\"\n",
+            entra.tenant(),
+            entra.client_id()
+        );
+        let setup = Setup::new("", &block);
+        let env = [("AZURE_AUTHORITY_HOST", entra.url.clone())];
+        let (code, out, err) = run(&setup, &["check"], &env);
+        assert_eq!(code, 1, "{out}{err}");
+        let stolen = stolen.lock().unwrap().clone();
+        report(
+            &format!("ACR: a 307 from {redirected} to another origin: bodies it received"),
+            stolen.len(),
+            "0",
+        );
+        assert!(
+            stolen.is_empty(),
+            "{redirected} redirect was followed; the other origin got: {stolen:?}"
+        );
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `client_id` without a secret names a user-assigned managed identity. When IMDS says the host has
+/// no such identity (400 "Identity not found", a typo or an identity not yet assigned), that is a
+/// misconfiguration to report, not "no identity here": on a registry with anonymous pull, silently
+/// going anonymous would watch with other rights than asked and hide the mistake.
+#[tokio::test(flavor = "multi_thread")]
+async fn acr_named_managed_identity_missing_is_an_error_not_anonymous() {
+    let entra = Entra::start(SECRET).await;
+    let front = AcrFront::start(&entra).await;
+    front.registry.push("svc/api", "v1").await;
+    front.set_anonymous_pull(true);
+    let imds = [("AZURE_POD_IDENTITY_AUTHORITY_HOST", entra.url.clone())];
+    let setup = Setup::new(
+        "",
+        &block(
+            "acr",
+            &front,
+            "client_id = \"00000000-0000-4000-8000-00000000dead\"\n",
+        ),
+    );
+    let (code, out, err) = run(&setup, &["check"], &imds);
+    report(
+        "ACR: client_id of an identity IMDS does not have, anonymous pull on: check",
+        line(&out, "acr")
+            .split_once("  ")
+            .map_or("", |x| x.1.trim()),
+        "no credentials: ... (no anonymous fallback)",
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        line(&out, "acr").contains("no credentials: no managed identity on this host"),
+        "{out}"
+    );
+    // The same host without client_id (system-assigned, which the stand-in has) still works.
+    let system = Setup::new("", &block("acr", &front, ""));
+    let (code, out, err) = run(&system, &["check"], &imds);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -58,6 +58,8 @@ impl Cached {
     /// Renewed with a margin of half its lifetime, at most 5 minutes, so a token is never presented
     /// in its last moments (Entra tokens live about an hour, ACR refresh tokens three).
     fn new(value: SecretString, lifetime: Duration) -> Cached {
+        // An `expires_in` no `Instant` can hold would panic the addition below.
+        let lifetime = lifetime.min(super::auth::MAX_TOKEN_LIFETIME);
         let margin = (lifetime / 2).min(Duration::from_secs(300));
         Cached {
             value,
@@ -158,7 +160,7 @@ impl AcrCredentials {
             .transport
             .send(|| {
                 self.transport
-                    .client()
+                    .no_redirect_client()
                     .post(self.exchange_url.clone())
                     .form(&form)
             })
@@ -233,7 +235,16 @@ impl CredentialSource for AcrCredentials {
                 }
                 Minted::Absent(why) => {
                     let mut state = self.state();
-                    if state.imds_answered {
+                    // A named (user-assigned) identity that is not there is a mistake to report;
+                    // only "no identity configured, none found" may mean anonymous pull.
+                    let named = matches!(
+                        flow,
+                        Flow::Imds {
+                            client_id: Some(_),
+                            ..
+                        }
+                    );
+                    if state.imds_answered || named {
                         return Err(RegistryError::NoCredentials(why.into()));
                     }
                     tracing::info!(
@@ -270,5 +281,18 @@ impl CredentialSource for AcrCredentials {
         state.entra = None;
         state.refresh = None;
         state.anonymous = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entra's or IMDS's `expires_in` is a number from the wire: an absurd one is capped, not a
+    /// panic of the task that mints tokens.
+    #[test]
+    fn absurd_entra_lifetime_is_capped() {
+        let c = Cached::new("t".to_owned().into(), Duration::from_secs(u64::MAX));
+        assert!(Cached::fresh(&Some(c)).is_some());
     }
 }

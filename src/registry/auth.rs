@@ -22,7 +22,7 @@ const TOKEN_BODY_CAP: usize = 1024 * 1024;
 /// The token lifetime the Docker token spec assumes when `expires_in` is absent.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// The longest `expires_in` believed: the realm's number, past what `Instant` holds, would panic.
-const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// An authentication challenge from `WWW-Authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -78,6 +78,8 @@ pub fn valid_external_id(id: &str) -> bool {
 pub struct EcrRegistry {
     config: EcrConfig,
     limiter: Limiter,
+    /// Each attempt of an ECR or STS call ends after this (`request_timeout`).
+    request_timeout: std::time::Duration,
     client: OnceCell<(Client, credentials::Credentials)>,
 }
 
@@ -87,6 +89,7 @@ impl EcrRegistry {
         EcrRegistry {
             config: config.clone(),
             limiter: Limiter::new(registry),
+            request_timeout: registry.request_timeout,
             client: OnceCell::new(),
         }
     }
@@ -95,8 +98,16 @@ impl EcrRegistry {
         &self
             .client
             .get_or_init(|| async {
+                // The SDK's default sets a connect timeout only: an endpoint that accepts and
+                // never answers would hold the scan forever. Per attempt, so its retries still
+                // run; the STS client of role_arn is built from this config too.
+                let timeouts = aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(std::time::Duration::from_secs(10))
+                    .operation_attempt_timeout(self.request_timeout)
+                    .build();
                 let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .region(aws_config::Region::new(self.config.region.clone()));
+                    .region(aws_config::Region::new(self.config.region.clone()))
+                    .timeout_config(timeouts);
                 if let Some((id, secret)) = &self.config.keys {
                     let static_keys = aws_sdk_ecr::config::Credentials::new(
                         id,

@@ -191,6 +191,12 @@ fn reason(error: &CredentialsError) -> String {
     let mut innermost: &(dyn Error + 'static) = error;
     let mut cause: Option<&(dyn Error + 'static)> = Some(error);
     while let Some(e) = cause {
+        // The only header value the chain builds from configuration; the error above this one
+        // quotes the token, so it is never displayed.
+        if e.is::<reqwest::header::InvalidHeaderValue>() {
+            return "container authorization token is not a valid header value (a trailing newline?)"
+                .into();
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::NotFound
         {
