@@ -364,10 +364,19 @@ pub fn consume(
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("topic metadata");
-    let partitions = metadata.topics()[0].partitions().len();
+    // A topic's metadata can lag its creation (a broker just restarted, a topic just re-created),
+    // so an answer without partitions is asked again until `timeout`.
+    let asked = Instant::now();
+    let partitions = loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("topic metadata");
+        let partitions = metadata.topics()[0].partitions().len();
+        if partitions > 0 || asked.elapsed() >= timeout {
+            break partitions;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     assert!(partitions > 0, "topic {topic} has no partitions");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
