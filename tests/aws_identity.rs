@@ -16,7 +16,10 @@
 mod support;
 
 use support::aws_endpoints::{ContainerEndpoint, StsFront, WebIdentity};
-use support::moto::{ACCOUNT, AccessKey, Moto, ecr_client, put_image, run_without_ambient_aws};
+use support::moto::{
+    ACCOUNT, AccessKey, Moto, command_without_ambient_aws, ecr_client, put_image,
+    run_without_ambient_aws,
+};
 use support::{Setup, json_lines, report};
 
 const ECR_READ: &[&str] = &["ecr:DescribeRepositories", "ecr:DescribeImages"];
@@ -534,19 +537,8 @@ async fn ecr_call_to_a_silent_endpoint_ends_within_request_timeout() {
             "[[registry]]\nname = \"ecr\"\nkind = \"ecr\"\nurl = \"https://{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com\"\nendpoint = \"http://{addr}\"\ninsecure = true\nrequest_timeout = \"2s\"\nrepositories = [\"team/*\"]\naccess_key_id = \"AKIAEXAMPLEEXAMPLE01\"\nsecret_access_key = \"not-a-real-secret\"\n"
         ),
     );
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
-    command.args(["check", "-c"]).arg(&setup.config);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("AWS_") {
-            command.env_remove(name);
-        }
-    }
-    let nowhere = setup.dir.path().join("no-such-file");
+    let mut command = command_without_ambient_aws(&setup, &["check"], &[], "info");
     command
-        .env("HOME", setup.dir.path())
-        .env("AWS_CONFIG_FILE", &nowhere)
-        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let started = std::time::Instant::now();

@@ -463,30 +463,12 @@ async fn five_second_tokens_never_meet_a_401() {
     let env = [("GCE_METADATA_HOST", tokens.host())];
     let daemon = support::Daemon::start(&mut command(&setup, &env, &["run"]));
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let ok = metric(
-        &setup.admin,
-        "regwatch_scans_total{registry=\"gcr\",result=\"ok\"}",
-    )
-    .await
-    .unwrap_or(0.0);
-    let failed = metric(
-        &setup.admin,
-        "regwatch_scans_total{registry=\"gcr\",result=\"failed\"}",
-    )
-    .await
-    .unwrap_or(0.0);
-    let incomplete = metric(
-        &setup.admin,
-        "regwatch_scans_total{registry=\"gcr\",result=\"incomplete\"}",
-    )
-    .await
-    .unwrap_or(0.0);
-    let client_errors = metric(
-        &setup.admin,
-        "regwatch_registry_requests_total{registry=\"gcr\",status=\"4xx\"}",
-    )
-    .await
-    .unwrap_or(0.0);
+    let count = async |series: &str| metric(&setup.admin, series).await.unwrap_or(0.0);
+    let ok = count("regwatch_scans_total{registry=\"gcr\",result=\"ok\"}").await;
+    let failed = count("regwatch_scans_total{registry=\"gcr\",result=\"failed\"}").await;
+    let incomplete = count("regwatch_scans_total{registry=\"gcr\",result=\"incomplete\"}").await;
+    let client_errors =
+        count("regwatch_registry_requests_total{registry=\"gcr\",status=\"4xx\"}").await;
     let (_, _, err) = daemon.stop();
     let (_, metadata_grants, iam_grants) = gcp.grants();
     let refusals = gcp.refusals();

@@ -22,6 +22,19 @@ fn block(name: &str, url: &str, user: &str, pass: &str, repos: &str) -> String {
     )
 }
 
+/// Reports how many times the `canaries` appear in `output` under `measure`, and fails naming
+/// each one that does.
+fn assert_no_canary(measure: &str, output: &str, canaries: &[String]) {
+    let found: Vec<(&str, usize)> = canaries
+        .iter()
+        .map(|c| (c.as_str(), output.matches(c.as_str()).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let total: usize = found.iter().map(|(_, n)| n).sum();
+    report(measure, total, "0");
+    assert!(found.is_empty(), "secrets leaked: {found:?}");
+}
+
 fn canaries() -> Vec<String> {
     vec![
         PW.into(),
@@ -134,21 +147,11 @@ async fn secrets_never_reach_any_output() {
     output.push_str(&err);
     assert!(output.contains("TRACE"), "trace logging was on");
 
-    let found: Vec<(String, usize)> = canaries()
-        .into_iter()
-        .map(|c| {
-            let n = output.matches(&c).count();
-            (c, n)
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    let total: usize = found.iter().map(|(_, n)| n).sum();
-    report(
+    assert_no_canary(
         &format!("secret canaries in {} bytes of trace output", output.len()),
-        total,
-        "0",
+        &output,
+        &canaries(),
     );
-    assert!(found.is_empty(), "secrets leaked: {found:?}");
 }
 
 const G_CLIENT_SECRET: &str = "canary-gclient-6a1e";
@@ -279,25 +282,15 @@ async fn google_secrets_never_reach_any_output() {
         canaries.push(t.clone());
         canaries.push(basic_b64("oauth2accesstoken", t));
     }
-    let found: Vec<(String, usize)> = canaries
-        .into_iter()
-        .map(|c| {
-            let n = output.matches(&c).count();
-            (c, n)
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    let total: usize = found.iter().map(|(_, n)| n).sum();
-    report(
+    assert_no_canary(
         &format!(
             "Google secret canaries ({} access tokens, refresh token, client secret, key) in {} bytes of trace output",
             granted.len(),
             output.len()
         ),
-        total,
-        "0",
+        &output,
+        &canaries,
     );
-    assert!(found.is_empty(), "secrets leaked: {found:?}");
 }
 
 const DC_AUTH_PW: &str = "canary-dcauth-6e0a";
@@ -442,21 +435,14 @@ async fn docker_config_secrets_never_reach_any_output() {
         basic_b64("dcpw", DC_PW),
         basic_b64("dchelper", DC_HELPER),
     ];
-    let found: Vec<(&String, usize)> = canaries
-        .iter()
-        .map(|c| (c, output.matches(c.as_str()).count()))
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    let total: usize = found.iter().map(|(_, n)| n).sum();
-    report(
+    assert_no_canary(
         &format!(
             "docker config secret canaries in {} bytes of trace output and Debug",
             output.len()
         ),
-        total,
-        "0",
+        &output,
+        &canaries,
     );
-    assert!(found.is_empty(), "secrets leaked: {found:?}");
 }
 
 /// The Azure sources' secrets (client secret, federated token, `IDENTITY_HEADER`) and what they
@@ -585,20 +571,15 @@ async fn azure_identity_secrets_never_reach_any_output() {
         .filter_map(|c| c.rsplit_once('.').map(|(_, s)| s.to_owned()))
         .collect();
     canaries.extend(signatures);
-    let found: usize = canaries
-        .iter()
-        .map(|c| output.matches(c.as_str()).count())
-        .sum();
-    report(
+    assert_no_canary(
         &format!(
             "Azure secret canaries ({} values) in {} bytes of trace output",
             canaries.len(),
             output.len()
         ),
-        found,
-        "0",
+        &output,
+        &canaries,
     );
-    assert_eq!(found, 0, "an Azure secret or token leaked");
 }
 
 /// The AWS identities of ECR at `RUST_LOG=trace`: the web identity token (good and forged), the
@@ -767,24 +748,14 @@ async fn aws_identity_secrets_never_reach_any_output() {
         "session secrets of both hops were recorded"
     );
     canaries.extend(issued);
-    let found: Vec<(String, usize)> = canaries
-        .into_iter()
-        .map(|c| {
-            let n = output.matches(&c).count();
-            (c, n)
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    let total: usize = found.iter().map(|(_, n)| n).sum();
-    report(
+    assert_no_canary(
         &format!(
             "AWS identity canaries (web identity, container and IMDS tokens, session keys) in {} bytes of trace output",
             output.len()
         ),
-        total,
-        "0",
+        &output,
+        &canaries,
     );
-    assert!(found.is_empty(), "secrets leaked: {found:?}");
 }
 
 /// Review: yup-oauth2's debug logs (the signed JWT assertion, Google's token response) were kept

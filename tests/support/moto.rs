@@ -242,15 +242,15 @@ pub async fn put_image(client: &aws_sdk_ecr::Client, repo: &str, tag: &str) -> S
         .to_owned()
 }
 
-/// Runs regwatch with `args` on `setup`'s config in a clean AWS environment plus `env`: no
-/// inherited AWS_* variables, no profile files, IMDS disabled (so nothing leaves loopback), and
-/// `RUST_LOG` = `log`. (exit code, stdout, stderr).
-pub fn run_without_ambient_aws(
+/// regwatch with `args` on `setup`'s config in a clean AWS environment plus `env`: no inherited
+/// AWS_* variables, no profile files, IMDS disabled (so nothing leaves loopback), and `RUST_LOG` =
+/// `log`.
+pub fn command_without_ambient_aws(
     setup: &super::Setup,
     args: &[&str],
     env: &[(&str, &str)],
     log: &str,
-) -> (i32, String, String) {
+) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
     command.args(args).arg("-c").arg(&setup.config);
     for (name, _) in std::env::vars_os() {
@@ -266,6 +266,17 @@ pub fn run_without_ambient_aws(
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("RUST_LOG", log)
         .envs(env.iter().copied());
+    command
+}
+
+/// Runs [`command_without_ambient_aws`] to the end: (exit code, stdout, stderr).
+pub fn run_without_ambient_aws(
+    setup: &super::Setup,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &str,
+) -> (i32, String, String) {
+    let mut command = command_without_ambient_aws(setup, args, env, log);
     let out = command.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
