@@ -12,6 +12,8 @@ source scripts/setup.sh
 report_dir="target/tmp/fault-report"
 rm -rf "$report_dir"
 
+# A one-shot run gains nothing from incremental caches, which would double the target's size.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo test --lib --bins --tests --examples "$@"
 
 if [ -d "$report_dir" ]; then
