@@ -198,12 +198,16 @@ pub struct TagFilter {
     pub exclude: Vec<Regex>,
     /// Tags whose digest is re-checked every scan.
     pub mutable: Vec<String>,
+    /// Report cosign's `sha256-<hex>.sig|.att|.sbom` tags as tags (`signature_tags`); by default
+    /// they are not images and only annotate their subject.
+    pub signature_tags: bool,
 }
 
 impl TagFilter {
     /// Whether changes to `tag` are reported.
     pub fn selects(&self, tag: &str) -> bool {
-        (self.include.is_empty() || self.include.iter().any(|r| r.is_match(tag)))
+        (self.signature_tags || crate::watch::diff::cosign_subject(tag).is_none())
+            && (self.include.is_empty() || self.include.iter().any(|r| r.is_match(tag)))
             && !self.exclude.iter().any(|r| r.is_match(tag))
     }
 
@@ -312,6 +316,8 @@ pub struct RegistryConfig {
     pub webhook_token: Option<SecretString>,
     /// A docker `config.json` to take credentials from when `username`/`password` are not set.
     pub docker_config: Option<PathBuf>,
+    /// Emit `tag.matured` once a reported tag kept its digest this long (`mature_after`).
+    pub mature_after: Option<Duration>,
 }
 
 impl RegistryConfig {

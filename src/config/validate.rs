@@ -273,6 +273,7 @@ fn validate_registry(
             include: r.include_tags.into_iter().map(|t| t.0).collect(),
             exclude: r.exclude_tags.into_iter().map(|t| t.0).collect(),
             mutable: r.mutable_tags,
+            signature_tags: r.signature_tags,
         },
         interval: r.interval.map_or(daemon.interval, |d| d.0),
         rate_limit: r
@@ -284,6 +285,7 @@ fn validate_registry(
         insecure: r.insecure,
         webhook_token,
         docker_config,
+        mature_after: r.mature_after.map(|d| d.0),
     })
 }
 
