@@ -199,12 +199,18 @@ pub struct TagFilter {
     pub exclude: Vec<Regex>,
     /// Tags whose digest is re-checked every scan.
     pub mutable: Vec<String>,
+    /// Report cosign's `sha256-<hex>.sig|.att|.sbom` tags as tags (`signature_tags`); by default
+    /// they are not images and only annotate their subject.
+    pub signature_tags: bool,
+    /// `[registry.versions]` with `scheme = "semver"`; `None` for `scheme = "none"`.
+    pub versions: Option<VersionPolicy>,
 }
 
 impl TagFilter {
     /// Whether changes to `tag` are reported.
     pub fn selects(&self, tag: &str) -> bool {
-        (self.include.is_empty() || self.include.iter().any(|r| r.is_match(tag)))
+        (self.signature_tags || crate::watch::diff::cosign_subject(tag).is_none())
+            && (self.include.is_empty() || self.include.iter().any(|r| r.is_match(tag)))
             && !self.exclude.iter().any(|r| r.is_match(tag))
     }
 
@@ -313,8 +319,8 @@ pub struct RegistryConfig {
     pub webhook_token: Option<SecretString>,
     /// A docker `config.json` to take credentials from when `username`/`password` are not set.
     pub docker_config: Option<PathBuf>,
-    /// `[registry.versions]` with `scheme = "semver"`; `None` for `scheme = "none"`.
-    pub versions: Option<VersionPolicy>,
+    /// Emit `tag.matured` once a reported tag kept its digest this long (`mature_after`).
+    pub mature_after: Option<Duration>,
 }
 
 impl RegistryConfig {
@@ -701,17 +707,17 @@ url = "https://registry.example.com"
         let r = one(&format!(
             "{MINIMAL}\n[registry.versions]\nscheme = \"semver\"\nrange = \">=1.2, <2\"\nonly_newer = true\n"
         ));
-        let v = r.versions.expect("scheme semver gives a policy");
+        let v = r.tags.versions.expect("scheme semver gives a policy");
         assert_eq!(
             v.range().map(ToString::to_string).as_deref(),
             Some(">=1.2, <2")
         );
         assert!(v.only_newer() && !v.prerelease());
-        assert!(one(MINIMAL).versions.is_none(), "default scheme none");
+        assert!(one(MINIMAL).tags.versions.is_none(), "default scheme none");
         let none = one(&format!(
             "{MINIMAL}[registry.versions]\nscheme = \"none\"\n"
         ));
-        assert!(none.versions.is_none());
+        assert!(none.tags.versions.is_none());
 
         let e = parse(&format!(
             "{MINIMAL}[registry.versions]\nscheme = \"semver\"\nrange = \">=1.2, <<2\"\n"

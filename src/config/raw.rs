@@ -98,6 +98,9 @@ pub(super) struct RawRegistry {
     pub(super) exclude_tags: Vec<TagRegex>,
     #[serde(default)]
     pub(super) mutable_tags: Vec<String>,
+    #[serde(default)]
+    pub(super) signature_tags: bool,
+    pub(super) mature_after: Option<Dur>,
     pub(super) interval: Option<Dur>,
     pub(super) rate_limit: Option<NonZeroU32>,
     pub(super) concurrency: Option<usize>,

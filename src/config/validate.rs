@@ -275,6 +275,8 @@ fn validate_registry(
             include: r.include_tags.into_iter().map(|t| t.0).collect(),
             exclude: r.exclude_tags.into_iter().map(|t| t.0).collect(),
             mutable: r.mutable_tags,
+            signature_tags: r.signature_tags,
+            versions,
         },
         interval: r.interval.map_or(daemon.interval, |d| d.0),
         rate_limit: r
@@ -286,7 +288,7 @@ fn validate_registry(
         insecure: r.insecure,
         webhook_token,
         docker_config,
-        versions,
+        mature_after: r.mature_after.map(|d| d.0),
     })
 }
 

@@ -531,15 +531,18 @@ impl Scanner {
             listing[i].digest = Some(d);
         }
 
-        let outcome = diff::diff(
+        let mut outcome = diff::diff(
             previous.as_ref(),
             listing,
             &self.config.tags,
             self.emit_removed,
         );
+        diff::mature(&mut outcome, self.config.mature_after, SystemTime::now());
         if was_known
             && outcome.changes.is_empty()
-            && previous.as_ref().map(|p| &p.tags) == Some(&outcome.snapshot.tags)
+            && previous
+                .as_ref()
+                .is_some_and(|p| p.same_content(&outcome.snapshot))
         {
             return Ok(RepoOutcome {
                 events: 0,
