@@ -1,7 +1,7 @@
 //! Version awareness (`[registry.versions]`, `scheme = "semver"`): which tags are versions, which
 //! of them are reported, and how each relates to the versions known before. Pure and cheap: the
-//! diff builds one [`VersionIndex`] from the previous and the new snapshot's tag names, then asks
-//! [`VersionIndex::judge`] about each added or moved tag.
+//! diff builds one [`VersionIndex`] from the previous and the new snapshot's tag names (those the
+//! tag filter selects), then asks [`VersionIndex::judge`] about each added or moved tag.
 //!
 //! # Normalisation (lenient parsing)
 //!
@@ -58,7 +58,6 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use semver::{BuildMetadata, Prerelease, Version, VersionReq};
-use serde::Serialize;
 
 /// Identifier prefixes that make a suffix a pre-release rather than a variant.
 pub const PRERELEASE_WORDS: &[&str] = &[
@@ -222,8 +221,7 @@ fn is_prerelease_identifier(id: &str) -> bool {
 }
 
 /// How a version relates to the highest one known before, in its variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bump {
     /// A higher major version.
     Major,
@@ -239,6 +237,20 @@ pub enum Bump {
     First,
 }
 
+impl Bump {
+    /// The name in events (`data.bump`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bump::Major => "major",
+            Bump::Minor => "minor",
+            Bump::Patch => "patch",
+            Bump::Prerelease => "prerelease",
+            Bump::Older => "older",
+            Bump::First => "first",
+        }
+    }
+}
+
 /// What to do with one added or moved tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
@@ -246,8 +258,6 @@ pub struct Verdict {
     pub report: bool,
     /// The normalised version (`1.2.3-rc.1`), or `None` for a tag that is not a version.
     pub version: Option<String>,
-    /// The variant (`alpine`), or `None` when there is none or the tag is not a version.
-    pub variant: Option<String>,
     /// Relative to the highest version known before; `None` when not reported or not a version.
     pub bump: Option<Bump>,
     /// Whether it is now the highest counted version of its variant.
@@ -329,20 +339,17 @@ impl<'p> VersionIndex<'p> {
             return Verdict {
                 report,
                 version: None,
-                variant: None,
                 bump: None,
                 latest: false,
             };
         };
         let version = parsed.version.to_string();
-        let variant = (!parsed.variant.is_empty()).then(|| parsed.variant.clone());
         let mut key = parsed.version;
         key.build = BuildMetadata::EMPTY;
         if !self.policy.counts(&key) {
             return Verdict {
                 report: false,
                 version: Some(version),
-                variant,
                 bump: None,
                 latest: false,
             };
@@ -362,7 +369,6 @@ impl<'p> VersionIndex<'p> {
         Verdict {
             report,
             version: Some(version),
-            variant,
             bump: report.then_some(bump),
             latest,
         }
@@ -486,7 +492,7 @@ mod tests {
         let alpine = judge(&p, &before, "1.3.0-alpine");
         assert!(alpine.report, "above 1.2.3-alpine, though below 1.4.0");
         assert_eq!(alpine.bump, Some(Bump::Minor));
-        assert_eq!(alpine.variant.as_deref(), Some("alpine"));
+        assert_eq!(alpine.version.as_deref(), Some("1.3.0"));
         assert!(alpine.latest, "the highest -alpine, though 1.4.0 is higher");
         let plain = judge(&p, &before, "1.3.0");
         assert!(!plain.report, "below 1.4.0");
@@ -634,7 +640,6 @@ mod tests {
             Verdict {
                 report: true,
                 version: None,
-                variant: None,
                 bump: None,
                 latest: false
             }
@@ -642,7 +647,7 @@ mod tests {
     }
 
     #[test]
-    fn bump_serialises_lowercase() {
+    fn bump_names_are_the_event_values() {
         let all = [
             Bump::Major,
             Bump::Minor,
@@ -652,8 +657,8 @@ mod tests {
             Bump::First,
         ];
         assert_eq!(
-            serde_json::to_string(&all).unwrap(),
-            r#"["major","minor","patch","prerelease","older","first"]"#
+            all.map(Bump::as_str),
+            ["major", "minor", "patch", "prerelease", "older", "first"]
         );
     }
 }
