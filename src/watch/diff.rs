@@ -214,7 +214,8 @@ pub fn diff(
         snapshot.tags.insert(tag.name, digest);
     }
 
-    if let Some(policy) = &filter.versions {
+    // An idle cycle (no added or moved tag) parses no version.
+    if let Some(policy) = filter.versions.as_ref().filter(|_| !changes.is_empty()) {
         apply_versions(&mut changes, policy, prev, &snapshot, filter);
     }
     for change in &mut changes {
