@@ -254,9 +254,19 @@ mod tests {
             serde_json::from_str(&build(origin, &change, 3, SystemTime::UNIX_EPOCH).payload)
                 .unwrap();
         assert_eq!(v["type"], "io.regwatch.signature.added");
-        assert_eq!(v["data"]["image"], format!("127.0.0.1:5000/team/app@{digest}"));
+        assert_eq!(
+            v["data"]["image"],
+            format!("127.0.0.1:5000/team/app@{digest}")
+        );
         assert_eq!(v["data"]["tags"], serde_json::json!(["v1"]));
-        for absent in ["signed", "version", "bump", "latest", "platforms", "attestations"] {
+        for absent in [
+            "signed",
+            "version",
+            "bump",
+            "latest",
+            "platforms",
+            "attestations",
+        ] {
             assert!(v["data"].get(absent).is_none(), "{absent} is left out");
         }
     }
