@@ -318,6 +318,10 @@ pub struct RegistryConfig {
     pub docker_config: Option<PathBuf>,
     /// Emit `tag.matured` once a reported tag kept its digest this long (`mature_after`).
     pub mature_after: Option<Duration>,
+    /// Look up the platforms of each new digest (`platforms`, or implied by `require_platforms`).
+    pub platforms: bool,
+    /// Report only images that include all of these (`os/arch[/variant]`); empty = all.
+    pub require_platforms: Vec<String>,
 }
 
 impl RegistryConfig {
@@ -372,7 +376,8 @@ fn deserialize(text: &str) -> Result<RawConfig, ConfigError> {
         let path = e
             .path()
             .to_string()
-            .replace("$__serde_spanned_private_value.", "");
+            .replace("$__serde_spanned_private_value.", "")
+            .replace(".$__serde_spanned_private_value", "");
         let path = if path == "." { String::new() } else { path };
         toml_error(text, path, e.inner())
     })
