@@ -135,6 +135,42 @@ pub(super) struct RawRegistry {
     pub(super) client_id: Option<Expanded>,
     pub(super) client_secret: Option<Secret>,
     pub(super) client_secret_file: Option<FileSecret>,
+    // version awareness
+    pub(super) versions: Option<RawVersions>,
+}
+
+/// `[registry.versions]`: the keys as written; `validate` turns them into a `VersionPolicy`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVersions {
+    #[serde(default)]
+    pub(super) scheme: Scheme,
+    pub(super) range: Option<Spanned<Range>>,
+    pub(super) prerelease: Option<Spanned<bool>>,
+    pub(super) only_newer: Option<Spanned<bool>>,
+}
+
+/// `versions.scheme`.
+#[derive(Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Scheme {
+    #[default]
+    None,
+    Semver,
+}
+
+/// A semver requirement such as `">=1.2, <2"`, parsed at load.
+pub(super) struct Range(pub(super) semver::VersionReq);
+
+impl<'de> Deserialize<'de> for Range {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        semver::VersionReq::parse(&s).map(Range).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid version range {s:?} ({e}); use e.g. \">=1.2, <2\""
+            ))
+        })
+    }
 }
 
 /// A humantime duration such as `30s` or `5m`.

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::raw::{RawConfig, RawRegistry};
+use super::raw::{RawConfig, RawRegistry, RawVersions, Scheme};
 use super::secrets::one_secret;
 use super::{
     AcrConfig, AssumeRole, Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig,
     KafkaConfig, Kind, Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
 };
 use crate::registry::{docker_config, dockerhub, ecr, gcr, google};
+use crate::watch::versions::VersionPolicy;
 
 /// Builds the typed configuration from the raw schema, or the first problem found.
 pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError> {
@@ -261,6 +262,7 @@ fn validate_registry(
             RepoPattern::parse(&full).expect("a valid pattern stays valid with a plain prefix")
         })
         .collect();
+    let versions = version_policy(r.versions, text, &err)?;
 
     Ok(RegistryConfig {
         name: r.name,
@@ -275,6 +277,7 @@ fn validate_registry(
             exclude: r.exclude_tags.into_iter().map(|t| t.0).collect(),
             mutable: r.mutable_tags,
             signature_tags: r.signature_tags,
+            versions,
         },
         interval: r.interval.map_or(daemon.interval, |d| d.0),
         rate_limit: r
@@ -344,6 +347,37 @@ fn platforms(
                 .unwrap_or_default(),
         )),
     }
+}
+
+/// `[registry.versions]`: `None` for `scheme = "none"`, whose other keys would do nothing.
+fn version_policy(
+    raw: Option<RawVersions>,
+    text: &str,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+) -> Result<Option<VersionPolicy>, ConfigError> {
+    let Some(v) = raw else {
+        return Ok(None);
+    };
+    if v.scheme == Scheme::None {
+        let set = [
+            ("range", v.range.as_ref().map(|r| r.span())),
+            ("prerelease", v.prerelease.as_ref().map(|p| p.span())),
+            ("only_newer", v.only_newer.as_ref().map(|o| o.span())),
+        ];
+        if let Some((key, span)) = set.into_iter().find_map(|(k, s)| Some((k, s?))) {
+            return Err(err(
+                &format!("versions.{key}"),
+                line_of(text, span.start),
+                format!("{key} needs scheme = \"semver\""),
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(VersionPolicy::new(
+        v.range.map(|r| r.into_inner().0),
+        v.prerelease.is_some_and(|p| p.into_inner()),
+        v.only_newer.is_some_and(|o| o.into_inner()),
+    )))
 }
 
 /// Builds the kind-specific settings, rejecting keys that belong to another kind.
