@@ -321,6 +321,10 @@ pub struct RegistryConfig {
     pub docker_config: Option<PathBuf>,
     /// Emit `tag.matured` once a reported tag kept its digest this long (`mature_after`).
     pub mature_after: Option<Duration>,
+    /// Look up the platforms of each new digest (`platforms`, or implied by `require_platforms`).
+    pub platforms: bool,
+    /// Report only images that include all of these (`os/arch[/variant]`); empty = all.
+    pub require_platforms: Vec<String>,
 }
 
 impl RegistryConfig {

@@ -101,6 +101,9 @@ pub(super) struct RawRegistry {
     #[serde(default)]
     pub(super) signature_tags: bool,
     pub(super) mature_after: Option<Dur>,
+    pub(super) platforms: Option<Spanned<bool>>,
+    pub(super) require_platforms: Option<Spanned<Vec<PlatformName>>>,
+    pub(super) allow_pulls: Option<Spanned<bool>>,
     pub(super) interval: Option<Dur>,
     pub(super) rate_limit: Option<NonZeroU32>,
     pub(super) concurrency: Option<usize>,
@@ -231,5 +234,29 @@ impl<'de> Deserialize<'de> for Pattern {
         RepoPattern::parse(&s)
             .map(Pattern)
             .map_err(de::Error::custom)
+    }
+}
+
+/// A platform as `os/arch[/variant]` (`linux/arm64`, `linux/arm/v7`), written as registries'
+/// indexes name it: lowercase letters, digits, `.`, `_` and `-`.
+pub(super) struct PlatformName(pub(super) String);
+
+impl<'de> Deserialize<'de> for PlatformName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let parts: Vec<&str> = s.split('/').collect();
+        let valid = (2..=3).contains(&parts.len())
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
+            });
+        if !valid {
+            return Err(de::Error::custom(format!(
+                "invalid platform {s:?}; use os/arch[/variant] in lowercase, e.g. \"linux/arm64\" or \"linux/arm/v7\""
+            )));
+        }
+        Ok(PlatformName(s))
     }
 }

@@ -171,6 +171,7 @@ fn validate_registry(
     }
 
     let provider = provider(&r, kind, &url, &err, table_line)?;
+    let (platforms, require_platforms) = platforms(&r, kind, text, &err)?;
     let password = one_secret(r.password, r.password_file, "password", &err, table_line)?;
     let credentials = match (r.username, password) {
         (Some(u), Some(p)) => Some(Credentials {
@@ -289,7 +290,63 @@ fn validate_registry(
         webhook_token,
         docker_config,
         mature_after: r.mature_after.map(|d| d.0),
+        platforms,
+        require_platforms,
     })
+}
+
+/// `platforms`, `require_platforms` and `allow_pulls`: whether to look platforms up, and which are
+/// required. Reading them costs a manifest GET per new digest, which Docker Hub counts as a pull.
+fn platforms(
+    r: &RawRegistry,
+    kind: Kind,
+    text: &str,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+) -> Result<(bool, Vec<String>), ConfigError> {
+    let line = |span: std::ops::Range<usize>| line_of(text, span.start);
+    let asked = r.platforms.as_ref().filter(|p| *p.get_ref());
+    let required = r
+        .require_platforms
+        .as_ref()
+        .filter(|p| !p.get_ref().is_empty());
+    // The key that turned the lookup on, for errors.
+    let on = match (asked, required) {
+        (Some(p), _) => Some(("platforms", line(p.span()))),
+        (None, Some(p)) => Some(("require_platforms", line(p.span()))),
+        (None, None) => None,
+    };
+    let allowed = r.allow_pulls.as_ref().is_some_and(|a| *a.get_ref());
+    if let Some(a) = &r.allow_pulls
+        && kind != Kind::Dockerhub
+    {
+        return Err(err(
+            "allow_pulls",
+            line(a.span()),
+            "allow_pulls applies only to kind = \"dockerhub\", where a manifest GET counts as a pull".into(),
+        ));
+    }
+    match (on, kind) {
+        (Some((key, line)), Kind::Dockerhub) if !allowed => Err(err(
+            key,
+            line,
+            format!(
+                "{key} GETs the manifest of every new digest, and on Docker Hub a manifest GET counts as a pull against the account's pull rate limit; set allow_pulls = true to accept that (one pull per new multi-platform digest, two for a single-platform image)"
+            ),
+        )),
+        (Some((key, line)), Kind::Ecr) => Err(err(
+            key,
+            line,
+            format!(
+                "{key} is not available for kind = \"ecr\": regwatch reads ECR through DescribeImages, which does not return platforms (it would take BatchGetImage per digest, plus a layer download through S3 for single-platform images)"
+            ),
+        )),
+        _ => Ok((
+            on.is_some(),
+            required
+                .map(|p| p.get_ref().iter().map(|n| n.0.clone()).collect())
+                .unwrap_or_default(),
+        )),
+    }
 }
 
 /// `[registry.versions]`: `None` for `scheme = "none"`, whose other keys would do nothing.

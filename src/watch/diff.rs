@@ -325,6 +325,54 @@ fn cosign_change(tag: &str, prev: &Snapshot, snapshot: &Snapshot) -> Option<Chan
     })
 }
 
+/// The digests of `outcome`'s `Added` and `Updated` changes whose platforms are not known yet,
+/// each once, with a tag pointing at it: what `platforms = true` must look up.
+pub fn needs_platforms(outcome: &Diff) -> Vec<(String, String)> {
+    let mut wanted: BTreeMap<&str, &str> = BTreeMap::new();
+    for change in &outcome.changes {
+        if let (ChangeKind::Added | ChangeKind::Updated, Some(digest)) =
+            (change.kind, &change.digest)
+            && !outcome.snapshot.platforms.contains_key(digest)
+        {
+            wanted.entry(digest).or_insert(&change.tag);
+        }
+    }
+    wanted
+        .into_iter()
+        .map(|(d, t)| (d.to_owned(), t.to_owned()))
+        .collect()
+}
+
+/// Sets `platforms` on `outcome`'s `Added` and `Updated` changes from the snapshot's platforms,
+/// and on an update `platforms_added` (what the new digest has beyond the previous one, when
+/// `previous` knew the latter's). With `require` set, drops the changes whose image lacks one of
+/// them; the snapshot still records the tag, so a later re-push that has them is an update.
+pub fn annotate_platforms(outcome: &mut Diff, previous: Option<&Snapshot>, require: &[String]) {
+    let known = &outcome.snapshot.platforms;
+    outcome.changes.retain_mut(|change| {
+        if !matches!(change.kind, ChangeKind::Added | ChangeKind::Updated) {
+            return true;
+        }
+        let platforms = change.digest.as_ref().and_then(|d| known.get(d));
+        if change.kind == ChangeKind::Updated {
+            let before = change
+                .previous_digest
+                .as_ref()
+                .and_then(|d| previous?.platforms.get(d));
+            change.details.platforms_added = platforms.zip(before).map(|(now, before)| {
+                now.iter()
+                    .filter(|p| !before.contains(p))
+                    .cloned()
+                    .collect()
+            });
+        }
+        change.details.platforms = platforms.cloned();
+        require
+            .iter()
+            .all(|r| platforms.is_some_and(|p| p.contains(r)))
+    });
+}
+
 /// Keeps the maturity deadlines of `outcome` (`mature_after`, `None` = off): every reported
 /// `Added` or `Updated` change with a digest starts one at `now`; a deadline whose tag moved or
 /// vanished is dropped; one that passed, with the tag still on its digest, becomes a `Matured`
@@ -646,6 +694,65 @@ mod tests {
         assert_eq!(
             kinds(&d),
             vec![(ChangeKind::Added, sig(D1, "sig").as_str())]
+        );
+    }
+
+    #[test]
+    fn platforms_annotate_changes_and_required_ones_filter_them() {
+        let arm = |extra: &[&str]| -> Vec<String> {
+            ["linux/amd64", "linux/arm64"]
+                .iter()
+                .chain(extra)
+                .map(|p| p.to_string())
+                .collect()
+        };
+        let mut prev = snap(&[("multi", Some(D1)), ("amd", Some(D2))]);
+        prev.platforms.insert(D1.into(), arm(&[]));
+        let d3 = format!("sha256:{}", "3".repeat(64));
+        let d4 = format!("sha256:{}", "4".repeat(64));
+        let listing = vec![
+            tag("multi", Some(&d3)),
+            tag("amd", Some(&d4)),
+            tag("again", Some(&d3)),
+        ];
+        let mut d = diff(Some(&prev), listing, &all(), false);
+        assert_eq!(
+            needs_platforms(&d),
+            vec![(d3.clone(), "again".into()), (d4.clone(), "amd".into())],
+            "each unknown digest once"
+        );
+        d.snapshot
+            .platforms
+            .insert(d3.clone(), arm(&["linux/arm/v7"]));
+        d.snapshot
+            .platforms
+            .insert(d4.clone(), vec!["linux/amd64".into()]);
+        assert!(needs_platforms(&d).is_empty());
+        let mut required = Diff {
+            snapshot: d.snapshot.clone(),
+            changes: d.changes.clone(),
+        };
+        annotate_platforms(&mut d, Some(&prev), &[]);
+        let multi = d.changes.iter().find(|c| c.tag == "multi").unwrap();
+        assert_eq!(multi.details.platforms, Some(arm(&["linux/arm/v7"])));
+        assert_eq!(
+            multi.details.platforms_added,
+            Some(vec!["linux/arm/v7".to_string()])
+        );
+        let amd = d.changes.iter().find(|c| c.tag == "amd").unwrap();
+        assert_eq!(
+            amd.details.platforms_added, None,
+            "D2's platforms were never looked up"
+        );
+        annotate_platforms(&mut required, Some(&prev), &["linux/arm64".into()]);
+        assert_eq!(
+            kinds(&required),
+            vec![(ChangeKind::Added, "again"), (ChangeKind::Updated, "multi")]
+        );
+        assert_eq!(
+            required.snapshot.tags.get("amd"),
+            Some(&Some(d4)),
+            "remembered"
         );
     }
 
