@@ -352,3 +352,41 @@ async fn a_manifest_that_is_not_its_digest_fails_the_scan_and_nothing_is_reporte
         json!(["linux/amd64", "linux/arm64"])
     );
 }
+
+/// Docker Hub counts a manifest GET as a pull whatever `kind` the entry says: its registry API is a
+/// plain Distribution API, so `kind = "oci"` with a Hub URL watches it too. `platforms` there must
+/// need `allow_pulls` as well, and `allow_pulls` must then be accepted.
+#[test]
+fn docker_hub_as_kind_oci_needs_allow_pulls_too() {
+    for url in ["https://registry-1.docker.io", "https://index.docker.io"] {
+        let hub = format!(
+            "[[registry]]\nname = \"hub\"\nkind = \"oci\"\nurl = \"{url}\"\nrepositories = [\"library/nginx\"]\n"
+        );
+        // Parsed only, never `check`ed: that would go out to the Hub.
+        for (key, value) in [
+            ("platforms", "true"),
+            ("require_platforms", "[\"linux/arm64\"]"),
+        ] {
+            let e = regwatch::config::parse(&format!("{hub}{key} = {value}\n"))
+                .err()
+                .unwrap_or_else(|| panic!("{url} {key}: accepted without allow_pulls"));
+            assert_eq!(
+                (e.path.as_str(), e.line),
+                (format!("registry[0].{key}").as_str(), Some(6)),
+                "{e}"
+            );
+            assert!(
+                e.message.contains("counts as a pull") && e.message.contains("allow_pulls = true"),
+                "{url} {key}: {e}"
+            );
+        }
+        let text = format!("{hub}platforms = true\nallow_pulls = true\n");
+        let config = regwatch::config::parse(&text).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(config.registries[0].platforms);
+    }
+    report(
+        "kind = oci on a Docker Hub URL: platforms without allow_pulls at load",
+        "exit 2",
+        "exit 2",
+    );
+}
