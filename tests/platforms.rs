@@ -390,3 +390,78 @@ fn docker_hub_as_kind_oci_needs_allow_pulls_too() {
         "exit 2",
     );
 }
+
+/// A digest's content never changes, so content that is served intact (it hashes to its digest)
+/// but cannot be read for platforms will be the same on every retry. It must not fail the
+/// repository's scan forever (every other new image of the repository unreported, and every
+/// cycle re-fetching them, each a pull on Docker Hub): such an image has no platforms we can
+/// name, like an artifact, and is looked up once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_image_config_does_not_stall_the_repository() {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v0").await;
+    let (wire, host) = proxy::start(&registry.url()).await;
+    let setup = Setup::new("", &oci_block(&host, "platforms = true"));
+    assert!(once(&setup).is_empty(), "baseline");
+
+    // OCI image-spec config.md: the config of media type application/vnd.oci.image.config.v1+json
+    // is JSON; the registry stores blobs as opaque bytes and checks none of it.
+    let odd = registry
+        .push_with_config(
+            "team/app",
+            "odd",
+            "application/vnd.oci.image.config.v1+json",
+            b"\x00not json",
+        )
+        .await;
+    // A config past what a lookup reads (4 MiB): refused unread, by its descriptor's size.
+    let big_config = format!(
+        r#"{{"architecture":"arm64","os":"linux","comment":"{}"}}"#,
+        "x".repeat(5 * 1024 * 1024)
+    );
+    let big = registry
+        .push_with_config(
+            "team/app",
+            "big",
+            "application/vnd.oci.image.config.v1+json",
+            big_config.as_bytes(),
+        )
+        .await;
+    let multi = registry
+        .push_index("team/app", "multi", &["linux/amd64", "linux/arm64"], true)
+        .await;
+
+    let mark = seen(&wire);
+    let (code, out, err) = setup.regwatch(&["once"]);
+    let events = json_lines(&out);
+    report(
+        "platforms: events of a cycle with an unreadable and an oversized image config among 3 new images",
+        events.len(),
+        "3",
+    );
+    assert_eq!(code, 0, "{err}");
+    let by_tag = |tag: &str| {
+        events
+            .iter()
+            .find(|e| e["data"]["tag"] == tag)
+            .unwrap_or_else(|| panic!("no event for {tag}: {events:?}"))
+    };
+    assert_eq!(by_tag("multi")["data"]["digest"], multi.as_str());
+    assert_eq!(
+        by_tag("multi")["data"]["platforms"],
+        json!(["linux/amd64", "linux/arm64"])
+    );
+    assert_eq!(by_tag("odd")["data"]["digest"], odd.as_str());
+    assert_eq!(by_tag("odd")["data"]["platforms"], json!([]));
+    assert_eq!(by_tag("big")["data"]["digest"], big.as_str());
+    assert_eq!(by_tag("big")["data"]["platforms"], json!([]));
+    assert_eq!(events.len(), 3, "{events:?}");
+    // Three manifests; one config blob (odd's); the oversized one is never downloaded.
+    assert_eq!(gets(&wire, mark), (3, 1));
+    assert_schema_valid(&events);
+
+    // Looked up once: the next cycle asks nothing again.
+    let mark = seen(&wire);
+    assert!(once(&setup).is_empty());
+    assert_eq!(gets(&wire, mark), (0, 0));
+}

@@ -82,6 +82,9 @@ struct ConfigDescriptor {
     #[serde(default)]
     media_type: Option<String>,
     digest: String,
+    /// The blob's size in bytes, which the (verified) manifest vouches for.
+    #[serde(default)]
+    size: Option<u64>,
 }
 
 /// An index entry's `platform`, or the same fields at the top of an image config.
@@ -115,8 +118,8 @@ impl Platform {
 enum Platforms {
     /// An index or manifest list names them.
     Listed(Vec<String>),
-    /// A single image: in its config blob, at this digest.
-    InConfig(String),
+    /// A single image: in its config blob, at this digest, of this size if the manifest says.
+    InConfig(String, Option<u64>),
     /// Neither (an artifact, not an image).
     None,
 }
@@ -136,7 +139,7 @@ fn manifest_platforms(body: &[u8]) -> Result<Platforms, serde_json::Error> {
                 .as_deref()
                 .is_none_or(|t| IMAGE_CONFIG_TYPES.contains(&t)) =>
         {
-            Platforms::InConfig(c.digest)
+            Platforms::InConfig(c.digest, c.size)
         }
         (None, _) => Platforms::None,
     })
@@ -502,18 +505,27 @@ impl Registry for OciRegistry {
         let body = self
             .get_by_digest(repo, "manifests", digest, Some(MANIFEST_ACCEPT))
             .await?;
-        let invalid = |what: &str, e: serde_json::Error| {
-            RegistryError::Protocol(format!("invalid {what} JSON for {repo}@{digest}: {e}"))
+        // Content that hashed to its digest is the same on every retry: when it names no platform
+        // we can read, the image has none we can report (like an artifact), rather than failing
+        // the repository's scan on every cycle.
+        let unreadable = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::warn!(repository = %repo, %digest, error = %e, "{what} names no readable platform; reported with none");
+            Vec::new()
         };
-        let mut names = match manifest_platforms(&body).map_err(|e| invalid("manifest", e))? {
-            Platforms::Listed(names) => names,
-            Platforms::InConfig(config) => {
-                let body = self.get_by_digest(repo, "blobs", &config, None).await?;
-                let platform: Platform =
-                    serde_json::from_slice(&body).map_err(|e| invalid("image config", e))?;
-                platform.name().into_iter().collect()
+        let mut names = match manifest_platforms(&body) {
+            Err(e) => unreadable("manifest", &e),
+            Ok(Platforms::Listed(names)) => names,
+            Ok(Platforms::InConfig(_, Some(size))) if size > MANIFEST_CAP as u64 => {
+                unreadable("image config", &format!("{size} bytes, over {MANIFEST_CAP}"))
             }
-            Platforms::None => Vec::new(),
+            Ok(Platforms::InConfig(config, _)) => {
+                let body = self.get_by_digest(repo, "blobs", &config, None).await?;
+                match serde_json::from_slice::<Platform>(&body) {
+                    Ok(platform) => platform.name().into_iter().collect(),
+                    Err(e) => unreadable("image config", &e),
+                }
+            }
+            Ok(Platforms::None) => Vec::new(),
         };
         names.sort_unstable();
         names.dedup();
@@ -613,7 +625,7 @@ mod tests {
         let image = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:cfg","size":1},"layers":[]}"#;
         assert_eq!(
             manifest_platforms(image).unwrap(),
-            Platforms::InConfig("sha256:cfg".into())
+            Platforms::InConfig("sha256:cfg".into(), Some(1))
         );
         let chart = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"sha256:cfg","size":1},"layers":[]}"#;
         assert_eq!(manifest_platforms(chart).unwrap(), Platforms::None);
