@@ -465,3 +465,48 @@ async fn an_unreadable_image_config_does_not_stall_the_repository() {
     assert!(once(&setup).is_empty());
     assert_eq!(gets(&wire, mark), (0, 0));
 }
+
+/// `require_platforms` reports only images that include them (issue 12 §5), and a
+/// `signature.added` is for an image that was reported before (§2). A signature arriving for an
+/// image that was dropped for lacking a required platform announces an image the consumer was
+/// never told of, and that does not run on its platform.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signature_for_an_image_dropped_by_require_platforms_is_not_reported() {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v0").await;
+    let (_wire, host) = proxy::start(&registry.url()).await;
+    let setup = Setup::new(
+        "",
+        &oci_block(&host, "require_platforms = [\"linux/arm64\"]"),
+    );
+    assert!(once(&setup).is_empty(), "baseline");
+
+    let amd = registry.push("team/app", "v1").await;
+    assert!(once(&setup).is_empty(), "amd64 only: dropped");
+
+    // cosign's tag scheme: sha256-<hex>.sig names the signed digest.
+    let sig = format!("{}.sig", amd.replace(':', "-"));
+    registry.push("team/app", &sig).await;
+    let events = once(&setup);
+    report(
+        "require_platforms linux/arm64: signature.added for a dropped amd64-only image",
+        events.len(),
+        "0",
+    );
+    assert!(events.is_empty(), "{events:?}");
+
+    // An image that has the platform still gets its signature reported.
+    let multi = registry
+        .push_index("team/app", "v2", &["linux/amd64", "linux/arm64"], true)
+        .await;
+    let events = once(&setup);
+    assert_eq!(events.len(), 1, "{events:?}");
+    registry
+        .push("team/app", &format!("{}.sig", multi.replace(':', "-")))
+        .await;
+    let events = once(&setup);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "io.regwatch.signature.added");
+    assert_eq!(events[0]["data"]["digest"], multi.as_str());
+    assert_schema_valid(&events);
+}

@@ -346,10 +346,19 @@ pub fn needs_platforms(outcome: &Diff) -> Vec<(String, String)> {
 /// Sets `platforms` on `outcome`'s `Added` and `Updated` changes from the snapshot's platforms,
 /// and on an update `platforms_added` (what the new digest has beyond the previous one, when
 /// `previous` knew the latter's). With `require` set, drops the changes whose image lacks one of
-/// them; the snapshot still records the tag, so a later re-push that has them is an update.
+/// them; the snapshot still records the tag, so a later re-push that has them is an update. A
+/// signature or attestation of an image known to lack them is dropped too: that image was never
+/// reported.
 pub fn annotate_platforms(outcome: &mut Diff, previous: Option<&Snapshot>, require: &[String]) {
     let known = &outcome.snapshot.platforms;
     outcome.changes.retain_mut(|change| {
+        if matches!(
+            change.kind,
+            ChangeKind::SignatureAdded | ChangeKind::AttestationAdded
+        ) {
+            let subject = change.digest.as_ref().and_then(|d| known.get(d));
+            return subject.is_none_or(|p| require.iter().all(|r| p.contains(r)));
+        }
         if !matches!(change.kind, ChangeKind::Added | ChangeKind::Updated) {
             return true;
         }
