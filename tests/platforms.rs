@@ -510,3 +510,78 @@ async fn a_signature_for_an_image_dropped_by_require_platforms_is_not_reported()
     assert_eq!(events[0]["data"]["digest"], multi.as_str());
     assert_schema_valid(&events);
 }
+
+/// An index names its platforms as it likes (OCI image-index.md: `architecture`, `os` and
+/// `variant` are free strings), up to the 4 MiB a manifest may have. Whatever it names, the event
+/// must stay deliverable: librdkafka refuses a message over `message.max.bytes` (1,000,000 bytes
+/// by default) at enqueue, and an undeliverable event at the head of the outbox holds back every
+/// event behind it, of every registry.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_naming_thousands_of_platforms_gives_a_deliverable_event() {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v0").await;
+    // Real children to point at.
+    let real = registry
+        .push_index("team/app", "v0-multi", &["linux/amd64", "linux/arm64"], true)
+        .await;
+    let (_wire, host) = proxy::start(&registry.url()).await;
+    let setup = Setup::new("", &oci_block(&host, "platforms = true"));
+    assert!(once(&setup).is_empty(), "baseline");
+
+    let index: Value = serde_json::from_slice(
+        &reqwest::Client::new()
+            .get(format!("{}/v2/team/app/manifests/{real}", registry.url()))
+            .header("accept", "application/vnd.oci.image.index.v1+json")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let mut entries = index["manifests"].as_array().unwrap().clone();
+    let child = entries[0].clone();
+    for i in 0..8000 {
+        let mut e = child.clone();
+        e["platform"] = json!({
+            "os": "linux",
+            "architecture": format!("z{i:05}{}", "a".repeat(54)),
+            "variant": "v".repeat(64),
+        });
+        entries.push(e);
+    }
+    let body = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    })
+    .to_string();
+    assert!(body.len() < 4 * 1024 * 1024, "{}", body.len());
+    let digest = registry
+        .put_raw_manifest(
+            "team/app",
+            "wide",
+            "application/vnd.oci.image.index.v1+json",
+            &body,
+        )
+        .await;
+
+    let (code, out, err) = setup.regwatch(&["once"]);
+    assert_eq!(code, 0, "{err}");
+    let longest = out.lines().map(str::len).max().unwrap_or(0);
+    report(
+        "platforms: largest event for an index naming 8000 platforms (bytes)",
+        longest,
+        "< 1000000 (Kafka's default message.max.bytes)",
+    );
+    assert!(longest < 1_000_000, "an event of {longest} bytes");
+    let events = json_lines(&out);
+    assert_eq!(events.len(), 1, "{err}");
+    assert_eq!(events[0]["data"]["digest"], digest.as_str());
+    let platforms = events[0]["data"]["platforms"].as_array().unwrap();
+    assert!(
+        platforms.contains(&json!("linux/amd64")) && platforms.contains(&json!("linux/arm64")),
+        "{platforms:?}"
+    );
+}

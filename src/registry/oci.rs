@@ -98,12 +98,32 @@ struct Platform {
     variant: Option<String>,
 }
 
+/// The most platforms one image reports, and the longest `os`, `architecture` or `variant`
+/// read. Real ones are Go's `GOOS`/`GOARCH` names and `v7`-style variants, a few dozen at most;
+/// past these bounds an index (up to 4 MiB of free strings) could make an event larger than a
+/// Kafka message may be (1 MB by default), which would hold back the whole outbox.
+const MAX_PLATFORMS: usize = 64;
+const MAX_PLATFORM_PART: usize = 64;
+
 impl Platform {
-    /// `os/arch[/variant]`; `None` for buildx's attestation manifests (`unknown/unknown`) and
-    /// configs that name no platform.
+    /// `os/arch[/variant]`; `None` for buildx's attestation manifests (`unknown/unknown`),
+    /// configs that name no platform, and names no platform has (a part too long, or with
+    /// characters other than ASCII letters, digits, `.`, `_` and `-`).
     fn name(&self) -> Option<String> {
         let (os, arch) = (self.os.as_str(), self.architecture.as_str());
         if os.is_empty() || arch.is_empty() || (os, arch) == ("unknown", "unknown") {
+            return None;
+        }
+        let plausible = |part: &str| {
+            part.len() <= MAX_PLATFORM_PART
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if !plausible(os)
+            || !plausible(arch)
+            || !self.variant.as_deref().is_none_or(plausible)
+        {
             return None;
         }
         Some(match self.variant.as_deref().filter(|v| !v.is_empty()) {
@@ -529,6 +549,10 @@ impl Registry for OciRegistry {
         };
         names.sort_unstable();
         names.dedup();
+        if names.len() > MAX_PLATFORMS {
+            tracing::warn!(repository = %repo, %digest, platforms = names.len(), "image names more platforms than {MAX_PLATFORMS}; reporting the first {MAX_PLATFORMS}");
+            names.truncate(MAX_PLATFORMS);
+        }
         Ok(names)
     }
 
@@ -634,6 +658,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.name().as_deref(), Some("linux/arm64/v8"));
+        let odd = |os: &str, arch: &str| Platform {
+            os: os.into(),
+            architecture: arch.into(),
+            variant: None,
+        };
+        assert_eq!(odd("linux", &"a".repeat(65)).name(), None, "too long");
+        assert_eq!(odd("linux", "amd64\n").name(), None, "not a name");
+        assert_eq!(odd("linux", "ppc64le").name().as_deref(), Some("linux/ppc64le"));
     }
 
     #[test]

@@ -429,6 +429,18 @@ impl Registry {
         self.put_manifest(&client, repo, tag, manifest_type, &manifest)
             .await
     }
+
+    /// Puts `body` as manifest `repo:tag` of `media_type` as is; returns its digest.
+    pub async fn put_raw_manifest(
+        &self,
+        repo: &str,
+        tag: &str,
+        media_type: &str,
+        body: &str,
+    ) -> String {
+        self.put_manifest(&reqwest::Client::new(), repo, tag, media_type, body)
+            .await
+    }
 }
 
 impl Drop for Registry {
