@@ -585,3 +585,56 @@ async fn an_index_naming_thousands_of_platforms_gives_a_deliverable_event() {
         "{platforms:?}"
     );
 }
+
+/// Issue 12 §5: the index is GET once per new digest, "never repeated for a known digest". When
+/// one lookup of a cycle fails, the cycle reports nothing, but the platforms it did read are
+/// known: the next cycle must not GET them again (on Docker Hub each GET is a pull, and a failing
+/// lookup is often the pull limit itself).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_lookup_keeps_the_platforms_the_cycle_did_read() {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v0").await;
+    let (wire, host) = proxy::start(&registry.url()).await;
+    let setup = Setup::new("", &oci_block(&host, "platforms = true\nconcurrency = 4"));
+    assert!(once(&setup).is_empty(), "baseline");
+
+    let a = registry
+        .push_index("team/app", "a", &["linux/amd64", "linux/arm64"], true)
+        .await;
+    let c = registry
+        .push_index("team/app", "c", &["linux/amd64", "linux/s390x"], true)
+        .await;
+    let manifest_gets = |digest: &str, from: usize| {
+        wire.log.lock().unwrap()[from..]
+            .iter()
+            .filter(|s| s.method == "GET" && s.path.ends_with(&format!("/manifests/{digest}")))
+            .count()
+    };
+    *wire.path_fault.lock().unwrap() = Some((format!("/manifests/{c}"), Fault::Error500));
+    let mark = seen(&wire);
+    let (code, out, err) = setup.regwatch(&["once"]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(manifest_gets(&a, mark), 1, "a was read in the failed cycle");
+
+    *wire.path_fault.lock().unwrap() = None;
+    let mark = seen(&wire);
+    let events = once(&setup);
+    assert_eq!(events.len(), 2, "{events:?}");
+    for (tag, digest, platforms) in [
+        ("a", &a, json!(["linux/amd64", "linux/arm64"])),
+        ("c", &c, json!(["linux/amd64", "linux/s390x"])),
+    ] {
+        let e = events.iter().find(|e| e["data"]["tag"] == tag).unwrap();
+        assert_eq!(e["data"]["digest"], digest.as_str());
+        assert_eq!(e["data"]["platforms"], platforms);
+    }
+    let again = manifest_gets(&a, mark);
+    report(
+        "platforms: GETs of a digest read in a cycle whose other lookup failed, next cycle",
+        again,
+        "0",
+    );
+    assert_eq!(again, 0, "a's index was fetched again");
+    assert_eq!(manifest_gets(&c, mark), 1);
+    assert_schema_valid(&events);
+}

@@ -48,6 +48,8 @@ pub struct ProxyState {
     pub first_request_fault: Mutex<Option<Fault>>,
     /// Every request seen.
     pub log: Mutex<Vec<Seen>>,
+    /// A fault for every request whose path ends with this text, until cleared.
+    pub path_fault: Mutex<Option<(String, Fault)>>,
     /// Faults injected.
     pub injected: AtomicUsize,
 }
@@ -59,6 +61,11 @@ impl ProxyState {
     }
 
     fn pick(&self, path: &str) -> Option<Fault> {
+        if let Some((end, f)) = &*self.path_fault.lock().unwrap()
+            && path.ends_with(end.as_str())
+        {
+            return Some(*f);
+        }
         if let Some(f) = *self.first_request_fault.lock().unwrap()
             && !self.log.lock().unwrap().iter().any(|s| s.path == path)
         {
@@ -154,6 +161,7 @@ pub async fn start(upstream: &str) -> (Arc<ProxyState>, String) {
         chaos: Mutex::new((0.0, Vec::new())),
         first_request_fault: Mutex::new(None),
         log: Mutex::new(Vec::new()),
+        path_fault: Mutex::new(None),
         injected: AtomicUsize::new(0),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
