@@ -522,7 +522,12 @@ async fn an_index_naming_thousands_of_platforms_gives_a_deliverable_event() {
     registry.push("team/app", "v0").await;
     // Real children to point at.
     let real = registry
-        .push_index("team/app", "v0-multi", &["linux/amd64", "linux/arm64"], true)
+        .push_index(
+            "team/app",
+            "v0-multi",
+            &["linux/amd64", "linux/arm64"],
+            true,
+        )
         .await;
     let (_wire, host) = proxy::start(&registry.url()).await;
     let setup = Setup::new("", &oci_block(&host, "platforms = true"));
@@ -636,5 +641,56 @@ async fn a_failed_lookup_keeps_the_platforms_the_cycle_did_read() {
     );
     assert_eq!(again, 0, "a's index was fetched again");
     assert_eq!(manifest_gets(&c, mark), 1);
+    assert_schema_valid(&events);
+}
+
+/// Issue 12 §3 and §5 together: `tag.matured` follows a *reported* tag, so an image dropped by
+/// `require_platforms` never matures, and cosign tags are never looked up (§2: they are not
+/// images).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_image_never_matures_and_cosign_tags_are_not_looked_up() {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v0").await;
+    let (wire, host) = proxy::start(&registry.url()).await;
+    let setup = Setup::new(
+        "",
+        &oci_block(
+            &host,
+            "require_platforms = [\"linux/arm64\"]\nmature_after = \"1s\"",
+        ),
+    );
+    assert!(once(&setup).is_empty(), "baseline");
+    let amd = registry.push("team/app", "amd").await;
+    let multi = registry
+        .push_index("team/app", "multi", &["linux/amd64", "linux/arm64"], true)
+        .await;
+    let sig = registry
+        .push("team/app", &format!("{}.sig", amd.replace(':', "-")))
+        .await;
+    let mark = seen(&wire);
+    let events = once(&setup);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["digest"], multi.as_str());
+    let looked_up = |digest: &str| {
+        wire.log.lock().unwrap()[mark..]
+            .iter()
+            .any(|s| s.method == "GET" && s.path.ends_with(&format!("/manifests/{digest}")))
+    };
+    assert!(!looked_up(&sig), "a cosign tag's manifest was fetched");
+    assert!(looked_up(&amd) && looked_up(&multi));
+
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let events = once(&setup);
+    let matured: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "io.regwatch.tag.matured")
+        .filter_map(|e| e["data"]["tag"].as_str())
+        .collect();
+    report(
+        "require_platforms + mature_after: tag.matured for a dropped image",
+        matured.iter().filter(|t| **t == "amd").count(),
+        "0",
+    );
+    assert_eq!(matured, vec!["multi"], "{events:?}");
     assert_schema_valid(&events);
 }

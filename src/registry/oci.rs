@@ -120,10 +120,7 @@ impl Platform {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         };
-        if !plausible(os)
-            || !plausible(arch)
-            || !self.variant.as_deref().is_none_or(plausible)
-        {
+        if !plausible(os) || !plausible(arch) || !self.variant.as_deref().is_none_or(plausible) {
             return None;
         }
         Some(match self.variant.as_deref().filter(|v| !v.is_empty()) {
@@ -535,9 +532,10 @@ impl Registry for OciRegistry {
         let mut names = match manifest_platforms(&body) {
             Err(e) => unreadable("manifest", &e),
             Ok(Platforms::Listed(names)) => names,
-            Ok(Platforms::InConfig(_, Some(size))) if size > MANIFEST_CAP as u64 => {
-                unreadable("image config", &format!("{size} bytes, over {MANIFEST_CAP}"))
-            }
+            Ok(Platforms::InConfig(_, Some(size))) if size > MANIFEST_CAP as u64 => unreadable(
+                "image config",
+                &format!("{size} bytes, over {MANIFEST_CAP}"),
+            ),
             Ok(Platforms::InConfig(config, _)) => {
                 let body = self.get_by_digest(repo, "blobs", &config, None).await?;
                 match serde_json::from_slice::<Platform>(&body) {
@@ -665,7 +663,10 @@ mod tests {
         };
         assert_eq!(odd("linux", &"a".repeat(65)).name(), None, "too long");
         assert_eq!(odd("linux", "amd64\n").name(), None, "not a name");
-        assert_eq!(odd("linux", "ppc64le").name().as_deref(), Some("linux/ppc64le"));
+        assert_eq!(
+            odd("linux", "ppc64le").name().as_deref(),
+            Some("linux/ppc64le")
+        );
     }
 
     #[test]
