@@ -694,3 +694,96 @@ async fn a_dropped_image_never_matures_and_cosign_tags_are_not_looked_up() {
     assert_eq!(matured, vec!["multi"], "{events:?}");
     assert_schema_valid(&events);
 }
+
+/// Registries answer blob GETs with a redirect to object storage or a CDN (distribution's
+/// `storage.redirect`, Docker Hub's Cloudflare URLs): a presigned URL on another origin. The
+/// registry's credentials must not follow it; S3 itself refuses a request that carries both an
+/// `Authorization` header and a presigned query ("Only one auth mechanism allowed").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_blob_redirected_to_another_origin_gets_no_credentials() {
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    use std::sync::Mutex;
+
+    let tokens = TokenServer::start(&[("ci", "ci-secret")], Style::Docker).await;
+    let registry = Registry::start(Auth::Token {
+        realm: tokens.realm(),
+        cert: tokens.cert_path.clone(),
+    });
+    registry.push("team/app", "v0").await;
+    let (wire, host) = proxy::start(&registry.url()).await;
+
+    // The object store: serves blobs by digest, refusing any request with an Authorization header.
+    let config =
+        br#"{"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = format!("sha256:{}", hex::encode(sha2_digest(config)));
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let store = {
+        let seen = seen.clone();
+        let digest = config_digest.clone();
+        axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
+            let auth = headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_owned());
+            seen.lock().unwrap().push(auth.clone());
+            let found = uri.path().ends_with(&digest);
+            async move {
+                match (auth, found) {
+                    (Some(_), _) => (
+                        StatusCode::BAD_REQUEST,
+                        b"Only one auth mechanism allowed".to_vec(),
+                    ),
+                    (None, true) => (StatusCode::OK, config.to_vec()),
+                    (None, false) => (StatusCode::NOT_FOUND, b"NoSuchKey".to_vec()),
+                }
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let store_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, store).await.unwrap() });
+
+    let setup = Setup::new(
+        "",
+        &format!(
+            "{}username = \"ci\"\npassword = \"ci-secret\"\n",
+            oci_block(&host, "platforms = true")
+        ),
+    );
+    assert!(once(&setup).is_empty(), "baseline");
+    let digest = registry
+        .push_with_config(
+            "team/app",
+            "v1",
+            "application/vnd.oci.image.config.v1+json",
+            config,
+        )
+        .await;
+    *wire.redirect_blobs.lock().unwrap() = Some(store_url);
+    let events = once(&setup);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["digest"], digest.as_str());
+    assert_eq!(events[0]["data"]["platforms"], json!(["linux/arm64"]));
+    let authorized_blob_gets = wire
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.path.contains("/blobs/") && s.authorized)
+        .count();
+    assert_eq!(
+        authorized_blob_gets, 1,
+        "the registry's own blob GET carries the token"
+    );
+    let seen = seen.lock().unwrap().clone();
+    report(
+        "platforms: Authorization headers sent to a blob redirect on another origin",
+        seen.iter().filter(|a| a.is_some()).count(),
+        "0",
+    );
+    assert_eq!(seen, vec![None], "the object store saw {seen:?}");
+}
+
+fn sha2_digest(data: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).to_vec()
+}
