@@ -679,6 +679,9 @@ mod tests {
             &sha256.to_uppercase().replace("SHA256", "sha256")
         ));
         assert!(!matches_digest(b"{ }", sha256));
+        let sha512 = "sha512:27c74670adb75075fad058d5ceaf7b20c4e7786c83bae8a32f626f9782af34c9a33c2046ef60fd2a7878d378e29fec851806bbd9a67878f3a9f1cda4830763fd";
+        assert!(matches_digest(body, sha512));
+        assert!(!matches_digest(b"{ }", sha512));
         assert!(!matches_digest(
             body,
             "md5:99914b932bd37a50b983c5e7c90ae93b"
