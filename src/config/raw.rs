@@ -129,6 +129,8 @@ pub(super) struct RawRegistry {
     pub(super) client_id: Option<Expanded>,
     pub(super) client_secret: Option<Secret>,
     pub(super) client_secret_file: Option<FileSecret>,
+    // dockerhub
+    pub(super) hub_api_url: Option<Spanned<String>>,
 }
 
 /// A humantime duration such as `30s` or `5m`.
