@@ -154,6 +154,11 @@ impl Native {
         }
     }
 
+    /// Every bearer token issued so far (ACR access tokens, Hub JWTs), for the secret canary.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.tokens.lock().unwrap().keys().cloned().collect()
+    }
+
     /// HEAD plus GET manifest requests.
     pub fn manifest_requests(&self) -> usize {
         self.head_requests.load(Ordering::Relaxed)
