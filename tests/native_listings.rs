@@ -331,3 +331,107 @@ async fn acr_without_the_acr_api_falls_back_once() {
     );
     assert_eq!(logged, 1, "{err}");
 }
+
+/// Requests per cycle of the kinds without a native listing, counted at the registry (or at a
+/// proxy in front of moto), for BENCHMARKS.md's table next to the native ones above: an idle
+/// cycle over one repository of 131 tags, a mutable tag's HEAD, and a cycle with one new tag.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_costs_of_the_other_kinds() {
+    use support::synthetic::Synthetic;
+
+    // oci: tags/list, plus a HEAD per mutable tag every cycle and per new tag.
+    // gcr: the same client; Google's `manifest` map in tags/list spares every HEAD.
+    for google in [false, true] {
+        let label = if google { "gcr (manifest map)" } else { "oci" };
+        let state = Arc::new(Synthetic::default());
+        for i in 0..TAGS {
+            state.put("team/app", &format!("t{i:03}"), 0);
+        }
+        state.put("team/app", "latest", 0);
+        *state.google_manifest.lock().unwrap() = google;
+        let host = support::synthetic::serve(state.clone()).await;
+        let setup = Setup::new(
+            "",
+            &format!(
+                "[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/app\"]\nmutable_tags = [\"latest\"]\n"
+            ),
+        );
+        let (code, out, err) = setup.regwatch(&["once"]);
+        assert_eq!((code, out.as_str()), (0, ""), "{err}");
+        let before = state.requests();
+        let (code, out, err) = setup.regwatch(&["once"]);
+        assert_eq!((code, out.as_str()), (0, ""), "{err}");
+        let idle = state.requests() - before;
+        let heads = state.head_requests.load(Ordering::Relaxed);
+        state.put("team/app", "v2.0.0", 1);
+        let before = state.requests();
+        let heads_before = state.head_requests.load(Ordering::Relaxed);
+        let (code, out, err) = setup.regwatch(&["once"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(json_lines(&out).len(), 1, "{out}");
+        let new_tag = state.requests() - before;
+        let new_heads = state.head_requests.load(Ordering::Relaxed) - heads_before;
+        report(
+            &format!("{label}: requests per idle cycle (131 tags, `latest` mutable)"),
+            idle,
+            if google {
+                "1 (tags/list)"
+            } else {
+                "2 (tags/list + HEAD latest)"
+            },
+        );
+        report(
+            &format!("{label}: requests for a cycle with one new tag"),
+            new_tag,
+            if google { "1" } else { "3 (+1 HEAD)" },
+        );
+        if google {
+            assert_eq!(
+                (idle, new_tag, new_heads),
+                (1, 1, 0),
+                "heads so far {heads}"
+            );
+        } else {
+            assert_eq!((idle, new_tag, new_heads), (2, 3, 2));
+        }
+    }
+
+    // ecr: DescribeImages (moto ignores paging: one call per repository), counted at a proxy.
+    let moto = support::moto::Moto::start();
+    let client = moto.ecr_setup_client().await;
+    client
+        .create_repository()
+        .repository_name("team/app")
+        .send()
+        .await
+        .unwrap();
+    support::moto::put_image(&client, "team/app", "v1").await;
+    let (wire, proxy) = support::proxy::start(&moto.url).await;
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"ecr\"\nkind = \"ecr\"\nurl = \"https://123456789012.dkr.ecr.us-east-1.amazonaws.com\"\nendpoint = \"http://{proxy}\"\ninsecure = true\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\nrepositories = [\"team/app\"]\nmutable_tags = [\"latest\"]\n"
+        ),
+    );
+    let run =
+        |args: &[&str]| support::moto::run_without_ambient_aws(&setup, args, &[], "regwatch=debug");
+    let (code, _, err) = run(&["once"]);
+    assert_eq!(code, 0, "{err}");
+    let before = wire.log.lock().unwrap().len();
+    let (code, _, err) = run(&["once"]);
+    assert_eq!(code, 0, "{err}");
+    let idle = wire.log.lock().unwrap().len() - before;
+    support::moto::put_image(&client, "team/app", "v2").await;
+    let before = wire.log.lock().unwrap().len();
+    let (code, out, err) = run(&["once"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_lines(&out).len(), 1, "{out}");
+    let new_tag = wire.log.lock().unwrap().len() - before;
+    report(
+        "ecr: requests per idle cycle (moto, one repository)",
+        idle,
+        "1 (DescribeImages)",
+    );
+    report("ecr: requests for a cycle with one new tag", new_tag, "1");
+    assert_eq!((idle, new_tag), (1, 1));
+}

@@ -9,8 +9,10 @@
 //! The Distribution path stays the fallback. When the native API refuses a repository (401, 403,
 //! 404, 405, 501: no permission for it, or not this vendor's registry) and `tags/list` then lists
 //! it, the adapter logs it once and uses `tags/list` + `HEAD` for that repository until the
-//! adapter is rebuilt (a restart or a config reload), when the native API is asked again. A
-//! repository that neither API finds is `NotFound`, and nothing is remembered.
+//! adapter is rebuilt (a restart, or a reload that changes the registry's entry), when the native
+//! API is asked again: a permission granted meanwhile is then used, and no cycle pays a refused
+//! request before its listing. A repository that neither API finds is `NotFound`, and nothing is
+//! remembered.
 //!
 //! A native listing is complete or an error, like the Distribution one: every page is read, a
 //! malformed page is a protocol error, and a next link to another origin is refused.
@@ -117,7 +119,8 @@ impl Registry for NativeRegistry {
                             repository = repo,
                             reason = %e,
                             "the registry's native tag listing refused this repository; \
-                             listing it through tags/list and HEAD until restart or reload"
+                             listing it through tags/list and HEAD until a restart or a reload \
+                             that changes this registry"
                         );
                     }
                     return Ok(tags);
