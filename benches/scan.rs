@@ -634,6 +634,7 @@ async fn publishing(rows: &mut Vec<Row>) {
                 digest: Some(support::synthetic::digest_of(&repo, "t", i as u32)),
                 previous_digest: None,
                 pushed_at: None,
+                details: Default::default(),
             };
             let origin = regwatch::event::Origin {
                 registry: "bench",

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Kind;
-use crate::watch::diff::{Change, ChangeKind};
+use crate::watch::diff::{Change, ChangeKind, Details};
 
 /// A built event, ready for the outbox and any sink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +41,9 @@ impl ChangeKind {
             ChangeKind::Added => "io.regwatch.tag.added",
             ChangeKind::Updated => "io.regwatch.tag.updated",
             ChangeKind::Removed => "io.regwatch.tag.removed",
+            ChangeKind::Matured => "io.regwatch.tag.matured",
+            ChangeKind::SignatureAdded => "io.regwatch.signature.added",
+            ChangeKind::AttestationAdded => "io.regwatch.attestation.added",
         }
     }
 }
@@ -70,6 +73,8 @@ struct Data<'a> {
     pushed_at: Option<String>,
     detected_at: &'a str,
     image: String,
+    #[serde(flatten)]
+    details: &'a Details,
 }
 
 /// The event id: hex SHA-256 of registry identity, repository, tag, digest, change type and the
@@ -117,9 +122,13 @@ pub fn build(origin: Origin<'_>, change: &Change, revision: u64, detected: Syste
     );
     let detected_at = rfc3339(detected);
     let reference = format!("{}/{}:{}", origin.host, origin.repository, change.tag);
-    let image = match digest {
-        Some(d) => format!("{reference}@{d}"),
-        None => reference.clone(),
+    let image = match (change.kind, digest) {
+        // A signature's tag is not the image: name the signed digest.
+        (ChangeKind::SignatureAdded | ChangeKind::AttestationAdded, Some(d)) => {
+            format!("{}/{}@{d}", origin.host, origin.repository)
+        }
+        (_, Some(d)) => format!("{reference}@{d}"),
+        (_, None) => reference.clone(),
     };
     let event = CloudEvent {
         specversion: "1.0",
@@ -140,6 +149,7 @@ pub fn build(origin: Origin<'_>, change: &Change, revision: u64, detected: Syste
             pushed_at: change.pushed_at.map(rfc3339),
             detected_at: &detected_at,
             image,
+            details: &change.details,
         },
     };
     let payload = serde_json::to_string(&event).expect("event JSON always serializes");
@@ -170,6 +180,7 @@ mod tests {
             digest: Some("sha256:new".into()),
             previous_digest: Some("sha256:old".into()),
             pushed_at: None,
+            details: Default::default(),
         };
         let e = build(origin, &change, 41, SystemTime::UNIX_EPOCH);
         assert_eq!(e.key, "127.0.0.1:5000/team/app");
@@ -216,5 +227,47 @@ mod tests {
             ..origin
         };
         assert_eq!(build(renamed, &change, 41, SystemTime::now()).id, e.id);
+    }
+
+    #[test]
+    fn a_signature_event_names_the_signed_image_and_details_are_optional() {
+        let origin = Origin {
+            registry: "local",
+            identity: "http://127.0.0.1:5000",
+            kind: Kind::Oci,
+            host: "127.0.0.1:5000",
+            repository: "team/app",
+        };
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let change = Change {
+            kind: ChangeKind::SignatureAdded,
+            tag: format!("sha256-{}.sig", "a".repeat(64)),
+            digest: Some(digest.clone()),
+            previous_digest: None,
+            pushed_at: None,
+            details: Details {
+                tags: Some(vec!["v1".into()]),
+                ..Details::default()
+            },
+        };
+        let v: Value =
+            serde_json::from_str(&build(origin, &change, 3, SystemTime::UNIX_EPOCH).payload)
+                .unwrap();
+        assert_eq!(v["type"], "io.regwatch.signature.added");
+        assert_eq!(
+            v["data"]["image"],
+            format!("127.0.0.1:5000/team/app@{digest}")
+        );
+        assert_eq!(v["data"]["tags"], serde_json::json!(["v1"]));
+        for absent in [
+            "signed",
+            "version",
+            "bump",
+            "latest",
+            "platforms",
+            "attestations",
+        ] {
+            assert!(v["data"].get(absent).is_none(), "{absent} is left out");
+        }
     }
 }

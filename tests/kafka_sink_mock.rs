@@ -204,6 +204,7 @@ async fn draining_does_not_stall_the_runtime_while_a_scan_commits() {
             .map(|i| (format!("v{i}"), Some(format!("sha256:{i:064}"))))
             .collect(),
         revision: 1,
+        ..Snapshot::default()
     };
     let (started_tx, started) = std::sync::mpsc::channel();
     let scan = {

@@ -23,6 +23,7 @@ use url::Url;
 pub use secrets::expand_env;
 
 use crate::registry::{dockerhub, gcr};
+use crate::watch::versions::VersionPolicy;
 use raw::RawConfig;
 
 /// A configuration problem: where it is (key path, line) and what is wrong.
@@ -198,12 +199,18 @@ pub struct TagFilter {
     pub exclude: Vec<Regex>,
     /// Tags whose digest is re-checked every scan.
     pub mutable: Vec<String>,
+    /// Report cosign's `sha256-<hex>.sig|.att|.sbom` tags as tags (`signature_tags`); by default
+    /// they are not images and only annotate their subject.
+    pub signature_tags: bool,
+    /// `[registry.versions]` with `scheme = "semver"`; `None` for `scheme = "none"`.
+    pub versions: Option<VersionPolicy>,
 }
 
 impl TagFilter {
     /// Whether changes to `tag` are reported.
     pub fn selects(&self, tag: &str) -> bool {
-        (self.include.is_empty() || self.include.iter().any(|r| r.is_match(tag)))
+        (self.signature_tags || crate::watch::diff::cosign_subject(tag).is_none())
+            && (self.include.is_empty() || self.include.iter().any(|r| r.is_match(tag)))
             && !self.exclude.iter().any(|r| r.is_match(tag))
     }
 
@@ -315,6 +322,12 @@ pub struct RegistryConfig {
     /// Docker Hub's own API (`hub_api_url`), whose tag listing carries digests and push times;
     /// `None` for other kinds, and for a `dockerhub` entry that is not Docker Hub itself.
     pub hub_api: Option<Url>,
+    /// Emit `tag.matured` once a reported tag kept its digest this long (`mature_after`).
+    pub mature_after: Option<Duration>,
+    /// Look up the platforms of each new digest (`platforms`, or implied by `require_platforms`).
+    pub platforms: bool,
+    /// Report only images that include all of these (`os/arch[/variant]`); empty = all.
+    pub require_platforms: Vec<String>,
 }
 
 impl RegistryConfig {
@@ -369,7 +382,8 @@ fn deserialize(text: &str) -> Result<RawConfig, ConfigError> {
         let path = e
             .path()
             .to_string()
-            .replace("$__serde_spanned_private_value.", "");
+            .replace("$__serde_spanned_private_value.", "")
+            .replace(".$__serde_spanned_private_value", "");
         let path = if path == "." { String::new() } else { path };
         toml_error(text, path, e.inner())
     })
@@ -732,5 +746,52 @@ url = "https://registry.example.com"
         ))
         .unwrap_err();
         assert_eq!(e.path, "registry[0].hub_api_url");
+    }
+
+    #[test]
+    fn versions_table_is_parsed_once_and_checked() {
+        let r = one(&format!(
+            "{MINIMAL}\n[registry.versions]\nscheme = \"semver\"\nrange = \">=1.2, <2\"\nonly_newer = true\n"
+        ));
+        let v = r.tags.versions.expect("scheme semver gives a policy");
+        assert_eq!(
+            v.range().map(ToString::to_string).as_deref(),
+            Some(">=1.2, <2")
+        );
+        assert!(v.only_newer() && !v.prerelease());
+        assert!(one(MINIMAL).tags.versions.is_none(), "default scheme none");
+        let none = one(&format!(
+            "{MINIMAL}[registry.versions]\nscheme = \"none\"\n"
+        ));
+        assert!(none.tags.versions.is_none());
+
+        let e = parse(&format!(
+            "{MINIMAL}[registry.versions]\nscheme = \"semver\"\nrange = \">=1.2, <<2\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.line),
+            ("registry[0].versions.range", Some(8))
+        );
+        assert!(e.message.contains("invalid version range"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}[registry.versions]\nprerelease = true\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.line),
+            ("registry[0].versions.prerelease", Some(7))
+        );
+        assert!(e.message.contains("needs scheme = \"semver\""), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}[registry.versions]\nscheme = \"calver\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "registry[0].versions.scheme");
+        let e = parse(&format!(
+            "{MINIMAL}[registry.versions]\nonly_newest = true\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("did you mean `only_newer`"), "{e}");
     }
 }

@@ -52,11 +52,13 @@ fn registry_range(registry: &str) -> (String, String) {
     (format!("{registry}\0"), format!("{registry}\x01"))
 }
 
-// Encoding of RepoState. Schema 2: `P` + emit byte + revision, or `K` + revision + JSON list of
-// [tag, digest] pairs (revisions big-endian u64). Schema 1 had `b`/`e` (pending baseline/emit)
-// and `k` + JSON, with no revision.
+// Encoding of RepoState. Schema 2: `P` + emit byte + revision, or `S` + revision + the snapshot
+// as JSON (revisions big-endian u64). Earlier schema-2 files hold `K` + revision + a JSON object
+// of tag to digest, read as a snapshot without deadlines or platforms. Schema 1 had `b`/`e`
+// (pending baseline/emit) and `k` + JSON, with no revision.
 const PENDING: u8 = b'P';
 const KNOWN: u8 = b'K';
+const SNAPSHOT: u8 = b'S';
 
 fn encode_state(state: &RepoState) -> Vec<u8> {
     match state {
@@ -66,9 +68,9 @@ fn encode_state(state: &RepoState) -> Vec<u8> {
             out
         }
         RepoState::Known(s) => {
-            let mut out = vec![KNOWN];
+            let mut out = vec![SNAPSHOT];
             out.extend_from_slice(&s.revision.to_be_bytes());
-            serde_json::to_writer(&mut out, &s.tags).expect("snapshot serializes");
+            serde_json::to_writer(&mut out, s).expect("snapshot serializes");
             out
         }
     }
@@ -88,11 +90,20 @@ fn decode_state(bytes: &[u8]) -> Result<RepoState, StoreError> {
                 revision: revision(rest)?,
             })
         }
+        Some((&SNAPSHOT, rest)) if rest.len() >= 8 => serde_json::from_slice(&rest[8..])
+            .map(|snapshot| {
+                RepoState::Known(Snapshot {
+                    revision: revision(rest).expect("8 bytes"),
+                    ..snapshot
+                })
+            })
+            .map_err(|e| StoreError::Io(format!("undecodable snapshot record: {e}"))),
         Some((&KNOWN, rest)) if rest.len() >= 8 => serde_json::from_slice(&rest[8..])
             .map(|tags| {
                 RepoState::Known(Snapshot {
                     tags,
                     revision: revision(rest).expect("8 bytes"),
+                    ..Snapshot::default()
                 })
             })
             .map_err(|e| StoreError::Io(format!("undecodable snapshot record: {e}"))),
@@ -112,7 +123,13 @@ fn decode_v1(bytes: &[u8], revision: u64) -> Result<RepoState, StoreError> {
             revision,
         }),
         Some((b'k', json)) => serde_json::from_slice(json)
-            .map(|tags| RepoState::Known(Snapshot { tags, revision }))
+            .map(|tags| {
+                RepoState::Known(Snapshot {
+                    tags,
+                    revision,
+                    ..Snapshot::default()
+                })
+            })
             .map_err(|e| StoreError::Io(format!("undecodable schema-1 snapshot record: {e}"))),
         _ => Err(StoreError::Io("unknown schema-1 repository record".into())),
     }
@@ -598,6 +615,15 @@ mod tests {
             };
             snap.tags.insert("v1".into(), Some("sha256:1".into()));
             snap.tags.insert("v0".into(), None);
+            snap.maturing.insert(
+                "v1".into(),
+                crate::watch::diff::Maturing {
+                    digest: "sha256:1".into(),
+                    deadline_ms: 1_700_000_000_000,
+                },
+            );
+            snap.platforms
+                .insert("sha256:1".into(), vec!["linux/amd64".into()]);
             store
                 .commit_scan("r", "a", &snap, &[event(1), event(2)])
                 .unwrap();
@@ -713,6 +739,24 @@ mod tests {
         assert!(
             err.to_string().contains("another regwatch process"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn snapshots_written_before_deadlines_and_platforms_still_read() {
+        let mut old = vec![KNOWN];
+        old.extend_from_slice(&5u64.to_be_bytes());
+        old.extend_from_slice(br#"{"v1":"sha256:1","v0":null}"#);
+        let RepoState::Known(snap) = decode_state(&old).unwrap() else {
+            panic!("a known repository");
+        };
+        assert_eq!(snap.revision, 5);
+        assert_eq!(snap.tags.len(), 2);
+        assert!(snap.maturing.is_empty() && snap.platforms.is_empty());
+        // And what is written now reads back whole.
+        assert_eq!(
+            decode_state(&encode_state(&RepoState::Known(snap.clone()))).unwrap(),
+            RepoState::Known(snap)
         );
     }
 }

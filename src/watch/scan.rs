@@ -531,15 +531,26 @@ impl Scanner {
             listing[i].digest = Some(d);
         }
 
-        let outcome = diff::diff(
+        let mut outcome = diff::diff(
             previous.as_ref(),
             listing,
             &self.config.tags,
             self.emit_removed,
         );
+        if self.config.platforms {
+            self.lookup_platforms(repo, &mut outcome).await?;
+            diff::annotate_platforms(
+                &mut outcome,
+                previous.as_ref(),
+                &self.config.require_platforms,
+            );
+        }
+        diff::mature(&mut outcome, self.config.mature_after, SystemTime::now());
         if was_known
             && outcome.changes.is_empty()
-            && previous.as_ref().map(|p| &p.tags) == Some(&outcome.snapshot.tags)
+            && previous
+                .as_ref()
+                .is_some_and(|p| p.same_content(&outcome.snapshot))
         {
             return Ok(RepoOutcome {
                 events: 0,
@@ -557,6 +568,29 @@ impl Scanner {
             digest_lookups: lookups,
             baseline_tags,
         })
+    }
+
+    /// Looks up the platforms of the new digests `outcome` reports (`platforms`), once per digest
+    /// ever: the snapshot keeps them. Any failure fails the scan, so no event goes without them.
+    async fn lookup_platforms(
+        &self,
+        repo: &str,
+        outcome: &mut diff::Diff,
+    ) -> Result<(), ScanError> {
+        let found: Vec<(String, Vec<String>)> = stream::iter(diff::needs_platforms(outcome))
+            .map(|(digest, tag)| async move {
+                match self.registry.platforms(repo, &digest).await {
+                    Ok(p) => Ok((digest, p)),
+                    // Listed a moment ago: the tag moved and its old manifest was deleted since.
+                    Err(RegistryError::NotFound(_)) => Err(ScanError::TagVanished(tag)),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .buffer_unordered(self.config.concurrency)
+            .try_collect()
+            .await?;
+        outcome.snapshot.platforms.extend(found);
+        Ok(())
     }
 
     /// Records a diff of `repo` against snapshot `revision`: commits the next snapshot with the

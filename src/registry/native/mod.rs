@@ -134,6 +134,10 @@ impl Registry for NativeRegistry {
     async fn digest(&self, repo: &str, tag: &str) -> Result<String, RegistryError> {
         self.oci.digest(repo, tag).await
     }
+
+    async fn platforms(&self, repo: &str, digest: &str) -> Result<Vec<String>, RegistryError> {
+        self.oci.platforms(repo, digest).await
+    }
 }
 
 /// Parses an RFC 3339 time as the vendors write it: `2018-09-06T06:17:21.0856539Z` (ACR),
