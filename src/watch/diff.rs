@@ -229,7 +229,7 @@ pub fn diff(
         .collect();
     if !cosign_new.is_empty() {
         // Indexed once: a signed backlog brings thousands of signatures in one cycle.
-        let (before, now) = (subjects(prev), subjects(&snapshot));
+        let (before, now) = (subjects(prev, filter), subjects(&snapshot, filter));
         changes.extend(
             cosign_new
                 .into_iter()
@@ -297,12 +297,19 @@ fn annotate_cosign(details: &mut Details, digest: &str, snapshot: &Snapshot) {
     details.attestations = Some(["att", "sbom"].into_iter().filter(|k| has(k)).collect());
 }
 
-/// The tags (not cosign's own) pointing at each digest of `s`, in tag order.
-fn subjects(s: &Snapshot) -> HashMap<&str, Vec<&str>> {
+/// Whether `filter` reports `tag` (selected, and admitted by the version policy): only such tags
+/// make an image news for a signature, a removal or a maturity.
+fn reported(filter: &TagFilter, tag: &str) -> bool {
+    filter.selects(tag) && filter.versions.as_ref().is_none_or(|p| p.admits(tag))
+}
+
+/// The reported tags (never cosign's own) pointing at each digest of `s`, in tag order.
+fn subjects<'a>(s: &'a Snapshot, filter: &TagFilter) -> HashMap<&'a str, Vec<&'a str>> {
     let mut by_digest: HashMap<&str, Vec<&str>> = HashMap::new();
     for (tag, digest) in &s.tags {
         if let Some(digest) = digest
             && cosign_subject(tag).is_none()
+            && reported(filter, tag)
         {
             by_digest.entry(digest).or_default().push(tag);
         }
@@ -741,6 +748,50 @@ mod tests {
             took < base * 4 + Duration::from_millis(300),
             "2,000 signatures took {took:?}, one new tag {base:?}"
         );
+    }
+
+    /// A signature is news only for an image that was reported (issue 12: "arrives *after* its
+    /// image was reported"). Cosign signs right after the push, so it usually lands a cycle after
+    /// its image; a deployer gating on signatures deploys on signature.added. An image whose tags
+    /// the filter or the version policy keep out (excluded, outside `range`, a pre-release with
+    /// `prerelease = false`, no version while `range` is set) gets none, and `tags` names only
+    /// reported tags.
+    #[test]
+    fn a_signature_for_an_image_never_reported_is_no_news() {
+        let filter = TagFilter {
+            exclude: vec![Regex::new("^dev-").unwrap()],
+            versions: Some(VersionPolicy::new(
+                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
+                false,
+                false,
+            )),
+            ..TagFilter::default()
+        };
+        let d: Vec<String> = (1..=5).map(d_of).collect();
+        let tagged = [
+            ("dev-7", &d[0]),
+            ("2.0.0", &d[1]),
+            ("1.1.0-rc.1", &d[2]),
+            ("edge", &d[3]),
+            ("1.0.0", &d[4]),
+            ("dev-5", &d[4]),
+        ];
+        let prev = snap(&tagged.map(|(t, digest)| (t, Some(digest.as_str()))));
+        let mut listing: Vec<Tag> = tagged
+            .iter()
+            .map(|(t, digest)| tag(t, Some(digest)))
+            .collect();
+        listing.extend(d.iter().map(|digest| tag(&sig(digest, "sig"), None)));
+        let d = diff(Some(&prev), listing, &filter, false);
+        assert_eq!(
+            kinds(&d),
+            vec![(ChangeKind::SignatureAdded, sig(&d_of(5), "sig").as_str())]
+        );
+        assert_eq!(d.changes[0].details.tags, Some(vec!["1.0.0".into()]));
+    }
+
+    fn d_of(i: u32) -> String {
+        format!("sha256:{}", i.to_string().repeat(64))
     }
 
     #[test]

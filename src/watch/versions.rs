@@ -117,6 +117,18 @@ impl VersionPolicy {
     fn counts(&self, v: &Version) -> bool {
         (v.pre.is_empty() || self.prerelease) && self.in_range(v)
     }
+
+    /// Whether a move of `tag` is reported: it is a counted version, or no version while no
+    /// `range` is set. What it says of a tag already listed, whose arrival was judged before.
+    pub fn admits(&self, tag: &str) -> bool {
+        match parse(tag) {
+            Some(mut v) => {
+                v.version.build = BuildMetadata::EMPTY;
+                self.counts(&v.version)
+            }
+            None => self.range.is_none(),
+        }
+    }
 }
 
 /// A tag read as a version.
