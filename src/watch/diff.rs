@@ -239,7 +239,7 @@ pub fn diff(
 
     if emit_removed && previous.is_some() {
         for (name, digest) in &prev.tags {
-            if !snapshot.tags.contains_key(name) && filter.selects(name) {
+            if !snapshot.tags.contains_key(name) && reported(filter, name) {
                 changes.push(Change {
                     kind: ChangeKind::Removed,
                     tag: name.clone(),
@@ -788,6 +788,30 @@ mod tests {
             vec![(ChangeKind::SignatureAdded, sig(&d_of(5), "sig").as_str())]
         );
         assert_eq!(d.changes[0].details.tags, Some(vec!["1.0.0".into()]));
+    }
+
+    /// Issue 12: tags outside `range` "are not reported", and pre-releases only with
+    /// `prerelease = true`. A removal is a report too: with `emit_removed`, a tag the policy
+    /// never reports leaves silently, while a reported version's removal is a `tag.removed`.
+    #[test]
+    fn removals_follow_the_version_policy() {
+        let filter = TagFilter {
+            versions: Some(VersionPolicy::new(
+                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
+                false,
+                false,
+            )),
+            ..TagFilter::default()
+        };
+        let prev = snap(&[
+            ("1.0.0", Some(D1)),
+            ("1.1.0", Some(D1)),
+            ("2.0.0", Some(D2)),
+            ("1.2.0-rc.1", Some(D2)),
+            ("edge", Some(D2)),
+        ]);
+        let d = diff(Some(&prev), vec![tag("1.1.0", Some(D1))], &filter, true);
+        assert_eq!(kinds(&d), vec![(ChangeKind::Removed, "1.0.0")]);
     }
 
     fn d_of(i: u32) -> String {
