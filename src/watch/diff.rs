@@ -258,7 +258,13 @@ pub fn diff(
         .filter(|(d, _)| snapshot.tags.values().any(|t| t.as_ref() == Some(*d)))
         .map(|(d, p)| (d.clone(), p.clone()))
         .collect();
-    snapshot.maturing = prev.maturing.clone();
+    // Only reported tags mature: a config edit may have stopped reporting one.
+    snapshot.maturing = prev
+        .maturing
+        .iter()
+        .filter(|(t, _)| reported(filter, t))
+        .map(|(t, m)| (t.clone(), m.clone()))
+        .collect();
     changes.sort_by(|a, b| a.tag.cmp(&b.tag));
     Diff { snapshot, changes }
 }
@@ -812,6 +818,33 @@ mod tests {
         ]);
         let d = diff(Some(&prev), vec![tag("1.1.0", Some(D1))], &filter, true);
         assert_eq!(kinds(&d), vec![(ChangeKind::Removed, "1.0.0")]);
+    }
+
+    /// `tag.matured` is for "a reported tag" (issue 12). A tag still maturing when a config edit
+    /// stops reporting it (pre-releases turned off, a narrower `range`, an exclude) does not
+    /// mature afterwards; the others do.
+    #[test]
+    fn a_tag_the_config_no_longer_reports_does_not_mature() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut prev = snap(&[("2.0.0-rc.1", Some(D1)), ("1.0.0", Some(D2))]);
+        for (t, digest) in [("2.0.0-rc.1", D1), ("1.0.0", D2)] {
+            prev.maturing.insert(
+                t.into(),
+                Maturing {
+                    digest: digest.into(),
+                    deadline_ms: 1_000_000,
+                },
+            );
+        }
+        let filter = TagFilter {
+            versions: Some(VersionPolicy::new(None, false, false)),
+            ..TagFilter::default()
+        };
+        let listing = vec![tag("2.0.0-rc.1", Some(D1)), tag("1.0.0", Some(D2))];
+        let mut d = diff(Some(&prev), listing, &filter, false);
+        mature(&mut d, Some(Duration::from_secs(5)), t0 + Duration::from_secs(10));
+        assert_eq!(kinds(&d), vec![(ChangeKind::Matured, "1.0.0")]);
+        assert!(d.snapshot.maturing.is_empty());
     }
 
     fn d_of(i: u32) -> String {
