@@ -3,7 +3,7 @@
 //! Only complete listings ever reach this module; a failed or partial listing is dropped before,
 //! so a missing tag here really is a removed tag.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,11 @@ pub struct Snapshot {
     /// immutable, so an index is fetched once per digest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub platforms: BTreeMap<String, Vec<String>>,
+    /// New tags that `only_newer` kept back (not above a version known before), so never
+    /// reported: neither their signatures nor their removal is news. A tag leaves the set when
+    /// it leaves the listing or a move of it is reported.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub held_back: BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -39,6 +44,7 @@ impl Snapshot {
         self.tags == other.tags
             && self.maturing == other.maturing
             && self.platforms == other.platforms
+            && self.held_back == other.held_back
     }
 }
 
@@ -215,9 +221,20 @@ pub fn diff(
     }
 
     // An idle cycle (no added or moved tag) parses no version.
+    let mut held_back = Vec::new();
     if let Some(policy) = filter.versions.as_ref().filter(|_| !changes.is_empty()) {
-        apply_versions(&mut changes, policy, prev, &snapshot, filter);
+        held_back = apply_versions(&mut changes, policy, prev, &snapshot, filter);
     }
+    if !prev.held_back.is_empty() {
+        let reported_now: HashSet<&str> = changes.iter().map(|c| c.tag.as_str()).collect();
+        snapshot.held_back = prev
+            .held_back
+            .iter()
+            .filter(|t| snapshot.tags.contains_key(*t) && !reported_now.contains(t.as_str()))
+            .cloned()
+            .collect();
+    }
+    snapshot.held_back.extend(held_back);
     for change in &mut changes {
         if let Some(digest) = &change.digest {
             annotate_cosign(&mut change.details, digest, &snapshot);
@@ -239,7 +256,10 @@ pub fn diff(
 
     if emit_removed && previous.is_some() {
         for (name, digest) in &prev.tags {
-            if !snapshot.tags.contains_key(name) && reported(filter, name) {
+            if !snapshot.tags.contains_key(name)
+                && reported(filter, name)
+                && !prev.held_back.contains(name)
+            {
                 changes.push(Change {
                     kind: ChangeKind::Removed,
                     tag: name.clone(),
@@ -271,13 +291,14 @@ pub fn diff(
 
 /// Drops the added and moved tags `policy` does not report and fills `version`, `bump` and
 /// `latest` on the others. Only the tags the filter selects are versions "known" to compare with.
+/// Returns the added tags that only `only_newer` kept back.
 fn apply_versions(
     changes: &mut Vec<Change>,
     policy: &VersionPolicy,
     prev: &Snapshot,
     snapshot: &Snapshot,
     filter: &TagFilter,
-) {
+) -> Vec<String> {
     fn selected<'a>(s: &'a Snapshot, filter: &'a TagFilter) -> impl Iterator<Item = &'a str> {
         s.tags
             .keys()
@@ -285,15 +306,19 @@ fn apply_versions(
             .filter(|t| filter.selects(t))
     }
     let index = VersionIndex::new(policy, selected(prev, filter), selected(snapshot, filter));
+    let mut held_back = Vec::new();
     changes.retain_mut(|c| {
         let verdict = index.judge(&c.tag, c.kind == ChangeKind::Added);
         if verdict.report {
             c.details.bump = verdict.bump.map(Bump::as_str);
             c.details.latest = verdict.version.is_some().then_some(verdict.latest);
             c.details.version = Some(verdict.version);
+        } else if c.kind == ChangeKind::Added && policy.admits(&c.tag) {
+            held_back.push(c.tag.clone());
         }
         verdict.report
     });
+    held_back
 }
 
 /// Sets `signed` and `attestations` from the cosign tags `snapshot` lists for `digest`.
@@ -316,6 +341,7 @@ fn subjects<'a>(s: &'a Snapshot, filter: &TagFilter) -> HashMap<&'a str, Vec<&'a
         if let Some(digest) = digest
             && cosign_subject(tag).is_none()
             && reported(filter, tag)
+            && !s.held_back.contains(tag)
         {
             by_digest.entry(digest).or_default().push(tag);
         }
@@ -842,9 +868,80 @@ mod tests {
         };
         let listing = vec![tag("2.0.0-rc.1", Some(D1)), tag("1.0.0", Some(D2))];
         let mut d = diff(Some(&prev), listing, &filter, false);
-        mature(&mut d, Some(Duration::from_secs(5)), t0 + Duration::from_secs(10));
+        mature(
+            &mut d,
+            Some(Duration::from_secs(5)),
+            t0 + Duration::from_secs(10),
+        );
         assert_eq!(kinds(&d), vec![(ChangeKind::Matured, "1.0.0")]);
         assert!(d.snapshot.maturing.is_empty());
+    }
+
+    /// With `only_newer`, a new version not above one known before is held back: never
+    /// reported. Its signature arriving a cycle later (the usual cosign flow) must not announce
+    /// it, nor must its removal; once a move of it is reported, it is news like any other tag.
+    #[test]
+    fn a_version_held_back_by_only_newer_stays_unreported() {
+        let filter = TagFilter {
+            versions: Some(VersionPolicy::new(None, false, true)),
+            ..TagFilter::default()
+        };
+        let (d1, d2, d3) = (d_of(1), d_of(2), d_of(3));
+        let prev = snap(&[("1.2.0", Some(&d1))]);
+        let pushed = diff(
+            Some(&prev),
+            vec![tag("1.2.0", Some(&d1)), tag("1.1.5", Some(&d2))],
+            &filter,
+            true,
+        );
+        assert!(pushed.changes.is_empty(), "1.1.5 is below 1.2.0");
+        // What is held back survives a restart: it is part of the stored snapshot.
+        let stored = serde_json::to_string(&pushed.snapshot).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Snapshot>(&stored).unwrap(),
+            pushed.snapshot
+        );
+        let signed = diff(
+            Some(&pushed.snapshot),
+            vec![
+                tag("1.2.0", Some(&d1)),
+                tag("1.1.5", Some(&d2)),
+                tag(&sig(&d2, "sig"), None),
+            ],
+            &filter,
+            true,
+        );
+        assert!(signed.changes.is_empty(), "{:?}", signed.changes);
+        let removed = diff(
+            Some(&signed.snapshot),
+            vec![tag("1.2.0", Some(&d1))],
+            &filter,
+            true,
+        );
+        assert!(removed.changes.is_empty(), "{:?}", removed.changes);
+
+        // A reported move makes it a reported tag: its next signature is news.
+        let moved = diff(
+            Some(&signed.snapshot),
+            vec![tag("1.2.0", Some(&d1)), tag("1.1.5", Some(&d3))],
+            &filter,
+            true,
+        );
+        assert_eq!(kinds(&moved), vec![(ChangeKind::Updated, "1.1.5")]);
+        let signed = diff(
+            Some(&moved.snapshot),
+            vec![
+                tag("1.2.0", Some(&d1)),
+                tag("1.1.5", Some(&d3)),
+                tag(&sig(&d3, "sig"), None),
+            ],
+            &filter,
+            true,
+        );
+        assert_eq!(
+            kinds(&signed),
+            vec![(ChangeKind::SignatureAdded, sig(&d3, "sig").as_str())]
+        );
     }
 
     fn d_of(i: u32) -> String {
