@@ -272,12 +272,20 @@ pub fn diff(
         }
     }
     // Platforms looked up before stay known while some tag still points at their digest.
-    snapshot.platforms = prev
-        .platforms
-        .iter()
-        .filter(|(d, _)| snapshot.tags.values().any(|t| t.as_ref() == Some(*d)))
-        .map(|(d, p)| (d.clone(), p.clone()))
-        .collect();
+    if !prev.platforms.is_empty() {
+        let tagged: HashSet<&str> = snapshot
+            .tags
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        snapshot.platforms = prev
+            .platforms
+            .iter()
+            .filter(|(d, _)| tagged.contains(d.as_str()))
+            .map(|(d, p)| (d.clone(), p.clone()))
+            .collect();
+    }
     // Only reported tags mature: a config edit may have stopped reporting one.
     snapshot.maturing = prev
         .maturing
@@ -941,6 +949,35 @@ mod tests {
         assert_eq!(
             kinds(&signed),
             vec![(ChangeKind::SignatureAdded, sig(&d3, "sig").as_str())]
+        );
+    }
+
+    /// Platforms looked up before stay known while a tag still points at their digest. With
+    /// `platforms = true` a repository holds about as many looked-up digests as tags, so keeping
+    /// them must cost one pass over the tags, not one per digest.
+    #[test]
+    fn keeping_known_platforms_costs_one_pass_over_the_tags() {
+        let digest = |i: usize| format!("sha256:{i:064x}");
+        let listing: Vec<Tag> = (0..50_000)
+            .map(|i| tag(&format!("t{i}"), Some(&digest(i))))
+            .collect();
+        let mut prev = diff(Some(&Snapshot::default()), listing.clone(), &all(), false).snapshot;
+        let timed = |prev: &Snapshot, listing: Vec<Tag>| {
+            let start = std::time::Instant::now();
+            let d = diff(Some(prev), listing, &all(), false);
+            (start.elapsed(), d.snapshot)
+        };
+        let (base, _) = timed(&prev, listing.clone());
+        prev.platforms = (0..50_000)
+            .map(|i| (digest(i), vec!["linux/amd64".to_owned()]))
+            .collect();
+        // t0 leaves: its digest's platforms are forgotten, the others kept.
+        let (took, snapshot) = timed(&prev, listing[1..].to_vec());
+        assert_eq!(snapshot.platforms.len(), 49_999);
+        assert!(!snapshot.platforms.contains_key(&digest(0)));
+        assert!(
+            took < base * 4 + Duration::from_millis(300),
+            "50k known platforms took {took:?}, none {base:?}"
         );
     }
 
