@@ -896,13 +896,18 @@ mod tests {
         };
         let (d1, d2, d3) = (d_of(1), d_of(2), d_of(3));
         let prev = snap(&[("1.2.0", Some(&d1))]);
-        let pushed = diff(
+        let mut pushed = diff(
             Some(&prev),
             vec![tag("1.2.0", Some(&d1)), tag("1.1.5", Some(&d2))],
             &filter,
             true,
         );
+        mature(&mut pushed, Some(Duration::from_secs(5)), UNIX_EPOCH);
         assert!(pushed.changes.is_empty(), "1.1.5 is below 1.2.0");
+        assert!(
+            pushed.snapshot.maturing.is_empty(),
+            "an unreported tag never matures"
+        );
         // What is held back survives a restart: it is part of the stored snapshot.
         let stored = serde_json::to_string(&pushed.snapshot).unwrap();
         assert_eq!(
