@@ -3,7 +3,7 @@
 //! Only complete listings ever reach this module; a failed or partial listing is dropped before,
 //! so a missing tag here really is a removed tag.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,11 @@ pub struct Snapshot {
     /// immutable, so an index is fetched once per digest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub platforms: BTreeMap<String, Vec<String>>,
+    /// New tags that `only_newer` kept back (not above a version known before), so never
+    /// reported: neither their signatures nor their removal is news. A tag leaves the set when
+    /// it leaves the listing or a move of it is reported.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub held_back: BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -39,6 +44,7 @@ impl Snapshot {
         self.tags == other.tags
             && self.maturing == other.maturing
             && self.platforms == other.platforms
+            && self.held_back == other.held_back
     }
 }
 
@@ -215,23 +221,45 @@ pub fn diff(
     }
 
     // An idle cycle (no added or moved tag) parses no version.
+    let mut held_back = Vec::new();
     if let Some(policy) = filter.versions.as_ref().filter(|_| !changes.is_empty()) {
-        apply_versions(&mut changes, policy, prev, &snapshot, filter);
+        held_back = apply_versions(&mut changes, policy, prev, &snapshot, filter);
     }
+    if !prev.held_back.is_empty() {
+        let reported_now: HashSet<&str> = changes.iter().map(|c| c.tag.as_str()).collect();
+        snapshot.held_back = prev
+            .held_back
+            .iter()
+            .filter(|t| snapshot.tags.contains_key(*t) && !reported_now.contains(t.as_str()))
+            .cloned()
+            .collect();
+    }
+    snapshot.held_back.extend(held_back);
     for change in &mut changes {
         if let Some(digest) = &change.digest {
             annotate_cosign(&mut change.details, digest, &snapshot);
         }
     }
-    changes.extend(
-        cosign_new
-            .iter()
-            .filter_map(|t| cosign_change(t, prev, &snapshot)),
-    );
+    let cosign_new: Vec<_> = cosign_new
+        .iter()
+        .filter_map(|t| Some((t, cosign_subject(t)?)))
+        .collect();
+    if !cosign_new.is_empty() {
+        // Indexed once: a signed backlog brings thousands of signatures in one cycle.
+        let (before, now) = (subjects(prev, filter), subjects(&snapshot, filter));
+        changes.extend(
+            cosign_new
+                .into_iter()
+                .filter_map(|(t, (subject, kind))| cosign_change(t, subject, kind, &before, &now)),
+        );
+    }
 
     if emit_removed && previous.is_some() {
         for (name, digest) in &prev.tags {
-            if !snapshot.tags.contains_key(name) && filter.selects(name) {
+            if !snapshot.tags.contains_key(name)
+                && reported(filter, name)
+                && !prev.held_back.contains(name)
+            {
                 changes.push(Change {
                     kind: ChangeKind::Removed,
                     tag: name.clone(),
@@ -244,26 +272,41 @@ pub fn diff(
         }
     }
     // Platforms looked up before stay known while some tag still points at their digest.
-    snapshot.platforms = prev
-        .platforms
+    if !prev.platforms.is_empty() {
+        let tagged: HashSet<&str> = snapshot
+            .tags
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        snapshot.platforms = prev
+            .platforms
+            .iter()
+            .filter(|(d, _)| tagged.contains(d.as_str()))
+            .map(|(d, p)| (d.clone(), p.clone()))
+            .collect();
+    }
+    // Only reported tags mature: a config edit may have stopped reporting one.
+    snapshot.maturing = prev
+        .maturing
         .iter()
-        .filter(|(d, _)| snapshot.tags.values().any(|t| t.as_ref() == Some(*d)))
-        .map(|(d, p)| (d.clone(), p.clone()))
+        .filter(|(t, _)| reported(filter, t))
+        .map(|(t, m)| (t.clone(), m.clone()))
         .collect();
-    snapshot.maturing = prev.maturing.clone();
     changes.sort_by(|a, b| a.tag.cmp(&b.tag));
     Diff { snapshot, changes }
 }
 
 /// Drops the added and moved tags `policy` does not report and fills `version`, `bump` and
 /// `latest` on the others. Only the tags the filter selects are versions "known" to compare with.
+/// Returns the added tags that only `only_newer` kept back.
 fn apply_versions(
     changes: &mut Vec<Change>,
     policy: &VersionPolicy,
     prev: &Snapshot,
     snapshot: &Snapshot,
     filter: &TagFilter,
-) {
+) -> Vec<String> {
     fn selected<'a>(s: &'a Snapshot, filter: &'a TagFilter) -> impl Iterator<Item = &'a str> {
         s.tags
             .keys()
@@ -271,15 +314,19 @@ fn apply_versions(
             .filter(|t| filter.selects(t))
     }
     let index = VersionIndex::new(policy, selected(prev, filter), selected(snapshot, filter));
+    let mut held_back = Vec::new();
     changes.retain_mut(|c| {
         let verdict = index.judge(&c.tag, c.kind == ChangeKind::Added);
         if verdict.report {
             c.details.bump = verdict.bump.map(Bump::as_str);
             c.details.latest = verdict.version.is_some().then_some(verdict.latest);
             c.details.version = Some(verdict.version);
+        } else if c.kind == ChangeKind::Added && policy.admits(&c.tag) {
+            held_back.push(c.tag.clone());
         }
         verdict.report
     });
+    held_back
 }
 
 /// Sets `signed` and `attestations` from the cosign tags `snapshot` lists for `digest`.
@@ -289,24 +336,43 @@ fn annotate_cosign(details: &mut Details, digest: &str, snapshot: &Snapshot) {
     details.attestations = Some(["att", "sbom"].into_iter().filter(|k| has(k)).collect());
 }
 
-/// The event for a cosign tag that appeared after its subject was reported: the subject digest
-/// was already tagged in `prev`. Its tags are those pointing at it now.
-fn cosign_change(tag: &str, prev: &Snapshot, snapshot: &Snapshot) -> Option<Change> {
-    let (subject, kind) = cosign_subject(tag)?;
-    let points_at = |s: &Snapshot| -> Vec<String> {
-        s.tags
-            .iter()
-            .filter(|(t, d)| d.as_deref() == Some(&subject) && cosign_subject(t).is_none())
-            .map(|(t, _)| t.clone())
-            .collect()
-    };
-    if points_at(prev).is_empty() {
-        return None;
+/// Whether `filter` reports `tag` (selected, and admitted by the version policy): only such tags
+/// make an image news for a signature, a removal or a maturity.
+fn reported(filter: &TagFilter, tag: &str) -> bool {
+    filter.selects(tag) && filter.versions.as_ref().is_none_or(|p| p.admits(tag))
+}
+
+/// The reported tags (never cosign's own) pointing at each digest of `s`, in tag order.
+fn subjects<'a>(s: &'a Snapshot, filter: &TagFilter) -> HashMap<&'a str, Vec<&'a str>> {
+    let mut by_digest: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (tag, digest) in &s.tags {
+        if let Some(digest) = digest
+            && cosign_subject(tag).is_none()
+            && reported(filter, tag)
+            && !s.held_back.contains(tag)
+        {
+            by_digest.entry(digest).or_default().push(tag);
+        }
     }
-    let tags = points_at(snapshot);
-    if tags.is_empty() {
-        return None;
-    }
+    by_digest
+}
+
+/// The event for a cosign tag (of `kind`, for `subject`) that appeared after its subject was
+/// reported: the subject digest was already tagged `before`. Its tags are those pointing at it
+/// `now`.
+fn cosign_change(
+    tag: &str,
+    subject: String,
+    kind: &'static str,
+    before: &HashMap<&str, Vec<&str>>,
+    now: &HashMap<&str, Vec<&str>>,
+) -> Option<Change> {
+    before.get(subject.as_str())?;
+    let tags: Vec<String> = now
+        .get(subject.as_str())?
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
     let (kind, attestations) = match kind {
         "sig" => (ChangeKind::SignatureAdded, None),
         other => (ChangeKind::AttestationAdded, Some(vec![other])),
@@ -802,6 +868,235 @@ mod tests {
         mature(&mut later, None, t0);
         assert!(later.snapshot.maturing.is_empty());
     }
+    /// Signing a backlog brings many signature tags in one cycle: finding their subjects reads
+    /// each snapshot once per diff, so the cycle costs about what a cycle with one new tag costs,
+    /// not one pass over every tag per signature.
+    #[test]
+    fn many_new_signatures_cost_one_pass_over_the_tags() {
+        let digest = |i: usize| format!("sha256:{i:064x}");
+        let listing: Vec<Tag> = (0..50_000)
+            .map(|i| tag(&format!("t{i}"), Some(&digest(i))))
+            .collect();
+        let prev = diff(Some(&Snapshot::default()), listing.clone(), &all(), false).snapshot;
+        let timed = |listing: Vec<Tag>| {
+            let start = std::time::Instant::now();
+            let d = diff(Some(&prev), listing, &all(), false);
+            (start.elapsed(), d.changes.len())
+        };
+        let mut one_new = listing.clone();
+        one_new.push(tag("new", Some(D1)));
+        let (base, n) = timed(one_new);
+        assert_eq!(n, 1);
+        let mut signed = listing;
+        signed.extend((0..2_000).map(|i| tag(&sig(&digest(i), "sig"), None)));
+        let (took, n) = timed(signed);
+        assert_eq!(n, 2_000, "one signature.added each");
+        assert!(
+            took < base * 4 + Duration::from_millis(300),
+            "2,000 signatures took {took:?}, one new tag {base:?}"
+        );
+    }
+
+    /// A signature is news only for an image that was reported (issue 12: "arrives *after* its
+    /// image was reported"). Cosign signs right after the push, so it usually lands a cycle after
+    /// its image; a deployer gating on signatures deploys on signature.added. An image whose tags
+    /// the filter or the version policy keep out (excluded, outside `range`, a pre-release with
+    /// `prerelease = false`, no version while `range` is set) gets none, and `tags` names only
+    /// reported tags.
+    #[test]
+    fn a_signature_for_an_image_never_reported_is_no_news() {
+        let filter = TagFilter {
+            exclude: vec![Regex::new("^dev-").unwrap()],
+            versions: Some(VersionPolicy::new(
+                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
+                false,
+                false,
+            )),
+            ..TagFilter::default()
+        };
+        let d: Vec<String> = (1..=5).map(d_of).collect();
+        let tagged = [
+            ("dev-7", &d[0]),
+            ("2.0.0", &d[1]),
+            ("1.1.0-rc.1", &d[2]),
+            ("edge", &d[3]),
+            ("1.0.0", &d[4]),
+            ("dev-5", &d[4]),
+        ];
+        let prev = snap(&tagged.map(|(t, digest)| (t, Some(digest.as_str()))));
+        let mut listing: Vec<Tag> = tagged
+            .iter()
+            .map(|(t, digest)| tag(t, Some(digest)))
+            .collect();
+        listing.extend(d.iter().map(|digest| tag(&sig(digest, "sig"), None)));
+        let d = diff(Some(&prev), listing, &filter, false);
+        assert_eq!(
+            kinds(&d),
+            vec![(ChangeKind::SignatureAdded, sig(&d_of(5), "sig").as_str())]
+        );
+        assert_eq!(d.changes[0].details.tags, Some(vec!["1.0.0".into()]));
+    }
+
+    /// Issue 12: tags outside `range` "are not reported", and pre-releases only with
+    /// `prerelease = true`. A removal is a report too: with `emit_removed`, a tag the policy
+    /// never reports leaves silently, while a reported version's removal is a `tag.removed`.
+    #[test]
+    fn removals_follow_the_version_policy() {
+        let filter = TagFilter {
+            versions: Some(VersionPolicy::new(
+                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
+                false,
+                false,
+            )),
+            ..TagFilter::default()
+        };
+        let prev = snap(&[
+            ("1.0.0", Some(D1)),
+            ("1.1.0", Some(D1)),
+            ("2.0.0", Some(D2)),
+            ("1.2.0-rc.1", Some(D2)),
+            ("edge", Some(D2)),
+        ]);
+        let d = diff(Some(&prev), vec![tag("1.1.0", Some(D1))], &filter, true);
+        assert_eq!(kinds(&d), vec![(ChangeKind::Removed, "1.0.0")]);
+    }
+
+    /// `tag.matured` is for "a reported tag" (issue 12). A tag still maturing when a config edit
+    /// stops reporting it (pre-releases turned off, a narrower `range`, an exclude) does not
+    /// mature afterwards; the others do.
+    #[test]
+    fn a_tag_the_config_no_longer_reports_does_not_mature() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut prev = snap(&[("2.0.0-rc.1", Some(D1)), ("1.0.0", Some(D2))]);
+        for (t, digest) in [("2.0.0-rc.1", D1), ("1.0.0", D2)] {
+            prev.maturing.insert(
+                t.into(),
+                Maturing {
+                    digest: digest.into(),
+                    deadline_ms: 1_000_000,
+                },
+            );
+        }
+        let filter = TagFilter {
+            versions: Some(VersionPolicy::new(None, false, false)),
+            ..TagFilter::default()
+        };
+        let listing = vec![tag("2.0.0-rc.1", Some(D1)), tag("1.0.0", Some(D2))];
+        let mut d = diff(Some(&prev), listing, &filter, false);
+        mature(
+            &mut d,
+            Some(Duration::from_secs(5)),
+            t0 + Duration::from_secs(10),
+        );
+        assert_eq!(kinds(&d), vec![(ChangeKind::Matured, "1.0.0")]);
+        assert!(d.snapshot.maturing.is_empty());
+    }
+
+    /// With `only_newer`, a new version not above one known before is held back: never
+    /// reported. Its signature arriving a cycle later (the usual cosign flow) must not announce
+    /// it, nor must its removal; once a move of it is reported, it is news like any other tag.
+    #[test]
+    fn a_version_held_back_by_only_newer_stays_unreported() {
+        let filter = TagFilter {
+            versions: Some(VersionPolicy::new(None, false, true)),
+            ..TagFilter::default()
+        };
+        let (d1, d2, d3) = (d_of(1), d_of(2), d_of(3));
+        let prev = snap(&[("1.2.0", Some(&d1))]);
+        let mut pushed = diff(
+            Some(&prev),
+            vec![tag("1.2.0", Some(&d1)), tag("1.1.5", Some(&d2))],
+            &filter,
+            true,
+        );
+        mature(&mut pushed, Some(Duration::from_secs(5)), UNIX_EPOCH);
+        assert!(pushed.changes.is_empty(), "1.1.5 is below 1.2.0");
+        assert!(
+            pushed.snapshot.maturing.is_empty(),
+            "an unreported tag never matures"
+        );
+        // What is held back survives a restart: it is part of the stored snapshot.
+        let stored = serde_json::to_string(&pushed.snapshot).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Snapshot>(&stored).unwrap(),
+            pushed.snapshot
+        );
+        let signed = diff(
+            Some(&pushed.snapshot),
+            vec![
+                tag("1.2.0", Some(&d1)),
+                tag("1.1.5", Some(&d2)),
+                tag(&sig(&d2, "sig"), None),
+            ],
+            &filter,
+            true,
+        );
+        assert!(signed.changes.is_empty(), "{:?}", signed.changes);
+        let removed = diff(
+            Some(&signed.snapshot),
+            vec![tag("1.2.0", Some(&d1))],
+            &filter,
+            true,
+        );
+        assert!(removed.changes.is_empty(), "{:?}", removed.changes);
+
+        // A reported move makes it a reported tag: its next signature is news.
+        let moved = diff(
+            Some(&signed.snapshot),
+            vec![tag("1.2.0", Some(&d1)), tag("1.1.5", Some(&d3))],
+            &filter,
+            true,
+        );
+        assert_eq!(kinds(&moved), vec![(ChangeKind::Updated, "1.1.5")]);
+        let signed = diff(
+            Some(&moved.snapshot),
+            vec![
+                tag("1.2.0", Some(&d1)),
+                tag("1.1.5", Some(&d3)),
+                tag(&sig(&d3, "sig"), None),
+            ],
+            &filter,
+            true,
+        );
+        assert_eq!(
+            kinds(&signed),
+            vec![(ChangeKind::SignatureAdded, sig(&d3, "sig").as_str())]
+        );
+    }
+
+    /// Platforms looked up before stay known while a tag still points at their digest. With
+    /// `platforms = true` a repository holds about as many looked-up digests as tags, so keeping
+    /// them must cost one pass over the tags, not one per digest.
+    #[test]
+    fn keeping_known_platforms_costs_one_pass_over_the_tags() {
+        let digest = |i: usize| format!("sha256:{i:064x}");
+        let listing: Vec<Tag> = (0..50_000)
+            .map(|i| tag(&format!("t{i}"), Some(&digest(i))))
+            .collect();
+        let mut prev = diff(Some(&Snapshot::default()), listing.clone(), &all(), false).snapshot;
+        let timed = |prev: &Snapshot, listing: Vec<Tag>| {
+            let start = std::time::Instant::now();
+            let d = diff(Some(prev), listing, &all(), false);
+            (start.elapsed(), d.snapshot)
+        };
+        let (base, _) = timed(&prev, listing.clone());
+        prev.platforms = (0..50_000)
+            .map(|i| (digest(i), vec!["linux/amd64".to_owned()]))
+            .collect();
+        // t0 leaves: its digest's platforms are forgotten, the others kept.
+        let (took, snapshot) = timed(&prev, listing[1..].to_vec());
+        assert_eq!(snapshot.platforms.len(), 49_999);
+        assert!(!snapshot.platforms.contains_key(&digest(0)));
+        assert!(
+            took < base * 4 + Duration::from_millis(300),
+            "50k known platforms took {took:?}, none {base:?}"
+        );
+    }
+
+    fn d_of(i: u32) -> String {
+        format!("sha256:{}", i.to_string().repeat(64))
+    }
+
     #[test]
     fn versions_drop_unreported_tags_and_fill_details() {
         let filter = TagFilter {
