@@ -108,8 +108,11 @@ pub fn cosign_subject(tag: &str) -> Option<(String, &'static str)> {
         _ => return None,
     };
     let hex = subject.strip_prefix("sha256-")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-        .then(|| (format!("sha256:{hex}"), kind))
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then(|| (format!("sha256:{hex}"), kind))
 }
 
 /// The cosign tag of `kind` for `digest`, the inverse of [`cosign_subject`].
@@ -213,7 +216,11 @@ pub fn diff(
             annotate_cosign(&mut change.details, digest, &snapshot);
         }
     }
-    changes.extend(cosign_new.iter().filter_map(|t| cosign_change(t, prev, &snapshot)));
+    changes.extend(
+        cosign_new
+            .iter()
+            .filter_map(|t| cosign_change(t, prev, &snapshot, filter)),
+    );
 
     if emit_removed && previous.is_some() {
         for (name, digest) in &prev.tags {
@@ -236,7 +243,13 @@ pub fn diff(
         .filter(|(d, _)| snapshot.tags.values().any(|t| t.as_ref() == Some(*d)))
         .map(|(d, p)| (d.clone(), p.clone()))
         .collect();
-    snapshot.maturing = prev.maturing.clone();
+    // A tag the filter no longer selects is no longer reported, so it does not mature either.
+    snapshot.maturing = prev
+        .maturing
+        .iter()
+        .filter(|(t, _)| filter.selects(t))
+        .map(|(t, m)| (t.clone(), m.clone()))
+        .collect();
     changes.sort_by(|a, b| a.tag.cmp(&b.tag));
     Diff { snapshot, changes }
 }
@@ -248,14 +261,23 @@ fn annotate_cosign(details: &mut Details, digest: &str, snapshot: &Snapshot) {
     details.attestations = Some(["att", "sbom"].into_iter().filter(|k| has(k)).collect());
 }
 
-/// The event for a cosign tag that appeared after its subject was reported: the subject digest
-/// was already tagged in `prev`. Its tags are those pointing at it now.
-fn cosign_change(tag: &str, prev: &Snapshot, snapshot: &Snapshot) -> Option<Change> {
+/// The event for a cosign tag that appeared after its subject was reported: a tag the filter
+/// selects already pointed at the subject digest in `prev`. Its tags are the selected tags
+/// pointing at it now; tags the filter leaves out are never named, whatever digest a listing
+/// gave them.
+fn cosign_change(
+    tag: &str,
+    prev: &Snapshot,
+    snapshot: &Snapshot,
+    filter: &TagFilter,
+) -> Option<Change> {
     let (subject, kind) = cosign_subject(tag)?;
     let points_at = |s: &Snapshot| -> Vec<String> {
         s.tags
             .iter()
-            .filter(|(t, d)| d.as_deref() == Some(&subject) && cosign_subject(t).is_none())
+            .filter(|(t, d)| {
+                d.as_deref() == Some(&subject) && cosign_subject(t).is_none() && filter.selects(t)
+            })
             .map(|(t, _)| t.clone())
             .collect()
     };
@@ -293,10 +315,16 @@ pub fn mature(outcome: &mut Diff, mature_after: Option<Duration>, now: SystemTim
         outcome.snapshot.maturing.clear();
         return;
     };
-    let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let ms = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
     let tags = &outcome.snapshot.tags;
     let mut maturing = std::mem::take(&mut outcome.snapshot.maturing);
-    maturing.retain(|tag, m| tags.get(tag).is_some_and(|d| d.as_deref() == Some(&m.digest)));
+    maturing.retain(|tag, m| {
+        tags.get(tag)
+            .is_some_and(|d| d.as_deref() == Some(&m.digest))
+    });
     let mut matured = Vec::new();
     maturing.retain(|tag, m| {
         let due = m.deadline_ms <= ms(now);
@@ -527,7 +555,10 @@ mod tests {
         assert_eq!(cosign_subject("sha256-abc.sig"), None, "short hex");
         assert_eq!(cosign_subject(&sig(D1, "sig").to_uppercase()), None);
         assert_eq!(cosign_subject("v1.sig"), None);
-        assert_eq!(cosign_subject(&sig(D1, "att").replace(".att", ".txt")), None);
+        assert_eq!(
+            cosign_subject(&sig(D1, "att").replace(".att", ".txt")),
+            None
+        );
     }
 
     #[test]
@@ -583,6 +614,51 @@ mod tests {
     }
 
     #[test]
+    fn a_signature_names_only_reported_tags_and_none_for_an_unreported_image() {
+        // Listings with digests (GCR's manifest map, ECR) give excluded tags a digest too.
+        let filter = TagFilter {
+            exclude: vec![Regex::new("^dev").unwrap()],
+            ..TagFilter::default()
+        };
+        let prev = snap(&[("v1", Some(D1)), ("dev-1", Some(D1)), ("dev-2", Some(D2))]);
+        let listing = vec![
+            tag("v1", Some(D1)),
+            tag("dev-1", Some(D1)),
+            tag("dev-2", Some(D2)),
+            tag(&sig(D1, "sig"), None),
+            tag(&sig(D2, "sig"), None),
+            tag(&sig(D2, "att"), None),
+        ];
+        let d = diff(Some(&prev), listing, &filter, true);
+        assert_eq!(
+            kinds(&d),
+            vec![(ChangeKind::SignatureAdded, sig(D1, "sig").as_str())],
+            "nothing for dev-2, which the filter never reported"
+        );
+        assert_eq!(d.changes[0].details.tags, Some(vec!["v1".into()]));
+    }
+
+    #[test]
+    fn a_tag_the_filter_no_longer_selects_never_matures() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        let after = Some(Duration::from_secs(5));
+        let mut d = diff(Some(&snap(&[])), vec![tag("v1", Some(D1))], &all(), false);
+        mature(&mut d, after, t0);
+        let narrowed = TagFilter {
+            exclude: vec![Regex::new("^v1$").unwrap()],
+            ..TagFilter::default()
+        };
+        let mut due = diff(
+            Some(&d.snapshot),
+            vec![tag("v1", Some(D1))],
+            &narrowed,
+            false,
+        );
+        mature(&mut due, after, t0 + Duration::from_secs(6));
+        assert!(due.changes.is_empty(), "{:?}", due.changes);
+    }
+
+    #[test]
     fn signature_tags_can_be_reported_as_tags() {
         let filter = TagFilter {
             signature_tags: true,
@@ -591,7 +667,10 @@ mod tests {
         let prev = snap(&[("v1", Some(D1))]);
         let listing = vec![tag("v1", Some(D1)), tag(&sig(D1, "sig"), Some(D2))];
         let d = diff(Some(&prev), listing, &filter, false);
-        assert_eq!(kinds(&d), vec![(ChangeKind::Added, sig(D1, "sig").as_str())]);
+        assert_eq!(
+            kinds(&d),
+            vec![(ChangeKind::Added, sig(D1, "sig").as_str())]
+        );
     }
 
     #[test]
@@ -599,7 +678,12 @@ mod tests {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
         let after = Some(Duration::from_secs(5));
         let prev = snap(&[]);
-        let mut d = diff(Some(&prev), vec![tag("v1", Some(D1)), tag("v2", Some(D1))], &all(), false);
+        let mut d = diff(
+            Some(&prev),
+            vec![tag("v1", Some(D1)), tag("v2", Some(D1))],
+            &all(),
+            false,
+        );
         mature(&mut d, after, t0);
         assert_eq!(d.snapshot.maturing.len(), 2);
         // Before the deadline: nothing; v2 moves, so only v1 can mature.
