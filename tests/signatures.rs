@@ -142,6 +142,8 @@ async fn a_later_signature_is_one_signature_added_and_never_a_tag() {
             e["type"] == ATTESTATION && e["data"]["attestations"] == json!(["sbom"])
         })
         .await;
+    // Signed again in place (a new manifest under the same .sig tag): not a second signature.
+    registry.push_cosign("team/app", &d1, "sig").await;
     tokio::time::sleep(QUIET).await;
     let (code, out, err) = daemon.stop();
     assert_eq!(code, 0, "{err}");

@@ -639,6 +639,29 @@ mod tests {
     }
 
     #[test]
+    fn a_signature_is_reported_once_per_signature_tag() {
+        let s1 = sig(D1, "sig");
+        let prev = snap(&[("v1", Some(D1)), (&s1, Some(D2))]);
+        // Re-pushed in place (a listing with digests shows its new digest): nothing.
+        let listing = vec![tag("v1", Some(D1)), tag(&s1, Some(D1))];
+        let d = diff(Some(&prev), listing, &all(), true);
+        assert!(d.changes.is_empty(), "{:?}", d.changes);
+        // Seen deleted, then back: a new signature.added.
+        let gone = diff(Some(&d.snapshot), vec![tag("v1", Some(D1))], &all(), true);
+        assert!(gone.changes.is_empty(), "{:?}", gone.changes);
+        let back = diff(
+            Some(&gone.snapshot),
+            vec![tag("v1", Some(D1)), tag(&s1, None)],
+            &all(),
+            true,
+        );
+        assert_eq!(
+            kinds(&back),
+            vec![(ChangeKind::SignatureAdded, s1.as_str())]
+        );
+    }
+
+    #[test]
     fn a_tag_the_filter_no_longer_selects_never_matures() {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
         let after = Some(Duration::from_secs(5));
