@@ -104,7 +104,7 @@ async fn started(setup: &Setup) -> Daemon {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_later_signature_is_one_signature_added_and_never_a_tag() {
     let registry = Registry::start(Auth::None);
-    registry.push("team/app", "v0").await;
+    let d0 = registry.push("team/app", "v0").await;
     let (setup, wire) = setup(&registry, "exclude_tags = [\"^dev\"]\n").await;
     let daemon = started(&setup).await;
 
@@ -126,6 +126,8 @@ async fn a_later_signature_is_one_signature_added_and_never_a_tag() {
     let sig = cosign_tag(&d1, "sig");
     registry.push_cosign("team/app", &d1, "sig").await;
     registry.push_cosign("team/app", &d2, "sig").await;
+    // v0 is a baseline tag whose digest was never looked up: its signature is recorded only.
+    registry.push_cosign("team/app", &d0, "sig").await;
     daemon
         .wait_event("signature.added", WITHIN, |e| e["type"] == SIGNATURE)
         .await;
@@ -185,8 +187,8 @@ async fn a_later_signature_is_one_signature_added_and_never_a_tag() {
         assert_eq!(e["data"]["tags"], json!(["stable", "v1"]));
     }
 
-    // Nothing else: no tag.* for a cosign tag, nothing for the signature of dev-2, which the
-    // filter never reported.
+    // Nothing else: no tag.* for a cosign tag, nothing for the signatures of dev-2, which the
+    // filter never reported, or of the baseline v0.
     assert_eq!(events.len(), 5, "{events:#?}");
     let cosign_as_tag = events
         .iter()

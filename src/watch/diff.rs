@@ -662,6 +662,48 @@ mod tests {
     }
 
     #[test]
+    fn a_signature_in_a_busy_cycle_follows_its_image() {
+        const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+        let filter = TagFilter {
+            mutable: vec!["latest".into(), "edge".into()],
+            ..TagFilter::default()
+        };
+        let prev = snap(&[("latest", Some(D1)), ("edge", Some(D2)), ("v2", Some(D2))]);
+        // An unrelated move (v2's edge) with v2's signature, and latest moving away from D1 just
+        // as D1's signature arrives.
+        let listing = vec![
+            tag("latest", Some(D3)),
+            tag("edge", Some(D3)),
+            tag("v2", Some(D2)),
+            tag(&sig(D2, "sig"), None),
+            tag(&sig(D1, "sig"), None),
+        ];
+        let d = diff(Some(&prev), listing, &filter, true);
+        assert_eq!(
+            kinds(&d),
+            vec![
+                (ChangeKind::Updated, "edge"),
+                (ChangeKind::Updated, "latest"),
+                (ChangeKind::SignatureAdded, sig(D2, "sig").as_str()),
+            ],
+            "nothing for D1, which no tag points at any more"
+        );
+        assert_eq!(d.changes[0].details.signed, Some(false));
+        assert_eq!(d.changes[2].details.tags, Some(vec!["v2".into()]));
+        // latest comes back to D1: its update says signed.
+        let listing = vec![
+            tag("latest", Some(D1)),
+            tag("edge", Some(D3)),
+            tag("v2", Some(D2)),
+            tag(&sig(D2, "sig"), None),
+            tag(&sig(D1, "sig"), None),
+        ];
+        let back = diff(Some(&d.snapshot), listing, &filter, true);
+        assert_eq!(kinds(&back), vec![(ChangeKind::Updated, "latest")]);
+        assert_eq!(back.changes[0].details.signed, Some(true));
+    }
+
+    #[test]
     fn a_tag_the_filter_no_longer_selects_never_matures() {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
         let after = Some(Duration::from_secs(5));
