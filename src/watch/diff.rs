@@ -317,7 +317,7 @@ pub fn mature(outcome: &mut Diff, mature_after: Option<Duration>, now: SystemTim
     };
     let ms = |t: SystemTime| {
         t.duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     };
     let tags = &outcome.snapshot.tags;
     let mut maturing = std::mem::take(&mut outcome.snapshot.maturing);
@@ -348,7 +348,8 @@ pub fn mature(outcome: &mut Diff, mature_after: Option<Duration>, now: SystemTim
                 change.tag.clone(),
                 Maturing {
                     digest: digest.clone(),
-                    deadline_ms: ms(now + after),
+                    // A duration past what the clock can hold is a deadline that never comes.
+                    deadline_ms: now.checked_add(after).map_or(u64::MAX, ms),
                 },
             );
         }
@@ -701,6 +702,25 @@ mod tests {
         let back = diff(Some(&d.snapshot), listing, &filter, true);
         assert_eq!(kinds(&back), vec![(ChangeKind::Updated, "latest")]);
         assert_eq!(back.changes[0].details.signed, Some(true));
+    }
+
+    #[test]
+    fn an_absurd_mature_after_is_a_deadline_that_never_comes() {
+        // humantime accepts up to u64::MAX seconds, past what a SystemTime can hold.
+        // Past u64 milliseconds (a hundred billion years) but within SystemTime, too.
+        for secs in [u64::MAX, 100_000_000_000 * 31_557_600] {
+            let after = Some(Duration::from_secs(secs));
+            let mut d = diff(Some(&snap(&[])), vec![tag("v1", Some(D1))], &all(), false);
+            mature(&mut d, after, SystemTime::now());
+            assert_eq!(d.snapshot.maturing["v1"].deadline_ms, u64::MAX, "{secs}");
+            let mut later = diff(Some(&d.snapshot), vec![tag("v1", Some(D1))], &all(), false);
+            mature(
+                &mut later,
+                after,
+                SystemTime::now() + Duration::from_secs(1 << 40),
+            );
+            assert!(later.changes.is_empty(), "{secs}");
+        }
     }
 
     #[test]
