@@ -6,6 +6,11 @@
 //!     --group deployer --repository team/
 //! ```
 //!
+//! Gates a deployer may want, each a flag here and each answered by regwatch's events alone:
+//! `--signed` deploys an image only once it is signed (`signed: true` on its event, or a later
+//! `signature.added`); `--mature` deploys on `tag.matured` instead of on detection; `--latest-only`
+//! skips versions that are not the highest in range (`latest: false`).
+//!
 //! Delivery is at least once: after a regwatch crash, or a consumer rebalance, the same event can
 //! arrive twice, always with the same `id`. A real deployer keeps the seen ids in its own store;
 //! this one keeps the most recent ones in memory.
@@ -36,6 +41,17 @@ struct Args {
     /// Only repositories starting with this prefix.
     #[arg(long)]
     repository: Option<String>,
+    /// Deploy only signed images: on a tag event with `signed: true`, or on `signature.added`.
+    /// (A matured event does not say whether the image is signed: that takes the deployer's own
+    /// state, so the two gates do not combine here.)
+    #[arg(long, conflicts_with = "mature")]
+    signed: bool,
+    /// Deploy on `tag.matured` (needs `mature_after` in regwatch's config), not on detection.
+    #[arg(long)]
+    mature: bool,
+    /// Skip versions that are not the highest in range (needs `[registry.versions]`).
+    #[arg(long)]
+    latest_only: bool,
 }
 
 /// Remembers the last `capacity` ids.
@@ -112,11 +128,24 @@ fn handle(args: &Args, seen: &mut SeenIds, event: &Value) {
     if !seen.first_time(id) {
         return;
     }
-    match event["type"].as_str() {
-        Some("io.regwatch.tag.added" | "io.regwatch.tag.updated") => {
-            println!("deploy {}", field("image"))
+    if args.latest_only && data["latest"] == Value::Bool(false) {
+        return;
+    }
+    let detected = matches!(
+        event["type"].as_str(),
+        Some("io.regwatch.tag.added" | "io.regwatch.tag.updated")
+    );
+    let deploy = match event["type"].as_str() {
+        Some("io.regwatch.tag.removed") => {
+            println!("retire {}", field("image"));
+            false
         }
-        Some("io.regwatch.tag.removed") => println!("retire {}", field("image")),
-        _ => {}
+        Some("io.regwatch.tag.matured") => args.mature,
+        // The signature of an image reported unsigned: deploy it now, by digest.
+        Some("io.regwatch.signature.added") => args.signed,
+        _ => detected && !args.mature && (!args.signed || data["signed"] == Value::Bool(true)),
+    };
+    if deploy {
+        println!("deploy {}", field("image"));
     }
 }

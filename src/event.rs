@@ -228,4 +228,46 @@ mod tests {
         };
         assert_eq!(build(renamed, &change, 41, SystemTime::now()).id, e.id);
     }
+
+    #[test]
+    fn a_signature_event_names_the_signed_image_and_details_are_optional() {
+        let origin = Origin {
+            registry: "local",
+            identity: "http://127.0.0.1:5000",
+            kind: Kind::Oci,
+            host: "127.0.0.1:5000",
+            repository: "team/app",
+        };
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let change = Change {
+            kind: ChangeKind::SignatureAdded,
+            tag: format!("sha256-{}.sig", "a".repeat(64)),
+            digest: Some(digest.clone()),
+            previous_digest: None,
+            pushed_at: None,
+            details: Details {
+                tags: Some(vec!["v1".into()]),
+                ..Details::default()
+            },
+        };
+        let v: Value =
+            serde_json::from_str(&build(origin, &change, 3, SystemTime::UNIX_EPOCH).payload)
+                .unwrap();
+        assert_eq!(v["type"], "io.regwatch.signature.added");
+        assert_eq!(
+            v["data"]["image"],
+            format!("127.0.0.1:5000/team/app@{digest}")
+        );
+        assert_eq!(v["data"]["tags"], serde_json::json!(["v1"]));
+        for absent in [
+            "signed",
+            "version",
+            "bump",
+            "latest",
+            "platforms",
+            "attestations",
+        ] {
+            assert!(v["data"].get(absent).is_none(), "{absent} is left out");
+        }
+    }
 }

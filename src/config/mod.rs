@@ -23,6 +23,7 @@ use url::Url;
 pub use secrets::expand_env;
 
 use crate::registry::{dockerhub, gcr};
+use crate::watch::versions::VersionPolicy;
 use raw::RawConfig;
 
 /// A configuration problem: where it is (key path, line) and what is wrong.
@@ -201,6 +202,8 @@ pub struct TagFilter {
     /// Report cosign's `sha256-<hex>.sig|.att|.sbom` tags as tags (`signature_tags`); by default
     /// they are not images and only annotate their subject.
     pub signature_tags: bool,
+    /// `[registry.versions]` with `scheme = "semver"`; `None` for `scheme = "none"`.
+    pub versions: Option<VersionPolicy>,
 }
 
 impl TagFilter {
@@ -318,6 +321,10 @@ pub struct RegistryConfig {
     pub docker_config: Option<PathBuf>,
     /// Emit `tag.matured` once a reported tag kept its digest this long (`mature_after`).
     pub mature_after: Option<Duration>,
+    /// Look up the platforms of each new digest (`platforms`, or implied by `require_platforms`).
+    pub platforms: bool,
+    /// Report only images that include all of these (`os/arch[/variant]`); empty = all.
+    pub require_platforms: Vec<String>,
 }
 
 impl RegistryConfig {
@@ -372,7 +379,8 @@ fn deserialize(text: &str) -> Result<RawConfig, ConfigError> {
         let path = e
             .path()
             .to_string()
-            .replace("$__serde_spanned_private_value.", "");
+            .replace("$__serde_spanned_private_value.", "")
+            .replace(".$__serde_spanned_private_value", "");
         let path = if path == "." { String::new() } else { path };
         toml_error(text, path, e.inner())
     })
@@ -696,5 +704,52 @@ url = "https://registry.example.com"
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn versions_table_is_parsed_once_and_checked() {
+        let r = one(&format!(
+            "{MINIMAL}\n[registry.versions]\nscheme = \"semver\"\nrange = \">=1.2, <2\"\nonly_newer = true\n"
+        ));
+        let v = r.tags.versions.expect("scheme semver gives a policy");
+        assert_eq!(
+            v.range().map(ToString::to_string).as_deref(),
+            Some(">=1.2, <2")
+        );
+        assert!(v.only_newer() && !v.prerelease());
+        assert!(one(MINIMAL).tags.versions.is_none(), "default scheme none");
+        let none = one(&format!(
+            "{MINIMAL}[registry.versions]\nscheme = \"none\"\n"
+        ));
+        assert!(none.tags.versions.is_none());
+
+        let e = parse(&format!(
+            "{MINIMAL}[registry.versions]\nscheme = \"semver\"\nrange = \">=1.2, <<2\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.line),
+            ("registry[0].versions.range", Some(8))
+        );
+        assert!(e.message.contains("invalid version range"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}[registry.versions]\nprerelease = true\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.line),
+            ("registry[0].versions.prerelease", Some(7))
+        );
+        assert!(e.message.contains("needs scheme = \"semver\""), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}[registry.versions]\nscheme = \"calver\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "registry[0].versions.scheme");
+        let e = parse(&format!(
+            "{MINIMAL}[registry.versions]\nonly_newest = true\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("did you mean `only_newer`"), "{e}");
     }
 }

@@ -101,6 +101,9 @@ pub(super) struct RawRegistry {
     #[serde(default)]
     pub(super) signature_tags: bool,
     pub(super) mature_after: Option<Dur>,
+    pub(super) platforms: Option<Spanned<bool>>,
+    pub(super) require_platforms: Option<Spanned<Vec<PlatformName>>>,
+    pub(super) allow_pulls: Option<Spanned<bool>>,
     pub(super) interval: Option<Dur>,
     pub(super) rate_limit: Option<NonZeroU32>,
     pub(super) concurrency: Option<usize>,
@@ -132,6 +135,42 @@ pub(super) struct RawRegistry {
     pub(super) client_id: Option<Expanded>,
     pub(super) client_secret: Option<Secret>,
     pub(super) client_secret_file: Option<FileSecret>,
+    // version awareness
+    pub(super) versions: Option<RawVersions>,
+}
+
+/// `[registry.versions]`: the keys as written; `validate` turns them into a `VersionPolicy`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVersions {
+    #[serde(default)]
+    pub(super) scheme: Scheme,
+    pub(super) range: Option<Spanned<Range>>,
+    pub(super) prerelease: Option<Spanned<bool>>,
+    pub(super) only_newer: Option<Spanned<bool>>,
+}
+
+/// `versions.scheme`.
+#[derive(Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Scheme {
+    #[default]
+    None,
+    Semver,
+}
+
+/// A semver requirement such as `">=1.2, <2"`, parsed at load.
+pub(super) struct Range(pub(super) semver::VersionReq);
+
+impl<'de> Deserialize<'de> for Range {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        semver::VersionReq::parse(&s).map(Range).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid version range {s:?} ({e}); use e.g. \">=1.2, <2\""
+            ))
+        })
+    }
 }
 
 /// A humantime duration such as `30s` or `5m`.
@@ -195,5 +234,29 @@ impl<'de> Deserialize<'de> for Pattern {
         RepoPattern::parse(&s)
             .map(Pattern)
             .map_err(de::Error::custom)
+    }
+}
+
+/// A platform as `os/arch[/variant]` (`linux/arm64`, `linux/arm/v7`), written as registries'
+/// indexes name it: lowercase letters, digits, `.`, `_` and `-`.
+pub(super) struct PlatformName(pub(super) String);
+
+impl<'de> Deserialize<'de> for PlatformName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let parts: Vec<&str> = s.split('/').collect();
+        let valid = (2..=3).contains(&parts.len())
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
+            });
+        if !valid {
+            return Err(de::Error::custom(format!(
+                "invalid platform {s:?}; use os/arch[/variant] in lowercase, e.g. \"linux/arm64\" or \"linux/arm/v7\""
+            )));
+        }
+        Ok(PlatformName(s))
     }
 }

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::raw::{RawConfig, RawRegistry};
+use super::raw::{RawConfig, RawRegistry, RawVersions, Scheme};
 use super::secrets::one_secret;
 use super::{
     AcrConfig, AssumeRole, Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig,
     KafkaConfig, Kind, Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
 };
 use crate::registry::{docker_config, dockerhub, ecr, gcr, google};
+use crate::watch::versions::VersionPolicy;
 
 /// Builds the typed configuration from the raw schema, or the first problem found.
 pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError> {
@@ -170,6 +171,7 @@ fn validate_registry(
     }
 
     let provider = provider(&r, kind, &url, &err, table_line)?;
+    let (platforms, require_platforms) = platforms(&r, kind, text, &err)?;
     let password = one_secret(r.password, r.password_file, "password", &err, table_line)?;
     let credentials = match (r.username, password) {
         (Some(u), Some(p)) => Some(Credentials {
@@ -260,6 +262,7 @@ fn validate_registry(
             RepoPattern::parse(&full).expect("a valid pattern stays valid with a plain prefix")
         })
         .collect();
+    let versions = version_policy(r.versions, text, &err)?;
 
     Ok(RegistryConfig {
         name: r.name,
@@ -274,6 +277,7 @@ fn validate_registry(
             exclude: r.exclude_tags.into_iter().map(|t| t.0).collect(),
             mutable: r.mutable_tags,
             signature_tags: r.signature_tags,
+            versions,
         },
         interval: r.interval.map_or(daemon.interval, |d| d.0),
         rate_limit: r
@@ -286,7 +290,94 @@ fn validate_registry(
         webhook_token,
         docker_config,
         mature_after: r.mature_after.map(|d| d.0),
+        platforms,
+        require_platforms,
     })
+}
+
+/// `platforms`, `require_platforms` and `allow_pulls`: whether to look platforms up, and which are
+/// required. Reading them costs a manifest GET per new digest, which Docker Hub counts as a pull.
+fn platforms(
+    r: &RawRegistry,
+    kind: Kind,
+    text: &str,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+) -> Result<(bool, Vec<String>), ConfigError> {
+    let line = |span: std::ops::Range<usize>| line_of(text, span.start);
+    let asked = r.platforms.as_ref().filter(|p| *p.get_ref());
+    let required = r
+        .require_platforms
+        .as_ref()
+        .filter(|p| !p.get_ref().is_empty());
+    // The key that turned the lookup on, for errors.
+    let on = match (asked, required) {
+        (Some(p), _) => Some(("platforms", line(p.span()))),
+        (None, Some(p)) => Some(("require_platforms", line(p.span()))),
+        (None, None) => None,
+    };
+    let allowed = r.allow_pulls.as_ref().is_some_and(|a| *a.get_ref());
+    if let Some(a) = &r.allow_pulls
+        && kind != Kind::Dockerhub
+    {
+        return Err(err(
+            "allow_pulls",
+            line(a.span()),
+            "allow_pulls applies only to kind = \"dockerhub\", where a manifest GET counts as a pull".into(),
+        ));
+    }
+    match (on, kind) {
+        (Some((key, line)), Kind::Dockerhub) if !allowed => Err(err(
+            key,
+            line,
+            format!(
+                "{key} GETs the manifest of every new digest, and on Docker Hub a manifest GET counts as a pull against the account's pull rate limit; set allow_pulls = true to accept that (one pull per new multi-platform digest, two for a single-platform image)"
+            ),
+        )),
+        (Some((key, line)), Kind::Ecr) => Err(err(
+            key,
+            line,
+            format!(
+                "{key} is not available for kind = \"ecr\": regwatch reads ECR through DescribeImages, which does not return platforms (it would take BatchGetImage per digest, plus a layer download through S3 for single-platform images)"
+            ),
+        )),
+        _ => Ok((
+            on.is_some(),
+            required
+                .map(|p| p.get_ref().iter().map(|n| n.0.clone()).collect())
+                .unwrap_or_default(),
+        )),
+    }
+}
+
+/// `[registry.versions]`: `None` for `scheme = "none"`, whose other keys would do nothing.
+fn version_policy(
+    raw: Option<RawVersions>,
+    text: &str,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+) -> Result<Option<VersionPolicy>, ConfigError> {
+    let Some(v) = raw else {
+        return Ok(None);
+    };
+    if v.scheme == Scheme::None {
+        let set = [
+            ("range", v.range.as_ref().map(|r| r.span())),
+            ("prerelease", v.prerelease.as_ref().map(|p| p.span())),
+            ("only_newer", v.only_newer.as_ref().map(|o| o.span())),
+        ];
+        if let Some((key, span)) = set.into_iter().find_map(|(k, s)| Some((k, s?))) {
+            return Err(err(
+                &format!("versions.{key}"),
+                line_of(text, span.start),
+                format!("{key} needs scheme = \"semver\""),
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(VersionPolicy::new(
+        v.range.map(|r| r.into_inner().0),
+        v.prerelease.is_some_and(|p| p.into_inner()),
+        v.only_newer.is_some_and(|o| o.into_inner()),
+    )))
 }
 
 /// Builds the kind-specific settings, rejecting keys that belong to another kind.

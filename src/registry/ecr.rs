@@ -242,6 +242,13 @@ where
 
 #[async_trait]
 impl Registry for EcrRegistry {
+    async fn platforms(&self, _repo: &str, _digest: &str) -> Result<Vec<String>, RegistryError> {
+        // Config load refuses `platforms` for ecr: DescribeImages does not return them.
+        Err(RegistryError::Protocol(
+            "kind ecr does not read platforms".into(),
+        ))
+    }
+
     async fn ping(&self) -> Result<(), RegistryError> {
         let client = self.client().await;
         let request = client

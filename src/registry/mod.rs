@@ -107,6 +107,11 @@ pub trait Registry: Send + Sync {
     async fn list_tags(&self, repo: &str) -> Result<Vec<Tag>, RegistryError>;
     /// The manifest digest of `repo:tag`, without pulling the manifest.
     async fn digest(&self, repo: &str, tag: &str) -> Result<String, RegistryError>;
+    /// The platforms (`os/arch[/variant]`, sorted, deduplicated) of the image `repo@digest`: a GET
+    /// of the manifest, plus one of its config blob when it is a single-platform image. No default:
+    /// an adapter that wraps another must pass this on, and one that cannot read manifests makes
+    /// config load refuse `platforms` for its kind.
+    async fn platforms(&self, repo: &str, digest: &str) -> Result<Vec<String>, RegistryError>;
     /// Where the credentials come from, for `regwatch check`; `None` when anonymous.
     fn credential_source(&self) -> Option<String> {
         None

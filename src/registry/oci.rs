@@ -22,6 +22,16 @@ application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
+/// The largest manifest or image config `platforms` reads: the Distribution registry refuses
+/// manifests over 4 MiB, and an image config is a few kilobytes.
+const MANIFEST_CAP: usize = 4 * 1024 * 1024;
+/// The config media types of container images (OCI image-spec config.md; Docker image manifest
+/// v2 schema 2). Any other config is an artifact's (Helm chart, cosign signature): no platform.
+const IMAGE_CONFIG_TYPES: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
 /// Reads one listing page: its names, plus any tags whose digests the page carries.
 type PageParser = fn(&[u8], &mut Vec<Tag>) -> Result<Vec<String>, serde_json::Error>;
 
@@ -48,6 +58,99 @@ struct GoogleManifest {
     #[serde(default)]
     tag: Vec<String>,
     time_uploaded_ms: Option<String>,
+}
+
+/// The fields of an image index / manifest list (`manifests`) or an image manifest (`config`)
+/// that say which platforms it runs on.
+#[derive(Deserialize)]
+struct ManifestDoc {
+    #[serde(default)]
+    manifests: Option<Vec<IndexEntry>>,
+    #[serde(default)]
+    config: Option<ConfigDescriptor>,
+}
+
+#[derive(Deserialize)]
+struct IndexEntry {
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigDescriptor {
+    #[serde(default)]
+    media_type: Option<String>,
+    digest: String,
+}
+
+/// An index entry's `platform`, or the same fields at the top of an image config.
+#[derive(Deserialize)]
+struct Platform {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+impl Platform {
+    /// `os/arch[/variant]`; `None` for buildx's attestation manifests (`unknown/unknown`) and
+    /// configs that name no platform.
+    fn name(&self) -> Option<String> {
+        let (os, arch) = (self.os.as_str(), self.architecture.as_str());
+        if os.is_empty() || arch.is_empty() || (os, arch) == ("unknown", "unknown") {
+            return None;
+        }
+        Some(match self.variant.as_deref().filter(|v| !v.is_empty()) {
+            Some(v) => format!("{os}/{arch}/{v}"),
+            None => format!("{os}/{arch}"),
+        })
+    }
+}
+
+/// Where a manifest's platforms are.
+#[derive(Debug, PartialEq, Eq)]
+enum Platforms {
+    /// An index or manifest list names them.
+    Listed(Vec<String>),
+    /// A single image: in its config blob, at this digest.
+    InConfig(String),
+    /// Neither (an artifact, not an image).
+    None,
+}
+
+/// Reads where the platforms of a manifest `body` are.
+fn manifest_platforms(body: &[u8]) -> Result<Platforms, serde_json::Error> {
+    let doc: ManifestDoc = serde_json::from_slice(body)?;
+    Ok(match (doc.manifests, doc.config) {
+        (Some(entries), _) => Platforms::Listed(
+            entries
+                .iter()
+                .filter_map(|e| e.platform.as_ref()?.name())
+                .collect(),
+        ),
+        (None, Some(c))
+            if c.media_type
+                .as_deref()
+                .is_none_or(|t| IMAGE_CONFIG_TYPES.contains(&t)) =>
+        {
+            Platforms::InConfig(c.digest)
+        }
+        (None, _) => Platforms::None,
+    })
+}
+
+/// Whether `body` hashes to `digest`: what a registry serves by digest must be that content, or
+/// a platform list stored once per digest could describe another image.
+fn matches_digest(body: &[u8], digest: &str) -> bool {
+    use sha2::Digest as _;
+    match digest.split_once(':') {
+        Some(("sha256", hex)) => hex::encode(sha2::Sha256::digest(body)).eq_ignore_ascii_case(hex),
+        Some(("sha512", hex)) => hex::encode(sha2::Sha512::digest(body)).eq_ignore_ascii_case(hex),
+        _ => false,
+    }
 }
 
 #[derive(Deserialize)]
@@ -129,6 +232,44 @@ impl OciRegistry {
             }
         }
         unreachable!("the loop returns on its second attempt")
+    }
+
+    /// GETs `/v2/<repo>/<what>/<digest>` (`manifests` or `blobs`) and checks that the body is
+    /// that content.
+    async fn get_by_digest(
+        &self,
+        repo: &str,
+        what: &str,
+        digest: &str,
+        accept: Option<&str>,
+    ) -> Result<Vec<u8>, RegistryError> {
+        if !valid_digest(digest) {
+            return Err(RegistryError::Protocol(format!(
+                "{repo}: malformed {what} digest {digest:?}"
+            )));
+        }
+        let url = self.endpoint(&format!("/v2/{repo}/{what}/{digest}"));
+        let scope = format!("repository:{repo}:pull");
+        let response = self.request(Method::GET, &url, &scope, accept).await?;
+        match response.status() {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => {
+                return Err(RegistryError::NotFound(format!("{repo}@{digest}")));
+            }
+            s => {
+                return Err(RegistryError::Status {
+                    status: s.as_u16(),
+                    what: format!("GET {repo} {what}/{digest}"),
+                });
+            }
+        }
+        let body = read_body(response, MANIFEST_CAP).await?;
+        if !matches_digest(&body, digest) {
+            return Err(RegistryError::Protocol(format!(
+                "GET {repo} {what}/{digest} served content with another digest"
+            )));
+        }
+        Ok(body)
     }
 
     /// Follows `first` and its `Link: rel="next"` pages, returning every entry `extract` finds;
@@ -357,6 +498,28 @@ impl Registry for OciRegistry {
             .collect())
     }
 
+    async fn platforms(&self, repo: &str, digest: &str) -> Result<Vec<String>, RegistryError> {
+        let body = self
+            .get_by_digest(repo, "manifests", digest, Some(MANIFEST_ACCEPT))
+            .await?;
+        let invalid = |what: &str, e: serde_json::Error| {
+            RegistryError::Protocol(format!("invalid {what} JSON for {repo}@{digest}: {e}"))
+        };
+        let mut names = match manifest_platforms(&body).map_err(|e| invalid("manifest", e))? {
+            Platforms::Listed(names) => names,
+            Platforms::InConfig(config) => {
+                let body = self.get_by_digest(repo, "blobs", &config, None).await?;
+                let platform: Platform =
+                    serde_json::from_slice(&body).map_err(|e| invalid("image config", e))?;
+                platform.name().into_iter().collect()
+            }
+            Platforms::None => Vec::new(),
+        };
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
+    }
+
     async fn digest(&self, repo: &str, tag: &str) -> Result<String, RegistryError> {
         let url = self.endpoint(&format!("/v2/{repo}/manifests/{tag}"));
         let scope = format!("repository:{repo}:pull");
@@ -434,6 +597,47 @@ mod tests {
             humantime::format_rfc3339(at).to_string(),
             "2020-09-13T12:26:40Z"
         );
+    }
+
+    #[test]
+    fn manifests_name_their_platforms() {
+        // An OCI index as buildx pushes it: two images and an attestation manifest.
+        let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:a","size":1,"platform":{"architecture":"arm","os":"linux","variant":"v7"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:b","size":1,"platform":{"architecture":"amd64","os":"linux"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:c","size":1,"platform":{"architecture":"unknown","os":"unknown"},"annotations":{"vnd.docker.reference.type":"attestation-manifest"}}]}"#;
+        assert_eq!(
+            manifest_platforms(index).unwrap(),
+            Platforms::Listed(vec!["linux/arm/v7".into(), "linux/amd64".into()])
+        );
+        let image = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:cfg","size":1},"layers":[]}"#;
+        assert_eq!(
+            manifest_platforms(image).unwrap(),
+            Platforms::InConfig("sha256:cfg".into())
+        );
+        let chart = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"sha256:cfg","size":1},"layers":[]}"#;
+        assert_eq!(manifest_platforms(chart).unwrap(), Platforms::None);
+        let config: Platform = serde_json::from_slice(
+            br#"{"architecture":"arm64","os":"linux","variant":"v8","rootfs":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.name().as_deref(), Some("linux/arm64/v8"));
+    }
+
+    #[test]
+    fn content_must_match_its_digest() {
+        let body = b"{}";
+        let sha256 = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+        assert!(matches_digest(body, sha256));
+        assert!(matches_digest(
+            body,
+            &sha256.to_uppercase().replace("SHA256", "sha256")
+        ));
+        assert!(!matches_digest(b"{ }", sha256));
+        assert!(!matches_digest(
+            body,
+            "md5:99914b932bd37a50b983c5e7c90ae93b"
+        ));
     }
 
     #[test]

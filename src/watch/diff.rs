@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::versions::{Bump, VersionIndex, VersionPolicy};
 use crate::config::TagFilter;
 use crate::registry::Tag;
 
@@ -71,9 +72,10 @@ pub enum ChangeKind {
 /// event and left out when `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Details {
-    /// The normalised version (`[registry.versions]`).
+    /// The normalised version (`[registry.versions]`); `Some(None)` is a null: versions are on and
+    /// the tag is not one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+    pub version: Option<Option<String>>,
     /// How the version relates to the highest one known before.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bump: Option<&'static str>,
@@ -171,7 +173,8 @@ pub fn needs_digest(
 /// is recorded and nothing is emitted. The new snapshot's `revision` is left for the caller. Tags
 /// the filter does not select are remembered but never reported, so editing the filter later does
 /// not flood. Cosign tags annotate their subject's event, or become a `SignatureAdded` /
-/// `AttestationAdded` when the subject was reported before.
+/// `AttestationAdded` when the subject was reported before. With `[registry.versions]`, added and
+/// moved tags are judged by `watch::versions`.
 pub fn diff(
     previous: Option<&Snapshot>,
     listing: Vec<Tag>,
@@ -211,6 +214,10 @@ pub fn diff(
         snapshot.tags.insert(tag.name, digest);
     }
 
+    // An idle cycle (no added or moved tag) parses no version.
+    if let Some(policy) = filter.versions.as_ref().filter(|_| !changes.is_empty()) {
+        apply_versions(&mut changes, policy, prev, &snapshot, filter);
+    }
     for change in &mut changes {
         if let Some(digest) = &change.digest {
             annotate_cosign(&mut change.details, digest, &snapshot);
@@ -252,6 +259,33 @@ pub fn diff(
         .collect();
     changes.sort_by(|a, b| a.tag.cmp(&b.tag));
     Diff { snapshot, changes }
+}
+
+/// Drops the added and moved tags `policy` does not report and fills `version`, `bump` and
+/// `latest` on the others. Only the tags the filter selects are versions "known" to compare with.
+fn apply_versions(
+    changes: &mut Vec<Change>,
+    policy: &VersionPolicy,
+    prev: &Snapshot,
+    snapshot: &Snapshot,
+    filter: &TagFilter,
+) {
+    fn selected<'a>(s: &'a Snapshot, filter: &'a TagFilter) -> impl Iterator<Item = &'a str> {
+        s.tags
+            .keys()
+            .map(String::as_str)
+            .filter(|t| filter.selects(t))
+    }
+    let index = VersionIndex::new(policy, selected(prev, filter), selected(snapshot, filter));
+    changes.retain_mut(|c| {
+        let verdict = index.judge(&c.tag, c.kind == ChangeKind::Added);
+        if verdict.report {
+            c.details.bump = verdict.bump.map(Bump::as_str);
+            c.details.latest = verdict.version.is_some().then_some(verdict.latest);
+            c.details.version = Some(verdict.version);
+        }
+        verdict.report
+    });
 }
 
 /// Sets `signed` and `attestations` from the cosign tags `snapshot` lists for `digest`.
@@ -304,6 +338,54 @@ fn cosign_change(
             ..Details::default()
         },
     })
+}
+
+/// The digests of `outcome`'s `Added` and `Updated` changes whose platforms are not known yet,
+/// each once, with a tag pointing at it: what `platforms = true` must look up.
+pub fn needs_platforms(outcome: &Diff) -> Vec<(String, String)> {
+    let mut wanted: BTreeMap<&str, &str> = BTreeMap::new();
+    for change in &outcome.changes {
+        if let (ChangeKind::Added | ChangeKind::Updated, Some(digest)) =
+            (change.kind, &change.digest)
+            && !outcome.snapshot.platforms.contains_key(digest)
+        {
+            wanted.entry(digest).or_insert(&change.tag);
+        }
+    }
+    wanted
+        .into_iter()
+        .map(|(d, t)| (d.to_owned(), t.to_owned()))
+        .collect()
+}
+
+/// Sets `platforms` on `outcome`'s `Added` and `Updated` changes from the snapshot's platforms,
+/// and on an update `platforms_added` (what the new digest has beyond the previous one, when
+/// `previous` knew the latter's). With `require` set, drops the changes whose image lacks one of
+/// them; the snapshot still records the tag, so a later re-push that has them is an update.
+pub fn annotate_platforms(outcome: &mut Diff, previous: Option<&Snapshot>, require: &[String]) {
+    let known = &outcome.snapshot.platforms;
+    outcome.changes.retain_mut(|change| {
+        if !matches!(change.kind, ChangeKind::Added | ChangeKind::Updated) {
+            return true;
+        }
+        let platforms = change.digest.as_ref().and_then(|d| known.get(d));
+        if change.kind == ChangeKind::Updated {
+            let before = change
+                .previous_digest
+                .as_ref()
+                .and_then(|d| previous?.platforms.get(d));
+            change.details.platforms_added = platforms.zip(before).map(|(now, before)| {
+                now.iter()
+                    .filter(|p| !before.contains(p))
+                    .cloned()
+                    .collect()
+            });
+        }
+        change.details.platforms = platforms.cloned();
+        require
+            .iter()
+            .all(|r| platforms.is_some_and(|p| p.contains(r)))
+    });
 }
 
 /// Keeps the maturity deadlines of `outcome` (`mature_after`, `None` = off): every reported
@@ -486,6 +568,7 @@ mod tests {
             exclude: vec![Regex::new(r"\.sig$").unwrap()],
             mutable: vec![],
             signature_tags: false,
+            versions: None,
         };
         let prev = snap(&[("gone-dev", None)]);
         let listing = vec![
@@ -509,6 +592,7 @@ mod tests {
             exclude: vec![Regex::new("^skip").unwrap()],
             mutable: vec!["latest".into()],
             signature_tags: false,
+            versions: None,
         };
         let listing = vec![
             tag("latest", None),
@@ -759,6 +843,65 @@ mod tests {
     }
 
     #[test]
+    fn platforms_annotate_changes_and_required_ones_filter_them() {
+        let arm = |extra: &[&str]| -> Vec<String> {
+            ["linux/amd64", "linux/arm64"]
+                .iter()
+                .chain(extra)
+                .map(|p| p.to_string())
+                .collect()
+        };
+        let mut prev = snap(&[("multi", Some(D1)), ("amd", Some(D2))]);
+        prev.platforms.insert(D1.into(), arm(&[]));
+        let d3 = format!("sha256:{}", "3".repeat(64));
+        let d4 = format!("sha256:{}", "4".repeat(64));
+        let listing = vec![
+            tag("multi", Some(&d3)),
+            tag("amd", Some(&d4)),
+            tag("again", Some(&d3)),
+        ];
+        let mut d = diff(Some(&prev), listing, &all(), false);
+        assert_eq!(
+            needs_platforms(&d),
+            vec![(d3.clone(), "again".into()), (d4.clone(), "amd".into())],
+            "each unknown digest once"
+        );
+        d.snapshot
+            .platforms
+            .insert(d3.clone(), arm(&["linux/arm/v7"]));
+        d.snapshot
+            .platforms
+            .insert(d4.clone(), vec!["linux/amd64".into()]);
+        assert!(needs_platforms(&d).is_empty());
+        let mut required = Diff {
+            snapshot: d.snapshot.clone(),
+            changes: d.changes.clone(),
+        };
+        annotate_platforms(&mut d, Some(&prev), &[]);
+        let multi = d.changes.iter().find(|c| c.tag == "multi").unwrap();
+        assert_eq!(multi.details.platforms, Some(arm(&["linux/arm/v7"])));
+        assert_eq!(
+            multi.details.platforms_added,
+            Some(vec!["linux/arm/v7".to_string()])
+        );
+        let amd = d.changes.iter().find(|c| c.tag == "amd").unwrap();
+        assert_eq!(
+            amd.details.platforms_added, None,
+            "D2's platforms were never looked up"
+        );
+        annotate_platforms(&mut required, Some(&prev), &["linux/arm64".into()]);
+        assert_eq!(
+            kinds(&required),
+            vec![(ChangeKind::Added, "again"), (ChangeKind::Updated, "multi")]
+        );
+        assert_eq!(
+            required.snapshot.tags.get("amd"),
+            Some(&Some(d4)),
+            "remembered"
+        );
+    }
+
+    #[test]
     fn a_reported_tag_matures_once_unless_it_moves() {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
         let after = Some(Duration::from_secs(5));
@@ -803,5 +946,44 @@ mod tests {
         // Turning the option off forgets the deadlines.
         mature(&mut later, None, t0);
         assert!(later.snapshot.maturing.is_empty());
+    }
+    #[test]
+    fn versions_drop_unreported_tags_and_fill_details() {
+        let filter = TagFilter {
+            exclude: vec![Regex::new("^v9").unwrap()],
+            versions: Some(VersionPolicy::new(None, false, true)),
+            ..TagFilter::default()
+        };
+        // v9.0.0 is filtered out, so it is no version "known before" either.
+        let prev = snap(&[("v1.0.0", Some(D1)), ("v9.0.0", Some(D1))]);
+        let listing = vec![
+            tag("v1.0.0", Some(D1)),
+            tag("v9.0.0", Some(D1)),
+            tag("v1.2.0", Some(D2)),
+            tag("v0.9.0", Some(D2)),
+            tag("v2.0.0-rc.1", Some(D2)),
+            tag("edge", Some(D2)),
+        ];
+        let d = diff(Some(&prev), listing, &filter, false);
+        assert_eq!(kinds(&d), vec![(ChangeKind::Added, "v1.2.0")]);
+        let details = &d.changes[0].details;
+        assert_eq!(details.version, Some(Some("1.2.0".into())));
+        assert_eq!((details.bump, details.latest), (Some("minor"), Some(true)));
+        assert_eq!(
+            d.snapshot.tags.len(),
+            6,
+            "unreported tags are still remembered"
+        );
+
+        // A moved tag that is no version stays reported under only_newer, with a null version.
+        let prev = snap(&[("latest", Some(D1))]);
+        let d = diff(Some(&prev), vec![tag("latest", Some(D2))], &filter, false);
+        assert_eq!(kinds(&d), vec![(ChangeKind::Updated, "latest")]);
+        assert_eq!(d.changes[0].details.version, Some(None));
+        let json = serde_json::to_value(&d.changes[0].details).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"version": null, "signed": false, "attestations": []})
+        );
     }
 }

@@ -4,3 +4,4 @@ pub mod backoff;
 pub mod diff;
 pub mod scan;
 pub mod scheduler;
+pub mod versions;

@@ -537,6 +537,14 @@ impl Scanner {
             &self.config.tags,
             self.emit_removed,
         );
+        if self.config.platforms {
+            self.lookup_platforms(repo, &mut outcome).await?;
+            diff::annotate_platforms(
+                &mut outcome,
+                previous.as_ref(),
+                &self.config.require_platforms,
+            );
+        }
         // One instant for the deadlines and the events' detected_at, so that a tag.matured is
         // never less than mature_after after its tag.added, even to the millisecond.
         let detected = SystemTime::now();
@@ -565,6 +573,29 @@ impl Scanner {
             digest_lookups: lookups,
             baseline_tags,
         })
+    }
+
+    /// Looks up the platforms of the new digests `outcome` reports (`platforms`), once per digest
+    /// ever: the snapshot keeps them. Any failure fails the scan, so no event goes without them.
+    async fn lookup_platforms(
+        &self,
+        repo: &str,
+        outcome: &mut diff::Diff,
+    ) -> Result<(), ScanError> {
+        let found: Vec<(String, Vec<String>)> = stream::iter(diff::needs_platforms(outcome))
+            .map(|(digest, tag)| async move {
+                match self.registry.platforms(repo, &digest).await {
+                    Ok(p) => Ok((digest, p)),
+                    // Listed a moment ago: the tag moved and its old manifest was deleted since.
+                    Err(RegistryError::NotFound(_)) => Err(ScanError::TagVanished(tag)),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .buffer_unordered(self.config.concurrency)
+            .try_collect()
+            .await?;
+        outcome.snapshot.platforms.extend(found);
+        Ok(())
     }
 
     /// Records a diff of `repo` against snapshot `revision`, detected at `detected`: commits the

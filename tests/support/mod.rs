@@ -274,6 +274,141 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Puts `body` as manifest `repo:reference` with its media type; returns the digest the
+    /// registry reports, checked against the body's SHA-256.
+    async fn put_manifest(
+        &self,
+        client: &reqwest::Client,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &str,
+    ) -> String {
+        let resp = self
+            .request(
+                client,
+                reqwest::Method::PUT,
+                &format!("/v2/{repo}/manifests/{reference}"),
+            )
+            .header("content-type", media_type)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .map(|d| d.to_str().unwrap().to_owned());
+        assert_eq!(
+            status,
+            201,
+            "manifest put {repo}:{reference}: {}",
+            resp.text().await.unwrap_or_default()
+        );
+        let digest = digest.expect("Docker-Content-Digest");
+        assert_eq!(
+            digest,
+            format!("sha256:{}", hex::encode(Sha256::digest(body.as_bytes())))
+        );
+        digest
+    }
+
+    /// Pushes a multi-platform image as `repo:tag` and returns its digest: an OCI image index
+    /// (`oci`) or a Docker manifest list, over one small, unique image per platform
+    /// (`os/arch[/variant]`), each with its config blob naming that platform. `unknown/unknown` is
+    /// an attestation manifest, the way `docker buildx` adds one.
+    pub async fn push_index(&self, repo: &str, tag: &str, platforms: &[&str], oci: bool) -> String {
+        // OCI image-spec (image-index.md, manifest.md, config.md) and Docker's manifest v2
+        // schema 2 (manifest list, image manifest, container image config) media types.
+        let (index_type, manifest_type, config_type, layer_type) = if oci {
+            (
+                "application/vnd.oci.image.index.v1+json",
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.oci.image.config.v1+json",
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
+        } else {
+            (
+                "application/vnd.docker.distribution.manifest.list.v2+json",
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.docker.container.image.v1+json",
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            )
+        };
+        let client = reqwest::Client::new();
+        let mut entries = Vec::new();
+        for platform in platforms {
+            let mut parts = platform.split('/');
+            let (os, arch) = (parts.next().unwrap(), parts.next().unwrap());
+            let variant = parts
+                .next()
+                .map_or(String::new(), |v| format!(r#","variant":"{v}""#));
+            let nonce = format!("{repo}:{tag}:{platform}:{}", rand::random::<u64>());
+            let layer_digest = self.upload_blob(&client, repo, nonce.as_bytes()).await;
+            let config = format!(
+                r#"{{"architecture":"{arch}","os":"{os}"{variant},"rootfs":{{"type":"layers","diff_ids":[]}},"comment":"{nonce}"}}"#
+            );
+            let config_digest = self.upload_blob(&client, repo, config.as_bytes()).await;
+            let manifest = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{manifest_type}","config":{{"mediaType":"{config_type}","size":{},"digest":"{config_digest}"}},"layers":[{{"mediaType":"{layer_type}","size":{},"digest":"{layer_digest}"}}]}}"#,
+                config.len(),
+                nonce.len()
+            );
+            // Pushed by digest, as buildx pushes an index's children.
+            let reference = format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(manifest.as_bytes()))
+            );
+            let digest = self
+                .put_manifest(&client, repo, &reference, manifest_type, &manifest)
+                .await;
+            let annotations = if *platform == "unknown/unknown" {
+                r#","annotations":{"vnd.docker.reference.type":"attestation-manifest"}"#.to_owned()
+            } else {
+                String::new()
+            };
+            entries.push(format!(
+                r#"{{"mediaType":"{manifest_type}","size":{},"digest":"{digest}","platform":{{"architecture":"{arch}","os":"{os}"{variant}}}{annotations}}}"#,
+                manifest.len()
+            ));
+        }
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{index_type}","manifests":[{}]}}"#,
+            entries.join(",")
+        );
+        self.put_manifest(&client, repo, tag, index_type, &index)
+            .await
+    }
+
+    /// Tags the manifest `repo@digest` as `repo:tag` too (as `docker buildx imagetools create`
+    /// or `crane tag` do: the same bytes under another name, so the same digest).
+    pub async fn retag(&self, repo: &str, digest: &str, tag: &str) {
+        let client = reqwest::Client::new();
+        let resp = self
+            .request(
+                &client,
+                reqwest::Method::GET,
+                &format!("/v2/{repo}/manifests/{digest}"),
+            )
+            .header(
+                "accept",
+                "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "get {repo}@{digest}");
+        let media_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        let body = resp.text().await.unwrap();
+        let again = self
+            .put_manifest(&client, repo, tag, &media_type, &body)
+            .await;
+        assert_eq!(again, digest);
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();

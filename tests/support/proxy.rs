@@ -25,6 +25,8 @@ pub enum Fault {
     DropLink,
     /// Wait this long, then forward.
     Stall(Duration),
+    /// Forward, then serve this body instead of upstream's (a registry serving other content).
+    Body(&'static str),
 }
 
 /// A request as the proxy saw it.
@@ -117,6 +119,9 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
     let mut bytes = upstream.bytes().await.unwrap_or_default().to_vec();
     if fault == Some(Fault::Truncate) && !bytes.is_empty() {
         bytes.truncate(bytes.len() / 2);
+    }
+    if let Some(Fault::Body(other)) = fault {
+        bytes = other.as_bytes().to_vec();
     }
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;

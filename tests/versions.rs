@@ -1,0 +1,216 @@
+//! `[registry.versions]` end to end: real images pushed to a real `docker-registry`, `regwatch once`
+//! with the stdout sink after every push, as a deployer would see the events. The expectations are
+//! issue 12's acceptance case and the semver rules (semver.org §9-§11: pre-releases rank below their
+//! release; build metadata does not rank), not what the code happens to do.
+
+mod support;
+
+use serde_json::Value;
+use support::{Auth, Registry, Setup, assert_schema_valid, json_lines, report};
+
+fn config(registry: &Registry, entry_extra: &str, versions: &str) -> String {
+    format!(
+        "[[registry]]\nname = \"local\"\nkind = \"oci\"\nurl = \"{}\"\ninsecure = true\nrepositories = [\"team/app\"]\nrate_limit = 500\n{entry_extra}\n[registry.versions]\n{versions}",
+        registry.url()
+    )
+}
+
+/// Runs one `once` and returns its events.
+fn once(setup: &Setup) -> Vec<Value> {
+    let (code, out, err) = setup.regwatch(&["once"]);
+    assert_eq!(code, 0, "{err}");
+    json_lines(&out)
+}
+
+fn field<'a>(e: &'a Value, key: &str) -> &'a Value {
+    &e["data"][key]
+}
+
+/// Issue 12, acceptance: with semver, `only_newer = true` and `prerelease = false`, pushing
+/// v1.0.0 (baseline), v1.2.0, v1.1.5, v2.0.0-rc.1 and v2.0.0 reports exactly v1.2.0 (minor) and
+/// v2.0.0 (major).
+#[tokio::test(flavor = "multi_thread")]
+async fn only_newer_reports_exactly_the_minor_and_the_major() {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v1.0.0").await;
+    let setup = Setup::new(
+        "",
+        &config(
+            &registry,
+            "",
+            "scheme = \"semver\"\nonly_newer = true\nprerelease = false\n",
+        ),
+    );
+    assert!(once(&setup).is_empty(), "the first scan is a baseline");
+
+    let mut events = Vec::new();
+    let mut digests = std::collections::HashMap::new();
+    for tag in ["v1.2.0", "v1.1.5", "v2.0.0-rc.1", "v2.0.0"] {
+        digests.insert(tag, registry.push("team/app", tag).await);
+        events.extend(once(&setup));
+    }
+    let seen: Vec<(&str, &str, &str, &str, bool)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                field(e, "tag").as_str().unwrap(),
+                field(e, "version").as_str().unwrap_or("-"),
+                field(e, "bump").as_str().unwrap_or("-"),
+                field(e, "latest").as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("io.regwatch.tag.added", "v1.2.0", "1.2.0", "minor", true),
+            ("io.regwatch.tag.added", "v2.0.0", "2.0.0", "major", true),
+        ]
+    );
+    for e in &events {
+        let tag = field(e, "tag").as_str().unwrap();
+        assert_eq!(field(e, "digest"), digests[tag].as_str(), "{tag}");
+    }
+    assert_schema_valid(&events);
+    report(
+        "versions: events for v1.2.0, v1.1.5, v2.0.0-rc.1, v2.0.0 (only_newer, no pre-releases)",
+        seen.iter()
+            .map(|s| format!("{}={}", s.1, s.3))
+            .collect::<Vec<_>>()
+            .join(" "),
+        "v1.2.0=minor v2.0.0=major",
+    );
+}
+
+/// A range, pre-releases on, variants, a tag that is no version, and a re-pushed release tag
+/// (a moved mutable tag), in one repository.
+#[tokio::test(flavor = "multi_thread")]
+async fn range_prereleases_variants_and_a_repushed_release() {
+    let registry = Registry::start(Auth::None);
+    for tag in ["1.0.0", "1.1.0", "1.1.0-alpine"] {
+        registry.push("team/app", tag).await;
+    }
+    let setup = Setup::new(
+        "",
+        &config(
+            &registry,
+            "mutable_tags = [\"1.0.0\"]\n",
+            "scheme = \"semver\"\nrange = \">=1, <2\"\nprerelease = true\n",
+        ),
+    );
+    assert!(once(&setup).is_empty(), "baseline");
+
+    // One scan sees them all: each is measured against the previous snapshot, per variant.
+    for tag in [
+        "1.2.0-rc.1",
+        "1.2-alpine",
+        "2.0.0",
+        "2.0.0-rc.1",
+        "edge",
+        "v1.1.1",
+    ] {
+        registry.push("team/app", tag).await;
+    }
+    let moved = registry.push("team/app", "1.0.0").await;
+    let events = once(&setup);
+    let mut seen: Vec<(String, String, Value, Value, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('.')
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+                field(e, "tag").as_str().unwrap().to_owned(),
+                field(e, "version").clone(),
+                field(e, "bump").clone(),
+                field(e, "latest").clone(),
+            )
+        })
+        .collect();
+    seen.sort_by(|a, b| a.1.cmp(&b.1));
+    let row = |kind: &str, tag: &str, version: &str, bump: &str, latest: bool| {
+        (
+            kind.to_owned(),
+            tag.to_owned(),
+            Value::from(version),
+            Value::from(bump),
+            Value::from(latest),
+        )
+    };
+    assert_eq!(
+        seen,
+        vec![
+            // Re-pushed: compared with the other tags (1.1.0 is higher), so older.
+            row("updated", "1.0.0", "1.0.0", "older", false),
+            // Measured against the highest -alpine before (1.1.0-alpine), not the plain tags.
+            row("added", "1.2-alpine", "1.2.0", "minor", true),
+            // A pre-release of 1.2.0 is above 1.1.0, and above 1.1.1: the highest plain tag now.
+            row("added", "1.2.0-rc.1", "1.2.0-rc.1", "minor", true),
+            row("added", "v1.1.1", "1.1.1", "patch", false),
+        ],
+        "2.0.0 and 2.0.0-rc.1 are outside <2, edge is no version; events: {events:#?}"
+    );
+    assert_eq!(
+        events.iter().find(|e| field(e, "tag") == "1.0.0").unwrap()["data"]["digest"],
+        moved.as_str()
+    );
+    assert_schema_valid(&events);
+}
+
+/// Without `range` or `only_newer`, a tag that is not a version is still reported, with
+/// `version: null` (so a consumer can tell "versions on, not a version" from "versions off").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_that_is_no_version_carries_a_null_version() {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v1.0.0").await;
+    let setup = Setup::new("", &config(&registry, "", "scheme = \"semver\"\n"));
+    assert!(once(&setup).is_empty(), "baseline");
+    registry.push("team/app", "nightly-build").await;
+    registry.push("team/app", "v0.9.0").await;
+    let events = once(&setup);
+    assert_eq!(events.len(), 2, "{events:#?}");
+    let no_version = &events[0]["data"];
+    assert_eq!(no_version["tag"], "nightly-build");
+    assert!(no_version.as_object().unwrap().contains_key("version"));
+    assert_eq!(no_version["version"], Value::Null);
+    assert!(no_version.get("bump").is_none() && no_version.get("latest").is_none());
+    let old = &events[1]["data"];
+    assert_eq!(
+        (&old["version"], &old["bump"], &old["latest"]),
+        (
+            &Value::from("0.9.0"),
+            &Value::from("older"),
+            &Value::from(false)
+        )
+    );
+    assert_schema_valid(&events);
+}
+
+/// A range that does not parse, or a versions key without `scheme = "semver"`, stops the program
+/// at load with exit 2, naming the key path and the line.
+#[test]
+fn bad_versions_keys_are_config_errors() {
+    let entry = "[[registry]]\nname = \"local\"\nkind = \"oci\"\nurl = \"https://r.example\"\n[registry.versions]\n";
+    for (keys, path, line) in [
+        (
+            "scheme = \"semver\"\nrange = \">=1.2, <<2\"\n",
+            "registry[0].versions.range",
+            "line 11",
+        ),
+        (
+            "only_newer = true\n",
+            "registry[0].versions.only_newer",
+            "line 10",
+        ),
+    ] {
+        let setup = Setup::new("", &format!("{entry}{keys}"));
+        let (code, out, err) = setup.regwatch(&["once"]);
+        assert_eq!((code, out.as_str()), (2, ""), "{err}");
+        assert!(err.contains(path) && err.contains(line), "{err}");
+    }
+}
