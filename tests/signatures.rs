@@ -400,3 +400,53 @@ async fn signatures_on_a_listing_with_digests_name_only_reported_tags() {
     );
     assert_eq!(heads, 0, "the listing gives every digest");
 }
+
+/// With `[registry.versions]`, a pre-release that `prerelease = false` never reports is looked up
+/// (it is a selected tag) but never reported: its signature is nobody's news either, while the
+/// release's signature is a `signature.added` as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signature_of_a_pre_release_that_was_not_reported_is_not_reported() {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v1.0.0").await;
+    let (setup, _wire) = setup(
+        &registry,
+        "\n[registry.versions]\nscheme = \"semver\"\nprerelease = false\n",
+    )
+    .await;
+    let daemon = started(&setup).await;
+    let release = registry.push("team/app", "v1.1.0").await;
+    let rc = registry.push("team/app", "v1.2.0-rc.1").await;
+    daemon
+        .wait_event("tag.added v1.1.0", WITHIN, |e| e["data"]["tag"] == "v1.1.0")
+        .await;
+    // A cycle or two for the pre-release to be listed (and dropped) too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    registry.push_cosign("team/app", &rc, "sig").await;
+    registry.push_cosign("team/app", &release, "sig").await;
+    daemon
+        .wait_event("signature.added for v1.1.0", WITHIN, |e| {
+            e["type"] == SIGNATURE && e["data"]["digest"] == release.as_str()
+        })
+        .await;
+    tokio::time::sleep(QUIET).await;
+    let (code, out, err) = daemon.stop();
+    assert_eq!(code, 0, "{err}");
+    let events = support::json_lines(&out);
+    let about_rc = events
+        .iter()
+        .filter(|e| e["data"]["digest"] == rc.as_str())
+        .count();
+    report(
+        "cosign: signature of a pre-release that prerelease = false never reported: events",
+        about_rc,
+        "0",
+    );
+    assert_eq!(about_rc, 0, "{events:#?}");
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(
+        of_type(&events, SIGNATURE)[0]["data"]["tags"],
+        json!(["v1.1.0"])
+    );
+    assert_schema_valid(&events);
+    assert_ids_unique(&events);
+}

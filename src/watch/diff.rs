@@ -296,9 +296,9 @@ fn annotate_cosign(details: &mut Details, digest: &str, snapshot: &Snapshot) {
 }
 
 /// The event for a cosign tag that appeared after its subject was reported: a tag the filter
-/// selects already pointed at the subject digest in `prev`. Its tags are the selected tags
-/// pointing at it now; tags the filter leaves out are never named, whatever digest a listing
-/// gave them.
+/// selects (and `[registry.versions]` can report) already pointed at the subject digest in
+/// `prev`. Its tags are such tags pointing at it now; tags never reported are never named,
+/// whatever digest a listing or a HEAD gave them.
 fn cosign_change(
     tag: &str,
     prev: &Snapshot,
@@ -310,7 +310,10 @@ fn cosign_change(
         s.tags
             .iter()
             .filter(|(t, d)| {
-                d.as_deref() == Some(&subject) && cosign_subject(t).is_none() && filter.selects(t)
+                d.as_deref() == Some(&subject)
+                    && cosign_subject(t).is_none()
+                    && filter.selects(t)
+                    && filter.versions.as_ref().is_none_or(|p| p.may_report(t))
             })
             .map(|(t, _)| t.clone())
             .collect()
@@ -947,6 +950,38 @@ mod tests {
         mature(&mut later, None, t0);
         assert!(later.snapshot.maturing.is_empty());
     }
+
+    #[test]
+    fn a_signature_names_no_tag_the_version_policy_never_reports() {
+        const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+        let filter = TagFilter {
+            versions: Some(VersionPolicy::new(
+                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
+                false,
+                false,
+            )),
+            ..TagFilter::default()
+        };
+        // Pre-releases (prerelease = false), versions out of range and, with a range, tags that
+        // are no version are never reported, though the snapshot keeps their digests.
+        let tagged = [
+            ("v1.0.0", D1),
+            ("v1.1.0-rc.1", D1),
+            ("v1.2.0-rc.1", D2),
+            ("v3.0.0", D3),
+            ("edge", D3),
+        ];
+        let prev = snap(&tagged.map(|(t, d)| (t, Some(d))));
+        let mut listing: Vec<Tag> = tagged.iter().map(|(t, d)| tag(t, Some(d))).collect();
+        listing.extend([D1, D2, D3].map(|d| tag(&sig(d, "sig"), None)));
+        let d = diff(Some(&prev), listing, &filter, true);
+        assert_eq!(
+            kinds(&d),
+            vec![(ChangeKind::SignatureAdded, sig(D1, "sig").as_str())]
+        );
+        assert_eq!(d.changes[0].details.tags, Some(vec!["v1.0.0".into()]));
+    }
+
     #[test]
     fn versions_drop_unreported_tags_and_fill_details() {
         let filter = TagFilter {

@@ -113,6 +113,15 @@ impl VersionPolicy {
                 && req.matches(&Version::new(v.major, v.minor, v.patch)))
     }
 
+    /// Whether `tag` can be reported at all, whatever else is known: a version that counts, or
+    /// no version while no range is set. (`only_newer` depends on the tags known then.)
+    pub fn may_report(&self, tag: &str) -> bool {
+        match parse(tag) {
+            None => self.range.is_none(),
+            Some(_) => counted(self, tag).is_some(),
+        }
+    }
+
     /// Whether a version is reported and counts as known.
     fn counts(&self, v: &Version) -> bool {
         (v.pre.is_empty() || self.prerelease) && self.in_range(v)
