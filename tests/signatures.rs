@@ -450,3 +450,44 @@ async fn a_signature_of_a_pre_release_that_was_not_reported_is_not_reported() {
     assert_schema_valid(&events);
     assert_ids_unique(&events);
 }
+
+/// With `require_platforms`, an image lacking one is never reported, so neither is its signature.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signature_of_an_image_require_platforms_kept_out_is_not_reported() {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v0").await;
+    let (setup, _wire) = setup(&registry, "require_platforms = [\"linux/arm64\"]\n").await;
+    let daemon = started(&setup).await;
+    let amd = registry.push("team/app", "amd").await;
+    let multi = registry
+        .push_index("team/app", "multi", &["linux/amd64", "linux/arm64"], true)
+        .await;
+    daemon
+        .wait_event("tag.added multi", WITHIN, |e| e["data"]["tag"] == "multi")
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    registry.push_cosign("team/app", &amd, "sig").await;
+    registry.push_cosign("team/app", &multi, "sig").await;
+    daemon
+        .wait_event("signature.added for multi", WITHIN, |e| {
+            e["type"] == SIGNATURE && e["data"]["digest"] == multi.as_str()
+        })
+        .await;
+    tokio::time::sleep(QUIET).await;
+    let (code, out, err) = daemon.stop();
+    assert_eq!(code, 0, "{err}");
+    let events = support::json_lines(&out);
+    let about_amd = events
+        .iter()
+        .filter(|e| e["data"]["digest"] == amd.as_str())
+        .count();
+    report(
+        "cosign: signature of an image require_platforms kept out: events",
+        about_amd,
+        "0",
+    );
+    assert_eq!(about_amd, 0, "{events:#?}");
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_schema_valid(&events);
+    assert_ids_unique(&events);
+}

@@ -364,14 +364,20 @@ pub fn needs_platforms(outcome: &Diff) -> Vec<(String, String)> {
 /// Sets `platforms` on `outcome`'s `Added` and `Updated` changes from the snapshot's platforms,
 /// and on an update `platforms_added` (what the new digest has beyond the previous one, when
 /// `previous` knew the latter's). With `require` set, drops the changes whose image lacks one of
-/// them; the snapshot still records the tag, so a later re-push that has them is an update.
+/// them, and the signatures and attestations of such images; the snapshot still records the
+/// tag, so a later re-push that has them is an update.
 pub fn annotate_platforms(outcome: &mut Diff, previous: Option<&Snapshot>, require: &[String]) {
     let known = &outcome.snapshot.platforms;
     outcome.changes.retain_mut(|change| {
-        if !matches!(change.kind, ChangeKind::Added | ChangeKind::Updated) {
-            return true;
-        }
         let platforms = change.digest.as_ref().and_then(|d| known.get(d));
+        match change.kind {
+            // An image `require` kept out was never reported, so neither is its signature.
+            ChangeKind::SignatureAdded | ChangeKind::AttestationAdded => {
+                return platforms.is_none_or(|p| require.iter().all(|r| p.contains(r)));
+            }
+            ChangeKind::Added | ChangeKind::Updated => {}
+            _ => return true,
+        }
         if change.kind == ChangeKind::Updated {
             let before = change
                 .previous_digest
@@ -949,6 +955,28 @@ mod tests {
         // Turning the option off forgets the deadlines.
         mature(&mut later, None, t0);
         assert!(later.snapshot.maturing.is_empty());
+    }
+
+    #[test]
+    fn a_signature_of_an_image_require_platforms_dropped_is_not_reported() {
+        let mut prev = snap(&[("multi", Some(D1)), ("amd", Some(D2))]);
+        let both = vec!["linux/amd64".to_string(), "linux/arm64".to_string()];
+        prev.platforms.insert(D1.into(), both);
+        prev.platforms.insert(D2.into(), vec!["linux/amd64".into()]);
+        let listing = vec![
+            tag("multi", Some(D1)),
+            tag("amd", Some(D2)),
+            tag(&sig(D1, "sig"), None),
+            tag(&sig(D2, "sig"), None),
+            tag(&sig(D2, "att"), None),
+        ];
+        let mut d = diff(Some(&prev), listing, &all(), false);
+        annotate_platforms(&mut d, Some(&prev), &["linux/arm64".into()]);
+        assert_eq!(
+            kinds(&d),
+            vec![(ChangeKind::SignatureAdded, sig(D1, "sig").as_str())],
+            "amd was never reported"
+        );
     }
 
     #[test]
