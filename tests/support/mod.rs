@@ -6,6 +6,7 @@
 pub mod aws_endpoints;
 pub mod azure;
 pub mod moto;
+pub mod native;
 pub mod proxy;
 pub mod synthetic;
 pub mod tls;
