@@ -412,14 +412,20 @@ pub fn needs_platforms(outcome: &Diff) -> Vec<(String, String)> {
 /// Sets `platforms` on `outcome`'s `Added` and `Updated` changes from the snapshot's platforms,
 /// and on an update `platforms_added` (what the new digest has beyond the previous one, when
 /// `previous` knew the latter's). With `require` set, drops the changes whose image lacks one of
-/// them; the snapshot still records the tag, so a later re-push that has them is an update.
+/// them, and the signatures and attestations of such images; the snapshot still records the
+/// tag, so a later re-push that has them is an update.
 pub fn annotate_platforms(outcome: &mut Diff, previous: Option<&Snapshot>, require: &[String]) {
     let known = &outcome.snapshot.platforms;
     outcome.changes.retain_mut(|change| {
-        if !matches!(change.kind, ChangeKind::Added | ChangeKind::Updated) {
-            return true;
-        }
         let platforms = change.digest.as_ref().and_then(|d| known.get(d));
+        match change.kind {
+            // An image `require` kept out was never reported, so neither is its signature.
+            ChangeKind::SignatureAdded | ChangeKind::AttestationAdded => {
+                return platforms.is_none_or(|p| require.iter().all(|r| p.contains(r)));
+            }
+            ChangeKind::Added | ChangeKind::Updated => {}
+            _ => return true,
+        }
         if change.kind == ChangeKind::Updated {
             let before = change
                 .previous_digest
@@ -450,7 +456,7 @@ pub fn mature(outcome: &mut Diff, mature_after: Option<Duration>, now: SystemTim
     };
     let ms = |t: SystemTime| {
         t.duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     };
     let tags = &outcome.snapshot.tags;
     let mut maturing = std::mem::take(&mut outcome.snapshot.maturing);
@@ -481,7 +487,8 @@ pub fn mature(outcome: &mut Diff, mature_after: Option<Duration>, now: SystemTim
                 change.tag.clone(),
                 Maturing {
                     digest: digest.clone(),
-                    deadline_ms: ms(now + after),
+                    // A duration past what the clock can hold is a deadline that never comes.
+                    deadline_ms: now.checked_add(after).map_or(u64::MAX, ms),
                 },
             );
         }
@@ -1135,5 +1142,187 @@ mod tests {
             json,
             serde_json::json!({"version": null, "signed": false, "attestations": []})
         );
+    }
+
+    #[test]
+    fn a_signature_names_only_reported_tags_and_none_for_an_unreported_image() {
+        // Listings with digests (GCR's manifest map, ECR) give excluded tags a digest too.
+        let filter = TagFilter {
+            exclude: vec![Regex::new("^dev").unwrap()],
+            ..TagFilter::default()
+        };
+        let prev = snap(&[("v1", Some(D1)), ("dev-1", Some(D1)), ("dev-2", Some(D2))]);
+        let listing = vec![
+            tag("v1", Some(D1)),
+            tag("dev-1", Some(D1)),
+            tag("dev-2", Some(D2)),
+            tag(&sig(D1, "sig"), None),
+            tag(&sig(D2, "sig"), None),
+            tag(&sig(D2, "att"), None),
+        ];
+        let d = diff(Some(&prev), listing, &filter, true);
+        assert_eq!(
+            kinds(&d),
+            vec![(ChangeKind::SignatureAdded, sig(D1, "sig").as_str())],
+            "nothing for dev-2, which the filter never reported"
+        );
+        assert_eq!(d.changes[0].details.tags, Some(vec!["v1".into()]));
+    }
+
+    #[test]
+    fn a_signature_is_reported_once_per_signature_tag() {
+        let s1 = sig(D1, "sig");
+        let prev = snap(&[("v1", Some(D1)), (&s1, Some(D2))]);
+        // Re-pushed in place (a listing with digests shows its new digest): nothing.
+        let listing = vec![tag("v1", Some(D1)), tag(&s1, Some(D1))];
+        let d = diff(Some(&prev), listing, &all(), true);
+        assert!(d.changes.is_empty(), "{:?}", d.changes);
+        // Seen deleted, then back: a new signature.added.
+        let gone = diff(Some(&d.snapshot), vec![tag("v1", Some(D1))], &all(), true);
+        assert!(gone.changes.is_empty(), "{:?}", gone.changes);
+        let back = diff(
+            Some(&gone.snapshot),
+            vec![tag("v1", Some(D1)), tag(&s1, None)],
+            &all(),
+            true,
+        );
+        assert_eq!(
+            kinds(&back),
+            vec![(ChangeKind::SignatureAdded, s1.as_str())]
+        );
+    }
+
+    #[test]
+    fn a_signature_in_a_busy_cycle_follows_its_image() {
+        const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+        let filter = TagFilter {
+            mutable: vec!["latest".into(), "edge".into()],
+            ..TagFilter::default()
+        };
+        let prev = snap(&[("latest", Some(D1)), ("edge", Some(D2)), ("v2", Some(D2))]);
+        // An unrelated move (v2's edge) with v2's signature, and latest moving away from D1 just
+        // as D1's signature arrives.
+        let listing = vec![
+            tag("latest", Some(D3)),
+            tag("edge", Some(D3)),
+            tag("v2", Some(D2)),
+            tag(&sig(D2, "sig"), None),
+            tag(&sig(D1, "sig"), None),
+        ];
+        let d = diff(Some(&prev), listing, &filter, true);
+        assert_eq!(
+            kinds(&d),
+            vec![
+                (ChangeKind::Updated, "edge"),
+                (ChangeKind::Updated, "latest"),
+                (ChangeKind::SignatureAdded, sig(D2, "sig").as_str()),
+            ],
+            "nothing for D1, which no tag points at any more"
+        );
+        assert_eq!(d.changes[0].details.signed, Some(false));
+        assert_eq!(d.changes[2].details.tags, Some(vec!["v2".into()]));
+        // latest comes back to D1: its update says signed.
+        let listing = vec![
+            tag("latest", Some(D1)),
+            tag("edge", Some(D3)),
+            tag("v2", Some(D2)),
+            tag(&sig(D2, "sig"), None),
+            tag(&sig(D1, "sig"), None),
+        ];
+        let back = diff(Some(&d.snapshot), listing, &filter, true);
+        assert_eq!(kinds(&back), vec![(ChangeKind::Updated, "latest")]);
+        assert_eq!(back.changes[0].details.signed, Some(true));
+    }
+
+    #[test]
+    fn an_absurd_mature_after_is_a_deadline_that_never_comes() {
+        // humantime accepts up to u64::MAX seconds, past what a SystemTime can hold.
+        // Past u64 milliseconds (a hundred billion years) but within SystemTime, too.
+        for secs in [u64::MAX, 100_000_000_000 * 31_557_600] {
+            let after = Some(Duration::from_secs(secs));
+            let mut d = diff(Some(&snap(&[])), vec![tag("v1", Some(D1))], &all(), false);
+            mature(&mut d, after, SystemTime::now());
+            assert_eq!(d.snapshot.maturing["v1"].deadline_ms, u64::MAX, "{secs}");
+            let mut later = diff(Some(&d.snapshot), vec![tag("v1", Some(D1))], &all(), false);
+            mature(
+                &mut later,
+                after,
+                SystemTime::now() + Duration::from_secs(1 << 40),
+            );
+            assert!(later.changes.is_empty(), "{secs}");
+        }
+    }
+
+    #[test]
+    fn a_tag_the_filter_no_longer_selects_never_matures() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        let after = Some(Duration::from_secs(5));
+        let mut d = diff(Some(&snap(&[])), vec![tag("v1", Some(D1))], &all(), false);
+        mature(&mut d, after, t0);
+        let narrowed = TagFilter {
+            exclude: vec![Regex::new("^v1$").unwrap()],
+            ..TagFilter::default()
+        };
+        let mut due = diff(
+            Some(&d.snapshot),
+            vec![tag("v1", Some(D1))],
+            &narrowed,
+            false,
+        );
+        mature(&mut due, after, t0 + Duration::from_secs(6));
+        assert!(due.changes.is_empty(), "{:?}", due.changes);
+    }
+
+    #[test]
+    fn a_signature_of_an_image_require_platforms_dropped_is_not_reported() {
+        let mut prev = snap(&[("multi", Some(D1)), ("amd", Some(D2))]);
+        let both = vec!["linux/amd64".to_string(), "linux/arm64".to_string()];
+        prev.platforms.insert(D1.into(), both);
+        prev.platforms.insert(D2.into(), vec!["linux/amd64".into()]);
+        let listing = vec![
+            tag("multi", Some(D1)),
+            tag("amd", Some(D2)),
+            tag(&sig(D1, "sig"), None),
+            tag(&sig(D2, "sig"), None),
+            tag(&sig(D2, "att"), None),
+        ];
+        let mut d = diff(Some(&prev), listing, &all(), false);
+        annotate_platforms(&mut d, Some(&prev), &["linux/arm64".into()]);
+        assert_eq!(
+            kinds(&d),
+            vec![(ChangeKind::SignatureAdded, sig(D1, "sig").as_str())],
+            "amd was never reported"
+        );
+    }
+
+    #[test]
+    fn a_signature_names_no_tag_the_version_policy_never_reports() {
+        const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+        let filter = TagFilter {
+            versions: Some(VersionPolicy::new(
+                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
+                false,
+                false,
+            )),
+            ..TagFilter::default()
+        };
+        // Pre-releases (prerelease = false), versions out of range and, with a range, tags that
+        // are no version are never reported, though the snapshot keeps their digests.
+        let tagged = [
+            ("v1.0.0", D1),
+            ("v1.1.0-rc.1", D1),
+            ("v1.2.0-rc.1", D2),
+            ("v3.0.0", D3),
+            ("edge", D3),
+        ];
+        let prev = snap(&tagged.map(|(t, d)| (t, Some(d))));
+        let mut listing: Vec<Tag> = tagged.iter().map(|(t, d)| tag(t, Some(d))).collect();
+        listing.extend([D1, D2, D3].map(|d| tag(&sig(d, "sig"), None)));
+        let d = diff(Some(&prev), listing, &filter, true);
+        assert_eq!(
+            kinds(&d),
+            vec![(ChangeKind::SignatureAdded, sig(D1, "sig").as_str())]
+        );
+        assert_eq!(d.changes[0].details.tags, Some(vec!["v1.0.0".into()]));
     }
 }
