@@ -810,3 +810,92 @@ async fn yup_oauth2_debug_stays_off_whatever_rust_log_names() {
         "leaked {leaked:?}\n{output}"
     );
 }
+
+const NATIVE_PW: &str = "canary-native-pw-5e0a";
+
+/// Registry-native listings: the password goes to ACR's token endpoint, to Harbor's API as Basic
+/// and to the Hub's login as JSON, and the ACR tokens and Hub JWTs come back; with good and wrong
+/// passwords (the wrong ones also through the Distribution fallback) at `RUST_LOG=trace`, none of
+/// them may appear in any output.
+#[tokio::test(flavor = "multi_thread")]
+async fn native_listing_secrets_never_reach_any_output() {
+    use support::native::{Native, Vendor, serve};
+    let mut registries = String::new();
+    let mut stands = Vec::new();
+    for (vendor, kind, repo) in [
+        (Vendor::Acr, "acr", "team/app"),
+        (Vendor::Harbor, "harbor", "proj/app"),
+        (Vendor::Hub, "dockerhub", "acme/app"),
+    ] {
+        let state = Native::new(vendor, "robot", NATIVE_PW);
+        let host = serve(state.clone()).await;
+        state.push(repo, "v1");
+        let hub = if vendor == Vendor::Hub {
+            format!(
+                "hub_api_url = \"http://{}\"\n",
+                state.hub_host.lock().unwrap()
+            )
+        } else {
+            String::new()
+        };
+        for (name, pass) in [("good", NATIVE_PW), ("bad", WRONG_PW)] {
+            registries.push_str(&format!(
+                "[[registry]]\nname = \"{kind}-{name}\"\nkind = \"{kind}\"\nurl = \"http://{host}\"\n{hub}insecure = true\nusername = \"robot\"\npassword = \"{pass}\"\nrepositories = [\"{repo}\"]\n\n"
+            ));
+        }
+        stands.push((state, kind, repo));
+    }
+    let setup = Setup::new("first_run = \"emit\"\n", &registries);
+    let mut output = String::new();
+    let mut run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(args)
+            .arg("-c")
+            .arg(&setup.config)
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        output.push_str(&String::from_utf8_lossy(&out.stdout));
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        out.status.code()
+    };
+    assert_eq!(run(&["once"]), Some(1), "the bad registries fail");
+    for (_, kind, repo) in &stands {
+        assert_eq!(run(&["tags", &format!("{kind}-good"), repo]), Some(0));
+        assert_eq!(run(&["tags", &format!("{kind}-bad"), repo]), Some(1));
+    }
+    assert!(output.contains("TRACE"), "trace logging was on");
+    assert!(
+        output.contains("io.regwatch.tag.added"),
+        "events were printed"
+    );
+    let mut canaries = vec![
+        NATIVE_PW.to_owned(),
+        WRONG_PW.to_owned(),
+        basic_b64("robot", NATIVE_PW),
+        basic_b64("robot", WRONG_PW),
+    ];
+    for (state, kind, _) in &stands {
+        assert!(
+            state
+                .native_requests
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0,
+            "{kind}: the native API was used"
+        );
+        let tokens = state.issued_tokens();
+        assert!(
+            *kind == "harbor" || !tokens.is_empty(),
+            "{kind}: tokens were issued"
+        );
+        canaries.extend(tokens);
+    }
+    assert_no_canary(
+        &format!(
+            "native listings: secret canaries in {} bytes of trace output",
+            output.len()
+        ),
+        &output,
+        &canaries,
+    );
+}

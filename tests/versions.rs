@@ -8,6 +8,24 @@ mod support;
 use serde_json::Value;
 use support::{Auth, Registry, Setup, assert_schema_valid, json_lines, report};
 
+/// Runs one `once` and returns (type, tag) of each event.
+fn once_kinds(setup: &Setup) -> Vec<(String, String)> {
+    once(setup)
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                field(e, "tag").as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// cosign's signature tag for `digest`: `sha256:<hex>` is signed by `sha256-<hex>.sig`.
+fn sig_tag(digest: &str) -> String {
+    format!("{}.sig", digest.replacen(':', "-", 1))
+}
+
 fn config(registry: &Registry, entry_extra: &str, versions: &str) -> String {
     format!(
         "[[registry]]\nname = \"local\"\nkind = \"oci\"\nurl = \"{}\"\ninsecure = true\nrepositories = [\"team/app\"]\nrate_limit = 500\n{entry_extra}\n[registry.versions]\n{versions}",
@@ -213,4 +231,109 @@ fn bad_versions_keys_are_config_errors() {
         assert_eq!((code, out.as_str()), (2, ""), "{err}");
         assert!(err.contains(path) && err.contains(line), "{err}");
     }
+}
+
+/// Issue 12 §2: `signature.added` is for a signature that "arrives *after* its image was
+/// reported". cosign signs right after the push, so the signature usually lands a cycle after its
+/// image, and a deployer gating on signatures deploys on that event. Images the version policy
+/// kept out (an older version `only_newer` held back, a pre-release with `prerelease = false`, a
+/// version outside `range`) were never reported: their signatures are no news. Only the reported
+/// v1.2.0's signature is.
+#[tokio::test(flavor = "multi_thread")]
+async fn signatures_of_unreported_versions_are_no_news() {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v1.0.0").await;
+    let setup = Setup::new(
+        "",
+        &config(
+            &registry,
+            "",
+            "scheme = \"semver\"\nrange = \">=1, <3\"\nonly_newer = true\nprerelease = false\n",
+        ),
+    );
+    assert!(once(&setup).is_empty(), "baseline");
+    let reported = registry.push("team/app", "v1.2.0").await;
+    assert_eq!(
+        once_kinds(&setup),
+        vec![("io.regwatch.tag.added".into(), "v1.2.0".into())]
+    );
+    let mut unreported = Vec::new();
+    for tag in ["v1.1.5", "v2.0.0-rc.1", "v3.0.0"] {
+        unreported.push(registry.push("team/app", tag).await);
+    }
+    assert_eq!(once_kinds(&setup), vec![], "none of them is reported");
+
+    for digest in unreported.iter().chain([&reported]) {
+        registry.push("team/app", &sig_tag(digest)).await;
+    }
+    let events = once(&setup);
+    let seen: Vec<(&str, &Value, &Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                field(e, "digest"),
+                field(e, "tags"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(
+            "io.regwatch.signature.added",
+            &Value::from(reported.as_str()),
+            &serde_json::json!(["v1.2.0"])
+        )]
+    );
+    assert_schema_valid(&events);
+    report(
+        "versions: signature.added for 4 signed images, 1 of them reported",
+        events.len(),
+        "1",
+    );
+}
+
+/// With `emit_removed`, a removal is a report like an arrival: issue 12 says tags outside `range`
+/// "are not reported", and pre-releases only with `prerelease = true`. Deleting such tags from a
+/// real registry says nothing; deleting a reported version gives its `tag.removed`.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_reported_versions_are_reported_removed() {
+    let registry = Registry::start(Auth::None);
+    let mut digests = std::collections::HashMap::new();
+    for tag in ["1.0.0", "1.1.0", "2.0.0", "1.2.0-rc.1", "edge"] {
+        digests.insert(tag, registry.push("team/app", tag).await);
+    }
+    let setup = Setup::new(
+        "emit_removed = true\n",
+        &config(
+            &registry,
+            "",
+            "scheme = \"semver\"\nrange = \">=1, <2\"\nprerelease = false\n",
+        ),
+    );
+    assert!(once(&setup).is_empty(), "baseline");
+    let client = reqwest::Client::new();
+    for tag in ["1.0.0", "2.0.0", "1.2.0-rc.1", "edge"] {
+        // Distribution: deleting a manifest by digest untags it (202 Accepted).
+        let resp = client
+            .delete(format!(
+                "{}/v2/team/app/manifests/{}",
+                registry.url(),
+                digests[tag]
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "delete {tag}");
+    }
+    let removed = once_kinds(&setup);
+    assert_eq!(
+        removed,
+        vec![("io.regwatch.tag.removed".into(), "1.0.0".into())]
+    );
+    report(
+        "versions: tag.removed for 4 deleted tags, 1 of them in range",
+        removed.len(),
+        "1",
+    );
 }

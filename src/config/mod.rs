@@ -319,6 +319,9 @@ pub struct RegistryConfig {
     pub webhook_token: Option<SecretString>,
     /// A docker `config.json` to take credentials from when `username`/`password` are not set.
     pub docker_config: Option<PathBuf>,
+    /// Docker Hub's own API (`hub_api_url`), whose tag listing carries digests and push times;
+    /// `None` for other kinds, and for a `dockerhub` entry that is not Docker Hub itself.
+    pub hub_api: Option<Url>,
     /// Emit `tag.matured` once a reported tag kept its digest this long (`mature_after`).
     pub mature_after: Option<Duration>,
     /// Look up the platforms of each new digest (`platforms`, or implied by `require_platforms`).
@@ -704,6 +707,45 @@ url = "https://registry.example.com"
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn hub_api_url_defaults_for_docker_hub_only() {
+        let hub = "[[registry]]\nname = \"hub\"\nkind = \"dockerhub\"\nurl = \"https://registry.hub.docker.com\"\nrepositories = [\"nginx\"]\n";
+        assert_eq!(
+            one(hub).hub_api.unwrap().as_str(),
+            "https://hub.docker.com/",
+            "Docker Hub lists through its own API by default"
+        );
+        let mirror = "[[registry]]\nname = \"m\"\nkind = \"dockerhub\"\nurl = \"https://mirror.example.com\"\nrepositories = [\"nginx\"]\n";
+        assert!(one(mirror).hub_api.is_none(), "a mirror is not Docker Hub");
+        let set = one(&format!(
+            "{mirror}hub_api_url = \"https://hub.example.com/\"\n"
+        ));
+        assert_eq!(set.hub_api.unwrap().as_str(), "https://hub.example.com/");
+        assert!(one(MINIMAL).hub_api.is_none());
+
+        let e = parse(&format!("{mirror}hub_api_url = \"http://127.0.0.1:1\"\n")).unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.line),
+            ("registry[0].hub_api_url", Some(6))
+        );
+        assert!(e.message.contains("https://"), "{}", e.message);
+        let e = parse(&format!(
+            "{MINIMAL}hub_api_url = \"https://hub.docker.com\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "registry[0].hub_api_url");
+        assert!(
+            e.message.contains("only to kind = \"dockerhub\""),
+            "{}",
+            e.message
+        );
+        let e = parse(&format!(
+            "{hub}hub_api_url = \"https://u:p@hub.docker.com\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "registry[0].hub_api_url");
     }
 
     #[test]

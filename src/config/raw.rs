@@ -135,6 +135,8 @@ pub(super) struct RawRegistry {
     pub(super) client_id: Option<Expanded>,
     pub(super) client_secret: Option<Secret>,
     pub(super) client_secret_file: Option<FileSecret>,
+    // dockerhub
+    pub(super) hub_api_url: Option<Spanned<String>>,
     // version awareness
     pub(super) versions: Option<RawVersions>,
 }

@@ -163,17 +163,20 @@ fn validate_registry(
         (None, _) => return Err(err("url", url_line, "URL has no host".into())),
     };
     let mut url = url;
+    let mut is_hub = false;
     if kind == Kind::Dockerhub
         && let Some(api) = dockerhub::api_endpoint(&host)
     {
         url = api;
         host = dockerhub::EVENT_HOST.into();
+        is_hub = true;
     }
+    let hub_api = hub_api(&r, kind, is_hub, text, &err)?;
 
     let provider = provider(&r, kind, &url, &err, table_line)?;
     // The Hub counts a manifest GET as a pull whichever kind names it (`oci` reads it as well).
-    let hub = kind == Kind::Dockerhub || dockerhub::api_endpoint(&host).is_some();
-    let (platforms, require_platforms) = platforms(&r, kind, hub, text, &err)?;
+    let pulls_counted = kind == Kind::Dockerhub || dockerhub::api_endpoint(&host).is_some();
+    let (platforms, require_platforms) = platforms(&r, kind, pulls_counted, text, &err)?;
     let password = one_secret(r.password, r.password_file, "password", &err, table_line)?;
     let credentials = match (r.username, password) {
         (Some(u), Some(p)) => Some(Credentials {
@@ -291,6 +294,7 @@ fn validate_registry(
         insecure: r.insecure,
         webhook_token,
         docker_config,
+        hub_api,
         mature_after: r.mature_after.map(|d| d.0),
         platforms,
         require_platforms,
@@ -382,6 +386,53 @@ fn version_policy(
         v.prerelease.is_some_and(|p| p.into_inner()),
         v.only_newer.is_some_and(|o| o.into_inner()),
     )))
+}
+
+/// `hub_api_url` (dockerhub only): Docker Hub's API base, whose tag listing gives digests and push
+/// times without a HEAD per tag. Docker Hub itself gets https://hub.docker.com by default; a
+/// `dockerhub` entry at another URL (a mirror, a test registry) lists through the Distribution
+/// API unless the key names the Hub API that knows its repositories.
+fn hub_api(
+    r: &RawRegistry,
+    kind: Kind,
+    is_hub: bool,
+    text: &str,
+    err: &impl Fn(&str, usize, String) -> ConfigError,
+) -> Result<Option<Url>, ConfigError> {
+    let Some(spanned) = &r.hub_api_url else {
+        return Ok(is_hub.then(|| Url::parse(dockerhub::HUB_API).expect("static URL")));
+    };
+    let line = line_of(text, spanned.span().start);
+    if kind != Kind::Dockerhub {
+        return Err(err(
+            "hub_api_url",
+            line,
+            "hub_api_url applies only to kind = \"dockerhub\"".into(),
+        ));
+    }
+    let text = spanned.get_ref().trim_end_matches('/');
+    let u = Url::parse(text)
+        .map_err(|e| err("hub_api_url", line, format!("invalid URL {text:?}: {e}")))?;
+    match u.scheme() {
+        "https" => {}
+        "http" if r.insecure => {}
+        _ => {
+            return Err(err(
+                "hub_api_url",
+                line,
+                "hub_api_url must be https:// (or http:// with insecure = true)".into(),
+            ));
+        }
+    }
+    if u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() {
+        return Err(err(
+            "hub_api_url",
+            line,
+            "hub_api_url is a base URL such as https://hub.docker.com, without query or user info"
+                .into(),
+        ));
+    }
+    Ok(Some(u))
 }
 
 /// Builds the kind-specific settings, rejecting keys that belong to another kind.

@@ -436,7 +436,8 @@ pub fn sensitive(value: &SecretString) -> header::HeaderValue {
     v
 }
 
-fn basic(c: &Credentials) -> SecretString {
+/// `Basic base64(user:password)`.
+pub(crate) fn basic(c: &Credentials) -> SecretString {
     let raw = format!("{}:{}", c.username, c.password.expose_secret());
     format!("Basic {}", BASE64.encode(raw)).into()
 }

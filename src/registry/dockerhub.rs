@@ -13,6 +13,8 @@ const HOSTS: &[&str] = &[
 ];
 /// Docker Hub's registry API endpoint.
 const API: &str = "https://registry-1.docker.io";
+/// Docker Hub's own API (hub.docker.com), default of `hub_api_url` for Docker Hub entries.
+pub const HUB_API: &str = "https://hub.docker.com";
 /// The host events name images by, as `docker pull` does: docker.io/library/nginx.
 pub const EVENT_HOST: &str = "docker.io";
 

@@ -9,6 +9,7 @@ pub mod ecr;
 pub mod gcr;
 pub mod google;
 pub mod http;
+pub mod native;
 pub mod oci;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use crate::config::{Provider, RegistryConfig};
+use crate::config::{Kind, Provider, RegistryConfig};
 
 /// One tag as a registry lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,13 +122,23 @@ pub trait Registry: Send + Sync {
 /// Builds the adapter for a registry entry.
 pub fn connect(config: &RegistryConfig) -> Result<Arc<dyn Registry>, RegistryError> {
     Ok(match &config.provider {
-        Provider::Distribution => match docker_config::DockerConfigSource::for_registry(config) {
-            Some(source) => Arc::new(oci::OciRegistry::with_credentials(
-                config,
-                Some(Arc::new(source)),
-            )?),
-            None => Arc::new(oci::OciRegistry::new(config)?),
-        },
+        Provider::Distribution => {
+            let credentials: Option<Arc<dyn auth::CredentialSource>> =
+                match docker_config::DockerConfigSource::for_registry(config) {
+                    Some(source) => Some(Arc::new(source)),
+                    None => config.credentials.clone().map(|c| Arc::new(c) as _),
+                };
+            let oci = oci::OciRegistry::with_credentials(config, credentials.clone())?;
+            // Harbor and Docker Hub list digests and push times natively (see `native`).
+            let api = match (config.kind, &config.hub_api) {
+                (Kind::Harbor, _) => native::Api::Harbor(native::harbor::Harbor::new(credentials)),
+                (Kind::Dockerhub, Some(hub)) => {
+                    native::Api::Hub(native::hub::Hub::new(hub.clone(), credentials))
+                }
+                _ => return Ok(Arc::new(oci)),
+            };
+            Arc::new(native::NativeRegistry::new(&config.name, oci, api))
+        }
         Provider::Ecr(ecr) => Arc::new(ecr::EcrRegistry::new(config, ecr)),
         Provider::Gcr(gcr) => {
             // A key or an impersonation set in the entry wins; else docker_config before ADC.
@@ -141,7 +152,12 @@ pub fn connect(config: &RegistryConfig) -> Result<Arc<dyn Registry>, RegistryErr
         }
         Provider::Acr(acr) => {
             let source = acr::source(config, acr)?;
-            Arc::new(oci::OciRegistry::with_credentials(config, Some(source))?)
+            let oci = oci::OciRegistry::with_credentials(config, Some(source))?;
+            Arc::new(native::NativeRegistry::new(
+                &config.name,
+                oci,
+                native::Api::Acr,
+            ))
         }
     })
 }

@@ -33,7 +33,7 @@ const IMAGE_CONFIG_TYPES: &[&str] = &[
 ];
 
 /// Reads one listing page: its names, plus any tags whose digests the page carries.
-type PageParser = fn(&[u8], &mut Vec<Tag>) -> Result<Vec<String>, serde_json::Error>;
+pub(crate) type PageParser = fn(&[u8], &mut Vec<Tag>) -> Result<Vec<String>, serde_json::Error>;
 
 /// A Distribution v2 registry.
 pub struct OciRegistry {
@@ -202,7 +202,8 @@ impl OciRegistry {
         })
     }
 
-    fn endpoint(&self, path: &str) -> Url {
+    /// The registry's URL for an API path (below any path prefix of the configured URL).
+    pub(crate) fn endpoint(&self, path: &str) -> Url {
         // The base may carry a path prefix; the API lives below it.
         let mut url = self.base.clone();
         let joined = format!("{}{path}", self.base.path().trim_end_matches('/'));
@@ -210,8 +211,23 @@ impl OciRegistry {
         url
     }
 
+    /// The registry's rate-limited transport, shared with the native listing APIs it serves.
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// The configured URL, whose origin every followed link must keep.
+    pub(crate) fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// `page_size`: `n` for `n`/`last` paging.
+    pub(crate) fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
     /// Sends one request with the credentials `scope` needs, answering one 401 challenge.
-    async fn request(
+    pub(crate) async fn request(
         &self,
         method: Method,
         url: &Url,
@@ -294,7 +310,7 @@ impl OciRegistry {
 
     /// Follows `first` and its `Link: rel="next"` pages, returning every entry `extract` finds;
     /// `extract` may also report tags with digests the listing carries (`details`).
-    async fn paginate(
+    pub(crate) async fn paginate(
         &self,
         first: Url,
         scope: &str,
@@ -382,7 +398,11 @@ impl OciRegistry {
 
 /// The `rel="next"` target of the response's `Link` header, resolved against `current` and
 /// required to stay on the registry's own origin.
-fn next_link(response: &Response, current: &Url, base: &Url) -> Result<Option<Url>, RegistryError> {
+pub(crate) fn next_link(
+    response: &Response,
+    current: &Url,
+    base: &Url,
+) -> Result<Option<Url>, RegistryError> {
     let Some(value) = response.headers().get(header::LINK) else {
         return Ok(None);
     };
@@ -395,15 +415,20 @@ fn next_link(response: &Response, current: &Url, base: &Url) -> Result<Option<Ur
     let url = current
         .join(target)
         .map_err(|e| RegistryError::Protocol(format!("Link target is not a URL: {e}")))?;
-    if url.scheme() != base.scheme()
-        || url.host_str() != base.host_str()
-        || url.port_or_known_default() != base.port_or_known_default()
-    {
+    if !same_origin(&url, base) {
         return Err(RegistryError::Protocol(
             "Link header points to another host".into(),
         ));
     }
     Ok(Some(url))
+}
+
+/// Whether `url` is on `base`'s origin (scheme, host, port): the only place a listing's next page
+/// may be fetched from, with the credentials it carries.
+pub(crate) fn same_origin(url: &Url, base: &Url) -> bool {
+    url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default()
 }
 
 /// Extracts the target of the `rel="next"` entry from a `Link` header value.

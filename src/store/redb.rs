@@ -52,9 +52,9 @@ fn registry_range(registry: &str) -> (String, String) {
     (format!("{registry}\0"), format!("{registry}\x01"))
 }
 
-// Encoding of RepoState. Schema 2: `P` + emit byte + revision, or `S` + revision + the snapshot
-// as JSON (revisions big-endian u64). Earlier schema-2 files hold `K` + revision + a JSON object
-// of tag to digest, read as a snapshot without deadlines or platforms. Schema 1 had `b`/`e`
+// Encoding of RepoState. Schema 2: `P` + emit byte + revision; `K` + revision + a JSON object of
+// tag to digest for a snapshot with tags alone; `S` + revision + the whole snapshot as JSON
+// (revisions big-endian u64). Schema 1 had `b`/`e`
 // (pending baseline/emit) and `k` + JSON, with no revision.
 const PENDING: u8 = b'P';
 const KNOWN: u8 = b'K';
@@ -68,9 +68,16 @@ fn encode_state(state: &RepoState) -> Vec<u8> {
             out
         }
         RepoState::Known(s) => {
-            let mut out = vec![SNAPSHOT];
+            // A snapshot with tags alone keeps the `K` form, so that rolling the binary back to
+            // a release without deadlines, platforms or held-back versions still reads it.
+            let plain = s.maturing.is_empty() && s.platforms.is_empty() && s.held_back.is_empty();
+            let mut out = vec![if plain { KNOWN } else { SNAPSHOT }];
             out.extend_from_slice(&s.revision.to_be_bytes());
-            serde_json::to_writer(&mut out, s).expect("snapshot serializes");
+            if plain {
+                serde_json::to_writer(&mut out, &s.tags).expect("snapshot serializes");
+            } else {
+                serde_json::to_writer(&mut out, s).expect("snapshot serializes");
+            }
             out
         }
     }
@@ -746,17 +753,22 @@ mod tests {
     fn snapshots_written_before_deadlines_and_platforms_still_read() {
         let mut old = vec![KNOWN];
         old.extend_from_slice(&5u64.to_be_bytes());
-        old.extend_from_slice(br#"{"v1":"sha256:1","v0":null}"#);
+        old.extend_from_slice(br#"{"v0":null,"v1":"sha256:1"}"#);
         let RepoState::Known(snap) = decode_state(&old).unwrap() else {
             panic!("a known repository");
         };
         assert_eq!(snap.revision, 5);
         assert_eq!(snap.tags.len(), 2);
         assert!(snap.maturing.is_empty() && snap.platforms.is_empty());
-        // And what is written now reads back whole.
+        // A snapshot of tags alone is still written the old way, so a rolled-back binary reads
+        // it; one with more reads back whole.
+        assert_eq!(encode_state(&RepoState::Known(snap.clone())), old);
+        let mut more = snap.clone();
+        more.held_back.insert("v0".into());
+        assert_eq!(encode_state(&RepoState::Known(more.clone()))[0], SNAPSHOT);
         assert_eq!(
-            decode_state(&encode_state(&RepoState::Known(snap.clone()))).unwrap(),
-            RepoState::Known(snap)
+            decode_state(&encode_state(&RepoState::Known(more.clone()))).unwrap(),
+            RepoState::Known(more)
         );
     }
 }

@@ -3,7 +3,7 @@
 //! Only complete listings ever reach this module; a failed or partial listing is dropped before,
 //! so a missing tag here really is a removed tag.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,11 @@ pub struct Snapshot {
     /// immutable, so an index is fetched once per digest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub platforms: BTreeMap<String, Vec<String>>,
+    /// New tags that `only_newer` kept back (not above a version known before), so never
+    /// reported: neither their signatures nor their removal is news. A tag leaves the set when
+    /// it leaves the listing or a move of it is reported.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub held_back: BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -39,6 +44,7 @@ impl Snapshot {
         self.tags == other.tags
             && self.maturing == other.maturing
             && self.platforms == other.platforms
+            && self.held_back == other.held_back
     }
 }
 
@@ -215,23 +221,45 @@ pub fn diff(
     }
 
     // An idle cycle (no added or moved tag) parses no version.
+    let mut held_back = Vec::new();
     if let Some(policy) = filter.versions.as_ref().filter(|_| !changes.is_empty()) {
-        apply_versions(&mut changes, policy, prev, &snapshot, filter);
+        held_back = apply_versions(&mut changes, policy, prev, &snapshot, filter);
     }
+    if !prev.held_back.is_empty() {
+        let reported_now: HashSet<&str> = changes.iter().map(|c| c.tag.as_str()).collect();
+        snapshot.held_back = prev
+            .held_back
+            .iter()
+            .filter(|t| snapshot.tags.contains_key(*t) && !reported_now.contains(t.as_str()))
+            .cloned()
+            .collect();
+    }
+    snapshot.held_back.extend(held_back);
     for change in &mut changes {
         if let Some(digest) = &change.digest {
             annotate_cosign(&mut change.details, digest, &snapshot);
         }
     }
-    changes.extend(
-        cosign_new
-            .iter()
-            .filter_map(|t| cosign_change(t, prev, &snapshot)),
-    );
+    let cosign_new: Vec<_> = cosign_new
+        .iter()
+        .filter_map(|t| Some((t, cosign_subject(t)?)))
+        .collect();
+    if !cosign_new.is_empty() {
+        // Indexed once: a signed backlog brings thousands of signatures in one cycle.
+        let (before, now) = (subjects(prev, filter), subjects(&snapshot, filter));
+        changes.extend(
+            cosign_new
+                .into_iter()
+                .filter_map(|(t, (subject, kind))| cosign_change(t, subject, kind, &before, &now)),
+        );
+    }
 
     if emit_removed && previous.is_some() {
         for (name, digest) in &prev.tags {
-            if !snapshot.tags.contains_key(name) && filter.selects(name) {
+            if !snapshot.tags.contains_key(name)
+                && reported(filter, name)
+                && !prev.held_back.contains(name)
+            {
                 changes.push(Change {
                     kind: ChangeKind::Removed,
                     tag: name.clone(),
@@ -244,26 +272,41 @@ pub fn diff(
         }
     }
     // Platforms looked up before stay known while some tag still points at their digest.
-    snapshot.platforms = prev
-        .platforms
+    if !prev.platforms.is_empty() {
+        let tagged: HashSet<&str> = snapshot
+            .tags
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        snapshot.platforms = prev
+            .platforms
+            .iter()
+            .filter(|(d, _)| tagged.contains(d.as_str()))
+            .map(|(d, p)| (d.clone(), p.clone()))
+            .collect();
+    }
+    // Only reported tags mature: a config edit may have stopped reporting one.
+    snapshot.maturing = prev
+        .maturing
         .iter()
-        .filter(|(d, _)| snapshot.tags.values().any(|t| t.as_ref() == Some(*d)))
-        .map(|(d, p)| (d.clone(), p.clone()))
+        .filter(|(t, _)| reported(filter, t))
+        .map(|(t, m)| (t.clone(), m.clone()))
         .collect();
-    snapshot.maturing = prev.maturing.clone();
     changes.sort_by(|a, b| a.tag.cmp(&b.tag));
     Diff { snapshot, changes }
 }
 
 /// Drops the added and moved tags `policy` does not report and fills `version`, `bump` and
 /// `latest` on the others. Only the tags the filter selects are versions "known" to compare with.
+/// Returns the added tags that only `only_newer` kept back.
 fn apply_versions(
     changes: &mut Vec<Change>,
     policy: &VersionPolicy,
     prev: &Snapshot,
     snapshot: &Snapshot,
     filter: &TagFilter,
-) {
+) -> Vec<String> {
     fn selected<'a>(s: &'a Snapshot, filter: &'a TagFilter) -> impl Iterator<Item = &'a str> {
         s.tags
             .keys()
@@ -271,15 +314,19 @@ fn apply_versions(
             .filter(|t| filter.selects(t))
     }
     let index = VersionIndex::new(policy, selected(prev, filter), selected(snapshot, filter));
+    let mut held_back = Vec::new();
     changes.retain_mut(|c| {
         let verdict = index.judge(&c.tag, c.kind == ChangeKind::Added);
         if verdict.report {
             c.details.bump = verdict.bump.map(Bump::as_str);
             c.details.latest = verdict.version.is_some().then_some(verdict.latest);
             c.details.version = Some(verdict.version);
+        } else if c.kind == ChangeKind::Added && policy.admits(&c.tag) {
+            held_back.push(c.tag.clone());
         }
         verdict.report
     });
+    held_back
 }
 
 /// Sets `signed` and `attestations` from the cosign tags `snapshot` lists for `digest`.
@@ -289,24 +336,43 @@ fn annotate_cosign(details: &mut Details, digest: &str, snapshot: &Snapshot) {
     details.attestations = Some(["att", "sbom"].into_iter().filter(|k| has(k)).collect());
 }
 
-/// The event for a cosign tag that appeared after its subject was reported: the subject digest
-/// was already tagged in `prev`. Its tags are those pointing at it now.
-fn cosign_change(tag: &str, prev: &Snapshot, snapshot: &Snapshot) -> Option<Change> {
-    let (subject, kind) = cosign_subject(tag)?;
-    let points_at = |s: &Snapshot| -> Vec<String> {
-        s.tags
-            .iter()
-            .filter(|(t, d)| d.as_deref() == Some(&subject) && cosign_subject(t).is_none())
-            .map(|(t, _)| t.clone())
-            .collect()
-    };
-    if points_at(prev).is_empty() {
-        return None;
+/// Whether `filter` reports `tag` (selected, and admitted by the version policy): only such tags
+/// make an image news for a signature, a removal or a maturity.
+fn reported(filter: &TagFilter, tag: &str) -> bool {
+    filter.selects(tag) && filter.versions.as_ref().is_none_or(|p| p.admits(tag))
+}
+
+/// The reported tags (never cosign's own) pointing at each digest of `s`, in tag order.
+fn subjects<'a>(s: &'a Snapshot, filter: &TagFilter) -> HashMap<&'a str, Vec<&'a str>> {
+    let mut by_digest: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (tag, digest) in &s.tags {
+        if let Some(digest) = digest
+            && cosign_subject(tag).is_none()
+            && reported(filter, tag)
+            && !s.held_back.contains(tag)
+        {
+            by_digest.entry(digest).or_default().push(tag);
+        }
     }
-    let tags = points_at(snapshot);
-    if tags.is_empty() {
-        return None;
-    }
+    by_digest
+}
+
+/// The event for a cosign tag (of `kind`, for `subject`) that appeared after its subject was
+/// reported: the subject digest was already tagged `before`. Its tags are those pointing at it
+/// `now`.
+fn cosign_change(
+    tag: &str,
+    subject: String,
+    kind: &'static str,
+    before: &HashMap<&str, Vec<&str>>,
+    now: &HashMap<&str, Vec<&str>>,
+) -> Option<Change> {
+    before.get(subject.as_str())?;
+    let tags: Vec<String> = now
+        .get(subject.as_str())?
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
     let (kind, attestations) = match kind {
         "sig" => (ChangeKind::SignatureAdded, None),
         other => (ChangeKind::AttestationAdded, Some(vec![other])),
@@ -346,23 +412,20 @@ pub fn needs_platforms(outcome: &Diff) -> Vec<(String, String)> {
 /// Sets `platforms` on `outcome`'s `Added` and `Updated` changes from the snapshot's platforms,
 /// and on an update `platforms_added` (what the new digest has beyond the previous one, when
 /// `previous` knew the latter's). With `require` set, drops the changes whose image lacks one of
-/// them; the snapshot still records the tag, so a later re-push that has them is an update. A
-/// signature or attestation of an image known to lack them is dropped too: that image was never
-/// reported.
+/// them, and the signatures and attestations of such images; the snapshot still records the
+/// tag, so a later re-push that has them is an update.
 pub fn annotate_platforms(outcome: &mut Diff, previous: Option<&Snapshot>, require: &[String]) {
     let known = &outcome.snapshot.platforms;
     outcome.changes.retain_mut(|change| {
-        if matches!(
-            change.kind,
-            ChangeKind::SignatureAdded | ChangeKind::AttestationAdded
-        ) {
-            let subject = change.digest.as_ref().and_then(|d| known.get(d));
-            return subject.is_none_or(|p| require.iter().all(|r| p.contains(r)));
-        }
-        if !matches!(change.kind, ChangeKind::Added | ChangeKind::Updated) {
-            return true;
-        }
         let platforms = change.digest.as_ref().and_then(|d| known.get(d));
+        match change.kind {
+            // An image `require` kept out was never reported, so neither is its signature.
+            ChangeKind::SignatureAdded | ChangeKind::AttestationAdded => {
+                return platforms.is_none_or(|p| require.iter().all(|r| p.contains(r)));
+            }
+            ChangeKind::Added | ChangeKind::Updated => {}
+            _ => return true,
+        }
         if change.kind == ChangeKind::Updated {
             let before = change
                 .previous_digest
@@ -393,7 +456,7 @@ pub fn mature(outcome: &mut Diff, mature_after: Option<Duration>, now: SystemTim
     };
     let ms = |t: SystemTime| {
         t.duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     };
     let tags = &outcome.snapshot.tags;
     let mut maturing = std::mem::take(&mut outcome.snapshot.maturing);
@@ -424,7 +487,8 @@ pub fn mature(outcome: &mut Diff, mature_after: Option<Duration>, now: SystemTim
                 change.tag.clone(),
                 Maturing {
                     digest: digest.clone(),
-                    deadline_ms: ms(now + after),
+                    // A duration past what the clock can hold is a deadline that never comes.
+                    deadline_ms: now.checked_add(after).map_or(u64::MAX, ms),
                 },
             );
         }
@@ -811,6 +875,235 @@ mod tests {
         mature(&mut later, None, t0);
         assert!(later.snapshot.maturing.is_empty());
     }
+    /// Signing a backlog brings many signature tags in one cycle: finding their subjects reads
+    /// each snapshot once per diff, so the cycle costs about what a cycle with one new tag costs,
+    /// not one pass over every tag per signature.
+    #[test]
+    fn many_new_signatures_cost_one_pass_over_the_tags() {
+        let digest = |i: usize| format!("sha256:{i:064x}");
+        let listing: Vec<Tag> = (0..50_000)
+            .map(|i| tag(&format!("t{i}"), Some(&digest(i))))
+            .collect();
+        let prev = diff(Some(&Snapshot::default()), listing.clone(), &all(), false).snapshot;
+        let timed = |listing: Vec<Tag>| {
+            let start = std::time::Instant::now();
+            let d = diff(Some(&prev), listing, &all(), false);
+            (start.elapsed(), d.changes.len())
+        };
+        let mut one_new = listing.clone();
+        one_new.push(tag("new", Some(D1)));
+        let (base, n) = timed(one_new);
+        assert_eq!(n, 1);
+        let mut signed = listing;
+        signed.extend((0..2_000).map(|i| tag(&sig(&digest(i), "sig"), None)));
+        let (took, n) = timed(signed);
+        assert_eq!(n, 2_000, "one signature.added each");
+        assert!(
+            took < base * 4 + Duration::from_millis(300),
+            "2,000 signatures took {took:?}, one new tag {base:?}"
+        );
+    }
+
+    /// A signature is news only for an image that was reported (issue 12: "arrives *after* its
+    /// image was reported"). Cosign signs right after the push, so it usually lands a cycle after
+    /// its image; a deployer gating on signatures deploys on signature.added. An image whose tags
+    /// the filter or the version policy keep out (excluded, outside `range`, a pre-release with
+    /// `prerelease = false`, no version while `range` is set) gets none, and `tags` names only
+    /// reported tags.
+    #[test]
+    fn a_signature_for_an_image_never_reported_is_no_news() {
+        let filter = TagFilter {
+            exclude: vec![Regex::new("^dev-").unwrap()],
+            versions: Some(VersionPolicy::new(
+                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
+                false,
+                false,
+            )),
+            ..TagFilter::default()
+        };
+        let d: Vec<String> = (1..=5).map(d_of).collect();
+        let tagged = [
+            ("dev-7", &d[0]),
+            ("2.0.0", &d[1]),
+            ("1.1.0-rc.1", &d[2]),
+            ("edge", &d[3]),
+            ("1.0.0", &d[4]),
+            ("dev-5", &d[4]),
+        ];
+        let prev = snap(&tagged.map(|(t, digest)| (t, Some(digest.as_str()))));
+        let mut listing: Vec<Tag> = tagged
+            .iter()
+            .map(|(t, digest)| tag(t, Some(digest)))
+            .collect();
+        listing.extend(d.iter().map(|digest| tag(&sig(digest, "sig"), None)));
+        let d = diff(Some(&prev), listing, &filter, false);
+        assert_eq!(
+            kinds(&d),
+            vec![(ChangeKind::SignatureAdded, sig(&d_of(5), "sig").as_str())]
+        );
+        assert_eq!(d.changes[0].details.tags, Some(vec!["1.0.0".into()]));
+    }
+
+    /// Issue 12: tags outside `range` "are not reported", and pre-releases only with
+    /// `prerelease = true`. A removal is a report too: with `emit_removed`, a tag the policy
+    /// never reports leaves silently, while a reported version's removal is a `tag.removed`.
+    #[test]
+    fn removals_follow_the_version_policy() {
+        let filter = TagFilter {
+            versions: Some(VersionPolicy::new(
+                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
+                false,
+                false,
+            )),
+            ..TagFilter::default()
+        };
+        let prev = snap(&[
+            ("1.0.0", Some(D1)),
+            ("1.1.0", Some(D1)),
+            ("2.0.0", Some(D2)),
+            ("1.2.0-rc.1", Some(D2)),
+            ("edge", Some(D2)),
+        ]);
+        let d = diff(Some(&prev), vec![tag("1.1.0", Some(D1))], &filter, true);
+        assert_eq!(kinds(&d), vec![(ChangeKind::Removed, "1.0.0")]);
+    }
+
+    /// `tag.matured` is for "a reported tag" (issue 12). A tag still maturing when a config edit
+    /// stops reporting it (pre-releases turned off, a narrower `range`, an exclude) does not
+    /// mature afterwards; the others do.
+    #[test]
+    fn a_tag_the_config_no_longer_reports_does_not_mature() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut prev = snap(&[("2.0.0-rc.1", Some(D1)), ("1.0.0", Some(D2))]);
+        for (t, digest) in [("2.0.0-rc.1", D1), ("1.0.0", D2)] {
+            prev.maturing.insert(
+                t.into(),
+                Maturing {
+                    digest: digest.into(),
+                    deadline_ms: 1_000_000,
+                },
+            );
+        }
+        let filter = TagFilter {
+            versions: Some(VersionPolicy::new(None, false, false)),
+            ..TagFilter::default()
+        };
+        let listing = vec![tag("2.0.0-rc.1", Some(D1)), tag("1.0.0", Some(D2))];
+        let mut d = diff(Some(&prev), listing, &filter, false);
+        mature(
+            &mut d,
+            Some(Duration::from_secs(5)),
+            t0 + Duration::from_secs(10),
+        );
+        assert_eq!(kinds(&d), vec![(ChangeKind::Matured, "1.0.0")]);
+        assert!(d.snapshot.maturing.is_empty());
+    }
+
+    /// With `only_newer`, a new version not above one known before is held back: never
+    /// reported. Its signature arriving a cycle later (the usual cosign flow) must not announce
+    /// it, nor must its removal; once a move of it is reported, it is news like any other tag.
+    #[test]
+    fn a_version_held_back_by_only_newer_stays_unreported() {
+        let filter = TagFilter {
+            versions: Some(VersionPolicy::new(None, false, true)),
+            ..TagFilter::default()
+        };
+        let (d1, d2, d3) = (d_of(1), d_of(2), d_of(3));
+        let prev = snap(&[("1.2.0", Some(&d1))]);
+        let mut pushed = diff(
+            Some(&prev),
+            vec![tag("1.2.0", Some(&d1)), tag("1.1.5", Some(&d2))],
+            &filter,
+            true,
+        );
+        mature(&mut pushed, Some(Duration::from_secs(5)), UNIX_EPOCH);
+        assert!(pushed.changes.is_empty(), "1.1.5 is below 1.2.0");
+        assert!(
+            pushed.snapshot.maturing.is_empty(),
+            "an unreported tag never matures"
+        );
+        // What is held back survives a restart: it is part of the stored snapshot.
+        let stored = serde_json::to_string(&pushed.snapshot).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Snapshot>(&stored).unwrap(),
+            pushed.snapshot
+        );
+        let signed = diff(
+            Some(&pushed.snapshot),
+            vec![
+                tag("1.2.0", Some(&d1)),
+                tag("1.1.5", Some(&d2)),
+                tag(&sig(&d2, "sig"), None),
+            ],
+            &filter,
+            true,
+        );
+        assert!(signed.changes.is_empty(), "{:?}", signed.changes);
+        let removed = diff(
+            Some(&signed.snapshot),
+            vec![tag("1.2.0", Some(&d1))],
+            &filter,
+            true,
+        );
+        assert!(removed.changes.is_empty(), "{:?}", removed.changes);
+
+        // A reported move makes it a reported tag: its next signature is news.
+        let moved = diff(
+            Some(&signed.snapshot),
+            vec![tag("1.2.0", Some(&d1)), tag("1.1.5", Some(&d3))],
+            &filter,
+            true,
+        );
+        assert_eq!(kinds(&moved), vec![(ChangeKind::Updated, "1.1.5")]);
+        let signed = diff(
+            Some(&moved.snapshot),
+            vec![
+                tag("1.2.0", Some(&d1)),
+                tag("1.1.5", Some(&d3)),
+                tag(&sig(&d3, "sig"), None),
+            ],
+            &filter,
+            true,
+        );
+        assert_eq!(
+            kinds(&signed),
+            vec![(ChangeKind::SignatureAdded, sig(&d3, "sig").as_str())]
+        );
+    }
+
+    /// Platforms looked up before stay known while a tag still points at their digest. With
+    /// `platforms = true` a repository holds about as many looked-up digests as tags, so keeping
+    /// them must cost one pass over the tags, not one per digest.
+    #[test]
+    fn keeping_known_platforms_costs_one_pass_over_the_tags() {
+        let digest = |i: usize| format!("sha256:{i:064x}");
+        let listing: Vec<Tag> = (0..50_000)
+            .map(|i| tag(&format!("t{i}"), Some(&digest(i))))
+            .collect();
+        let mut prev = diff(Some(&Snapshot::default()), listing.clone(), &all(), false).snapshot;
+        let timed = |prev: &Snapshot, listing: Vec<Tag>| {
+            let start = std::time::Instant::now();
+            let d = diff(Some(prev), listing, &all(), false);
+            (start.elapsed(), d.snapshot)
+        };
+        let (base, _) = timed(&prev, listing.clone());
+        prev.platforms = (0..50_000)
+            .map(|i| (digest(i), vec!["linux/amd64".to_owned()]))
+            .collect();
+        // t0 leaves: its digest's platforms are forgotten, the others kept.
+        let (took, snapshot) = timed(&prev, listing[1..].to_vec());
+        assert_eq!(snapshot.platforms.len(), 49_999);
+        assert!(!snapshot.platforms.contains_key(&digest(0)));
+        assert!(
+            took < base * 4 + Duration::from_millis(300),
+            "50k known platforms took {took:?}, none {base:?}"
+        );
+    }
+
+    fn d_of(i: u32) -> String {
+        format!("sha256:{}", i.to_string().repeat(64))
+    }
+
     #[test]
     fn versions_drop_unreported_tags_and_fill_details() {
         let filter = TagFilter {
@@ -849,5 +1142,187 @@ mod tests {
             json,
             serde_json::json!({"version": null, "signed": false, "attestations": []})
         );
+    }
+
+    #[test]
+    fn a_signature_names_only_reported_tags_and_none_for_an_unreported_image() {
+        // Listings with digests (GCR's manifest map, ECR) give excluded tags a digest too.
+        let filter = TagFilter {
+            exclude: vec![Regex::new("^dev").unwrap()],
+            ..TagFilter::default()
+        };
+        let prev = snap(&[("v1", Some(D1)), ("dev-1", Some(D1)), ("dev-2", Some(D2))]);
+        let listing = vec![
+            tag("v1", Some(D1)),
+            tag("dev-1", Some(D1)),
+            tag("dev-2", Some(D2)),
+            tag(&sig(D1, "sig"), None),
+            tag(&sig(D2, "sig"), None),
+            tag(&sig(D2, "att"), None),
+        ];
+        let d = diff(Some(&prev), listing, &filter, true);
+        assert_eq!(
+            kinds(&d),
+            vec![(ChangeKind::SignatureAdded, sig(D1, "sig").as_str())],
+            "nothing for dev-2, which the filter never reported"
+        );
+        assert_eq!(d.changes[0].details.tags, Some(vec!["v1".into()]));
+    }
+
+    #[test]
+    fn a_signature_is_reported_once_per_signature_tag() {
+        let s1 = sig(D1, "sig");
+        let prev = snap(&[("v1", Some(D1)), (&s1, Some(D2))]);
+        // Re-pushed in place (a listing with digests shows its new digest): nothing.
+        let listing = vec![tag("v1", Some(D1)), tag(&s1, Some(D1))];
+        let d = diff(Some(&prev), listing, &all(), true);
+        assert!(d.changes.is_empty(), "{:?}", d.changes);
+        // Seen deleted, then back: a new signature.added.
+        let gone = diff(Some(&d.snapshot), vec![tag("v1", Some(D1))], &all(), true);
+        assert!(gone.changes.is_empty(), "{:?}", gone.changes);
+        let back = diff(
+            Some(&gone.snapshot),
+            vec![tag("v1", Some(D1)), tag(&s1, None)],
+            &all(),
+            true,
+        );
+        assert_eq!(
+            kinds(&back),
+            vec![(ChangeKind::SignatureAdded, s1.as_str())]
+        );
+    }
+
+    #[test]
+    fn a_signature_in_a_busy_cycle_follows_its_image() {
+        const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+        let filter = TagFilter {
+            mutable: vec!["latest".into(), "edge".into()],
+            ..TagFilter::default()
+        };
+        let prev = snap(&[("latest", Some(D1)), ("edge", Some(D2)), ("v2", Some(D2))]);
+        // An unrelated move (v2's edge) with v2's signature, and latest moving away from D1 just
+        // as D1's signature arrives.
+        let listing = vec![
+            tag("latest", Some(D3)),
+            tag("edge", Some(D3)),
+            tag("v2", Some(D2)),
+            tag(&sig(D2, "sig"), None),
+            tag(&sig(D1, "sig"), None),
+        ];
+        let d = diff(Some(&prev), listing, &filter, true);
+        assert_eq!(
+            kinds(&d),
+            vec![
+                (ChangeKind::Updated, "edge"),
+                (ChangeKind::Updated, "latest"),
+                (ChangeKind::SignatureAdded, sig(D2, "sig").as_str()),
+            ],
+            "nothing for D1, which no tag points at any more"
+        );
+        assert_eq!(d.changes[0].details.signed, Some(false));
+        assert_eq!(d.changes[2].details.tags, Some(vec!["v2".into()]));
+        // latest comes back to D1: its update says signed.
+        let listing = vec![
+            tag("latest", Some(D1)),
+            tag("edge", Some(D3)),
+            tag("v2", Some(D2)),
+            tag(&sig(D2, "sig"), None),
+            tag(&sig(D1, "sig"), None),
+        ];
+        let back = diff(Some(&d.snapshot), listing, &filter, true);
+        assert_eq!(kinds(&back), vec![(ChangeKind::Updated, "latest")]);
+        assert_eq!(back.changes[0].details.signed, Some(true));
+    }
+
+    #[test]
+    fn an_absurd_mature_after_is_a_deadline_that_never_comes() {
+        // humantime accepts up to u64::MAX seconds, past what a SystemTime can hold.
+        // Past u64 milliseconds (a hundred billion years) but within SystemTime, too.
+        for secs in [u64::MAX, 100_000_000_000 * 31_557_600] {
+            let after = Some(Duration::from_secs(secs));
+            let mut d = diff(Some(&snap(&[])), vec![tag("v1", Some(D1))], &all(), false);
+            mature(&mut d, after, SystemTime::now());
+            assert_eq!(d.snapshot.maturing["v1"].deadline_ms, u64::MAX, "{secs}");
+            let mut later = diff(Some(&d.snapshot), vec![tag("v1", Some(D1))], &all(), false);
+            mature(
+                &mut later,
+                after,
+                SystemTime::now() + Duration::from_secs(1 << 40),
+            );
+            assert!(later.changes.is_empty(), "{secs}");
+        }
+    }
+
+    #[test]
+    fn a_tag_the_filter_no_longer_selects_never_matures() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        let after = Some(Duration::from_secs(5));
+        let mut d = diff(Some(&snap(&[])), vec![tag("v1", Some(D1))], &all(), false);
+        mature(&mut d, after, t0);
+        let narrowed = TagFilter {
+            exclude: vec![Regex::new("^v1$").unwrap()],
+            ..TagFilter::default()
+        };
+        let mut due = diff(
+            Some(&d.snapshot),
+            vec![tag("v1", Some(D1))],
+            &narrowed,
+            false,
+        );
+        mature(&mut due, after, t0 + Duration::from_secs(6));
+        assert!(due.changes.is_empty(), "{:?}", due.changes);
+    }
+
+    #[test]
+    fn a_signature_of_an_image_require_platforms_dropped_is_not_reported() {
+        let mut prev = snap(&[("multi", Some(D1)), ("amd", Some(D2))]);
+        let both = vec!["linux/amd64".to_string(), "linux/arm64".to_string()];
+        prev.platforms.insert(D1.into(), both);
+        prev.platforms.insert(D2.into(), vec!["linux/amd64".into()]);
+        let listing = vec![
+            tag("multi", Some(D1)),
+            tag("amd", Some(D2)),
+            tag(&sig(D1, "sig"), None),
+            tag(&sig(D2, "sig"), None),
+            tag(&sig(D2, "att"), None),
+        ];
+        let mut d = diff(Some(&prev), listing, &all(), false);
+        annotate_platforms(&mut d, Some(&prev), &["linux/arm64".into()]);
+        assert_eq!(
+            kinds(&d),
+            vec![(ChangeKind::SignatureAdded, sig(D1, "sig").as_str())],
+            "amd was never reported"
+        );
+    }
+
+    #[test]
+    fn a_signature_names_no_tag_the_version_policy_never_reports() {
+        const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+        let filter = TagFilter {
+            versions: Some(VersionPolicy::new(
+                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
+                false,
+                false,
+            )),
+            ..TagFilter::default()
+        };
+        // Pre-releases (prerelease = false), versions out of range and, with a range, tags that
+        // are no version are never reported, though the snapshot keeps their digests.
+        let tagged = [
+            ("v1.0.0", D1),
+            ("v1.1.0-rc.1", D1),
+            ("v1.2.0-rc.1", D2),
+            ("v3.0.0", D3),
+            ("edge", D3),
+        ];
+        let prev = snap(&tagged.map(|(t, d)| (t, Some(d))));
+        let mut listing: Vec<Tag> = tagged.iter().map(|(t, d)| tag(t, Some(d))).collect();
+        listing.extend([D1, D2, D3].map(|d| tag(&sig(d, "sig"), None)));
+        let d = diff(Some(&prev), listing, &filter, true);
+        assert_eq!(
+            kinds(&d),
+            vec![(ChangeKind::SignatureAdded, sig(D1, "sig").as_str())]
+        );
+        assert_eq!(d.changes[0].details.tags, Some(vec!["v1.0.0".into()]));
     }
 }

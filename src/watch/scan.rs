@@ -553,7 +553,8 @@ impl Scanner {
                             snapshot: kept,
                             changes: Vec::new(),
                         };
-                        self.record(output, repo, unchanged, revision).await?;
+                        self.record(output, repo, unchanged, revision, SystemTime::now())
+                            .await?;
                     }
                 }
                 return Err(e);
@@ -564,7 +565,10 @@ impl Scanner {
                 &self.config.require_platforms,
             );
         }
-        diff::mature(&mut outcome, self.config.mature_after, SystemTime::now());
+        // One instant for the deadlines and the events' detected_at, so that a tag.matured is
+        // never less than mature_after after its tag.added, even to the millisecond.
+        let detected = SystemTime::now();
+        diff::mature(&mut outcome, self.config.mature_after, detected);
         if was_known
             && outcome.changes.is_empty()
             && previous
@@ -578,7 +582,9 @@ impl Scanner {
             });
         }
         let baseline_tags = previous.is_none().then_some(outcome.snapshot.tags.len());
-        let event_count = self.record(output, repo, outcome, revision).await?;
+        let event_count = self
+            .record(output, repo, outcome, revision, detected)
+            .await?;
         if let Some(tags) = baseline_tags {
             tracing::debug!(registry = %self.config.name, repository = %repo, tags, "baseline recorded");
         }
@@ -632,14 +638,16 @@ impl Scanner {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Records a diff of `repo` against snapshot `revision`: commits the next snapshot with the
-    /// changes' events (or, in a dry run, prints them). Returns the number of events.
+    /// Records a diff of `repo` against snapshot `revision`, detected at `detected`: commits the
+    /// next snapshot with the changes' events (or, in a dry run, prints them). Returns the number
+    /// of events.
     async fn record(
         &self,
         output: &Output,
         repo: &str,
         mut outcome: diff::Diff,
         revision: u64,
+        detected: SystemTime,
     ) -> Result<usize, StoreError> {
         outcome.snapshot.revision = revision + 1;
         let origin = Origin {
@@ -649,11 +657,10 @@ impl Scanner {
             host: &self.config.host,
             repository: repo,
         };
-        let now = SystemTime::now();
         let events: Vec<Event> = outcome
             .changes
             .iter()
-            .map(|c| event::build(origin, c, revision, now))
+            .map(|c| event::build(origin, c, revision, detected))
             .collect();
         let event_count = events.len();
         match output {
@@ -700,7 +707,7 @@ impl Scanner {
         };
         let outcome = diff::diff(Some(&previous), Vec::new(), &self.config.tags, true);
         if !outcome.changes.is_empty() {
-            self.record(output, repo, outcome, previous.revision)
+            self.record(output, repo, outcome, previous.revision, SystemTime::now())
                 .await?;
         }
         Ok(())

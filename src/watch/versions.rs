@@ -117,6 +117,18 @@ impl VersionPolicy {
     fn counts(&self, v: &Version) -> bool {
         (v.pre.is_empty() || self.prerelease) && self.in_range(v)
     }
+
+    /// Whether a move of `tag` is reported: it is a counted version, or no version while no
+    /// `range` is set. What it says of a tag already listed, whose arrival was judged before.
+    pub fn admits(&self, tag: &str) -> bool {
+        match parse(tag) {
+            Some(mut v) => {
+                v.version.build = BuildMetadata::EMPTY;
+                self.counts(&v.version)
+            }
+            None => self.range.is_none(),
+        }
+    }
 }
 
 /// A tag read as a version.
@@ -643,6 +655,101 @@ mod tests {
                 bump: None,
                 latest: false
             }
+        );
+    }
+
+    /// Tags are at most 128 characters of `[A-Za-z0-9_.-]` (OCI distribution spec), but a
+    /// registry may list anything: no tag may panic, numbers beyond u64 are no versions, and
+    /// a normalised version reads back as itself.
+    #[test]
+    fn hostile_tags_never_panic() {
+        let mut tags: Vec<String> = [
+            "99999999999999999999.0.0",
+            "1.99999999999999999999.0",
+            "1.0.0-rc.99999999999999999999",
+            "18446744073709551616",
+            "é1.2.3",
+            "1.2.3-é",
+            "１.２.３",
+            "1.0.0-RC٣",
+            "v1.2.3_é",
+            "1.0.0-rc..1",
+            "1.0.0-.",
+            "0001.0002.0003-rc.0004",
+        ]
+        .map(String::from)
+        .to_vec();
+        tags.push("9".repeat(128));
+        tags.push(format!("1.0.0-{}", "a".repeat(122)));
+        tags.push(format!("1.0.0-rc.{}", "0".repeat(119)));
+        tags.push(format!("v{}", "1.".repeat(63)));
+        // Deterministic noise shaped like versions: a prefix, numbers of any length (leading
+        // zeros, beyond u64), then suffix pieces and separators.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let pieces = [
+            "rc",
+            "RC",
+            "beta",
+            "alpha",
+            "dev",
+            "ea",
+            "alpine",
+            "slim",
+            "r",
+            "x",
+            "é",
+            "0",
+            "00",
+            "7",
+            "42",
+            "18446744073709551615",
+            "99999999999999999999",
+        ];
+        let seps = [".", "-", "_", "+", ""];
+        for _ in 0..20_000 {
+            let mut t = String::from(["", "v", "V"][next(3)]);
+            for i in 0..1 + next(4) {
+                if i > 0 {
+                    t.push('.');
+                }
+                let digits = 1 + next(22);
+                t.extend((0..digits).map(|_| char::from(b'0' + next(10) as u8)));
+            }
+            for _ in 0..next(5) {
+                t.push_str(seps[next(seps.len())]);
+                t.push_str(pieces[next(pieces.len())]);
+            }
+            tags.push(t);
+        }
+        for p in [
+            policy(None, true, true),
+            policy(Some(">=1, <2"), false, false),
+        ] {
+            let index = VersionIndex::new(
+                &p,
+                tags.iter().map(String::as_str),
+                tags.iter().map(String::as_str),
+            );
+            for tag in &tags {
+                let verdict = index.judge(tag, true);
+                index.judge(tag, false);
+                if let Some(v) = verdict.version {
+                    let again = parse(&v).map(|t| t.version.to_string());
+                    assert_eq!(again.as_deref(), Some(v.as_str()), "{tag}");
+                }
+            }
+        }
+        assert_eq!(
+            parse("0001.0002.0003-rc.0004")
+                .map(|v| v.version.to_string())
+                .as_deref(),
+            Some("1.2.3-rc.4")
         );
     }
 

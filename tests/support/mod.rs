@@ -6,6 +6,7 @@
 pub mod aws_endpoints;
 pub mod azure;
 pub mod moto;
+pub mod native;
 pub mod proxy;
 pub mod synthetic;
 pub mod tls;
@@ -825,5 +826,104 @@ pub async fn wait_published(admin: &str, count: usize, limit: Duration) {
         && started.elapsed() < limit
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Registry {
+    /// Pushes a cosign-style artifact for `subject` (`sha256:<hex>`) as `repo:sha256-<hex>.<kind>`
+    /// (`kind` = `sig`, `att` or `sbom`) and returns its manifest digest. As cosign's storage
+    /// specification lays them out: an OCI image manifest whose one layer is the signed payload
+    /// (`application/vnd.dev.cosign.simplesigning.v1+json` with the
+    /// `dev.cosignproject.cosign/signature` annotation for `.sig`, a DSSE envelope for `.att`, an
+    /// SPDX document for `.sbom`). The signature bytes are not real: regwatch never verifies them.
+    pub async fn push_cosign(&self, repo: &str, subject: &str, kind: &str) -> String {
+        let client = reqwest::Client::new();
+        let hex = subject.strip_prefix("sha256:").expect("a sha256 digest");
+        let tag = format!("sha256-{hex}.{kind}");
+        let nonce = rand::random::<u64>();
+        let (layer_type, layer, annotations) = match kind {
+            "sig" => (
+                "application/vnd.dev.cosign.simplesigning.v1+json",
+                format!(
+                    r#"{{"critical":{{"identity":{{"docker-reference":"{}/{repo}"}},"image":{{"docker-manifest-digest":"{subject}"}},"type":"cosign container image signature"}},"optional":{{"nonce":"{nonce}"}}}}"#,
+                    self.host
+                ),
+                format!(
+                    r#"{{"dev.cosignproject.cosign/signature":"{}"}}"#,
+                    base64::engine::general_purpose::STANDARD.encode(nonce.to_be_bytes())
+                ),
+            ),
+            "att" => (
+                "application/vnd.dsse.envelope.v1+json",
+                format!(
+                    r#"{{"payloadType":"application/vnd.in-toto+json","payload":"{}","signatures":[{{"sig":"{nonce}"}}]}}"#,
+                    base64::engine::general_purpose::STANDARD.encode(format!(
+                        r#"{{"_type":"https://in-toto.io/Statement/v0.1","subject":[{{"digest":{{"sha256":"{hex}"}}}}]}}"#
+                    ))
+                ),
+                r#"{"predicateType":"https://slsa.dev/provenance/v0.2"}"#.to_owned(),
+            ),
+            "sbom" => (
+                "text/spdx+json",
+                format!(r#"{{"spdxVersion":"SPDX-2.3","name":"{nonce}"}}"#),
+                "{}".to_owned(),
+            ),
+            other => panic!("no cosign artifact kind {other}"),
+        };
+        let config =
+            r#"{"architecture":"","os":"","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let layer_digest = self.upload_blob(&client, repo, layer.as_bytes()).await;
+        let config_digest = self.upload_blob(&client, repo, config.as_bytes()).await;
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","size":{},"digest":"{config_digest}"}},"layers":[{{"mediaType":"{layer_type}","size":{},"digest":"{layer_digest}","annotations":{annotations}}}]}}"#,
+            config.len(),
+            layer.len()
+        );
+        let resp = self
+            .request(
+                &client,
+                reqwest::Method::PUT,
+                &format!("/v2/{repo}/manifests/{tag}"),
+            )
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(manifest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "manifest put {repo}:{tag}");
+        resp.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+impl Daemon {
+    /// The events printed on stdout so far (the stdout sink prints one JSON event per line).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        json_lines(&self.stdout.lock().unwrap().join("\n"))
+    }
+
+    /// Waits until an event on stdout satisfies `pred` and returns it, failing the test with
+    /// `what` and the daemon's stderr after `within`.
+    pub async fn wait_event(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            assert!(
+                started.elapsed() < within,
+                "no {what} within {within:?}; events: {:?}\nstderr:\n{}",
+                self.events(),
+                self.stderr.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

@@ -1,0 +1,186 @@
+//! Harbor's v2.0 API, operation `listArtifacts` (goharbor/harbor api/v2.0/swagger.yaml):
+//! `GET /api/v2.0/projects/{project_name}/repositories/{repository_name}/artifacts` with
+//! `with_tag=true`, `page` ("The page number", default 1) and `page_size` ("default 10, maximum
+//! 100"). The repository name is the path below the project, and "If it contains slash, encode it
+//! twice over with URL encoding. e.g. a/b -> a%2Fb -> a%252Fb". The answer is an array of
+//! `Artifact` (`digest`: "The digest of the artifact", `push_time`, `tags`: `Tag` with `name` and
+//! `push_time`: "The push time of the tag"), with headers `X-Total-Count` ("The total count of
+//! artifacts") and `Link` ("Link refers to the previous page and next page"). The API's security
+//! is `basic` (or none, for public projects).
+//!
+//! Pages are numbered, so a push between two pages shifts the artifacts under the reader: the
+//! listing is accepted only when every page reports the same total and that many distinct
+//! artifacts were read; otherwise it fails and the next cycle lists again.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use reqwest::{StatusCode, header};
+use serde::Deserialize;
+
+use super::super::auth::{Credential, CredentialSource, basic, sensitive};
+use super::super::http::{BODY_CAP, expect_json, read_body};
+use super::super::oci::{OciRegistry, next_link};
+use super::super::{RegistryError, Tag, valid_digest, valid_tag};
+use super::parse_time;
+
+/// Harbor's largest `page_size`.
+const PAGE_SIZE: u32 = 100;
+/// A listing needing more pages than this is refused as runaway (1 M artifacts).
+const MAX_PAGES: usize = 10_000;
+
+#[derive(Deserialize)]
+struct Artifact {
+    digest: String,
+    push_time: Option<String>,
+    #[serde(default)]
+    tags: Option<Vec<HarborTag>>,
+}
+
+#[derive(Deserialize)]
+struct HarborTag {
+    name: String,
+    push_time: Option<String>,
+}
+
+/// Harbor's artifact listing, with the registry's credentials.
+pub struct Harbor {
+    credentials: Option<Arc<dyn CredentialSource>>,
+}
+
+impl Harbor {
+    /// Lists with `credentials` (sent as Basic), or anonymously.
+    pub fn new(credentials: Option<Arc<dyn CredentialSource>>) -> Self {
+        Harbor { credentials }
+    }
+
+    /// Every tag of `repo` (`project/name…`), with its artifact's digest and the tag's push time;
+    /// `None` for a name without a project.
+    pub async fn list(
+        &self,
+        oci: &OciRegistry,
+        repo: &str,
+    ) -> Result<Option<Vec<Tag>>, RegistryError> {
+        let Some((project, rest)) = repo.split_once('/') else {
+            return Ok(None);
+        };
+        let authorization = match &self.credentials {
+            Some(c) => match c.credential().await? {
+                Credential::Basic(c) => Some(sensitive(&basic(&c))),
+                // A refresh token is no Harbor API credential: ask anonymously, which works for
+                // public projects and is refused (then the Distribution path) for the rest.
+                Credential::RefreshToken(_) | Credential::Anonymous => None,
+            },
+            None => None,
+        };
+        // `set_path` keeps `%25`, so Harbor receives the name encoded twice, as it wants.
+        let mut url = oci.endpoint(&format!(
+            "/api/v2.0/projects/{project}/repositories/{}/artifacts",
+            rest.replace('/', "%252F")
+        ));
+        url.query_pairs_mut()
+            .append_pair("with_tag", "true")
+            .append_pair("page", "1")
+            .append_pair("page_size", &PAGE_SIZE.to_string());
+
+        let transport = oci.transport();
+        let mut tags: Vec<Tag> = Vec::new();
+        let mut names = HashSet::new();
+        let mut digests = HashSet::new();
+        let mut total: Option<u64> = None;
+        let mut visited = HashSet::new();
+        let mut next = Some(url);
+        while let Some(url) = next.take() {
+            if visited.len() >= MAX_PAGES || !visited.insert(url.as_str().to_owned()) {
+                return Err(RegistryError::Protocol(format!(
+                    "{repo}: Harbor's artifact pages loop or never end"
+                )));
+            }
+            let response = transport
+                .send(|| {
+                    let mut req = transport.client().get(url.clone());
+                    if let Some(a) = &authorization {
+                        req = req.header(header::AUTHORIZATION, a.clone());
+                    }
+                    req.header(header::ACCEPT, "application/json")
+                })
+                .await?;
+            match response.status() {
+                s if s.is_success() => {}
+                s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                    return Err(RegistryError::Unauthorized {
+                        status: s.as_u16(),
+                        what: "Harbor API",
+                    });
+                }
+                StatusCode::NOT_FOUND => return Err(RegistryError::NotFound(repo.to_owned())),
+                s => {
+                    return Err(RegistryError::Status {
+                        status: s.as_u16(),
+                        what: format!("Harbor artifacts of {repo}"),
+                    });
+                }
+            }
+            let page_total = response
+                .headers()
+                .get("x-total-count")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    RegistryError::Protocol(format!("{repo}: Harbor page without X-Total-Count"))
+                })?;
+            if total.is_some_and(|t| t != page_total) {
+                return Err(RegistryError::Protocol(format!(
+                    "{repo}: artifacts changed while they were paged; listing again next cycle"
+                )));
+            }
+            total = Some(page_total);
+            let link = next_link(&response, &url, oci.base())?;
+            expect_json(&response)?;
+            let body = read_body(response, BODY_CAP).await?;
+            let page: Vec<Artifact> = serde_json::from_slice(&body).map_err(|e| {
+                RegistryError::Protocol(format!("{repo}: invalid Harbor artifacts page: {e}"))
+            })?;
+            for artifact in page {
+                if !valid_digest(&artifact.digest) {
+                    return Err(RegistryError::Protocol(format!(
+                        "{repo}: Harbor artifact with a malformed digest"
+                    )));
+                }
+                if !digests.insert(artifact.digest.clone()) {
+                    return Err(RegistryError::Protocol(format!(
+                        "{repo}: artifacts changed while they were paged; listing again next cycle"
+                    )));
+                }
+                for tag in artifact.tags.unwrap_or_default() {
+                    if !valid_tag(&tag.name) || !names.insert(tag.name.clone()) {
+                        return Err(RegistryError::Protocol(format!(
+                            "{repo}: Harbor lists tag {:?} twice or malformed",
+                            tag.name
+                        )));
+                    }
+                    let pushed_at = tag
+                        .push_time
+                        .as_deref()
+                        .or(artifact.push_time.as_deref())
+                        .and_then(parse_time);
+                    tags.push(Tag {
+                        name: tag.name,
+                        digest: Some(artifact.digest.clone()),
+                        pushed_at,
+                    });
+                }
+            }
+            next = link;
+        }
+        if total.is_some_and(|t| t != digests.len() as u64) {
+            return Err(RegistryError::Protocol(format!(
+                "{repo}: Harbor counted {} artifacts but listed {}; listing again next cycle",
+                total.unwrap_or_default(),
+                digests.len()
+            )));
+        }
+        tags.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Some(tags))
+    }
+}
