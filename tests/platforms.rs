@@ -787,3 +787,51 @@ fn sha2_digest(data: &[u8]) -> Vec<u8> {
     use sha2::Digest as _;
     sha2::Sha256::digest(data).to_vec()
 }
+
+/// With `emit_removed`, a removal is a report like an arrival (as for tags `[registry.versions]`
+/// never reports): a new tag `require_platforms` kept out was never reported, so its deletion is
+/// no news either; a reported tag's deletion is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_require_platforms_kept_out_is_not_reported_removed() {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v0").await;
+    let setup = Setup::new(
+        "emit_removed = true\n",
+        &oci_block(
+            &registry.url().replace("http://", ""),
+            "require_platforms = [\"linux/arm64\"]",
+        ),
+    );
+    assert!(once(&setup).is_empty(), "baseline");
+    let amd = registry.push("team/app", "amd").await;
+    let multi = registry
+        .push_index("team/app", "multi", &["linux/amd64", "linux/arm64"], true)
+        .await;
+    let events = once(&setup);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["tag"], "multi");
+
+    let client = reqwest::Client::new();
+    for digest in [&amd, &multi] {
+        // Distribution: deleting a manifest by digest untags it (202 Accepted).
+        let resp = client
+            .delete(format!("{}/v2/team/app/manifests/{digest}", registry.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "delete {digest}");
+    }
+    let events = once(&setup);
+    let removed: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "io.regwatch.tag.removed")
+        .filter_map(|e| e["data"]["tag"].as_str())
+        .collect();
+    report(
+        "require_platforms + emit_removed: tag.removed for 2 deleted tags, 1 of them reported",
+        removed.len(),
+        "1",
+    );
+    assert_eq!(removed, vec!["multi"], "{events:?}");
+    assert_schema_valid(&events);
+}
