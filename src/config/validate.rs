@@ -174,7 +174,9 @@ fn validate_registry(
     let hub_api = hub_api(&r, kind, is_hub, text, &err)?;
 
     let provider = provider(&r, kind, &url, &err, table_line)?;
-    let (platforms, require_platforms) = platforms(&r, kind, text, &err)?;
+    // The Hub counts a manifest GET as a pull whichever kind names it (`oci` reads it as well).
+    let pulls_counted = kind == Kind::Dockerhub || dockerhub::api_endpoint(&host).is_some();
+    let (platforms, require_platforms) = platforms(&r, kind, pulls_counted, text, &err)?;
     let password = one_secret(r.password, r.password_file, "password", &err, table_line)?;
     let credentials = match (r.username, password) {
         (Some(u), Some(p)) => Some(Credentials {
@@ -300,10 +302,12 @@ fn validate_registry(
 }
 
 /// `platforms`, `require_platforms` and `allow_pulls`: whether to look platforms up, and which are
-/// required. Reading them costs a manifest GET per new digest, which Docker Hub counts as a pull.
+/// required. Reading them costs a manifest GET per new digest, which Docker Hub (`hub`) counts as a
+/// pull.
 fn platforms(
     r: &RawRegistry,
     kind: Kind,
+    hub: bool,
     text: &str,
     err: &impl Fn(&str, usize, String) -> ConfigError,
 ) -> Result<(bool, Vec<String>), ConfigError> {
@@ -321,20 +325,20 @@ fn platforms(
     };
     let allowed = r.allow_pulls.as_ref().is_some_and(|a| *a.get_ref());
     if let Some(a) = &r.allow_pulls
-        && kind != Kind::Dockerhub
+        && !hub
     {
         return Err(err(
             "allow_pulls",
             line(a.span()),
-            "allow_pulls applies only to kind = \"dockerhub\", where a manifest GET counts as a pull".into(),
+            "allow_pulls applies only to Docker Hub (kind = \"dockerhub\", or a Docker Hub url), where a manifest GET counts as a pull".into(),
         ));
     }
     match (on, kind) {
-        (Some((key, line)), Kind::Dockerhub) if !allowed => Err(err(
+        (Some((key, line)), _) if hub && !allowed => Err(err(
             key,
             line,
             format!(
-                "{key} GETs the manifest of every new digest, and on Docker Hub a manifest GET counts as a pull against the account's pull rate limit; set allow_pulls = true to accept that (one pull per new multi-platform digest, two for a single-platform image)"
+                "{key} GETs the manifest of every new digest, and on Docker Hub a manifest GET counts as a pull against the account's pull rate limit; set allow_pulls = true to accept that (one pull per new digest; a single-platform image's config blob GET is no pull)"
             ),
         )),
         (Some((key, line)), Kind::Ecr) => Err(err(

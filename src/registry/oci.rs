@@ -82,6 +82,9 @@ struct ConfigDescriptor {
     #[serde(default)]
     media_type: Option<String>,
     digest: String,
+    /// The blob's size in bytes, which the (verified) manifest vouches for.
+    #[serde(default)]
+    size: Option<u64>,
 }
 
 /// An index entry's `platform`, or the same fields at the top of an image config.
@@ -95,12 +98,29 @@ struct Platform {
     variant: Option<String>,
 }
 
+/// The most platforms one image reports, and the longest `os`, `architecture` or `variant`
+/// read. Real ones are Go's `GOOS`/`GOARCH` names and `v7`-style variants, a few dozen at most;
+/// past these bounds an index (up to 4 MiB of free strings) could make an event larger than a
+/// Kafka message may be (1 MB by default), which would hold back the whole outbox.
+const MAX_PLATFORMS: usize = 64;
+const MAX_PLATFORM_PART: usize = 64;
+
 impl Platform {
-    /// `os/arch[/variant]`; `None` for buildx's attestation manifests (`unknown/unknown`) and
-    /// configs that name no platform.
+    /// `os/arch[/variant]`; `None` for buildx's attestation manifests (`unknown/unknown`),
+    /// configs that name no platform, and names no platform has (a part too long, or with
+    /// characters other than ASCII letters, digits, `.`, `_` and `-`).
     fn name(&self) -> Option<String> {
         let (os, arch) = (self.os.as_str(), self.architecture.as_str());
         if os.is_empty() || arch.is_empty() || (os, arch) == ("unknown", "unknown") {
+            return None;
+        }
+        let plausible = |part: &str| {
+            part.len() <= MAX_PLATFORM_PART
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if !plausible(os) || !plausible(arch) || !self.variant.as_deref().is_none_or(plausible) {
             return None;
         }
         Some(match self.variant.as_deref().filter(|v| !v.is_empty()) {
@@ -115,8 +135,8 @@ impl Platform {
 enum Platforms {
     /// An index or manifest list names them.
     Listed(Vec<String>),
-    /// A single image: in its config blob, at this digest.
-    InConfig(String),
+    /// A single image: in its config blob, at this digest, of this size if the manifest says.
+    InConfig(String, Option<u64>),
     /// Neither (an artifact, not an image).
     None,
 }
@@ -136,7 +156,7 @@ fn manifest_platforms(body: &[u8]) -> Result<Platforms, serde_json::Error> {
                 .as_deref()
                 .is_none_or(|t| IMAGE_CONFIG_TYPES.contains(&t)) =>
         {
-            Platforms::InConfig(c.digest)
+            Platforms::InConfig(c.digest, c.size)
         }
         (None, _) => Platforms::None,
     })
@@ -527,21 +547,35 @@ impl Registry for OciRegistry {
         let body = self
             .get_by_digest(repo, "manifests", digest, Some(MANIFEST_ACCEPT))
             .await?;
-        let invalid = |what: &str, e: serde_json::Error| {
-            RegistryError::Protocol(format!("invalid {what} JSON for {repo}@{digest}: {e}"))
+        // Content that hashed to its digest is the same on every retry: when it names no platform
+        // we can read, the image has none we can report (like an artifact), rather than failing
+        // the repository's scan on every cycle.
+        let unreadable = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::warn!(repository = %repo, %digest, error = %e, "{what} names no readable platform; reported with none");
+            Vec::new()
         };
-        let mut names = match manifest_platforms(&body).map_err(|e| invalid("manifest", e))? {
-            Platforms::Listed(names) => names,
-            Platforms::InConfig(config) => {
+        let mut names = match manifest_platforms(&body) {
+            Err(e) => unreadable("manifest", &e),
+            Ok(Platforms::Listed(names)) => names,
+            Ok(Platforms::InConfig(_, Some(size))) if size > MANIFEST_CAP as u64 => unreadable(
+                "image config",
+                &format!("{size} bytes, over {MANIFEST_CAP}"),
+            ),
+            Ok(Platforms::InConfig(config, _)) => {
                 let body = self.get_by_digest(repo, "blobs", &config, None).await?;
-                let platform: Platform =
-                    serde_json::from_slice(&body).map_err(|e| invalid("image config", e))?;
-                platform.name().into_iter().collect()
+                match serde_json::from_slice::<Platform>(&body) {
+                    Ok(platform) => platform.name().into_iter().collect(),
+                    Err(e) => unreadable("image config", &e),
+                }
             }
-            Platforms::None => Vec::new(),
+            Ok(Platforms::None) => Vec::new(),
         };
         names.sort_unstable();
         names.dedup();
+        if names.len() > MAX_PLATFORMS {
+            tracing::warn!(repository = %repo, %digest, platforms = names.len(), "image names more platforms than {MAX_PLATFORMS}; reporting the first {MAX_PLATFORMS}");
+            names.truncate(MAX_PLATFORMS);
+        }
         Ok(names)
     }
 
@@ -638,7 +672,7 @@ mod tests {
         let image = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:cfg","size":1},"layers":[]}"#;
         assert_eq!(
             manifest_platforms(image).unwrap(),
-            Platforms::InConfig("sha256:cfg".into())
+            Platforms::InConfig("sha256:cfg".into(), Some(1))
         );
         let chart = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"sha256:cfg","size":1},"layers":[]}"#;
         assert_eq!(manifest_platforms(chart).unwrap(), Platforms::None);
@@ -647,6 +681,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.name().as_deref(), Some("linux/arm64/v8"));
+        let odd = |os: &str, arch: &str| Platform {
+            os: os.into(),
+            architecture: arch.into(),
+            variant: None,
+        };
+        assert_eq!(odd("linux", &"a".repeat(65)).name(), None, "too long");
+        assert_eq!(odd("linux", "amd64\n").name(), None, "not a name");
+        assert_eq!(
+            odd("linux", "ppc64le").name().as_deref(),
+            Some("linux/ppc64le")
+        );
     }
 
     #[test]
@@ -659,6 +704,9 @@ mod tests {
             &sha256.to_uppercase().replace("SHA256", "sha256")
         ));
         assert!(!matches_digest(b"{ }", sha256));
+        let sha512 = "sha512:27c74670adb75075fad058d5ceaf7b20c4e7786c83bae8a32f626f9782af34c9a33c2046ef60fd2a7878d378e29fec851806bbd9a67878f3a9f1cda4830763fd";
+        assert!(matches_digest(body, sha512));
+        assert!(!matches_digest(b"{ }", sha512));
         assert!(!matches_digest(
             body,
             "md5:99914b932bd37a50b983c5e7c90ae93b"

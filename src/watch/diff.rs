@@ -31,9 +31,10 @@ pub struct Snapshot {
     /// immutable, so an index is fetched once per digest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub platforms: BTreeMap<String, Vec<String>>,
-    /// New tags that `only_newer` kept back (not above a version known before), so never
-    /// reported: neither their signatures nor their removal is news. A tag leaves the set when
-    /// it leaves the listing or a move of it is reported.
+    /// New tags that `only_newer` kept back (not above a version known before) or
+    /// `require_platforms` kept out, so never reported: neither their signatures nor their
+    /// removal is news. A tag leaves the set when it leaves the listing or a move of it is
+    /// reported.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub held_back: BTreeSet<String>,
 }
@@ -413,10 +414,14 @@ pub fn needs_platforms(outcome: &Diff) -> Vec<(String, String)> {
 /// and on an update `platforms_added` (what the new digest has beyond the previous one, when
 /// `previous` knew the latter's). With `require` set, drops the changes whose image lacks one of
 /// them, and the signatures and attestations of such images; the snapshot still records the
-/// tag, so a later re-push that has them is an update.
+/// tag, so a later re-push that has them is an update. A new tag kept out is held back, as
+/// `only_newer` holds one back: never reported, so its removal is no news either.
 pub fn annotate_platforms(outcome: &mut Diff, previous: Option<&Snapshot>, require: &[String]) {
-    let known = &outcome.snapshot.platforms;
-    outcome.changes.retain_mut(|change| {
+    let Diff { snapshot, changes } = outcome;
+    let known = &snapshot.platforms;
+    let was_held = |tag: &str| previous.is_some_and(|p| p.held_back.contains(tag));
+    let mut kept_out = Vec::new();
+    changes.retain_mut(|change| {
         let platforms = change.digest.as_ref().and_then(|d| known.get(d));
         match change.kind {
             // An image `require` kept out was never reported, so neither is its signature.
@@ -439,10 +444,15 @@ pub fn annotate_platforms(outcome: &mut Diff, previous: Option<&Snapshot>, requi
             });
         }
         change.details.platforms = platforms.cloned();
-        require
+        let report = require
             .iter()
-            .all(|r| platforms.is_some_and(|p| p.contains(r)))
+            .all(|r| platforms.is_some_and(|p| p.contains(r)));
+        if !report && (change.kind == ChangeKind::Added || was_held(&change.tag)) {
+            kept_out.push(change.tag.clone());
+        }
+        report
     });
+    snapshot.held_back.extend(kept_out);
 }
 
 /// Keeps the maturity deadlines of `outcome` (`mature_after`, `None` = off): every reported

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -538,7 +539,26 @@ impl Scanner {
             self.emit_removed,
         );
         if self.config.platforms {
-            self.lookup_platforms(repo, &mut outcome).await?;
+            if let Err(e) = self.lookup_platforms(repo, &mut outcome).await {
+                // Nothing is reported, but what was read stays read: digests are immutable, and
+                // every GET may be a pull. Only for a known repository: a first scan's failure
+                // keeps its pending decision instead.
+                if let Some(prev) = previous.as_ref().filter(|_| was_known) {
+                    let mut kept = prev.clone();
+                    for (digest, platforms) in outcome.snapshot.platforms {
+                        kept.platforms.entry(digest).or_insert(platforms);
+                    }
+                    if !kept.same_content(prev) {
+                        let unchanged = diff::Diff {
+                            snapshot: kept,
+                            changes: Vec::new(),
+                        };
+                        self.record(output, repo, unchanged, revision, SystemTime::now())
+                            .await?;
+                    }
+                }
+                return Err(e);
+            }
             diff::annotate_platforms(
                 &mut outcome,
                 previous.as_ref(),
@@ -576,26 +596,46 @@ impl Scanner {
     }
 
     /// Looks up the platforms of the new digests `outcome` reports (`platforms`), once per digest
-    /// ever: the snapshot keeps them. Any failure fails the scan, so no event goes without them.
+    /// ever: the snapshot keeps them. Any failure fails the scan, so no event goes without them;
+    /// after one, no further lookup starts, and those that succeeded are still in `outcome`.
     async fn lookup_platforms(
         &self,
         repo: &str,
         outcome: &mut diff::Diff,
     ) -> Result<(), ScanError> {
-        let found: Vec<(String, Vec<String>)> = stream::iter(diff::needs_platforms(outcome))
-            .map(|(digest, tag)| async move {
-                match self.registry.platforms(repo, &digest).await {
-                    Ok(p) => Ok((digest, p)),
-                    // Listed a moment ago: the tag moved and its old manifest was deleted since.
-                    Err(RegistryError::NotFound(_)) => Err(ScanError::TagVanished(tag)),
-                    Err(e) => Err(e.into()),
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let results: Vec<Result<(String, Vec<String>), ScanError>> =
+            stream::iter(diff::needs_platforms(outcome))
+                .take_while(|_| std::future::ready(!failed.load(Ordering::Relaxed)))
+                .map(|(digest, tag)| {
+                    let failed = &failed;
+                    async move {
+                        let result = match self.registry.platforms(repo, &digest).await {
+                            Ok(p) => Ok((digest, p)),
+                            // Listed a moment ago: the tag moved and its old manifest was deleted
+                            // since.
+                            Err(RegistryError::NotFound(_)) => Err(ScanError::TagVanished(tag)),
+                            Err(e) => Err(e.into()),
+                        };
+                        failed.fetch_or(result.is_err(), Ordering::Relaxed);
+                        result
+                    }
+                })
+                .buffer_unordered(self.config.concurrency)
+                .collect()
+                .await;
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok((digest, platforms)) => {
+                    outcome.snapshot.platforms.insert(digest, platforms);
                 }
-            })
-            .buffer_unordered(self.config.concurrency)
-            .try_collect()
-            .await?;
-        outcome.snapshot.platforms.extend(found);
-        Ok(())
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Records a diff of `repo` against snapshot `revision`, detected at `detected`: commits the

@@ -410,6 +410,40 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Pushes an image manifest as `repo:tag` whose config blob is `config`, of media type
+    /// `config_type`; returns its digest. The registry stores a config blob as opaque bytes.
+    pub async fn push_with_config(
+        &self,
+        repo: &str,
+        tag: &str,
+        config_type: &str,
+        config: &[u8],
+    ) -> String {
+        let client = reqwest::Client::new();
+        let config_digest = self.upload_blob(&client, repo, config).await;
+        let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{manifest_type}","config":{{"mediaType":"{config_type}","size":{},"digest":"{config_digest}"}},"layers":[]}}"#,
+            config.len()
+        );
+        self.put_manifest(&client, repo, tag, manifest_type, &manifest)
+            .await
+    }
+
+    /// Puts `body` as manifest `repo:tag` of `media_type` as is; returns its digest.
+    pub async fn put_raw_manifest(
+        &self,
+        repo: &str,
+        tag: &str,
+        media_type: &str,
+        body: &str,
+    ) -> String {
+        self.put_manifest(&reqwest::Client::new(), repo, tag, media_type, body)
+            .await
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();

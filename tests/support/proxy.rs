@@ -36,6 +36,8 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub fault: Option<Fault>,
+    /// Whether it carried an `Authorization` header.
+    pub authorized: bool,
 }
 
 /// Shared proxy state.
@@ -48,6 +50,11 @@ pub struct ProxyState {
     pub first_request_fault: Mutex<Option<Fault>>,
     /// Every request seen.
     pub log: Mutex<Vec<Seen>>,
+    /// A fault for every request whose path ends with this text, until cleared.
+    pub path_fault: Mutex<Option<(String, Fault)>>,
+    /// When set, blob GETs are answered `307` to this base URL plus the path, as registries send
+    /// blob downloads to S3 or a CDN.
+    pub redirect_blobs: Mutex<Option<String>>,
     /// Faults injected.
     pub injected: AtomicUsize,
 }
@@ -59,6 +66,11 @@ impl ProxyState {
     }
 
     fn pick(&self, path: &str) -> Option<Fault> {
+        if let Some((end, f)) = &*self.path_fault.lock().unwrap()
+            && path.ends_with(end.as_str())
+        {
+            return Some(*f);
+        }
         if let Some(f) = *self.first_request_fault.lock().unwrap()
             && !self.log.lock().unwrap().iter().any(|s| s.path == path)
         {
@@ -81,9 +93,20 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
         method: parts.method.to_string(),
         path: path.clone(),
         fault,
+        authorized: parts.headers.contains_key("authorization"),
     });
     if fault.is_some() {
         state.injected.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(base) = &*state.redirect_blobs.lock().unwrap()
+        && path.contains("/blobs/")
+    {
+        let mut r = plain(StatusCode::TEMPORARY_REDIRECT, "");
+        r.headers_mut().insert(
+            "location",
+            HeaderValue::from_str(&format!("{base}{path}")).unwrap(),
+        );
+        return r;
     }
     match fault {
         Some(Fault::Error500) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "injected"),
@@ -154,6 +177,8 @@ pub async fn start(upstream: &str) -> (Arc<ProxyState>, String) {
         chaos: Mutex::new((0.0, Vec::new())),
         first_request_fault: Mutex::new(None),
         log: Mutex::new(Vec::new()),
+        path_fault: Mutex::new(None),
+        redirect_blobs: Mutex::new(None),
         injected: AtomicUsize::new(0),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
