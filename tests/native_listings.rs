@@ -533,3 +533,61 @@ async fn harbor_tag_moved_between_pages_is_not_removed() {
     assert_eq!(events[0]["data"]["previous_digest"], old.as_str());
     assert_eq!(events[0]["data"]["digest"], new.as_str());
 }
+
+/// Tags deleted while the Hub API is between two pages: the next page is past the end, which the
+/// Hub answers 404 ("Invalid page."). The API did list this repository a page ago, so that is
+/// no refusal of it: the daemon must keep listing it natively, and a re-pushed release tag
+/// outside `mutable_tags` is then still one `tag.updated` (`tags/list` + HEAD could not see it).
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_page_gone_mid_listing_is_no_sticky_fallback() {
+    let state = Native::new(Vendor::Hub, "robot", "robot-secret");
+    let host = serve(state.clone()).await;
+    let repo = repo_of(Vendor::Hub);
+    for i in 0..TAGS {
+        state.push(repo, &format!("t{i:03}"));
+    }
+    let old = state.push(repo, "v1.2.3");
+    let setup = Setup::new(
+        "interval = \"1s\"\njitter = \"0%\"",
+        &format!(
+            "[[registry]]\nname = \"native\"\nkind = \"dockerhub\"\nurl = \"http://{host}\"\nhub_api_url = \"http://{}\"\ninsecure = true\nusername = \"robot\"\npassword = \"robot-secret\"\nrepositories = [\"{repo}\"]\n",
+            state.hub_host.lock().unwrap()
+        ),
+    );
+    let daemon = setup.spawn();
+    support::wait_ready(&setup.admin).await;
+    // The oldest 41 tags go while page 1 is read: 91 are left, one page, and page 2 is gone.
+    *state.between_pages.lock().unwrap() = Some(Box::new(|s: &Native| {
+        for i in 0..41 {
+            s.delete("acme/app", &format!("t{i:03}"));
+        }
+    }));
+    let started = Instant::now();
+    while state.between_pages.lock().unwrap().is_some()
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the daemon list once more after the race, then re-push the release tag.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let new = state.push(repo, "v1.2.3");
+    let started = Instant::now();
+    while daemon.stdout.lock().unwrap().is_empty() && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, out, err) = daemon.stop();
+    let events = json_lines(&out);
+    report(
+        "Hub native: a page gone mid-listing (404), then a re-pushed v1.2.3: events",
+        events.len(),
+        "1 tag.updated (still listed natively)",
+    );
+    assert_eq!(events.len(), 1, "{out}{err}");
+    assert_eq!(events[0]["type"], "io.regwatch.tag.updated");
+    assert_eq!(events[0]["data"]["previous_digest"], old.digest.as_str());
+    assert_eq!(events[0]["data"]["digest"], new.digest.as_str());
+    assert!(
+        !err.contains("native tag listing refused"),
+        "a page gone mid-listing is no refusal: {err}"
+    );
+}

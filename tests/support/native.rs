@@ -151,6 +151,13 @@ impl Native {
         image
     }
 
+    /// Deletes `repo:tag` (the tag only; Harbor keeps its artifact, untagged).
+    pub fn delete(&self, repo: &str, tag: &str) {
+        if let Some(tags) = self.repos.lock().unwrap().get_mut(repo) {
+            tags.remove(tag);
+        }
+    }
+
     /// Points `repo:tag` at the existing image `digest` (`docker tag` + push of an image the
     /// repository holds). Harbor's `ensureArtifact` returns the existing artifact unchanged (its
     /// `push_time`, hence its place in the listing, stays) and the tag controller moves the tag,
@@ -639,6 +646,16 @@ fn hub_tags(state: &Native, uri: &Uri, headers: &HeaderMap) -> Response {
     };
     let mut all: Vec<(&String, &Image)> = tags.iter().collect();
     all.sort_by(|a, b| b.1.pushed.cmp(&a.1.pushed).then(a.0.cmp(b.0)));
+    // A page past the end. The Hub's reference documents only 200; the Hub API is a Django REST
+    // framework service (its errors are DRF's `{"detail": ...}`, as in "Incorrect authentication
+    // credentials" above), and DRF's `PageNumberPagination` raises `NotFound("Invalid page.")`
+    // for a page number past the last page: 404. Reached when tags are deleted between pages.
+    if page > 1 && (page - 1) * page_size >= all.len() {
+        return json(
+            StatusCode::NOT_FOUND,
+            r#"{"detail":"Invalid page."}"#.into(),
+        );
+    }
     let results: Vec<serde_json::Value> = all
         .iter()
         .skip((page - 1) * page_size)
