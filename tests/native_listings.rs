@@ -67,12 +67,15 @@ async fn repush_and_new_tag(vendor: Vendor) {
     let (state, setup) = start(vendor).await;
     let repo = repo_of(vendor);
     let old = state.push(repo, "v1.2.3");
+    // Harbor's artifact pages hide accessories' tags, so its names come from one tags/list per
+    // cycle (see `harbor_cosign_signature_is_seen_although_listartifacts_hides_accessories`).
+    let tags_lists = usize::from(vendor == Vendor::Harbor);
     let (code, out, err) = setup.regwatch(&["once"]);
     assert_eq!((code, out.as_str()), (0, ""), "baseline: {err}");
     assert_eq!(state.manifest_requests(), 0, "a baseline costs no HEAD");
     assert_eq!(
         state.tags_list_requests.load(Ordering::Relaxed),
-        0,
+        tags_lists,
         "listed natively: {err}"
     );
 
@@ -104,6 +107,13 @@ async fn repush_and_new_tag(vendor: Vendor) {
     );
     assert_eq!(pages, expected_pages);
     assert_eq!(state.manifest_requests(), 0);
+    let names = state.tags_list_requests.load(Ordering::Relaxed);
+    report(
+        &format!("{vendor:?} native: tags/list requests per idle cycle"),
+        names,
+        "1 for Harbor (tag names), else 0",
+    );
+    assert_eq!(names, tags_lists);
 
     // Re-pushed release tag: same name, new digest.
     state.reset_counts();
@@ -126,7 +136,7 @@ async fn repush_and_new_tag(vendor: Vendor) {
         "0",
     );
     assert_eq!(heads, 0);
-    assert_eq!(state.tags_list_requests.load(Ordering::Relaxed), 0);
+    assert_eq!(state.tags_list_requests.load(Ordering::Relaxed), tags_lists);
     assert_schema_valid(&events);
 
     // A new tag.
@@ -199,6 +209,7 @@ async fn broken_paging_changes_nothing(vendor: Vendor) {
         (Quirk::FailingPage, "500"),
     ] {
         *state.quirk.lock().unwrap() = quirk;
+        state.reset_counts();
         let (code, out, err) = setup.regwatch(&["once"]);
         assert_eq!(
             out, "",
@@ -434,4 +445,149 @@ async fn request_costs_of_the_other_kinds() {
     );
     report("ecr: requests for a cycle with one new tag", new_tag, "1");
     assert_eq!((idle, new_tag), (1, 1));
+}
+
+/// A Harbor stand-in with `TAGS` tags in `proj/team/app`, watched with `emit_removed = true`.
+async fn harbor_emitting_removals() -> (Arc<Native>, Setup) {
+    let state = Native::new(Vendor::Harbor, "robot", "robot-secret");
+    let host = serve(state.clone()).await;
+    let repo = repo_of(Vendor::Harbor);
+    for i in 0..TAGS {
+        state.push(repo, &format!("t{i:03}"));
+    }
+    let setup = Setup::new(
+        "emit_removed = true",
+        &format!(
+            "[[registry]]\nname = \"native\"\nkind = \"harbor\"\nurl = \"http://{host}\"\ninsecure = true\nusername = \"robot\"\npassword = \"robot-secret\"\nrepositories = [\"{repo}\"]\n"
+        ),
+    );
+    (state, setup)
+}
+
+/// Harbor's `listArtifacts` never lists accessories, and a cosign signature pushed as
+/// `sha256-<hex>.sig` is one (its cosign middleware records it as the subject's
+/// `signature.cosign` accessory), so the `.sig` tag is on no artifact page; `tags/list` lists it.
+/// The signature must still be seen: one `signature.added` naming the subject, no `tag.*`.
+#[tokio::test(flavor = "multi_thread")]
+async fn harbor_cosign_signature_is_seen_although_listartifacts_hides_accessories() {
+    let (state, setup) = harbor_emitting_removals().await;
+    let repo = repo_of(Vendor::Harbor);
+    let image = state.push(repo, "v1.0.0");
+    let (code, out, err) = setup.regwatch(&["once"]);
+    assert_eq!((code, out.as_str()), (0, ""), "baseline: {err}");
+    let sig = format!("sha256-{}.sig", image.digest.trim_start_matches("sha256:"));
+    state.push(repo, &sig);
+    state.reset_counts();
+    let (code, out, err) = setup.regwatch(&["once"]);
+    assert_eq!(code, 0, "{err}");
+    let events = json_lines(&out);
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    report(
+        "Harbor native: events for a cosign .sig pushed after its image",
+        format!("{types:?}"),
+        "[\"io.regwatch.signature.added\"]",
+    );
+    assert_eq!(types, vec!["io.regwatch.signature.added"], "{out}{err}");
+    assert_eq!(events[0]["data"]["digest"], image.digest.as_str());
+    assert_eq!(state.manifest_requests(), 0, "no HEAD for a signature tag");
+    assert_schema_valid(&events);
+}
+
+/// A tag moved between two artifact pages onto an artifact already read (Harbor keeps an
+/// existing artifact's `push_time`, so nothing shifts and `X-Total-Count` stays) is on neither
+/// page. That must not read as a removal: no event from that cycle, and the next one reports
+/// the move as one `tag.updated`.
+#[tokio::test(flavor = "multi_thread")]
+async fn harbor_tag_moved_between_pages_is_not_removed() {
+    let (state, setup) = harbor_emitting_removals().await;
+    let repo = repo_of(Vendor::Harbor);
+    let digest_of = |tag: &str| state.repos.lock().unwrap()[repo][tag].digest.clone();
+    // Newest artifact first: t000 is on page 2, t129 on page 1.
+    let (old, new) = (digest_of("t000"), digest_of(&format!("t{:03}", TAGS - 1)));
+    state.retag(repo, "latest", &old);
+    let (code, out, err) = setup.regwatch(&["once"]);
+    assert_eq!((code, out.as_str()), (0, ""), "baseline: {err}");
+
+    let moved = new.clone();
+    *state.between_pages.lock().unwrap() = Some(Box::new(move |s: &Native| {
+        s.retag("proj/team/app", "latest", &moved)
+    }));
+    let (code, out, err) = setup.regwatch(&["once"]);
+    let racing: Vec<String> = json_lines(&out)
+        .iter()
+        .map(|e| format!("{} {}", e["type"], e["data"]["tag"]))
+        .collect();
+    report(
+        "Harbor native: events from a cycle whose tag moved onto a page already read",
+        format!("{racing:?}"),
+        "[] (no tag.removed)",
+    );
+    assert!(racing.is_empty(), "exit {code}: {racing:?}\n{err}");
+
+    let (code, out, err) = setup.regwatch(&["once"]);
+    assert_eq!(code, 0, "{err}");
+    let events = json_lines(&out);
+    assert_eq!(events.len(), 1, "{out}{err}");
+    assert_eq!(events[0]["type"], "io.regwatch.tag.updated");
+    assert_eq!(events[0]["data"]["tag"], "latest");
+    assert_eq!(events[0]["data"]["previous_digest"], old.as_str());
+    assert_eq!(events[0]["data"]["digest"], new.as_str());
+}
+
+/// Tags deleted while the Hub API is between two pages: the next page is past the end, which the
+/// Hub answers 404 ("Invalid page."). The API did list this repository a page ago, so that is
+/// no refusal of it: the daemon must keep listing it natively, and a re-pushed release tag
+/// outside `mutable_tags` is then still one `tag.updated` (`tags/list` + HEAD could not see it).
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_page_gone_mid_listing_is_no_sticky_fallback() {
+    let state = Native::new(Vendor::Hub, "robot", "robot-secret");
+    let host = serve(state.clone()).await;
+    let repo = repo_of(Vendor::Hub);
+    for i in 0..TAGS {
+        state.push(repo, &format!("t{i:03}"));
+    }
+    let old = state.push(repo, "v1.2.3");
+    let setup = Setup::new(
+        "interval = \"1s\"\njitter = \"0%\"",
+        &format!(
+            "[[registry]]\nname = \"native\"\nkind = \"dockerhub\"\nurl = \"http://{host}\"\nhub_api_url = \"http://{}\"\ninsecure = true\nusername = \"robot\"\npassword = \"robot-secret\"\nrepositories = [\"{repo}\"]\n",
+            state.hub_host.lock().unwrap()
+        ),
+    );
+    let daemon = setup.spawn();
+    support::wait_ready(&setup.admin).await;
+    // The oldest 41 tags go while page 1 is read: 91 are left, one page, and page 2 is gone.
+    *state.between_pages.lock().unwrap() = Some(Box::new(|s: &Native| {
+        for i in 0..41 {
+            s.delete("acme/app", &format!("t{i:03}"));
+        }
+    }));
+    let started = Instant::now();
+    while state.between_pages.lock().unwrap().is_some()
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the daemon list once more after the race, then re-push the release tag.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let new = state.push(repo, "v1.2.3");
+    let started = Instant::now();
+    while daemon.stdout.lock().unwrap().is_empty() && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, out, err) = daemon.stop();
+    let events = json_lines(&out);
+    report(
+        "Hub native: a page gone mid-listing (404), then a re-pushed v1.2.3: events",
+        events.len(),
+        "1 tag.updated (still listed natively)",
+    );
+    assert_eq!(events.len(), 1, "{out}{err}");
+    assert_eq!(events[0]["type"], "io.regwatch.tag.updated");
+    assert_eq!(events[0]["data"]["previous_digest"], old.digest.as_str());
+    assert_eq!(events[0]["data"]["digest"], new.digest.as_str());
+    assert!(
+        !err.contains("native tag listing refused"),
+        "a page gone mid-listing is no refusal: {err}"
+    );
 }

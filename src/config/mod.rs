@@ -710,6 +710,15 @@ url = "https://registry.example.com"
     }
 
     #[test]
+    fn empty_hub_api_url_lists_docker_hub_through_tags_list() {
+        // Egress allowlists often admit Docker's pull hosts (registry-1.docker.io, auth.docker.io)
+        // and not hub.docker.com, which Docker's allowlist names separately: an unreachable Hub
+        // API fails every scan (unreachable is no refusal), so there must be a way to turn it off.
+        let hub = "[[registry]]\nname = \"hub\"\nkind = \"dockerhub\"\nurl = \"https://registry.hub.docker.com\"\nrepositories = [\"nginx\"]\nhub_api_url = \"\"\n";
+        assert!(one(hub).hub_api.is_none());
+    }
+
+    #[test]
     fn hub_api_url_defaults_for_docker_hub_only() {
         let hub = "[[registry]]\nname = \"hub\"\nkind = \"dockerhub\"\nurl = \"https://registry.hub.docker.com\"\nrepositories = [\"nginx\"]\n";
         assert_eq!(

@@ -411,6 +411,10 @@ fn hub_api(
         ));
     }
     let text = spanned.get_ref().trim_end_matches('/');
+    // Empty turns the Hub API off: for networks that reach the registry but not hub.docker.com.
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
     let u = Url::parse(text)
         .map_err(|e| err("hub_api_url", line, format!("invalid URL {text:?}: {e}")))?;
     match u.scheme() {

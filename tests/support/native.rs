@@ -55,7 +55,14 @@ struct Artifact {
     id: u64,
     digest: String,
     pushed: SystemTime,
+    /// An accessory of another artifact: Harbor's cosign middleware records a manifest pushed as
+    /// `sha256-<hex>.sig` as the `signature.cosign` accessory of `sha256:<hex>`, and
+    /// `listArtifacts` never lists accessories (see `harbor_artifacts`).
+    accessory: bool,
 }
+
+/// Runs once, when the native API is asked for a page after the first: a change between pages.
+type BetweenPages = Box<dyn FnOnce(&Native) + Send>;
 
 /// The stand-in's images, credentials, misbehaviour and counters.
 pub struct Native {
@@ -86,6 +93,8 @@ pub struct Native {
     /// The scopes asked of the token endpoint, in order.
     pub scopes_asked: Mutex<Vec<String>>,
     version: AtomicUsize,
+    /// A change made while the native listing is between its first and second page.
+    pub between_pages: Mutex<Option<BetweenPages>>,
 }
 
 impl Native {
@@ -110,6 +119,7 @@ impl Native {
             requests: AtomicUsize::new(0),
             scopes_asked: Mutex::default(),
             version: AtomicUsize::new(0),
+            between_pages: Mutex::new(None),
         })
     }
 
@@ -136,8 +146,35 @@ impl Native {
             id: n as u64 + 1,
             digest,
             pushed: image.pushed,
+            accessory: is_cosign_signature(tag),
         });
         image
+    }
+
+    /// Deletes `repo:tag` (the tag only; Harbor keeps its artifact, untagged).
+    pub fn delete(&self, repo: &str, tag: &str) {
+        if let Some(tags) = self.repos.lock().unwrap().get_mut(repo) {
+            tags.remove(tag);
+        }
+    }
+
+    /// Points `repo:tag` at the existing image `digest` (`docker tag` + push of an image the
+    /// repository holds). Harbor's `ensureArtifact` returns the existing artifact unchanged (its
+    /// `push_time`, hence its place in the listing, stays) and the tag controller moves the tag,
+    /// updating the tag's `push_time` only.
+    pub fn retag(&self, repo: &str, tag: &str, digest: &str) {
+        self.repos
+            .lock()
+            .unwrap()
+            .entry(repo.into())
+            .or_default()
+            .insert(
+                tag.into(),
+                Image {
+                    digest: digest.into(),
+                    pushed: SystemTime::now(),
+                },
+            );
     }
 
     /// Zeroes every counter.
@@ -206,6 +243,13 @@ impl Native {
     }
 }
 
+/// Harbor's cosign middleware pattern: `^/v2/<repo>/manifests/sha256-<hex>.sig$`.
+fn is_cosign_signature(tag: &str) -> bool {
+    tag.strip_prefix("sha256-")
+        .and_then(|t| t.strip_suffix(".sig"))
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -271,6 +315,11 @@ fn is_hub_api(path: &str) -> bool {
 /// The native API's refusal, its second-page quirks, and its request count.
 fn native_gate(state: &Native, page: usize) -> Option<Response> {
     state.native_requests.fetch_add(1, Ordering::Relaxed);
+    if page >= 2
+        && let Some(change) = state.between_pages.lock().unwrap().take()
+    {
+        change(state);
+    }
     if let Some(code) = *state.native_refusal.lock().unwrap() {
         return Some(json(
             StatusCode::from_u16(code).unwrap(),
@@ -468,9 +517,15 @@ fn harbor_artifacts(state: &Native, uri: &Uri, headers: &HeaderMap) -> Response 
         );
     };
     let artifacts = state.artifacts.lock().unwrap();
-    // Newest first, as Harbor's UI lists them.
-    let mut all: Vec<&Artifact> = artifacts.get(&repo).map_or(vec![], |a| a.iter().collect());
-    all.sort_by_key(|a| std::cmp::Reverse(a.id));
+    // `Artifact.GetDefaultSorts`: `PushTime` desc, then `ID` desc. Accessories are never listed
+    // nor counted: the artifact DAO's `setAccessoryQuery` adds `notacc` ("NOT EXISTS (SELECT 1
+    // FROM artifact_accessory aa WHERE aa.artifact_id = T0.id)") to every query, `Count`
+    // (X-Total-Count) included; their tags are then on no page, while `tags/list` (the tag table
+    // by repository) still lists them.
+    let mut all: Vec<&Artifact> = artifacts
+        .get(&repo)
+        .map_or(vec![], |a| a.iter().filter(|a| !a.accessory).collect());
+    all.sort_by_key(|a| std::cmp::Reverse((a.pushed, a.id)));
     let total = all.len();
     let shown: Vec<serde_json::Value> = all
         .iter()
@@ -591,6 +646,16 @@ fn hub_tags(state: &Native, uri: &Uri, headers: &HeaderMap) -> Response {
     };
     let mut all: Vec<(&String, &Image)> = tags.iter().collect();
     all.sort_by(|a, b| b.1.pushed.cmp(&a.1.pushed).then(a.0.cmp(b.0)));
+    // A page past the end. The Hub's reference documents only 200; the Hub API is a Django REST
+    // framework service (its errors are DRF's `{"detail": ...}`, as in "Incorrect authentication
+    // credentials" above), and DRF's `PageNumberPagination` raises `NotFound("Invalid page.")`
+    // for a page number past the last page: 404. Reached when tags are deleted between pages.
+    if page > 1 && (page - 1) * page_size >= all.len() {
+        return json(
+            StatusCode::NOT_FOUND,
+            r#"{"detail":"Invalid page."}"#.into(),
+        );
+    }
     let results: Vec<serde_json::Value> = all
         .iter()
         .skip((page - 1) * page_size)

@@ -11,6 +11,14 @@
 //! Pages are numbered, so a push between two pages shifts the artifacts under the reader: the
 //! listing is accepted only when every page reports the same total and that many distinct
 //! artifacts were read; otherwise it fails and the next cycle lists again.
+//!
+//! The artifact pages give digests and push times, not the complete set of tag names: the
+//! artifact DAO leaves accessories out of every listing and count (`setAccessoryQuery`), and a
+//! cosign `sha256-<hex>.sig` signature, or any manifest with a `subject`, is one, so its tags are
+//! on no page; and a tag moved between two pages onto an artifact already read (an existing
+//! artifact keeps its `push_time`, so nothing shifts and the total stays) is on neither. The names
+//! therefore come from `tags/list` (Harbor's tag table, every tag): one more request per cycle, and
+//! a tag the pages did not show keeps its last known digest, or gets a `HEAD` where one is due.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,7 +29,7 @@ use serde::Deserialize;
 use super::super::auth::{Credential, CredentialSource, basic, sensitive};
 use super::super::http::{BODY_CAP, expect_json, read_body};
 use super::super::oci::{OciRegistry, next_link};
-use super::super::{RegistryError, Tag, valid_digest, valid_tag};
+use super::super::{Registry, RegistryError, Tag, valid_digest, valid_tag};
 use super::parse_time;
 
 /// Harbor's largest `page_size`.
@@ -179,6 +187,12 @@ impl Harbor {
                 total.unwrap_or_default(),
                 digests.len()
             )));
+        }
+        // Every tag name, including those no artifact page shows (see the module doc).
+        for tag in oci.list_tags(repo).await? {
+            if !names.contains(&tag.name) {
+                tags.push(tag);
+            }
         }
         tags.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Some(tags))

@@ -183,7 +183,16 @@ impl Hub {
                     "{repo}: Docker Hub's tag pages loop or never end"
                 )));
             }
-            let page = self.page(transport, &url, repo).await?;
+            let page = match self.page(transport, &url, repo).await {
+                // The API listed this repository a page ago: a refusal now (a page past an end
+                // that shrank is a 404) is the listing changing, not a refusal to remember.
+                Err(e) if count.is_some() && super::refusal(&e) => {
+                    return Err(RegistryError::Protocol(format!(
+                        "{repo}: a later tag page failed ({e}); listing again next cycle"
+                    )));
+                }
+                page => page?,
+            };
             if count.is_some_and(|c| c != page.count) {
                 return Err(RegistryError::Protocol(format!(
                     "{repo}: tags changed while they were paged; listing again next cycle"
