@@ -358,6 +358,10 @@ fn subjects<'a>(s: &'a Snapshot, filter: &TagFilter) -> HashMap<&'a str, Vec<&'a
     by_digest
 }
 
+/// At most this many tags in a signature event's `tags` (in tag order): a digest tagged by every
+/// CI build would otherwise make an event past Kafka's message limit, which blocks the outbox.
+pub const MAX_SUBJECT_TAGS: usize = 100;
+
 /// The event for a cosign tag (of `kind`, for `subject`) that appeared after its subject was
 /// reported: the subject digest was already tagged `before`. Its tags are those pointing at it
 /// `now`.
@@ -372,6 +376,7 @@ fn cosign_change(
     let tags: Vec<String> = now
         .get(subject.as_str())?
         .iter()
+        .take(MAX_SUBJECT_TAGS)
         .map(|t| t.to_string())
         .collect();
     let (kind, attestations) = match kind {
@@ -1334,5 +1339,29 @@ mod tests {
             vec![(ChangeKind::SignatureAdded, sig(D1, "sig").as_str())]
         );
         assert_eq!(d.changes[0].details.tags, Some(vec!["v1.0.0".into()]));
+    }
+
+    /// A digest can carry thousands of tags (a CI that tags every build of one image); the
+    /// signature event naming them all would outgrow Kafka's 1 MB message limit and block the
+    /// outbox behind it. It names the first `MAX_SUBJECT_TAGS` in tag order.
+    #[test]
+    fn a_signature_event_names_a_bounded_number_of_tags() {
+        let tagged: Vec<(String, Option<&str>)> = (0..20_000)
+            .map(|i| (format!("build-{i:05}-{}", "x".repeat(100)), Some(D1)))
+            .collect();
+        let prev = Snapshot {
+            tags: tagged
+                .iter()
+                .map(|(t, d)| (t.clone(), d.map(Into::into)))
+                .collect(),
+            ..Snapshot::default()
+        };
+        let mut listing: Vec<Tag> = tagged.iter().map(|(t, d)| tag(t, *d)).collect();
+        listing.push(tag(&sig(D1, "sig"), None));
+        let d = diff(Some(&prev), listing, &all(), false);
+        assert_eq!(d.changes.len(), 1);
+        let tags = d.changes[0].details.tags.as_ref().unwrap();
+        assert_eq!(tags.len(), MAX_SUBJECT_TAGS);
+        assert_eq!(tags[0], tagged[0].0);
     }
 }
