@@ -704,6 +704,15 @@ mod tests {
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+
+    /// A listing: `tagged` as (tag, digest), then the cosign tags `sigs` as (subject, kind),
+    /// listed without a digest.
+    fn tags_of(tagged: &[(&str, &str)], sigs: &[(&str, &str)]) -> Vec<Tag> {
+        let tags = tagged.iter().map(|(t, d)| tag(t, Some(d)));
+        tags.chain(sigs.iter().map(|(d, kind)| tag(&sig(d, kind), None)))
+            .collect()
+    }
 
     #[test]
     fn cosign_tags_name_their_subject() {
@@ -721,12 +730,7 @@ mod tests {
     #[test]
     fn a_signature_pushed_with_its_image_annotates_it_and_is_no_tag() {
         let prev = snap(&[("v0", Some(D2))]);
-        let listing = vec![
-            tag("v0", Some(D2)),
-            tag("v1", Some(D1)),
-            tag(&sig(D1, "sig"), None),
-            tag(&sig(D1, "sbom"), None),
-        ];
+        let listing = tags_of(&[("v0", D2), ("v1", D1)], &[(D1, "sig"), (D1, "sbom")]);
         let d = diff(Some(&prev), listing, &all(), true);
         assert_eq!(kinds(&d), vec![(ChangeKind::Added, "v1")]);
         assert_eq!(d.changes[0].details.signed, Some(true));
@@ -1045,11 +1049,10 @@ mod tests {
         );
         let signed = diff(
             Some(&pushed.snapshot),
-            vec![
-                tag("1.2.0", Some(&d1)),
-                tag("1.1.5", Some(&d2)),
-                tag(&sig(&d2, "sig"), None),
-            ],
+            tags_of(
+                &[("1.2.0", d1.as_str()), ("1.1.5", d2.as_str())],
+                &[(d2.as_str(), "sig")],
+            ),
             &filter,
             true,
         );
@@ -1072,11 +1075,10 @@ mod tests {
         assert_eq!(kinds(&moved), vec![(ChangeKind::Updated, "1.1.5")]);
         let signed = diff(
             Some(&moved.snapshot),
-            vec![
-                tag("1.2.0", Some(&d1)),
-                tag("1.1.5", Some(&d3)),
-                tag(&sig(&d3, "sig"), None),
-            ],
+            tags_of(
+                &[("1.2.0", d1.as_str()), ("1.1.5", d3.as_str())],
+                &[(d3.as_str(), "sig")],
+            ),
             &filter,
             true,
         );
@@ -1167,14 +1169,10 @@ mod tests {
             ..TagFilter::default()
         };
         let prev = snap(&[("v1", Some(D1)), ("dev-1", Some(D1)), ("dev-2", Some(D2))]);
-        let listing = vec![
-            tag("v1", Some(D1)),
-            tag("dev-1", Some(D1)),
-            tag("dev-2", Some(D2)),
-            tag(&sig(D1, "sig"), None),
-            tag(&sig(D2, "sig"), None),
-            tag(&sig(D2, "att"), None),
-        ];
+        let listing = tags_of(
+            &[("v1", D1), ("dev-1", D1), ("dev-2", D2)],
+            &[(D1, "sig"), (D2, "sig"), (D2, "att")],
+        );
         let d = diff(Some(&prev), listing, &filter, true);
         assert_eq!(
             kinds(&d),
@@ -1209,7 +1207,6 @@ mod tests {
 
     #[test]
     fn a_signature_in_a_busy_cycle_follows_its_image() {
-        const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
         let filter = TagFilter {
             mutable: vec!["latest".into(), "edge".into()],
             ..TagFilter::default()
@@ -1217,13 +1214,10 @@ mod tests {
         let prev = snap(&[("latest", Some(D1)), ("edge", Some(D2)), ("v2", Some(D2))]);
         // An unrelated move (v2's edge) with v2's signature, and latest moving away from D1 just
         // as D1's signature arrives.
-        let listing = vec![
-            tag("latest", Some(D3)),
-            tag("edge", Some(D3)),
-            tag("v2", Some(D2)),
-            tag(&sig(D2, "sig"), None),
-            tag(&sig(D1, "sig"), None),
-        ];
+        let listing = tags_of(
+            &[("latest", D3), ("edge", D3), ("v2", D2)],
+            &[(D2, "sig"), (D1, "sig")],
+        );
         let d = diff(Some(&prev), listing, &filter, true);
         assert_eq!(
             kinds(&d),
@@ -1237,13 +1231,10 @@ mod tests {
         assert_eq!(d.changes[0].details.signed, Some(false));
         assert_eq!(d.changes[2].details.tags, Some(vec!["v2".into()]));
         // latest comes back to D1: its update says signed.
-        let listing = vec![
-            tag("latest", Some(D1)),
-            tag("edge", Some(D3)),
-            tag("v2", Some(D2)),
-            tag(&sig(D2, "sig"), None),
-            tag(&sig(D1, "sig"), None),
-        ];
+        let listing = tags_of(
+            &[("latest", D1), ("edge", D3), ("v2", D2)],
+            &[(D2, "sig"), (D1, "sig")],
+        );
         let back = diff(Some(&d.snapshot), listing, &filter, true);
         assert_eq!(kinds(&back), vec![(ChangeKind::Updated, "latest")]);
         assert_eq!(back.changes[0].details.signed, Some(true));
@@ -1294,13 +1285,10 @@ mod tests {
         let both = vec!["linux/amd64".to_string(), "linux/arm64".to_string()];
         prev.platforms.insert(D1.into(), both);
         prev.platforms.insert(D2.into(), vec!["linux/amd64".into()]);
-        let listing = vec![
-            tag("multi", Some(D1)),
-            tag("amd", Some(D2)),
-            tag(&sig(D1, "sig"), None),
-            tag(&sig(D2, "sig"), None),
-            tag(&sig(D2, "att"), None),
-        ];
+        let listing = tags_of(
+            &[("multi", D1), ("amd", D2)],
+            &[(D1, "sig"), (D2, "sig"), (D2, "att")],
+        );
         let mut d = diff(Some(&prev), listing, &all(), false);
         annotate_platforms(&mut d, Some(&prev), &["linux/arm64".into()]);
         assert_eq!(
@@ -1312,7 +1300,6 @@ mod tests {
 
     #[test]
     fn a_signature_names_no_tag_the_version_policy_never_reports() {
-        const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
         let filter = TagFilter {
             versions: Some(VersionPolicy::new(
                 Some(semver::VersionReq::parse(">=1, <2").unwrap()),
@@ -1331,8 +1318,7 @@ mod tests {
             ("edge", D3),
         ];
         let prev = snap(&tagged.map(|(t, d)| (t, Some(d))));
-        let mut listing: Vec<Tag> = tagged.iter().map(|(t, d)| tag(t, Some(d))).collect();
-        listing.extend([D1, D2, D3].map(|d| tag(&sig(d, "sig"), None)));
+        let listing = tags_of(&tagged, &[(D1, "sig"), (D2, "sig"), (D3, "sig")]);
         let d = diff(Some(&prev), listing, &filter, true);
         assert_eq!(
             kinds(&d),
