@@ -23,14 +23,14 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use reqwest::{StatusCode, header};
+use reqwest::header;
 use serde::Deserialize;
 
 use super::super::auth::{Credential, CredentialSource, basic, sensitive};
 use super::super::http::{BODY_CAP, expect_json, read_body};
 use super::super::oci::{OciRegistry, next_link};
 use super::super::{Registry, RegistryError, Tag, valid_digest, valid_tag};
-use super::parse_time;
+use super::{failed_status, parse_time};
 
 /// Harbor's largest `page_size`.
 const PAGE_SIZE: u32 = 100;
@@ -113,21 +113,10 @@ impl Harbor {
                     req.header(header::ACCEPT, "application/json")
                 })
                 .await?;
-            match response.status() {
-                s if s.is_success() => {}
-                s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-                    return Err(RegistryError::Unauthorized {
-                        status: s.as_u16(),
-                        what: "Harbor API",
-                    });
-                }
-                StatusCode::NOT_FOUND => return Err(RegistryError::NotFound(repo.to_owned())),
-                s => {
-                    return Err(RegistryError::Status {
-                        status: s.as_u16(),
-                        what: format!("Harbor artifacts of {repo}"),
-                    });
-                }
+            let status = response.status();
+            if !status.is_success() {
+                let what = format!("Harbor artifacts of {repo}");
+                return Err(failed_status(status, repo, "Harbor API", what));
             }
             let page_total = response
                 .headers()

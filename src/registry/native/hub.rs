@@ -27,7 +27,7 @@ use super::super::auth::{Credential, CredentialSource, jwt_lifetime, sensitive};
 use super::super::http::{BODY_CAP, Transport, expect_json, read_body};
 use super::super::oci::same_origin;
 use super::super::{RegistryError, Tag, valid_digest, valid_tag};
-use super::parse_time;
+use super::{failed_status, parse_time};
 
 /// The Hub API's largest `page_size`.
 const PAGE_SIZE: u32 = 100;
@@ -290,18 +290,9 @@ impl Hub {
                 StatusCode::UNAUTHORIZED if attempt == 0 && authorization.is_some() => {
                     *self.token.lock().expect("hub token lock") = None;
                 }
-                s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-                    return Err(RegistryError::Unauthorized {
-                        status: s.as_u16(),
-                        what: "Docker Hub API",
-                    });
-                }
-                StatusCode::NOT_FOUND => return Err(RegistryError::NotFound(repo.to_owned())),
                 s => {
-                    return Err(RegistryError::Status {
-                        status: s.as_u16(),
-                        what: format!("Docker Hub tags of {repo}"),
-                    });
+                    let what = format!("Docker Hub tags of {repo}");
+                    return Err(failed_status(s, repo, "Docker Hub API", what));
                 }
             }
         }

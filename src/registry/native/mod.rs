@@ -86,6 +86,29 @@ fn refusal(e: &RegistryError) -> bool {
     }
 }
 
+/// The error for a native API's unsuccessful `status` on `repo`: 401/403 refuse `api`, 404 is
+/// the repository not found, anything else is `what` failing with that status.
+fn failed_status(
+    status: reqwest::StatusCode,
+    repo: &str,
+    api: &'static str,
+    what: String,
+) -> RegistryError {
+    match status {
+        reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN => {
+            RegistryError::Unauthorized {
+                status: status.as_u16(),
+                what: api,
+            }
+        }
+        reqwest::StatusCode::NOT_FOUND => RegistryError::NotFound(repo.to_owned()),
+        _ => RegistryError::Status {
+            status: status.as_u16(),
+            what,
+        },
+    }
+}
+
 #[async_trait]
 impl Registry for NativeRegistry {
     fn credential_source(&self) -> Option<String> {
