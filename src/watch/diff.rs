@@ -536,6 +536,12 @@ mod tests {
         }
     }
 
+    /// A version policy without pre-releases, within `range` if any.
+    fn releases(range: Option<&str>, only_newer: bool) -> Option<VersionPolicy> {
+        let range = range.map(|r| semver::VersionReq::parse(r).unwrap());
+        Some(VersionPolicy::new(range, false, only_newer))
+    }
+
     fn all() -> TagFilter {
         TagFilter::default()
     }
@@ -933,11 +939,7 @@ mod tests {
     fn a_signature_for_an_image_never_reported_is_no_news() {
         let filter = TagFilter {
             exclude: vec![Regex::new("^dev-").unwrap()],
-            versions: Some(VersionPolicy::new(
-                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
-                false,
-                false,
-            )),
+            versions: releases(Some(">=1, <2"), false),
             ..TagFilter::default()
         };
         let d: Vec<String> = (1..=5).map(d_of).collect();
@@ -969,11 +971,7 @@ mod tests {
     #[test]
     fn removals_follow_the_version_policy() {
         let filter = TagFilter {
-            versions: Some(VersionPolicy::new(
-                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
-                false,
-                false,
-            )),
+            versions: releases(Some(">=1, <2"), false),
             ..TagFilter::default()
         };
         let prev = snap(&[
@@ -1004,7 +1002,7 @@ mod tests {
             );
         }
         let filter = TagFilter {
-            versions: Some(VersionPolicy::new(None, false, false)),
+            versions: releases(None, false),
             ..TagFilter::default()
         };
         let listing = vec![tag("2.0.0-rc.1", Some(D1)), tag("1.0.0", Some(D2))];
@@ -1024,7 +1022,7 @@ mod tests {
     #[test]
     fn a_version_held_back_by_only_newer_stays_unreported() {
         let filter = TagFilter {
-            versions: Some(VersionPolicy::new(None, false, true)),
+            versions: releases(None, true),
             ..TagFilter::default()
         };
         let (d1, d2, d3) = (d_of(1), d_of(2), d_of(3));
@@ -1125,7 +1123,7 @@ mod tests {
     fn versions_drop_unreported_tags_and_fill_details() {
         let filter = TagFilter {
             exclude: vec![Regex::new("^v9").unwrap()],
-            versions: Some(VersionPolicy::new(None, false, true)),
+            versions: releases(None, true),
             ..TagFilter::default()
         };
         // v9.0.0 is filtered out, so it is no version "known before" either.
@@ -1301,11 +1299,7 @@ mod tests {
     #[test]
     fn a_signature_names_no_tag_the_version_policy_never_reports() {
         let filter = TagFilter {
-            versions: Some(VersionPolicy::new(
-                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
-                false,
-                false,
-            )),
+            versions: releases(Some(">=1, <2"), false),
             ..TagFilter::default()
         };
         // Pre-releases (prerelease = false), versions out of range and, with a range, tags that
