@@ -86,6 +86,24 @@ fn refusal(e: &RegistryError) -> bool {
     }
 }
 
+/// GETs the native API page `url` as JSON, with `authorization` if there is one.
+async fn get_json(
+    transport: &super::http::Transport,
+    url: &url::Url,
+    authorization: Option<&reqwest::header::HeaderValue>,
+) -> Result<reqwest::Response, RegistryError> {
+    use reqwest::header;
+    transport
+        .send(|| {
+            let mut req = transport.client().get(url.clone());
+            if let Some(a) = authorization {
+                req = req.header(header::AUTHORIZATION, a.clone());
+            }
+            req.header(header::ACCEPT, "application/json")
+        })
+        .await
+}
+
 /// The error for a native API's unsuccessful `status` on `repo`: 401/403 refuse `api`, 404 is
 /// the repository not found, anything else is `what` failing with that status.
 fn failed_status(
