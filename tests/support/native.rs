@@ -334,11 +334,11 @@ fn native_gate(state: &Native, page: usize) -> Option<Response> {
 
 /// `page` (default 1) and `page_size` (default 10) of a Harbor or Hub `?page=&page_size=` query,
 /// or the [`native_gate`] answer for that page.
-fn paged(state: &Native, uri: &Uri) -> Result<(usize, usize), Response> {
+fn paged(state: &Native, uri: &Uri) -> Result<(usize, usize), Box<Response>> {
     let q = query(uri);
     let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
     if let Some(r) = native_gate(state, page) {
-        return Err(r);
+        return Err(Box::new(r));
     }
     let page_size: usize = q
         .get("page_size")
@@ -511,7 +511,7 @@ fn harbor_artifacts(state: &Native, uri: &Uri, headers: &HeaderMap) -> Response 
     let repo = format!("{project}/{}", name.replace("%252F", "/"));
     let (page, page_size) = match paged(state, uri) {
         Ok(paging) => paging,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if page_size == 0 || page_size > 100 || page == 0 {
         return json(
@@ -639,7 +639,7 @@ fn hub_tags(state: &Native, uri: &Uri, headers: &HeaderMap) -> Response {
     }
     let (page, page_size) = match paged(state, uri) {
         Ok((page, page_size)) => (page, page_size.clamp(1, 100)),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let repos = state.repos.lock().unwrap();
     let Some(tags) = repos.get(&format!("{namespace}/{name}")) else {
