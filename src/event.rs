@@ -165,15 +165,20 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    #[test]
-    fn event_matches_the_contract() {
-        let origin = Origin {
+    /// `team/app` on the registry `local` at 127.0.0.1:5000.
+    fn local_origin() -> Origin<'static> {
+        Origin {
             registry: "local",
             identity: "http://127.0.0.1:5000",
             kind: Kind::Oci,
             host: "127.0.0.1:5000",
             repository: "team/app",
-        };
+        }
+    }
+
+    #[test]
+    fn event_matches_the_contract() {
+        let origin = local_origin();
         let change = Change {
             kind: ChangeKind::Updated,
             tag: "latest".into(),
@@ -231,13 +236,7 @@ mod tests {
 
     #[test]
     fn a_signature_event_names_the_signed_image_and_details_are_optional() {
-        let origin = Origin {
-            registry: "local",
-            identity: "http://127.0.0.1:5000",
-            kind: Kind::Oci,
-            host: "127.0.0.1:5000",
-            repository: "team/app",
-        };
+        let origin = local_origin();
         let digest = format!("sha256:{}", "a".repeat(64));
         let change = Change {
             kind: ChangeKind::SignatureAdded,

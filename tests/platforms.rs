@@ -41,18 +41,37 @@ fn oci_block(host: &str, extra: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn platforms_of_new_digests_are_reported_and_looked_up_once() {
+/// A registry holding `team/app:v0`, a counting proxy in front of it, and a `Setup` watching it
+/// through the proxy with `extra` in its block, after the baseline cycle (which reports nothing).
+async fn watched(extra: &str) -> (Registry, Arc<ProxyState>, Setup) {
     let registry = Registry::start(Auth::None);
     registry.push("team/app", "v0").await;
     let (wire, host) = proxy::start(&registry.url()).await;
-    let setup = Setup::new(
-        "",
-        &oci_block(&host, "mutable_tags = [\"multi\"]\nplatforms = true"),
-    );
+    let setup = Setup::new("", &oci_block(&host, extra));
+    assert!(once(&setup).is_empty(), "baseline");
+    (registry, wire, setup)
+}
+
+/// Pushes a two-platform (linux/amd64, linux/arm64) OCI index to `team/app:tag`.
+async fn push_amd_arm(registry: &Registry, tag: &str) -> String {
+    registry
+        .push_index("team/app", tag, &["linux/amd64", "linux/arm64"], true)
+        .await
+}
+
+/// GETs of the manifest `digest` the proxy saw after the first `from` requests.
+fn gets_of(wire: &Arc<ProxyState>, digest: &str, from: usize) -> usize {
+    wire.log.lock().unwrap()[from..]
+        .iter()
+        .filter(|s| s.method == "GET" && s.path.ends_with(&format!("/manifests/{digest}")))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn platforms_of_new_digests_are_reported_and_looked_up_once() {
+    let (registry, wire, setup) = watched("mutable_tags = [\"multi\"]\nplatforms = true").await;
     let mut all = Vec::new();
 
-    assert!(once(&setup).is_empty(), "baseline");
     assert_eq!(gets(&wire, 0), (0, 0), "a baseline looks nothing up");
 
     // A two-platform OCI index, with a buildx attestation manifest (unknown/unknown) beside them.
@@ -152,18 +171,9 @@ async fn platforms_of_new_digests_are_reported_and_looked_up_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn require_platforms_drops_images_without_them_and_reports_the_multi_arch_repush() {
-    let registry = Registry::start(Auth::None);
-    registry.push("team/app", "v0").await;
-    let (wire, host) = proxy::start(&registry.url()).await;
     // require_platforms alone turns the lookup on.
-    let setup = Setup::new(
-        "",
-        &oci_block(
-            &host,
-            "mutable_tags = [\"latest\"]\nrequire_platforms = [\"linux/arm64\"]",
-        ),
-    );
-    assert!(once(&setup).is_empty(), "baseline");
+    let (registry, wire, setup) =
+        watched("mutable_tags = [\"latest\"]\nrequire_platforms = [\"linux/arm64\"]").await;
 
     let amd = registry.push("team/app", "latest").await;
     let events = once(&setup);
@@ -178,9 +188,7 @@ async fn require_platforms_drops_images_without_them_and_reports_the_multi_arch_
     assert!(once(&setup).is_empty());
     assert_eq!(gets(&wire, mark), (0, 0));
 
-    let multi = registry
-        .push_index("team/app", "latest", &["linux/amd64", "linux/arm64"], true)
-        .await;
+    let multi = push_amd_arm(&registry, "latest").await;
     let events = once(&setup);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["type"], "io.regwatch.tag.updated");
@@ -313,14 +321,8 @@ fn platform_keys_are_checked_at_load() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_manifest_that_is_not_its_digest_fails_the_scan_and_nothing_is_reported() {
-    let registry = Registry::start(Auth::None);
-    registry.push("team/app", "v0").await;
-    let (wire, host) = proxy::start(&registry.url()).await;
-    let setup = Setup::new("", &oci_block(&host, "platforms = true"));
-    assert!(once(&setup).is_empty(), "baseline");
-    let digest = registry
-        .push_index("team/app", "multi", &["linux/amd64", "linux/arm64"], true)
-        .await;
+    let (registry, wire, setup) = watched("platforms = true").await;
+    let digest = push_amd_arm(&registry, "multi").await;
     // A valid index, but not the one the digest names: its platforms would be a lie.
     *wire.first_request_fault.lock().unwrap() = Some(Fault::Body(
         r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","platform":{"architecture":"s390x","os":"linux"}}]}"#,
@@ -398,11 +400,7 @@ fn docker_hub_as_kind_oci_needs_allow_pulls_too() {
 /// name, like an artifact, and is looked up once.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreadable_image_config_does_not_stall_the_repository() {
-    let registry = Registry::start(Auth::None);
-    registry.push("team/app", "v0").await;
-    let (wire, host) = proxy::start(&registry.url()).await;
-    let setup = Setup::new("", &oci_block(&host, "platforms = true"));
-    assert!(once(&setup).is_empty(), "baseline");
+    let (registry, wire, setup) = watched("platforms = true").await;
 
     // OCI image-spec config.md: the config of media type application/vnd.oci.image.config.v1+json
     // is JSON; the registry stores blobs as opaque bytes and checks none of it.
@@ -427,9 +425,7 @@ async fn an_unreadable_image_config_does_not_stall_the_repository() {
             big_config.as_bytes(),
         )
         .await;
-    let multi = registry
-        .push_index("team/app", "multi", &["linux/amd64", "linux/arm64"], true)
-        .await;
+    let multi = push_amd_arm(&registry, "multi").await;
 
     let mark = seen(&wire);
     let (code, out, err) = setup.regwatch(&["once"]);
@@ -472,14 +468,7 @@ async fn an_unreadable_image_config_does_not_stall_the_repository() {
 /// never told of, and that does not run on its platform.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signature_for_an_image_dropped_by_require_platforms_is_not_reported() {
-    let registry = Registry::start(Auth::None);
-    registry.push("team/app", "v0").await;
-    let (_wire, host) = proxy::start(&registry.url()).await;
-    let setup = Setup::new(
-        "",
-        &oci_block(&host, "require_platforms = [\"linux/arm64\"]"),
-    );
-    assert!(once(&setup).is_empty(), "baseline");
+    let (registry, _wire, setup) = watched("require_platforms = [\"linux/arm64\"]").await;
 
     let amd = registry.push("team/app", "v1").await;
     assert!(once(&setup).is_empty(), "amd64 only: dropped");
@@ -496,9 +485,7 @@ async fn a_signature_for_an_image_dropped_by_require_platforms_is_not_reported()
     assert!(events.is_empty(), "{events:?}");
 
     // An image that has the platform still gets its signature reported.
-    let multi = registry
-        .push_index("team/app", "v2", &["linux/amd64", "linux/arm64"], true)
-        .await;
+    let multi = push_amd_arm(&registry, "v2").await;
     let events = once(&setup);
     assert_eq!(events.len(), 1, "{events:?}");
     registry
@@ -521,14 +508,7 @@ async fn an_index_naming_thousands_of_platforms_gives_a_deliverable_event() {
     let registry = Registry::start(Auth::None);
     registry.push("team/app", "v0").await;
     // Real children to point at.
-    let real = registry
-        .push_index(
-            "team/app",
-            "v0-multi",
-            &["linux/amd64", "linux/arm64"],
-            true,
-        )
-        .await;
+    let real = push_amd_arm(&registry, "v0-multi").await;
     let (_wire, host) = proxy::start(&registry.url()).await;
     let setup = Setup::new("", &oci_block(&host, "platforms = true"));
     assert!(once(&setup).is_empty(), "baseline");
@@ -597,24 +577,13 @@ async fn an_index_naming_thousands_of_platforms_gives_a_deliverable_event() {
 /// lookup is often the pull limit itself).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_lookup_keeps_the_platforms_the_cycle_did_read() {
-    let registry = Registry::start(Auth::None);
-    registry.push("team/app", "v0").await;
-    let (wire, host) = proxy::start(&registry.url()).await;
-    let setup = Setup::new("", &oci_block(&host, "platforms = true\nconcurrency = 4"));
-    assert!(once(&setup).is_empty(), "baseline");
+    let (registry, wire, setup) = watched("platforms = true\nconcurrency = 4").await;
 
-    let a = registry
-        .push_index("team/app", "a", &["linux/amd64", "linux/arm64"], true)
-        .await;
+    let a = push_amd_arm(&registry, "a").await;
     let c = registry
         .push_index("team/app", "c", &["linux/amd64", "linux/s390x"], true)
         .await;
-    let manifest_gets = |digest: &str, from: usize| {
-        wire.log.lock().unwrap()[from..]
-            .iter()
-            .filter(|s| s.method == "GET" && s.path.ends_with(&format!("/manifests/{digest}")))
-            .count()
-    };
+    let manifest_gets = |digest: &str, from: usize| gets_of(&wire, digest, from);
     *wire.path_fault.lock().unwrap() = Some((format!("/manifests/{c}"), Fault::Error500));
     let mark = seen(&wire);
     let (code, out, err) = setup.regwatch(&["once"]);
@@ -649,21 +618,10 @@ async fn a_failed_lookup_keeps_the_platforms_the_cycle_did_read() {
 /// images).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dropped_image_never_matures_and_cosign_tags_are_not_looked_up() {
-    let registry = Registry::start(Auth::None);
-    registry.push("team/app", "v0").await;
-    let (wire, host) = proxy::start(&registry.url()).await;
-    let setup = Setup::new(
-        "",
-        &oci_block(
-            &host,
-            "require_platforms = [\"linux/arm64\"]\nmature_after = \"1s\"",
-        ),
-    );
-    assert!(once(&setup).is_empty(), "baseline");
+    let (registry, wire, setup) =
+        watched("require_platforms = [\"linux/arm64\"]\nmature_after = \"1s\"").await;
     let amd = registry.push("team/app", "amd").await;
-    let multi = registry
-        .push_index("team/app", "multi", &["linux/amd64", "linux/arm64"], true)
-        .await;
+    let multi = push_amd_arm(&registry, "multi").await;
     let sig = registry
         .push("team/app", &format!("{}.sig", amd.replace(':', "-")))
         .await;
@@ -671,11 +629,7 @@ async fn a_dropped_image_never_matures_and_cosign_tags_are_not_looked_up() {
     let events = once(&setup);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["data"]["digest"], multi.as_str());
-    let looked_up = |digest: &str| {
-        wire.log.lock().unwrap()[mark..]
-            .iter()
-            .any(|s| s.method == "GET" && s.path.ends_with(&format!("/manifests/{digest}")))
-    };
+    let looked_up = |digest: &str| gets_of(&wire, digest, mark) > 0;
     assert!(!looked_up(&sig), "a cosign tag's manifest was fetched");
     assert!(looked_up(&amd) && looked_up(&multi));
 
@@ -804,9 +758,7 @@ async fn a_tag_require_platforms_kept_out_is_not_reported_removed() {
     );
     assert!(once(&setup).is_empty(), "baseline");
     let amd = registry.push("team/app", "amd").await;
-    let multi = registry
-        .push_index("team/app", "multi", &["linux/amd64", "linux/arm64"], true)
-        .await;
+    let multi = push_amd_arm(&registry, "multi").await;
     let events = once(&setup);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["data"]["tag"], "multi");

@@ -35,6 +35,23 @@ fn assert_no_canary(measure: &str, output: &str, canaries: &[String]) {
     assert!(found.is_empty(), "secrets leaked: {found:?}");
 }
 
+/// `regwatch <args> -c <setup's config>` with trace logging on.
+fn traced(setup: &Setup, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
+    c.args(args)
+        .arg("-c")
+        .arg(&setup.config)
+        .env("RUST_LOG", "trace");
+    c
+}
+
+/// Appends a finished run's stdout and stderr to `output`; returns its exit code.
+fn record(out: std::process::Output, output: &mut String) -> Option<i32> {
+    output.push_str(&String::from_utf8_lossy(&out.stdout));
+    output.push_str(&String::from_utf8_lossy(&out.stderr));
+    out.status.code()
+}
+
 fn canaries() -> Vec<String> {
     vec![
         PW.into(),
@@ -70,18 +87,7 @@ async fn secrets_never_reach_any_output() {
     .concat();
     let setup = Setup::new("first_run = \"emit\"\ninterval = \"1s\"\n", &registries);
     let mut output = String::new();
-    let mut run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
-            .args(args)
-            .arg("-c")
-            .arg(&setup.config)
-            .env("RUST_LOG", "trace")
-            .output()
-            .unwrap();
-        output.push_str(&String::from_utf8_lossy(&out.stdout));
-        output.push_str(&String::from_utf8_lossy(&out.stderr));
-        out.status.code()
-    };
+    let mut run = |args: &[&str]| record(traced(&setup, args).output().unwrap(), &mut output);
     assert_eq!(
         run(&["check"]),
         Some(1),
@@ -123,12 +129,7 @@ async fn secrets_never_reach_any_output() {
         ),
     )
     .unwrap();
-    let daemon = support::Daemon::start(
-        std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
-            .args(["run", "-c"])
-            .arg(&setup.config)
-            .env("RUST_LOG", "trace"),
-    );
+    let daemon = support::Daemon::start(&mut traced(&setup, &["run"]));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let hook = format!("http://{}/hooks/basic-good", setup.admin);
     let client = reqwest::Client::new();
@@ -220,17 +221,11 @@ async fn google_secrets_never_reach_any_output() {
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let command = |args: &[&str], adc: Option<&std::path::Path>| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
-        c.args(args)
-            .arg("-c")
-            .arg(&setup.config)
-            .env("RUST_LOG", "trace")
-            .env("HOME", &home)
-            .env_remove("CLOUDSDK_CONFIG")
-            .env(
-                "GCE_METADATA_HOST",
-                tokens.url.trim_start_matches("http://"),
-            );
+        let mut c = traced(&setup, args);
+        c.env("HOME", &home).env_remove("CLOUDSDK_CONFIG").env(
+            "GCE_METADATA_HOST",
+            tokens.url.trim_start_matches("http://"),
+        );
         match adc {
             Some(path) => c.env("GOOGLE_APPLICATION_CREDENTIALS", path),
             None => c.env_remove("GOOGLE_APPLICATION_CREDENTIALS"),
@@ -239,10 +234,7 @@ async fn google_secrets_never_reach_any_output() {
     };
     let mut output = String::new();
     let mut run = |args: &[&str], adc: Option<&std::path::Path>| {
-        let out = command(args, adc).output().unwrap();
-        output.push_str(&String::from_utf8_lossy(&out.stdout));
-        output.push_str(&String::from_utf8_lossy(&out.stderr));
-        out.status.code()
+        record(command(args, adc).output().unwrap(), &mut output)
     };
     assert_eq!(run(&["check"], Some(&good_user)), Some(0));
     assert_eq!(run(&["once"], Some(&good_user)), Some(0));
@@ -385,17 +377,8 @@ async fn docker_config_secrets_never_reach_any_output() {
     let path = format!("{}:/usr/bin:/bin", d.display());
     let mut output = String::new();
     let mut run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
-            .args(args)
-            .arg("-c")
-            .arg(&setup.config)
-            .env("RUST_LOG", "trace")
-            .env("PATH", &path)
-            .output()
-            .unwrap();
-        output.push_str(&String::from_utf8_lossy(&out.stdout));
-        output.push_str(&String::from_utf8_lossy(&out.stderr));
-        out.status.code()
+        let out = traced(&setup, args).env("PATH", &path).output().unwrap();
+        record(out, &mut output)
     };
     assert_eq!(run(&["check"]), Some(1), "badidentity fails the check");
     assert_eq!(run(&["once"]), Some(1));
@@ -498,11 +481,7 @@ async fn azure_identity_secrets_never_reach_any_output() {
     ];
     let mut output = String::new();
     let mut run = |args: &[&str], env: &[(&str, String)]| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"));
-        c.args(args)
-            .arg("-c")
-            .arg(&setup.config)
-            .env("RUST_LOG", "trace");
+        let mut c = traced(&setup, args);
         for k in [
             "AZURE_CLIENT_ID",
             "AZURE_TENANT_ID",
@@ -519,10 +498,7 @@ async fn azure_identity_secrets_never_reach_any_output() {
             format!("http://127.0.0.1:{}", free_port()),
         );
         c.envs(env.iter().map(|(k, v)| (k, v)));
-        let out = c.output().unwrap();
-        output.push_str(&String::from_utf8_lossy(&out.stdout));
-        output.push_str(&String::from_utf8_lossy(&out.stderr));
-        out.status.code()
+        record(c.output().unwrap(), &mut output)
     };
     assert_eq!(run(&["check"], &workload), Some(1), "acr-wrong fails");
     assert_eq!(run(&["once"], &workload), Some(1));
@@ -847,18 +823,7 @@ async fn native_listing_secrets_never_reach_any_output() {
     }
     let setup = Setup::new("first_run = \"emit\"\n", &registries);
     let mut output = String::new();
-    let mut run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
-            .args(args)
-            .arg("-c")
-            .arg(&setup.config)
-            .env("RUST_LOG", "trace")
-            .output()
-            .unwrap();
-        output.push_str(&String::from_utf8_lossy(&out.stdout));
-        output.push_str(&String::from_utf8_lossy(&out.stderr));
-        out.status.code()
-    };
+    let mut run = |args: &[&str]| record(traced(&setup, args).output().unwrap(), &mut output);
     assert_eq!(run(&["once"]), Some(1), "the bad registries fail");
     for (_, kind, repo) in &stands {
         assert_eq!(run(&["tags", &format!("{kind}-good"), repo]), Some(0));

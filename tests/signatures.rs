@@ -99,6 +99,31 @@ async fn started(setup: &Setup) -> Daemon {
     daemon
 }
 
+/// Lets a few quiet cycles pass, stops `daemon` (which must exit 0) and returns its events.
+async fn quiet_then_stop(daemon: Daemon) -> Vec<Value> {
+    tokio::time::sleep(QUIET).await;
+    let (code, out, err) = daemon.stop();
+    assert_eq!(code, 0, "{err}");
+    support::json_lines(&out)
+}
+
+/// Waits for the `signature.added` of `digest`.
+async fn wait_signature_of(daemon: &Daemon, what: &str, digest: &str) {
+    daemon
+        .wait_event(what, WITHIN, |e| {
+            e["type"] == SIGNATURE && e["data"]["digest"] == digest
+        })
+        .await;
+}
+
+/// How many of `events` are about `digest`.
+fn about(events: &[Value], digest: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["data"]["digest"] == digest)
+        .count()
+}
+
 /// The acceptance case of issue 12 (an image, then its `.sig` 10 s later), followed by an
 /// attestation and an SBOM, and signatures for digests that only excluded tags point at.
 #[tokio::test(flavor = "multi_thread")]
@@ -146,10 +171,7 @@ async fn a_later_signature_is_one_signature_added_and_never_a_tag() {
         .await;
     // Signed again in place (a new manifest under the same .sig tag): not a second signature.
     registry.push_cosign("team/app", &d1, "sig").await;
-    tokio::time::sleep(QUIET).await;
-    let (code, out, err) = daemon.stop();
-    assert_eq!(code, 0, "{err}");
-    let events = support::json_lines(&out);
+    let events = quiet_then_stop(daemon).await;
 
     let added = of_type(&events, ADDED);
     let mut added_tags: Vec<&str> = added
@@ -261,10 +283,7 @@ async fn a_signature_listed_with_its_image_is_signed_true() {
     daemon
         .wait_event("tag.added v2", WITHIN, |e| e["data"]["tag"] == "v2")
         .await;
-    tokio::time::sleep(QUIET).await;
-    let (code, out, err) = daemon.stop();
-    assert_eq!(code, 0, "{err}");
-    let events = support::json_lines(&out);
+    let events = quiet_then_stop(daemon).await;
 
     assert_eq!(events.len(), 2, "{events:#?}");
     let v1 = events.iter().find(|e| e["data"]["tag"] == "v1").unwrap();
@@ -312,10 +331,7 @@ async fn signature_tags_true_reports_the_sig_tag_as_a_tag() {
             e["data"]["tag"] == sig.as_str()
         })
         .await;
-    tokio::time::sleep(QUIET).await;
-    let (code, out, err) = daemon.stop();
-    assert_eq!(code, 0, "{err}");
-    let events = support::json_lines(&out);
+    let events = quiet_then_stop(daemon).await;
     assert_eq!(events.len(), 2, "{events:#?}");
     let s = events
         .iter()
@@ -358,15 +374,8 @@ async fn signatures_on_a_listing_with_digests_name_only_reported_tags() {
     for subject in [&d0, &d1, &dev] {
         state.put("team/app", &cosign_tag(subject, "sig"), 1);
     }
-    daemon
-        .wait_event("signature.added for v1", WITHIN, |e| {
-            e["type"] == SIGNATURE && e["data"]["digest"] == d1.as_str()
-        })
-        .await;
-    tokio::time::sleep(QUIET).await;
-    let (code, out, err) = daemon.stop();
-    assert_eq!(code, 0, "{err}");
-    let events = support::json_lines(&out);
+    wait_signature_of(&daemon, "signature.added for v1", &d1).await;
+    let events = quiet_then_stop(daemon).await;
     let mut seen: Vec<(&str, &str, Value)> = events
         .iter()
         .map(|e| {
@@ -392,10 +401,7 @@ async fn signatures_on_a_listing_with_digests_name_only_reported_tags() {
         .load(std::sync::atomic::Ordering::Relaxed);
     report(
         "cosign: listing with digests, signature for an image only an excluded tag points at: events",
-        events
-            .iter()
-            .filter(|e| e["data"]["digest"] == dev.as_str())
-            .count(),
+        about(&events, &dev),
         "0",
     );
     assert_eq!(heads, 0, "the listing gives every digest");
@@ -423,19 +429,9 @@ async fn a_signature_of_a_pre_release_that_was_not_reported_is_not_reported() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     registry.push_cosign("team/app", &rc, "sig").await;
     registry.push_cosign("team/app", &release, "sig").await;
-    daemon
-        .wait_event("signature.added for v1.1.0", WITHIN, |e| {
-            e["type"] == SIGNATURE && e["data"]["digest"] == release.as_str()
-        })
-        .await;
-    tokio::time::sleep(QUIET).await;
-    let (code, out, err) = daemon.stop();
-    assert_eq!(code, 0, "{err}");
-    let events = support::json_lines(&out);
-    let about_rc = events
-        .iter()
-        .filter(|e| e["data"]["digest"] == rc.as_str())
-        .count();
+    wait_signature_of(&daemon, "signature.added for v1.1.0", &release).await;
+    let events = quiet_then_stop(daemon).await;
+    let about_rc = about(&events, &rc);
     report(
         "cosign: signature of a pre-release that prerelease = false never reported: events",
         about_rc,
@@ -468,19 +464,9 @@ async fn a_signature_of_an_image_require_platforms_kept_out_is_not_reported() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     registry.push_cosign("team/app", &amd, "sig").await;
     registry.push_cosign("team/app", &multi, "sig").await;
-    daemon
-        .wait_event("signature.added for multi", WITHIN, |e| {
-            e["type"] == SIGNATURE && e["data"]["digest"] == multi.as_str()
-        })
-        .await;
-    tokio::time::sleep(QUIET).await;
-    let (code, out, err) = daemon.stop();
-    assert_eq!(code, 0, "{err}");
-    let events = support::json_lines(&out);
-    let about_amd = events
-        .iter()
-        .filter(|e| e["data"]["digest"] == amd.as_str())
-        .count();
+    wait_signature_of(&daemon, "signature.added for multi", &multi).await;
+    let events = quiet_then_stop(daemon).await;
+    let about_amd = about(&events, &amd);
     report(
         "cosign: signature of an image require_platforms kept out: events",
         about_amd,

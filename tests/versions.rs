@@ -33,6 +33,15 @@ fn config(registry: &Registry, entry_extra: &str, versions: &str) -> String {
     )
 }
 
+/// A registry holding `team/app:v1.0.0`, and a `Setup` watching it with `versions` as its
+/// `[registry.versions]` table.
+async fn with_v1_0_0(versions: &str) -> (Registry, Setup) {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v1.0.0").await;
+    let setup = Setup::new("", &config(&registry, "", versions));
+    (registry, setup)
+}
+
 /// Runs one `once` and returns its events.
 fn once(setup: &Setup) -> Vec<Value> {
     let (code, out, err) = setup.regwatch(&["once"]);
@@ -49,16 +58,8 @@ fn field<'a>(e: &'a Value, key: &str) -> &'a Value {
 /// v2.0.0 (major).
 #[tokio::test(flavor = "multi_thread")]
 async fn only_newer_reports_exactly_the_minor_and_the_major() {
-    let registry = Registry::start(Auth::None);
-    registry.push("team/app", "v1.0.0").await;
-    let setup = Setup::new(
-        "",
-        &config(
-            &registry,
-            "",
-            "scheme = \"semver\"\nonly_newer = true\nprerelease = false\n",
-        ),
-    );
+    let (registry, setup) =
+        with_v1_0_0("scheme = \"semver\"\nonly_newer = true\nprerelease = false\n").await;
     assert!(once(&setup).is_empty(), "the first scan is a baseline");
 
     let mut events = Vec::new();
@@ -184,9 +185,7 @@ async fn range_prereleases_variants_and_a_repushed_release() {
 /// `version: null` (so a consumer can tell "versions on, not a version" from "versions off").
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tag_that_is_no_version_carries_a_null_version() {
-    let registry = Registry::start(Auth::None);
-    registry.push("team/app", "v1.0.0").await;
-    let setup = Setup::new("", &config(&registry, "", "scheme = \"semver\"\n"));
+    let (registry, setup) = with_v1_0_0("scheme = \"semver\"\n").await;
     assert!(once(&setup).is_empty(), "baseline");
     registry.push("team/app", "nightly-build").await;
     registry.push("team/app", "v0.9.0").await;
@@ -241,16 +240,10 @@ fn bad_versions_keys_are_config_errors() {
 /// v1.2.0's signature is.
 #[tokio::test(flavor = "multi_thread")]
 async fn signatures_of_unreported_versions_are_no_news() {
-    let registry = Registry::start(Auth::None);
-    registry.push("team/app", "v1.0.0").await;
-    let setup = Setup::new(
-        "",
-        &config(
-            &registry,
-            "",
-            "scheme = \"semver\"\nrange = \">=1, <3\"\nonly_newer = true\nprerelease = false\n",
-        ),
-    );
+    let (registry, setup) = with_v1_0_0(
+        "scheme = \"semver\"\nrange = \">=1, <3\"\nonly_newer = true\nprerelease = false\n",
+    )
+    .await;
     assert!(once(&setup).is_empty(), "baseline");
     let reported = registry.push("team/app", "v1.2.0").await;
     assert_eq!(

@@ -536,6 +536,12 @@ mod tests {
         }
     }
 
+    /// A version policy without pre-releases, within `range` if any.
+    fn releases(range: Option<&str>, only_newer: bool) -> Option<VersionPolicy> {
+        let range = range.map(|r| semver::VersionReq::parse(r).unwrap());
+        Some(VersionPolicy::new(range, false, only_newer))
+    }
+
     fn all() -> TagFilter {
         TagFilter::default()
     }
@@ -704,6 +710,15 @@ mod tests {
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+
+    /// A listing: `tagged` as (tag, digest), then the cosign tags `sigs` as (subject, kind),
+    /// listed without a digest.
+    fn tags_of(tagged: &[(&str, &str)], sigs: &[(&str, &str)]) -> Vec<Tag> {
+        let tags = tagged.iter().map(|(t, d)| tag(t, Some(d)));
+        tags.chain(sigs.iter().map(|(d, kind)| tag(&sig(d, kind), None)))
+            .collect()
+    }
 
     #[test]
     fn cosign_tags_name_their_subject() {
@@ -721,12 +736,7 @@ mod tests {
     #[test]
     fn a_signature_pushed_with_its_image_annotates_it_and_is_no_tag() {
         let prev = snap(&[("v0", Some(D2))]);
-        let listing = vec![
-            tag("v0", Some(D2)),
-            tag("v1", Some(D1)),
-            tag(&sig(D1, "sig"), None),
-            tag(&sig(D1, "sbom"), None),
-        ];
+        let listing = tags_of(&[("v0", D2), ("v1", D1)], &[(D1, "sig"), (D1, "sbom")]);
         let d = diff(Some(&prev), listing, &all(), true);
         assert_eq!(kinds(&d), vec![(ChangeKind::Added, "v1")]);
         assert_eq!(d.changes[0].details.signed, Some(true));
@@ -929,11 +939,7 @@ mod tests {
     fn a_signature_for_an_image_never_reported_is_no_news() {
         let filter = TagFilter {
             exclude: vec![Regex::new("^dev-").unwrap()],
-            versions: Some(VersionPolicy::new(
-                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
-                false,
-                false,
-            )),
+            versions: releases(Some(">=1, <2"), false),
             ..TagFilter::default()
         };
         let d: Vec<String> = (1..=5).map(d_of).collect();
@@ -965,11 +971,7 @@ mod tests {
     #[test]
     fn removals_follow_the_version_policy() {
         let filter = TagFilter {
-            versions: Some(VersionPolicy::new(
-                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
-                false,
-                false,
-            )),
+            versions: releases(Some(">=1, <2"), false),
             ..TagFilter::default()
         };
         let prev = snap(&[
@@ -1000,7 +1002,7 @@ mod tests {
             );
         }
         let filter = TagFilter {
-            versions: Some(VersionPolicy::new(None, false, false)),
+            versions: releases(None, false),
             ..TagFilter::default()
         };
         let listing = vec![tag("2.0.0-rc.1", Some(D1)), tag("1.0.0", Some(D2))];
@@ -1020,7 +1022,7 @@ mod tests {
     #[test]
     fn a_version_held_back_by_only_newer_stays_unreported() {
         let filter = TagFilter {
-            versions: Some(VersionPolicy::new(None, false, true)),
+            versions: releases(None, true),
             ..TagFilter::default()
         };
         let (d1, d2, d3) = (d_of(1), d_of(2), d_of(3));
@@ -1045,11 +1047,10 @@ mod tests {
         );
         let signed = diff(
             Some(&pushed.snapshot),
-            vec![
-                tag("1.2.0", Some(&d1)),
-                tag("1.1.5", Some(&d2)),
-                tag(&sig(&d2, "sig"), None),
-            ],
+            tags_of(
+                &[("1.2.0", d1.as_str()), ("1.1.5", d2.as_str())],
+                &[(d2.as_str(), "sig")],
+            ),
             &filter,
             true,
         );
@@ -1072,11 +1073,10 @@ mod tests {
         assert_eq!(kinds(&moved), vec![(ChangeKind::Updated, "1.1.5")]);
         let signed = diff(
             Some(&moved.snapshot),
-            vec![
-                tag("1.2.0", Some(&d1)),
-                tag("1.1.5", Some(&d3)),
-                tag(&sig(&d3, "sig"), None),
-            ],
+            tags_of(
+                &[("1.2.0", d1.as_str()), ("1.1.5", d3.as_str())],
+                &[(d3.as_str(), "sig")],
+            ),
             &filter,
             true,
         );
@@ -1123,7 +1123,7 @@ mod tests {
     fn versions_drop_unreported_tags_and_fill_details() {
         let filter = TagFilter {
             exclude: vec![Regex::new("^v9").unwrap()],
-            versions: Some(VersionPolicy::new(None, false, true)),
+            versions: releases(None, true),
             ..TagFilter::default()
         };
         // v9.0.0 is filtered out, so it is no version "known before" either.
@@ -1167,14 +1167,10 @@ mod tests {
             ..TagFilter::default()
         };
         let prev = snap(&[("v1", Some(D1)), ("dev-1", Some(D1)), ("dev-2", Some(D2))]);
-        let listing = vec![
-            tag("v1", Some(D1)),
-            tag("dev-1", Some(D1)),
-            tag("dev-2", Some(D2)),
-            tag(&sig(D1, "sig"), None),
-            tag(&sig(D2, "sig"), None),
-            tag(&sig(D2, "att"), None),
-        ];
+        let listing = tags_of(
+            &[("v1", D1), ("dev-1", D1), ("dev-2", D2)],
+            &[(D1, "sig"), (D2, "sig"), (D2, "att")],
+        );
         let d = diff(Some(&prev), listing, &filter, true);
         assert_eq!(
             kinds(&d),
@@ -1209,7 +1205,6 @@ mod tests {
 
     #[test]
     fn a_signature_in_a_busy_cycle_follows_its_image() {
-        const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
         let filter = TagFilter {
             mutable: vec!["latest".into(), "edge".into()],
             ..TagFilter::default()
@@ -1217,13 +1212,10 @@ mod tests {
         let prev = snap(&[("latest", Some(D1)), ("edge", Some(D2)), ("v2", Some(D2))]);
         // An unrelated move (v2's edge) with v2's signature, and latest moving away from D1 just
         // as D1's signature arrives.
-        let listing = vec![
-            tag("latest", Some(D3)),
-            tag("edge", Some(D3)),
-            tag("v2", Some(D2)),
-            tag(&sig(D2, "sig"), None),
-            tag(&sig(D1, "sig"), None),
-        ];
+        let listing = tags_of(
+            &[("latest", D3), ("edge", D3), ("v2", D2)],
+            &[(D2, "sig"), (D1, "sig")],
+        );
         let d = diff(Some(&prev), listing, &filter, true);
         assert_eq!(
             kinds(&d),
@@ -1237,13 +1229,10 @@ mod tests {
         assert_eq!(d.changes[0].details.signed, Some(false));
         assert_eq!(d.changes[2].details.tags, Some(vec!["v2".into()]));
         // latest comes back to D1: its update says signed.
-        let listing = vec![
-            tag("latest", Some(D1)),
-            tag("edge", Some(D3)),
-            tag("v2", Some(D2)),
-            tag(&sig(D2, "sig"), None),
-            tag(&sig(D1, "sig"), None),
-        ];
+        let listing = tags_of(
+            &[("latest", D1), ("edge", D3), ("v2", D2)],
+            &[(D2, "sig"), (D1, "sig")],
+        );
         let back = diff(Some(&d.snapshot), listing, &filter, true);
         assert_eq!(kinds(&back), vec![(ChangeKind::Updated, "latest")]);
         assert_eq!(back.changes[0].details.signed, Some(true));
@@ -1294,13 +1283,10 @@ mod tests {
         let both = vec!["linux/amd64".to_string(), "linux/arm64".to_string()];
         prev.platforms.insert(D1.into(), both);
         prev.platforms.insert(D2.into(), vec!["linux/amd64".into()]);
-        let listing = vec![
-            tag("multi", Some(D1)),
-            tag("amd", Some(D2)),
-            tag(&sig(D1, "sig"), None),
-            tag(&sig(D2, "sig"), None),
-            tag(&sig(D2, "att"), None),
-        ];
+        let listing = tags_of(
+            &[("multi", D1), ("amd", D2)],
+            &[(D1, "sig"), (D2, "sig"), (D2, "att")],
+        );
         let mut d = diff(Some(&prev), listing, &all(), false);
         annotate_platforms(&mut d, Some(&prev), &["linux/arm64".into()]);
         assert_eq!(
@@ -1312,13 +1298,8 @@ mod tests {
 
     #[test]
     fn a_signature_names_no_tag_the_version_policy_never_reports() {
-        const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
         let filter = TagFilter {
-            versions: Some(VersionPolicy::new(
-                Some(semver::VersionReq::parse(">=1, <2").unwrap()),
-                false,
-                false,
-            )),
+            versions: releases(Some(">=1, <2"), false),
             ..TagFilter::default()
         };
         // Pre-releases (prerelease = false), versions out of range and, with a range, tags that
@@ -1331,8 +1312,7 @@ mod tests {
             ("edge", D3),
         ];
         let prev = snap(&tagged.map(|(t, d)| (t, Some(d))));
-        let mut listing: Vec<Tag> = tagged.iter().map(|(t, d)| tag(t, Some(d))).collect();
-        listing.extend([D1, D2, D3].map(|d| tag(&sig(d, "sig"), None)));
+        let listing = tags_of(&tagged, &[(D1, "sig"), (D2, "sig"), (D3, "sig")]);
         let d = diff(Some(&prev), listing, &filter, true);
         assert_eq!(
             kinds(&d),

@@ -879,22 +879,9 @@ impl Registry {
             config.len(),
             layer.len()
         );
-        let resp = self
-            .request(
-                &client,
-                reqwest::Method::PUT,
-                &format!("/v2/{repo}/manifests/{tag}"),
-            )
-            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
-            .body(manifest)
-            .send()
+        let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+        self.put_manifest(&client, repo, &tag, manifest_type, &manifest)
             .await
-            .unwrap();
-        assert_eq!(resp.status(), 201, "manifest put {repo}:{tag}");
-        resp.headers()["docker-content-digest"]
-            .to_str()
-            .unwrap()
-            .to_owned()
     }
 }
 

@@ -332,6 +332,21 @@ fn native_gate(state: &Native, page: usize) -> Option<Response> {
     None
 }
 
+/// `page` (default 1) and `page_size` (default 10) of a Harbor or Hub `?page=&page_size=` query,
+/// or the [`native_gate`] answer for that page.
+fn paged(state: &Native, uri: &Uri) -> Result<(usize, usize), Box<Response>> {
+    let q = query(uri);
+    let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+    if let Some(r) = native_gate(state, page) {
+        return Err(Box::new(r));
+    }
+    let page_size: usize = q
+        .get("page_size")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(10);
+    Ok((page, page_size))
+}
+
 /// With [`Quirk::MalformedPage`], page 2 and later keep their headers but lose their body's end.
 fn finish(state: &Native, page: usize, mut r: Response) -> Response {
     if page >= 2 && *state.quirk.lock().unwrap() == Quirk::MalformedPage {
@@ -494,15 +509,10 @@ fn harbor_artifacts(state: &Native, uri: &Uri, headers: &HeaderMap) -> Response 
         return status(StatusCode::NOT_FOUND);
     }
     let repo = format!("{project}/{}", name.replace("%252F", "/"));
-    let q = query(uri);
-    let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
-    if let Some(r) = native_gate(state, page) {
-        return r;
-    }
-    let page_size: usize = q
-        .get("page_size")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(10);
+    let (page, page_size) = match paged(state, uri) {
+        Ok(paging) => paging,
+        Err(r) => return *r,
+    };
     if page_size == 0 || page_size > 100 || page == 0 {
         return json(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -627,16 +637,10 @@ fn hub_tags(state: &Native, uri: &Uri, headers: &HeaderMap) -> Response {
             r#"{"message":"authentication required","errinfo":{}}"#.into(),
         );
     }
-    let q = query(uri);
-    let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
-    if let Some(r) = native_gate(state, page) {
-        return r;
-    }
-    let page_size: usize = q
-        .get("page_size")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(10)
-        .clamp(1, 100);
+    let (page, page_size) = match paged(state, uri) {
+        Ok((page, page_size)) => (page, page_size.clamp(1, 100)),
+        Err(r) => return *r,
+    };
     let repos = state.repos.lock().unwrap();
     let Some(tags) = repos.get(&format!("{namespace}/{name}")) else {
         return json(

@@ -23,14 +23,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use reqwest::{StatusCode, header};
 use serde::Deserialize;
 
 use super::super::auth::{Credential, CredentialSource, basic, sensitive};
 use super::super::http::{BODY_CAP, expect_json, read_body};
 use super::super::oci::{OciRegistry, next_link};
 use super::super::{Registry, RegistryError, Tag, valid_digest, valid_tag};
-use super::parse_time;
+use super::{failed_status, get_json, parse_time};
 
 /// Harbor's largest `page_size`.
 const PAGE_SIZE: u32 = 100;
@@ -104,30 +103,11 @@ impl Harbor {
                     "{repo}: Harbor's artifact pages loop or never end"
                 )));
             }
-            let response = transport
-                .send(|| {
-                    let mut req = transport.client().get(url.clone());
-                    if let Some(a) = &authorization {
-                        req = req.header(header::AUTHORIZATION, a.clone());
-                    }
-                    req.header(header::ACCEPT, "application/json")
-                })
-                .await?;
-            match response.status() {
-                s if s.is_success() => {}
-                s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-                    return Err(RegistryError::Unauthorized {
-                        status: s.as_u16(),
-                        what: "Harbor API",
-                    });
-                }
-                StatusCode::NOT_FOUND => return Err(RegistryError::NotFound(repo.to_owned())),
-                s => {
-                    return Err(RegistryError::Status {
-                        status: s.as_u16(),
-                        what: format!("Harbor artifacts of {repo}"),
-                    });
-                }
+            let response = get_json(transport, &url, authorization.as_ref()).await?;
+            let status = response.status();
+            if !status.is_success() {
+                let what = format!("Harbor artifacts of {repo}");
+                return Err(failed_status(status, repo, "Harbor API", what));
             }
             let page_total = response
                 .headers()

@@ -27,7 +27,7 @@ use super::super::auth::{Credential, CredentialSource, jwt_lifetime, sensitive};
 use super::super::http::{BODY_CAP, Transport, expect_json, read_body};
 use super::super::oci::same_origin;
 use super::super::{RegistryError, Tag, valid_digest, valid_tag};
-use super::parse_time;
+use super::{failed_status, get_json, parse_time};
 
 /// The Hub API's largest `page_size`.
 const PAGE_SIZE: u32 = 100;
@@ -268,15 +268,7 @@ impl Hub {
     ) -> Result<Page, RegistryError> {
         for attempt in 0..2 {
             let authorization = self.authorization(transport).await?;
-            let response = transport
-                .send(|| {
-                    let mut req = transport.client().get(url.clone());
-                    if let Some(a) = &authorization {
-                        req = req.header(header::AUTHORIZATION, a.clone());
-                    }
-                    req.header(header::ACCEPT, "application/json")
-                })
-                .await?;
+            let response = get_json(transport, url, authorization.as_ref()).await?;
             match response.status() {
                 s if s.is_success() => {
                     expect_json(&response)?;
@@ -290,18 +282,9 @@ impl Hub {
                 StatusCode::UNAUTHORIZED if attempt == 0 && authorization.is_some() => {
                     *self.token.lock().expect("hub token lock") = None;
                 }
-                s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-                    return Err(RegistryError::Unauthorized {
-                        status: s.as_u16(),
-                        what: "Docker Hub API",
-                    });
-                }
-                StatusCode::NOT_FOUND => return Err(RegistryError::NotFound(repo.to_owned())),
                 s => {
-                    return Err(RegistryError::Status {
-                        status: s.as_u16(),
-                        what: format!("Docker Hub tags of {repo}"),
-                    });
+                    let what = format!("Docker Hub tags of {repo}");
+                    return Err(failed_status(s, repo, "Docker Hub API", what));
                 }
             }
         }

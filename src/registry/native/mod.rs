@@ -86,6 +86,47 @@ fn refusal(e: &RegistryError) -> bool {
     }
 }
 
+/// GETs the native API page `url` as JSON, with `authorization` if there is one.
+async fn get_json(
+    transport: &super::http::Transport,
+    url: &url::Url,
+    authorization: Option<&reqwest::header::HeaderValue>,
+) -> Result<reqwest::Response, RegistryError> {
+    use reqwest::header;
+    transport
+        .send(|| {
+            let mut req = transport.client().get(url.clone());
+            if let Some(a) = authorization {
+                req = req.header(header::AUTHORIZATION, a.clone());
+            }
+            req.header(header::ACCEPT, "application/json")
+        })
+        .await
+}
+
+/// The error for a native API's unsuccessful `status` on `repo`: 401/403 refuse `api`, 404 is
+/// the repository not found, anything else is `what` failing with that status.
+fn failed_status(
+    status: reqwest::StatusCode,
+    repo: &str,
+    api: &'static str,
+    what: String,
+) -> RegistryError {
+    match status {
+        reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN => {
+            RegistryError::Unauthorized {
+                status: status.as_u16(),
+                what: api,
+            }
+        }
+        reqwest::StatusCode::NOT_FOUND => RegistryError::NotFound(repo.to_owned()),
+        _ => RegistryError::Status {
+            status: status.as_u16(),
+            what,
+        },
+    }
+}
+
 #[async_trait]
 impl Registry for NativeRegistry {
     fn credential_source(&self) -> Option<String> {
