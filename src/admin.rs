@@ -26,26 +26,47 @@ pub const HOOK_BODY_CAP: usize = 64 * 1024;
 /// What `/readyz` reports: every registry scanned once, and Kafka reachable when configured.
 pub struct Readiness {
     unscanned: Mutex<BTreeSet<String>>,
+    /// Every configured registry.
+    registries: Mutex<BTreeSet<String>>,
     /// Whether Kafka is configured (a reload may change it), and whether it answered.
     kafka: (AtomicBool, AtomicBool),
+    /// Cluster mode: why the replica's assigned state is not restored yet; `None` when it is (or
+    /// on a single node).
+    restoring: Mutex<Option<String>>,
 }
 
 impl Readiness {
     /// Not ready until each of `registries` completes a scan (and Kafka, if `kafka`, answers).
     pub fn new(registries: impl IntoIterator<Item = String>, kafka: bool) -> Self {
+        let registries: BTreeSet<String> = registries.into_iter().collect();
         Readiness {
-            unscanned: Mutex::new(registries.into_iter().collect()),
+            unscanned: Mutex::new(registries.clone()),
+            registries: Mutex::new(registries),
             kafka: (AtomicBool::new(kafka), AtomicBool::new(false)),
+            restoring: Mutex::new(None),
         }
+    }
+
+    /// Cluster mode: records why the assigned state is not restored (`None`: it is, and every
+    /// registry must scan again before the replica is ready).
+    pub fn restoring(&self, why: Option<String>) {
+        if why.is_none() {
+            let all = self.registries.lock().expect("readiness lock").clone();
+            *self.unscanned.lock().expect("readiness lock") = all;
+        }
+        *self.restoring.lock().expect("readiness lock") = why;
     }
 
     /// Follows a reload: `added` registries wait for their first scan, `removed` ones are no longer
     /// awaited, the others keep their state; `kafka` says whether Kafka is now configured.
     pub fn reconfigure(&self, added: &[String], removed: &[String], kafka: bool) {
         let mut unscanned = self.unscanned.lock().expect("readiness lock");
+        let mut registries = self.registries.lock().expect("readiness lock");
         unscanned.extend(added.iter().cloned());
+        registries.extend(added.iter().cloned());
         for r in removed {
             unscanned.remove(r);
+            registries.remove(r);
         }
         self.kafka.0.store(kafka, Ordering::Relaxed);
     }
@@ -65,6 +86,9 @@ impl Readiness {
 
     /// `Ok` when ready, else why not.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(why) = self.restoring.lock().expect("readiness lock").clone() {
+            return Err(why);
+        }
         let unscanned = self.unscanned.lock().expect("readiness lock");
         if let Some(first) = unscanned.iter().next() {
             return Err(format!(

@@ -18,6 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{Config, FirstRun, KafkaConfig, Provider, RegistryConfig};
 use crate::registry::{self, Registry, RegistryError, Tag};
 use crate::sink::{self, Sink, kafka::KafkaSink, stdout::StdoutSink};
+use crate::store::kafka::ClusterStore;
 use crate::store::{ReadOnlyStore, StateStore, Store};
 use crate::watch::scan::{CycleReport, Output, Scanner};
 use crate::watch::scheduler::RegistryLoop;
@@ -105,6 +106,30 @@ impl Drop for ClosedAside {
     fn drop(&mut self) {
         if let Some(sink) = self.0.take() {
             std::thread::spawn(move || drop(sink));
+        }
+    }
+}
+
+/// Where state lives: the redb file with its outbox (single node), or the cluster's state topic
+/// (events then go straight to Kafka as each scan commits, and there is no outbox).
+#[derive(Clone)]
+enum Backend {
+    Single(Arc<Store>),
+    Cluster(Arc<ClusterStore>),
+}
+
+impl Backend {
+    fn state(&self) -> Arc<dyn StateStore> {
+        match self {
+            Backend::Single(s) => s.clone(),
+            Backend::Cluster(c) => c.clone(),
+        }
+    }
+
+    fn outbox(&self) -> Option<&Arc<Store>> {
+        match self {
+            Backend::Single(s) => Some(s),
+            Backend::Cluster(_) => None,
         }
     }
 }
@@ -230,7 +255,11 @@ struct RunningLoop {
 /// The running daemon: one loop per registry, the publisher, the admin endpoint, the Kafka probe
 /// and the watchdog. A reload replaces only what its new configuration changed.
 struct Daemon {
-    store: Arc<Store>,
+    backend: Backend,
+    /// Changes when a full cycle of every registry is due at once (cluster mode: repositories
+    /// taken over); the sender of a single node's never changes.
+    rescans: watch::Receiver<u64>,
+    _no_rescans: watch::Sender<u64>,
     wake: Arc<Notify>,
     readiness: Arc<Readiness>,
     heartbeats: Arc<Heartbeats>,
@@ -275,9 +304,8 @@ impl Daemon {
     /// Starts everything `config` asks for.
     async fn start(
         config: &Config,
-        store: Arc<Store>,
+        backend: Backend,
     ) -> Result<(Daemon, mpsc::Receiver<String>), RuntimeError> {
-        let sink = make_sink(config)?;
         let scanners = scanners(config)?;
         let listener = bind_admin(config.daemon.admin_listen).await?;
         let names = config.registries.iter().map(|r| r.name.clone());
@@ -285,16 +313,26 @@ impl Daemon {
         let heartbeats = Arc::new(Heartbeats::default());
         let wake = Arc::new(Notify::new());
         let (fatal_tx, fatal) = mpsc::channel(1);
-        let publisher = {
-            let (store, wake) = (store.clone(), wake.clone());
-            Task::spawn(move |rx| sink::publish(store, sink, wake, rx))
+        let publisher = match backend.outbox() {
+            Some(store) => {
+                let (store, wake, sink) = (store.clone(), wake.clone(), make_sink(config)?);
+                Task::spawn(move |rx| sink::publish(store, sink, wake, rx))
+            }
+            None => Task::spawn(|_| async {}),
         };
+        let (no_rescans, mut rescans) = watch::channel(0);
+        if let Backend::Cluster(cluster) = &backend {
+            cluster.start(readiness.clone(), tokio::runtime::Handle::current());
+            rescans = cluster.rescans();
+        }
         let watchdog = {
             let heartbeats = heartbeats.clone();
             Task::spawn(move |rx| watchdog::feed(heartbeats, rx))
         };
         let mut daemon = Daemon {
-            store,
+            backend,
+            rescans,
+            _no_rescans: no_rescans,
             wake,
             readiness,
             heartbeats,
@@ -341,9 +379,13 @@ impl Daemon {
         };
         let name = settings.registry.name.clone();
         let output = Output::Commit {
-            store: self.store.clone(),
+            store: self.backend.state(),
             published: self.wake.clone(),
         };
+        if let Backend::Cluster(cluster) = &self.backend {
+            cluster.route_hints(&settings.identity, hint_tx.clone());
+        }
+        let rescan = self.rescans.clone();
         let (readiness, heartbeats, fatal) = (
             self.readiness.clone(),
             self.heartbeats.clone(),
@@ -369,6 +411,7 @@ impl Daemon {
                 output,
                 jitter,
                 hints,
+                rescan,
                 readiness,
                 heartbeat: heartbeats.register(),
                 fatal,
@@ -409,6 +452,13 @@ impl Daemon {
     /// watchdog keeps being fed, and its successor starts after it.
     async fn reload(&mut self, old: &Config, new: &Config) -> Result<(), RuntimeError> {
         let kafka_changed = !same_kafka(old.kafka.as_ref(), new.kafka.as_ref());
+        if (old.cluster.is_some() || new.cluster.is_some())
+            && (kafka_changed || old.cluster != new.cluster)
+        {
+            return Err(runtime(
+                "changes to [cluster] or, in cluster mode, to [kafka] take effect on restart",
+            ));
+        }
         let sink = kafka_changed.then(|| make_sink(new)).transpose()?;
         let moved_admin = new.daemon.admin_listen != self.admin_listen;
         let listener = if moved_admin {
@@ -491,11 +541,11 @@ impl Daemon {
             self.hook_tokens = tokens;
         }
 
-        if let Some(sink) = sink {
+        if let (Some(sink), Some(store)) = (sink, self.backend.outbox()) {
             // The new publisher starts once the old one has let go, so no event is sent twice by
             // two publishers; whatever the old one did not deliver is still in the outbox.
             let old = std::mem::replace(&mut self.publisher, Task::spawn(|_| async {}));
-            let (store, wake) = (self.store.clone(), self.wake.clone());
+            let (store, wake) = (store.clone(), self.wake.clone());
             self.publisher = Task::spawn(move |rx| async move {
                 old.stop_within(Duration::from_secs(5)).await;
                 sink::publish(store, sink, wake, rx).await;
@@ -531,6 +581,11 @@ impl Daemon {
                 "scans still running at the shutdown deadline were cancelled; nothing of theirs was recorded"
             );
         }
+        if let Backend::Cluster(cluster) = &self.backend {
+            // No scan writes any more: leave the group, so the others take over at once.
+            let left = budget.saturating_sub(started.elapsed() + Duration::from_millis(200));
+            cluster.stop(left).await;
+        }
         let left = budget.saturating_sub(started.elapsed() + Duration::from_millis(200));
         let _ = self.publisher.stop.send(true);
         if finish_or_abort(vec![self.publisher.handle], left).await > 0 {
@@ -553,11 +608,21 @@ impl Daemon {
 /// configuration keeps the running one.
 pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let store = Arc::new(open_store(&config)?);
-    let pending = store.outbox_len().map_err(runtime)?;
-    crate::metrics::get().outbox_pending.set(pending as i64);
-    tracing::info!(outbox = pending, state = %config.daemon.state_dir.display(), "regwatch starting");
-    let (mut daemon, mut fatal) = Daemon::start(&config, store.clone()).await?;
+    let backend = match (&config.cluster, &config.kafka) {
+        (Some(cluster), Some(kafka)) => {
+            let store = ClusterStore::new(kafka, cluster).map_err(runtime)?;
+            tracing::info!(group = %cluster.group, state_topic = %cluster.state_topic, exactly_once = cluster.exactly_once, "regwatch starting in cluster mode");
+            Backend::Cluster(Arc::new(store))
+        }
+        _ => {
+            let store = Arc::new(open_store(&config)?);
+            let pending = store.outbox_len().map_err(runtime)?;
+            crate::metrics::get().outbox_pending.set(pending as i64);
+            tracing::info!(outbox = pending, state = %config.daemon.state_dir.display(), "regwatch starting");
+            Backend::Single(store)
+        }
+    };
+    let (mut daemon, mut fatal) = Daemon::start(&config, backend.clone()).await?;
     watchdog::ready();
 
     let mut term = signal(SignalKind::terminate()).map_err(runtime)?;
@@ -584,13 +649,15 @@ pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
                 match daemon.reload(&config, &new).await {
                     Ok(()) => {
                         // Registries this configuration no longer has: their state is forgotten.
-                        let (store, ids) = (store.clone(), registry_identities(&new));
-                        let adopted = tokio::task::spawn_blocking(move || {
-                            store.adopt_registries(&ids)
-                        })
-                        .await;
-                        if let Err(e) = adopted.map_err(runtime).and_then(|r| r.map_err(runtime)) {
-                            tracing::error!(error = %e, "reload: cannot update the state store");
+                        if let Some(store) = backend.outbox() {
+                            let (store, ids) = (store.clone(), registry_identities(&new));
+                            let adopted = tokio::task::spawn_blocking(move || {
+                                store.adopt_registries(&ids)
+                            })
+                            .await;
+                            if let Err(e) = adopted.map_err(runtime).and_then(|r| r.map_err(runtime)) {
+                                tracing::error!(error = %e, "reload: cannot update the state store");
+                            }
                         }
                         config = new;
                         tracing::info!("configuration reloaded");
@@ -605,13 +672,22 @@ pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
     let budget = config.daemon.shutdown_timeout;
     tracing::info!(within = ?budget, "shutting down: finishing in-flight scans and delivering the outbox");
     daemon.stop(budget).await;
-    tracing::info!(outbox = store.outbox_len().unwrap_or(0), "stopped");
+    match backend.outbox() {
+        Some(store) => tracing::info!(outbox = store.outbox_len().unwrap_or(0), "stopped"),
+        None => tracing::info!("stopped"),
+    }
     outcome
 }
 
 /// `regwatch once`: one cycle of every registry, then deliver the outbox (or, with `dry_run`,
 /// print what would be emitted and store nothing). Fails if any registry failed.
 pub async fn once(config: Config, dry_run: bool) -> Result<(), RuntimeError> {
+    if config.cluster.is_some() && !dry_run {
+        return Err(runtime(
+            "`once` does not run in cluster mode ([cluster] is set): the state lives with the \
+             replicas of `regwatch run`; `once --dry-run` works",
+        ));
+    }
     // A dry run reads the store, when there is one, and writes nothing to it.
     let store = if dry_run {
         None

@@ -43,6 +43,16 @@ pub struct Metrics {
     pub webhooks: Family<Labels, Counter>,
     /// Repository scans that failed (listing, digest or store error), per registry.
     pub repository_errors: Family<Labels, Counter>,
+    /// Cluster mode: state partitions assigned to this replica and restored.
+    pub cluster_owned_partitions: Gauge,
+    /// Cluster mode: repositories whose state this replica holds.
+    pub cluster_owned_repositories: Gauge,
+    /// Cluster mode: rebalances this replica took part in.
+    pub cluster_rebalances: Counter,
+    /// Cluster mode: seconds the last restore of assigned partitions took.
+    pub cluster_restore_seconds: Gauge<f64, AtomicU64>,
+    /// Cluster mode: state records acknowledged by the broker.
+    pub cluster_state_records: Counter,
 }
 
 fn scan_histogram() -> Histogram {
@@ -65,6 +75,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         kafka_connection_errors: Counter::default(),
         webhooks: Family::default(),
         repository_errors: Family::default(),
+        cluster_owned_partitions: Gauge::default(),
+        cluster_owned_repositories: Gauge::default(),
+        cluster_rebalances: Counter::default(),
+        cluster_restore_seconds: Gauge::default(),
+        cluster_state_records: Counter::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -127,6 +142,31 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "repository_scan_errors",
         "Repository scans that failed and left the snapshot unchanged",
         m.repository_errors.clone(),
+    );
+    registry.register(
+        "cluster_owned_partitions",
+        "State partitions assigned to this replica and restored",
+        m.cluster_owned_partitions.clone(),
+    );
+    registry.register(
+        "cluster_owned_repositories",
+        "Repositories whose state this replica holds",
+        m.cluster_owned_repositories.clone(),
+    );
+    registry.register(
+        "cluster_rebalances",
+        "Consumer-group rebalances this replica took part in",
+        m.cluster_rebalances.clone(),
+    );
+    registry.register(
+        "cluster_restore_seconds",
+        "Seconds the last restore of assigned state partitions took",
+        m.cluster_restore_seconds.clone(),
+    );
+    registry.register(
+        "cluster_state_records",
+        "State records acknowledged by the broker",
+        m.cluster_state_records.clone(),
     );
     Metrics { registry, ..m }
 });

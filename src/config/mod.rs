@@ -59,6 +59,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[kafka]`; `None` sends events to stdout.
     pub kafka: Option<KafkaConfig>,
+    /// `[cluster]`; `None` runs a single node on the redb store.
+    pub cluster: Option<ClusterConfig>,
     /// `[[registry]]`, in file order.
     pub registries: Vec<RegistryConfig>,
 }
@@ -107,6 +109,21 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Passed to librdkafka as is; values may hold secrets, so they are never printed.
     pub properties: Vec<(String, SecretString)>,
+}
+
+/// `[cluster]`: replicas sharing the watch set through a Kafka consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The consumer group id.
+    pub group: String,
+    /// The compacted topic holding state (and webhook hints).
+    pub state_topic: String,
+    /// How soon a dead replica's share moves (`session.timeout.ms`).
+    pub session_timeout: Duration,
+    /// Events and state in one Kafka transaction.
+    pub exactly_once: bool,
+    /// Partitions of a state topic regwatch creates: the most replicas that can share the work.
+    pub partitions: i32,
 }
 
 /// Which registry API an entry speaks.

@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) daemon: RawDaemon,
     pub(super) kafka: Option<RawKafka>,
+    pub(super) cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     pub(super) registry: Vec<Spanned<RawRegistry>>,
 }
@@ -79,6 +80,30 @@ pub(super) struct RawKafka {
     pub(super) replication_factor: i32,
     #[serde(default)]
     pub(super) properties: BTreeMap<String, Secret>,
+}
+
+fn default_group() -> String {
+    "regwatch".into()
+}
+fn default_session_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_state_partitions() -> i32 {
+    12
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    #[serde(default = "default_group")]
+    pub(super) group: String,
+    pub(super) state_topic: Option<String>,
+    #[serde(default = "default_session_timeout")]
+    pub(super) session_timeout: Dur,
+    #[serde(default)]
+    pub(super) exactly_once: bool,
+    #[serde(default = "default_state_partitions")]
+    pub(super) partitions: i32,
 }
 
 #[derive(Deserialize)]

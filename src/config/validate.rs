@@ -58,6 +58,50 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError
         }
     }
 
+    let cluster = match raw.cluster {
+        None => None,
+        Some(spanned) => {
+            let line = Some(line_of(text, spanned.span().start));
+            let c = spanned.into_inner();
+            let err = |key: &str, message: String| ConfigError {
+                path: key.into(),
+                line,
+                message,
+            };
+            let Some(k) = &kafka else {
+                return Err(err(
+                    "cluster",
+                    "cluster mode keeps its state in Kafka: add a [kafka] section".into(),
+                ));
+            };
+            if c.group.trim().is_empty() {
+                return Err(err("cluster.group", "must not be empty".into()));
+            }
+            if c.partitions < 1 {
+                return Err(err("cluster.partitions", "must be at least 1".into()));
+            }
+            let state_topic = c
+                .state_topic
+                .unwrap_or_else(|| format!("{}.state", k.topic));
+            if state_topic == k.topic {
+                return Err(err(
+                    "cluster.state_topic",
+                    "must differ from kafka.topic (state records are not events)".into(),
+                ));
+            }
+            if c.session_timeout.0 < Duration::from_secs(1) {
+                return Err(err("cluster.session_timeout", "must be at least 1s".into()));
+            }
+            Some(super::ClusterConfig {
+                group: c.group,
+                state_topic,
+                session_timeout: c.session_timeout.0,
+                exactly_once: c.exactly_once,
+                partitions: c.partitions,
+            })
+        }
+    };
+
     let mut registries: Vec<RegistryConfig> = Vec::with_capacity(raw.registry.len());
     for (i, spanned) in raw.registry.into_iter().enumerate() {
         let table_line = line_of(text, spanned.span().start);
@@ -81,6 +125,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError
     Ok(Config {
         daemon,
         kafka,
+        cluster,
         registries,
     })
 }

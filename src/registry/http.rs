@@ -1,6 +1,9 @@
 //! The HTTP transport every registry request goes through: the registry's rate limiter, timeouts,
 //! retries of transient failures (honouring `Retry-After`), and size-capped body reads.
 
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -16,19 +19,46 @@ pub const BODY_CAP: usize = 32 * 1024 * 1024;
 /// the scheduler backs the registry off.
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(30);
 
-/// A registry's request rate limiter (`rate_limit` per second); every request, token fetches
-/// included, waits on it first.
+/// This process's share of every registry's `rate_limit`, in millionths: the whole of it on a
+/// single node; in cluster mode, the fraction of the state partitions this replica owns.
+static SHARE: AtomicU64 = AtomicU64::new(SHARE_WHOLE);
+const SHARE_WHOLE: u64 = 1_000_000;
+
+/// Sets this process's share of every registry's rate limit to `owned` / `total` (cluster mode
+/// calls it on every rebalance). Limiters pick it up on their next request.
+pub fn set_rate_share(owned: usize, total: usize) {
+    let share = (owned as u64 * SHARE_WHOLE)
+        .checked_div(total as u64)
+        .unwrap_or(SHARE_WHOLE);
+    SHARE.store(share, Ordering::Relaxed);
+}
+
+/// A registry's request rate limiter (`rate_limit` per second, times this process's share);
+/// every request, token fetches included, waits on it first.
 pub struct Limiter {
-    inner: DefaultDirectRateLimiter,
+    /// The share the current quota was built for, and the limiter.
+    inner: Mutex<(u64, Arc<DefaultDirectRateLimiter>)>,
+    rate_limit: NonZeroU32,
     /// The registry's name, for metrics.
     name: String,
+}
+
+/// The quota for `share` millionths of `rate_limit`; never below one request per second, which
+/// the replica's catalog listing needs even when it owns no partition.
+fn quota(rate_limit: NonZeroU32, share: u64) -> Arc<DefaultDirectRateLimiter> {
+    let scaled = (u64::from(rate_limit.get()) * share).div_ceil(SHARE_WHOLE);
+    let rate =
+        NonZeroU32::new(u32::try_from(scaled).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+    Arc::new(RateLimiter::direct(Quota::per_second(rate)))
 }
 
 impl Limiter {
     /// The limiter for one registry entry.
     pub fn new(config: &RegistryConfig) -> Self {
+        let share = SHARE.load(Ordering::Relaxed);
         Limiter {
-            inner: RateLimiter::direct(Quota::per_second(config.rate_limit)),
+            inner: Mutex::new((share, quota(config.rate_limit, share))),
+            rate_limit: config.rate_limit,
             name: config.name.clone(),
         }
     }
@@ -36,7 +66,15 @@ impl Limiter {
     /// Waits for a slot, counting the time waited.
     pub async fn wait(&self) {
         let waited = std::time::Instant::now();
-        self.inner.until_ready().await;
+        let limiter = {
+            let share = SHARE.load(Ordering::Relaxed);
+            let mut inner = self.inner.lock().expect("limiter lock");
+            if inner.0 != share {
+                *inner = (share, quota(self.rate_limit, share));
+            }
+            inner.1.clone()
+        };
+        limiter.until_ready().await;
         crate::metrics::get()
             .limiter_wait
             .get_or_create(&crate::metrics::registry_label(&self.name))

@@ -6,6 +6,7 @@
 //! sees only the [`StateStore`] trait; [`Store`] (redb, single node) implements it, and cluster
 //! mode can implement it on Kafka.
 
+pub mod kafka;
 mod redb;
 
 use std::path::PathBuf;
@@ -57,6 +58,17 @@ pub enum StoreError {
     /// Reading or writing failed (disk full, I/O error, bad record).
     #[error("state store I/O failed: {0}")]
     Io(String),
+    /// The store cannot take writes for now (cluster mode: Kafka is down, or the repository's
+    /// partition moved to another replica). Nothing was recorded; the scan is retried later.
+    #[error("state not recorded: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether retrying later can succeed without a restart.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 /// The state a scanner reads and commits. `registry` is always a registry [`identity`].
@@ -93,6 +105,15 @@ pub trait StateStore: Send + Sync {
         registry: &str,
         repositories: &[String],
     ) -> Result<(), StoreError>;
+    /// Whether this process scans `repository` now. Always, on a single node; in cluster mode,
+    /// when its partition is assigned here and restored.
+    fn owns(&self, _registry: &str, _repository: &str) -> bool {
+        true
+    }
+    /// Passes a webhook hint for a repository this process does not own to the one that does.
+    fn forward_hint(&self, _registry: &str, _repository: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The identity state is keyed by: the normalised URL, plus the account and region for ECR and

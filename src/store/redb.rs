@@ -60,7 +60,7 @@ const PENDING: u8 = b'P';
 const KNOWN: u8 = b'K';
 const SNAPSHOT: u8 = b'S';
 
-fn encode_state(state: &RepoState) -> Vec<u8> {
+pub(super) fn encode_state(state: &RepoState) -> Vec<u8> {
     match state {
         RepoState::Pending { emit, revision } => {
             let mut out = vec![PENDING, u8::from(*emit)];
@@ -83,7 +83,7 @@ fn encode_state(state: &RepoState) -> Vec<u8> {
     }
 }
 
-fn decode_state(bytes: &[u8]) -> Result<RepoState, StoreError> {
+pub(super) fn decode_state(bytes: &[u8]) -> Result<RepoState, StoreError> {
     let bad = || StoreError::Io("unknown repository record".into());
     let revision = |b: &[u8]| -> Result<u64, StoreError> {
         Ok(u64::from_be_bytes(
@@ -507,6 +507,10 @@ impl StateStore for Store {
     }
 
     fn set_watch_set(&self, registry: &str, patterns: &[String]) -> Result<(), StoreError> {
+        // Called after every complete listing: unchanged, it costs a read, not a commit.
+        if read_watch_set(&self.db, registry)?.as_deref() == Some(patterns) {
+            return Ok(());
+        }
         let tx = self.db.begin_write().map_err(io)?;
         {
             let mut sets = tx.open_table(WATCH_SETS).map_err(io)?;

@@ -173,7 +173,11 @@ impl Scanner {
         output: &Output,
         stop: impl Fn() -> bool,
     ) -> Result<CycleReport, ScanError> {
-        let repos = self.watch_set().await?;
+        let mut repos = self.watch_set().await?;
+        // In cluster mode this replica scans its share only.
+        if let Some(store) = output.store() {
+            repos.retain(|r| store.owns(&self.identity, r));
+        }
         self.scan_set(output, repos, true, stop).await
     }
 
@@ -189,6 +193,19 @@ impl Scanner {
         repos.retain(|r| self.config.repositories.iter().any(|p| p.matches(r)));
         repos.sort_unstable();
         repos.dedup();
+        // In cluster mode another replica may own some: the hint is passed on to it.
+        if let Output::Commit { store, .. } = output {
+            let (mine, theirs): (Vec<String>, Vec<String>) = repos
+                .into_iter()
+                .partition(|r| store.owns(&self.identity, r));
+            repos = mine;
+            for repo in theirs {
+                let (identity, store) = (self.identity.clone(), store.clone());
+                if let Err(e) = blocking(&store, move |s| s.forward_hint(&identity, &repo)).await {
+                    tracing::warn!(registry = %self.config.name, error = %e, "webhook hint not passed on; the periodic scan covers it");
+                }
+            }
+        }
         self.scan_set(output, repos, false, stop).await
     }
 
@@ -253,18 +270,19 @@ impl Scanner {
         // A cycle cut short by shutdown has not decided for every repository. One sitting out its
         // backoff has: its first failure recorded its decision.
         let scanned_all = results.len() + report.skipped == report.repositories;
-        // The store failing is not the registry's fault and will not heal by itself.
-        if results
-            .iter()
-            .any(|(_, r)| matches!(r, Err(ScanError::Store(_))))
-        {
+        // The store failing is not the registry's fault and will not heal by itself (unless it
+        // says it will: Kafka away in cluster mode).
+        let broken = |r: &Result<RepoOutcome, ScanError>| matches!(r, Err(ScanError::Store(e)) if !e.is_transient());
+        if results.iter().any(|(_, r)| broken(r)) {
             let e = results.into_iter().find_map(|(_, r)| match r {
-                Err(ScanError::Store(e)) => Some(e),
+                Err(ScanError::Store(e)) if !e.is_transient() => Some(e),
                 _ => None,
             });
             return Err(e.expect("a store error").into());
         }
         let mut judged = Vec::with_capacity(results.len());
+        // Repositories whose decision the store could not record: the watch set stays put.
+        let mut unrecorded = 0usize;
         let (mut baselines, mut baseline_tags) = (0usize, 0usize);
         for (repo, result) in &results {
             let judgement = match result {
@@ -281,6 +299,13 @@ impl Scanner {
                     tracing::debug!(registry = %self.config.name, repository = %repo, tag = %tag, "tag vanished between listing and digest lookup; listing again next cycle");
                     RepoResult::Raced
                 }
+                Err(ScanError::Store(e)) => {
+                    // Transient (see above): nothing was recorded, so the next scan detects the
+                    // same changes again, with the same ids.
+                    tracing::warn!(registry = %self.config.name, repository = %repo, error = %e, "changes not recorded; scanning again next cycle");
+                    unrecorded += 1;
+                    RepoResult::Raced
+                }
                 Err(ScanError::Registry(e)) => {
                     crate::metrics::get()
                         .repository_errors
@@ -289,8 +314,6 @@ impl Scanner {
                     tracing::warn!(registry = %self.config.name, repository = %repo, error = %e, "scan failed; snapshot left unchanged");
                     RepoResult::Failed(e)
                 }
-                // Returned above.
-                Err(ScanError::Store(_)) => continue,
             };
             judged.push((repo.as_str(), judgement));
         }
@@ -318,12 +341,20 @@ impl Scanner {
         }
         // Only a complete listing moves the watch set that decides "new or baseline", and only
         // after every first-seen repository has its decision recorded (scanned, or pending).
-        if scanned_all {
-            if stored_patterns.as_ref() != Some(&current) {
-                let (identity, current) = (self.identity.clone(), current.clone());
-                blocking(store, move |s| s.set_watch_set(&identity, &current)).await?;
+        if scanned_all && unrecorded == 0 {
+            let (identity, patterns) = (self.identity.clone(), current.clone());
+            let recorded = async {
+                // Always: the store skips an unchanged set, and in cluster mode fills in the
+                // partitions this replica took over since.
+                blocking(store, move |s| s.set_watch_set(&identity, &patterns)).await?;
+                self.forget_departed(output, store, listed, &stop).await
+            };
+            match recorded.await {
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(registry = %self.config.name, error = %e, "watch set not recorded; trying again next cycle");
+                }
+                other => other?,
             }
-            self.forget_departed(output, store, listed, &stop).await?;
         }
         Ok(report)
     }
@@ -345,7 +376,7 @@ impl Scanner {
         stop: &impl Fn() -> bool,
     ) -> Result<(), StoreError> {
         let before = self.listed.lock().expect("listed lock").take();
-        let departed: Vec<String> = match before {
+        let mut departed: Vec<String> = match before {
             Some(before) => before.difference(&listed).cloned().collect(),
             None => {
                 let identity = self.identity.clone();
@@ -356,6 +387,8 @@ impl Scanner {
                     .collect()
             }
         };
+        // A repository whose partition moved to another replica did not depart.
+        departed.retain(|r| store.owns(&self.identity, r));
         let (unlisted, mut forget): (Vec<String>, Vec<String>) = departed
             .into_iter()
             .partition(|r| self.config.repositories.iter().any(|p| p.matches(r)));

@@ -47,6 +47,8 @@ pub struct RegistryLoop {
     pub jitter: f64,
     /// Repositories named by webhooks.
     pub hints: mpsc::Receiver<String>,
+    /// Changes when a full cycle is due at once (cluster mode: the replica took over repositories).
+    pub rescan: watch::Receiver<u64>,
     /// Marked once the first full cycle completes.
     pub readiness: Arc<Readiness>,
     /// Beaten every second while the loop is alive.
@@ -75,6 +77,7 @@ impl RegistryLoop {
             tokio::select! {
                 _ = shutdown.changed() => {}
                 _ = tick.tick() => self.heartbeat.beat(),
+                Ok(()) = self.rescan.changed() => next_full = tokio::time::Instant::now(),
                 _ = tokio::time::sleep_until(next_full) => {
                     let stop = shutdown.clone();
                     let started = Instant::now();
@@ -102,7 +105,7 @@ impl RegistryLoop {
                             delay = delay.max(backoff.next().unwrap_or(interval));
                             tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, next_in = ?delay, "scan failed for the whole registry; backing off");
                         }
-                        Ok(Err(ScanError::Store(e))) => {
+                        Ok(Err(ScanError::Store(e))) if !e.is_transient() => {
                             m.scan_finished(&name, "failed", started.elapsed());
                             let _ = self.fatal.try_send(format!("state store failed while scanning {name}: {e}"));
                             break;
@@ -134,7 +137,7 @@ impl RegistryLoop {
                     let scan = self.scanner.scan_hinted(&self.output, repos.into_iter().collect(), move || *stop.borrow());
                     match beating(&mut tick, &self.heartbeat, tokio::time::timeout(cycle_limit, scan)).await {
                         Ok(Ok(report)) => tracing::debug!(registry = %name, ?report, "hinted scan complete"),
-                        Ok(Err(ScanError::Store(e))) => {
+                        Ok(Err(ScanError::Store(e))) if !e.is_transient() => {
                             let _ = self.fatal.try_send(format!("state store failed while scanning {name}: {e}"));
                             break;
                         }

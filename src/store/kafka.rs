@@ -1,0 +1,944 @@
+//! Cluster mode's store: state in a compacted Kafka topic, the work split by its partitions among
+//! the replicas of one consumer group (see the README, "Running several replicas").
+//!
+//! Every record's key is a JSON array, and names the partition it is written to:
+//! - `["repo", identity, repository]`: the repository's [`RepoState`] (the redb encoding), or a
+//!   tombstone once forgotten. Its partition is the repository's: whoever owns the partition scans
+//!   the repository.
+//! - `["watch", identity]`: the `repositories` patterns of the owner's last complete listing,
+//!   written to each partition it owns (so the next owner of any partition finds it).
+//! - `["hint", identity, repository]`: a webhook hint for the repository's owner.
+//!
+//! A replica reads each partition it is assigned from the beginning to the end before it scans any
+//! repository in it, and then is the partition's only writer until it is revoked (a revocation
+//! waits for the writes in flight). Events are acknowledged before the state record that records
+//! them is produced (at-least-once), or go in one transaction with it and the group's metadata
+//! (`exactly_once`), which fences a replica whose partitions moved.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, RebalanceProtocol,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use secrecy::ExposeSecret;
+use tokio::sync::{mpsc, watch};
+
+use super::redb::{decode_state, encode_state};
+use super::{RepoState, StateStore, StoreError};
+use crate::admin::Readiness;
+use crate::config::{ClusterConfig, KafkaConfig};
+use crate::event::Event;
+use crate::sink::kafka::{CONTENT_TYPE, KafkaContext, client_config};
+use crate::watch::diff::Snapshot;
+
+/// How long a transaction step or a state write may take before the write counts as failed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the consumer thread returns from `poll` to look at restores and shutdown.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The partition of the state topic a key lands in: FNV-1a of the key's bytes. Stable across
+/// releases and replicas, which is all that matters: regwatch writes every record to the partition
+/// it names.
+fn partition_of(key: &str, partitions: i32) -> i32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % partitions.max(1) as u64) as i32
+}
+
+fn repo_key(identity: &str, repository: &str) -> String {
+    serde_json::to_string(&("repo", identity, repository)).expect("strings serialize")
+}
+
+fn watch_key(identity: &str) -> String {
+    serde_json::to_string(&("watch", identity)).expect("strings serialize")
+}
+
+fn hint_key(identity: &str, repository: &str) -> String {
+    serde_json::to_string(&("hint", identity, repository)).expect("strings serialize")
+}
+
+/// One state record to write: its key and value (`None` is a tombstone).
+type Record = (String, Option<Vec<u8>>);
+
+/// An assigned partition.
+struct Claim {
+    /// Read to the end since it was assigned.
+    restored: bool,
+    /// When it was assigned.
+    since: Instant,
+}
+
+/// What the store and its consumer thread share.
+struct Inner {
+    kafka: KafkaConfig,
+    cluster: ClusterConfig,
+    /// The state topic's partition count; 0 until known.
+    partitions: AtomicI32,
+    /// The partitions assigned to this replica. Writes hold the read lock; a revocation takes the
+    /// write lock, so it waits for the writes in flight and none starts after it.
+    claims: RwLock<BTreeMap<i32, Claim>>,
+    /// The state of the repositories of the claimed partitions, by registry identity.
+    repos: Mutex<HashMap<String, BTreeMap<String, RepoState>>>,
+    /// The watch set recorded in each claimed partition, by registry identity.
+    watch_sets: Mutex<HashMap<String, BTreeMap<i32, Vec<String>>>>,
+    /// Where hints for a registry (by identity) go: its loop's queue.
+    hint_routes: Mutex<HashMap<String, mpsc::Sender<String>>>,
+    /// Bumped when restored partitions bring repositories to scan.
+    rescan: watch::Sender<u64>,
+    readiness: OnceLock<Arc<Readiness>>,
+    /// Produces events and state (at-least-once) and hints (both modes).
+    plain: FutureProducer<KafkaContext>,
+    /// `exactly_once`: the transactional producer, once its transactions are initialised.
+    transactional: OnceLock<Mutex<FutureProducer<KafkaContext>>>,
+    /// The group's metadata as of the last rebalance, sent with each transaction.
+    group: Mutex<Option<ConsumerGroupMetadata>>,
+    stop: AtomicBool,
+}
+
+/// The cluster-mode store (see the module docs).
+pub struct ClusterStore {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl ClusterStore {
+    /// The store for `cluster` on `kafka`; it joins the group once [`ClusterStore::start`]ed.
+    pub fn new(kafka: &KafkaConfig, cluster: &ClusterConfig) -> Result<ClusterStore, String> {
+        let mut settings = client_config(kafka);
+        // A user's transactional.id is for the transactional producer only.
+        settings.remove("transactional.id");
+        let plain = settings
+            .create_with_context(KafkaContext::default())
+            .map_err(|e| format!("kafka producer: {e}"))?;
+        Ok(ClusterStore {
+            inner: Arc::new(Inner {
+                kafka: kafka.clone(),
+                cluster: cluster.clone(),
+                partitions: AtomicI32::new(0),
+                claims: RwLock::new(BTreeMap::new()),
+                repos: Mutex::new(HashMap::new()),
+                watch_sets: Mutex::new(HashMap::new()),
+                hint_routes: Mutex::new(HashMap::new()),
+                rescan: watch::channel(0).0,
+                readiness: OnceLock::new(),
+                plain,
+                transactional: OnceLock::new(),
+                group: Mutex::new(None),
+                stop: AtomicBool::new(false),
+            }),
+            thread: Mutex::new(None),
+        })
+    }
+
+    /// Starts the consumer thread: it prepares the state topic, joins the group and restores what
+    /// it is assigned, reporting progress to `readiness`.
+    pub fn start(&self, readiness: Arc<Readiness>, runtime: tokio::runtime::Handle) {
+        readiness.restoring(Some("joining the cluster's consumer group".into()));
+        let _ = self.inner.readiness.set(readiness);
+        let inner = self.inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("regwatch-cluster".into())
+            .spawn(move || inner.run(&runtime))
+            .expect("spawn the cluster thread");
+        *self.thread.lock().expect("thread lock") = Some(thread);
+    }
+
+    /// Leaves the group (its partitions move to the other replicas at once), waiting at most
+    /// `within`.
+    pub async fn stop(&self, within: Duration) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        let Some(thread) = self.thread.lock().expect("thread lock").take() else {
+            return;
+        };
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        if tokio::time::timeout(within, joined).await.is_err() {
+            tracing::warn!(
+                "leaving the consumer group timed out; the group notices at session_timeout"
+            );
+        }
+    }
+
+    /// Changes whenever restored partitions bring this replica repositories to scan.
+    pub fn rescans(&self) -> watch::Receiver<u64> {
+        self.inner.rescan.subscribe()
+    }
+
+    /// Sends hints for `identity`'s repositories that reach this replica to `hints`.
+    pub fn route_hints(&self, identity: &str, hints: mpsc::Sender<String>) {
+        self.inner
+            .hint_routes
+            .lock()
+            .expect("routes lock")
+            .insert(identity.to_owned(), hints);
+    }
+}
+
+impl Inner {
+    fn partition(&self, key_of_repo: &str) -> Option<i32> {
+        match self.partitions.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(partition_of(key_of_repo, n)),
+        }
+    }
+
+    fn repo_partition(&self, identity: &str, repository: &str) -> Result<i32, StoreError> {
+        self.partition(&repo_key(identity, repository))
+            .ok_or_else(|| StoreError::Unavailable("the state topic is not known yet".into()))
+    }
+
+    /// The consumer thread: prepare the topic, join, then apply what arrives until stopped.
+    fn run(self: Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let mut failures = 0u32;
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.prepare(runtime) {
+                Ok(()) => break,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(30) {
+                        tracing::warn!(error = %e, "cluster: state topic not ready; retrying");
+                    }
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            }
+        }
+        if self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let consumer: BaseConsumer<GroupContext> =
+            match self.consumer_config().create_with_context(GroupContext {
+                log: KafkaContext::default(),
+                inner: self.clone(),
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cluster: cannot create the consumer");
+                    return;
+                }
+            };
+        if let Err(e) = consumer.subscribe(&[&self.cluster.state_topic]) {
+            tracing::error!(error = %e, "cluster: cannot subscribe to the state topic");
+            return;
+        }
+        let mut last_check = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            match consumer.poll(POLL) {
+                Some(Ok(message)) => self.apply(&message),
+                Some(Err(KafkaError::PartitionEOF(p))) => self.restored(&[p]),
+                Some(Err(e)) => tracing::debug!(error = %e, "cluster consumer"),
+                None => {}
+            }
+            if last_check.elapsed() >= Duration::from_secs(1) {
+                last_check = Instant::now();
+                self.check_restores(&consumer);
+            }
+        }
+        // Closing the consumer leaves the group: the others take the partitions now.
+        tracing::info!("leaving the cluster's consumer group");
+        drop(consumer);
+    }
+
+    /// Creates the state topic (compacted) when asked to, learns its partition count, and
+    /// initialises transactions for `exactly_once`.
+    fn prepare(&self, runtime: &tokio::runtime::Handle) -> Result<(), String> {
+        let topic = &self.cluster.state_topic;
+        if self.kafka.create_topic {
+            let admin: AdminClient<KafkaContext> = client_config(&self.kafka)
+                .create_with_context(KafkaContext::default())
+                .map_err(|e| format!("kafka admin client: {e}"))?;
+            let new = NewTopic::new(
+                topic,
+                self.cluster.partitions,
+                TopicReplication::Fixed(self.kafka.replication_factor),
+            )
+            .set("cleanup.policy", "compact");
+            let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+            let results = runtime
+                .block_on(admin.create_topics([&new], &options))
+                .map_err(|e| format!("create topic {topic}: {e}"))?;
+            for result in results {
+                match result {
+                    Ok(_) => tracing::info!(%topic, "created the state topic"),
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((_, code)) => return Err(format!("create topic {topic}: {code}")),
+                }
+            }
+        }
+        let metadata = self
+            .plain
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| format!("state topic {topic}: {e}"))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
+        if partitions == 0 {
+            return Err(format!("state topic {topic} has no partitions (yet)"));
+        }
+        self.partitions.store(partitions as i32, Ordering::Relaxed);
+        if self.cluster.exactly_once && self.transactional.get().is_none() {
+            let mut settings = client_config(&self.kafka);
+            if settings.get("transactional.id").is_none() {
+                let id = format!(
+                    "regwatch-{}-{:016x}",
+                    self.cluster.group,
+                    rand::random::<u64>()
+                );
+                settings.set("transactional.id", id);
+            }
+            let producer: FutureProducer<KafkaContext> = settings
+                .create_with_context(KafkaContext::default())
+                .map_err(|e| format!("transactional producer: {e}"))?;
+            producer
+                .init_transactions(WRITE_TIMEOUT)
+                .map_err(|e| format!("init transactions (does the broker have them?): {e}"))?;
+            let _ = self.transactional.set(Mutex::new(producer));
+        }
+        tracing::info!(topic = %topic, partitions, group = %self.cluster.group, "cluster: joining");
+        Ok(())
+    }
+
+    fn consumer_config(&self) -> ClientConfig {
+        let session = self.cluster.session_timeout.as_millis().max(1000);
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.kafka.brokers);
+        for (key, value) in &self.kafka.properties {
+            if key != "transactional.id" {
+                c.set(key, value.expose_secret());
+            }
+        }
+        c.set("group.id", &self.cluster.group)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", session.to_string())
+            .set("heartbeat.interval.ms", (session / 3).max(100).to_string())
+            // Every assignment is read from the beginning: no offset is ever relied on.
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            // Hints are waited for by a webhook's sender: fetch them promptly.
+            .set("fetch.wait.max.ms", "100");
+        c
+    }
+
+    /// Applies one record of a claimed partition: state while it is being restored, hints after.
+    fn apply(&self, message: &BorrowedMessage<'_>) {
+        let p = message.partition();
+        let restored = match self.claims.read().expect("claims lock").get(&p) {
+            Some(claim) => claim.restored,
+            None => return,
+        };
+        let Some(key) = message
+            .key()
+            .and_then(|k| serde_json::from_slice::<Vec<String>>(k).ok())
+        else {
+            return;
+        };
+        match (key.as_slice(), restored) {
+            ([kind, identity, repository], false) if kind == "repo" => {
+                let mut repos = self.repos.lock().expect("repos lock");
+                let registry = repos.entry(identity.clone()).or_default();
+                match message.payload().map(decode_state) {
+                    None => {
+                        registry.remove(repository);
+                    }
+                    Some(Ok(state)) => {
+                        registry.insert(repository.clone(), state);
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(%repository, error = %e, "cluster: unreadable state record skipped")
+                    }
+                }
+            }
+            ([kind, identity], false) if kind == "watch" => {
+                let mut sets = self.watch_sets.lock().expect("watch sets lock");
+                let sets = sets.entry(identity.clone()).or_default();
+                match message.payload().map(serde_json::from_slice::<Vec<String>>) {
+                    Some(Ok(patterns)) => {
+                        sets.insert(p, patterns);
+                    }
+                    _ => {
+                        sets.remove(&p);
+                    }
+                }
+            }
+            ([kind, identity, repository], true) if kind == "hint" => {
+                let route = self
+                    .hint_routes
+                    .lock()
+                    .expect("routes lock")
+                    .get(identity)
+                    .cloned();
+                if let Some(route) = route {
+                    tracing::debug!(%repository, "cluster: hint for a repository of this replica");
+                    let _ = route.try_send(repository.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Partitions read to their end: once all are, the replica scans them.
+    fn restored(&self, partitions: &[i32]) {
+        let mut claims = self.claims.write().expect("claims lock");
+        let mut changed = false;
+        let mut oldest = None::<Instant>;
+        for p in partitions {
+            if let Some(claim) = claims.get_mut(p)
+                && !claim.restored
+            {
+                claim.restored = true;
+                changed = true;
+                oldest = Some(oldest.map_or(claim.since, |o| o.min(claim.since)));
+            }
+        }
+        if !changed {
+            return;
+        }
+        let pending = claims.values().filter(|c| !c.restored).count();
+        let owned = claims.len() - pending;
+        drop(claims);
+        let m = crate::metrics::get();
+        m.cluster_owned_partitions.set(owned as i64);
+        self.count_repositories();
+        if pending == 0 {
+            let took = oldest.map_or(Duration::ZERO, |o| o.elapsed());
+            m.cluster_restore_seconds.set(took.as_secs_f64());
+            tracing::info!(partitions = owned, took = ?took, "cluster: state restored; scanning this replica's share");
+            if let Some(r) = self.readiness.get() {
+                r.restoring(None);
+            }
+        }
+        self.rescan.send_modify(|n| *n += 1);
+    }
+
+    /// A fallback for `enable.partition.eof`: a claimed partition that is empty, or whose position
+    /// reached the high watermark, is restored.
+    fn check_restores(&self, consumer: &BaseConsumer<GroupContext>) {
+        let waiting: Vec<i32> = self
+            .claims
+            .read()
+            .expect("claims lock")
+            .iter()
+            .filter(|(_, c)| !c.restored && c.since.elapsed() >= Duration::from_secs(1))
+            .map(|(p, _)| *p)
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let positions = consumer.position().ok();
+        let topic = &self.cluster.state_topic;
+        let done: Vec<i32> = waiting
+            .into_iter()
+            .filter(|p| {
+                let Ok((low, high)) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(1))
+                else {
+                    return false;
+                };
+                let position = positions
+                    .as_ref()
+                    .and_then(|l| l.find_partition(topic, *p))
+                    .and_then(|e| e.offset().to_raw());
+                high <= low || position.is_some_and(|o| o >= high)
+            })
+            .collect();
+        self.restored(&done);
+    }
+
+    fn count_repositories(&self) {
+        let count: usize = self
+            .repos
+            .lock()
+            .expect("repos lock")
+            .values()
+            .map(BTreeMap::len)
+            .sum();
+        crate::metrics::get()
+            .cluster_owned_repositories
+            .set(count as i64);
+    }
+
+    fn assigned(&self, partitions: &[i32]) {
+        let mut claims = self.claims.write().expect("claims lock");
+        for p in partitions {
+            claims.insert(
+                *p,
+                Claim {
+                    restored: false,
+                    since: Instant::now(),
+                },
+            );
+        }
+        let total = self.partitions.load(Ordering::Relaxed) as usize;
+        crate::registry::http::set_rate_share(claims.len(), total);
+        let pending = claims.values().filter(|c| !c.restored).count();
+        drop(claims);
+        if pending > 0 {
+            tracing::info!(assigned = ?partitions, "cluster: restoring assigned state partitions");
+            if let Some(r) = self.readiness.get() {
+                r.restoring(Some(format!("restoring {pending} state partitions")));
+            }
+        } else if let Some(r) = self.readiness.get() {
+            // Nothing new to restore (an empty assignment): ready as soon as registries scanned.
+            r.restoring(None);
+        }
+    }
+
+    /// Gives up `partitions`: waits for the writes in flight, then forgets their state (a later
+    /// assignment restores it from the topic again).
+    fn revoked(&self, partitions: &[i32]) {
+        let mut claims = self.claims.write().expect("claims lock");
+        for p in partitions {
+            claims.remove(p);
+        }
+        let total = self.partitions.load(Ordering::Relaxed);
+        crate::registry::http::set_rate_share(claims.len(), total as usize);
+        let owned = claims.values().filter(|c| c.restored).count();
+        drop(claims);
+        let gone = |p: i32| partitions.contains(&p);
+        for (identity, repos) in self.repos.lock().expect("repos lock").iter_mut() {
+            repos.retain(|repo, _| !gone(partition_of(&repo_key(identity, repo), total)));
+        }
+        for sets in self
+            .watch_sets
+            .lock()
+            .expect("watch sets lock")
+            .values_mut()
+        {
+            sets.retain(|p, _| !gone(*p));
+        }
+        crate::metrics::get()
+            .cluster_owned_partitions
+            .set(owned as i64);
+        self.count_repositories();
+        tracing::info!(revoked = ?partitions, "cluster: partitions moved to other replicas");
+    }
+
+    /// Writes `events` and then `records` to partition `p`, which must be claimed and restored.
+    /// At-least-once: the events are acknowledged before the records are produced. Exactly-once:
+    /// all of it in one transaction with the group's metadata.
+    fn write(&self, p: i32, events: &[Event], records: &[Record]) -> Result<(), StoreError> {
+        let claims = self.claims.read().expect("claims lock");
+        if !claims.get(&p).is_some_and(|c| c.restored) {
+            return Err(StoreError::Unavailable(format!(
+                "state partition {p} is not this replica's (it moved in a rebalance)"
+            )));
+        }
+        let written = match self.transactional.get() {
+            None => self
+                .produce(&self.plain, events, p, &[])
+                .and_then(|()| self.produce(&self.plain, &[], p, records)),
+            Some(producer) => {
+                self.transaction(&producer.lock().expect("producer lock"), p, events, records)
+            }
+        };
+        drop(claims);
+        if written.is_ok() && !records.is_empty() {
+            crate::metrics::get()
+                .cluster_state_records
+                .inc_by(records.len() as u64);
+        }
+        written
+    }
+
+    /// Produces `events` to the event topic and `records` to state partition `p`, and waits for
+    /// every acknowledgement.
+    fn produce(
+        &self,
+        producer: &FutureProducer<KafkaContext>,
+        events: &[Event],
+        p: i32,
+        records: &[Record],
+    ) -> Result<(), StoreError> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some(CONTENT_TYPE),
+        });
+        let mut deliveries = Vec::with_capacity(events.len() + records.len());
+        let unavailable = |e: KafkaError| StoreError::Unavailable(format!("kafka: {e}"));
+        for event in events {
+            let record = FutureRecord::to(&self.kafka.topic)
+                .key(&event.key)
+                .payload(&event.payload)
+                .headers(headers.clone());
+            deliveries.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| unavailable(e))?,
+            );
+        }
+        for (key, value) in records {
+            let mut record = FutureRecord::<String, Vec<u8>>::to(&self.cluster.state_topic)
+                .key(key)
+                .partition(p);
+            if let Some(value) = value {
+                record = record.payload(value);
+            }
+            deliveries.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| unavailable(e))?,
+            );
+        }
+        let acks =
+            tokio::runtime::Handle::current().block_on(futures_util::future::join_all(deliveries));
+        for ack in acks {
+            match ack {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    crate::metrics::get().kafka_delivery_errors.inc();
+                    return Err(unavailable(e));
+                }
+                Err(_) => return Err(StoreError::Unavailable("kafka delivery cancelled".into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// One transaction: the events, the records, and the group's metadata. A fenced producer (a
+    /// zombie whose transactional.id or partitions another replica took) is fatal: the daemon
+    /// exits and its service manager restarts it as a fresh member.
+    fn transaction(
+        &self,
+        producer: &FutureProducer<KafkaContext>,
+        p: i32,
+        events: &[Event],
+        records: &[Record],
+    ) -> Result<(), StoreError> {
+        let group = self.group.lock().expect("group lock");
+        let Some(group) = group.as_ref() else {
+            return Err(StoreError::Unavailable(
+                "not a member of the consumer group yet".into(),
+            ));
+        };
+        let steps = || -> Result<(), KafkaError> {
+            producer.begin_transaction()?;
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "content-type",
+                value: Some(CONTENT_TYPE),
+            });
+            for event in events {
+                let record = FutureRecord::to(&self.kafka.topic)
+                    .key(&event.key)
+                    .payload(&event.payload)
+                    .headers(headers.clone());
+                producer.send_result(record).map_err(|(e, _)| e)?;
+            }
+            for (key, value) in records {
+                let mut record = FutureRecord::<String, Vec<u8>>::to(&self.cluster.state_topic)
+                    .key(key)
+                    .partition(p);
+                if let Some(value) = value {
+                    record = record.payload(value);
+                }
+                producer.send_result(record).map_err(|(e, _)| e)?;
+            }
+            // The offset is never read back (assignments start at the beginning); it carries
+            // the group generation that fences a zombie.
+            let mut offsets = TopicPartitionList::new();
+            offsets.add_partition_offset(&self.cluster.state_topic, p, Offset::Offset(0))?;
+            producer.send_offsets_to_transaction(&offsets, group, WRITE_TIMEOUT)?;
+            producer.commit_transaction(WRITE_TIMEOUT)
+        };
+        let Err(e) = steps() else {
+            return Ok(());
+        };
+        let fatal = match &e {
+            KafkaError::Transaction(t) => t.is_fatal(),
+            _ => false,
+        } || producer.client().fatal_error().is_some();
+        if fatal {
+            tracing::error!(error = %e, "cluster: the transactional producer was fenced; nothing of this scan was committed");
+            return Err(StoreError::Io(format!(
+                "kafka transaction fenced ({e}): another replica took over"
+            )));
+        }
+        if let Err(abort) = producer.abort_transaction(WRITE_TIMEOUT) {
+            tracing::warn!(error = %abort, "cluster: aborting the transaction failed");
+        }
+        Err(StoreError::Unavailable(format!(
+            "kafka transaction aborted: {e}"
+        )))
+    }
+}
+
+impl StateStore for ClusterStore {
+    fn repo_state(
+        &self,
+        registry: &str,
+        repository: &str,
+    ) -> Result<Option<RepoState>, StoreError> {
+        Ok(self
+            .inner
+            .repos
+            .lock()
+            .expect("repos lock")
+            .get(registry)
+            .and_then(|r| r.get(repository))
+            .cloned())
+    }
+
+    fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let restored: Vec<i32> = self.restored_partitions();
+        Ok(self
+            .inner
+            .watch_sets
+            .lock()
+            .expect("watch sets lock")
+            .get(registry)
+            .and_then(|sets| {
+                sets.iter()
+                    .find(|(p, _)| restored.contains(p))
+                    .map(|(_, w)| w.clone())
+            }))
+    }
+
+    fn set_watch_set(&self, registry: &str, patterns: &[String]) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(patterns).expect("patterns serialize");
+        let record = [(watch_key(registry), Some(value))];
+        for p in self.restored_partitions() {
+            let recorded = self
+                .inner
+                .watch_sets
+                .lock()
+                .expect("watch sets lock")
+                .get(registry)
+                .and_then(|s| s.get(&p))
+                .is_some_and(|w| w == patterns);
+            if recorded {
+                continue;
+            }
+            self.inner.write(p, &[], &record)?;
+            self.inner
+                .watch_sets
+                .lock()
+                .expect("watch sets lock")
+                .entry(registry.to_owned())
+                .or_default()
+                .insert(p, patterns.to_vec());
+        }
+        Ok(())
+    }
+
+    fn record_pending(
+        &self,
+        registry: &str,
+        repository: &str,
+        emit: bool,
+        revision: u64,
+    ) -> Result<(), StoreError> {
+        let state = RepoState::Pending { emit, revision };
+        self.put(registry, repository, state, &[])
+    }
+
+    fn commit_scan(
+        &self,
+        registry: &str,
+        repository: &str,
+        snapshot: &Snapshot,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        self.put(
+            registry,
+            repository,
+            RepoState::Known(snapshot.clone()),
+            events,
+        )
+    }
+
+    fn repositories(&self, registry: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .inner
+            .repos
+            .lock()
+            .expect("repos lock")
+            .get(registry)
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn forget_repositories(
+        &self,
+        registry: &str,
+        repositories: &[String],
+    ) -> Result<(), StoreError> {
+        for repository in repositories {
+            let p = self.inner.repo_partition(registry, repository)?;
+            self.inner
+                .write(p, &[], &[(repo_key(registry, repository), None)])?;
+            if let Some(r) = self
+                .inner
+                .repos
+                .lock()
+                .expect("repos lock")
+                .get_mut(registry)
+            {
+                r.remove(repository);
+            }
+        }
+        self.inner.count_repositories();
+        Ok(())
+    }
+
+    fn owns(&self, registry: &str, repository: &str) -> bool {
+        let Ok(p) = self.inner.repo_partition(registry, repository) else {
+            return false;
+        };
+        self.inner
+            .claims
+            .read()
+            .expect("claims lock")
+            .get(&p)
+            .is_some_and(|c| c.restored)
+    }
+
+    fn forward_hint(&self, registry: &str, repository: &str) -> Result<(), StoreError> {
+        let p = self.inner.repo_partition(registry, repository)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let record = [(
+            hint_key(registry, repository),
+            Some(now.to_string().into_bytes()),
+        )];
+        self.inner.produce(&self.inner.plain, &[], p, &record)
+    }
+}
+
+impl ClusterStore {
+    fn restored_partitions(&self) -> Vec<i32> {
+        self.inner
+            .claims
+            .read()
+            .expect("claims lock")
+            .iter()
+            .filter(|(_, c)| c.restored)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Writes a repository's state (with its events), then keeps it in memory.
+    fn put(
+        &self,
+        registry: &str,
+        repository: &str,
+        state: RepoState,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        let p = self.inner.repo_partition(registry, repository)?;
+        let record = (repo_key(registry, repository), Some(encode_state(&state)));
+        self.inner.write(p, events, &[record])?;
+        self.inner
+            .repos
+            .lock()
+            .expect("repos lock")
+            .entry(registry.to_owned())
+            .or_default()
+            .insert(repository.to_owned(), state);
+        self.inner.count_repositories();
+        Ok(())
+    }
+}
+
+/// The consumer's context: librdkafka's logs as the sink's, and rebalances that restore before
+/// they scan.
+struct GroupContext {
+    log: KafkaContext,
+    inner: Arc<Inner>,
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        crate::metrics::get().cluster_rebalances.inc();
+        let topic = &self.inner.cluster.state_topic;
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let outcome = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // Read every assigned partition from its beginning: that is the restore.
+                let mut from_start = TopicPartitionList::new();
+                for p in &partitions {
+                    let _ = from_start.add_partition_offset(topic, *p, Offset::Beginning);
+                }
+                self.inner.assigned(&partitions);
+                if cooperative {
+                    consumer.incremental_assign(&from_start)
+                } else {
+                    consumer.assign(&from_start)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if consumer.assignment_lost() {
+                    tracing::warn!(
+                        "cluster: this replica lost its partitions (its session expired)"
+                    );
+                }
+                self.inner.revoked(&partitions);
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "cluster: rebalance failed");
+                Ok(())
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "cluster: applying the assignment failed");
+        }
+        *self.inner.group.lock().expect("group lock") = consumer.group_metadata();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_land_in_a_stable_partition_within_range() {
+        let key = repo_key("https://r.example", "team/app");
+        assert_eq!(key, r#"["repo","https://r.example","team/app"]"#);
+        let p = partition_of(&key, 12);
+        assert!((0..12).contains(&p));
+        assert_eq!(p, partition_of(&key, 12), "deterministic");
+        // Many repositories spread over the partitions.
+        let used: std::collections::BTreeSet<i32> = (0..200)
+            .map(|i| partition_of(&repo_key("id", &format!("r{i}")), 12))
+            .collect();
+        assert_eq!(used.len(), 12);
+    }
+}
