@@ -15,8 +15,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use support::cluster::{
-    Attributing, Ev, Opts, Tail, assert_exactly_once, metric_sum, push_all, replica, repo_names,
-    stderr_tail, wait_settled, wait_up,
+    Attributing, Ev, Opts, Tail, assert_exactly_once, assert_silent_baseline, metric_sum, push_all,
+    replica, repo_names, stderr_tail, wait_settled, wait_up,
 };
 use support::{Auth, Registry, report};
 
@@ -137,12 +137,7 @@ async fn failover_after_kill_9_loses_nothing_and_invents_nothing() {
 
     let mut tail = Tail::new(&brokers, TOPIC, "read_committed");
     tail.drain_for(Duration::from_secs(5));
-    assert!(
-        tail.events.is_empty(),
-        "baseline published {} events: {:?}",
-        tail.events.len(),
-        tail.events.first()
-    );
+    assert_silent_baseline(&tail, || stderrs(&daemons.iter().collect::<Vec<_>>()));
 
     let mut pushed = push_all(&registry, &repos, "v1").await;
     // Mid-cycle: some of the dead replica's scans of v1 may be detected but not committed.
@@ -248,6 +243,116 @@ async fn failover_after_kill_9_loses_nothing_and_invents_nothing() {
     assert_no_phantom_no_forked_ids(&tail.events, &pushed);
 }
 
+/// Three replicas share the watch set: across the cluster each repository's tags are listed about
+/// once per interval, each by one replica, not once per replica.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_list_each_repository_about_once_per_interval() {
+    let _serial = SERIAL.lock().await;
+    let cluster = mock();
+    let registry = Registry::start(Auth::None);
+    let repos = repo_names(12);
+    push_all(&registry, &repos, "v0").await;
+    let (proxy, url) = Attributing::start(&registry.url()).await;
+    let opts = opts(cluster.bootstrap_servers(), url, "", "");
+    let setups: Vec<_> = (0..3).map(|_| replica(&opts, true)).collect();
+    let mut daemons = Vec::new();
+    for s in &setups {
+        let mut d = s.spawn();
+        proxy.watch(d.pid());
+        wait_up(&mut d, &s.admin).await;
+        daemons.push(d);
+    }
+    let admins: Vec<&str> = setups.iter().map(|s| s.admin.as_str()).collect();
+    wait_settled(&admins, STATE_PARTITIONS, SETTLE).await;
+    // One interval for the last rebalance's scans to pass, then six measured intervals.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let intervals = 6;
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2 * intervals)).await;
+    let to = Instant::now();
+    // Ownership must not have moved during the window, or the counts would mix two layouts.
+    let still: f64 = {
+        let mut sum = 0.0;
+        for a in &admins {
+            sum += metric_sum(a, "regwatch_cluster_owned_partitions")
+                .await
+                .unwrap_or(0.0);
+        }
+        sum
+    };
+    assert_eq!(
+        still,
+        STATE_PARTITIONS as f64,
+        "owned partitions summed over the replicas after the measured window\n{}",
+        stderrs(&daemons.iter().collect::<Vec<_>>())
+    );
+
+    let mut per_repo: BTreeMap<String, (usize, HashSet<Option<u32>>)> = BTreeMap::new();
+    let mut by_pid: BTreeMap<String, BTreeMap<Option<u32>, usize>> = BTreeMap::new();
+    for (repo, pid, _) in proxy.tag_lists(from, to) {
+        *by_pid
+            .entry(repo.clone())
+            .or_default()
+            .entry(pid)
+            .or_default() += 1;
+        let e = per_repo.entry(repo).or_default();
+        e.0 += 1;
+        e.1.insert(pid);
+    }
+    let pids: Vec<u32> = daemons.iter().map(|d| d.pid()).collect();
+    let layout = format!("tags/list per repository and replica {by_pid:?} (replicas {pids:?})");
+    let counts: Vec<usize> = repos
+        .iter()
+        .map(|r| per_repo.get(r).map_or(0, |e| e.0))
+        .collect();
+    let total: usize = counts.iter().sum();
+    let per_interval = total as f64 / (repos.len() * intervals as usize) as f64;
+    report(
+        "cluster (mock cluster, 3 replicas, 12 repositories): tags/list per repository per interval",
+        format!(
+            "{per_interval:.2} (max per repository {} in {intervals} intervals)",
+            counts.iter().max().unwrap()
+        ),
+        "about 1, not 3",
+    );
+    report(
+        "cluster (mock cluster, 3 replicas): catalog listings per interval across the cluster",
+        format!("{:.2}", proxy.catalogs(from, to) as f64 / intervals as f64),
+        "documented (1 per replica at most)",
+    );
+    for (repo, count) in repos.iter().zip(&counts) {
+        assert!(
+            (*count as f64) < 1.5 * intervals as f64,
+            "{repo} was listed {count} times in {intervals} intervals; {layout}"
+        );
+        assert!(
+            *count >= intervals as usize / 2,
+            "{repo} was listed only {count} times in {intervals} intervals: not watched? {layout}"
+        );
+        let listers = &per_repo[repo].1;
+        assert_eq!(
+            listers.len(),
+            1,
+            "{repo} was listed by {} replicas: {listers:?}; {layout}",
+            listers.len()
+        );
+    }
+    let listers: HashSet<Option<u32>> = per_repo.values().flat_map(|e| e.1.clone()).collect();
+    assert_eq!(
+        listers.len(),
+        3,
+        "every replica scans its share: {listers:?}"
+    );
+    let mut owned = 0.0;
+    for a in &admins {
+        owned += metric_sum(a, "regwatch_cluster_owned_repositories")
+            .await
+            .unwrap_or(0.0);
+    }
+    assert_eq!(owned, repos.len() as f64, "owned repositories summed");
+    drop(daemons);
+}
+
 /// `exactly_once = true`: events go out in transactions (a read_committed consumer sees them, each
 /// once). Then the replica is fenced: a producer with the same `transactional.id` calls
 /// InitProducerId, and the broker answers the replica's transactional requests with
@@ -283,11 +388,7 @@ async fn exactly_once_delivers_and_a_fenced_replica_commits_nothing() {
 
     let mut committed = Tail::new(&brokers, TOPIC, "read_committed");
     committed.drain_for(Duration::from_secs(4));
-    assert!(
-        committed.events.is_empty(),
-        "baseline published {:?}",
-        committed.events
-    );
+    assert_silent_baseline(&committed, || stderrs(&[&d]));
     let first = push_all(&registry, &repos, "v1").await;
     committed.wait_for_tags(&first, Duration::from_secs(30), || stderrs(&[&d]));
     committed.drain_for(Duration::from_secs(3));

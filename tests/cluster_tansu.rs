@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use support::cluster::{
-    Attributing, Opts, Tail, assert_exactly_once, metric_sum, push_all, replica, repo_names,
-    stderr_tail, wait_settled, wait_up,
+    Attributing, Opts, Tail, assert_exactly_once, assert_silent_baseline, metric_sum, push_all,
+    replica, repo_names, stderr_tail, topic_partitions, wait_settled, wait_up,
 };
 use support::{Auth, Registry, Setup, Tansu, report};
 
@@ -89,6 +89,15 @@ async fn rolling_restart_with_empty_state_dirs_re_emits_nothing() {
 
     let a = replica(&opts, true);
     let da = start(&proxy, &a).await;
+    // kafka.create_topic defaults to true: the events topic exists once a replica is ready, so
+    // consumers can subscribe before the first event.
+    let events_partitions = topic_partitions(&tansu.brokers, TOPIC, Duration::from_secs(5));
+    assert_eq!(
+        events_partitions,
+        3,
+        "kafka.topic {TOPIC} (kafka.partitions = 3, create_topic defaulting to true) after the first replica is ready\n{}",
+        stderrs(&[&da])
+    );
     let b = replica(&opts, true);
     let db = start(&proxy, &b).await;
     let took = wait_settled(&[&a.admin, &b.admin], PARTITIONS, SETTLE).await;
@@ -101,12 +110,7 @@ async fn rolling_restart_with_empty_state_dirs_re_emits_nothing() {
     // Baseline: the registry's existing tags publish nothing.
     let mut tail = Tail::new(&tansu.brokers, TOPIC, "read_committed");
     tail.drain_for(Duration::from_secs(6));
-    assert!(
-        tail.events.is_empty(),
-        "baseline published {:?}\n{}",
-        tail.events,
-        stderrs(&[&da, &db])
-    );
+    assert_silent_baseline(&tail, || stderrs(&[&da, &db]));
 
     let mut pushed = push_all(&registry, &repos, "v1").await;
     tail.wait_for_tags(&pushed, Duration::from_secs(45), || stderrs(&[&da, &db]));
@@ -208,11 +212,7 @@ async fn graceful_leave_hands_the_share_to_the_survivor() {
     let mut tail = Tail::new(&tansu.brokers, TOPIC, "read_committed");
     // Two intervals: every repository is listed by its current owner.
     tail.drain_for(Duration::from_secs(5));
-    assert!(
-        tail.events.is_empty(),
-        "baseline published {:?}",
-        tail.events
-    );
+    assert_silent_baseline(&tail, || stderrs(&[&da, &db]));
 
     let owners = proxy.last_lister(Instant::now());
     let b_repos: Vec<&String> = repos
@@ -262,96 +262,6 @@ async fn graceful_leave_hands_the_share_to_the_survivor() {
     );
 }
 
-/// Three replicas share the watch set: across the cluster each repository's tags are listed about
-/// once per interval, each by one replica, not once per replica.
-#[tokio::test(flavor = "multi_thread")]
-async fn three_replicas_list_each_repository_about_once_per_interval() {
-    let _serial = SERIAL.lock().await;
-    let tansu = Tansu::start();
-    let (_registry, proxy, opts, repos) = world(&tansu, 12, "2s", "rw-shard").await;
-    let setups: Vec<Setup> = (0..3).map(|_| replica(&opts, true)).collect();
-    let mut daemons = Vec::new();
-    for s in &setups {
-        daemons.push(start(&proxy, s).await);
-    }
-    let admins: Vec<&str> = setups.iter().map(|s| s.admin.as_str()).collect();
-    wait_settled(&admins, PARTITIONS, SETTLE).await;
-    // One interval for the last rebalance's scans to pass, then six measured intervals.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let intervals = 6;
-    let from = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2 * intervals)).await;
-    let to = Instant::now();
-    // Ownership must not have moved during the window, or the counts would mix two layouts.
-    let still: f64 = {
-        let mut sum = 0.0;
-        for a in &admins {
-            sum += metric_sum(a, "regwatch_cluster_owned_partitions")
-                .await
-                .unwrap_or(0.0);
-        }
-        sum
-    };
-    assert_eq!(still, PARTITIONS as f64);
-
-    let mut per_repo: BTreeMap<String, (usize, HashSet<Option<u32>>)> = BTreeMap::new();
-    for (repo, pid, _) in proxy.tag_lists(from, to) {
-        let e = per_repo.entry(repo).or_default();
-        e.0 += 1;
-        e.1.insert(pid);
-    }
-    let counts: Vec<usize> = repos
-        .iter()
-        .map(|r| per_repo.get(r).map_or(0, |e| e.0))
-        .collect();
-    let total: usize = counts.iter().sum();
-    let per_interval = total as f64 / (repos.len() * intervals as usize) as f64;
-    report(
-        "cluster (Tansu, 3 replicas, 12 repositories): tags/list per repository per interval",
-        format!(
-            "{per_interval:.2} (max per repository {} in {intervals} intervals)",
-            counts.iter().max().unwrap()
-        ),
-        "about 1, not 3",
-    );
-    report(
-        "cluster (Tansu, 3 replicas): catalog listings per interval across the cluster",
-        format!("{:.2}", proxy.catalogs(from, to) as f64 / intervals as f64),
-        "documented (1 per replica at most)",
-    );
-    for (repo, count) in repos.iter().zip(&counts) {
-        assert!(
-            (*count as f64) < 1.5 * intervals as f64,
-            "{repo} was listed {count} times in {intervals} intervals (per-repository counts {per_repo:?})"
-        );
-        assert!(
-            *count >= intervals as usize / 2,
-            "{repo} was listed only {count} times in {intervals} intervals: not watched?"
-        );
-        let listers = &per_repo[repo].1;
-        assert_eq!(
-            listers.len(),
-            1,
-            "{repo} was listed by {} replicas: {listers:?}",
-            listers.len()
-        );
-    }
-    let listers: HashSet<Option<u32>> = per_repo.values().flat_map(|e| e.1.clone()).collect();
-    assert_eq!(
-        listers.len(),
-        3,
-        "every replica scans its share: {listers:?}"
-    );
-    let mut owned = 0.0;
-    for a in &admins {
-        owned += metric_sum(a, "regwatch_cluster_owned_repositories")
-            .await
-            .unwrap_or(0.0);
-    }
-    assert_eq!(owned, repos.len() as f64, "owned repositories summed");
-    drop(daemons);
-}
-
 /// A webhook hint reaches the owner of its repository whichever replica receives it: with a
 /// 300 s interval, only the hint explains a scan. Every repository is hinted once through each
 /// replica; the same replica must scan it both times, within 3 s of the hint.
@@ -368,11 +278,7 @@ async fn a_hint_to_any_replica_is_scanned_by_the_owner_within_3s() {
     wait_settled(&[&a.admin, &b.admin], PARTITIONS, SETTLE).await;
     let mut tail = Tail::new(&tansu.brokers, TOPIC, "read_committed");
     tail.drain_for(Duration::from_secs(2));
-    assert!(
-        tail.events.is_empty(),
-        "baseline published {:?}",
-        tail.events
-    );
+    assert_silent_baseline(&tail, || stderrs(&[&da, &db]));
 
     let client = reqwest::Client::new();
     let mut pushed = BTreeMap::new();

@@ -23,6 +23,7 @@ pub struct Hit {
     pub at: Instant,
     pub method: String,
     pub path: String,
+    pub status: u16,
     /// The replica process whose socket sent it, among the watched pids.
     pub pid: Option<u32>,
 }
@@ -145,12 +146,16 @@ async fn forward(
     let (parts, body) = request.into_parts();
     let pids = state.pids.lock().unwrap().clone();
     let pid = pid_of_peer(peer, state.port, &pids);
-    state.log.lock().unwrap().push(Hit {
-        at: Instant::now(),
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        pid,
-    });
+    let at = Instant::now();
+    let record = |status: u16| {
+        state.log.lock().unwrap().push(Hit {
+            at,
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+            status,
+            pid,
+        })
+    };
     let body: Bytes = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
@@ -168,12 +173,14 @@ async fn forward(
     let answer = match upstream.send().await {
         Ok(r) => r,
         Err(e) => {
+            record(502);
             let mut r = Response::new(Body::from(e.to_string()));
             *r.status_mut() = axum::http::StatusCode::BAD_GATEWAY;
             return r;
         }
     };
     let status = answer.status();
+    record(status.as_u16());
     let headers = answer.headers().clone();
     let bytes = answer.bytes().await.unwrap_or_default();
     let mut response = Response::new(Body::from(bytes));
@@ -271,9 +278,18 @@ pub async fn metric_sum(admin: &str, name: &str) -> Option<f64> {
 }
 
 async fn ready(admin: &str) -> bool {
-    reqwest::get(format!("http://{admin}/readyz"))
-        .await
-        .is_ok_and(|r| r.status() == 200)
+    readyz(admin).await.0
+}
+
+/// `/readyz` on `admin`: whether it answered 200, and what it said.
+async fn readyz(admin: &str) -> (bool, String) {
+    match reqwest::get(format!("http://{admin}/readyz")).await {
+        Ok(r) => (
+            r.status() == 200,
+            r.text().await.unwrap_or_default().trim().to_owned(),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
 }
 
 /// Waits until every replica on `admins` is ready and owns at least one state partition, and
@@ -284,8 +300,11 @@ pub async fn wait_settled(admins: &[&str], partitions: usize, limit: Duration) -
     loop {
         let mut owned = Vec::new();
         let mut all_ready = true;
+        let mut said = Vec::new();
         for admin in admins {
-            all_ready &= ready(admin).await;
+            let (ok, text) = readyz(admin).await;
+            all_ready &= ok;
+            said.push(text);
             owned.push(metric_sum(admin, "regwatch_cluster_owned_partitions").await);
         }
         let sum: f64 = owned.iter().map(|o| o.unwrap_or(0.0)).sum();
@@ -294,7 +313,7 @@ pub async fn wait_settled(admins: &[&str], partitions: usize, limit: Duration) -
         }
         assert!(
             started.elapsed() < limit,
-            "replicas {admins:?} did not settle within {limit:?}: ready = {all_ready}, owned partitions = {owned:?} (want each >= 1, sum {partitions})"
+            "replicas {admins:?} did not settle within {limit:?}: /readyz {said:?}, owned partitions = {owned:?} (want each >= 1, sum {partitions})"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -493,7 +512,8 @@ pub fn stderr_tail(d: &super::Daemon, lines: usize) -> String {
 pub async fn wait_up(d: &mut super::Daemon, admin: &str) {
     let started = Instant::now();
     loop {
-        if ready(admin).await {
+        let (ok, said) = readyz(admin).await;
+        if ok {
             return;
         }
         if let Ok(Some(status)) = d.child.try_wait() {
@@ -505,9 +525,45 @@ pub async fn wait_up(d: &mut super::Daemon, admin: &str) {
         }
         assert!(
             started.elapsed() < Duration::from_secs(45),
-            "replica {admin} not ready within 45 s:\n{}",
+            "replica {admin} not ready within 45 s (/readyz: {said}):\n{}",
             stderr_tail(d, 30)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fails if `tail` read any event: a registry's existing tags are a baseline and publish nothing.
+pub fn assert_silent_baseline(tail: &Tail, context: impl Fn() -> String) {
+    let tags: Vec<String> = tail
+        .events
+        .iter()
+        .map(|e| format!("{} {}:{}", e.kind, e.repo, e.tag))
+        .collect();
+    assert!(
+        tags.is_empty(),
+        "the baseline published {} events for tags that existed before the replicas started: {tags:?}\n{}",
+        tags.len(),
+        context()
+    );
+}
+
+/// The partition count of `topic` as the brokers' metadata reports it, asked until it is non-zero
+/// or `wait` passes.
+pub fn topic_partitions(brokers: &str, topic: &str, wait: Duration) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .unwrap();
+    let asked = Instant::now();
+    loop {
+        let n = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .map(|m| m.topics()[0].partitions().len())
+            .unwrap_or(0);
+        if n > 0 || asked.elapsed() >= wait {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
