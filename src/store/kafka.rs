@@ -423,6 +423,7 @@ impl Inner {
             m.cluster_restore_seconds.set(took.as_secs_f64());
             tracing::info!(partitions = owned, took = ?took, "cluster: state restored; scanning this replica's share");
             if let Some(r) = self.readiness.get() {
+                r.rescan_all();
                 r.restoring(None);
             }
         }
