@@ -201,7 +201,7 @@ async fn failover_after_kill_9_loses_nothing_and_invents_nothing() {
         "allowed",
     );
     assert!(
-        failover < Duration::from_secs(30),
+        failover < Duration::from_secs(20),
         "the dead replica's repositories were taken over only after {failover:?}"
     );
 

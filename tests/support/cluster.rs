@@ -523,11 +523,20 @@ pub async fn wait_up(d: &mut super::Daemon, admin: &str) {
                 stderr_tail(d, 30)
             );
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(45),
-            "replica {admin} not ready within 45 s (/readyz: {said}):\n{}",
-            stderr_tail(d, 30)
-        );
+        if started.elapsed() >= Duration::from_secs(45) {
+            let errors: Vec<String> = d
+                .stderr
+                .lock()
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains(" ERROR "))
+                .map(str::to_owned)
+                .collect();
+            panic!(
+                "replica {admin} not ready within 45 s (/readyz: {said}); its ERROR lines: {errors:#?}\nstderr (tail):\n{}",
+                stderr_tail(d, 30)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
