@@ -506,6 +506,7 @@ impl Inner {
     /// assignment restores it from the topic again).
     fn revoked(&self, partitions: &[i32]) {
         let mut claims = self.claims.write().expect("claims lock");
+        let was_restoring = claims.values().any(|c| !c.restored);
         for p in partitions {
             claims.remove(p);
         }
@@ -513,7 +514,17 @@ impl Inner {
         let total = self.partitions.load(Ordering::Relaxed);
         crate::registry::http::set_rate_share(claims.len(), total as usize);
         let owned = claims.values().filter(|c| c.restored).count();
+        // The partitions still being read were the ones taken away: the restore is over, as if
+        // it had completed (see `restored`), or the replica would stay unready.
+        let restore_over = was_restoring && owned == claims.len();
         drop(claims);
+        if restore_over {
+            if let Some(r) = self.readiness.get() {
+                r.rescan_all();
+                r.restoring(None);
+            }
+            self.rescan.send_modify(|n| *n += 1);
+        }
         let gone = |p: i32| partitions.contains(&p);
         for (identity, repos) in self.repos.lock().expect("repos lock").iter_mut() {
             repos.retain(|repo, _| !gone(partition_of(&repo_key(identity, repo), total)));
@@ -687,6 +698,16 @@ impl StateStore for ClusterStore {
         registry: &str,
         repository: &str,
     ) -> Result<Option<RepoState>, StoreError> {
+        // Only a restored partition knows what it holds: "never seen" from one being read (or
+        // gone) would make a known repository first-seen. The claim is held while reading, so
+        // that no revocation (which forgets the partition's state) comes in between.
+        let p = self.inner.repo_partition(registry, repository)?;
+        let claims = self.inner.claims.read().expect("claims lock");
+        if !claims.get(&p).is_some_and(|c| c.restored) {
+            return Err(StoreError::Unavailable(format!(
+                "state partition {p} is not restored here (it is being read, or moved)"
+            )));
+        }
         Ok(self
             .inner
             .repos
@@ -952,5 +973,79 @@ mod tests {
             .map(|i| partition_of(&repo_key("id", &format!("r{i}")), 12))
             .collect();
         assert_eq!(used.len(), 12);
+    }
+}
+
+#[cfg(test)]
+mod review {
+    //! The rebalance callback's steps (`assigned`, `restored`, `revoked`), called in the orders
+    //! librdkafka calls them, and what the store answers in between. No broker is needed: the
+    //! producer connects lazily and nothing here writes.
+    use super::*;
+
+    fn store() -> (ClusterStore, Arc<Readiness>) {
+        let kafka = KafkaConfig {
+            brokers: "127.0.0.1:9".into(),
+            topic: "imgs".into(),
+            create_topic: false,
+            partitions: 1,
+            replication_factor: -1,
+            properties: Vec::new(),
+        };
+        let cluster = ClusterConfig {
+            group: "g".into(),
+            state_topic: "imgs.state".into(),
+            session_timeout: Duration::from_secs(10),
+            exactly_once: false,
+            partitions: 4,
+        };
+        let store = ClusterStore::new(&kafka, &cluster).expect("store");
+        store.inner.partitions.store(4, Ordering::Relaxed);
+        let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
+        let _ = store.inner.readiness.set(readiness.clone());
+        (store, readiness)
+    }
+
+    /// A rolling restart makes rebalances follow each other: partitions assigned to a replica can
+    /// be taken away again before they were read to the end. Nothing is left to restore then,
+    /// and the replica must not stay "restoring" (503) until some later rebalance.
+    #[test]
+    fn partitions_revoked_before_their_restore_do_not_keep_the_replica_unready() {
+        let (store, readiness) = store();
+        store.inner.assigned(&[0, 1]);
+        store.inner.restored(&[0]);
+        store.inner.assigned(&[2]);
+        assert!(readiness.check().is_err(), "1 and 2 are still being read");
+        store.inner.revoked(&[1, 2]);
+        assert_eq!(
+            readiness.check(),
+            Ok(()),
+            "what is left (partition 0) is restored"
+        );
+    }
+
+    /// A partition being restored (assigned again after it was revoked mid-cycle, say) has not
+    /// told yet what it holds: "never seen" would make a known repository first-seen, whose
+    /// first scan then overwrites its state once the restore completes (a baseline that loses
+    /// the changes since, or a pending "emit" that re-emits every tag).
+    #[test]
+    fn a_repository_of_a_partition_not_restored_has_no_answer_yet() {
+        let (store, _) = store();
+        let (id, repo) = ("https://r.example", "team/app");
+        let p = partition_of(&repo_key(id, repo), 4);
+        assert!(
+            matches!(store.repo_state(id, repo), Err(StoreError::Unavailable(_))),
+            "not assigned here"
+        );
+        store.inner.assigned(&[p]);
+        assert!(
+            matches!(store.repo_state(id, repo), Err(StoreError::Unavailable(_))),
+            "assigned, still being read"
+        );
+        store.inner.restored(&[p]);
+        assert!(
+            matches!(store.repo_state(id, repo), Ok(None)),
+            "restored: truly never seen"
+        );
     }
 }
