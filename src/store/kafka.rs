@@ -45,6 +45,10 @@ use crate::watch::diff::Snapshot;
 
 /// How long a transaction step or a state write may take before the write counts as failed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Why a replica refuses to scan after the state topic's partition count changed.
+const LAYOUT_CHANGED: &str = "the state topic's partition count changed since its records were \
+    written, so repositories' state is no longer in their partition; not scanning (start over \
+    with a new cluster.state_topic, which records a baseline)";
 /// How often the consumer thread returns from `poll` to look at restores and shutdown.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -101,6 +105,9 @@ struct Inner {
     hint_routes: Mutex<HashMap<String, mpsc::Sender<String>>>,
     /// Bumped when restored partitions bring repositories to scan.
     rescan: watch::Sender<u64>,
+    /// Set once a repository's record turned up in a partition its key does not land in: the
+    /// state topic's partition count changed, and no partition is taken as restored any more.
+    layout_changed: AtomicBool,
     readiness: OnceLock<Arc<Readiness>>,
     /// Produces events and state (at-least-once) and hints (both modes).
     plain: FutureProducer<KafkaContext>,
@@ -137,6 +144,7 @@ impl ClusterStore {
                 watch_sets: Mutex::new(HashMap::new()),
                 hint_routes: Mutex::new(HashMap::new()),
                 rescan: watch::channel(0).0,
+                layout_changed: AtomicBool::new(false),
                 readiness: OnceLock::new(),
                 plain,
                 transactional: OnceLock::new(),
@@ -352,6 +360,9 @@ impl Inner {
         };
         match (key.as_slice(), restored) {
             ([kind, identity, repository], false) if kind == "repo" => {
+                if self.partition(&repo_key(identity, repository)) != Some(p) {
+                    return self.refuse_changed_layout(p);
+                }
                 let mut repos = self.repos.lock().expect("repos lock");
                 let registry = repos.entry(identity.clone()).or_default();
                 match message.payload().map(decode_state) {
@@ -394,8 +405,27 @@ impl Inner {
         }
     }
 
+    /// The state topic has more (or fewer) partitions than when `p`'s records were written, so
+    /// most repositories' state is in a partition that is no longer theirs: their new owners
+    /// would take them for first-seen and emit every tag. Nothing is scanned from now on.
+    fn refuse_changed_layout(&self, p: i32) {
+        if !self.layout_changed.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                partition = p,
+                partitions = self.partitions.load(Ordering::Relaxed),
+                "cluster: {LAYOUT_CHANGED}"
+            );
+        }
+        if let Some(r) = self.readiness.get() {
+            r.restoring(Some(LAYOUT_CHANGED.into()));
+        }
+    }
+
     /// Partitions read to their end: once all are, the replica scans them.
     fn restored(&self, partitions: &[i32]) {
+        if self.layout_changed.load(Ordering::SeqCst) {
+            return;
+        }
         let mut claims = self.claims.write().expect("claims lock");
         let mut changed = false;
         let mut oldest = None::<Instant>;
@@ -491,7 +521,9 @@ impl Inner {
         crate::registry::http::set_rate_share(claims.len(), total);
         let pending = claims.values().filter(|c| !c.restored).count();
         drop(claims);
-        if pending > 0 {
+        if self.layout_changed.load(Ordering::SeqCst) {
+            // Stays refused (see `refuse_changed_layout`).
+        } else if pending > 0 {
             tracing::info!(assigned = ?partitions, "cluster: restoring assigned state partitions");
             if let Some(r) = self.readiness.get() {
                 r.restoring(Some(format!("restoring {pending} state partitions")));
@@ -516,7 +548,8 @@ impl Inner {
         let owned = claims.values().filter(|c| c.restored).count();
         // The partitions still being read were the ones taken away: the restore is over, as if
         // it had completed (see `restored`), or the replica would stay unready.
-        let restore_over = was_restoring && owned == claims.len();
+        let restore_over =
+            was_restoring && owned == claims.len() && !self.layout_changed.load(Ordering::SeqCst);
         drop(claims);
         if restore_over {
             if let Some(r) = self.readiness.get() {
@@ -984,8 +1017,16 @@ mod review {
     use super::*;
 
     fn store() -> (ClusterStore, Arc<Readiness>) {
+        let (store, readiness) = store_on("127.0.0.1:9");
+        store.inner.partitions.store(4, Ordering::Relaxed);
+        let _ = store.inner.readiness.set(readiness.clone());
+        (store, readiness)
+    }
+
+    /// A store on `brokers` (state topic `imgs.state`, events `imgs`, nothing created), not started.
+    fn store_on(brokers: &str) -> (ClusterStore, Arc<Readiness>) {
         let kafka = KafkaConfig {
-            brokers: "127.0.0.1:9".into(),
+            brokers: brokers.into(),
             topic: "imgs".into(),
             create_topic: false,
             partitions: 1,
@@ -1000,9 +1041,7 @@ mod review {
             partitions: 4,
         };
         let store = ClusterStore::new(&kafka, &cluster).expect("store");
-        store.inner.partitions.store(4, Ordering::Relaxed);
         let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
-        let _ = store.inner.readiness.set(readiness.clone());
         (store, readiness)
     }
 
@@ -1047,5 +1086,68 @@ mod review {
             matches!(store.repo_state(id, repo), Ok(None)),
             "restored: truly never seen"
         );
+    }
+
+    /// Adding partitions to the state topic (to run more replicas than it has) moves most keys to
+    /// another partition: their records stay where they were, and the new owner of each key finds
+    /// no state, takes the repository for first-seen and, the watch set being recorded, emits
+    /// every tag it has. A record found in a partition its key does not land in is that case; the
+    /// replica must refuse to scan rather than emit all of it again.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_state_topic_whose_partition_count_changed_is_refused() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::BaseProducer;
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("imgs.state", 4, 1).expect("state topic");
+        mock.create_topic("imgs", 4, 1).expect("event topic");
+        let (id, repo) = ("https://r.example", "team/app");
+        let key = repo_key(id, repo);
+        // Written when the topic had 2 partitions (FNV mod 2), read now that it has 4.
+        let then = partition_of(&key, 2);
+        let now = partition_of(&key, 4);
+        let (key, then) = if then == now {
+            // Another repository whose partition did move.
+            let moved = (0..100)
+                .map(|i| format!("team/app{i}"))
+                .find(|r| partition_of(&repo_key(id, r), 2) != partition_of(&repo_key(id, r), 4))
+                .expect("some key moves");
+            let k = repo_key(id, &moved);
+            (k.clone(), partition_of(&k, 2))
+        } else {
+            (key, then)
+        };
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .create()
+            .expect("producer");
+        let state = encode_state(&RepoState::Known(Snapshot::default()));
+        producer
+            .send(
+                rdkafka::producer::BaseRecord::to("imgs.state")
+                    .key(&key)
+                    .payload(&state)
+                    .partition(then),
+            )
+            .map_err(|(e, _)| e)
+            .expect("produce");
+        producer.flush(Duration::from_secs(10)).expect("flush");
+
+        let (store, readiness) = store_on(&mock.bootstrap_servers());
+        store.start(readiness.clone(), tokio::runtime::Handle::current());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let answer = loop {
+            let answer = readiness.check();
+            let settled = match &answer {
+                Ok(()) => true,
+                Err(why) => !why.contains("joining") && !why.contains("restoring"),
+            };
+            if settled || Instant::now() > deadline {
+                break answer;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        store.stop(Duration::from_secs(10)).await;
+        let why = answer.expect_err("a replica that would re-emit must not become ready");
+        assert!(why.contains("partition count"), "{why}");
     }
 }
