@@ -769,6 +769,19 @@ impl StateStore for ClusterStore {
         })
     }
 
+    fn watch_set_of(
+        &self,
+        registry: &str,
+        repository: &str,
+    ) -> Result<Option<Option<Vec<String>>>, StoreError> {
+        // Partitions are covered by listings one by one (a replica that died before finishing
+        // its first, a config edit rolled out replica by replica): the repository's own
+        // partition says whether a listing has seen it missing.
+        let p = self.inner.repo_partition(registry, repository)?;
+        let sets = self.inner.watch_sets.lock().expect("watch sets lock");
+        Ok(Some(sets.get(registry).and_then(|s| s.get(&p)).cloned()))
+    }
+
     fn set_watch_set(&self, registry: &str, patterns: &[String]) -> Result<(), StoreError> {
         let value = serde_json::to_vec(patterns).expect("patterns serialize");
         let record = [(watch_key(registry), Some(value))];

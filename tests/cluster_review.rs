@@ -1,0 +1,182 @@
+//! Adversarial review of cluster mode: the cases found to lose or invent events, each against
+//! rdkafka's in-process MockCluster (a real Kafka protocol peer) and the synthetic registry.
+//!
+//! The state topic's record layout is the one `src/store/kafka.rs` documents: keys are JSON
+//! arrays, `["repo", identity, repository]` lands in FNV-1a(key) mod partitions, and
+//! `["watch", identity]` (the patterns of the last complete listing) is written to each partition
+//! its owner's listing covered.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use regwatch::admin::Readiness;
+use regwatch::config::{self, ClusterConfig, FirstRun, KafkaConfig};
+use regwatch::store::kafka::ClusterStore;
+use regwatch::watch::scan::{Output, Scanner};
+use support::report;
+use support::synthetic::{Synthetic, serve};
+use tokio::sync::Notify;
+
+const PARTITIONS: i32 = 4;
+
+fn partition_of(key: &str) -> i32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % PARTITIONS as u64) as i32
+}
+
+fn repo_partition(identity: &str, repository: &str) -> i32 {
+    partition_of(&serde_json::to_string(&("repo", identity, repository)).unwrap())
+}
+
+fn configs(brokers: String) -> (KafkaConfig, ClusterConfig) {
+    let kafka = KafkaConfig {
+        brokers,
+        topic: "imgs".into(),
+        create_topic: false,
+        partitions: PARTITIONS,
+        replication_factor: -1,
+        properties: Vec::new(),
+    };
+    let cluster = ClusterConfig {
+        group: "review".into(),
+        state_topic: "imgs.state".into(),
+        session_timeout: Duration::from_secs(6),
+        exactly_once: false,
+        partitions: PARTITIONS,
+    };
+    (kafka, cluster)
+}
+
+/// Starts a replica and waits until it has restored what it was assigned.
+async fn replica(
+    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+) -> Arc<ClusterStore> {
+    let (kafka, cluster) = configs(mock.bootstrap_servers());
+    let store = Arc::new(ClusterStore::new(&kafka, &cluster).unwrap());
+    let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
+    store.start(readiness.clone(), tokio::runtime::Handle::current());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readiness.check().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not restored: {:?}",
+            readiness.check()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store
+}
+
+/// Every event on `imgs` as (type, repository, tag).
+fn events(brokers: &str) -> Vec<(String, String, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "review-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut all = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        all.add_partition_offset("imgs", p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&all).unwrap();
+    let mut out = Vec::new();
+    let quiet = Duration::from_secs(3);
+    let mut last = Instant::now();
+    while last.elapsed() < quiet {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            out.push((
+                v["type"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("io.regwatch.")
+                    .to_owned(),
+                v["data"]["repository"].as_str().unwrap().to_owned(),
+                v["data"]["tag"].as_str().unwrap().to_owned(),
+            ));
+            last = Instant::now();
+        }
+    }
+    out
+}
+
+/// A partition no complete listing covered yet (its owner died before finishing its first
+/// cycle, say, and this replica took it over) must make a baseline of ITS first-seen
+/// repositories only. A repository created after the listing that recorded the watch set of
+/// another partition is news there: baselining it too loses its tags.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_without_a_watch_set_does_not_baseline_new_repositories_elsewhere() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let registry = Arc::new(Synthetic::default());
+    let host = serve(registry.clone()).await;
+    let cfg = config::parse(&format!(
+        "[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrate_limit = 10000\nrepositories = [\"team/*\"]\n"
+    ))
+    .unwrap()
+    .registries
+    .remove(0);
+    let scanner = Scanner::new(&cfg, FirstRun::Baseline, false).unwrap();
+    let id = scanner.identity.clone();
+
+    // A new repository, and a partition other than its own that no listing covered.
+    let new = (0..100)
+        .map(|i| format!("team/new{i}"))
+        .find(|r| repo_partition(&id, r) == 0)
+        .unwrap();
+    let uncovered = 3;
+    // The listing that covered partitions 0..3 had the same patterns and no `new`.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .create()
+        .unwrap();
+    let key = serde_json::to_string(&("watch", &id)).unwrap();
+    let patterns = serde_json::to_vec(&["team/*"]).unwrap();
+    for p in (0..PARTITIONS).filter(|p| *p != uncovered) {
+        producer
+            .send(
+                BaseRecord::to("imgs.state")
+                    .key(&key)
+                    .payload(&patterns)
+                    .partition(p),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let store = replica(&mock).await;
+    registry.put(&new, "v1", 0);
+    let output = Output::Commit {
+        store: store.clone(),
+        published: Arc::new(Notify::new()),
+    };
+    scanner.cycle(&output, || false).await.unwrap();
+    store.stop(Duration::from_secs(10)).await;
+
+    let got = events(&mock.bootstrap_servers());
+    report(
+        "cluster: new repository next to an uncovered partition reported",
+        got.len(),
+        "1",
+    );
+    assert_eq!(
+        got,
+        vec![("tag.added".into(), new, "v1".into())],
+        "baselined, so lost"
+    );
+}
