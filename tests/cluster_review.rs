@@ -18,6 +18,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use regwatch::admin::Readiness;
 use regwatch::config::{self, ClusterConfig, FirstRun, KafkaConfig};
+use regwatch::store::StateStore;
 use regwatch::store::kafka::ClusterStore;
 use regwatch::watch::scan::{Output, Scanner};
 use support::report;
@@ -57,14 +58,20 @@ fn configs(brokers: String) -> (KafkaConfig, ClusterConfig) {
     (kafka, cluster)
 }
 
-/// Starts a replica and waits until it has restored what it was assigned.
-async fn replica(
-    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-) -> Arc<ClusterStore> {
+type Mock = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+/// Starts a replica (it joins the group in the background).
+fn start(mock: &Mock) -> (Arc<ClusterStore>, Arc<Readiness>) {
     let (kafka, cluster) = configs(mock.bootstrap_servers());
     let store = Arc::new(ClusterStore::new(&kafka, &cluster).unwrap());
     let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
     store.start(readiness.clone(), tokio::runtime::Handle::current());
+    (store, readiness)
+}
+
+/// Starts a replica and waits until it has restored what it was assigned.
+async fn replica(mock: &Mock) -> Arc<ClusterStore> {
+    let (store, readiness) = start(mock);
     let deadline = Instant::now() + Duration::from_secs(30);
     while readiness.check().is_err() {
         assert!(
@@ -178,5 +185,68 @@ async fn a_partition_without_a_watch_set_does_not_baseline_new_repositories_else
         got,
         vec![("tag.added".into(), new, "v1".into())],
         "baselined, so lost"
+    );
+}
+
+/// A revocation waits for the writes in flight to its partitions, which is right; but while the
+/// consumer thread waits for the claims' write lock, every reader of the lock queues behind it,
+/// and the readers are the scans' `owns`/`repo_state` on the async workers. A write that waits
+/// for an unreachable partition leader (up to `message.timeout.ms`, 30 s; a queue of
+/// transactions, longer) then freezes the runtime: heartbeats stop, the systemd watchdog (30 s,
+/// fed only while every loop beat within 15 s) kills the replica, the webhook endpoint hangs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebalance_waiting_for_a_slow_write_does_not_block_ownership_questions() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let a = replica(&mock).await;
+    let (id, repo) = ("https://r.example", "team/app");
+    assert!(a.owns(id, repo), "alone, it owns everything");
+
+    // The events topic loses its leaders: a scan's commit waits for its event's delivery.
+    for p in 0..PARTITIONS {
+        mock.partition_leader("imgs", p, None).unwrap();
+    }
+    let event = regwatch::event::Event {
+        id: "e".into(),
+        key: "r.example/team/app".into(),
+        payload: "{}".into(),
+    };
+    let writer = {
+        let a = a.clone();
+        tokio::task::spawn_blocking(move || a.commit_scan(id, repo, &Default::default(), &[event]))
+    };
+    // A second replica joins: the first must revoke half its partitions.
+    let (b, _) = start(&mock);
+    let mut slowest = Duration::ZERO;
+    let probing = Instant::now();
+    while probing.elapsed() < Duration::from_secs(20) && !writer.is_finished() {
+        let asked = Instant::now();
+        let a = a.clone();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || a.owns(id, repo)),
+        )
+        .await;
+        slowest = slowest.max(asked.elapsed());
+        if answer.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    report(
+        "cluster: longest owns() while a revocation waits for a write (ms)",
+        slowest.as_millis(),
+        "< 1000",
+    );
+    for p in 0..PARTITIONS {
+        mock.partition_leader("imgs", p, Some(1)).unwrap();
+    }
+    let _ = writer.await;
+    b.stop(Duration::from_secs(10)).await;
+    a.stop(Duration::from_secs(10)).await;
+    assert!(
+        slowest < Duration::from_secs(1),
+        "owns() waited {slowest:?} behind the rebalance"
     );
 }

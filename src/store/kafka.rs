@@ -95,6 +95,10 @@ struct Inner {
     /// The partitions assigned to this replica. Writes hold the read lock; a revocation takes the
     /// write lock, so it waits for the writes in flight and none starts after it.
     claims: RwLock<BTreeMap<i32, Claim>>,
+    /// The claimed partitions that are restored, kept with `claims` (under its write lock) for
+    /// the questions scans ask on the async workers: a revocation waiting for `claims` behind a
+    /// slow write would otherwise hold those readers too, and freeze the runtime.
+    owned: Mutex<std::collections::BTreeSet<i32>>,
     /// Bumped whenever a partition is restored or revoked (see [`StateStore::ownership_epoch`]).
     epoch: AtomicU64,
     /// The state of the repositories of the claimed partitions, by registry identity.
@@ -139,6 +143,7 @@ impl ClusterStore {
                 cluster: cluster.clone(),
                 partitions: AtomicI32::new(0),
                 claims: RwLock::new(BTreeMap::new()),
+                owned: Mutex::new(std::collections::BTreeSet::new()),
                 epoch: AtomicU64::new(0),
                 repos: Mutex::new(HashMap::new()),
                 watch_sets: Mutex::new(HashMap::new()),
@@ -434,6 +439,7 @@ impl Inner {
                 && !claim.restored
             {
                 claim.restored = true;
+                self.owned.lock().expect("owned lock").insert(*p);
                 changed = true;
                 self.epoch.fetch_add(1, Ordering::SeqCst);
                 oldest = Some(oldest.map_or(claim.since, |o| o.min(claim.since)));
@@ -509,6 +515,7 @@ impl Inner {
     fn assigned(&self, partitions: &[i32]) {
         let mut claims = self.claims.write().expect("claims lock");
         for p in partitions {
+            self.owned.lock().expect("owned lock").remove(p);
             claims.insert(
                 *p,
                 Claim {
@@ -541,6 +548,7 @@ impl Inner {
         let was_restoring = claims.values().any(|c| !c.restored);
         for p in partitions {
             claims.remove(p);
+            self.owned.lock().expect("owned lock").remove(p);
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let total = self.partitions.load(Ordering::Relaxed);
@@ -732,11 +740,11 @@ impl StateStore for ClusterStore {
         repository: &str,
     ) -> Result<Option<RepoState>, StoreError> {
         // Only a restored partition knows what it holds: "never seen" from one being read (or
-        // gone) would make a known repository first-seen. The claim is held while reading, so
-        // that no revocation (which forgets the partition's state) comes in between.
+        // gone) would make a known repository first-seen. `owned` is held while reading, so that
+        // no revocation (which forgets the partition's state) comes in between.
         let p = self.inner.repo_partition(registry, repository)?;
-        let claims = self.inner.claims.read().expect("claims lock");
-        if !claims.get(&p).is_some_and(|c| c.restored) {
+        let owned = self.inner.owned.lock().expect("owned lock");
+        if !owned.contains(&p) {
             return Err(StoreError::Unavailable(format!(
                 "state partition {p} is not restored here (it is being read, or moved)"
             )));
@@ -873,12 +881,7 @@ impl StateStore for ClusterStore {
         let Ok(p) = self.inner.repo_partition(registry, repository) else {
             return false;
         };
-        self.inner
-            .claims
-            .read()
-            .expect("claims lock")
-            .get(&p)
-            .is_some_and(|c| c.restored)
+        self.inner.owned.lock().expect("owned lock").contains(&p)
     }
 
     fn ownership_epoch(&self) -> u64 {
@@ -900,14 +903,8 @@ impl StateStore for ClusterStore {
 
 impl ClusterStore {
     fn restored_partitions(&self) -> Vec<i32> {
-        self.inner
-            .claims
-            .read()
-            .expect("claims lock")
-            .iter()
-            .filter(|(_, c)| c.restored)
-            .map(|(p, _)| *p)
-            .collect()
+        let owned = self.inner.owned.lock().expect("owned lock");
+        owned.iter().copied().collect()
     }
 
     /// Writes a repository's state (with its events), then keeps it in memory.
