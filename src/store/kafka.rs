@@ -103,6 +103,9 @@ struct Inner {
     epoch: AtomicU64,
     /// The state of the repositories of the claimed partitions, by registry identity.
     repos: Mutex<HashMap<String, BTreeMap<String, RepoState>>>,
+    /// The keys of repository records of the claimed partitions that could not be decoded:
+    /// their repositories' state is unknown, not absent.
+    unreadable: Mutex<std::collections::BTreeSet<String>>,
     /// The watch set recorded in each claimed partition, by registry identity.
     watch_sets: Mutex<HashMap<String, BTreeMap<i32, Vec<String>>>>,
     /// Where hints for a registry (by identity) go: its loop's queue.
@@ -146,6 +149,7 @@ impl ClusterStore {
                 owned: Mutex::new(std::collections::BTreeSet::new()),
                 epoch: AtomicU64::new(0),
                 repos: Mutex::new(HashMap::new()),
+                unreadable: Mutex::new(std::collections::BTreeSet::new()),
                 watch_sets: Mutex::new(HashMap::new()),
                 hint_routes: Mutex::new(HashMap::new()),
                 rescan: watch::channel(0).0,
@@ -370,6 +374,8 @@ impl Inner {
                 }
                 let mut repos = self.repos.lock().expect("repos lock");
                 let registry = repos.entry(identity.clone()).or_default();
+                let mut unreadable = self.unreadable.lock().expect("unreadable lock");
+                unreadable.remove(&repo_key(identity, repository));
                 match message.payload().map(decode_state) {
                     None => {
                         registry.remove(repository);
@@ -378,7 +384,10 @@ impl Inner {
                         registry.insert(repository.clone(), state);
                     }
                     Some(Err(e)) => {
-                        tracing::error!(%repository, error = %e, "cluster: unreadable state record skipped")
+                        // Unknown, not absent (see `repo_state`).
+                        tracing::error!(%repository, error = %e, "cluster: unreadable state record");
+                        registry.remove(repository);
+                        unreadable.insert(repo_key(identity, repository));
                     }
                 }
             }
@@ -570,6 +579,10 @@ impl Inner {
         for (identity, repos) in self.repos.lock().expect("repos lock").iter_mut() {
             repos.retain(|repo, _| !gone(partition_of(&repo_key(identity, repo), total)));
         }
+        self.unreadable
+            .lock()
+            .expect("unreadable lock")
+            .retain(|key| !gone(partition_of(key, total)));
         for sets in self
             .watch_sets
             .lock()
@@ -742,11 +755,23 @@ impl StateStore for ClusterStore {
         // Only a restored partition knows what it holds: "never seen" from one being read (or
         // gone) would make a known repository first-seen. `owned` is held while reading, so that
         // no revocation (which forgets the partition's state) comes in between.
+        let key = repo_key(registry, repository);
         let p = self.inner.repo_partition(registry, repository)?;
         let owned = self.inner.owned.lock().expect("owned lock");
         if !owned.contains(&p) {
             return Err(StoreError::Unavailable(format!(
                 "state partition {p} is not restored here (it is being read, or moved)"
+            )));
+        }
+        if self
+            .inner
+            .unreadable
+            .lock()
+            .expect("unreadable lock")
+            .contains(&key)
+        {
+            return Err(StoreError::Io(format!(
+                "unreadable state record for {repository} in state partition {p}"
             )));
         }
         Ok(self
@@ -1159,5 +1184,47 @@ mod review {
         store.stop(Duration::from_secs(10)).await;
         let why = answer.expect_err("a replica that would re-emit must not become ready");
         assert!(why.contains("partition count"), "{why}");
+    }
+
+    /// A state record this release cannot read (written by a newer one, say, during a rolling
+    /// upgrade) is not "never seen": that would make the repository first-seen and, the watch
+    /// set being recorded, emit every tag it has. A single node's redb store fails the same way
+    /// (a store error, not a baseline).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_unreadable_state_record_is_an_error_not_a_first_seen_repository() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::BaseProducer;
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("imgs.state", 4, 1).expect("state topic");
+        mock.create_topic("imgs", 4, 1).expect("event topic");
+        let (id, repo) = ("https://r.example", "team/app");
+        let key = repo_key(id, repo);
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .create()
+            .expect("producer");
+        producer
+            .send(
+                rdkafka::producer::BaseRecord::to("imgs.state")
+                    .key(&key)
+                    .payload(&b"Z-a-future-encoding"[..])
+                    .partition(partition_of(&key, 4)),
+            )
+            .map_err(|(e, _)| e)
+            .expect("produce");
+        producer.flush(Duration::from_secs(10)).expect("flush");
+
+        let (store, readiness) = store_on(&mock.bootstrap_servers());
+        store.start(readiness.clone(), tokio::runtime::Handle::current());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !store.owns(id, repo) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let answer = store.repo_state(id, repo);
+        store.stop(Duration::from_secs(10)).await;
+        assert!(
+            matches!(answer, Err(StoreError::Io(_))),
+            "{answer:?}: taken for first-seen"
+        );
     }
 }
