@@ -250,3 +250,64 @@ async fn a_rebalance_waiting_for_a_slow_write_does_not_block_ownership_questions
         "owns() waited {slowest:?} behind the rebalance"
     );
 }
+
+const SASL_PW: &str = "canary-cluster-sasl-5e7d";
+
+/// Cluster mode hands `kafka.properties` to three more librdkafka clients (the state producer,
+/// the transactional producer and the group consumer, which copies them itself). The mock
+/// cluster has no SASL, so the password rides along unused (librdkafka takes it on any
+/// protocol): at
+/// `RUST_LOG=trace`, through joining, restoring, scanning and leaving, the SASL password must
+/// never be printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_mode_never_prints_the_kafka_secrets() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let registry = Arc::new(Synthetic::default());
+    registry.put("team/app", "v1", 0);
+    let host = serve(registry.clone()).await;
+    let setup = support::Setup::new(
+        "interval = \"2s\"",
+        &format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"imgs\"\ncreate_topic = false\n[kafka.properties]\n\"sasl.username\" = \"svc\"\n\"sasl.password\" = \"{SASL_PW}\"\n\n[cluster]\ngroup = \"canary\"\nexactly_once = true\nsession_timeout = \"6s\"\n\n[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\"]\n",
+            mock.bootstrap_servers()
+        ),
+    );
+    let daemon = support::Daemon::start(
+        std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["run", "-c"])
+            .arg(&setup.config)
+            .env("RUST_LOG", "trace"),
+    );
+    let ready = format!("http://{}/readyz", setup.admin);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut was_ready = false;
+    while Instant::now() < deadline && !was_ready {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        was_ready = reqwest::get(&ready)
+            .await
+            .is_ok_and(|r| r.status().is_success());
+    }
+    registry.put("team/app", "v2", 0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, out, err) = daemon.stop();
+    let output = format!("{out}{err}");
+    let leaks = output.matches(SASL_PW).count();
+    report(
+        &format!(
+            "cluster mode: secret canaries in {} bytes of trace output",
+            output.len()
+        ),
+        leaks,
+        "0",
+    );
+    assert!(was_ready, "the replica never became ready:\n{err}");
+    assert!(output.contains("cluster"), "cluster mode ran");
+    assert_eq!(leaks, 0, "sasl.password printed");
+    // And the transactions went through: the baseline emitted nothing, the push one event.
+    assert_eq!(
+        events(&mock.bootstrap_servers()),
+        vec![("tag.added".into(), "team/app".into(), "v2".into())]
+    );
+}
