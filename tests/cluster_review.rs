@@ -311,3 +311,63 @@ async fn cluster_mode_never_prints_the_kafka_secrets() {
         vec![("tag.added".into(), "team/app".into(), "v2".into())]
     );
 }
+
+/// `exactly_once`: each transaction carries the group metadata (generation) captured in the last
+/// rebalance callback. After another replica joins (a cooperative rebalance in two rounds), the
+/// replica that kept its remaining partitions must still commit: metadata from a round it did not
+/// see would have every transaction rejected as from an old generation, and nothing recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_commits_after_another_replica_joined() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let eos = |mock: &Mock| {
+        let (kafka, mut cluster) = configs(mock.bootstrap_servers());
+        cluster.exactly_once = true;
+        let store = Arc::new(ClusterStore::new(&kafka, &cluster).unwrap());
+        let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
+        store.start(readiness.clone(), tokio::runtime::Handle::current());
+        (store, readiness)
+    };
+    let wait_ready = |r: Arc<Readiness>| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while r.check().is_err() {
+            assert!(Instant::now() < deadline, "not ready: {:?}", r.check());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (a, ready_a) = eos(&mock);
+    wait_ready(ready_a).await;
+    let (b, ready_b) = eos(&mock);
+    wait_ready(ready_b).await;
+    // Both own a share once the two rounds are over.
+    let id = "https://r.example";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mine, theirs) = loop {
+        let repos: Vec<String> = (0..200).map(|i| format!("team/r{i}")).collect();
+        let mine = repos.iter().find(|r| a.owns(id, r)).cloned();
+        let theirs = repos.iter().find(|r| b.owns(id, r)).cloned();
+        if let (Some(m), Some(t)) = (&mine, &theirs) {
+            break (m.clone(), t.clone());
+        }
+        assert!(Instant::now() < deadline, "the group never split the partitions");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let commit = |s: Arc<ClusterStore>, repo: String| {
+        tokio::task::spawn_blocking(move || {
+            s.commit_scan(id, &repo, &Default::default(), &[])
+        })
+    };
+    let kept = commit(a.clone(), mine).await.unwrap();
+    let gained = commit(b.clone(), theirs).await.unwrap();
+    b.stop(Duration::from_secs(10)).await;
+    a.stop(Duration::from_secs(10)).await;
+    report(
+        "cluster exactly_once: commits after a join (kept, gained partitions)",
+        format!("{} {}", kept.is_ok(), gained.is_ok()),
+        "true true",
+    );
+    assert!(kept.is_ok(), "the replica that kept partitions: {kept:?}");
+    assert!(gained.is_ok(), "the replica that joined: {gained:?}");
+}
