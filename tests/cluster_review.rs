@@ -350,14 +350,15 @@ async fn exactly_once_commits_after_another_replica_joined() {
         if let (Some(m), Some(t)) = (&mine, &theirs) {
             break (m.clone(), t.clone());
         }
-        assert!(Instant::now() < deadline, "the group never split the partitions");
+        assert!(
+            Instant::now() < deadline,
+            "the group never split the partitions"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let commit = |s: Arc<ClusterStore>, repo: String| {
-        tokio::task::spawn_blocking(move || {
-            s.commit_scan(id, &repo, &Default::default(), &[])
-        })
+        tokio::task::spawn_blocking(move || s.commit_scan(id, &repo, &Default::default(), &[]))
     };
     let kept = commit(a.clone(), mine).await.unwrap();
     let gained = commit(b.clone(), theirs).await.unwrap();
@@ -370,4 +371,90 @@ async fn exactly_once_commits_after_another_replica_joined() {
     );
     assert!(kept.is_ok(), "the replica that kept partitions: {kept:?}");
     assert!(gained.is_ok(), "the replica that joined: {gained:?}");
+}
+
+/// Sends SIGHUP and waits for the daemon to log its `nth` successful reload.
+async fn reload(daemon: &support::Daemon, nth: usize) {
+    std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    while daemon
+        .stderr
+        .lock()
+        .unwrap()
+        .matches("configuration reloaded")
+        .count()
+        < nth
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no reload logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A registry dropped from the configuration has its state forgotten (a single node forgets it
+/// at reload, so that adding it back later is a config edit, with a baseline). Cluster mode kept
+/// it in the state topic: added back, it was diffed against the old snapshot and everything
+/// pushed while it was not watched came out as news.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_dropped_and_added_back_gets_a_baseline() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let kept = Arc::new(Synthetic::default());
+    kept.put("keep/app", "v1", 0);
+    let dropped = Arc::new(Synthetic::default());
+    dropped.put("team/app", "v1", 0);
+    let (kept_host, dropped_host) = (serve(kept.clone()).await, serve(dropped.clone()).await);
+    let entry = |name: &str, host: &str| {
+        format!(
+            "[[registry]]\nname = \"{name}\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\n\n"
+        )
+    };
+    let head = format!(
+        "[kafka]\nbrokers = \"{}\"\ntopic = \"imgs\"\ncreate_topic = false\n\n[cluster]\ngroup = \"readd\"\nsession_timeout = \"6s\"\n\n",
+        mock.bootstrap_servers()
+    );
+    let both = format!(
+        "{head}{}{}",
+        entry("keep", &kept_host),
+        entry("gone", &dropped_host)
+    );
+    let setup = support::Setup::new("interval = \"1s\"", &both);
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let daemon = setup.spawn();
+    let ready = format!("http://{}/readyz", setup.admin);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reqwest::get(&ready)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Dropped; pushed to while not watched; added back.
+    std::fs::write(
+        &setup.config,
+        text.replace(&entry("gone", &dropped_host), ""),
+    )
+    .unwrap();
+    reload(&daemon, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    dropped.put("team/app", "v2", 0);
+    dropped.put("team/app", "v1", 1);
+    std::fs::write(&setup.config, &text).unwrap();
+    reload(&daemon, 2).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, _, err) = daemon.stop();
+    let got = events(&mock.bootstrap_servers());
+    report(
+        "cluster: events for a registry dropped and added back (a baseline)",
+        got.len(),
+        "0",
+    );
+    assert!(got.is_empty(), "{got:?}\n{err}");
 }

@@ -108,6 +108,9 @@ struct Inner {
     unreadable: Mutex<std::collections::BTreeSet<String>>,
     /// The watch set recorded in each claimed partition, by registry identity.
     watch_sets: Mutex<HashMap<String, BTreeMap<i32, Vec<String>>>>,
+    /// The identities of the configured registries, once told (see
+    /// [`ClusterStore::adopt_registries`]).
+    configured: Mutex<Option<std::collections::BTreeSet<String>>>,
     /// Where hints for a registry (by identity) go: its loop's queue.
     hint_routes: Mutex<HashMap<String, mpsc::Sender<String>>>,
     /// Bumped when restored partitions bring repositories to scan.
@@ -151,6 +154,7 @@ impl ClusterStore {
                 repos: Mutex::new(HashMap::new()),
                 unreadable: Mutex::new(std::collections::BTreeSet::new()),
                 watch_sets: Mutex::new(HashMap::new()),
+                configured: Mutex::new(None),
                 hint_routes: Mutex::new(HashMap::new()),
                 rescan: watch::channel(0).0,
                 layout_changed: AtomicBool::new(false),
@@ -195,6 +199,70 @@ impl ClusterStore {
     /// Changes whenever restored partitions bring this replica repositories to scan.
     pub fn rescans(&self) -> watch::Receiver<u64> {
         self.inner.rescan.subscribe()
+    }
+
+    /// Records which registries (by identity) are configured, and forgets the state of the others
+    /// in the partitions this replica owns, as a single node's `adopt_registries` does: added back
+    /// later, such a registry takes a baseline instead of reporting all that changed meanwhile.
+    /// Blocking (it writes tombstones).
+    pub fn adopt_registries(&self, identities: &[String]) -> Result<(), StoreError> {
+        *self.inner.configured.lock().expect("configured lock") =
+            Some(identities.iter().cloned().collect());
+        self.forget_unconfigured()
+    }
+
+    /// Forgets the state of registries not configured that this replica owns (after a reload, or
+    /// once a restore brought some). Blocking.
+    pub fn forget_unconfigured(&self) -> Result<(), StoreError> {
+        let Some(configured) = self
+            .inner
+            .configured
+            .lock()
+            .expect("configured lock")
+            .clone()
+        else {
+            return Ok(());
+        };
+        let repos: Vec<(String, String)> = self
+            .inner
+            .repos
+            .lock()
+            .expect("repos lock")
+            .iter()
+            .filter(|(id, _)| !configured.contains(*id))
+            .flat_map(|(id, r)| r.keys().map(|repo| (id.clone(), repo.clone())))
+            .collect();
+        let sets: Vec<(String, i32)> = self
+            .inner
+            .watch_sets
+            .lock()
+            .expect("watch sets lock")
+            .iter()
+            .filter(|(id, _)| !configured.contains(*id))
+            .flat_map(|(id, s)| s.keys().map(|p| (id.clone(), *p)))
+            .collect();
+        if !repos.is_empty() {
+            tracing::info!(
+                repositories = repos.len(),
+                "cluster: forgetting the state of registries no longer configured"
+            );
+        }
+        for (id, repo) in repos {
+            self.forget_repositories(&id, &[repo])?;
+        }
+        for (id, p) in sets {
+            self.inner.write(p, &[], &[(watch_key(&id), None)])?;
+            if let Some(s) = self
+                .inner
+                .watch_sets
+                .lock()
+                .expect("watch sets lock")
+                .get_mut(&id)
+            {
+                s.remove(&p);
+            }
+        }
+        Ok(())
     }
 
     /// Sends hints for `identity`'s repositories that reach this replica to `hints`.
