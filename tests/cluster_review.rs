@@ -458,3 +458,40 @@ async fn a_registry_dropped_and_added_back_gets_a_baseline() {
     );
     assert!(got.is_empty(), "{got:?}\n{err}");
 }
+
+/// More replicas than state partitions (the README: `cluster.partitions` is the most replicas
+/// that share the work): the one assigned nothing is a standby, and must still become ready, or a
+/// Kubernetes rollout waits for it forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_assigned_nothing_becomes_ready() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..PARTITIONS {
+        replicas.push(start(&mock));
+    }
+    let (extra, extra_ready) = start(&mock);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let all_ready =
+        || replicas.iter().all(|(_, r)| r.check().is_ok()) && extra_ready.check().is_ok();
+    while !all_ready() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let answers: Vec<String> = replicas
+        .iter()
+        .map(|(_, r)| r)
+        .chain([&extra_ready])
+        .map(|r| format!("{:?}", r.check()))
+        .collect();
+    extra.stop(Duration::from_secs(10)).await;
+    for (s, _) in &replicas {
+        s.stop(Duration::from_secs(10)).await;
+    }
+    report(
+        "cluster: replicas ready with one more replica than partitions",
+        answers.iter().filter(|a| *a == "Ok(())").count(),
+        &(PARTITIONS + 1).to_string(),
+    );
+    assert!(answers.iter().all(|a| a == "Ok(())"), "{answers:?}");
+}
