@@ -40,7 +40,7 @@ use super::{RepoState, StateStore, StoreError};
 use crate::admin::Readiness;
 use crate::config::{ClusterConfig, KafkaConfig};
 use crate::event::Event;
-use crate::sink::kafka::{CONTENT_TYPE, KafkaContext, client_config};
+use crate::sink::kafka::{CONTENT_TYPE, KafkaContext, TRANSACTIONAL_ID, client_config};
 use crate::watch::diff::Snapshot;
 
 /// How long a transaction step or a state write may take before the write counts as failed.
@@ -137,10 +137,7 @@ pub struct ClusterStore {
 impl ClusterStore {
     /// The store for `cluster` on `kafka`; it joins the group once [`ClusterStore::start`]ed.
     pub fn new(kafka: &KafkaConfig, cluster: &ClusterConfig) -> Result<ClusterStore, String> {
-        let mut settings = client_config(kafka);
-        // A user's transactional.id is for the transactional producer only.
-        settings.remove("transactional.id");
-        let plain = settings
+        let plain = client_config(kafka)
             .create_with_context(KafkaContext::default())
             .map_err(|e| format!("kafka producer: {e}"))?;
         Ok(ClusterStore {
@@ -378,15 +375,23 @@ impl Inner {
         }
         self.partitions.store(partitions as i32, Ordering::Relaxed);
         if self.cluster.exactly_once && self.transactional.get().is_none() {
-            let mut settings = client_config(&self.kafka);
-            if settings.get("transactional.id").is_none() {
-                let id = format!(
+            // The user's id (to fence a restarted replica's predecessor at once), else one of
+            // this process's own: the group generation fences zombies either way (KIP-447).
+            let id = match self
+                .kafka
+                .properties
+                .iter()
+                .find(|(k, _)| k == TRANSACTIONAL_ID)
+            {
+                Some((_, id)) => id.expose_secret().to_owned(),
+                None => format!(
                     "regwatch-{}-{:016x}",
                     self.cluster.group,
                     rand::random::<u64>()
-                );
-                settings.set("transactional.id", id);
-            }
+                ),
+            };
+            let mut settings = client_config(&self.kafka);
+            settings.set(TRANSACTIONAL_ID, id);
             let producer: FutureProducer<KafkaContext> = settings
                 .create_with_context(KafkaContext::default())
                 .map_err(|e| format!("transactional producer: {e}"))?;
@@ -404,7 +409,7 @@ impl Inner {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.kafka.brokers);
         for (key, value) in &self.kafka.properties {
-            if key != "transactional.id" {
+            if key != TRANSACTIONAL_ID {
                 c.set(key, value.expose_secret());
             }
         }
