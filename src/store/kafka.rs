@@ -248,16 +248,12 @@ impl ClusterStore {
             self.forget_repositories(&id, &[repo])?;
         }
         for (id, p) in sets {
-            self.inner.write(p, &[], &[(watch_key(&id), None)])?;
-            if let Some(s) = self
-                .inner
-                .watch_sets
-                .lock()
-                .expect("watch sets lock")
-                .get_mut(&id)
-            {
-                s.remove(&p);
-            }
+            self.inner.write(p, &[], &[(watch_key(&id), None)], || {
+                let mut sets = self.inner.watch_sets.lock().expect("watch sets lock");
+                if let Some(s) = sets.get_mut(&id) {
+                    s.remove(&p);
+                }
+            })?;
         }
         Ok(())
     }
@@ -674,8 +670,28 @@ impl Inner {
     /// Writes `events` and then `records` to partition `p`, which must be claimed and restored.
     /// At-least-once: the events are acknowledged before the records are produced. Exactly-once:
     /// all of it in one transaction with the group's metadata.
-    fn write(&self, p: i32, events: &[Event], records: &[Record]) -> Result<(), StoreError> {
+    /// `then` runs once they are written, while the partition is still claimed (so that what
+    /// it keeps in memory cannot outlive a revocation).
+    fn write(
+        &self,
+        p: i32,
+        events: &[Event],
+        records: &[Record],
+        then: impl FnOnce(),
+    ) -> Result<(), StoreError> {
         let claims = self.claims.read().expect("claims lock");
+        self.write_claimed(&claims, p, events, records, then)
+    }
+
+    /// [`Inner::write`] under a claims guard the caller holds.
+    fn write_claimed(
+        &self,
+        claims: &BTreeMap<i32, Claim>,
+        p: i32,
+        events: &[Event],
+        records: &[Record],
+        then: impl FnOnce(),
+    ) -> Result<(), StoreError> {
         if !claims.get(&p).is_some_and(|c| c.restored) {
             return Err(StoreError::Unavailable(format!(
                 "state partition {p} is not this replica's (it moved in a rebalance)"
@@ -689,8 +705,8 @@ impl Inner {
                 self.transaction(&producer.lock().expect("producer lock"), p, events, records)
             }
         };
-        drop(claims);
-        if written.is_ok() && !records.is_empty() {
+        if written.is_ok() {
+            then();
             crate::metrics::get()
                 .cluster_state_records
                 .inc_by(records.len() as u64);
@@ -888,10 +904,26 @@ impl StateStore for ClusterStore {
         Ok(Some(sets.get(registry).and_then(|s| s.get(&p)).cloned()))
     }
 
-    fn set_watch_set(&self, registry: &str, patterns: &[String]) -> Result<(), StoreError> {
+    fn set_watch_set(
+        &self,
+        registry: &str,
+        patterns: &[String],
+        epoch: u64,
+    ) -> Result<(), StoreError> {
         let value = serde_json::to_vec(patterns).expect("patterns serialize");
         let record = [(watch_key(registry), Some(value))];
-        for p in self.restored_partitions() {
+        // Held throughout: no partition is restored or revoked while the listing's record is
+        // written, so it goes exactly to the partitions the listing covered.
+        let claims = self.inner.claims.read().expect("claims lock");
+        if self.inner.epoch.load(Ordering::SeqCst) != epoch {
+            return Ok(());
+        }
+        let restored: Vec<i32> = claims
+            .iter()
+            .filter(|(_, c)| c.restored)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in restored {
             let recorded = self
                 .inner
                 .watch_sets
@@ -903,14 +935,15 @@ impl StateStore for ClusterStore {
             if recorded {
                 continue;
             }
-            self.inner.write(p, &[], &record)?;
-            self.inner
-                .watch_sets
-                .lock()
-                .expect("watch sets lock")
-                .entry(registry.to_owned())
-                .or_default()
-                .insert(p, patterns.to_vec());
+            self.inner.write_claimed(&claims, p, &[], &record, || {
+                self.inner
+                    .watch_sets
+                    .lock()
+                    .expect("watch sets lock")
+                    .entry(registry.to_owned())
+                    .or_default()
+                    .insert(p, patterns.to_vec());
+            })?;
         }
         Ok(())
     }
@@ -960,16 +993,12 @@ impl StateStore for ClusterStore {
         for repository in repositories {
             let p = self.inner.repo_partition(registry, repository)?;
             self.inner
-                .write(p, &[], &[(repo_key(registry, repository), None)])?;
-            if let Some(r) = self
-                .inner
-                .repos
-                .lock()
-                .expect("repos lock")
-                .get_mut(registry)
-            {
-                r.remove(repository);
-            }
+                .write(p, &[], &[(repo_key(registry, repository), None)], || {
+                    let mut repos = self.inner.repos.lock().expect("repos lock");
+                    if let Some(r) = repos.get_mut(registry) {
+                        r.remove(repository);
+                    }
+                })?;
         }
         self.inner.count_repositories();
         Ok(())
@@ -1015,14 +1044,15 @@ impl ClusterStore {
     ) -> Result<(), StoreError> {
         let p = self.inner.repo_partition(registry, repository)?;
         let record = (repo_key(registry, repository), Some(encode_state(&state)));
-        self.inner.write(p, events, &[record])?;
-        self.inner
-            .repos
-            .lock()
-            .expect("repos lock")
-            .entry(registry.to_owned())
-            .or_default()
-            .insert(repository.to_owned(), state);
+        self.inner.write(p, events, &[record], || {
+            self.inner
+                .repos
+                .lock()
+                .expect("repos lock")
+                .entry(registry.to_owned())
+                .or_default()
+                .insert(repository.to_owned(), state);
+        })?;
         self.inner.count_repositories();
         Ok(())
     }

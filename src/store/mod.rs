@@ -78,8 +78,15 @@ pub trait StateStore: Send + Sync {
     -> Result<Option<RepoState>, StoreError>;
     /// The `repositories` patterns of `registry`'s last complete listing, if it ever had one.
     fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError>;
-    /// Records the `repositories` patterns of a complete listing of `registry`.
-    fn set_watch_set(&self, registry: &str, patterns: &[String]) -> Result<(), StoreError>;
+    /// Records the `repositories` patterns of a complete listing of `registry` that began at
+    /// ownership `epoch` (see [`ownership_epoch`](StateStore::ownership_epoch)); in cluster mode,
+    /// nothing is recorded if ownership changed since, as the listing did not cover what was gained.
+    fn set_watch_set(
+        &self,
+        registry: &str,
+        patterns: &[String],
+        epoch: u64,
+    ) -> Result<(), StoreError>;
     /// Remembers a first scan's decision (emit or baseline, and its revision) after it failed,
     /// so a later watch-set change cannot turn it around.
     fn record_pending(

@@ -468,7 +468,7 @@ impl StateStore for ReadOnlyStore {
         read_watch_set(&self.db, registry)
     }
 
-    fn set_watch_set(&self, _: &str, _: &[String]) -> Result<(), StoreError> {
+    fn set_watch_set(&self, _: &str, _: &[String], _: u64) -> Result<(), StoreError> {
         Err(read_only())
     }
 
@@ -506,7 +506,7 @@ impl StateStore for Store {
         read_watch_set(&self.db, registry)
     }
 
-    fn set_watch_set(&self, registry: &str, patterns: &[String]) -> Result<(), StoreError> {
+    fn set_watch_set(&self, registry: &str, patterns: &[String], _: u64) -> Result<(), StoreError> {
         // Called after every complete listing: unchanged, it costs a read, not a commit.
         if read_watch_set(&self.db, registry)?.as_deref() == Some(patterns) {
             return Ok(());
@@ -611,7 +611,7 @@ mod tests {
         {
             let store = Store::open(&state_dir).unwrap();
             assert_eq!(store.repo_state("r", "a").unwrap(), None);
-            store.set_watch_set("r", &["team/*".into()]).unwrap();
+            store.set_watch_set("r", &["team/*".into()], 0).unwrap();
             store.record_pending("r", "a", true, 7).unwrap();
             assert_eq!(
                 store.repo_state("r", "a").unwrap(),
@@ -713,7 +713,7 @@ mod tests {
         ];
         store.adopt_registries(&both).unwrap();
         for id in ["id-a", "id-b"] {
-            store.set_watch_set(id, &["x/*".into()]).unwrap();
+            store.set_watch_set(id, &["x/*".into()], 0).unwrap();
             store
                 .commit_scan(id, "x/one", &Snapshot::default(), &[])
                 .unwrap();

@@ -347,16 +347,16 @@ impl Scanner {
         // after every first-seen repository has its decision recorded (scanned, or pending).
         // Ownership that changed during the cycle (cluster mode) makes the listing incomplete for
         // the partitions gained and says nothing of those lost: compare afresh next cycle.
-        if listing_epoch != Some(store.ownership_epoch()) {
+        let Some(epoch) = listing_epoch.filter(|e| *e == store.ownership_epoch()) else {
             *self.listed.lock().expect("listed lock") = None;
             return Ok(report);
-        }
+        };
         if scanned_all && unrecorded == 0 {
             let (identity, patterns) = (self.identity.clone(), current.clone());
             let recorded = async {
                 // Always: the store skips an unchanged set, and in cluster mode fills in the
                 // partitions this replica took over since.
-                blocking(store, move |s| s.set_watch_set(&identity, &patterns)).await?;
+                blocking(store, move |s| s.set_watch_set(&identity, &patterns, epoch)).await?;
                 self.forget_departed(output, store, listed, &stop).await
             };
             match recorded.await {
