@@ -1183,6 +1183,27 @@ mod review {
         (store, readiness)
     }
 
+    /// A partition restored while a listing ran was not covered by it: recording the listing's
+    /// watch set there would make that partition's unscanned repositories news (phantoms).
+    #[test]
+    fn a_listing_that_saw_a_restore_records_no_watch_set() {
+        let (store, _) = store();
+        store.inner.assigned(&[0]);
+        store.inner.restored(&[0]);
+        let listing_began = store.ownership_epoch();
+        store.inner.assigned(&[1]);
+        store.inner.restored(&[1]);
+        let started = Instant::now();
+        let recorded = store.set_watch_set("id", &["team/*".into()], listing_began);
+        assert!(recorded.is_ok(), "{recorded:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "nothing is written"
+        );
+        let sets = store.inner.watch_sets.lock().unwrap();
+        assert!(sets.get("id").is_none_or(|s| s.is_empty()), "{sets:?}");
+    }
+
     /// A rolling restart makes rebalances follow each other: partitions assigned to a replica can
     /// be taken away again before they were read to the end. Nothing is left to restore then,
     /// and the replica must not stay "restoring" (503) until some later rebalance.
