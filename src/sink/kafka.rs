@@ -162,6 +162,18 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// The record of `event` on `topic`: its key, its CloudEvent JSON, and the structured-mode
+/// content type header.
+pub fn event_record<'a>(topic: &'a str, event: &'a Event) -> FutureRecord<'a, String, String> {
+    FutureRecord::to(topic)
+        .key(&event.key)
+        .payload(&event.payload)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some(CONTENT_TYPE),
+        }))
+}
+
 /// The librdkafka property naming a transactional producer.
 pub const TRANSACTIONAL_ID: &str = "transactional.id";
 
@@ -276,17 +288,12 @@ impl Sink for KafkaSink {
             // again at once (see `recovered`), which restarts the producer too.
             return Vec::new();
         }
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "content-type",
-            value: Some(CONTENT_TYPE),
-        });
         let mut pending = Vec::with_capacity(batch.len());
         for (i, event) in batch.iter().enumerate() {
-            let record = FutureRecord::to(&self.config.topic)
-                .key(&event.key)
-                .payload(&event.payload)
-                .headers(headers.clone());
-            match self.producer.send_result(record) {
+            match self
+                .producer
+                .send_result(event_record(&self.config.topic, event))
+            {
                 Ok(delivery) => pending.push((i, delivery)),
                 Err((e, _)) => {
                     // Queue full or producer failed: deliver what is queued, retry the rest later.

@@ -28,8 +28,8 @@ use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, RebalanceProtocol,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use secrecy::ExposeSecret;
@@ -40,7 +40,7 @@ use super::{RepoState, StateStore, StoreError};
 use crate::admin::Readiness;
 use crate::config::{ClusterConfig, KafkaConfig};
 use crate::event::Event;
-use crate::sink::kafka::{CONTENT_TYPE, KafkaContext, TRANSACTIONAL_ID, client_config};
+use crate::sink::kafka::{KafkaContext, TRANSACTIONAL_ID, client_config, event_record};
 use crate::watch::diff::Snapshot;
 
 /// How long a transaction step or a state write may take before the write counts as failed.
@@ -723,36 +723,10 @@ impl Inner {
         p: i32,
         records: &[Record],
     ) -> Result<(), StoreError> {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "content-type",
-            value: Some(CONTENT_TYPE),
-        });
-        let mut deliveries = Vec::with_capacity(events.len() + records.len());
         let unavailable = |e: KafkaError| StoreError::Unavailable(format!("kafka: {e}"));
-        for event in events {
-            let record = FutureRecord::to(&self.kafka.topic)
-                .key(&event.key)
-                .payload(&event.payload)
-                .headers(headers.clone());
-            deliveries.push(
-                producer
-                    .send_result(record)
-                    .map_err(|(e, _)| unavailable(e))?,
-            );
-        }
-        for (key, value) in records {
-            let mut record = FutureRecord::<String, Vec<u8>>::to(&self.cluster.state_topic)
-                .key(key)
-                .partition(p);
-            if let Some(value) = value {
-                record = record.payload(value);
-            }
-            deliveries.push(
-                producer
-                    .send_result(record)
-                    .map_err(|(e, _)| unavailable(e))?,
-            );
-        }
+        let deliveries = self
+            .enqueue(producer, events, p, records)
+            .map_err(unavailable)?;
         let acks =
             tokio::runtime::Handle::current().block_on(futures_util::future::join_all(deliveries));
         for ack in acks {
@@ -766,6 +740,32 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Hands `events` (to the event topic) and `records` (to state partition `p`) to `producer`,
+    /// in that order; returns their delivery futures.
+    fn enqueue(
+        &self,
+        producer: &FutureProducer<KafkaContext>,
+        events: &[Event],
+        p: i32,
+        records: &[Record],
+    ) -> Result<Vec<DeliveryFuture>, KafkaError> {
+        let mut deliveries = Vec::with_capacity(events.len() + records.len());
+        for event in events {
+            let record = event_record(&self.kafka.topic, event);
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        }
+        for (key, value) in records {
+            let mut record = FutureRecord::<String, Vec<u8>>::to(&self.cluster.state_topic)
+                .key(key)
+                .partition(p);
+            if let Some(value) = value {
+                record = record.payload(value);
+            }
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        }
+        Ok(deliveries)
     }
 
     /// One transaction: the events, the records, and the group's metadata. A fenced producer (a
@@ -786,26 +786,8 @@ impl Inner {
         };
         let steps = || -> Result<(), KafkaError> {
             producer.begin_transaction()?;
-            let headers = OwnedHeaders::new().insert(Header {
-                key: "content-type",
-                value: Some(CONTENT_TYPE),
-            });
-            for event in events {
-                let record = FutureRecord::to(&self.kafka.topic)
-                    .key(&event.key)
-                    .payload(&event.payload)
-                    .headers(headers.clone());
-                producer.send_result(record).map_err(|(e, _)| e)?;
-            }
-            for (key, value) in records {
-                let mut record = FutureRecord::<String, Vec<u8>>::to(&self.cluster.state_topic)
-                    .key(key)
-                    .partition(p);
-                if let Some(value) = value {
-                    record = record.payload(value);
-                }
-                producer.send_result(record).map_err(|(e, _)| e)?;
-            }
+            // Committing the transaction waits for these deliveries.
+            self.enqueue(producer, events, p, records)?;
             // The offset is never read back (assignments start at the beginning); it carries
             // the group generation that fences a zombie.
             let mut offsets = TopicPartitionList::new();
