@@ -47,14 +47,16 @@ impl Readiness {
         }
     }
 
-    /// Cluster mode: records why the assigned state is not restored (`None`: it is, and every
-    /// registry must scan again before the replica is ready).
+    /// Cluster mode: records why the assigned state is not restored (`None`: it is).
     pub fn restoring(&self, why: Option<String>) {
-        if why.is_none() {
-            let all = self.registries.lock().expect("readiness lock").clone();
-            *self.unscanned.lock().expect("readiness lock") = all;
-        }
         *self.restoring.lock().expect("readiness lock") = why;
+    }
+
+    /// Cluster mode: repositories were taken over, so every registry must scan again before the
+    /// replica is ready.
+    pub fn rescan_all(&self) {
+        let all = self.registries.lock().expect("readiness lock").clone();
+        *self.unscanned.lock().expect("readiness lock") = all;
     }
 
     /// Follows a reload: `added` registries wait for their first scan, `removed` ones are no longer
@@ -250,4 +252,26 @@ async fn read_capped(
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_is_ready_only_once_restored_and_scanned_again() {
+        let r = Readiness::new(["a".to_string()], false);
+        r.restoring(Some("joining the cluster's consumer group".into()));
+        r.scanned("a");
+        assert_eq!(
+            r.check().unwrap_err(),
+            "joining the cluster's consumer group"
+        );
+        // Restored: what it took over must be scanned before it is ready.
+        r.rescan_all();
+        r.restoring(None);
+        assert!(r.check().unwrap_err().contains("first scan of a"));
+        r.scanned("a");
+        assert_eq!(r.check(), Ok(()));
+    }
 }

@@ -463,6 +463,49 @@ url = "https://registry.example.com"
     }
 
     #[test]
+    fn cluster_section_defaults_and_its_errors() {
+        let kafka = "[kafka]\nbrokers = \"k:9092\"\ntopic = \"imgs\"\n";
+        let c = parse(&format!("{kafka}[cluster]\n{MINIMAL}")).unwrap();
+        let cluster = c.cluster.expect("cluster mode");
+        assert_eq!(cluster.group, "regwatch");
+        assert_eq!(
+            cluster.state_topic, "imgs.state",
+            "default follows kafka.topic"
+        );
+        assert_eq!(cluster.session_timeout, Duration::from_secs(10));
+        assert!(!cluster.exactly_once);
+        assert_eq!(cluster.partitions, 12);
+        assert!(
+            parse(MINIMAL).unwrap().cluster.is_none(),
+            "absent: single node"
+        );
+
+        // The contract: [cluster] without [kafka] is a config error naming `cluster`.
+        let e = parse(&format!("\n[cluster]\ngroup = \"g\"\n{MINIMAL}")).unwrap_err();
+        assert_eq!((e.path.as_str(), e.line), ("cluster", Some(2)));
+        assert!(e.message.contains("[kafka]"), "{}", e.message);
+
+        let e = parse(&format!(
+            "{kafka}[cluster]\nstate_topic = \"imgs\"\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "cluster.state_topic");
+        let e = parse(&format!(
+            "{kafka}[cluster]\nsession_timeout = \"10ms\"\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "cluster.session_timeout");
+        let e = parse(&format!(
+            "{kafka}[cluster]\nsesion_timeout = \"10s\"\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.line),
+            ("cluster.sesion_timeout", Some(5))
+        );
+    }
+
+    #[test]
     fn unknown_key_names_path_line_and_suggestion() {
         let text = "[daemon]\nintervall = \"5s\"\n";
         let e = parse(text).unwrap_err();

@@ -337,6 +337,27 @@ pub fn transport_error(e: reqwest::Error) -> RegistryError {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_replica_uses_its_share_of_the_rate_limit() {
+        let rate = NonZeroU32::new(90).unwrap();
+        let cells = |share| {
+            let burst = quota(rate, share).check_n(NonZeroU32::new(90).unwrap());
+            matches!(burst, Ok(Ok(())))
+        };
+        assert!(cells(SHARE_WHOLE), "a single node bursts its whole limit");
+        assert!(
+            !cells(SHARE_WHOLE / 3),
+            "a third of the partitions, a third of the limit"
+        );
+        let third = quota(rate, SHARE_WHOLE / 3);
+        assert!(matches!(
+            third.check_n(NonZeroU32::new(30).unwrap()),
+            Ok(Ok(()))
+        ));
+        // No partition owned: the catalog listing still gets one request per second.
+        assert!(quota(rate, 0).check().is_ok());
+    }
+
     fn response(remaining: &str, limit: &str) -> Response {
         let r = axum::http::Response::builder()
             .header("ratelimit-remaining", remaining)

@@ -16,7 +16,7 @@
 //! (`exactly_once`), which fences a replica whose partitions moved.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,8 @@ struct Inner {
     /// The partitions assigned to this replica. Writes hold the read lock; a revocation takes the
     /// write lock, so it waits for the writes in flight and none starts after it.
     claims: RwLock<BTreeMap<i32, Claim>>,
+    /// Bumped whenever a partition is restored or revoked (see [`StateStore::ownership_epoch`]).
+    epoch: AtomicU64,
     /// The state of the repositories of the claimed partitions, by registry identity.
     repos: Mutex<HashMap<String, BTreeMap<String, RepoState>>>,
     /// The watch set recorded in each claimed partition, by registry identity.
@@ -130,6 +132,7 @@ impl ClusterStore {
                 cluster: cluster.clone(),
                 partitions: AtomicI32::new(0),
                 claims: RwLock::new(BTreeMap::new()),
+                epoch: AtomicU64::new(0),
                 repos: Mutex::new(HashMap::new()),
                 watch_sets: Mutex::new(HashMap::new()),
                 hint_routes: Mutex::new(HashMap::new()),
@@ -259,21 +262,20 @@ impl Inner {
             let admin: AdminClient<KafkaContext> = client_config(&self.kafka)
                 .create_with_context(KafkaContext::default())
                 .map_err(|e| format!("kafka admin client: {e}"))?;
-            let new = NewTopic::new(
-                topic,
-                self.cluster.partitions,
-                TopicReplication::Fixed(self.kafka.replication_factor),
-            )
-            .set("cleanup.policy", "compact");
+            let replication = || TopicReplication::Fixed(self.kafka.replication_factor);
+            // The events topic too: there is no publisher to create it in cluster mode.
+            let events = NewTopic::new(&self.kafka.topic, self.kafka.partitions, replication());
+            let state = NewTopic::new(topic, self.cluster.partitions, replication())
+                .set("cleanup.policy", "compact");
             let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
             let results = runtime
-                .block_on(admin.create_topics([&new], &options))
-                .map_err(|e| format!("create topic {topic}: {e}"))?;
+                .block_on(admin.create_topics([&events, &state], &options))
+                .map_err(|e| format!("create topics: {e}"))?;
             for result in results {
                 match result {
-                    Ok(_) => tracing::info!(%topic, "created the state topic"),
+                    Ok(created) => tracing::info!(topic = %created, "created topic"),
                     Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((_, code)) => return Err(format!("create topic {topic}: {code}")),
+                    Err((name, code)) => return Err(format!("create topic {name}: {code}")),
                 }
             }
         }
@@ -403,6 +405,7 @@ impl Inner {
             {
                 claim.restored = true;
                 changed = true;
+                self.epoch.fetch_add(1, Ordering::SeqCst);
                 oldest = Some(oldest.map_or(claim.since, |o| o.min(claim.since)));
             }
         }
@@ -420,6 +423,7 @@ impl Inner {
             m.cluster_restore_seconds.set(took.as_secs_f64());
             tracing::info!(partitions = owned, took = ?took, "cluster: state restored; scanning this replica's share");
             if let Some(r) = self.readiness.get() {
+                r.rescan_all();
                 r.restoring(None);
             }
         }
@@ -505,6 +509,7 @@ impl Inner {
         for p in partitions {
             claims.remove(p);
         }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         let total = self.partitions.load(Ordering::Relaxed);
         crate::registry::http::set_rate_share(claims.len(), total as usize);
         let owned = claims.values().filter(|c| c.restored).count();
@@ -693,18 +698,21 @@ impl StateStore for ClusterStore {
     }
 
     fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError> {
-        let restored: Vec<i32> = self.restored_partitions();
-        Ok(self
-            .inner
-            .watch_sets
-            .lock()
-            .expect("watch sets lock")
-            .get(registry)
-            .and_then(|sets| {
-                sets.iter()
-                    .find(|(p, _)| restored.contains(p))
-                    .map(|(_, w)| w.clone())
-            }))
+        // Each partition records the listings that covered it. The answer decides whether a
+        // repository seen for the first time is news, so it is given only when every partition
+        // owned has the same one: a partition no listing covered yet (a first run, or a replica
+        // that died before its first listing) makes its first-seen repositories a baseline.
+        let restored = self.restored_partitions();
+        let sets = self.inner.watch_sets.lock().expect("watch sets lock");
+        let Some(sets) = sets.get(registry) else {
+            return Ok(None);
+        };
+        let mut recorded = restored.iter().map(|p| sets.get(p));
+        let first = recorded.next().flatten();
+        Ok(match first {
+            Some(w) if recorded.all(|o| o == Some(w)) => Some(w.clone()),
+            _ => None,
+        })
     }
 
     fn set_watch_set(&self, registry: &str, patterns: &[String]) -> Result<(), StoreError> {
@@ -804,6 +812,10 @@ impl StateStore for ClusterStore {
             .expect("claims lock")
             .get(&p)
             .is_some_and(|c| c.restored)
+    }
+
+    fn ownership_epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::SeqCst)
     }
 
     fn forward_hint(&self, registry: &str, repository: &str) -> Result<(), StoreError> {

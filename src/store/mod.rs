@@ -110,6 +110,11 @@ pub trait StateStore: Send + Sync {
     fn owns(&self, _registry: &str, _repository: &str) -> bool {
         true
     }
+    /// A number that changes whenever what this process [`owns`](StateStore::owns) changes
+    /// (never, on a single node): a listing that saw it change was not complete for what it owns.
+    fn ownership_epoch(&self) -> u64 {
+        0
+    }
     /// Passes a webhook hint for a repository this process does not own to the one that does.
     fn forward_hint(&self, _registry: &str, _repository: &str) -> Result<(), StoreError> {
         Ok(())

@@ -174,11 +174,13 @@ impl Scanner {
         stop: impl Fn() -> bool,
     ) -> Result<CycleReport, ScanError> {
         let mut repos = self.watch_set().await?;
-        // In cluster mode this replica scans its share only.
+        // In cluster mode this replica scans its share only: what it owns as the listing starts.
+        let mut epoch = 0;
         if let Some(store) = output.store() {
+            epoch = store.ownership_epoch();
             repos.retain(|r| store.owns(&self.identity, r));
         }
-        self.scan_set(output, repos, true, stop).await
+        self.scan_set(output, repos, Some(epoch), stop).await
     }
 
     /// Scans the named repositories now (a webhook hint), whatever their backoff: a push is news.
@@ -206,16 +208,18 @@ impl Scanner {
                 }
             }
         }
-        self.scan_set(output, repos, false, stop).await
+        self.scan_set(output, repos, None, stop).await
     }
 
     async fn scan_set(
         &self,
         output: &Output,
         repos: Vec<String>,
-        complete_listing: bool,
+        listing_epoch: Option<u64>,
         stop: impl Fn() -> bool,
     ) -> Result<CycleReport, ScanError> {
+        // A complete listing (not a webhook's few repositories), with the ownership it began with.
+        let complete_listing = listing_epoch.is_some();
         let stored_patterns = match output.store() {
             Some(store) => store.watch_set(&self.identity)?,
             None => None,
@@ -341,6 +345,12 @@ impl Scanner {
         }
         // Only a complete listing moves the watch set that decides "new or baseline", and only
         // after every first-seen repository has its decision recorded (scanned, or pending).
+        // Ownership that changed during the cycle (cluster mode) makes the listing incomplete for
+        // the partitions gained and says nothing of those lost: compare afresh next cycle.
+        if listing_epoch != Some(store.ownership_epoch()) {
+            *self.listed.lock().expect("listed lock") = None;
+            return Ok(report);
+        }
         if scanned_all && unrecorded == 0 {
             let (identity, patterns) = (self.identity.clone(), current.clone());
             let recorded = async {
