@@ -401,7 +401,9 @@ fn metric(text: &str, name: &str) -> f64 {
                 .is_some_and(|r| r.starts_with(['{', ' ']))
         })
         .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        // An empty sum is -0.
+        + 0.0
 }
 
 async fn scans_ok(admin: &str) -> u64 {
@@ -798,22 +800,9 @@ impl Replica {
     }
 }
 
-/// `n` replicas: the first alone until it is ready (it creates the state topic; see
-/// BENCHMARKS.md on Tansu and replicas that start together), then the others at once.
-async fn replicas(host: &str, interval: &str, extra: &str, n: usize) -> Vec<Replica> {
-    let first = replica(host, interval, extra);
-    let t0 = Instant::now();
-    while !ready(&first.admin).await {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "the first replica was not ready within 120 s:\n{}",
-            logs(&[&first])
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut all = vec![first];
-    all.extend((1..n).map(|_| replica(host, interval, extra)));
-    all
+/// `n` replicas, started together as a Deployment's are.
+fn replicas(host: &str, interval: &str, extra: &str, n: usize) -> Vec<Replica> {
+    (0..n).map(|_| replica(host, interval, extra)).collect()
 }
 
 async fn ready(admin: &str) -> bool {
@@ -859,6 +848,7 @@ async fn wait_views(
 
 /// The counters of the registry and of each replica at one moment.
 struct Sample {
+    at: Instant,
     tags: usize,
     catalog: usize,
     requests: usize,
@@ -871,7 +861,7 @@ struct Sample {
 }
 
 /// Samples at a moment when no replica is mid-cycle: no request has reached the registry for
-/// 500 ms (cycles take well under a second here and come every 5 s). Between two such moments
+/// 500 ms (cycles here take about a second and come every 5 s). Between two such moments
 /// each replica ran whole cycles only, so the registry's counts divide exactly by them.
 async fn quiet_sample(registry: &support::synthetic::Synthetic, replicas: &[&Replica]) -> Sample {
     let t0 = Instant::now();
@@ -892,6 +882,7 @@ async fn quiet_sample(registry: &support::synthetic::Synthetic, replicas: &[&Rep
         }
         let each = |name: &str| texts.iter().map(|(t, _)| metric(t, name)).collect();
         return Sample {
+            at: Instant::now(),
             tags: registry.tags_requests.load(Ordering::Relaxed),
             catalog: registry.catalog_requests.load(Ordering::Relaxed),
             requests: before,
@@ -908,7 +899,7 @@ async fn quiet_sample(registry: &support::synthetic::Synthetic, replicas: &[&Rep
     }
 }
 
-/// Steady-state scan cycles of `n` replicas (0: one single-node daemon) on `registry`.
+/// What [`steady_cycles`] counted between two quiet moments.
 struct Cycles {
     /// Repository scans (each replica's cycles × the repositories it owns).
     repo_scans: f64,
@@ -920,6 +911,8 @@ struct Cycles {
     cpu: f64,
     records: f64,
     rebalances: f64,
+    /// The window's length times the number of processes.
+    process_seconds: f64,
 }
 
 impl Cycles {
@@ -929,23 +922,24 @@ impl Cycles {
     fn cpu_per_k(&self) -> f64 {
         self.cpu * 1000.0 / (self.requests as f64 / 1000.0)
     }
+    /// CPU ms per second of each process, idle time between cycles included.
+    fn cpu_per_s(&self) -> f64 {
+        self.cpu * 1000.0 / self.process_seconds
+    }
 }
 
+/// Steady-state scan cycles of `n` daemons configured with `extra` on `registry`; `cluster`
+/// says whether `extra` has a `[cluster]` table (each replica then scans only what it owns).
 async fn steady_cycles(
     registry: &support::synthetic::Synthetic,
     host: &str,
     repos: usize,
     n: usize,
+    extra: &str,
+    cluster: bool,
 ) -> Cycles {
     const CYCLES: f64 = 3.0;
-    let cluster = n > 0;
-    // A broker of its own: one Tansu 0.6 holding a second state topic failed the writes to it
-    // (see BENCHMARKS.md).
-    let tansu = cluster.then(support::Tansu::start);
-    let extra = tansu.as_ref().map_or(String::new(), |t| {
-        cluster_tables(&t.brokers, &format!("bench.scan{n}"), "", "")
-    });
-    let nodes = replicas(host, "5s", &extra, n.max(1)).await;
+    let nodes = replicas(host, "5s", extra, n);
     let refs: Vec<&Replica> = nodes.iter().collect();
     // Settled: every replica ready and past one cycle since, the group's assignment complete.
     let settled = wait_views(&refs, Duration::from_secs(300), |v| {
@@ -996,23 +990,40 @@ async fn steady_cycles(
         cpu: delta(&a.cpu, &b.cpu),
         records: delta(&a.records, &b.records),
         rebalances: delta(&a.rebalances, &b.rebalances),
+        process_seconds: (b.at - a.at).as_secs_f64() * nodes.len() as f64,
     }
 }
 
-async fn cluster_throughput(rows: &mut Vec<Row>) {
+async fn cluster_throughput(rows: &mut Vec<Row>, tansu: &support::Tansu) {
     let repos = env_usize("REGWATCH_BENCH_CLUSTER_REPOS", 3000);
     let (registry, host) = synthetic_registry(repos, 3).await;
-    let single = steady_cycles(&registry, &host, repos, 0).await;
+    let summary = |c: &Cycles| {
+        format!(
+            "{:.2} req/repo/cycle ({:.2} tags/list + {:.1} _catalog pages per process cycle); {:.0} ms CPU/1k req ({:.1} ms CPU/s per process)",
+            c.per_repo(),
+            c.tags as f64 / c.repo_scans,
+            c.catalog as f64 / c.cycles,
+            c.cpu_per_k(),
+            c.cpu_per_s()
+        )
+    };
+    // Two single nodes: events to stdout (no Kafka client at all), and to the same Tansu.
+    let bare = steady_cycles(&registry, &host, repos, 1, "", false).await;
+    let kafka = format!(
+        "[kafka]\nbrokers = \"{}\"\ntopic = \"bench.single\"\n",
+        tansu.brokers
+    );
+    let single = steady_cycles(&registry, &host, repos, 1, &kafka, false).await;
     let base = format!(
-        "single node: {:.2} req/repo/cycle ({:.2} tags/list + {:.1} _catalog pages per cycle); {:.0} ms CPU/1k req",
-        single.per_repo(),
-        single.tags as f64 / single.repo_scans,
-        single.catalog as f64 / single.cycles,
-        single.cpu_per_k()
+        "single node with [kafka] (same Tansu): {}. Without [kafka]: {:.0} ms CPU/1k req ({:.1} ms CPU/s)",
+        summary(&single),
+        bare.cpu_per_k(),
+        bare.cpu_per_s()
     );
     for n in 1..=3 {
         eprintln!("cluster: {n} replica(s) on {repos} repositories...");
-        let c = steady_cycles(&registry, &host, repos, n).await;
+        let extra = cluster_tables(&tansu.brokers, &format!("bench.scan{n}"), "", "");
+        let c = steady_cycles(&registry, &host, repos, n, &extra, true).await;
         let unsettled = if c.rebalances > 0.0 {
             format!("; {} rebalances during the window", c.rebalances)
         } else {
@@ -1021,11 +1032,8 @@ async fn cluster_throughput(rows: &mut Vec<Row>) {
         rows.push(row(
             &format!("cluster scan cycle, {n} replica(s), {repos} repos, Tansu"),
             format!(
-                "{:.2} req/repo/cycle ({:.2} tags/list + {:.1} _catalog pages per replica cycle); {:.0} ms CPU/1k req; {:.2} state records/repo/cycle{unsettled}",
-                c.per_repo(),
-                c.tags as f64 / c.repo_scans,
-                c.catalog as f64 / c.cycles,
-                c.cpu_per_k(),
+                "{}; {:.2} state records/repo/cycle{unsettled}",
+                summary(&c),
                 c.records / c.repo_scans
             ),
             &base,
@@ -1058,7 +1066,7 @@ async fn cluster_failover(rows: &mut Vec<Row>) {
         "create_topic = false\n",
         &format!("session_timeout = \"{SESSION}s\"\n"),
     );
-    let nodes = replicas(&host, &format!("{INTERVAL}s"), &extra, 3).await;
+    let nodes = replicas(&host, &format!("{INTERVAL}s"), &extra, 3);
     let refs: Vec<&Replica> = nodes.iter().collect();
     let settled = wait_views(&refs, Duration::from_secs(300), |v| {
         v.iter()
@@ -1161,46 +1169,49 @@ async fn cluster_failover(rows: &mut Vec<Row>) {
     stop.store(true, Ordering::Relaxed);
     listener.join().unwrap();
     let arrivals = arrivals.lock().unwrap().clone();
-    let distinct: std::collections::BTreeSet<&str> =
-        arrivals.iter().map(|(r, _)| r.as_str()).collect();
-    let duplicates = arrivals.len() - distinct.len();
-    // Delivered before the survivors took over: the survivors' own repositories.
-    let before_takeover: Vec<f64> = arrivals
-        .iter()
-        .map(|(_, t)| (*t - killed).as_secs_f64())
-        .filter(|t| owned_at.is_none_or(|o| *t < o.as_secs_f64()))
-        .collect();
-    if owned_at.is_none() || all_at.is_none() {
+    let mut first = std::collections::BTreeMap::<&str, f64>::new();
+    for (repo, t) in &arrivals {
+        let t = (*t - killed).as_secs_f64();
+        first.entry(repo).and_modify(|f| *f = f.min(t)).or_insert(t);
+    }
+    let duplicates = arrivals.len() - first.len();
+    // The survivors' own repositories are scanned within an interval of the push, the dead
+    // replica's only after session_timeout (> interval): the last `victim_repos` to arrive.
+    let mut times: Vec<f64> = first.values().copied().collect();
+    times.sort_by(f64::total_cmp);
+    let own = repos - victim_repos as usize;
+    let (own_last, dead_first) = (
+        times.get(own.wrapping_sub(1)).copied(),
+        times.get(own).copied(),
+    );
+    let dead_last = (times.len() == repos).then(|| times[repos - 1]);
+    if owned_at.is_none() || dead_last.is_none() {
         eprintln!("failover incomplete:\n{}", logs(&survivors));
     }
-    let secs = |d: Option<Duration>| {
-        d.map_or("not within 60 s".to_owned(), |d| {
-            format!("{:.1} s", d.as_secs_f64())
-        })
-    };
+    let secs = |t: Option<f64>| t.map_or("not within 60 s".to_owned(), |t| format!("{t:.1} s"));
+    let target = (SESSION + INTERVAL) as f64;
     rows.push(row(
         &format!("failover, 3 replicas on rdkafka's mock cluster, session_timeout {SESSION}s, interval {INTERVAL}s, kill -9 of one ({victim_partitions} of {partitions} partitions, {victim_repos} of {repos} repos)"),
         format!(
-            "partitions re-owned after {}; all {repos} new tags delivered after {} ({} delivered, {duplicates} duplicates)",
-            secs(owned_at),
-            secs(all_at),
-            distinct.len()
+            "dead replica's repos: first new tag delivered after {}, all {victim_repos} after {}; partitions re-owned after {}; {} of {repos} delivered, {duplicates} duplicates",
+            secs(dead_first),
+            secs(dead_last),
+            secs(owned_at.map(|d| d.as_secs_f64())),
+            first.len()
         ),
         &format!(
-            "survivors' own repos: {} new tags delivered before the takeover, the last after {:.1} s",
-            before_takeover.len(),
-            before_takeover.iter().cloned().fold(0.0, f64::max)
+            "survivors' own {own} repos: all new tags delivered after {}",
+            secs(own_last)
         ),
-        "",
-        &format!("< {} s (session_timeout + 1 interval)", SESSION + INTERVAL),
+        &dead_first.map_or(String::new(), |t| format!("{:.2}x target", t / target)),
+        &format!("< {target} s (session_timeout + 1 interval)"),
     ));
     drop(mock);
 }
 
 /// Restore of 1 M tags of state from Tansu by a fresh replica, against a single node's restart on
 /// its redb file.
-async fn cluster_restore(rows: &mut Vec<Row>) {
-    let tansu = support::Tansu::start();
+async fn cluster_restore(rows: &mut Vec<Row>, tansu: &support::Tansu) {
     let repos = env_usize("REGWATCH_BENCH_SCALE_REPOS", 1000);
     let tags = env_usize("REGWATCH_BENCH_SCALE_TAGS", 1000);
     let total = repos * tags;
@@ -1299,8 +1310,11 @@ async fn cluster_restore(rows: &mut Vec<Row>) {
 }
 
 async fn cluster(rows: &mut Vec<Row>) {
-    cluster_throughput(rows).await;
-    cluster_restore(rows).await;
+    // One Tansu for both; each configuration has its own topics and group.
+    let tansu = support::Tansu::start();
+    cluster_throughput(rows, &tansu).await;
+    cluster_restore(rows, &tansu).await;
+    drop(tansu);
     cluster_failover(rows).await;
 }
 
