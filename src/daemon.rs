@@ -324,6 +324,17 @@ impl Daemon {
         if let Backend::Cluster(cluster) = &backend {
             cluster.start(readiness.clone(), tokio::runtime::Handle::current());
             rescans = cluster.rescans();
+            // Restored partitions may hold the state of registries no longer configured.
+            let (cluster, mut restores) = (cluster.clone(), cluster.rescans());
+            tokio::spawn(async move {
+                while restores.changed().await.is_ok() {
+                    let cluster = cluster.clone();
+                    let forgot = tokio::task::spawn_blocking(move || cluster.forget_unconfigured());
+                    if let Ok(Err(e)) = forgot.await {
+                        tracing::warn!(error = %e, "cluster: cannot forget the state of registries no longer configured; trying again at the next restore");
+                    }
+                }
+            });
         }
         let watchdog = {
             let heartbeats = heartbeats.clone();
@@ -611,6 +622,12 @@ pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
     let backend = match (&config.cluster, &config.kafka) {
         (Some(cluster), Some(kafka)) => {
             let store = ClusterStore::new(kafka, cluster).map_err(runtime)?;
+            // Nothing is owned yet: this only records which registries are configured.
+            let ids: Vec<String> = registry_identities(&config)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            store.adopt_registries(&ids).map_err(runtime)?;
             tracing::info!(group = %cluster.group, state_topic = %cluster.state_topic, exactly_once = cluster.exactly_once, "regwatch starting in cluster mode");
             Backend::Cluster(Arc::new(store))
         }
@@ -649,6 +666,17 @@ pub async fn run(path: &Path, mut config: Config) -> Result<(), RuntimeError> {
                 match daemon.reload(&config, &new).await {
                     Ok(()) => {
                         // Registries this configuration no longer has: their state is forgotten.
+                        if let Backend::Cluster(cluster) = &backend {
+                            let (cluster, ids) = (cluster.clone(), registry_identities(&new));
+                            let ids: Vec<String> = ids.into_iter().map(|(id, _)| id).collect();
+                            let adopted = tokio::task::spawn_blocking(move || {
+                                cluster.adopt_registries(&ids)
+                            })
+                            .await;
+                            if let Err(e) = adopted.map_err(runtime).and_then(|r| r.map_err(runtime)) {
+                                tracing::error!(error = %e, "reload: cannot forget the state of registries no longer configured");
+                            }
+                        }
                         if let Some(store) = backend.outbox() {
                             let (store, ids) = (store.clone(), registry_identities(&new));
                             let adopted = tokio::task::spawn_blocking(move || {

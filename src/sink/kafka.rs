@@ -152,11 +152,18 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
         // backoff: recovery time matters more than the rate of attempts against a dead broker.
         .set("reconnect.backoff.max.ms", "1000");
     for (key, value) in &config.properties {
-        c.set(key, value.expose_secret());
+        // A transactional id belongs to cluster mode's transactional producer alone (see
+        // `store::kafka`); on any other client librdkafka would refuse or misuse it.
+        if key != TRANSACTIONAL_ID {
+            c.set(key, value.expose_secret());
+        }
     }
     c.set("enable.idempotence", "true").set("acks", "all");
     c
 }
+
+/// The librdkafka property naming a transactional producer.
+pub const TRANSACTIONAL_ID: &str = "transactional.id";
 
 /// Runs `work` (dropping or flushing a librdkafka client, which joins threads and waits on the
 /// network) on the blocking pool, so that it never stalls an async worker.

@@ -40,11 +40,15 @@ use super::{RepoState, StateStore, StoreError};
 use crate::admin::Readiness;
 use crate::config::{ClusterConfig, KafkaConfig};
 use crate::event::Event;
-use crate::sink::kafka::{CONTENT_TYPE, KafkaContext, client_config};
+use crate::sink::kafka::{CONTENT_TYPE, KafkaContext, TRANSACTIONAL_ID, client_config};
 use crate::watch::diff::Snapshot;
 
 /// How long a transaction step or a state write may take before the write counts as failed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Why a replica refuses to scan after the state topic's partition count changed.
+const LAYOUT_CHANGED: &str = "the state topic's partition count changed since its records were \
+    written, so repositories' state is no longer in their partition; not scanning (start over \
+    with a new cluster.state_topic, which records a baseline)";
 /// How often the consumer thread returns from `poll` to look at restores and shutdown.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -91,16 +95,29 @@ struct Inner {
     /// The partitions assigned to this replica. Writes hold the read lock; a revocation takes the
     /// write lock, so it waits for the writes in flight and none starts after it.
     claims: RwLock<BTreeMap<i32, Claim>>,
+    /// The claimed partitions that are restored, kept with `claims` (under its write lock) for
+    /// the questions scans ask on the async workers: a revocation waiting for `claims` behind a
+    /// slow write would otherwise hold those readers too, and freeze the runtime.
+    owned: Mutex<std::collections::BTreeSet<i32>>,
     /// Bumped whenever a partition is restored or revoked (see [`StateStore::ownership_epoch`]).
     epoch: AtomicU64,
     /// The state of the repositories of the claimed partitions, by registry identity.
     repos: Mutex<HashMap<String, BTreeMap<String, RepoState>>>,
+    /// The keys of repository records of the claimed partitions that could not be decoded:
+    /// their repositories' state is unknown, not absent.
+    unreadable: Mutex<std::collections::BTreeSet<String>>,
     /// The watch set recorded in each claimed partition, by registry identity.
     watch_sets: Mutex<HashMap<String, BTreeMap<i32, Vec<String>>>>,
+    /// The identities of the configured registries, once told (see
+    /// [`ClusterStore::adopt_registries`]).
+    configured: Mutex<Option<std::collections::BTreeSet<String>>>,
     /// Where hints for a registry (by identity) go: its loop's queue.
     hint_routes: Mutex<HashMap<String, mpsc::Sender<String>>>,
     /// Bumped when restored partitions bring repositories to scan.
     rescan: watch::Sender<u64>,
+    /// Set once a repository's record turned up in a partition its key does not land in: the
+    /// state topic's partition count changed, and no partition is taken as restored any more.
+    layout_changed: AtomicBool,
     readiness: OnceLock<Arc<Readiness>>,
     /// Produces events and state (at-least-once) and hints (both modes).
     plain: FutureProducer<KafkaContext>,
@@ -120,10 +137,7 @@ pub struct ClusterStore {
 impl ClusterStore {
     /// The store for `cluster` on `kafka`; it joins the group once [`ClusterStore::start`]ed.
     pub fn new(kafka: &KafkaConfig, cluster: &ClusterConfig) -> Result<ClusterStore, String> {
-        let mut settings = client_config(kafka);
-        // A user's transactional.id is for the transactional producer only.
-        settings.remove("transactional.id");
-        let plain = settings
+        let plain = client_config(kafka)
             .create_with_context(KafkaContext::default())
             .map_err(|e| format!("kafka producer: {e}"))?;
         Ok(ClusterStore {
@@ -132,11 +146,15 @@ impl ClusterStore {
                 cluster: cluster.clone(),
                 partitions: AtomicI32::new(0),
                 claims: RwLock::new(BTreeMap::new()),
+                owned: Mutex::new(std::collections::BTreeSet::new()),
                 epoch: AtomicU64::new(0),
                 repos: Mutex::new(HashMap::new()),
+                unreadable: Mutex::new(std::collections::BTreeSet::new()),
                 watch_sets: Mutex::new(HashMap::new()),
+                configured: Mutex::new(None),
                 hint_routes: Mutex::new(HashMap::new()),
                 rescan: watch::channel(0).0,
+                layout_changed: AtomicBool::new(false),
                 readiness: OnceLock::new(),
                 plain,
                 transactional: OnceLock::new(),
@@ -178,6 +196,70 @@ impl ClusterStore {
     /// Changes whenever restored partitions bring this replica repositories to scan.
     pub fn rescans(&self) -> watch::Receiver<u64> {
         self.inner.rescan.subscribe()
+    }
+
+    /// Records which registries (by identity) are configured, and forgets the state of the others
+    /// in the partitions this replica owns, as a single node's `adopt_registries` does: added back
+    /// later, such a registry takes a baseline instead of reporting all that changed meanwhile.
+    /// Blocking (it writes tombstones).
+    pub fn adopt_registries(&self, identities: &[String]) -> Result<(), StoreError> {
+        *self.inner.configured.lock().expect("configured lock") =
+            Some(identities.iter().cloned().collect());
+        self.forget_unconfigured()
+    }
+
+    /// Forgets the state of registries not configured that this replica owns (after a reload, or
+    /// once a restore brought some). Blocking.
+    pub fn forget_unconfigured(&self) -> Result<(), StoreError> {
+        let Some(configured) = self
+            .inner
+            .configured
+            .lock()
+            .expect("configured lock")
+            .clone()
+        else {
+            return Ok(());
+        };
+        let repos: Vec<(String, String)> = self
+            .inner
+            .repos
+            .lock()
+            .expect("repos lock")
+            .iter()
+            .filter(|(id, _)| !configured.contains(*id))
+            .flat_map(|(id, r)| r.keys().map(|repo| (id.clone(), repo.clone())))
+            .collect();
+        let sets: Vec<(String, i32)> = self
+            .inner
+            .watch_sets
+            .lock()
+            .expect("watch sets lock")
+            .iter()
+            .filter(|(id, _)| !configured.contains(*id))
+            .flat_map(|(id, s)| s.keys().map(|p| (id.clone(), *p)))
+            .collect();
+        if !repos.is_empty() {
+            tracing::info!(
+                repositories = repos.len(),
+                "cluster: forgetting the state of registries no longer configured"
+            );
+        }
+        for (id, repo) in repos {
+            self.forget_repositories(&id, &[repo])?;
+        }
+        for (id, p) in sets {
+            self.inner.write(p, &[], &[(watch_key(&id), None)])?;
+            if let Some(s) = self
+                .inner
+                .watch_sets
+                .lock()
+                .expect("watch sets lock")
+                .get_mut(&id)
+            {
+                s.remove(&p);
+            }
+        }
+        Ok(())
     }
 
     /// Sends hints for `identity`'s repositories that reach this replica to `hints`.
@@ -293,15 +375,23 @@ impl Inner {
         }
         self.partitions.store(partitions as i32, Ordering::Relaxed);
         if self.cluster.exactly_once && self.transactional.get().is_none() {
-            let mut settings = client_config(&self.kafka);
-            if settings.get("transactional.id").is_none() {
-                let id = format!(
+            // The user's id (to fence a restarted replica's predecessor at once), else one of
+            // this process's own: the group generation fences zombies either way (KIP-447).
+            let id = match self
+                .kafka
+                .properties
+                .iter()
+                .find(|(k, _)| k == TRANSACTIONAL_ID)
+            {
+                Some((_, id)) => id.expose_secret().to_owned(),
+                None => format!(
                     "regwatch-{}-{:016x}",
                     self.cluster.group,
                     rand::random::<u64>()
-                );
-                settings.set("transactional.id", id);
-            }
+                ),
+            };
+            let mut settings = client_config(&self.kafka);
+            settings.set(TRANSACTIONAL_ID, id);
             let producer: FutureProducer<KafkaContext> = settings
                 .create_with_context(KafkaContext::default())
                 .map_err(|e| format!("transactional producer: {e}"))?;
@@ -319,7 +409,7 @@ impl Inner {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.kafka.brokers);
         for (key, value) in &self.kafka.properties {
-            if key != "transactional.id" {
+            if key != TRANSACTIONAL_ID {
                 c.set(key, value.expose_secret());
             }
         }
@@ -352,8 +442,13 @@ impl Inner {
         };
         match (key.as_slice(), restored) {
             ([kind, identity, repository], false) if kind == "repo" => {
+                if self.partition(&repo_key(identity, repository)) != Some(p) {
+                    return self.refuse_changed_layout(p);
+                }
                 let mut repos = self.repos.lock().expect("repos lock");
                 let registry = repos.entry(identity.clone()).or_default();
+                let mut unreadable = self.unreadable.lock().expect("unreadable lock");
+                unreadable.remove(&repo_key(identity, repository));
                 match message.payload().map(decode_state) {
                     None => {
                         registry.remove(repository);
@@ -362,7 +457,10 @@ impl Inner {
                         registry.insert(repository.clone(), state);
                     }
                     Some(Err(e)) => {
-                        tracing::error!(%repository, error = %e, "cluster: unreadable state record skipped")
+                        // Unknown, not absent (see `repo_state`).
+                        tracing::error!(%repository, error = %e, "cluster: unreadable state record");
+                        registry.remove(repository);
+                        unreadable.insert(repo_key(identity, repository));
                     }
                 }
             }
@@ -394,8 +492,27 @@ impl Inner {
         }
     }
 
+    /// The state topic has more (or fewer) partitions than when `p`'s records were written, so
+    /// most repositories' state is in a partition that is no longer theirs: their new owners
+    /// would take them for first-seen and emit every tag. Nothing is scanned from now on.
+    fn refuse_changed_layout(&self, p: i32) {
+        if !self.layout_changed.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                partition = p,
+                partitions = self.partitions.load(Ordering::Relaxed),
+                "cluster: {LAYOUT_CHANGED}"
+            );
+        }
+        if let Some(r) = self.readiness.get() {
+            r.restoring(Some(LAYOUT_CHANGED.into()));
+        }
+    }
+
     /// Partitions read to their end: once all are, the replica scans them.
     fn restored(&self, partitions: &[i32]) {
+        if self.layout_changed.load(Ordering::SeqCst) {
+            return;
+        }
         let mut claims = self.claims.write().expect("claims lock");
         let mut changed = false;
         let mut oldest = None::<Instant>;
@@ -404,6 +521,7 @@ impl Inner {
                 && !claim.restored
             {
                 claim.restored = true;
+                self.owned.lock().expect("owned lock").insert(*p);
                 changed = true;
                 self.epoch.fetch_add(1, Ordering::SeqCst);
                 oldest = Some(oldest.map_or(claim.since, |o| o.min(claim.since)));
@@ -479,6 +597,7 @@ impl Inner {
     fn assigned(&self, partitions: &[i32]) {
         let mut claims = self.claims.write().expect("claims lock");
         for p in partitions {
+            self.owned.lock().expect("owned lock").remove(p);
             claims.insert(
                 *p,
                 Claim {
@@ -491,7 +610,9 @@ impl Inner {
         crate::registry::http::set_rate_share(claims.len(), total);
         let pending = claims.values().filter(|c| !c.restored).count();
         drop(claims);
-        if pending > 0 {
+        if self.layout_changed.load(Ordering::SeqCst) {
+            // Stays refused (see `refuse_changed_layout`).
+        } else if pending > 0 {
             tracing::info!(assigned = ?partitions, "cluster: restoring assigned state partitions");
             if let Some(r) = self.readiness.get() {
                 r.restoring(Some(format!("restoring {pending} state partitions")));
@@ -506,18 +627,35 @@ impl Inner {
     /// assignment restores it from the topic again).
     fn revoked(&self, partitions: &[i32]) {
         let mut claims = self.claims.write().expect("claims lock");
+        let was_restoring = claims.values().any(|c| !c.restored);
         for p in partitions {
             claims.remove(p);
+            self.owned.lock().expect("owned lock").remove(p);
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let total = self.partitions.load(Ordering::Relaxed);
         crate::registry::http::set_rate_share(claims.len(), total as usize);
         let owned = claims.values().filter(|c| c.restored).count();
+        // The partitions still being read were the ones taken away: the restore is over, as if
+        // it had completed (see `restored`), or the replica would stay unready.
+        let restore_over =
+            was_restoring && owned == claims.len() && !self.layout_changed.load(Ordering::SeqCst);
         drop(claims);
+        if restore_over {
+            if let Some(r) = self.readiness.get() {
+                r.rescan_all();
+                r.restoring(None);
+            }
+            self.rescan.send_modify(|n| *n += 1);
+        }
         let gone = |p: i32| partitions.contains(&p);
         for (identity, repos) in self.repos.lock().expect("repos lock").iter_mut() {
             repos.retain(|repo, _| !gone(partition_of(&repo_key(identity, repo), total)));
         }
+        self.unreadable
+            .lock()
+            .expect("unreadable lock")
+            .retain(|key| !gone(partition_of(key, total)));
         for sets in self
             .watch_sets
             .lock()
@@ -687,6 +825,28 @@ impl StateStore for ClusterStore {
         registry: &str,
         repository: &str,
     ) -> Result<Option<RepoState>, StoreError> {
+        // Only a restored partition knows what it holds: "never seen" from one being read (or
+        // gone) would make a known repository first-seen. `owned` is held while reading, so that
+        // no revocation (which forgets the partition's state) comes in between.
+        let key = repo_key(registry, repository);
+        let p = self.inner.repo_partition(registry, repository)?;
+        let owned = self.inner.owned.lock().expect("owned lock");
+        if !owned.contains(&p) {
+            return Err(StoreError::Unavailable(format!(
+                "state partition {p} is not restored here (it is being read, or moved)"
+            )));
+        }
+        if self
+            .inner
+            .unreadable
+            .lock()
+            .expect("unreadable lock")
+            .contains(&key)
+        {
+            return Err(StoreError::Io(format!(
+                "unreadable state record for {repository} in state partition {p}"
+            )));
+        }
         Ok(self
             .inner
             .repos
@@ -713,6 +873,19 @@ impl StateStore for ClusterStore {
             Some(w) if recorded.all(|o| o == Some(w)) => Some(w.clone()),
             _ => None,
         })
+    }
+
+    fn watch_set_of(
+        &self,
+        registry: &str,
+        repository: &str,
+    ) -> Result<Option<Option<Vec<String>>>, StoreError> {
+        // Partitions are covered by listings one by one (a replica that died before finishing
+        // its first, a config edit rolled out replica by replica): the repository's own
+        // partition says whether a listing has seen it missing.
+        let p = self.inner.repo_partition(registry, repository)?;
+        let sets = self.inner.watch_sets.lock().expect("watch sets lock");
+        Ok(Some(sets.get(registry).and_then(|s| s.get(&p)).cloned()))
     }
 
     fn set_watch_set(&self, registry: &str, patterns: &[String]) -> Result<(), StoreError> {
@@ -806,12 +979,7 @@ impl StateStore for ClusterStore {
         let Ok(p) = self.inner.repo_partition(registry, repository) else {
             return false;
         };
-        self.inner
-            .claims
-            .read()
-            .expect("claims lock")
-            .get(&p)
-            .is_some_and(|c| c.restored)
+        self.inner.owned.lock().expect("owned lock").contains(&p)
     }
 
     fn ownership_epoch(&self) -> u64 {
@@ -833,14 +1001,8 @@ impl StateStore for ClusterStore {
 
 impl ClusterStore {
     fn restored_partitions(&self) -> Vec<i32> {
-        self.inner
-            .claims
-            .read()
-            .expect("claims lock")
-            .iter()
-            .filter(|(_, c)| c.restored)
-            .map(|(p, _)| *p)
-            .collect()
+        let owned = self.inner.owned.lock().expect("owned lock");
+        owned.iter().copied().collect()
     }
 
     /// Writes a repository's state (with its events), then keeps it in memory.
@@ -952,5 +1114,190 @@ mod tests {
             .map(|i| partition_of(&repo_key("id", &format!("r{i}")), 12))
             .collect();
         assert_eq!(used.len(), 12);
+    }
+}
+
+#[cfg(test)]
+mod review {
+    //! The rebalance callback's steps (`assigned`, `restored`, `revoked`), called in the orders
+    //! librdkafka calls them, and what the store answers in between. No broker is needed: the
+    //! producer connects lazily and nothing here writes.
+    use super::*;
+
+    fn store() -> (ClusterStore, Arc<Readiness>) {
+        let (store, readiness) = store_on("127.0.0.1:9");
+        store.inner.partitions.store(4, Ordering::Relaxed);
+        let _ = store.inner.readiness.set(readiness.clone());
+        (store, readiness)
+    }
+
+    /// A store on `brokers` (state topic `imgs.state`, events `imgs`, nothing created), not started.
+    fn store_on(brokers: &str) -> (ClusterStore, Arc<Readiness>) {
+        let kafka = KafkaConfig {
+            brokers: brokers.into(),
+            topic: "imgs".into(),
+            create_topic: false,
+            partitions: 1,
+            replication_factor: -1,
+            properties: Vec::new(),
+        };
+        let cluster = ClusterConfig {
+            group: "g".into(),
+            state_topic: "imgs.state".into(),
+            session_timeout: Duration::from_secs(10),
+            exactly_once: false,
+            partitions: 4,
+        };
+        let store = ClusterStore::new(&kafka, &cluster).expect("store");
+        let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
+        (store, readiness)
+    }
+
+    /// A rolling restart makes rebalances follow each other: partitions assigned to a replica can
+    /// be taken away again before they were read to the end. Nothing is left to restore then,
+    /// and the replica must not stay "restoring" (503) until some later rebalance.
+    #[test]
+    fn partitions_revoked_before_their_restore_do_not_keep_the_replica_unready() {
+        let (store, readiness) = store();
+        store.inner.assigned(&[0, 1]);
+        store.inner.restored(&[0]);
+        store.inner.assigned(&[2]);
+        assert!(readiness.check().is_err(), "1 and 2 are still being read");
+        store.inner.revoked(&[1, 2]);
+        assert_eq!(
+            readiness.check(),
+            Ok(()),
+            "what is left (partition 0) is restored"
+        );
+    }
+
+    /// A partition being restored (assigned again after it was revoked mid-cycle, say) has not
+    /// told yet what it holds: "never seen" would make a known repository first-seen, whose
+    /// first scan then overwrites its state once the restore completes (a baseline that loses
+    /// the changes since, or a pending "emit" that re-emits every tag).
+    #[test]
+    fn a_repository_of_a_partition_not_restored_has_no_answer_yet() {
+        let (store, _) = store();
+        let (id, repo) = ("https://r.example", "team/app");
+        let p = partition_of(&repo_key(id, repo), 4);
+        assert!(
+            matches!(store.repo_state(id, repo), Err(StoreError::Unavailable(_))),
+            "not assigned here"
+        );
+        store.inner.assigned(&[p]);
+        assert!(
+            matches!(store.repo_state(id, repo), Err(StoreError::Unavailable(_))),
+            "assigned, still being read"
+        );
+        store.inner.restored(&[p]);
+        assert!(
+            matches!(store.repo_state(id, repo), Ok(None)),
+            "restored: truly never seen"
+        );
+    }
+
+    /// Adding partitions to the state topic (to run more replicas than it has) moves most keys to
+    /// another partition: their records stay where they were, and the new owner of each key finds
+    /// no state, takes the repository for first-seen and, the watch set being recorded, emits
+    /// every tag it has. A record found in a partition its key does not land in is that case; the
+    /// replica must refuse to scan rather than emit all of it again.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_state_topic_whose_partition_count_changed_is_refused() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::BaseProducer;
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("imgs.state", 4, 1).expect("state topic");
+        mock.create_topic("imgs", 4, 1).expect("event topic");
+        let (id, repo) = ("https://r.example", "team/app");
+        let key = repo_key(id, repo);
+        // Written when the topic had 2 partitions (FNV mod 2), read now that it has 4.
+        let then = partition_of(&key, 2);
+        let now = partition_of(&key, 4);
+        let (key, then) = if then == now {
+            // Another repository whose partition did move.
+            let moved = (0..100)
+                .map(|i| format!("team/app{i}"))
+                .find(|r| partition_of(&repo_key(id, r), 2) != partition_of(&repo_key(id, r), 4))
+                .expect("some key moves");
+            let k = repo_key(id, &moved);
+            (k.clone(), partition_of(&k, 2))
+        } else {
+            (key, then)
+        };
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .create()
+            .expect("producer");
+        let state = encode_state(&RepoState::Known(Snapshot::default()));
+        producer
+            .send(
+                rdkafka::producer::BaseRecord::to("imgs.state")
+                    .key(&key)
+                    .payload(&state)
+                    .partition(then),
+            )
+            .map_err(|(e, _)| e)
+            .expect("produce");
+        producer.flush(Duration::from_secs(10)).expect("flush");
+
+        let (store, readiness) = store_on(&mock.bootstrap_servers());
+        store.start(readiness.clone(), tokio::runtime::Handle::current());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let answer = loop {
+            let answer = readiness.check();
+            let settled = match &answer {
+                Ok(()) => true,
+                Err(why) => !why.contains("joining") && !why.contains("restoring"),
+            };
+            if settled || Instant::now() > deadline {
+                break answer;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        store.stop(Duration::from_secs(10)).await;
+        let why = answer.expect_err("a replica that would re-emit must not become ready");
+        assert!(why.contains("partition count"), "{why}");
+    }
+
+    /// A state record this release cannot read (written by a newer one, say, during a rolling
+    /// upgrade) is not "never seen": that would make the repository first-seen and, the watch
+    /// set being recorded, emit every tag it has. A single node's redb store fails the same way
+    /// (a store error, not a baseline).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_unreadable_state_record_is_an_error_not_a_first_seen_repository() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::BaseProducer;
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("imgs.state", 4, 1).expect("state topic");
+        mock.create_topic("imgs", 4, 1).expect("event topic");
+        let (id, repo) = ("https://r.example", "team/app");
+        let key = repo_key(id, repo);
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .create()
+            .expect("producer");
+        producer
+            .send(
+                rdkafka::producer::BaseRecord::to("imgs.state")
+                    .key(&key)
+                    .payload(&b"Z-a-future-encoding"[..])
+                    .partition(partition_of(&key, 4)),
+            )
+            .map_err(|(e, _)| e)
+            .expect("produce");
+        producer.flush(Duration::from_secs(10)).expect("flush");
+
+        let (store, readiness) = store_on(&mock.bootstrap_servers());
+        store.start(readiness.clone(), tokio::runtime::Handle::current());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !store.owns(id, repo) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let answer = store.repo_state(id, repo);
+        store.stop(Duration::from_secs(10)).await;
+        assert!(
+            matches!(answer, Err(StoreError::Io(_))),
+            "{answer:?}: taken for first-seen"
+        );
     }
 }

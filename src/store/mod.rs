@@ -115,6 +115,16 @@ pub trait StateStore: Send + Sync {
     fn ownership_epoch(&self) -> u64 {
         0
     }
+    /// Cluster mode: the watch set recorded where `repository`'s state lives (its partition's),
+    /// which decides whether it is new when first seen; `Some(None)` when none is recorded there.
+    /// `None` (a single node): the registry's [`watch_set`](StateStore::watch_set) decides.
+    fn watch_set_of(
+        &self,
+        _registry: &str,
+        _repository: &str,
+    ) -> Result<Option<Option<Vec<String>>>, StoreError> {
+        Ok(None)
+    }
     /// Passes a webhook hint for a repository this process does not own to the one that does.
     fn forward_hint(&self, _registry: &str, _repository: &str) -> Result<(), StoreError> {
         Ok(())

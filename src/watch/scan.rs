@@ -450,6 +450,40 @@ impl Scanner {
         }
     }
 
+    /// [`Scanner::first_scan_emits`] with the watch set the store keeps for `repo` itself, when it
+    /// keeps one per repository (cluster mode: per partition), else the registry's (`previous`).
+    fn first_seen_emits(
+        &self,
+        repo: &str,
+        previous: Option<&[RepoPattern]>,
+        output: &Output,
+    ) -> Result<bool, StoreError> {
+        let own = match output.store() {
+            Some(store) => store.watch_set_of(&self.identity, repo)?,
+            None => None,
+        };
+        Ok(match own {
+            None => self.first_scan_emits(repo, previous),
+            Some(None) => self.first_scan_emits(repo, None),
+            Some(Some(recorded))
+                if recorded.iter().map(String::as_str).eq(self
+                    .config
+                    .repositories
+                    .iter()
+                    .map(RepoPattern::as_str)) =>
+            {
+                self.first_scan_emits(repo, Some(&self.config.repositories))
+            }
+            Some(Some(recorded)) => {
+                let patterns: Vec<RepoPattern> = recorded
+                    .iter()
+                    .filter_map(|p| RepoPattern::parse(p).ok())
+                    .collect();
+                self.first_scan_emits(repo, Some(&patterns))
+            }
+        })
+    }
+
     /// Scans one repository. Any failure leaves the store as it was.
     async fn scan_repository(
         &self,
@@ -462,10 +496,13 @@ impl Scanner {
             None => None,
         };
         let first_seen = stored.is_none();
-        let state = stored.unwrap_or_else(|| RepoState::Pending {
-            emit: self.first_scan_emits(repo, previous_watch_set),
-            revision: fresh_revision(),
-        });
+        let state = match stored {
+            Some(state) => state,
+            None => RepoState::Pending {
+                emit: self.first_seen_emits(repo, previous_watch_set, output)?,
+                revision: fresh_revision(),
+            },
+        };
         // A new repository's events are diffed against a revision drawn now: record it first, so
         // that detecting them again after a lost commit gives them the same ids.
         if first_seen

@@ -5,6 +5,7 @@
 
 pub mod aws_endpoints;
 pub mod azure;
+pub mod cluster;
 pub mod moto;
 pub mod native;
 pub mod proxy;

@@ -1,0 +1,471 @@
+//! Cluster mode (issue 10) on librdkafka's mock cluster, hosted in the test process: unlike Tansu
+//! 0.6 it evicts a member whose session expired (failover after SIGKILL) and has the transactional
+//! APIs (`exactly_once`). It has no CreateTopics, so the replicas run with
+//! `kafka.create_topic = false` and the test creates the events and state topics itself (a topic
+//! only named in a metadata request is auto-created with 4 partitions). The replicas are child
+//! processes; a proxy in front of the real `docker-registry` attributes each request to one.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use support::cluster::{
+    Attributing, Ev, Opts, Tail, assert_exactly_once, assert_silent_baseline, metric_sum, push_all,
+    replica, repo_names, stderr_tail, wait_settled, wait_up,
+};
+use support::{Auth, Registry, report};
+
+/// Each test hosts a broker and several daemons, and measures timings: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TOPIC: &str = "regwatch.images";
+const STATE_TOPIC: &str = "rw.state";
+const STATE_PARTITIONS: usize = 12;
+const TOKEN: &str = "cluster-mock-token-77a0";
+const SETTLE: Duration = Duration::from_secs(45);
+
+fn mock() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 3, 1).unwrap();
+    cluster
+        .create_topic(STATE_TOPIC, STATE_PARTITIONS as i32, 1)
+        .unwrap();
+    cluster
+}
+
+fn opts(brokers: String, registry_url: String, cluster_extra: &str, properties: &str) -> Opts {
+    Opts {
+        brokers,
+        topic: TOPIC.into(),
+        registry_url,
+        interval: "2s".into(),
+        kafka_extra: "create_topic = false\n".into(),
+        properties: properties.into(),
+        cluster: format!(
+            "group = \"rw-mock\"\nstate_topic = \"{STATE_TOPIC}\"\nsession_timeout = \"6s\"\n{cluster_extra}"
+        ),
+        token: TOKEN.into(),
+    }
+}
+
+fn stderrs(daemons: &[&support::Daemon]) -> String {
+    daemons
+        .iter()
+        .map(|d| {
+            format!(
+                "--- replica {} stderr (tail):\n{}",
+                d.pid(),
+                stderr_tail(d, 25)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// At-least-once rules over a topic's events: nothing for a tag not in `pushed` (a phantom),
+/// and no two events for one detected change (type, repo, tag, digest) with different ids.
+/// Returns the redeliveries (same change, same id).
+fn assert_no_phantom_no_forked_ids(
+    events: &[Ev],
+    pushed: &BTreeMap<(String, String), String>,
+) -> usize {
+    let mut ids: HashMap<(String, String, String, String), HashSet<String>> = HashMap::new();
+    let mut redelivered = 0;
+    for e in events {
+        assert!(
+            pushed.contains_key(&(e.repo.clone(), e.tag.clone())),
+            "phantom event for {}:{} ({}), which was not pushed after the baseline",
+            e.repo,
+            e.tag,
+            e.kind
+        );
+        assert_eq!(
+            pushed[&(e.repo.clone(), e.tag.clone())],
+            e.digest,
+            "{}:{}",
+            e.repo,
+            e.tag
+        );
+        let change = (
+            e.kind.clone(),
+            e.repo.clone(),
+            e.tag.clone(),
+            e.digest.clone(),
+        );
+        if !ids.entry(change).or_default().insert(e.id.clone()) {
+            redelivered += 1;
+        }
+    }
+    let forked: Vec<_> = ids.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(
+        forked.is_empty(),
+        "one change delivered with different ids: {forked:?}"
+    );
+    redelivered
+}
+
+/// The issue's failover test: 3 replicas and 60 repositories; tags pushed to all, one replica
+/// killed with SIGKILL, tags pushed again. Every new tag is delivered, nothing else, and a
+/// redelivery keeps its id; a fresh replica with an empty state_dir joining afterwards emits
+/// nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_after_kill_9_loses_nothing_and_invents_nothing() {
+    let _serial = SERIAL.lock().await;
+    let cluster = mock();
+    let brokers = cluster.bootstrap_servers();
+    let registry = Registry::start(Auth::None);
+    let repos = repo_names(60);
+    push_all(&registry, &repos, "v0").await;
+    let (proxy, url) = Attributing::start(&registry.url()).await;
+    let opts = opts(brokers.clone(), url, "", "");
+
+    let setups: Vec<_> = (0..3).map(|_| replica(&opts, true)).collect();
+    let mut daemons = Vec::new();
+    for s in &setups {
+        let mut d = s.spawn();
+        proxy.watch(d.pid());
+        wait_up(&mut d, &s.admin).await;
+        daemons.push(d);
+    }
+    let admins: Vec<&str> = setups.iter().map(|s| s.admin.as_str()).collect();
+    wait_settled(&admins, STATE_PARTITIONS, SETTLE).await;
+
+    let mut tail = Tail::new(&brokers, TOPIC, "read_committed");
+    tail.drain_for(Duration::from_secs(5));
+    assert_silent_baseline(&tail, || stderrs(&daemons.iter().collect::<Vec<_>>()));
+
+    let mut pushed = push_all(&registry, &repos, "v1").await;
+    // Mid-cycle: some of the dead replica's scans of v1 may be detected but not committed.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let victim = daemons.pop().unwrap();
+    let victim_pid = victim.pid();
+    let killed_at = Instant::now();
+    let (_, _, victim_err) = victim.kill9();
+    let owners = proxy.last_lister(killed_at);
+    let orphans: Vec<&String> = repos
+        .iter()
+        .filter(|r| owners.get(*r) == Some(&victim_pid))
+        .collect();
+    assert!(
+        !orphans.is_empty(),
+        "the killed replica had listed none of the 60 repositories\n{}",
+        victim_err
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    pushed.extend(push_all(&registry, &repos, "v2").await);
+
+    let survivors: Vec<&support::Daemon> = daemons.iter().collect();
+    tail.wait_for_tags(&pushed, Duration::from_secs(60), || stderrs(&survivors));
+    tail.drain_for(Duration::from_secs(4));
+    let redelivered = assert_no_phantom_no_forked_ids(&tail.events, &pushed);
+
+    let failover = orphans
+        .iter()
+        .map(|r| {
+            let (pid, at) = proxy
+                .first_list_after(r, killed_at + Duration::from_millis(1))
+                .unwrap_or_else(|| panic!("{r} never listed after the kill"));
+            assert!(
+                pid.is_some_and(|p| p != victim_pid),
+                "{r} listed by {pid:?} after the kill"
+            );
+            at - killed_at
+        })
+        .max()
+        .unwrap();
+    report(
+        &format!(
+            "cluster failover (mock cluster, session 6 s, interval 2 s): kill -9 to the survivors listing all {} of the dead replica's repositories",
+            orphans.len()
+        ),
+        format!("{:.1} s", failover.as_secs_f64()),
+        "< session_timeout + 1 interval (8 s)",
+    );
+    report(
+        "cluster failover: 120 pushed tags, events missing / phantom / same change with another id",
+        "0 / 0 / 0",
+        "0 / 0 / 0",
+    );
+    report(
+        "cluster failover: redeliveries with the same id (at-least-once)",
+        redelivered,
+        "allowed",
+    );
+    assert!(
+        failover < Duration::from_secs(20),
+        "the dead replica's repositories were taken over only after {failover:?}"
+    );
+
+    // A fresh replica with an empty state_dir joins: it restores its share and emits nothing.
+    let before: HashSet<String> = tail.events.iter().map(|e| e.id.clone()).collect();
+    let fresh = replica(&opts, true);
+    let mut df = fresh.spawn();
+    proxy.watch(df.pid());
+    let joined = Instant::now();
+    wait_up(&mut df, &fresh.admin).await;
+    wait_settled(
+        &[admins[0], admins[1], fresh.admin.as_str()],
+        STATE_PARTITIONS,
+        SETTLE,
+    )
+    .await;
+    tail.drain_for(Duration::from_secs(6));
+    let new: Vec<&Ev> = tail
+        .events
+        .iter()
+        .filter(|e| !before.contains(&e.id))
+        .collect();
+    assert!(
+        new.is_empty(),
+        "the fresh replica re-emitted {} events: {:?}\n{}",
+        new.len(),
+        new.first(),
+        stderrs(&[&df])
+    );
+    let listed_by_fresh = proxy
+        .tag_lists(joined, Instant::now())
+        .iter()
+        .filter(|(_, pid, _)| *pid == Some(df.pid()))
+        .count();
+    assert!(
+        listed_by_fresh > 0,
+        "the fresh replica scanned nothing, so its silence proves nothing"
+    );
+    assert_no_phantom_no_forked_ids(&tail.events, &pushed);
+}
+
+/// Three replicas share the watch set: across the cluster each repository's tags are listed about
+/// once per interval, each by one replica, not once per replica.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_list_each_repository_about_once_per_interval() {
+    let _serial = SERIAL.lock().await;
+    let cluster = mock();
+    let registry = Registry::start(Auth::None);
+    let repos = repo_names(12);
+    push_all(&registry, &repos, "v0").await;
+    let (proxy, url) = Attributing::start(&registry.url()).await;
+    let opts = opts(cluster.bootstrap_servers(), url, "", "");
+    let setups: Vec<_> = (0..3).map(|_| replica(&opts, true)).collect();
+    let mut daemons = Vec::new();
+    for s in &setups {
+        let mut d = s.spawn();
+        proxy.watch(d.pid());
+        wait_up(&mut d, &s.admin).await;
+        daemons.push(d);
+    }
+    let admins: Vec<&str> = setups.iter().map(|s| s.admin.as_str()).collect();
+    wait_settled(&admins, STATE_PARTITIONS, SETTLE).await;
+    // One interval for the last rebalance's scans to pass, then six measured intervals.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let intervals = 6;
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2 * intervals)).await;
+    let to = Instant::now();
+    // Ownership must not have moved during the window, or the counts would mix two layouts.
+    let still: f64 = {
+        let mut sum = 0.0;
+        for a in &admins {
+            sum += metric_sum(a, "regwatch_cluster_owned_partitions")
+                .await
+                .unwrap_or(0.0);
+        }
+        sum
+    };
+    assert_eq!(
+        still,
+        STATE_PARTITIONS as f64,
+        "owned partitions summed over the replicas after the measured window\n{}",
+        stderrs(&daemons.iter().collect::<Vec<_>>())
+    );
+
+    let mut per_repo: BTreeMap<String, (usize, HashSet<Option<u32>>)> = BTreeMap::new();
+    let mut by_pid: BTreeMap<String, BTreeMap<Option<u32>, usize>> = BTreeMap::new();
+    for (repo, pid, _) in proxy.tag_lists(from, to) {
+        *by_pid
+            .entry(repo.clone())
+            .or_default()
+            .entry(pid)
+            .or_default() += 1;
+        let e = per_repo.entry(repo).or_default();
+        e.0 += 1;
+        e.1.insert(pid);
+    }
+    let pids: Vec<u32> = daemons.iter().map(|d| d.pid()).collect();
+    let layout = format!("tags/list per repository and replica {by_pid:?} (replicas {pids:?})");
+    let counts: Vec<usize> = repos
+        .iter()
+        .map(|r| per_repo.get(r).map_or(0, |e| e.0))
+        .collect();
+    let total: usize = counts.iter().sum();
+    let per_interval = total as f64 / (repos.len() * intervals as usize) as f64;
+    report(
+        "cluster (mock cluster, 3 replicas, 12 repositories): tags/list per repository per interval",
+        format!(
+            "{per_interval:.2} (max per repository {} in {intervals} intervals)",
+            counts.iter().max().unwrap()
+        ),
+        "about 1, not 3",
+    );
+    report(
+        "cluster (mock cluster, 3 replicas): catalog listings per interval across the cluster",
+        format!("{:.2}", proxy.catalogs(from, to) as f64 / intervals as f64),
+        "documented (1 per replica at most)",
+    );
+    for (repo, count) in repos.iter().zip(&counts) {
+        assert!(
+            (*count as f64) < 1.5 * intervals as f64,
+            "{repo} was listed {count} times in {intervals} intervals; {layout}"
+        );
+        assert!(
+            *count >= intervals as usize / 2,
+            "{repo} was listed only {count} times in {intervals} intervals: not watched? {layout}"
+        );
+        let listers = &per_repo[repo].1;
+        assert_eq!(
+            listers.len(),
+            1,
+            "{repo} was listed by {} replicas: {listers:?}; {layout}",
+            listers.len()
+        );
+    }
+    let listers: HashSet<Option<u32>> = per_repo.values().flat_map(|e| e.1.clone()).collect();
+    assert_eq!(
+        listers.len(),
+        3,
+        "every replica scans its share: {listers:?}"
+    );
+    let mut owned = 0.0;
+    for a in &admins {
+        owned += metric_sum(a, "regwatch_cluster_owned_repositories")
+            .await
+            .unwrap_or(0.0);
+    }
+    assert_eq!(owned, repos.len() as f64, "owned repositories summed");
+    drop(daemons);
+}
+
+/// `exactly_once = true`: events go out in transactions (a read_committed consumer sees them, each
+/// once). Then the replica is fenced: a producer with the same `transactional.id` calls
+/// InitProducerId, and the broker answers the replica's transactional requests with
+/// PRODUCER_FENCED, as Kafka answers a producer whose epoch was bumped. Nothing the replica
+/// detects afterwards may reach the topic, and its log says it was fenced.
+///
+/// Measured on librdkafka 2.12.1's mock cluster: InitProducerId bumps no epoch the broker checks
+/// (the first producer still commits), and it ignores `isolation.level` (open and aborted
+/// transactions are visible to read_committed). So the broker's fenced answer is injected with
+/// `request_errors`, and the test asserts that no record of the fenced replica's later detections
+/// is in the log at all. Tansu 0.6 has no EndTxn.
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_delivers_and_a_fenced_replica_commits_nothing() {
+    let _serial = SERIAL.lock().await;
+    let cluster = mock();
+    let brokers = cluster.bootstrap_servers();
+    let registry = Registry::start(Auth::None);
+    let repos = repo_names(6);
+    push_all(&registry, &repos, "v0").await;
+    let (proxy, url) = Attributing::start(&registry.url()).await;
+    let host = url.trim_start_matches("http://").to_owned();
+    let opts = opts(
+        brokers.clone(),
+        url,
+        "exactly_once = true\n",
+        "\"transactional.id\" = \"rw-test\"\n",
+    );
+    let setup = replica(&opts, true);
+    let mut d = setup.spawn();
+    proxy.watch(d.pid());
+    wait_up(&mut d, &setup.admin).await;
+    wait_settled(&[&setup.admin], STATE_PARTITIONS, SETTLE).await;
+
+    let mut committed = Tail::new(&brokers, TOPIC, "read_committed");
+    committed.drain_for(Duration::from_secs(4));
+    assert_silent_baseline(&committed, || stderrs(&[&d]));
+    let first = push_all(&registry, &repos, "v1").await;
+    committed.wait_for_tags(&first, Duration::from_secs(30), || stderrs(&[&d]));
+    committed.drain_for(Duration::from_secs(3));
+    assert_exactly_once(&committed.events, &first, &host);
+    let records = metric_sum(&setup.admin, "regwatch_cluster_state_records_total").await;
+    assert!(
+        records.is_some_and(|r| r >= 1.0),
+        "regwatch_cluster_state_records_total after 6 committed detections: {records:?}"
+    );
+    report(
+        "cluster exactly_once (mock cluster): tags delivered in transactions, each once",
+        format!("{}/{}", committed.events.len(), first.len()),
+        "6/6",
+    );
+
+    // Fence: a new producer instance with the replica's transactional.id ...
+    let fencer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("transactional.id", "rw-test")
+        .create()
+        .unwrap();
+    fencer
+        .init_transactions(Duration::from_secs(30))
+        .expect("InitProducerId for the replica's transactional.id");
+    // ... and the broker's answer to the old epoch from now on.
+    let fenced = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED; 500];
+    for api in [
+        RDKafkaApiKey::AddPartitionsToTxn,
+        RDKafkaApiKey::AddOffsetsToTxn,
+        RDKafkaApiKey::TxnOffsetCommit,
+        RDKafkaApiKey::EndTxn,
+    ] {
+        cluster.request_errors(api, &fenced);
+    }
+    let fenced_at = Instant::now();
+
+    let second = push_all(&registry, &repos, "v2").await;
+    // The replica rescans the repositories (so it did detect the new tags) ...
+    let tried = Instant::now();
+    while repos
+        .iter()
+        .any(|r| proxy.first_list_after(r, fenced_at).is_none())
+    {
+        assert!(
+            tried.elapsed() < Duration::from_secs(15),
+            "the replica did not rescan after the fencing\n{}",
+            stderrs(&[&d])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ... and for three more intervals nothing of them reaches the topic.
+    committed.drain_for(Duration::from_secs(6));
+    let mut all = first.clone();
+    all.extend(second.clone());
+    assert_no_phantom_no_forked_ids(&committed.events, &all);
+    let leaked: Vec<&Ev> = committed
+        .events
+        .iter()
+        .filter(|e| second.contains_key(&(e.repo.clone(), e.tag.clone())))
+        .collect();
+    report(
+        "cluster exactly_once: events of a fenced replica in the topic",
+        leaked.len(),
+        "0",
+    );
+    assert!(
+        leaked.is_empty(),
+        "a fenced replica got {} events into the topic: {:?}\n{}",
+        leaked.len(),
+        leaked,
+        stderrs(&[&d])
+    );
+    let logged = d.stderr.lock().unwrap().to_lowercase().contains("fenc");
+    assert!(
+        logged,
+        "the replica did not log the fencing\n{}",
+        stderrs(&[&d])
+    );
+    drop(fencer);
+}

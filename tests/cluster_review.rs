@@ -1,0 +1,497 @@
+//! Adversarial review of cluster mode: the cases found to lose or invent events, each against
+//! rdkafka's in-process MockCluster (a real Kafka protocol peer) and the synthetic registry.
+//!
+//! The state topic's record layout is the one `src/store/kafka.rs` documents: keys are JSON
+//! arrays, `["repo", identity, repository]` lands in FNV-1a(key) mod partitions, and
+//! `["watch", identity]` (the patterns of the last complete listing) is written to each partition
+//! its owner's listing covered.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use regwatch::admin::Readiness;
+use regwatch::config::{self, ClusterConfig, FirstRun, KafkaConfig};
+use regwatch::store::StateStore;
+use regwatch::store::kafka::ClusterStore;
+use regwatch::watch::scan::{Output, Scanner};
+use support::report;
+use support::synthetic::{Synthetic, serve};
+use tokio::sync::Notify;
+
+const PARTITIONS: i32 = 4;
+
+fn partition_of(key: &str) -> i32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % PARTITIONS as u64) as i32
+}
+
+fn repo_partition(identity: &str, repository: &str) -> i32 {
+    partition_of(&serde_json::to_string(&("repo", identity, repository)).unwrap())
+}
+
+fn configs(brokers: String) -> (KafkaConfig, ClusterConfig) {
+    let kafka = KafkaConfig {
+        brokers,
+        topic: "imgs".into(),
+        create_topic: false,
+        partitions: PARTITIONS,
+        replication_factor: -1,
+        properties: Vec::new(),
+    };
+    let cluster = ClusterConfig {
+        group: "review".into(),
+        state_topic: "imgs.state".into(),
+        session_timeout: Duration::from_secs(6),
+        exactly_once: false,
+        partitions: PARTITIONS,
+    };
+    (kafka, cluster)
+}
+
+type Mock = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+/// Starts a replica (it joins the group in the background).
+fn start(mock: &Mock) -> (Arc<ClusterStore>, Arc<Readiness>) {
+    let (kafka, cluster) = configs(mock.bootstrap_servers());
+    let store = Arc::new(ClusterStore::new(&kafka, &cluster).unwrap());
+    let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
+    store.start(readiness.clone(), tokio::runtime::Handle::current());
+    (store, readiness)
+}
+
+/// Starts a replica and waits until it has restored what it was assigned.
+async fn replica(mock: &Mock) -> Arc<ClusterStore> {
+    let (store, readiness) = start(mock);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readiness.check().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not restored: {:?}",
+            readiness.check()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store
+}
+
+/// Every event on `imgs` as (type, repository, tag).
+fn events(brokers: &str) -> Vec<(String, String, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "review-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut all = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        all.add_partition_offset("imgs", p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&all).unwrap();
+    let mut out = Vec::new();
+    let quiet = Duration::from_secs(3);
+    let mut last = Instant::now();
+    while last.elapsed() < quiet {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            out.push((
+                v["type"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("io.regwatch.")
+                    .to_owned(),
+                v["data"]["repository"].as_str().unwrap().to_owned(),
+                v["data"]["tag"].as_str().unwrap().to_owned(),
+            ));
+            last = Instant::now();
+        }
+    }
+    out
+}
+
+/// A partition no complete listing covered yet (its owner died before finishing its first
+/// cycle, say, and this replica took it over) must make a baseline of ITS first-seen
+/// repositories only. A repository created after the listing that recorded the watch set of
+/// another partition is news there: baselining it too loses its tags.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_without_a_watch_set_does_not_baseline_new_repositories_elsewhere() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let registry = Arc::new(Synthetic::default());
+    let host = serve(registry.clone()).await;
+    let cfg = config::parse(&format!(
+        "[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrate_limit = 10000\nrepositories = [\"team/*\"]\n"
+    ))
+    .unwrap()
+    .registries
+    .remove(0);
+    let scanner = Scanner::new(&cfg, FirstRun::Baseline, false).unwrap();
+    let id = scanner.identity.clone();
+
+    // A new repository, and a partition other than its own that no listing covered.
+    let new = (0..100)
+        .map(|i| format!("team/new{i}"))
+        .find(|r| repo_partition(&id, r) == 0)
+        .unwrap();
+    let uncovered = 3;
+    // The listing that covered partitions 0..3 had the same patterns and no `new`.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .create()
+        .unwrap();
+    let key = serde_json::to_string(&("watch", &id)).unwrap();
+    let patterns = serde_json::to_vec(&["team/*"]).unwrap();
+    for p in (0..PARTITIONS).filter(|p| *p != uncovered) {
+        producer
+            .send(
+                BaseRecord::to("imgs.state")
+                    .key(&key)
+                    .payload(&patterns)
+                    .partition(p),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let store = replica(&mock).await;
+    registry.put(&new, "v1", 0);
+    let output = Output::Commit {
+        store: store.clone(),
+        published: Arc::new(Notify::new()),
+    };
+    scanner.cycle(&output, || false).await.unwrap();
+    store.stop(Duration::from_secs(10)).await;
+
+    let got = events(&mock.bootstrap_servers());
+    report(
+        "cluster: new repository next to an uncovered partition reported",
+        got.len(),
+        "1",
+    );
+    assert_eq!(
+        got,
+        vec![("tag.added".into(), new, "v1".into())],
+        "baselined, so lost"
+    );
+}
+
+/// A revocation waits for the writes in flight to its partitions, which is right; but while the
+/// consumer thread waits for the claims' write lock, every reader of the lock queues behind it,
+/// and the readers are the scans' `owns`/`repo_state` on the async workers. A write that waits
+/// for an unreachable partition leader (up to `message.timeout.ms`, 30 s; a queue of
+/// transactions, longer) then freezes the runtime: heartbeats stop, the systemd watchdog (30 s,
+/// fed only while every loop beat within 15 s) kills the replica, the webhook endpoint hangs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebalance_waiting_for_a_slow_write_does_not_block_ownership_questions() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let a = replica(&mock).await;
+    let (id, repo) = ("https://r.example", "team/app");
+    assert!(a.owns(id, repo), "alone, it owns everything");
+
+    // The events topic loses its leaders: a scan's commit waits for its event's delivery.
+    for p in 0..PARTITIONS {
+        mock.partition_leader("imgs", p, None).unwrap();
+    }
+    let event = regwatch::event::Event {
+        id: "e".into(),
+        key: "r.example/team/app".into(),
+        payload: "{}".into(),
+    };
+    let writer = {
+        let a = a.clone();
+        tokio::task::spawn_blocking(move || a.commit_scan(id, repo, &Default::default(), &[event]))
+    };
+    // A second replica joins: the first must revoke half its partitions.
+    let (b, _) = start(&mock);
+    let mut slowest = Duration::ZERO;
+    let probing = Instant::now();
+    while probing.elapsed() < Duration::from_secs(20) && !writer.is_finished() {
+        let asked = Instant::now();
+        let a = a.clone();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || a.owns(id, repo)),
+        )
+        .await;
+        slowest = slowest.max(asked.elapsed());
+        if answer.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    report(
+        "cluster: longest owns() while a revocation waits for a write (ms)",
+        slowest.as_millis(),
+        "< 1000",
+    );
+    for p in 0..PARTITIONS {
+        mock.partition_leader("imgs", p, Some(1)).unwrap();
+    }
+    let _ = writer.await;
+    b.stop(Duration::from_secs(10)).await;
+    a.stop(Duration::from_secs(10)).await;
+    assert!(
+        slowest < Duration::from_secs(1),
+        "owns() waited {slowest:?} behind the rebalance"
+    );
+}
+
+const SASL_PW: &str = "canary-cluster-sasl-5e7d";
+
+/// Cluster mode hands `kafka.properties` to three more librdkafka clients (the state producer,
+/// the transactional producer and the group consumer, which copies them itself). The mock
+/// cluster has no SASL, so the password rides along unused (librdkafka takes it on any
+/// protocol): at
+/// `RUST_LOG=trace`, through joining, restoring, scanning and leaving, the SASL password must
+/// never be printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_mode_never_prints_the_kafka_secrets() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let registry = Arc::new(Synthetic::default());
+    registry.put("team/app", "v1", 0);
+    let host = serve(registry.clone()).await;
+    let setup = support::Setup::new(
+        "interval = \"2s\"",
+        &format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"imgs\"\ncreate_topic = false\n[kafka.properties]\n\"sasl.username\" = \"svc\"\n\"sasl.password\" = \"{SASL_PW}\"\n\n[cluster]\ngroup = \"canary\"\nexactly_once = true\nsession_timeout = \"6s\"\n\n[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\"]\n",
+            mock.bootstrap_servers()
+        ),
+    );
+    let daemon = support::Daemon::start(
+        std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["run", "-c"])
+            .arg(&setup.config)
+            .env("RUST_LOG", "trace"),
+    );
+    let ready = format!("http://{}/readyz", setup.admin);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut was_ready = false;
+    while Instant::now() < deadline && !was_ready {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        was_ready = reqwest::get(&ready)
+            .await
+            .is_ok_and(|r| r.status().is_success());
+    }
+    registry.put("team/app", "v2", 0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, out, err) = daemon.stop();
+    let output = format!("{out}{err}");
+    let leaks = output.matches(SASL_PW).count();
+    report(
+        &format!(
+            "cluster mode: secret canaries in {} bytes of trace output",
+            output.len()
+        ),
+        leaks,
+        "0",
+    );
+    assert!(was_ready, "the replica never became ready:\n{err}");
+    assert!(output.contains("cluster"), "cluster mode ran");
+    assert_eq!(leaks, 0, "sasl.password printed");
+    // And the transactions went through: the baseline emitted nothing, the push one event.
+    assert_eq!(
+        events(&mock.bootstrap_servers()),
+        vec![("tag.added".into(), "team/app".into(), "v2".into())]
+    );
+}
+
+/// `exactly_once`: each transaction carries the group metadata (generation) captured in the last
+/// rebalance callback. After another replica joins (a cooperative rebalance in two rounds), the
+/// replica that kept its remaining partitions must still commit: metadata from a round it did not
+/// see would have every transaction rejected as from an old generation, and nothing recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_commits_after_another_replica_joined() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let eos = |mock: &Mock| {
+        let (kafka, mut cluster) = configs(mock.bootstrap_servers());
+        cluster.exactly_once = true;
+        let store = Arc::new(ClusterStore::new(&kafka, &cluster).unwrap());
+        let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
+        store.start(readiness.clone(), tokio::runtime::Handle::current());
+        (store, readiness)
+    };
+    let wait_ready = |r: Arc<Readiness>| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while r.check().is_err() {
+            assert!(Instant::now() < deadline, "not ready: {:?}", r.check());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (a, ready_a) = eos(&mock);
+    wait_ready(ready_a).await;
+    let (b, ready_b) = eos(&mock);
+    wait_ready(ready_b).await;
+    // Both own a share once the two rounds are over.
+    let id = "https://r.example";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mine, theirs) = loop {
+        let repos: Vec<String> = (0..200).map(|i| format!("team/r{i}")).collect();
+        let mine = repos.iter().find(|r| a.owns(id, r)).cloned();
+        let theirs = repos.iter().find(|r| b.owns(id, r)).cloned();
+        if let (Some(m), Some(t)) = (&mine, &theirs) {
+            break (m.clone(), t.clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group never split the partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let commit = |s: Arc<ClusterStore>, repo: String| {
+        tokio::task::spawn_blocking(move || s.commit_scan(id, &repo, &Default::default(), &[]))
+    };
+    let kept = commit(a.clone(), mine).await.unwrap();
+    let gained = commit(b.clone(), theirs).await.unwrap();
+    b.stop(Duration::from_secs(10)).await;
+    a.stop(Duration::from_secs(10)).await;
+    report(
+        "cluster exactly_once: commits after a join (kept, gained partitions)",
+        format!("{} {}", kept.is_ok(), gained.is_ok()),
+        "true true",
+    );
+    assert!(kept.is_ok(), "the replica that kept partitions: {kept:?}");
+    assert!(gained.is_ok(), "the replica that joined: {gained:?}");
+}
+
+/// Sends SIGHUP and waits for the daemon to log its `nth` successful reload.
+async fn reload(daemon: &support::Daemon, nth: usize) {
+    std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    while daemon
+        .stderr
+        .lock()
+        .unwrap()
+        .matches("configuration reloaded")
+        .count()
+        < nth
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no reload logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A registry dropped from the configuration has its state forgotten (a single node forgets it
+/// at reload, so that adding it back later is a config edit, with a baseline). Cluster mode kept
+/// it in the state topic: added back, it was diffed against the old snapshot and everything
+/// pushed while it was not watched came out as news.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_dropped_and_added_back_gets_a_baseline() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let kept = Arc::new(Synthetic::default());
+    kept.put("keep/app", "v1", 0);
+    let dropped = Arc::new(Synthetic::default());
+    dropped.put("team/app", "v1", 0);
+    let (kept_host, dropped_host) = (serve(kept.clone()).await, serve(dropped.clone()).await);
+    let entry = |name: &str, host: &str| {
+        format!(
+            "[[registry]]\nname = \"{name}\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\n\n"
+        )
+    };
+    let head = format!(
+        "[kafka]\nbrokers = \"{}\"\ntopic = \"imgs\"\ncreate_topic = false\n\n[cluster]\ngroup = \"readd\"\nsession_timeout = \"6s\"\n\n",
+        mock.bootstrap_servers()
+    );
+    let both = format!(
+        "{head}{}{}",
+        entry("keep", &kept_host),
+        entry("gone", &dropped_host)
+    );
+    let setup = support::Setup::new("interval = \"1s\"", &both);
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let daemon = setup.spawn();
+    let ready = format!("http://{}/readyz", setup.admin);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reqwest::get(&ready)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Dropped; pushed to while not watched; added back.
+    std::fs::write(
+        &setup.config,
+        text.replace(&entry("gone", &dropped_host), ""),
+    )
+    .unwrap();
+    reload(&daemon, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    dropped.put("team/app", "v2", 0);
+    dropped.put("team/app", "v1", 1);
+    std::fs::write(&setup.config, &text).unwrap();
+    reload(&daemon, 2).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, _, err) = daemon.stop();
+    let got = events(&mock.bootstrap_servers());
+    report(
+        "cluster: events for a registry dropped and added back (a baseline)",
+        got.len(),
+        "0",
+    );
+    assert!(got.is_empty(), "{got:?}\n{err}");
+}
+
+/// More replicas than state partitions (the README: `cluster.partitions` is the most replicas
+/// that share the work): the one assigned nothing is a standby, and must still become ready, or a
+/// Kubernetes rollout waits for it forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_assigned_nothing_becomes_ready() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..PARTITIONS {
+        replicas.push(start(&mock));
+    }
+    let (extra, extra_ready) = start(&mock);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let all_ready =
+        || replicas.iter().all(|(_, r)| r.check().is_ok()) && extra_ready.check().is_ok();
+    while !all_ready() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let answers: Vec<String> = replicas
+        .iter()
+        .map(|(_, r)| r)
+        .chain([&extra_ready])
+        .map(|r| format!("{:?}", r.check()))
+        .collect();
+    extra.stop(Duration::from_secs(10)).await;
+    for (s, _) in &replicas {
+        s.stop(Duration::from_secs(10)).await;
+    }
+    report(
+        "cluster: replicas ready with one more replica than partitions",
+        answers.iter().filter(|a| *a == "Ok(())").count(),
+        &(PARTITIONS + 1).to_string(),
+    );
+    assert!(answers.iter().all(|a| a == "Ok(())"), "{answers:?}");
+}

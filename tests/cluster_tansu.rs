@@ -1,0 +1,386 @@
+//! Cluster mode (issue 10) on Tansu, which handles joins and graceful leaves (but never evicts a
+//! member killed with SIGKILL: failover is in cluster_mock.rs): replicas of `regwatch run` in one
+//! consumer group, a real `docker-registry` behind a proxy that attributes each request to the
+//! replica that sent it, and the events read back with rdkafka.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use support::cluster::{
+    Attributing, Opts, Tail, assert_exactly_once, assert_silent_baseline, metric_sum, push_all,
+    replica, repo_names, stderr_tail, topic_partitions, wait_settled, wait_up,
+};
+use support::{Auth, Registry, Setup, Tansu, report};
+
+/// The tests here start brokers, registries and several daemons each, and two of them measure
+/// timings: they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TOPIC: &str = "regwatch.images";
+const TOKEN: &str = "cluster-hint-token-5b1e";
+/// `cluster.partitions`: the state topic regwatch creates on Tansu.
+const PARTITIONS: usize = 6;
+const SETTLE: Duration = Duration::from_secs(45);
+
+/// A registry holding `v0` in each of `n` repositories, the attributing proxy in front of it, and
+/// the shared replica options (`interval`, consumer group `group`).
+async fn world(
+    tansu: &Tansu,
+    n: usize,
+    interval: &str,
+    group: &str,
+) -> (Registry, std::sync::Arc<Attributing>, Opts, Vec<String>) {
+    let registry = Registry::start(Auth::None);
+    let repos = repo_names(n);
+    push_all(&registry, &repos, "v0").await;
+    let (proxy, url) = Attributing::start(&registry.url()).await;
+    let opts = Opts {
+        brokers: tansu.brokers.clone(),
+        topic: TOPIC.into(),
+        registry_url: url,
+        interval: interval.into(),
+        kafka_extra: String::new(),
+        properties: String::new(),
+        cluster: format!(
+            "group = \"{group}\"\nsession_timeout = \"10s\"\npartitions = {PARTITIONS}\n"
+        ),
+        token: TOKEN.into(),
+    };
+    (registry, proxy, opts, repos)
+}
+
+fn proxy_host(opts: &Opts) -> String {
+    opts.registry_url.trim_start_matches("http://").to_owned()
+}
+
+/// Starts a replica and attributes its registry traffic.
+async fn start(proxy: &Attributing, setup: &Setup) -> support::Daemon {
+    let mut d = setup.spawn();
+    proxy.watch(d.pid());
+    wait_up(&mut d, &setup.admin).await;
+    d
+}
+
+fn stderrs(daemons: &[&support::Daemon]) -> String {
+    daemons
+        .iter()
+        .map(|d| {
+            format!(
+                "--- replica {} stderr (tail):\n{}",
+                d.pid(),
+                stderr_tail(d, 25)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Join, restore and rolling restart: two replicas baseline a populated registry silently, deliver
+/// each new tag exactly once between them, re-emit nothing when each is replaced in turn by one
+/// with an empty (or no) `state_dir`, and keep delivering afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn rolling_restart_with_empty_state_dirs_re_emits_nothing() {
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let (registry, proxy, opts, repos) = world(&tansu, 12, "2s", "rw-rolling").await;
+    let host = proxy_host(&opts);
+
+    let a = replica(&opts, true);
+    let da = start(&proxy, &a).await;
+    // kafka.create_topic defaults to true: the events topic exists once a replica is ready, so
+    // consumers can subscribe before the first event.
+    let events_partitions = topic_partitions(&tansu.brokers, TOPIC, Duration::from_secs(5));
+    assert_eq!(
+        events_partitions,
+        3,
+        "kafka.topic {TOPIC} (kafka.partitions = 3, create_topic defaulting to true) after the first replica is ready\n{}",
+        stderrs(&[&da])
+    );
+    let b = replica(&opts, true);
+    let db = start(&proxy, &b).await;
+    let took = wait_settled(&[&a.admin, &b.admin], PARTITIONS, SETTLE).await;
+    report(
+        "cluster (Tansu): second replica joined, partitions split",
+        format!("{:.1} s", took.as_secs_f64()),
+        "< 45 s",
+    );
+
+    // Baseline: the registry's existing tags publish nothing.
+    let mut tail = Tail::new(&tansu.brokers, TOPIC, "read_committed");
+    tail.drain_for(Duration::from_secs(6));
+    assert_silent_baseline(&tail, || stderrs(&[&da, &db]));
+
+    let mut pushed = push_all(&registry, &repos, "v1").await;
+    tail.wait_for_tags(&pushed, Duration::from_secs(45), || stderrs(&[&da, &db]));
+    tail.drain_for(Duration::from_secs(3));
+    assert_exactly_once(&tail.events, &pushed, &host);
+
+    let records = metric_sum(&a.admin, "regwatch_cluster_state_records_total")
+        .await
+        .unwrap_or(0.0)
+        + metric_sum(&b.admin, "regwatch_cluster_state_records_total")
+            .await
+            .unwrap_or(0.0);
+    assert!(
+        records >= 1.0,
+        "regwatch_cluster_state_records_total is {records} after 12 detections"
+    );
+
+    // Rolling restart: a gets a new, empty state_dir; b none at all.
+    let (code, _, err) = da.stop();
+    assert_eq!(code, 0, "SIGTERM exits 0: {err}");
+    let a2 = replica(&opts, true);
+    let da2 = start(&proxy, &a2).await;
+    wait_settled(&[&a2.admin, &b.admin], PARTITIONS, SETTLE).await;
+    let (code, _, err) = db.stop();
+    assert_eq!(code, 0, "SIGTERM exits 0: {err}");
+    let b2 = replica(&opts, false);
+    let db2 = start(&proxy, &b2).await;
+    let took = wait_settled(&[&a2.admin, &b2.admin], PARTITIONS, SETTLE).await;
+    report(
+        "cluster (Tansu): replica with no state_dir restored and joined",
+        format!("{:.1} s", took.as_secs_f64()),
+        "< 45 s",
+    );
+    let restore = metric_sum(&b2.admin, "regwatch_cluster_restore_seconds").await;
+    assert!(
+        restore.is_some_and(|s| s >= 0.0),
+        "regwatch_cluster_restore_seconds missing on a restored replica: {restore:?}"
+    );
+    report(
+        "cluster (Tansu): restore of the assigned state partitions (12 repositories)",
+        format!("{:.3} s", restore.unwrap()),
+        "< 5 s",
+    );
+    for admin in [&a2.admin, &b2.admin] {
+        let rebalances = metric_sum(admin, "regwatch_cluster_rebalances_total")
+            .await
+            .unwrap_or(0.0);
+        assert!(
+            rebalances >= 1.0,
+            "regwatch_cluster_rebalances_total = {rebalances} on a replica that was assigned partitions"
+        );
+    }
+    // Three intervals with every repository rescanned by its new owner: nothing new.
+    tail.drain_for(Duration::from_secs(6));
+    assert_eq!(
+        tail.events.len(),
+        pushed.len(),
+        "the rolling restart re-emitted: {:?}\n{}",
+        &tail.events[pushed.len().min(tail.events.len())..],
+        stderrs(&[&da2, &db2])
+    );
+    let owned = metric_sum(&a2.admin, "regwatch_cluster_owned_repositories")
+        .await
+        .unwrap_or(0.0)
+        + metric_sum(&b2.admin, "regwatch_cluster_owned_repositories")
+            .await
+            .unwrap_or(0.0);
+    assert_eq!(
+        owned,
+        repos.len() as f64,
+        "regwatch_cluster_owned_repositories summed over the replicas"
+    );
+
+    // And the restarted cluster still delivers.
+    pushed.extend(push_all(&registry, &repos, "v2").await);
+    tail.wait_for_tags(&pushed, Duration::from_secs(45), || stderrs(&[&da2, &db2]));
+    tail.drain_for(Duration::from_secs(3));
+    assert_exactly_once(&tail.events, &pushed, &host);
+    report(
+        "cluster (Tansu): rolling restart of 2 replicas with empty state_dir: events re-emitted",
+        0,
+        "0",
+    );
+}
+
+/// A replica that leaves (SIGTERM) hands its repositories to the survivor, which delivers the
+/// tags pushed to them afterwards, each once.
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_leave_hands_the_share_to_the_survivor() {
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let (registry, proxy, opts, repos) = world(&tansu, 12, "2s", "rw-leave").await;
+    let host = proxy_host(&opts);
+    let a = replica(&opts, true);
+    let da = start(&proxy, &a).await;
+    let b = replica(&opts, true);
+    let db = start(&proxy, &b).await;
+    wait_settled(&[&a.admin, &b.admin], PARTITIONS, SETTLE).await;
+    let mut tail = Tail::new(&tansu.brokers, TOPIC, "read_committed");
+    // Two intervals: every repository is listed by its current owner.
+    tail.drain_for(Duration::from_secs(5));
+    assert_silent_baseline(&tail, || stderrs(&[&da, &db]));
+
+    let owners = proxy.last_lister(Instant::now());
+    let b_repos: Vec<&String> = repos
+        .iter()
+        .filter(|r| owners.get(*r) == Some(&db.pid()))
+        .collect();
+    assert!(
+        !b_repos.is_empty(),
+        "replica b listed none of the repositories (owners {owners:?})"
+    );
+
+    let leaving = Instant::now();
+    let (code, _, err) = db.stop();
+    assert_eq!(code, 0, "SIGTERM exits 0: {err}");
+    let pushed = push_all(&registry, &repos, "v1").await;
+    tail.wait_for_tags(&pushed, Duration::from_secs(45), || stderrs(&[&da]));
+    tail.drain_for(Duration::from_secs(3));
+    assert_exactly_once(&tail.events, &pushed, &host);
+    let handover = b_repos
+        .iter()
+        .map(|r| {
+            let (pid, at) = proxy
+                .first_list_after(r, leaving)
+                .unwrap_or_else(|| panic!("{r} never listed after b left"));
+            assert_eq!(
+                pid,
+                Some(da.pid()),
+                "{r} listed by someone else than the survivor"
+            );
+            at - leaving
+        })
+        .max()
+        .unwrap();
+    report(
+        &format!(
+            "cluster (Tansu): graceful leave, survivor lists all {} of the leaver's repositories",
+            b_repos.len()
+        ),
+        format!("{:.1} s", handover.as_secs_f64()),
+        "< session_timeout + 1 interval (12 s)",
+    );
+    let owned = metric_sum(&a.admin, "regwatch_cluster_owned_partitions").await;
+    assert_eq!(
+        owned,
+        Some(PARTITIONS as f64),
+        "the survivor owns every partition"
+    );
+}
+
+/// A webhook hint reaches the owner of its repository whichever replica receives it: with a
+/// 300 s interval, only the hint explains a scan. Every repository is hinted once through each
+/// replica; the same replica must scan it both times, within 3 s of the hint.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hint_to_any_replica_is_scanned_by_the_owner_within_3s() {
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let (registry, proxy, opts, repos) = world(&tansu, 12, "300s", "rw-hints").await;
+    let host = proxy_host(&opts);
+    let a = replica(&opts, true);
+    let da = start(&proxy, &a).await;
+    let b = replica(&opts, true);
+    let db = start(&proxy, &b).await;
+    wait_settled(&[&a.admin, &b.admin], PARTITIONS, SETTLE).await;
+    let mut tail = Tail::new(&tansu.brokers, TOPIC, "read_committed");
+    tail.drain_for(Duration::from_secs(2));
+    assert_silent_baseline(&tail, || stderrs(&[&da, &db]));
+
+    let client = reqwest::Client::new();
+    let mut pushed = BTreeMap::new();
+    let mut scanned_by: Vec<HashMap<String, Option<u32>>> = Vec::new();
+    let mut worst = Duration::ZERO;
+    for (round, receiver) in [&a, &b].into_iter().enumerate() {
+        let tag = format!("hinted-{round}");
+        let now_pushed = push_all(&registry, &repos, &tag).await;
+        pushed.extend(now_pushed.clone());
+        let mut hinted_at = HashMap::new();
+        for repo in &repos {
+            let body = serde_json::json!({"events": [
+                {"action": "push", "target": {"repository": repo, "tag": tag}}
+            ]});
+            hinted_at.insert(repo.clone(), Instant::now());
+            let status = client
+                .post(format!("http://{}/hooks/local", receiver.admin))
+                .bearer_auth(TOKEN)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 202, "hint for {repo}");
+        }
+        tail.wait_for_tags(&now_pushed, Duration::from_secs(10), || {
+            stderrs(&[&da, &db])
+        });
+        let mut by = HashMap::new();
+        for repo in &repos {
+            let e = tail
+                .events
+                .iter()
+                .find(|e| &e.repo == repo && e.tag == tag)
+                .unwrap();
+            let latency = e.at - hinted_at[repo];
+            worst = worst.max(latency);
+            assert!(
+                latency <= Duration::from_secs(3),
+                "{repo}:{tag} delivered {latency:?} after the hint to {}",
+                receiver.admin
+            );
+            let (pid, _) = proxy
+                .first_list_after(repo, hinted_at[repo])
+                .expect("a hinted repository is listed");
+            by.insert(repo.clone(), pid);
+        }
+        scanned_by.push(by);
+    }
+    tail.drain_for(Duration::from_secs(2));
+    assert_exactly_once(&tail.events, &pushed, &host);
+    report(
+        "cluster (Tansu): webhook hint to any replica to event on Kafka, worst of 24",
+        format!("{:.2} s", worst.as_secs_f64()),
+        "<= 3 s",
+    );
+    for repo in &repos {
+        assert_eq!(
+            scanned_by[0][repo],
+            scanned_by[1][repo],
+            "{repo} was scanned by the replica that received the hint, not by its owner \
+             (hint via a: {:?}, via b: {:?}; a = {}, b = {})",
+            scanned_by[0][repo],
+            scanned_by[1][repo],
+            da.pid(),
+            db.pid()
+        );
+    }
+    let owners: HashSet<Option<u32>> = scanned_by[0].values().copied().collect();
+    assert_eq!(
+        owners,
+        HashSet::from([Some(da.pid()), Some(db.pid())]),
+        "both replicas own repositories, so each round sent hints to a non-owner"
+    );
+}
+
+/// `[cluster]` needs `[kafka]`: without it the config is refused (exit 2) naming `cluster`; with
+/// it the same config is accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_without_kafka_is_a_config_error() {
+    let _serial = SERIAL.lock().await;
+    let registry = Registry::start(Auth::None);
+    let body = format!(
+        "[cluster]\ngroup = \"rw\"\n\n[[registry]]\nname = \"local\"\nkind = \"oci\"\nurl = \"{}\"\ninsecure = true\nrepositories = [\"team/*\"]\n",
+        registry.url()
+    );
+    let (code, out, err) = Setup::new("", &body).regwatch(&["check"]);
+    assert_eq!(code, 2, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("cluster"), "the error names `cluster`: {err}");
+    assert!(
+        !err.contains("unknown"),
+        "refused as an unknown key, not for the missing [kafka]: {err}"
+    );
+
+    let tansu = Tansu::start();
+    let with_kafka = format!(
+        "[kafka]\nbrokers = \"{}\"\ntopic = \"{TOPIC}\"\n\n{body}",
+        tansu.brokers
+    );
+    let (code, out, err) = Setup::new("", &with_kafka).regwatch(&["check"]);
+    assert_eq!(
+        code, 0,
+        "[cluster] with [kafka] is a valid config\nstdout: {out}\nstderr: {err}"
+    );
+}
