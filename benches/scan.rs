@@ -10,9 +10,14 @@
 //!    during the baseline (against an idle daemon), start-to-first-request with 1 M tags of state,
 //!    CPU while idle.
 //! 3. Publishing: draining a 100k-event outbox to Tansu, against a bare producer.
+//! 4. Cluster mode: steady scan cycles of 1, 2 and 3 replicas on Tansu against a single node
+//!    (requests per repository per cycle, CPU per 1k requests); restore of 1 M tags of state by
+//!    a fresh replica against a single node's restart; failover after `kill -9` on rdkafka's
+//!    mock cluster.
 //!
 //! Sizes: REGWATCH_BENCH_REPOS (default 2000), REGWATCH_BENCH_SCALE_REPOS and
-//! REGWATCH_BENCH_SCALE_TAGS (default 1000 each), REGWATCH_BENCH_EVENTS (default 100000).
+//! REGWATCH_BENCH_SCALE_TAGS (default 1000 each), REGWATCH_BENCH_EVENTS (default 100000),
+//! REGWATCH_BENCH_CLUSTER_REPOS (default 3000), REGWATCH_BENCH_FAILOVER_REPOS (default 120).
 
 // The test suite's real-component helpers (Tansu, the synthetic registry) serve here too.
 #[path = "../tests/support/mod.rs"]
@@ -380,15 +385,32 @@ async fn scan_throughput(rows: &mut Vec<Row>) {
 // ------------------------------------------------------------------------------------------------
 // 2. Scale: 1 M tags in an in-process synthetic registry
 
-async fn scans_ok(admin: &str) -> u64 {
-    let Ok(r) = reqwest::get(format!("http://{admin}/metrics")).await else {
-        return 0;
-    };
-    let text = r.text().await.unwrap_or_default();
+/// The daemon's `/metrics` text, or "" while it does not answer.
+async fn metrics_text(admin: &str) -> String {
+    match reqwest::get(format!("http://{admin}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The sum of every series of `name` (all label sets) in a `/metrics` text; 0 when absent.
+fn metric(text: &str, name: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix("regwatch_scans_total{registry=\"syn\",result=\"ok\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .sum::<f64>()
+        // An empty sum is -0.
+        + 0.0
+}
+
+async fn scans_ok(admin: &str) -> u64 {
+    metric(
+        &metrics_text(admin).await,
+        "regwatch_scans_total{registry=\"syn\",result=\"ok\"}",
+    ) as u64
 }
 
 async fn wait_scans(admin: &str, n: u64, limit: Duration) -> Duration {
@@ -413,17 +435,30 @@ impl Drop for Daemon {
     }
 }
 
+/// `regwatch run -c config`; its stderr (warnings and errors, or REGWATCH_BENCH_LOG's `RUST_LOG`)
+/// goes to `config` with `.log`, for [`log_tail`] to show when a figure cannot be measured.
 fn daemon(config: &Path) -> Daemon {
+    let log = std::fs::File::create(config.with_extension("log")).unwrap();
     Daemon(
         Command::new(env!("CARGO_BIN_EXE_regwatch"))
             .args(["run", "-c"])
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("REGWATCH_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap(),
     )
+}
+
+/// The last lines the daemon of `config` wrote to stderr.
+fn log_tail(config: &Path) -> String {
+    let log = std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 /// Latencies of `GET /healthz` on `admin`, one request every 5 ms (a fresh connection each, as a
@@ -463,13 +498,15 @@ fn p99_ms(mut latencies: Vec<Duration>) -> (f64, usize) {
     (latencies[at].as_secs_f64() * 1000.0, latencies.len())
 }
 
-fn scale_config(dir: &Path, host: &str, interval: &str) -> (PathBuf, String) {
+/// A daemon config watching the synthetic registry at `host`, with `extra` (further tables, e.g.
+/// `[kafka]` and `[cluster]`) appended.
+fn scale_config(dir: &Path, host: &str, interval: &str, extra: &str) -> (PathBuf, String) {
     let admin = format!("127.0.0.1:{}", free_port());
     let config = dir.join(format!("scale-{interval}.toml"));
     std::fs::write(
         &config,
         format!(
-            "[daemon]\nstate_dir = \"{}\"\ninterval = \"{interval}\"\njitter = \"0%\"\nadmin_listen = \"{admin}\"\n[[registry]]\nname = \"syn\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nconcurrency = 8\nrate_limit = 1000000\n",
+            "[daemon]\nstate_dir = \"{}\"\ninterval = \"{interval}\"\njitter = \"0%\"\nadmin_listen = \"{admin}\"\n[[registry]]\nname = \"syn\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nconcurrency = 8\nrate_limit = 1000000\n{extra}",
             dir.join("state").display()
         ),
     )
@@ -477,28 +514,11 @@ fn scale_config(dir: &Path, host: &str, interval: &str) -> (PathBuf, String) {
     (config, admin)
 }
 
-async fn scale(rows: &mut Vec<Row>) {
-    let repos = env_usize("REGWATCH_BENCH_SCALE_REPOS", 1000);
-    let tags = env_usize("REGWATCH_BENCH_SCALE_TAGS", 1000);
-    let total = repos * tags;
-
-    // The empty daemon: same binary and settings, a registry with nothing in it.
-    let empty = Arc::new(support::synthetic::Synthetic::default());
-    let empty_host = support::synthetic::serve(empty.clone()).await;
-    let empty_dir = tempfile::tempdir().unwrap();
-    let (config, admin) = scale_config(empty_dir.path(), &empty_host, "1h");
-    let d = daemon(&config);
-    wait_scans(&admin, 1, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (empty_rss, _) = rss(d.0.id());
-    // The /healthz baseline: the same daemon, idle.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let prober = probe_healthz(admin.clone(), stop.clone());
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (idle_p99, idle_n) = p99_ms(prober.join().unwrap());
-    drop(d);
-
+/// An in-process synthetic registry of `repos` repositories (`scale/rNNNN`) of `tags` tags each.
+async fn synthetic_registry(
+    repos: usize,
+    tags: usize,
+) -> (Arc<support::synthetic::Synthetic>, String) {
     let state = Arc::new(support::synthetic::Synthetic::default());
     eprintln!("building a synthetic registry of {repos} x {tags} tags...");
     {
@@ -513,10 +533,55 @@ async fn scale(rows: &mut Vec<Row>) {
         }
     }
     let host = support::synthetic::serve(state.clone()).await;
+    (state, host)
+}
+
+/// Starts the daemon of `config` and times its first request to `registry`.
+async fn first_request(
+    config: &Path,
+    registry: &support::synthetic::Synthetic,
+) -> (Daemon, Instant, Duration) {
+    let before = registry.requests();
+    let spawned = Instant::now();
+    let d = daemon(config);
+    while registry.requests() == before {
+        assert!(
+            spawned.elapsed() < Duration::from_secs(30),
+            "no request after restart: {}",
+            log_tail(config)
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    (d, spawned, spawned.elapsed())
+}
+
+async fn scale(rows: &mut Vec<Row>) {
+    let repos = env_usize("REGWATCH_BENCH_SCALE_REPOS", 1000);
+    let tags = env_usize("REGWATCH_BENCH_SCALE_TAGS", 1000);
+    let total = repos * tags;
+
+    // The empty daemon: same binary and settings, a registry with nothing in it.
+    let empty = Arc::new(support::synthetic::Synthetic::default());
+    let empty_host = support::synthetic::serve(empty.clone()).await;
+    let empty_dir = tempfile::tempdir().unwrap();
+    let (config, admin) = scale_config(empty_dir.path(), &empty_host, "1h", "");
+    let d = daemon(&config);
+    wait_scans(&admin, 1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (empty_rss, _) = rss(d.0.id());
+    // The /healthz baseline: the same daemon, idle.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = probe_healthz(admin.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (idle_p99, idle_n) = p99_ms(prober.join().unwrap());
+    drop(d);
+
+    let (state, host) = synthetic_registry(repos, tags).await;
     let dir = tempfile::tempdir().unwrap();
 
     // Baseline, then one idle cycle.
-    let (config, admin) = scale_config(dir.path(), &host, "3s");
+    let (config, admin) = scale_config(dir.path(), &host, "3s", "");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let prober = probe_healthz(admin.clone(), stop.clone());
     let d = daemon(&config);
@@ -531,18 +596,8 @@ async fn scale(rows: &mut Vec<Row>) {
     drop(d);
 
     // Restart with 1 M tags of state: time to the first registry request, then 20 s of idle CPU.
-    let (config, admin) = scale_config(dir.path(), &host, "1h");
-    let before = state.requests();
-    let spawned = Instant::now();
-    let d = daemon(&config);
-    while state.requests() == before {
-        assert!(
-            spawned.elapsed() < Duration::from_secs(30),
-            "no request after restart"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let first_request = spawned.elapsed();
+    let (config, admin) = scale_config(dir.path(), &host, "1h", "");
+    let (d, _, first_request) = first_request(&config, &state).await;
     wait_scans(&admin, 1, Duration::from_secs(600)).await;
     let c0 = proc_cpu(d.0.id());
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -705,6 +760,564 @@ async fn publishing(rows: &mut Vec<Row>) {
     ));
 }
 
+// ------------------------------------------------------------------------------------------------
+// 4. Cluster mode: replicas sharing the watch set through a Kafka consumer group
+
+const SCANS_OK: &str = "regwatch_scans_total{registry=\"syn\",result=\"ok\"}";
+const OWNED_PARTITIONS: &str = "regwatch_cluster_owned_partitions";
+const OWNED_REPOS: &str = "regwatch_cluster_owned_repositories";
+
+/// `[kafka]` and `[cluster]` tables for a replica. The event topic `topic` also names the group
+/// and the state topic (`<topic>.state`), so each configuration starts from empty state.
+fn cluster_tables(brokers: &str, topic: &str, kafka: &str, cluster: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n{kafka}[cluster]\ngroup = \"{topic}\"\n{cluster}"
+    )
+}
+
+/// One `regwatch run` process with its own (empty) state directory.
+struct Replica {
+    daemon: Daemon,
+    admin: String,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn replica(host: &str, interval: &str, extra: &str) -> Replica {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, admin) = scale_config(dir.path(), host, interval, extra);
+    Replica {
+        daemon: daemon(&config),
+        admin,
+        config,
+        _dir: dir,
+    }
+}
+
+impl Replica {
+    fn pid(&self) -> u32 {
+        self.daemon.0.id()
+    }
+}
+
+/// `n` replicas, started together as a Deployment's are.
+fn replicas(host: &str, interval: &str, extra: &str, n: usize) -> Vec<Replica> {
+    (0..n).map(|_| replica(host, interval, extra)).collect()
+}
+
+async fn ready(admin: &str) -> bool {
+    reqwest::get(format!("http://{admin}/readyz"))
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+/// Every replica's `/metrics` text, and whether its `/readyz` answers 200.
+async fn views(replicas: &[&Replica]) -> Vec<(String, bool)> {
+    futures_util::future::join_all(
+        replicas
+            .iter()
+            .map(|r| async { (metrics_text(&r.admin).await, ready(&r.admin).await) }),
+    )
+    .await
+}
+
+/// What the replicas' stderr says, for a figure that could not be measured.
+fn logs(replicas: &[&Replica]) -> String {
+    replicas
+        .iter()
+        .map(|r| format!("--- {}:\n{}", r.config.display(), log_tail(&r.config)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Polls `replicas` every 50 ms until `done` holds for their views; `None` after `limit`.
+async fn wait_views(
+    replicas: &[&Replica],
+    limit: Duration,
+    done: impl Fn(&[(String, bool)]) -> bool,
+) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if done(&views(replicas).await) {
+            return Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// The counters of the registry and of each replica at one moment.
+struct Sample {
+    at: Instant,
+    tags: usize,
+    catalog: usize,
+    requests: usize,
+    scans: Vec<f64>,
+    owned: Vec<f64>,
+    cpu: Vec<f64>,
+    records: Vec<f64>,
+    rebalances: Vec<f64>,
+    reported: f64,
+}
+
+/// Samples at a moment when no replica is mid-cycle: no request has reached the registry for
+/// 500 ms (cycles here take about a second and come every 5 s). Between two such moments
+/// each replica ran whole cycles only, so the registry's counts divide exactly by them.
+async fn quiet_sample(registry: &support::synthetic::Synthetic, replicas: &[&Replica]) -> Sample {
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the registry never went quiet for 500 ms"
+        );
+        let before = registry.requests();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if registry.requests() != before {
+            continue;
+        }
+        let texts = views(replicas).await;
+        let cpu = replicas.iter().map(|r| proc_cpu(r.pid())).collect();
+        if registry.requests() != before {
+            continue;
+        }
+        let each = |name: &str| texts.iter().map(|(t, _)| metric(t, name)).collect();
+        return Sample {
+            at: Instant::now(),
+            tags: registry.tags_requests.load(Ordering::Relaxed),
+            catalog: registry.catalog_requests.load(Ordering::Relaxed),
+            requests: before,
+            scans: each(SCANS_OK),
+            owned: each(OWNED_REPOS),
+            cpu,
+            records: each("regwatch_cluster_state_records_total"),
+            rebalances: each("regwatch_cluster_rebalances_total"),
+            reported: texts
+                .iter()
+                .map(|(t, _)| metric(t, "regwatch_registry_requests_total"))
+                .sum(),
+        };
+    }
+}
+
+/// What [`steady_cycles`] counted between two quiet moments.
+struct Cycles {
+    /// Repository scans (each replica's cycles × the repositories it owns).
+    repo_scans: f64,
+    /// Whole cycles, summed over the replicas.
+    cycles: f64,
+    tags: usize,
+    catalog: usize,
+    requests: usize,
+    cpu: f64,
+    records: f64,
+    rebalances: f64,
+    /// The window's length times the number of processes.
+    process_seconds: f64,
+}
+
+impl Cycles {
+    fn per_repo(&self) -> f64 {
+        self.requests as f64 / self.repo_scans
+    }
+    fn cpu_per_k(&self) -> f64 {
+        self.cpu * 1000.0 / (self.requests as f64 / 1000.0)
+    }
+    /// CPU ms per second of each process, idle time between cycles included.
+    fn cpu_per_s(&self) -> f64 {
+        self.cpu * 1000.0 / self.process_seconds
+    }
+}
+
+/// Steady-state scan cycles of `n` daemons configured with `extra` on `registry`; `cluster`
+/// says whether `extra` has a `[cluster]` table (each replica then scans only what it owns).
+async fn steady_cycles(
+    registry: &support::synthetic::Synthetic,
+    host: &str,
+    repos: usize,
+    n: usize,
+    extra: &str,
+    cluster: bool,
+) -> Cycles {
+    const CYCLES: f64 = 3.0;
+    let nodes = replicas(host, "5s", extra, n);
+    let refs: Vec<&Replica> = nodes.iter().collect();
+    // Settled: every replica ready and past one cycle since, the group's assignment complete.
+    let settled = wait_views(&refs, Duration::from_secs(300), |v| {
+        v.iter()
+            .all(|(t, ready)| *ready && metric(t, SCANS_OK) >= 2.0)
+            && (!cluster
+                || v.iter().map(|(t, _)| metric(t, OWNED_REPOS)).sum::<f64>() == repos as f64)
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "{n} replicas did not settle within 300 s:\n{}",
+        logs(&refs)
+    );
+    let a = quiet_sample(registry, &refs).await;
+    let past = wait_views(&refs, Duration::from_secs(120), |v| {
+        v.iter()
+            .zip(&a.scans)
+            .all(|((t, _), s0)| metric(t, SCANS_OK) >= s0 + CYCLES)
+    })
+    .await;
+    assert!(
+        past.is_some(),
+        "{n} replicas did not complete {CYCLES} cycles:\n{}",
+        logs(&refs)
+    );
+    let b = quiet_sample(registry, &refs).await;
+    let delta = |x: &[f64], y: &[f64]| y.iter().zip(x).map(|(y, x)| y - x).sum::<f64>();
+    let cycles: Vec<f64> = b.scans.iter().zip(&a.scans).map(|(b, a)| b - a).collect();
+    let repo_scans = cycles
+        .iter()
+        .zip(&b.owned)
+        .map(|(c, owned)| c * if cluster { *owned } else { repos as f64 })
+        .sum();
+    let requests = b.requests - a.requests;
+    if (b.reported - a.reported) as usize != requests {
+        eprintln!(
+            "note: the replicas counted {} registry requests, the registry {requests}",
+            b.reported - a.reported
+        );
+    }
+    Cycles {
+        repo_scans,
+        cycles: cycles.iter().sum(),
+        tags: b.tags - a.tags,
+        catalog: b.catalog - a.catalog,
+        requests,
+        cpu: delta(&a.cpu, &b.cpu),
+        records: delta(&a.records, &b.records),
+        rebalances: delta(&a.rebalances, &b.rebalances),
+        process_seconds: (b.at - a.at).as_secs_f64() * nodes.len() as f64,
+    }
+}
+
+async fn cluster_throughput(rows: &mut Vec<Row>, tansu: &support::Tansu) {
+    let repos = env_usize("REGWATCH_BENCH_CLUSTER_REPOS", 3000);
+    let (registry, host) = synthetic_registry(repos, 3).await;
+    let summary = |c: &Cycles| {
+        format!(
+            "{:.2} req/repo/cycle ({:.2} tags/list + {:.1} _catalog pages per process cycle); {:.0} ms CPU/1k req ({:.1} ms CPU/s per process)",
+            c.per_repo(),
+            c.tags as f64 / c.repo_scans,
+            c.catalog as f64 / c.cycles,
+            c.cpu_per_k(),
+            c.cpu_per_s()
+        )
+    };
+    // Two single nodes: events to stdout (no Kafka client at all), and to the same Tansu.
+    let bare = steady_cycles(&registry, &host, repos, 1, "", false).await;
+    let kafka = format!(
+        "[kafka]\nbrokers = \"{}\"\ntopic = \"bench.single\"\n",
+        tansu.brokers
+    );
+    let single = steady_cycles(&registry, &host, repos, 1, &kafka, false).await;
+    let base = format!(
+        "single node with [kafka] (same Tansu): {}. Without [kafka]: {:.0} ms CPU/1k req ({:.1} ms CPU/s)",
+        summary(&single),
+        bare.cpu_per_k(),
+        bare.cpu_per_s()
+    );
+    for n in 1..=3 {
+        eprintln!("cluster: {n} replica(s) on {repos} repositories...");
+        let extra = cluster_tables(&tansu.brokers, &format!("bench.scan{n}"), "", "");
+        let c = steady_cycles(&registry, &host, repos, n, &extra, true).await;
+        let unsettled = if c.rebalances > 0.0 {
+            format!("; {} rebalances during the window", c.rebalances)
+        } else {
+            String::new()
+        };
+        rows.push(row(
+            &format!("cluster scan cycle, {n} replica(s), {repos} repos, Tansu"),
+            format!(
+                "{}; {:.2} state records/repo/cycle{unsettled}",
+                summary(&c),
+                c.records / c.repo_scans
+            ),
+            &base,
+            &format!(
+                "{:.2}x req, {:.2}x CPU/1k",
+                c.per_repo() / single.per_repo(),
+                c.cpu_per_k() / single.cpu_per_k()
+            ),
+            "~1 tags/list per repo per cycle",
+        ));
+    }
+}
+
+/// Failover on librdkafka's mock cluster (Tansu never evicts a member whose session expired):
+/// 3 replicas, `kill -9` one, a new tag in every repository at that moment; how soon the
+/// survivors own the dead one's partitions and every new tag is delivered.
+async fn cluster_failover(rows: &mut Vec<Row>) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    const SESSION: u64 = 6;
+    const INTERVAL: u64 = 5;
+    let repos = env_usize("REGWATCH_BENCH_FAILOVER_REPOS", 120);
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let (registry, host) = synthetic_registry(repos, 3).await;
+    let topic = "bench.failover";
+    let extra = cluster_tables(
+        &brokers,
+        topic,
+        "create_topic = false\n",
+        &format!("session_timeout = \"{SESSION}s\"\n"),
+    );
+    let nodes = replicas(&host, &format!("{INTERVAL}s"), &extra, 3);
+    let refs: Vec<&Replica> = nodes.iter().collect();
+    let settled = wait_views(&refs, Duration::from_secs(300), |v| {
+        v.iter()
+            .all(|(t, ready)| *ready && metric(t, SCANS_OK) >= 1.0)
+            && v.iter().map(|(t, _)| metric(t, OWNED_REPOS)).sum::<f64>() == repos as f64
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "3 replicas on the mock cluster did not settle within 300 s:\n{}",
+        logs(&refs)
+    );
+    let partitions: f64 = views(&refs)
+        .await
+        .iter()
+        .map(|(t, _)| metric(t, OWNED_PARTITIONS))
+        .sum();
+
+    // Every event with the new tag, and when it arrived.
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::<(String, Instant)>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = {
+        let (arrivals, stop, brokers) = (arrivals.clone(), stop.clone(), brokers.clone());
+        std::thread::spawn(move || {
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", "bench-failover-reader")
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("fetch.wait.max.ms", "10")
+                .create()
+                .unwrap();
+            consumer.subscribe(&[topic]).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+                    let event: serde_json::Value =
+                        serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+                    if event["data"]["tag"] == "failover" {
+                        let repo = event["data"]["repository"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned();
+                        arrivals.lock().unwrap().push((repo, Instant::now()));
+                    }
+                }
+            }
+        })
+    };
+    // Let the reader join its own group before the clock starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let texts = views(&refs).await;
+    let victim = (0..3)
+        .max_by(|a, b| {
+            metric(&texts[*a].0, OWNED_PARTITIONS)
+                .total_cmp(&metric(&texts[*b].0, OWNED_PARTITIONS))
+        })
+        .unwrap();
+    let victim_partitions = metric(&texts[victim].0, OWNED_PARTITIONS);
+    let victim_repos = metric(&texts[victim].0, OWNED_REPOS);
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(refs[victim].pid() as i32, libc::SIGKILL) };
+    let killed = Instant::now();
+    for r in 0..repos {
+        registry.put(&format!("scale/r{r:04}"), "failover", 1);
+    }
+    let survivors: Vec<&Replica> = (0..3).filter(|i| *i != victim).map(|i| refs[i]).collect();
+    let limit = Duration::from_secs(60);
+    let mut owned_at = None;
+    let mut all_at = None;
+    while killed.elapsed() < limit && all_at.is_none() {
+        if owned_at.is_none() {
+            let v = views(&survivors).await;
+            if v.iter()
+                .map(|(t, _)| metric(t, OWNED_PARTITIONS))
+                .sum::<f64>()
+                == partitions
+            {
+                owned_at = Some(killed.elapsed());
+            }
+        }
+        let got: std::collections::BTreeSet<String> = arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(r, _)| r.clone())
+            .collect();
+        if got.len() == repos {
+            all_at = arrivals
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, t)| *t - killed)
+                .max();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Late duplicates, if any, arrive within a cycle.
+    tokio::time::sleep(Duration::from_secs(INTERVAL)).await;
+    stop.store(true, Ordering::Relaxed);
+    listener.join().unwrap();
+    let arrivals = arrivals.lock().unwrap().clone();
+    let mut first = std::collections::BTreeMap::<&str, f64>::new();
+    for (repo, t) in &arrivals {
+        let t = (*t - killed).as_secs_f64();
+        first.entry(repo).and_modify(|f| *f = f.min(t)).or_insert(t);
+    }
+    let duplicates = arrivals.len() - first.len();
+    // The survivors' own repositories are scanned within an interval of the push, the dead
+    // replica's only after session_timeout (> interval): the last `victim_repos` to arrive.
+    let mut times: Vec<f64> = first.values().copied().collect();
+    times.sort_by(f64::total_cmp);
+    let own = repos - victim_repos as usize;
+    let (own_last, dead_first) = (
+        times.get(own.wrapping_sub(1)).copied(),
+        times.get(own).copied(),
+    );
+    let dead_last = (times.len() == repos).then(|| times[repos - 1]);
+    if owned_at.is_none() || dead_last.is_none() {
+        eprintln!("failover incomplete:\n{}", logs(&survivors));
+    }
+    let secs = |t: Option<f64>| t.map_or("not within 60 s".to_owned(), |t| format!("{t:.1} s"));
+    let target = (SESSION + INTERVAL) as f64;
+    rows.push(row(
+        &format!("failover, 3 replicas on rdkafka's mock cluster, session_timeout {SESSION}s, interval {INTERVAL}s, kill -9 of one ({victim_partitions} of {partitions} partitions, {victim_repos} of {repos} repos)"),
+        format!(
+            "dead replica's repos: first new tag delivered after {}, all {victim_repos} after {}; partitions re-owned after {}; {} of {repos} delivered, {duplicates} duplicates",
+            secs(dead_first),
+            secs(dead_last),
+            secs(owned_at.map(|d| d.as_secs_f64())),
+            first.len()
+        ),
+        &format!(
+            "survivors' own {own} repos: all new tags delivered after {}",
+            secs(own_last)
+        ),
+        &dead_first.map_or(String::new(), |t| format!("{:.2}x target", t / target)),
+        &format!("< {target} s (session_timeout + 1 interval)"),
+    ));
+    drop(mock);
+}
+
+/// Restore of 1 M tags of state from Tansu by a fresh replica, against a single node's restart on
+/// its redb file.
+async fn cluster_restore(rows: &mut Vec<Row>, tansu: &support::Tansu) {
+    let repos = env_usize("REGWATCH_BENCH_SCALE_REPOS", 1000);
+    let tags = env_usize("REGWATCH_BENCH_SCALE_TAGS", 1000);
+    let total = repos * tags;
+    let (registry, host) = synthetic_registry(repos, tags).await;
+
+    // Single node: baseline, then a restart on the same state directory.
+    let dir = tempfile::tempdir().unwrap();
+    let (config, admin) = scale_config(dir.path(), &host, "1h", "");
+    let d = daemon(&config);
+    wait_scans(&admin, 1, Duration::from_secs(600)).await;
+    drop(d);
+    let (d, spawned, single_first) = first_request(&config, &registry).await;
+    while !ready(&admin).await {
+        assert!(
+            spawned.elapsed() < Duration::from_secs(120),
+            "single node never ready: {}",
+            log_tail(&config)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let single_ready = spawned.elapsed();
+    drop(d);
+
+    // One replica takes the baseline into the state topic, then leaves (SIGTERM).
+    let extra = cluster_tables(&tansu.brokers, "bench.restore", "", "");
+    let first = replica(&host, "1h", &extra);
+    let started = Instant::now();
+    let baselined = wait_views(&[&first], Duration::from_secs(600), |v| {
+        v[0].1 && metric(&v[0].0, OWNED_REPOS) == repos as f64
+    })
+    .await;
+    let records = metric(
+        &metrics_text(&first.admin).await,
+        "regwatch_cluster_state_records_total",
+    );
+    if baselined.is_none() {
+        eprintln!(
+            "the first replica never held {repos} repositories and was ready:\n{}",
+            logs(&[&first])
+        );
+    }
+    eprintln!(
+        "cluster baseline of {total} tags: {:.1} s, {records} state records",
+        started.elapsed().as_secs_f64()
+    );
+    drop(first);
+
+    // A fresh replica, empty state directory: restore, then its first cycle.
+    let before = registry.requests();
+    let fresh = replica(&host, "1h", &extra);
+    let spawned = Instant::now();
+    let mut first_request = None;
+    let mut ready_at = None;
+    while spawned.elapsed() < Duration::from_secs(300) {
+        if first_request.is_none() && registry.requests() != before {
+            first_request = Some(spawned.elapsed());
+        }
+        if ready(&fresh.admin).await {
+            ready_at = Some(spawned.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = metrics_text(&fresh.admin).await;
+    let restore = metric(&text, "regwatch_cluster_restore_seconds");
+    let owned = metric(&text, OWNED_REPOS);
+    let emitted = metric(&text, "regwatch_events_produced_total");
+    if ready_at.is_none() {
+        eprintln!(
+            "the fresh replica was not ready within 300 s:\n{}",
+            logs(&[&fresh])
+        );
+    }
+    drop(fresh);
+    let ms = |d: Option<Duration>| {
+        d.map_or("never".to_owned(), |d| {
+            format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+        })
+    };
+    rows.push(row(
+        &format!("restore of {total} tags of state from Tansu, fresh replica ({repos} repos)"),
+        format!(
+            "restore {:.0} ms (regwatch_cluster_restore_seconds); start to ready {} (restore + first cycle); start to first registry request {}; {owned} repos held; {emitted} events re-emitted",
+            restore * 1000.0,
+            ms(ready_at),
+            ms(first_request)
+        ),
+        &format!(
+            "single node restarted on its redb file: first request {:.0} ms, ready {:.0} ms",
+            single_first.as_secs_f64() * 1000.0,
+            single_ready.as_secs_f64() * 1000.0
+        ),
+        &ready_at.map_or(String::new(), |r| format!("{:.1}x ready", r.as_secs_f64() / single_ready.as_secs_f64())),
+        "restore < 5 s",
+    ));
+}
+
+async fn cluster(rows: &mut Vec<Row>) {
+    // One Tansu for both; each configuration has its own topics and group.
+    let tansu = support::Tansu::start();
+    cluster_throughput(rows, &tansu).await;
+    cluster_restore(rows, &tansu).await;
+    drop(tansu);
+    cluster_failover(rows).await;
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -722,6 +1335,9 @@ fn main() {
         }
         if wanted("publish") {
             publishing(&mut rows).await;
+        }
+        if wanted("cluster") {
+            cluster(&mut rows).await;
         }
     });
     let w = |f: fn(&Row) -> &str| rows.iter().map(|r| f(r).len()).max().unwrap_or(0);
