@@ -30,6 +30,9 @@ pub enum RepoResult<'a> {
     Scanned,
     /// A listed tag was gone when its digest was looked up: the tag moved between list and HEAD.
     Raced,
+    /// Listed and diffed, but the store could not record it for now (cluster mode, Kafka away):
+    /// retried next cycle, and no fault of the repository's.
+    Unrecorded,
     /// The scan failed with this registry error.
     Failed(&'a RegistryError),
 }
@@ -128,6 +131,7 @@ impl RepoBackoff {
                         verdict.raced += 1;
                     }
                 }
+                RepoResult::Unrecorded => verdict.raced += 1,
                 RepoResult::Failed(_) => {
                     verdict.failed += 1;
                     if !registry_wide {
@@ -152,7 +156,7 @@ impl RepoBackoff {
                 RepoResult::Scanned => {
                     entries.remove(repo);
                 }
-                RepoResult::Raced => verdict.raced += 1,
+                RepoResult::Raced | RepoResult::Unrecorded => verdict.raced += 1,
                 RepoResult::Failed(_) => verdict.failed += 1,
             }
         }
@@ -260,6 +264,18 @@ mod tests {
         assert_eq!(b.due(repos(&["a"])).0, ["a"], "never skipped");
         b.hinted([("a", RepoResult::Scanned)]);
         assert_eq!(b.record("r", [("a", RepoResult::Raced)]).raced, 1, "reset");
+    }
+
+    /// Kafka away in cluster mode is not a dangling tag: however long it lasts, the repository is
+    /// retried every cycle and never reported as failing.
+    #[test]
+    fn unrecorded_scans_are_retried_and_never_count() {
+        let b = RepoBackoff::default();
+        for _ in 0..RACES_BEFORE_FAILURE * 2 {
+            let v = b.record("r", [("a", RepoResult::Unrecorded)]);
+            assert_eq!((v.failed, v.raced, v.registry_wide), (0, 1, false));
+            assert_eq!(b.due(repos(&["a"])).0, ["a"]);
+        }
     }
 
     #[test]

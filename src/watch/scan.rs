@@ -308,7 +308,7 @@ impl Scanner {
                     // same changes again, with the same ids.
                     tracing::warn!(registry = %self.config.name, repository = %repo, error = %e, "changes not recorded; scanning again next cycle");
                     unrecorded += 1;
-                    RepoResult::Raced
+                    RepoResult::Unrecorded
                 }
                 Err(ScanError::Registry(e)) => {
                     crate::metrics::get()
