@@ -249,6 +249,11 @@ fn main() -> ExitCode {
             }
         }
     });
+    // Dropping the runtime would wait for every blocking task without limit: a librdkafka call
+    // stuck on a broker that went away (cluster mode's leave, a producer's last flush) would keep
+    // a stopped daemon alive. What such a task had not finished is either in the outbox or, in
+    // cluster mode, not recorded and detected again.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
