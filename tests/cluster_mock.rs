@@ -16,9 +16,9 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use support::cluster::{
     Attributing, Ev, Opts, Tail, assert_exactly_once, assert_silent_baseline, metric_sum, push_all,
-    replica, repo_names, stderr_tail, wait_settled, wait_up,
+    replica, seeded_registry, start_replica, stderrs, wait_settled, wait_up,
 };
-use support::{Auth, Registry, report};
+use support::{Setup, report};
 
 /// Each test hosts a broker and several daemons, and measures timings: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -53,18 +53,16 @@ fn opts(brokers: String, registry_url: String, cluster_extra: &str, properties: 
     }
 }
 
-fn stderrs(daemons: &[&support::Daemon]) -> String {
-    daemons
-        .iter()
-        .map(|d| {
-            format!(
-                "--- replica {} stderr (tail):\n{}",
-                d.pid(),
-                stderr_tail(d, 25)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Three replicas of `opts` with fresh `state_dir`s, started and settled over the state partitions.
+async fn three_settled(proxy: &Attributing, opts: &Opts) -> (Vec<Setup>, Vec<support::Daemon>) {
+    let setups: Vec<_> = (0..3).map(|_| replica(opts, true)).collect();
+    let mut daemons = Vec::new();
+    for s in &setups {
+        daemons.push(start_replica(proxy, s).await);
+    }
+    let admins: Vec<&str> = setups.iter().map(|s| s.admin.as_str()).collect();
+    wait_settled(&admins, STATE_PARTITIONS, SETTLE).await;
+    (setups, daemons)
 }
 
 /// At-least-once rules over a topic's events: nothing for a tag not in `pushed` (a phantom),
@@ -118,22 +116,10 @@ async fn failover_after_kill_9_loses_nothing_and_invents_nothing() {
     let _serial = SERIAL.lock().await;
     let cluster = mock();
     let brokers = cluster.bootstrap_servers();
-    let registry = Registry::start(Auth::None);
-    let repos = repo_names(60);
-    push_all(&registry, &repos, "v0").await;
-    let (proxy, url) = Attributing::start(&registry.url()).await;
+    let (registry, proxy, url, repos) = seeded_registry(60).await;
     let opts = opts(brokers.clone(), url, "", "");
-
-    let setups: Vec<_> = (0..3).map(|_| replica(&opts, true)).collect();
-    let mut daemons = Vec::new();
-    for s in &setups {
-        let mut d = s.spawn();
-        proxy.watch(d.pid());
-        wait_up(&mut d, &s.admin).await;
-        daemons.push(d);
-    }
+    let (setups, mut daemons) = three_settled(&proxy, &opts).await;
     let admins: Vec<&str> = setups.iter().map(|s| s.admin.as_str()).collect();
-    wait_settled(&admins, STATE_PARTITIONS, SETTLE).await;
 
     let mut tail = Tail::new(&brokers, TOPIC, "read_committed");
     tail.drain_for(Duration::from_secs(5));
@@ -249,21 +235,10 @@ async fn failover_after_kill_9_loses_nothing_and_invents_nothing() {
 async fn three_replicas_list_each_repository_about_once_per_interval() {
     let _serial = SERIAL.lock().await;
     let cluster = mock();
-    let registry = Registry::start(Auth::None);
-    let repos = repo_names(12);
-    push_all(&registry, &repos, "v0").await;
-    let (proxy, url) = Attributing::start(&registry.url()).await;
+    let (_registry, proxy, url, repos) = seeded_registry(12).await;
     let opts = opts(cluster.bootstrap_servers(), url, "", "");
-    let setups: Vec<_> = (0..3).map(|_| replica(&opts, true)).collect();
-    let mut daemons = Vec::new();
-    for s in &setups {
-        let mut d = s.spawn();
-        proxy.watch(d.pid());
-        wait_up(&mut d, &s.admin).await;
-        daemons.push(d);
-    }
+    let (setups, daemons) = three_settled(&proxy, &opts).await;
     let admins: Vec<&str> = setups.iter().map(|s| s.admin.as_str()).collect();
-    wait_settled(&admins, STATE_PARTITIONS, SETTLE).await;
     // One interval for the last rebalance's scans to pass, then six measured intervals.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let intervals = 6;
@@ -369,10 +344,7 @@ async fn exactly_once_delivers_and_a_fenced_replica_commits_nothing() {
     let _serial = SERIAL.lock().await;
     let cluster = mock();
     let brokers = cluster.bootstrap_servers();
-    let registry = Registry::start(Auth::None);
-    let repos = repo_names(6);
-    push_all(&registry, &repos, "v0").await;
-    let (proxy, url) = Attributing::start(&registry.url()).await;
+    let (registry, proxy, url, repos) = seeded_registry(6).await;
     let host = url.trim_start_matches("http://").to_owned();
     let opts = opts(
         brokers.clone(),
@@ -381,9 +353,7 @@ async fn exactly_once_delivers_and_a_fenced_replica_commits_nothing() {
         "\"transactional.id\" = \"rw-test\"\n",
     );
     let setup = replica(&opts, true);
-    let mut d = setup.spawn();
-    proxy.watch(d.pid());
-    wait_up(&mut d, &setup.admin).await;
+    let d = start_replica(&proxy, &setup).await;
     wait_settled(&[&setup.admin], STATE_PARTITIONS, SETTLE).await;
 
     let mut committed = Tail::new(&brokers, TOPIC, "read_committed");

@@ -373,29 +373,6 @@ async fn exactly_once_commits_after_another_replica_joined() {
     assert!(gained.is_ok(), "the replica that joined: {gained:?}");
 }
 
-/// Sends SIGHUP and waits for the daemon to log its `nth` successful reload.
-async fn reload(daemon: &support::Daemon, nth: usize) {
-    std::process::Command::new("kill")
-        .args(["-HUP", &daemon.pid().to_string()])
-        .status()
-        .unwrap();
-    let started = Instant::now();
-    while daemon
-        .stderr
-        .lock()
-        .unwrap()
-        .matches("configuration reloaded")
-        .count()
-        < nth
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no reload logged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A registry dropped from the configuration has its state forgotten (a single node forgets it
 /// at reload, so that adding it back later is a config edit, with a baseline). Cluster mode kept
 /// it in the state topic: added back, it was diffed against the old snapshot and everything
@@ -442,12 +419,12 @@ async fn a_registry_dropped_and_added_back_gets_a_baseline() {
         text.replace(&entry("gone", &dropped_host), ""),
     )
     .unwrap();
-    reload(&daemon, 1).await;
+    support::reload(&daemon, 1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     dropped.put("team/app", "v2", 0);
     dropped.put("team/app", "v1", 1);
     std::fs::write(&setup.config, &text).unwrap();
-    reload(&daemon, 2).await;
+    support::reload(&daemon, 2).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (_, _, err) = daemon.stop();
     let got = events(&mock.bootstrap_servers());

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use support::cluster::{
     Attributing, Opts, Tail, assert_exactly_once, assert_silent_baseline, metric_sum, push_all,
-    replica, repo_names, stderr_tail, topic_partitions, wait_settled, wait_up,
+    replica, seeded_registry, start_replica, stderrs, topic_partitions, wait_settled,
 };
 use support::{Auth, Registry, Setup, Tansu, report};
 
@@ -32,10 +32,7 @@ async fn world(
     interval: &str,
     group: &str,
 ) -> (Registry, std::sync::Arc<Attributing>, Opts, Vec<String>) {
-    let registry = Registry::start(Auth::None);
-    let repos = repo_names(n);
-    push_all(&registry, &repos, "v0").await;
-    let (proxy, url) = Attributing::start(&registry.url()).await;
+    let (registry, proxy, url, repos) = seeded_registry(n).await;
     let opts = Opts {
         brokers: tansu.brokers.clone(),
         topic: TOPIC.into(),
@@ -55,26 +52,20 @@ fn proxy_host(opts: &Opts) -> String {
     opts.registry_url.trim_start_matches("http://").to_owned()
 }
 
-/// Starts a replica and attributes its registry traffic.
-async fn start(proxy: &Attributing, setup: &Setup) -> support::Daemon {
-    let mut d = setup.spawn();
-    proxy.watch(d.pid());
-    wait_up(&mut d, &setup.admin).await;
-    d
-}
-
-fn stderrs(daemons: &[&support::Daemon]) -> String {
-    daemons
-        .iter()
-        .map(|d| {
-            format!(
-                "--- replica {} stderr (tail):\n{}",
-                d.pid(),
-                stderr_tail(d, 25)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Two replicas of `opts` with fresh `state_dir`s, started and settled over the state partitions,
+/// and a read_committed tail of the events topic: (a, its daemon, b, its daemon, tail).
+async fn two_settled(
+    tansu: &Tansu,
+    proxy: &Attributing,
+    opts: &Opts,
+) -> (Setup, support::Daemon, Setup, support::Daemon, Tail) {
+    let a = replica(opts, true);
+    let da = start_replica(proxy, &a).await;
+    let b = replica(opts, true);
+    let db = start_replica(proxy, &b).await;
+    wait_settled(&[&a.admin, &b.admin], PARTITIONS, SETTLE).await;
+    let tail = Tail::new(&tansu.brokers, TOPIC, "read_committed");
+    (a, da, b, db, tail)
 }
 
 /// Join, restore and rolling restart: two replicas baseline a populated registry silently, deliver
@@ -88,7 +79,7 @@ async fn rolling_restart_with_empty_state_dirs_re_emits_nothing() {
     let host = proxy_host(&opts);
 
     let a = replica(&opts, true);
-    let da = start(&proxy, &a).await;
+    let da = start_replica(&proxy, &a).await;
     // kafka.create_topic defaults to true: the events topic exists once a replica is ready, so
     // consumers can subscribe before the first event.
     let events_partitions = topic_partitions(&tansu.brokers, TOPIC, Duration::from_secs(5));
@@ -99,7 +90,7 @@ async fn rolling_restart_with_empty_state_dirs_re_emits_nothing() {
         stderrs(&[&da])
     );
     let b = replica(&opts, true);
-    let db = start(&proxy, &b).await;
+    let db = start_replica(&proxy, &b).await;
     let took = wait_settled(&[&a.admin, &b.admin], PARTITIONS, SETTLE).await;
     report(
         "cluster (Tansu): second replica joined, partitions split",
@@ -132,12 +123,12 @@ async fn rolling_restart_with_empty_state_dirs_re_emits_nothing() {
     let (code, _, err) = da.stop();
     assert_eq!(code, 0, "SIGTERM exits 0: {err}");
     let a2 = replica(&opts, true);
-    let da2 = start(&proxy, &a2).await;
+    let da2 = start_replica(&proxy, &a2).await;
     wait_settled(&[&a2.admin, &b.admin], PARTITIONS, SETTLE).await;
     let (code, _, err) = db.stop();
     assert_eq!(code, 0, "SIGTERM exits 0: {err}");
     let b2 = replica(&opts, false);
-    let db2 = start(&proxy, &b2).await;
+    let db2 = start_replica(&proxy, &b2).await;
     let took = wait_settled(&[&a2.admin, &b2.admin], PARTITIONS, SETTLE).await;
     report(
         "cluster (Tansu): replica with no state_dir restored and joined",
@@ -204,12 +195,7 @@ async fn graceful_leave_hands_the_share_to_the_survivor() {
     let tansu = Tansu::start();
     let (registry, proxy, opts, repos) = world(&tansu, 12, "2s", "rw-leave").await;
     let host = proxy_host(&opts);
-    let a = replica(&opts, true);
-    let da = start(&proxy, &a).await;
-    let b = replica(&opts, true);
-    let db = start(&proxy, &b).await;
-    wait_settled(&[&a.admin, &b.admin], PARTITIONS, SETTLE).await;
-    let mut tail = Tail::new(&tansu.brokers, TOPIC, "read_committed");
+    let (a, da, _b, db, mut tail) = two_settled(&tansu, &proxy, &opts).await;
     // Two intervals: every repository is listed by its current owner.
     tail.drain_for(Duration::from_secs(5));
     assert_silent_baseline(&tail, || stderrs(&[&da, &db]));
@@ -271,12 +257,7 @@ async fn a_hint_to_any_replica_is_scanned_by_the_owner_within_3s() {
     let tansu = Tansu::start();
     let (registry, proxy, opts, repos) = world(&tansu, 12, "300s", "rw-hints").await;
     let host = proxy_host(&opts);
-    let a = replica(&opts, true);
-    let da = start(&proxy, &a).await;
-    let b = replica(&opts, true);
-    let db = start(&proxy, &b).await;
-    wait_settled(&[&a.admin, &b.admin], PARTITIONS, SETTLE).await;
-    let mut tail = Tail::new(&tansu.brokers, TOPIC, "read_committed");
+    let (a, da, b, db, mut tail) = two_settled(&tansu, &proxy, &opts).await;
     tail.drain_for(Duration::from_secs(2));
     assert_silent_baseline(&tail, || stderrs(&[&da, &db]));
 

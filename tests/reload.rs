@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -27,30 +26,6 @@ async fn readyz(admin: &str) -> u16 {
     match reqwest::get(format!("http://{admin}/readyz")).await {
         Ok(r) => r.status().as_u16(),
         Err(_) => 0,
-    }
-}
-
-/// Sends SIGHUP and waits for the daemon to log the `nth` successful reload.
-async fn reload(daemon: &support::Daemon, nth: usize) {
-    Command::new("kill")
-        .args(["-HUP", &daemon.pid().to_string()])
-        .status()
-        .unwrap();
-    let started = Instant::now();
-    while daemon
-        .stderr
-        .lock()
-        .unwrap()
-        .matches("configuration reloaded")
-        .count()
-        < nth
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no reload logged: {}",
-            daemon.stderr.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -91,7 +66,7 @@ async fn reload_keeps_unchanged_registries_running() {
     let (lists_before, tokens_before) = (lists(), tokens());
 
     // The same configuration again.
-    reload(&daemon, 1).await;
+    support::reload(&daemon, 1).await;
     let unready_same = not_ready_answers(&setup.admin, Duration::from_secs(3)).await;
     let (relists_same, refetches_same) = (lists() - lists_before, tokens() - tokens_before);
 
@@ -102,7 +77,7 @@ async fn reload_keeps_unchanged_registries_running() {
         format!("{text}\n{}", registry("other", &other_host, false)),
     )
     .unwrap();
-    reload(&daemon, 2).await;
+    support::reload(&daemon, 2).await;
     let started = Instant::now();
     while other.tags_requests.load(Ordering::Relaxed) == 0 {
         assert!(

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::{Setup, free_port};
 
@@ -156,21 +156,7 @@ async fn forward(
             pid,
         })
     };
-    let body: Bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .unwrap_or_default();
-    let url = format!(
-        "{}{}",
-        state.upstream,
-        parts.uri.path_and_query().map_or("/", |p| p.as_str())
-    );
-    let mut upstream = state.client.request(parts.method.clone(), url).body(body);
-    for (name, value) in &parts.headers {
-        if name != "host" && name != "content-length" {
-            upstream = upstream.header(name, value);
-        }
-    }
-    let answer = match upstream.send().await {
+    let answer = match super::proxy::pass_on(&state.client, &state.upstream, &parts, body).await {
         Ok(r) => r,
         Err(e) => {
             record(502);
@@ -183,14 +169,7 @@ async fn forward(
     record(status.as_u16());
     let headers = answer.headers().clone();
     let bytes = answer.bytes().await.unwrap_or_default();
-    let mut response = Response::new(Body::from(bytes));
-    *response.status_mut() = status;
-    for (name, value) in &headers {
-        if name != "content-length" && name != "transfer-encoding" {
-            response.headers_mut().append(name, value.clone());
-        }
-    }
-    response
+    super::proxy::respond(status, &headers, bytes, |_| true)
 }
 
 /// What every replica of one cluster shares in its config.
@@ -252,12 +231,7 @@ pub fn replica(opts: &Opts, state_dir: bool) -> Setup {
 /// The sum of every sample of metric `name` on `admin` (with or without labels), or `None` when
 /// the endpoint does not answer or has no such series.
 pub async fn metric_sum(admin: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = super::metrics_text(admin).await?;
     let mut found = None;
     for line in text.lines() {
         let Some(rest) = line.strip_prefix(name) else {
@@ -360,13 +334,7 @@ impl Tail {
             }
             std::thread::sleep(Duration::from_millis(250));
         };
-        assert!(partitions > 0, "topic {topic} has no partitions");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
+        super::assign_from_beginning(&consumer, topic, partitions);
         Tail {
             consumer,
             events: Vec::new(),
@@ -575,4 +543,39 @@ pub fn topic_partitions(brokers: &str, topic: &str, wait: Duration) -> usize {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// The stderr tails of `daemons`, each under a header naming its pid, for failure messages.
+pub fn stderrs(daemons: &[&super::Daemon]) -> String {
+    daemons
+        .iter()
+        .map(|d| {
+            format!(
+                "--- replica {} stderr (tail):
+{}",
+                d.pid(),
+                stderr_tail(d, 25)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A `docker-registry` holding `v0` in each of the `n` repositories of `repo_names(n)`, and the
+/// attributing proxy in front of it: (registry, proxy, the proxy's URL, repositories).
+pub async fn seeded_registry(n: usize) -> (super::Registry, Arc<Attributing>, String, Vec<String>) {
+    let registry = super::Registry::start(super::Auth::None);
+    let repos = repo_names(n);
+    push_all(&registry, &repos, "v0").await;
+    let (proxy, url) = Attributing::start(&registry.url()).await;
+    (registry, proxy, url, repos)
+}
+
+/// Starts the replica of `setup`, has `proxy` attribute its registry traffic, and waits until it
+/// is ready.
+pub async fn start_replica(proxy: &Attributing, setup: &Setup) -> super::Daemon {
+    let mut d = setup.spawn();
+    proxy.watch(d.pid());
+    wait_up(&mut d, &setup.admin).await;
+    d
 }

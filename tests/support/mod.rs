@@ -548,13 +548,7 @@ pub fn consume(
         }
         std::thread::sleep(Duration::from_millis(250));
     };
-    assert!(partitions > 0, "topic {topic} has no partitions");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    assign_from_beginning(&consumer, topic, partitions);
     let started = Instant::now();
     let mut last_new = Instant::now();
     let mut out = Vec::new();
@@ -585,6 +579,17 @@ pub fn consume(
         }
     }
     out
+}
+
+/// Assigns `consumer` all `partitions` of `topic` from their first offset; fails if there are none.
+pub fn assign_from_beginning(consumer: &BaseConsumer, topic: &str, partitions: usize) {
+    assert!(partitions > 0, "topic {topic} has no partitions");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
 }
 
 /// A scratch directory with a config file for `regwatch`.
@@ -789,14 +794,19 @@ pub fn report(measure: &str, value: impl std::fmt::Display, expected: &str) {
 
 /// The value of the first metric line of `/metrics` on `admin` that starts with `name`.
 pub async fn metric(admin: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
+    let text = metrics_text(admin).await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// The text of `/metrics` on `admin`, or `None` when it does not answer.
+pub async fn metrics_text(admin: &str) -> Option<String> {
+    reqwest::get(format!("http://{admin}/metrics"))
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .ok()
 }
 
 /// Waits until `/readyz` on `admin` answers 200, failing the test after 30 s.
@@ -913,5 +923,29 @@ impl Daemon {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// Sends SIGHUP and waits for the daemon to log its `nth` successful reload (10 s at most).
+pub async fn reload(daemon: &Daemon, nth: usize) {
+    Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    while daemon
+        .stderr
+        .lock()
+        .unwrap()
+        .matches("configuration reloaded")
+        .count()
+        < nth
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no reload logged: {}",
+            daemon.stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 
 /// One kind of fault.
@@ -119,21 +119,7 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
         Some(Fault::Stall(d)) => tokio::time::sleep(d).await,
         _ => {}
     }
-    let body: Bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .unwrap_or_default();
-    let url = format!(
-        "{}{}",
-        state.upstream,
-        parts.uri.path_and_query().map_or("/", |p| p.as_str())
-    );
-    let mut forward = state.client.request(parts.method.clone(), url).body(body);
-    for (name, value) in &parts.headers {
-        if name != "host" && name != "content-length" {
-            forward = forward.header(name, value);
-        }
-    }
-    let upstream = match forward.send().await {
+    let upstream = match pass_on(&state.client, &state.upstream, &parts, body).await {
         Ok(r) => r,
         Err(e) => return plain(StatusCode::BAD_GATEWAY, &e.to_string()),
     };
@@ -146,13 +132,48 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
     if let Some(Fault::Body(other)) = fault {
         bytes = other.as_bytes().to_vec();
     }
-    let mut response = Response::new(Body::from(bytes));
-    *response.status_mut() = status;
-    for (name, value) in &headers {
-        if name == "content-length" || name == "transfer-encoding" {
-            continue;
+    respond(status, &headers, bytes, |name| {
+        !(fault == Some(Fault::DropLink) && name == "link")
+    })
+}
+
+/// Sends a request (`parts`, `body`) on to `upstream` (`http://host:port`) as it came, but for
+/// the `host` and `content-length` headers, which the client sets.
+pub async fn pass_on(
+    client: &reqwest::Client,
+    upstream: &str,
+    parts: &axum::http::request::Parts,
+    body: Body,
+) -> reqwest::Result<reqwest::Response> {
+    let body: Bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let url = format!(
+        "{}{}",
+        upstream,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut forward = client.request(parts.method.clone(), url).body(body);
+    for (name, value) in &parts.headers {
+        if name != "host" && name != "content-length" {
+            forward = forward.header(name, value);
         }
-        if fault == Some(Fault::DropLink) && name == "link" {
+    }
+    forward.send().await
+}
+
+/// Upstream's answer (`status`, `headers`, `body`) as a response, keeping the headers `keep`
+/// accepts but for `content-length` and `transfer-encoding`, which the server sets.
+pub fn respond(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: impl Into<Body>,
+    keep: impl Fn(&HeaderName) -> bool,
+) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    for (name, value) in headers {
+        if name == "content-length" || name == "transfer-encoding" || !keep(name) {
             continue;
         }
         response.headers_mut().append(name, value.clone());
