@@ -855,22 +855,10 @@ impl StateStore for ClusterStore {
             .cloned())
     }
 
-    fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError> {
-        // Each partition records the listings that covered it. The answer decides whether a
-        // repository seen for the first time is news, so it is given only when every partition
-        // owned has the same one: a partition no listing covered yet (a first run, or a replica
-        // that died before its first listing) makes its first-seen repositories a baseline.
-        let restored = self.restored_partitions();
-        let sets = self.inner.watch_sets.lock().expect("watch sets lock");
-        let Some(sets) = sets.get(registry) else {
-            return Ok(None);
-        };
-        let mut recorded = restored.iter().map(|p| sets.get(p));
-        let first = recorded.next().flatten();
-        Ok(match first {
-            Some(w) if recorded.all(|o| o == Some(w)) => Some(w.clone()),
-            _ => None,
-        })
+    fn watch_set(&self, _registry: &str) -> Result<Option<Vec<String>>, StoreError> {
+        // There is no registry-wide answer: each partition records the listings that covered it,
+        // and a first-seen repository is judged by its own partition's (`watch_set_of`).
+        Ok(None)
     }
 
     fn watch_set_of(
@@ -1011,11 +999,6 @@ impl StateStore for ClusterStore {
 }
 
 impl ClusterStore {
-    fn restored_partitions(&self) -> Vec<i32> {
-        let owned = self.inner.owned.lock().expect("owned lock");
-        owned.iter().copied().collect()
-    }
-
     /// Writes a repository's state (with its events), then keeps it in memory.
     fn put(
         &self,
@@ -1229,6 +1212,30 @@ mod review {
         );
     }
 
+    /// A mock cluster with the store's topics (4 partitions each) and one state record, `value`
+    /// under `key`, already in partition `partition`.
+    fn mock_with_state_record(
+        key: &str,
+        value: &[u8],
+        partition: i32,
+    ) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+        use rdkafka::producer::{BaseProducer, BaseRecord};
+        let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("imgs.state", 4, 1).expect("state topic");
+        mock.create_topic("imgs", 4, 1).expect("event topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .create()
+            .expect("producer");
+        let record = BaseRecord::to("imgs.state")
+            .key(key)
+            .payload(value)
+            .partition(partition);
+        producer.send(record).map_err(|(e, _)| e).expect("produce");
+        producer.flush(Duration::from_secs(10)).expect("flush");
+        mock
+    }
+
     /// Adding partitions to the state topic (to run more replicas than it has) moves most keys to
     /// another partition: their records stay where they were, and the new owner of each key finds
     /// no state, takes the repository for first-seen and, the watch set being recorded, emits
@@ -1236,11 +1243,6 @@ mod review {
     /// replica must refuse to scan rather than emit all of it again.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_state_topic_whose_partition_count_changed_is_refused() {
-        use rdkafka::mocking::MockCluster;
-        use rdkafka::producer::BaseProducer;
-        let mock = MockCluster::new(1).expect("mock cluster");
-        mock.create_topic("imgs.state", 4, 1).expect("state topic");
-        mock.create_topic("imgs", 4, 1).expect("event topic");
         let (id, repo) = ("https://r.example", "team/app");
         let key = repo_key(id, repo);
         // Written when the topic had 2 partitions (FNV mod 2), read now that it has 4.
@@ -1257,21 +1259,8 @@ mod review {
         } else {
             (key, then)
         };
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", mock.bootstrap_servers())
-            .create()
-            .expect("producer");
         let state = encode_state(&RepoState::Known(Snapshot::default()));
-        producer
-            .send(
-                rdkafka::producer::BaseRecord::to("imgs.state")
-                    .key(&key)
-                    .payload(&state)
-                    .partition(then),
-            )
-            .map_err(|(e, _)| e)
-            .expect("produce");
-        producer.flush(Duration::from_secs(10)).expect("flush");
+        let mock = mock_with_state_record(&key, &state, then);
 
         let (store, readiness) = store_on(&mock.bootstrap_servers());
         store.start(readiness.clone(), tokio::runtime::Handle::current());
@@ -1298,27 +1287,9 @@ mod review {
     /// (a store error, not a baseline).
     #[tokio::test(flavor = "multi_thread")]
     async fn an_unreadable_state_record_is_an_error_not_a_first_seen_repository() {
-        use rdkafka::mocking::MockCluster;
-        use rdkafka::producer::BaseProducer;
-        let mock = MockCluster::new(1).expect("mock cluster");
-        mock.create_topic("imgs.state", 4, 1).expect("state topic");
-        mock.create_topic("imgs", 4, 1).expect("event topic");
         let (id, repo) = ("https://r.example", "team/app");
         let key = repo_key(id, repo);
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", mock.bootstrap_servers())
-            .create()
-            .expect("producer");
-        producer
-            .send(
-                rdkafka::producer::BaseRecord::to("imgs.state")
-                    .key(&key)
-                    .payload(&b"Z-a-future-encoding"[..])
-                    .partition(partition_of(&key, 4)),
-            )
-            .map_err(|(e, _)| e)
-            .expect("produce");
-        producer.flush(Duration::from_secs(10)).expect("flush");
+        let mock = mock_with_state_record(&key, b"Z-a-future-encoding", partition_of(&key, 4));
 
         let (store, readiness) = store_on(&mock.bootstrap_servers());
         store.start(readiness.clone(), tokio::runtime::Handle::current());
