@@ -1,0 +1,910 @@
+//! The simulation suite: random sequences of operations (pushes, re-pushes, moves back and forth,
+//! deletes, dangling manifests, a lagging catalog, webhook hints, restarts with and without a lost
+//! commit, config edits, Kafka away and back) against the simulated registry of `registry.rs`,
+//! with its quirks switched per run and faults injected per request. The real scanner and the real
+//! redb store run them; after every step the checker compares what was committed with the
+//! reference model of `model.rs`:
+//!
+//! - no panic, in any task (a panic fails the case);
+//! - a repository's step either changes nothing (its listing failed or was skipped) or commits
+//!   exactly the model's events and snapshot: an incomplete listing changes nothing;
+//! - a listing with no fault injected is not skipped, and one that cannot be complete (a registry
+//!   that ignores `last`) never commits;
+//! - one change never gets two ids (a commit lost in a crash is detected again with the same ids),
+//!   and two changes never share one;
+//! - after the faults stop, every repository catches up within the backoff ceiling: nothing is
+//!   withheld, whatever dangles next to it;
+//! - every event is delivered (deduplicated by id, same payload on redelivery) and validates
+//!   against `schema/event.schema.json`.
+//!
+//! CI runs `SIM_CASES` cases per property (default below); failing seeds are kept by proptest in
+//! `tests/sim/proptest-regressions/` and replayed first. `scripts/sim-long.sh` runs longer.
+
+mod model;
+mod registry;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as PropConfig, FileFailurePersistence, TestRunner};
+use regwatch::config::{self, FirstRun};
+use regwatch::event::Event;
+use regwatch::store::{RepoState, StateStore, Store, StoreError};
+use regwatch::watch::diff::Snapshot;
+use regwatch::watch::scan::{Output, Scanner};
+use tokio::sync::Notify;
+
+use model::{Ev, Model, REPOS, SimConfig, tag_pool};
+use registry::{Faults, LinkMode, Quirks, Sim, SimTag, Uploaded};
+
+/// Cases per property in CI: a few minutes on 2 cores for all of them.
+const CI_CASES: u32 = 48;
+/// Quiet cycles after the last operation: the longest a failed repository sits out (7 cycles)
+/// plus the two consecutive complete listings that must deliver.
+const QUIESCE_CYCLES: usize = 10;
+
+/// One operation of a run.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Pushes a new digest to `tag`.
+    Push {
+        repo: usize,
+        tag: usize,
+        uploaded: Uploaded,
+    },
+    /// Moves `tag` back to the digest it had before its last move.
+    MoveBack { repo: usize, tag: usize },
+    /// Deletes `tag`.
+    Delete { repo: usize, tag: usize },
+    /// A new tag whose manifest is already gone (garbage collected): listed, HEAD 404.
+    Dangle { repo: usize, tag: usize },
+    /// A dangling tag's manifest is pushed again.
+    Settle { repo: usize, tag: usize },
+    /// The catalog stops listing `repo` for a while (it lags behind `tags/list`).
+    Hide { repo: usize },
+    /// The catalog catches up.
+    Show { repo: usize },
+    /// One full cycle, with these faults injected.
+    Scan { faults: Faults },
+    /// A webhook hint for `repo`.
+    Hint { repo: usize },
+    /// The daemon restarts (state on disk survives, memory does not).
+    Restart,
+    /// The daemon crashes inside the commits of a cycle (nothing of them reaches disk), restarts
+    /// and scans again at once.
+    CrashInCommit,
+    /// The config is edited (a reload).
+    Edit { cfg: SimConfig },
+    /// The publisher delivers the oldest half of the outbox, or all of it.
+    Deliver { all: bool },
+    /// The publisher delivers everything but the crash loses the acknowledgement.
+    DeliverThenCrash,
+    /// Kafka goes away / comes back.
+    Kafka { up: bool },
+}
+
+fn uploaded() -> impl Strategy<Value = Uploaded> {
+    prop_oneof![
+        6 => (1_500_000_000_000u64..1_800_000_000_000).prop_map(Uploaded::Ms),
+        1 => Just(Uploaded::Year10000),
+        1 => Just(Uploaded::Max),
+        1 => Just(Uploaded::Negative),
+        1 => Just(Uploaded::Garbage),
+    ]
+}
+
+fn faults() -> impl Strategy<Value = Faults> {
+    prop_oneof![
+        5 => Just(Faults::default()),
+        1 => (0u8..15, 0u8..15, 0u8..20).prop_map(|(not_found, server_error, throttled)| Faults {
+            not_found,
+            server_error,
+            throttled,
+        }),
+    ]
+}
+
+fn sim_config() -> impl Strategy<Value = SimConfig> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        prop::sample::subsequence(vec!["latest".to_string(), "v1".to_string()], 0..=2),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(include_v, exclude_rc, mutable, emit_removed, extra)| SimConfig {
+                include_v,
+                exclude_rc,
+                mutable,
+                emit_removed,
+                extra,
+            },
+        )
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let repo = 0..REPOS.len();
+    let tag = 0..tag_pool().len();
+    prop_oneof![
+        8 => (repo.clone(), tag.clone(), uploaded()).prop_map(|(repo, tag, uploaded)| Op::Push { repo, tag, uploaded }),
+        2 => (repo.clone(), tag.clone()).prop_map(|(repo, tag)| Op::MoveBack { repo, tag }),
+        2 => (repo.clone(), tag.clone()).prop_map(|(repo, tag)| Op::Delete { repo, tag }),
+        2 => (repo.clone(), tag.clone()).prop_map(|(repo, tag)| Op::Dangle { repo, tag }),
+        1 => (repo.clone(), tag.clone()).prop_map(|(repo, tag)| Op::Settle { repo, tag }),
+        1 => repo.clone().prop_map(|repo| Op::Hide { repo }),
+        1 => repo.clone().prop_map(|repo| Op::Show { repo }),
+        8 => faults().prop_map(|faults| Op::Scan { faults }),
+        2 => repo.prop_map(|repo| Op::Hint { repo }),
+        1 => Just(Op::Restart),
+        1 => Just(Op::CrashInCommit),
+        1 => sim_config().prop_map(|cfg| Op::Edit { cfg }),
+        2 => any::<bool>().prop_map(|all| Op::Deliver { all }),
+        1 => Just(Op::DeliverThenCrash),
+        1 => any::<bool>().prop_map(|up| Op::Kafka { up }),
+    ]
+}
+
+fn quirks() -> impl Strategy<Value = Quirks> {
+    (
+        prop_oneof![
+            Just(LinkMode::Relative),
+            Just(LinkMode::Absolute),
+            Just(LinkMode::None),
+            Just(LinkMode::SomePages)
+        ],
+        prop::bool::weighted(0.15),
+        prop::bool::weighted(0.2),
+        prop::option::weighted(0.2, 1usize..4),
+        prop::bool::weighted(0.4),
+        any::<bool>(),
+        prop::bool::weighted(0.2),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(
+            |(link, ignore_last, ignore_n, cap_n, google, hostile, duplicates, redirect)| Quirks {
+                link,
+                ignore_last,
+                ignore_n,
+                cap_n,
+                google,
+                hostile_map: google && hostile,
+                duplicates,
+                redirect,
+            },
+        )
+}
+
+/// One generated run.
+#[derive(Debug, Clone)]
+struct Run {
+    quirks: Quirks,
+    page_size: usize,
+    cfg: SimConfig,
+    seed: u64,
+    ops: Vec<Op>,
+}
+
+fn run_strategy(max_ops: usize) -> impl Strategy<Value = Run> {
+    (
+        quirks(),
+        2usize..6,
+        sim_config(),
+        any::<u64>(),
+        prop::collection::vec(op(), 1..max_ops),
+    )
+        .prop_map(|(quirks, page_size, cfg, seed, ops)| Run {
+            quirks,
+            page_size,
+            cfg,
+            seed,
+            ops,
+        })
+}
+
+/// The store as the scanner sees it, with a switch that makes every commit fail as a crash
+/// inside it would: nothing of the commit is written. The events of the lost commits are kept.
+struct CrashingStore {
+    inner: Arc<Store>,
+    crash: AtomicBool,
+    lost: Mutex<Vec<Event>>,
+}
+
+impl StateStore for CrashingStore {
+    fn repo_state(&self, r: &str, repo: &str) -> Result<Option<RepoState>, StoreError> {
+        self.inner.repo_state(r, repo)
+    }
+    fn watch_set(&self, r: &str) -> Result<Option<Vec<String>>, StoreError> {
+        self.inner.watch_set(r)
+    }
+    fn set_watch_set(&self, r: &str, p: &[String], epoch: u64) -> Result<(), StoreError> {
+        self.inner.set_watch_set(r, p, epoch)
+    }
+    fn record_pending(&self, r: &str, repo: &str, emit: bool, rev: u64) -> Result<(), StoreError> {
+        self.inner.record_pending(r, repo, emit, rev)
+    }
+    fn commit_scan(
+        &self,
+        r: &str,
+        repo: &str,
+        snapshot: &Snapshot,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        if self.crash.load(Ordering::SeqCst) {
+            self.lost.lock().unwrap().extend(events.iter().cloned());
+            return Err(StoreError::Io("simulated crash inside the commit".into()));
+        }
+        self.inner.commit_scan(r, repo, snapshot, events)
+    }
+    fn repositories(&self, r: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.repositories(r)
+    }
+    fn forget_repositories(&self, r: &str, repos: &[String]) -> Result<(), StoreError> {
+        self.inner.forget_repositories(r, repos)
+    }
+}
+
+/// A committed event, as the checker reads it.
+#[derive(Debug, Clone)]
+struct Seen {
+    id: String,
+    repo: String,
+    ev: Ev,
+    payload: String,
+}
+
+fn seen(e: &Event) -> Seen {
+    let v: serde_json::Value = serde_json::from_str(&e.payload).expect("event JSON");
+    let d = &v["data"];
+    let s = |x: &serde_json::Value| x.as_str().map(str::to_owned);
+    Seen {
+        id: e.id.clone(),
+        repo: s(&d["repository"]).expect("data.repository"),
+        ev: Ev {
+            kind: v["type"]
+                .as_str()
+                .and_then(|t| t.strip_prefix("io.regwatch.tag."))
+                .expect("a tag event type")
+                .to_owned(),
+            tag: s(&d["tag"]).expect("data.tag"),
+            digest: s(&d["digest"]),
+            previous: s(&d["previous_digest"]),
+            pushed_at: s(&d["pushed_at"]),
+        },
+        payload: e.payload.clone(),
+    }
+}
+
+/// A running simulation: the registry, the daemon's parts, the model and what was observed.
+struct World {
+    sim: Sim,
+    host: String,
+    page_size: usize,
+    cfg: SimConfig,
+    dir: tempfile::TempDir,
+    /// The store, behind the crash switch; `None` only while it is reopened.
+    crashing: Option<Arc<CrashingStore>>,
+    scanner: Scanner,
+    model: Model,
+    /// Committed snapshots as last observed (Known states only).
+    observed: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    /// Outbox sequences already looked at and still in the outbox (redb numbers events from the
+    /// last one present, so numbers come back once the outbox is empty).
+    looked_at: BTreeSet<u64>,
+    /// Every committed event, by id.
+    committed: HashMap<String, String>,
+    /// What the consumer received, deduplicated by id.
+    delivered: HashMap<String, String>,
+    kafka_up: bool,
+    digests: u64,
+    /// Each tag's digests over time, to move back.
+    history: BTreeMap<(String, String), Vec<String>>,
+    validator: Arc<jsonschema::Validator>,
+    log: Vec<String>,
+}
+
+fn store_view(state: Option<RepoState>) -> Option<BTreeMap<String, Option<String>>> {
+    match state {
+        Some(RepoState::Known(s)) => Some(s.tags),
+        _ => None,
+    }
+}
+
+impl World {
+    async fn new(
+        run: &Run,
+        validator: Arc<jsonschema::Validator>,
+    ) -> (World, tokio::task::JoinHandle<()>) {
+        let sim = registry::new(run.quirks, run.seed);
+        {
+            let mut s = sim.lock().unwrap();
+            for (repo, tags) in [
+                ("team/a", vec!["v1", "latest"]),
+                ("team/b", vec!["v1", "v2"]),
+                ("extra/x", vec!["v1"]),
+            ] {
+                for (i, tag) in tags.into_iter().enumerate() {
+                    s.repos.entry(repo.into()).or_default().insert(
+                        tag.into(),
+                        SimTag {
+                            digest: digest_of(u64::MAX - i as u64, repo),
+                            dangling: false,
+                            uploaded: Uploaded::Ms(1_600_000_000_000),
+                        },
+                    );
+                }
+            }
+        }
+        let (host, server) = registry::serve(sim.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let crashing = Some(open(dir.path()));
+        let scanner = scanner(&run.cfg, &host, run.page_size);
+        let world = World {
+            sim,
+            host,
+            page_size: run.page_size,
+            cfg: run.cfg.clone(),
+            dir,
+            crashing,
+            scanner,
+            model: Model::default(),
+            observed: BTreeMap::new(),
+            looked_at: BTreeSet::new(),
+            committed: HashMap::new(),
+            delivered: HashMap::new(),
+            kafka_up: true,
+            digests: 0,
+            history: BTreeMap::new(),
+            validator,
+            log: Vec::new(),
+        };
+        (world, server)
+    }
+
+    fn crashing(&self) -> &Arc<CrashingStore> {
+        self.crashing.as_ref().expect("store open")
+    }
+
+    fn store(&self) -> &Store {
+        &self.crashing().inner
+    }
+
+    fn output(&self) -> Output {
+        Output::Commit {
+            store: self.crashing().clone(),
+            published: Arc::new(Notify::new()),
+        }
+    }
+
+    /// A restart: memory is lost, the state file is opened again, the outbox is still there.
+    fn restart(&mut self) {
+        // redb allows one handle per file: the old one goes first.
+        self.crashing = None;
+        self.crashing = Some(open(self.dir.path()));
+        self.scanner = scanner(&self.cfg, &self.host, self.page_size);
+    }
+
+    /// Applies a registry operation.
+    fn apply(&mut self, op: &Op) {
+        let pool = tag_pool();
+        self.digests += 1;
+        let fresh = self.digests;
+        let mut s = self.sim.lock().unwrap();
+        match op {
+            Op::Push {
+                repo,
+                tag,
+                uploaded,
+            } => {
+                let (repo, tag) = (REPOS[*repo], pool[*tag].clone());
+                let digest = digest_of(fresh, repo);
+                self.history
+                    .entry((repo.into(), tag.clone()))
+                    .or_default()
+                    .push(digest.clone());
+                let t = SimTag {
+                    digest,
+                    dangling: false,
+                    uploaded: *uploaded,
+                };
+                s.repos.entry(repo.into()).or_default().insert(tag, t);
+            }
+            Op::MoveBack { repo, tag } => {
+                let (repo, tag) = (REPOS[*repo], pool[*tag].clone());
+                let history = self.history.entry((repo.into(), tag.clone())).or_default();
+                if history.len() >= 2
+                    && let Some(t) = s.repos.get_mut(repo).and_then(|r| r.get_mut(&tag))
+                    && !t.dangling
+                {
+                    let back = history[history.len() - 2].clone();
+                    t.digest = back.clone();
+                    history.push(back);
+                }
+            }
+            Op::Delete { repo, tag } => {
+                if let Some(r) = s.repos.get_mut(REPOS[*repo]) {
+                    r.remove(&pool[*tag]);
+                }
+            }
+            Op::Dangle { repo, tag } => {
+                let (repo, tag) = (REPOS[*repo], pool[*tag].clone());
+                let tags = s.repos.entry(repo.into()).or_default();
+                if !tags.contains_key(&tag) {
+                    let t = SimTag {
+                        digest: digest_of(fresh, repo),
+                        dangling: true,
+                        uploaded: Uploaded::Ms(1_700_000_000_000),
+                    };
+                    tags.insert(tag, t);
+                }
+            }
+            Op::Settle { repo, tag } => {
+                if let Some(t) = s
+                    .repos
+                    .get_mut(REPOS[*repo])
+                    .and_then(|r| r.get_mut(&pool[*tag]))
+                {
+                    t.dangling = false;
+                }
+            }
+            Op::Hide { repo } => {
+                s.catalog_hidden.insert(REPOS[*repo].into());
+            }
+            Op::Show { repo } => {
+                s.catalog_hidden.remove(REPOS[*repo]);
+            }
+            _ => {}
+        }
+    }
+
+    /// Compares what the last step committed with the model; `complete` when it was a full
+    /// cycle whose listing succeeded, `crashed` when its commits were lost on purpose.
+    fn check_step(&mut self, what: &str, complete: bool, crashed: bool) -> Result<(), String> {
+        let (listed, faulted, head_faulted, tags, hidden, quirks) = {
+            let s = self.sim.lock().unwrap();
+            (
+                s.listed.clone(),
+                s.faulted.clone(),
+                s.head_faulted.clone(),
+                s.repos.clone(),
+                s.catalog_hidden.clone(),
+                s.quirks,
+            )
+        };
+        // What the step committed.
+        let fresh: Vec<(u64, Event)> = self
+            .store()
+            .outbox_batch(usize::MAX)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|(seq, _)| !self.looked_at.contains(seq))
+            .collect();
+        self.looked_at.extend(fresh.iter().map(|(seq, _)| *seq));
+        let mut by_repo: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
+        for (_, e) in &fresh {
+            let s = seen(e);
+            if let Some(before) = self.committed.insert(s.id.clone(), s.payload.clone()) {
+                return Err(format!(
+                    "{what}: id {} committed twice:\n{before}\n{}",
+                    s.id, s.payload
+                ));
+            }
+            let v: serde_json::Value = serde_json::from_str(&s.payload).unwrap();
+            let errors: Vec<String> = self
+                .validator
+                .iter_errors(&v)
+                .map(|e| e.to_string())
+                .collect();
+            if !errors.is_empty() {
+                return Err(format!(
+                    "{what}: event breaks the schema: {errors:?}\n{}",
+                    s.payload
+                ));
+            }
+            by_repo.entry(s.repo.clone()).or_default().push(s);
+        }
+        for repo in &listed {
+            if self.cfg.watches(repo) {
+                self.model.decide(repo);
+            }
+        }
+        let identity = self.scanner.identity.clone();
+        let mut repos: BTreeSet<String> = REPOS.iter().map(|r| r.to_string()).collect();
+        repos.extend(by_repo.keys().cloned());
+        for repo in repos {
+            let state = self
+                .store()
+                .repo_state(&identity, &repo)
+                .map_err(|e| e.to_string())?;
+            let forgotten = state.is_none() && self.model.repos.contains_key(&repo);
+            let after = store_view(state);
+            let before = self.observed.get(&repo).cloned();
+            let mut events: Vec<Ev> = by_repo
+                .get(&repo)
+                .map(|v| v.iter().map(|s| s.ev.clone()).collect())
+                .unwrap_or_default();
+            events.sort();
+            let empty = BTreeMap::new();
+            let repo_tags = tags.get(&repo).unwrap_or(&empty);
+            if !self.cfg.watches(&repo) {
+                // Left the watch set: forgotten after a complete listing, never scanned.
+                if !events.is_empty() {
+                    return Err(format!("{what}: events for unwatched {repo}: {events:?}"));
+                }
+                if complete && after.is_some() {
+                    return Err(format!(
+                        "{what}: {repo} left the watch set but was not forgotten"
+                    ));
+                }
+                if after.is_none() {
+                    self.model.repos.remove(&repo);
+                    self.observed.remove(&repo);
+                } else if after != before {
+                    return Err(format!("{what}: unwatched {repo} changed"));
+                }
+                continue;
+            }
+            if forgotten {
+                // Forgotten while watched: only a repository the catalog no longer lists whose
+                // own listing shows no tags, after a complete listing; with `emit_removed` its
+                // selected tags are reported removed first.
+                let removals = self.model.outcome(
+                    &repo,
+                    &BTreeMap::new(),
+                    &BTreeSet::new(),
+                    quirks.google,
+                    quirks.hostile_map,
+                    &self.cfg,
+                );
+                let unlisted = hidden.contains(&repo) || !tags.contains_key(&repo);
+                if !complete || !unlisted || !repo_tags.is_empty() {
+                    return Err(format!(
+                        "{what}: {repo} forgotten while the registry lists it: {before:?}"
+                    ));
+                }
+                if events != removals.events {
+                    return Err(format!(
+                        "{what}: {repo} forgotten with events {events:?}, expected {:?}",
+                        removals.events
+                    ));
+                }
+                self.model.repos.remove(&repo);
+                self.observed.remove(&repo);
+                continue;
+            }
+            let unresolvable: BTreeSet<String> = head_faulted
+                .iter()
+                .filter(|(r, _)| *r == repo)
+                .map(|(_, t)| t.clone())
+                .collect();
+            let expected = self.model.outcome(
+                &repo,
+                repo_tags,
+                &unresolvable,
+                quirks.google,
+                quirks.hostile_map,
+                &self.cfg,
+            );
+            let cannot_complete = !quirks.listable(repo_tags.len(), self.page_size);
+            let may_fail = faulted.contains(&repo) || cannot_complete;
+            let nothing = after == before && events.is_empty();
+            if nothing {
+                let current = self.model.repos.get(&repo).and_then(|r| r.known.clone());
+                let stale =
+                    current.as_ref() != Some(&expected.known) || !expected.events.is_empty();
+                let scanned =
+                    listed.contains(&repo) && !hidden.contains(&repo) && tags.contains_key(&repo);
+                if scanned && !may_fail && !crashed && stale {
+                    return Err(format!(
+                        "{what}: {repo} was listed without a fault but nothing was committed; \
+                         expected {:?} and {:?}",
+                        expected.events, expected.known
+                    ));
+                }
+                continue;
+            }
+            if !listed.contains(&repo) {
+                return Err(format!(
+                    "{what}: {repo} changed without being listed: {before:?} -> {after:?}, {events:?}"
+                ));
+            }
+            if cannot_complete {
+                return Err(format!(
+                    "{what}: {repo} committed a listing that cannot be complete (the registry \
+                     ignores `last`; {} names, page size {}): {after:?}, {events:?}",
+                    repo_tags.len(),
+                    self.page_size
+                ));
+            }
+            if events != expected.events || after.as_ref() != Some(&expected.known) {
+                return Err(format!(
+                    "{what}: {repo} diverges from the model\n  events:   {events:?}\n  expected: {:?}\n  \
+                     snapshot: {after:?}\n  expected: {:?}\n  before:   {before:?}",
+                    expected.events, expected.known
+                ));
+            }
+            self.model.commit(&repo, expected.known.clone());
+            self.observed.insert(repo.clone(), expected.known);
+        }
+        if complete {
+            self.model.complete_listing(&self.cfg);
+        }
+        Ok(())
+    }
+
+    async fn scan(&mut self, faults: Faults) -> Result<(), String> {
+        self.sim.lock().unwrap().new_step(faults);
+        let result = self.scanner.cycle(&self.output(), || false).await;
+        self.sim.lock().unwrap().faults = Faults::default();
+        self.check_step(
+            &format!("scan {faults:?} -> {result:?}"),
+            result.is_ok(),
+            false,
+        )
+    }
+
+    async fn hint(&mut self, repo: &str) -> Result<(), String> {
+        self.sim.lock().unwrap().new_step(Faults::default());
+        let result = self
+            .scanner
+            .scan_hinted(&self.output(), vec![repo.to_owned()], || false)
+            .await;
+        self.check_step(&format!("hint {repo} -> {result:?}"), false, false)
+    }
+
+    async fn crash_in_commit(&mut self) -> Result<(), String> {
+        self.crashing().crash.store(true, Ordering::SeqCst);
+        self.sim.lock().unwrap().new_step(Faults::default());
+        let first = self.scanner.cycle(&self.output(), || false).await;
+        let lost: Vec<Seen> = self
+            .crashing()
+            .lost
+            .lock()
+            .unwrap()
+            .iter()
+            .map(seen)
+            .collect();
+        self.check_step(&format!("crashed cycle -> {first:?}"), first.is_ok(), true)?;
+        self.restart();
+        self.sim.lock().unwrap().new_step(Faults::default());
+        let second = self.scanner.cycle(&self.output(), || false).await;
+        let again: Vec<Seen> = self
+            .store()
+            .outbox_batch(usize::MAX)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter(|(seq, _)| !self.looked_at.contains(seq))
+            .map(|(_, e)| seen(e))
+            .collect();
+        self.check_step(
+            &format!("cycle after the crash -> {second:?}"),
+            second.is_ok(),
+            false,
+        )?;
+        for l in &lost {
+            if let Some(a) = again.iter().find(|a| a.repo == l.repo && a.ev == l.ev)
+                && a.id != l.id
+            {
+                return Err(format!(
+                    "a change lost in a crash was detected again under another id: {:?} {} vs {}",
+                    l.ev, l.id, a.id
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, all: bool, ack: bool) -> Result<(), String> {
+        if !self.kafka_up {
+            return Ok(());
+        }
+        let pending = self
+            .store()
+            .outbox_batch(usize::MAX)
+            .map_err(|e| e.to_string())?;
+        let take = if all {
+            pending.len()
+        } else {
+            pending.len().div_ceil(2)
+        };
+        let mut acked = Vec::new();
+        for (seq, e) in pending.into_iter().take(take) {
+            if let Some(before) = self.delivered.insert(e.id.clone(), e.payload.clone())
+                && before != e.payload
+            {
+                return Err(format!("id {} redelivered with another payload", e.id));
+            }
+            acked.push(seq);
+        }
+        if ack {
+            self.store()
+                .outbox_remove(&acked)
+                .map_err(|e| e.to_string())?;
+            for seq in &acked {
+                self.looked_at.remove(seq);
+            }
+        }
+        Ok(())
+    }
+
+    async fn step(&mut self, op: &Op) -> Result<(), String> {
+        self.log.push(format!("{op:?}"));
+        match op {
+            Op::Scan { faults } => self.scan(*faults).await,
+            Op::Hint { repo } => self.hint(REPOS[*repo]).await,
+            Op::Restart => {
+                self.restart();
+                Ok(())
+            }
+            Op::CrashInCommit => self.crash_in_commit().await,
+            Op::Edit { cfg } => {
+                self.cfg = cfg.clone();
+                self.scanner = scanner(&self.cfg, &self.host, self.page_size);
+                Ok(())
+            }
+            Op::Deliver { all } => self.deliver(*all, true),
+            Op::DeliverThenCrash => {
+                self.deliver(true, false)?;
+                self.restart();
+                Ok(())
+            }
+            Op::Kafka { up } => {
+                self.kafka_up = *up;
+                Ok(())
+            }
+            _ => {
+                self.apply(op);
+                Ok(())
+            }
+        }
+    }
+
+    /// The faults stop and the catalog catches up: within the backoff ceiling every repository
+    /// must have caught up with the model, and every event must be delivered.
+    async fn quiesce(&mut self) -> Result<(), String> {
+        self.sim.lock().unwrap().catalog_hidden.clear();
+        self.kafka_up = true;
+        for i in 0..QUIESCE_CYCLES {
+            self.scan(Faults::default())
+                .await
+                .map_err(|e| format!("quiet cycle {i}: {e}"))?;
+        }
+        let (tags, quirks) = {
+            let s = self.sim.lock().unwrap();
+            (s.repos.clone(), s.quirks)
+        };
+        let catalog_readable = quirks.listable(tags.len(), self.page_size);
+        for (repo, repo_tags) in &tags {
+            if !self.cfg.watches(repo)
+                || !catalog_readable
+                || !quirks.listable(repo_tags.len(), self.page_size)
+            {
+                continue;
+            }
+            let expected = self.model.outcome(
+                repo,
+                repo_tags,
+                &BTreeSet::new(),
+                quirks.google,
+                quirks.hostile_map,
+                &self.cfg,
+            );
+            let known = self.model.repos.get(repo).and_then(|r| r.known.clone());
+            if !expected.events.is_empty() || known.as_ref() != Some(&expected.known) {
+                return Err(format!(
+                    "{repo} withheld after {QUIESCE_CYCLES} quiet cycles: owes {:?}; knows {known:?}, \
+                     registry shows {:?}",
+                    expected.events, expected.known
+                ));
+            }
+        }
+        self.deliver(true, true)?;
+        let missing: Vec<&String> = self
+            .committed
+            .keys()
+            .filter(|id| !self.delivered.contains_key(*id))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("committed but never delivered: {missing:?}"));
+        }
+        Ok(())
+    }
+}
+
+fn open(dir: &std::path::Path) -> Arc<CrashingStore> {
+    Arc::new(CrashingStore {
+        inner: Arc::new(Store::open(dir).unwrap_or_else(|e| panic!("opening the state file: {e}"))),
+        crash: AtomicBool::new(false),
+        lost: Mutex::new(Vec::new()),
+    })
+}
+
+fn digest_of(n: u64, repo: &str) -> String {
+    use sha2::Digest as _;
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(format!("{repo}#{n}")))
+    )
+}
+
+fn scanner(cfg: &SimConfig, host: &str, page_size: usize) -> Scanner {
+    let text = cfg.toml(host, page_size);
+    let parsed = config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    Scanner::new(&parsed.registries[0], FirstRun::Baseline, cfg.emit_removed).unwrap()
+}
+
+async fn run_case(run: Run, validator: Arc<jsonschema::Validator>) -> Result<(), String> {
+    let (mut world, server) = World::new(&run, validator).await;
+    let mut result = Ok(());
+    for op in &run.ops {
+        if let Err(e) = world.step(op).await {
+            result = Err(e);
+            break;
+        }
+    }
+    if result.is_ok() {
+        result = world.quiesce().await;
+    }
+    server.abort();
+    result.map_err(|e| {
+        format!(
+            "{e}\nquirks {:?}, page size {}\noperations:\n  {}",
+            run.quirks,
+            run.page_size,
+            world.log.join("\n  ")
+        )
+    })
+}
+
+fn validator() -> Arc<jsonschema::Validator> {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../schema/event.schema.json")).unwrap();
+    Arc::new(
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("the schema compiles"),
+    )
+}
+
+fn cases() -> u32 {
+    std::env::var("SIM_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CI_CASES)
+}
+
+fn check(name: &'static str, strategy: impl Strategy<Value = Run>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = PropConfig::with_cases(cases());
+    config.failure_persistence = Some(Box::new(FileFailurePersistence::Direct(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sim/proptest-regressions.txt"
+    ))));
+    let validator = validator();
+    let started = std::time::Instant::now();
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&strategy, |run| {
+        rt.block_on(run_case(run, validator.clone()))
+            .map_err(TestCaseError::fail)
+    });
+    println!(
+        "SIM {name}: {} cases in {:.1} s",
+        cases(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Err(e) = result {
+        panic!("{name}: {e}");
+    }
+}
+
+#[test]
+fn sim_operations_against_the_model() {
+    check("operations", run_strategy(40));
+}
