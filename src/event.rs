@@ -1,6 +1,6 @@
 //! CloudEvents 1.0 building: one structured-JSON event per change, with a deterministic id.
 
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -48,6 +48,9 @@ impl ChangeKind {
     }
 }
 
+/// The `dataschema` every event carries: `schema/event.schema.json`, by its versioned `$id`.
+pub const DATASCHEMA: &str = "https://regwatch.dev/schema/v1/event.schema.json";
+
 #[derive(Serialize)]
 struct CloudEvent<'a> {
     specversion: &'static str,
@@ -58,6 +61,7 @@ struct CloudEvent<'a> {
     subject: String,
     time: &'a str,
     datacontenttype: &'static str,
+    dataschema: &'static str,
     data: Data<'a>,
 }
 
@@ -105,8 +109,20 @@ pub fn event_id(
     hex::encode(h.finalize())
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+/// The last instant RFC 3339 can write (four-digit years): 9999-12-31T23:59:59.999Z, in ms.
+const LAST_RFC3339_MS: u128 = 253_402_300_799_999;
+
+/// Whether `t` has an RFC 3339 form: from 1970 (times before it are a registry's broken clock)
+/// to the end of year 9999. `humantime` panics outside that range, so every time that came from
+/// a registry is checked with this before it is formatted.
+pub fn representable(t: SystemTime) -> bool {
+    t.duration_since(UNIX_EPOCH)
+        .is_ok_and(|d| d.as_millis() <= LAST_RFC3339_MS)
+}
+
+/// `t` in RFC 3339 with milliseconds, or `None` when it has no such form.
+fn rfc3339(t: SystemTime) -> Option<String> {
+    representable(t).then(|| humantime::format_rfc3339_millis(t).to_string())
 }
 
 /// Builds the event for one change, diffed against snapshot `revision` and detected at `detected`.
@@ -120,7 +136,8 @@ pub fn build(origin: Origin<'_>, change: &Change, revision: u64, detected: Syste
         change.kind,
         revision,
     );
-    let detected_at = rfc3339(detected);
+    // The host's own clock; one set before 1970 still gets a well-formed event.
+    let detected_at = rfc3339(detected).unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into());
     let reference = format!("{}/{}:{}", origin.host, origin.repository, change.tag);
     let image = match (change.kind, digest) {
         // A signature's tag is not the image: name the signed digest.
@@ -138,6 +155,7 @@ pub fn build(origin: Origin<'_>, change: &Change, revision: u64, detected: Syste
         subject: reference,
         time: &detected_at,
         datacontenttype: "application/json",
+        dataschema: DATASCHEMA,
         data: Data {
             registry: origin.registry,
             kind: origin.kind.as_str(),
@@ -146,7 +164,7 @@ pub fn build(origin: Origin<'_>, change: &Change, revision: u64, detected: Syste
             tag: &change.tag,
             digest,
             previous_digest: change.previous_digest.as_deref(),
-            pushed_at: change.pushed_at.map(rfc3339),
+            pushed_at: change.pushed_at.and_then(rfc3339),
             detected_at: &detected_at,
             image,
             details: &change.details,
@@ -179,11 +197,15 @@ mod tests {
     #[test]
     fn event_matches_the_contract() {
         let origin = local_origin();
+        let (new, old) = (
+            format!("sha256:{}", "b".repeat(64)),
+            format!("sha256:{}", "a".repeat(64)),
+        );
         let change = Change {
             kind: ChangeKind::Updated,
             tag: "latest".into(),
-            digest: Some("sha256:new".into()),
-            previous_digest: Some("sha256:old".into()),
+            digest: Some(new.clone()),
+            previous_digest: Some(old.clone()),
             pushed_at: None,
             details: Default::default(),
         };
@@ -197,12 +219,29 @@ mod tests {
         assert_eq!(v["source"], "regwatch/local");
         assert_eq!(v["subject"], "127.0.0.1:5000/team/app:latest");
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
-        assert_eq!(v["data"]["previous_digest"], "sha256:old");
-        assert_eq!(v["data"]["pushed_at"], Value::Null);
-        assert_eq!(
-            v["data"]["image"],
-            "127.0.0.1:5000/team/app:latest@sha256:new"
-        );
+        assert_eq!(v["datacontenttype"], "application/json");
+        assert_eq!(v["dataschema"], DATASCHEMA);
+        let d = &v["data"];
+        assert_eq!(d["registry"], "local");
+        assert_eq!(d["kind"], "oci");
+        assert_eq!(d["host"], "127.0.0.1:5000");
+        assert_eq!(d["repository"], "team/app");
+        assert_eq!(d["tag"], "latest");
+        assert_eq!(d["digest"], new);
+        assert_eq!(d["previous_digest"], old);
+        assert_eq!(d["pushed_at"], Value::Null);
+        assert_eq!(d["detected_at"], v["time"]);
+        assert_eq!(d["image"], format!("127.0.0.1:5000/team/app:latest@{new}"));
+        // Every field is the schema's, and the schema's $id is what dataschema names.
+        let schema: Value =
+            serde_json::from_str(include_str!("../schema/event.schema.json")).unwrap();
+        assert_eq!(schema["$id"], DATASCHEMA);
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap();
+        let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
         // Same change against the same revision, detected later: same id.
         assert_eq!(build(origin, &change, 41, SystemTime::now()).id, e.id);
         // The same move against a later revision is another detection: another id.
@@ -211,27 +250,53 @@ mod tests {
         let id = |identity, digest, kind| {
             event_id(identity, "team/app", "latest", Some(digest), kind, 41)
         };
-        assert_eq!(
-            id("http://127.0.0.1:5000", "sha256:new", ChangeKind::Updated),
-            e.id
-        );
-        assert_ne!(
-            id("http://127.0.0.1:5000", "sha256:new", ChangeKind::Added),
-            e.id
-        );
-        assert_ne!(
-            id("http://127.0.0.1:5000", "sha256:x", ChangeKind::Updated),
-            e.id
-        );
-        assert_ne!(
-            id("http://127.0.0.1:5001", "sha256:new", ChangeKind::Updated),
-            e.id
-        );
+        assert_eq!(id("http://127.0.0.1:5000", &new, ChangeKind::Updated), e.id);
+        assert_ne!(id("http://127.0.0.1:5000", &new, ChangeKind::Added), e.id);
+        assert_ne!(id("http://127.0.0.1:5000", &old, ChangeKind::Updated), e.id);
+        assert_ne!(id("http://127.0.0.1:5001", &new, ChangeKind::Updated), e.id);
         let renamed = Origin {
             registry: "renamed",
             ..origin
         };
         assert_eq!(build(renamed, &change, 41, SystemTime::now()).id, e.id);
+    }
+
+    #[test]
+    fn registry_times_out_of_range_are_null_not_a_panic() {
+        use std::time::Duration;
+        let change = |pushed_at| Change {
+            kind: ChangeKind::Added,
+            tag: "v1".into(),
+            digest: Some(format!("sha256:{}", "a".repeat(64))),
+            previous_digest: None,
+            pushed_at: Some(pushed_at),
+            details: Default::default(),
+        };
+        let pushed = |t: SystemTime| {
+            let e = build(local_origin(), &change(t), 1, UNIX_EPOCH);
+            serde_json::from_str::<Value>(&e.payload).unwrap()["data"]["pushed_at"].clone()
+        };
+        // GCR's timeUploadedMs in year 10000, u64::MAX ms, and a pushed-at before 1970.
+        for hostile in [
+            UNIX_EPOCH + Duration::from_millis(253_402_300_800_000),
+            UNIX_EPOCH + Duration::from_millis(u64::MAX),
+            UNIX_EPOCH - Duration::from_secs(86_400),
+        ] {
+            assert_eq!(pushed(hostile), Value::Null, "{hostile:?}");
+        }
+        assert_eq!(
+            pushed(UNIX_EPOCH + Duration::from_millis(253_402_300_799_999)),
+            "9999-12-31T23:59:59.999Z"
+        );
+        // A host clock before 1970 still gives a well-formed event.
+        let e = build(
+            local_origin(),
+            &change(UNIX_EPOCH),
+            1,
+            UNIX_EPOCH - Duration::from_secs(1),
+        );
+        let v: Value = serde_json::from_str(&e.payload).unwrap();
+        assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

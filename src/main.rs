@@ -161,6 +161,7 @@ fn print_repos(out: &mut dyn Write, repos: &[String], json: bool) -> io::Result<
 fn print_tags(out: &mut dyn Write, tags: &[regwatch::registry::Tag], json: bool) -> io::Result<()> {
     let pushed = |t: &regwatch::registry::Tag| {
         t.pushed_at
+            .filter(|p| regwatch::event::representable(*p))
             .map(|p| humantime::format_rfc3339_seconds(p).to_string())
     };
     if json {
