@@ -79,6 +79,35 @@ async fn foreign_and_looping_links_are_refused() {
     );
 }
 
+/// A registry that honours `n` but ignores `last`, and sends no `Link`: the follow-up page is the
+/// first page again. Before, the pager took "nothing past `last`" for the end of the list, and
+/// `regwatch tags` printed 7 of 20 tags with exit 0; a truncated listing must be an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_that_ignores_last_is_an_error_not_a_short_list() {
+    let (state, host) = synthetic(20).await;
+    *state.quirk.lock().unwrap() = Quirk::IgnoresLast;
+    let client = OciRegistry::new(&registry_config(&host, 7, "\"team/app\"")).unwrap();
+    let e = client.list_tags("team/app").await.unwrap_err();
+    assert!(
+        matches!(&e, RegistryError::Protocol(m) if m.contains("does not page forward")),
+        "{e}"
+    );
+    let setup = support::Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"syn\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\npage_size = 7\nrepositories = [\"team/app\"]\n"
+        ),
+    );
+    let (code, out, err) = setup.regwatch(&["tags", "syn", "team/app"]);
+    assert_eq!(code, 1, "a partial list is a failure: {out}\n{err}");
+    assert!(out.is_empty(), "nothing printed of a partial list: {out}");
+    // Fewer tags than a page: one short page is the whole list, quirk or not.
+    let (state, host) = synthetic(5).await;
+    *state.quirk.lock().unwrap() = Quirk::IgnoresLast;
+    let client = OciRegistry::new(&registry_config(&host, 7, "\"team/app\"")).unwrap();
+    assert_eq!(client.list_tags("team/app").await.unwrap().len(), 5);
+}
+
 #[tokio::test]
 async fn catalog_pages_and_unknown_repository() {
     let state = Arc::new(Synthetic::default());

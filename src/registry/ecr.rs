@@ -298,11 +298,20 @@ impl Registry for EcrRegistry {
                 let page = self.call(request).await?;
                 let mut tags = Vec::new();
                 for image in page.image_details() {
-                    let digest = image.image_digest().map(str::to_owned);
+                    // A malformed digest is left to the digest lookup, as if not listed.
+                    let digest = image
+                        .image_digest()
+                        .filter(|d| super::valid_digest(d))
+                        .map(str::to_owned);
                     let pushed_at = image
                         .image_pushed_at()
                         .and_then(|t| SystemTime::try_from(*t).ok());
                     for name in image.image_tags() {
+                        if !super::valid_tag(name) {
+                            return Err(RegistryError::Protocol(format!(
+                                "{repo} lists an invalid tag {name:?}"
+                            )));
+                        }
                         tags.push(Tag {
                             name: name.clone(),
                             digest: digest.clone(),

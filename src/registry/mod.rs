@@ -11,6 +11,7 @@ pub mod google;
 pub mod http;
 pub mod native;
 pub mod oci;
+pub mod pager;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -176,21 +177,33 @@ pub fn valid_repository(name: &str) -> bool {
         })
 }
 
-/// Whether `tag` is a valid tag per the Distribution spec: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+/// The longest tag any supported registry allows: ECR's 300 characters (the Distribution spec's
+/// grammar stops at 128; the event schema follows the longer).
+pub const MAX_TAG_LEN: usize = 300;
+
+/// Whether `tag` is a valid tag: the Distribution grammar `[A-Za-z0-9_][A-Za-z0-9_.-]*`, up to
+/// [`MAX_TAG_LEN`] characters.
 pub fn valid_tag(tag: &str) -> bool {
     let b = tag.as_bytes();
     !b.is_empty()
-        && b.len() <= 128
+        && b.len() <= MAX_TAG_LEN
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
-/// Whether `digest` looks like `algorithm:hex` (sha256/sha512).
+/// Whether `digest` is `sha256:` or `sha512:` and lower-case hex, as the OCI image spec
+/// registers them (`[a-f0-9]{64}`, `[a-f0-9]{128}`); the event schema says the same.
 pub fn valid_digest(digest: &str) -> bool {
+    let lower_hex = |hex: &str, len| {
+        hex.len() == len
+            && hex
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    };
     match digest.split_once(':') {
-        Some(("sha256", hex)) => hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_hexdigit()),
-        Some(("sha512", hex)) => hex.len() == 128 && hex.bytes().all(|c| c.is_ascii_hexdigit()),
+        Some(("sha256", hex)) => lower_hex(hex, 64),
+        Some(("sha512", hex)) => lower_hex(hex, 128),
         _ => false,
     }
 }
@@ -211,8 +224,13 @@ mod tests {
         assert!(valid_tag("_x"));
         assert!(!valid_tag(".hidden"));
         assert!(!valid_tag("a/b"));
-        assert!(!valid_tag(&"a".repeat(129)));
+        assert!(valid_tag(&"a".repeat(300)), "ECR allows 300 characters");
+        assert!(!valid_tag(&"a".repeat(301)));
         assert!(valid_digest(&format!("sha256:{}", "a".repeat(64))));
+        assert!(
+            !valid_digest(&format!("sha256:{}", "A".repeat(64))),
+            "upper case is not the OCI encoding"
+        );
         assert!(!valid_digest("sha256:xyz"));
         assert!(!valid_digest("md5:abc"));
     }

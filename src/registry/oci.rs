@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use super::auth::{Authenticator, CredentialSource, sensitive};
 use super::http::{BODY_CAP, Transport, expect_json, read_body};
+use super::pager::Pages;
 use super::{Registry, RegistryError, Tag, valid_digest, valid_repository, valid_tag};
 use crate::config::RegistryConfig;
 
 /// A listing needing more pages than this is refused as runaway (10 M tags at n=1000).
-const MAX_PAGES: usize = 10_000;
 /// The manifest types a HEAD accepts, so the registry reports the digest it would serve.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
@@ -310,6 +310,16 @@ impl OciRegistry {
 
     /// Follows `first` and its `Link: rel="next"` pages, returning every entry `extract` finds;
     /// `extract` may also report tags with digests the listing carries (`details`).
+    ///
+    /// The listing is complete, or an error. It ends at a page without `Link` that is shorter
+    /// than `n`, or at an empty follow-up. A full page without `Link` is followed up with `last=`.
+    /// Every follow-up must make progress: one that repeats names already listed, or brings
+    /// names that sort before `last`, comes from a registry that ignores `last`. That is the end
+    /// of the list only when it provably is: the registry ignored `n` too and sent everything on
+    /// the page before (distribution 2.8's `tags/list`), or, asked for one name more than that
+    /// page held, it still shows no more. Otherwise the list cannot be read completely from this
+    /// registry, which is an error, never a short list. A name twice within one page is only a
+    /// quirk.
     pub(crate) async fn paginate(
         &self,
         first: Url,
@@ -317,55 +327,108 @@ impl OciRegistry {
         extract: PageParser,
         details: &mut Vec<Tag>,
     ) -> Result<Vec<String>, RegistryError> {
+        use std::collections::hash_map::Entry;
+        use std::hash::BuildHasher;
         let page_size = self.page_size as usize;
         let mut items: Vec<String> = Vec::new();
         let mut highest: Option<String> = None;
-        let mut visited = std::collections::HashSet::new();
-        let mut next = Some((first, None::<String>));
-        while let Some((url, asked_after)) = next.take() {
-            if visited.len() >= MAX_PAGES {
-                return Err(RegistryError::Protocol(format!(
-                    "more than {MAX_PAGES} pages; refusing runaway pagination"
-                )));
-            }
-            if !visited.insert(url.as_str().to_owned()) {
-                return Err(RegistryError::Protocol(
-                    "pagination loops back to a page already read".into(),
-                ));
-            }
-            let response = self.request(Method::GET, &url, scope, None).await?;
+        let mut pages = Pages::new(&self.base, first.path().to_owned());
+        // 128-bit hashes of the names listed, with the page that first listed each: a fixed size
+        // a name instead of a second copy of a million names; two independent random keys make
+        // a collision (which would drop a name) as likely as a corrupted TCP segment passing.
+        let keys = (
+            std::collections::hash_map::RandomState::new(),
+            std::collections::hash_map::RandomState::new(),
+        );
+        let mut seen: std::collections::HashMap<(u64, u64), usize> =
+            std::collections::HashMap::new();
+        // How many names the last page that brought new ones held.
+        let mut last_progress = 0usize;
+        let mut next = Some((first, None::<FollowUp>));
+        while let Some((url, follow_up)) = next.take() {
+            let page_index = pages.admit(&url)?;
+            let response = self
+                .request(Method::GET, &url, scope, None)
+                .await
+                .map_err(|e| pages.failed(e))?;
             match response.status() {
                 s if s.is_success() => {}
                 StatusCode::NOT_FOUND => {
-                    return Err(RegistryError::NotFound(url.path().to_owned()));
+                    return Err(pages.failed(RegistryError::NotFound(url.path().to_owned())));
                 }
                 s => {
-                    return Err(RegistryError::Status {
+                    return Err(pages.failed(RegistryError::Status {
                         status: s.as_u16(),
                         what: url.path().to_owned(),
-                    });
+                    }));
                 }
             }
-            let link = next_link(&response, &url, &self.base)?;
+            let link = next_link(&response, &url, &pages)?;
             expect_json(&response)?;
             let body = read_body(response, BODY_CAP).await?;
             let page = extract(&body, details).map_err(|e| {
                 RegistryError::Protocol(format!("invalid listing JSON from {}: {e}", url.path()))
             })?;
-            let page_len = page.len();
-            // A follow-up asked with `last=` that brings nothing past `last` means the list is
-            // complete (this also ends registries that ignore `n` and `last` and send everything).
-            if let Some(last) = &asked_after
-                && !page.iter().any(|p| p > last)
-            {
+            let sent = page.len();
+            if follow_up.is_some() && sent == 0 {
                 break;
             }
-            if let Some(page_max) = page.iter().max()
-                && highest.as_ref().is_none_or(|h| page_max > h)
-            {
-                highest = Some(page_max.clone());
+            // Names new to this listing; names listed on an earlier page (each once); new names
+            // that sort before the `last` asked for.
+            let (mut fresh, mut behind) = (0usize, 0usize);
+            let mut repeated = std::collections::HashSet::new();
+            for name in page {
+                let h = (keys.0.hash_one(&name), keys.1.hash_one(&name));
+                match seen.entry(h) {
+                    Entry::Occupied(first) => {
+                        if *first.get() != page_index {
+                            repeated.insert(h);
+                        }
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(page_index);
+                        fresh += 1;
+                        if let Some(f) = &follow_up
+                            && name <= f.last
+                        {
+                            behind += 1;
+                        }
+                        if highest.as_ref().is_none_or(|h| name > *h) {
+                            highest = Some(name.clone());
+                        }
+                        items.push(name);
+                    }
+                }
             }
-            items.extend(page);
+            if !repeated.is_empty() || behind > 0 {
+                match &follow_up {
+                    // The registry ignores `last`, and this page brought nothing new.
+                    Some(f) if fresh == 0 => {
+                        if last_progress != page_size {
+                            // The page before held other than `n` distinct names: it ignored
+                            // `n` and sent everything, or (duplicates filling it) it had no more.
+                            break;
+                        }
+                        if f.asked > page_size && repeated.len() < f.asked {
+                            // Asked for one more than that page held, it has no more to show.
+                            break;
+                        }
+                        if f.asked == page_size {
+                            // A list of exactly `n` names, or one cut at `n`: ask for one more.
+                            next = Some(follow_up_page(&url, page_size + 1, &f.last));
+                            continue;
+                        }
+                    }
+                    _ => {}
+                }
+                return Err(RegistryError::Protocol(format!(
+                    "page {} of {} repeats names already listed or goes back before `last`: the \
+                     registry does not page forward, so the listing cannot be read completely",
+                    page_index + 1,
+                    url.path()
+                )));
+            }
+            last_progress = fresh;
             next = match link {
                 Some(link) => Some((link, None)),
                 // A full page without a Link may be the last one, or may come from a registry (or
@@ -373,35 +436,49 @@ impl OciRegistry {
                 // seen so far. Never learned away: a registry that sent Link before can lose it
                 // on the next page, and a listing cut short is a storm of phantom events. It
                 // costs one request only for listings whose length is a multiple of page_size.
-                None if page_len >= page_size => highest.as_ref().map(|last| {
-                    let mut u = url.clone();
-                    let kept: Vec<(String, String)> = u
-                        .query_pairs()
-                        .filter(|(k, _)| k != "last" && k != "n")
-                        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                        .collect();
-                    u.query_pairs_mut()
-                        .clear()
-                        .extend_pairs(kept)
-                        .append_pair("n", &page_size.to_string())
-                        .append_pair("last", last);
-                    (u, Some(last.clone()))
-                }),
+                None if sent >= page_size => highest
+                    .as_ref()
+                    .map(|last| follow_up_page(&url, page_size, last)),
                 None => None,
             };
         }
         items.sort_unstable();
-        items.dedup();
         Ok(items)
     }
 }
 
+/// A page this client asked for itself, with `last=`: for `asked` names past `last`.
+struct FollowUp {
+    last: String,
+    asked: usize,
+}
+
+/// The follow-up of the page at `url`: the same query, with `n = asked` and `last`.
+fn follow_up_page(url: &Url, asked: usize, last: &str) -> (Url, Option<FollowUp>) {
+    let mut u = url.clone();
+    let kept: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| k != "last" && k != "n")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    u.query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair("n", &asked.to_string())
+        .append_pair("last", last);
+    let f = FollowUp {
+        last: last.to_owned(),
+        asked,
+    };
+    (u, Some(f))
+}
+
 /// The `rel="next"` target of the response's `Link` header, resolved against `current` and
-/// required to stay on the registry's own origin.
+/// required to stay on the listing's origin.
 pub(crate) fn next_link(
     response: &Response,
     current: &Url,
-    base: &Url,
+    pages: &Pages,
 ) -> Result<Option<Url>, RegistryError> {
     let Some(value) = response.headers().get(header::LINK) else {
         return Ok(None);
@@ -409,26 +486,9 @@ pub(crate) fn next_link(
     let value = value
         .to_str()
         .map_err(|_| RegistryError::Protocol("Link header is not ASCII".into()))?;
-    let Some(target) = parse_next_link(value) else {
-        return Ok(None);
-    };
-    let url = current
-        .join(target)
-        .map_err(|e| RegistryError::Protocol(format!("Link target is not a URL: {e}")))?;
-    if !same_origin(&url, base) {
-        return Err(RegistryError::Protocol(
-            "Link header points to another host".into(),
-        ));
-    }
-    Ok(Some(url))
-}
-
-/// Whether `url` is on `base`'s origin (scheme, host, port): the only place a listing's next page
-/// may be fetched from, with the credentials it carries.
-pub(crate) fn same_origin(url: &Url, base: &Url) -> bool {
-    url.scheme() == base.scheme()
-        && url.host_str() == base.host_str()
-        && url.port_or_known_default() == base.port_or_known_default()
+    parse_next_link(value)
+        .map(|target| pages.resolve(current, target))
+        .transpose()
 }
 
 /// Extracts the target of the `rel="next"` entry from a `Link` header value.
@@ -529,8 +589,24 @@ impl Registry for OciRegistry {
                 "{repo} lists an invalid tag {bad:?}"
             )));
         }
-        let mut known: std::collections::HashMap<String, Tag> =
-            details.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let mut known: std::collections::HashMap<String, Tag> = std::collections::HashMap::new();
+        for t in details {
+            match known.entry(t.name.clone()) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(t);
+                }
+                // A tag under two manifests in the map: which one it points at is unknown, so
+                // nothing the map says of it is believed (a HEAD asks when the digest matters). The
+                // same entry again (a page served twice) is no conflict.
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let entry = o.get_mut();
+                    if entry.digest != t.digest {
+                        entry.digest = None;
+                        entry.pushed_at = None;
+                    }
+                }
+            }
+        }
         Ok(tags
             .into_iter()
             .map(|name| {

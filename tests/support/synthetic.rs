@@ -27,6 +27,8 @@ pub enum Quirk {
     ForeignLink,
     /// Every `Link` points back at the first page.
     LoopingLink,
+    /// `n` is honoured but `last` ignored, and no `Link` is sent: every page is the first one.
+    IgnoresLast,
     /// tags/list answers a 40 MiB body.
     HugeBody,
     /// tags/list answers bytes that are not UTF-8.
@@ -61,6 +63,8 @@ pub struct Synthetic {
     pub forbidden_tokens: Mutex<Vec<String>>,
     /// Answer tags/list as Google does, with a digest → {tag, timeUploadedMs} map.
     pub google_manifest: Mutex<bool>,
+    /// The `timeUploadedMs` the map gives every manifest (default `1764230400000`).
+    pub upload_time_ms: Mutex<String>,
     /// Repositories the catalog lists but whose tags/list answers 404, as ECR and GCR do for a
     /// while after a repository is created, and distribution while one is being deleted.
     pub tags_not_found: Mutex<std::collections::BTreeSet<String>>,
@@ -246,6 +250,11 @@ async fn handle(
         }
     }
     let first = format!("{path}?n={}", q.n.unwrap_or(0));
+    let q = if quirk == Quirk::IgnoresLast {
+        Page { n: q.n, last: None }
+    } else {
+        q
+    };
     if path == "/v2/" {
         return json("{}".into(), None);
     }
@@ -291,11 +300,17 @@ async fn handle(
         };
         let mut body = serde_json::json!({ "name": repo, "tags": items });
         if *state.google_manifest.lock().unwrap() {
+            let uploaded = state.upload_time_ms.lock().unwrap().clone();
+            let uploaded = if uploaded.is_empty() {
+                "1764230400000".to_owned()
+            } else {
+                uploaded
+            };
             let mut manifest = serde_json::Map::new();
             for t in &items {
                 manifest.insert(
                     tags[t].clone(),
-                    serde_json::json!({ "tag": [t], "timeUploadedMs": "1764230400000" }),
+                    serde_json::json!({ "tag": [t], "timeUploadedMs": uploaded }),
                 );
             }
             body["manifest"] = manifest.into();

@@ -48,7 +48,7 @@ pub async fn list(oci: &OciRegistry, repo: &str) -> Result<Vec<Tag>, RegistryErr
 }
 
 /// One `_tags` page: its names, and each tag with its digest and push time in `details`. A tag
-/// without a valid name or digest makes the page malformed.
+/// without a valid name makes the page malformed.
 fn tags_of(body: &[u8], details: &mut Vec<Tag>) -> Result<Vec<String>, serde_json::Error> {
     use serde::de::Error;
     let page: TagList = serde_json::from_slice(body)?;
@@ -60,12 +60,6 @@ fn tags_of(body: &[u8], details: &mut Vec<Tag>) -> Result<Vec<String>, serde_jso
                 t.name
             )));
         }
-        if !valid_digest(&t.digest) {
-            return Err(serde_json::Error::custom(format!(
-                "tag {:?} has a malformed digest",
-                t.name
-            )));
-        }
         // lastUpdateTime moves when the tag is pushed again; createdTime is its first push.
         let pushed_at = t
             .last_update_time
@@ -73,9 +67,11 @@ fn tags_of(body: &[u8], details: &mut Vec<Tag>) -> Result<Vec<String>, serde_jso
             .as_deref()
             .and_then(parse_time);
         names.push(t.name.clone());
+        // A malformed digest is confined to its tag: the digest lookup decides where it matters.
+        let digest = valid_digest(&t.digest).then_some(t.digest);
         details.push(Tag {
             name: t.name,
-            digest: Some(t.digest),
+            digest,
             pushed_at,
         });
     }
@@ -101,13 +97,14 @@ mod tests {
                 .starts_with("sha256:110d")
         );
         assert!(details[0].pushed_at.is_some());
-        assert!(
-            tags_of(
-                br#"{"tags":[{"name":"v1","digest":"md5:x"}]}"#,
-                &mut Vec::new()
-            )
-            .is_err()
-        );
+        // A malformed digest is confined to its tag: listed without one, the page still read.
+        let mut details = Vec::new();
+        let names = tags_of(
+            br#"{"tags":[{"name":"v1","digest":"md5:x"}]}"#,
+            &mut details,
+        )
+        .unwrap();
+        assert_eq!((names.len(), details[0].digest.as_deref()), (1, None));
         assert!(tags_of(br#"{"tags":[{"name":"v1"}]}"#, &mut Vec::new()).is_err());
         assert!(
             tags_of(br#"{"registry":"r","imageName":"i"}"#, &mut Vec::new())

@@ -28,13 +28,12 @@ use serde::Deserialize;
 use super::super::auth::{Credential, CredentialSource, basic, sensitive};
 use super::super::http::{BODY_CAP, expect_json, read_body};
 use super::super::oci::{OciRegistry, next_link};
+use super::super::pager::Pages;
 use super::super::{Registry, RegistryError, Tag, valid_digest, valid_tag};
 use super::{failed_status, get_json, parse_time};
 
 /// Harbor's largest `page_size`.
 const PAGE_SIZE: u32 = 100;
-/// A listing needing more pages than this is refused as runaway (1 M artifacts).
-const MAX_PAGES: usize = 10_000;
 
 #[derive(Deserialize)]
 struct Artifact {
@@ -95,19 +94,17 @@ impl Harbor {
         let mut names = HashSet::new();
         let mut digests = HashSet::new();
         let mut total: Option<u64> = None;
-        let mut visited = HashSet::new();
+        let mut pages = Pages::new(oci.base(), format!("{repo}: Harbor's artifact pages"));
         let mut next = Some(url);
         while let Some(url) = next.take() {
-            if visited.len() >= MAX_PAGES || !visited.insert(url.as_str().to_owned()) {
-                return Err(RegistryError::Protocol(format!(
-                    "{repo}: Harbor's artifact pages loop or never end"
-                )));
-            }
-            let response = get_json(transport, &url, authorization.as_ref()).await?;
+            pages.admit(&url)?;
+            let response = get_json(transport, &url, authorization.as_ref())
+                .await
+                .map_err(|e| pages.failed(e))?;
             let status = response.status();
             if !status.is_success() {
                 let what = format!("Harbor artifacts of {repo}");
-                return Err(failed_status(status, repo, "Harbor API", what));
+                return Err(pages.failed(failed_status(status, repo, "Harbor API", what)));
             }
             let page_total = response
                 .headers()
@@ -123,18 +120,16 @@ impl Harbor {
                 )));
             }
             total = Some(page_total);
-            let link = next_link(&response, &url, oci.base())?;
+            let link = next_link(&response, &url, &pages)?;
             expect_json(&response)?;
             let body = read_body(response, BODY_CAP).await?;
             let page: Vec<Artifact> = serde_json::from_slice(&body).map_err(|e| {
                 RegistryError::Protocol(format!("{repo}: invalid Harbor artifacts page: {e}"))
             })?;
             for artifact in page {
-                if !valid_digest(&artifact.digest) {
-                    return Err(RegistryError::Protocol(format!(
-                        "{repo}: Harbor artifact with a malformed digest"
-                    )));
-                }
+                // A malformed digest is confined to its tags: they are listed without one, and
+                // the digest lookup decides where it matters.
+                let digest = valid_digest(&artifact.digest).then(|| artifact.digest.clone());
                 if !digests.insert(artifact.digest.clone()) {
                     return Err(RegistryError::Protocol(format!(
                         "{repo}: artifacts changed while they were paged; listing again next cycle"
@@ -154,7 +149,7 @@ impl Harbor {
                         .and_then(parse_time);
                     tags.push(Tag {
                         name: tag.name,
-                        digest: Some(artifact.digest.clone()),
+                        digest: digest.clone(),
                         pushed_at,
                     });
                 }

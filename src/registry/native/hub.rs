@@ -25,14 +25,13 @@ use url::Url;
 
 use super::super::auth::{Credential, CredentialSource, jwt_lifetime, sensitive};
 use super::super::http::{BODY_CAP, Transport, expect_json, read_body};
-use super::super::oci::same_origin;
+use super::super::pager::Pages;
 use super::super::{RegistryError, Tag, valid_digest, valid_tag};
 use super::{failed_status, get_json, parse_time};
 
 /// The Hub API's largest `page_size`.
 const PAGE_SIZE: u32 = 100;
 /// A listing needing more pages than this is refused as runaway (1 M tags).
-const MAX_PAGES: usize = 10_000;
 /// The documented lifetime of an access token, when it carries no readable `exp`.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(600);
 
@@ -175,24 +174,14 @@ impl Hub {
         let mut tags: Vec<Tag> = Vec::new();
         let mut names = HashSet::new();
         let mut count: Option<u64> = None;
-        let mut visited = HashSet::new();
+        let mut pages = Pages::new(&self.api, format!("{repo}: Docker Hub's tag pages"));
         let mut next = Some(url);
         while let Some(url) = next.take() {
-            if visited.len() >= MAX_PAGES || !visited.insert(url.as_str().to_owned()) {
-                return Err(RegistryError::Protocol(format!(
-                    "{repo}: Docker Hub's tag pages loop or never end"
-                )));
-            }
-            let page = match self.page(transport, &url, repo).await {
-                // The API listed this repository a page ago: a refusal now (a page past an end
-                // that shrank is a 404) is the listing changing, not a refusal to remember.
-                Err(e) if count.is_some() && super::refusal(&e) => {
-                    return Err(RegistryError::Protocol(format!(
-                        "{repo}: a later tag page failed ({e}); listing again next cycle"
-                    )));
-                }
-                page => page?,
-            };
+            pages.admit(&url)?;
+            let page = self
+                .page(transport, &url, repo)
+                .await
+                .map_err(|e| pages.failed(e))?;
             if count.is_some_and(|c| c != page.count) {
                 return Err(RegistryError::Protocol(format!(
                     "{repo}: tags changed while they were paged; listing again next cycle"
@@ -211,16 +200,11 @@ impl Hub {
                         "{repo}: tags changed while they were paged; listing again next cycle"
                     )));
                 }
-                // Old (schema 1) tags have no digest: a HEAD resolves those, where needed.
+                // Old (schema 1) tags have no digest, and a malformed one is confined to its
+                // tag: a HEAD resolves those, where needed.
                 let digest = match t.digest.filter(|d| !d.is_empty()) {
                     Some(d) if valid_digest(&d) => Some(d),
-                    Some(_) => {
-                        return Err(RegistryError::Protocol(format!(
-                            "{repo}: tag {:?} has a malformed digest",
-                            t.name
-                        )));
-                    }
-                    None => None,
+                    _ => None,
                 };
                 let pushed_at = t
                     .tag_last_pushed
@@ -233,20 +217,11 @@ impl Hub {
                     pushed_at,
                 });
             }
-            next = match page.next.filter(|n| !n.is_empty()) {
-                None => None,
-                Some(n) => {
-                    let target = url.join(&n).map_err(|e| {
-                        RegistryError::Protocol(format!("{repo}: `next` is not a URL: {e}"))
-                    })?;
-                    if !same_origin(&target, &self.api) {
-                        return Err(RegistryError::Protocol(format!(
-                            "{repo}: `next` points to another host"
-                        )));
-                    }
-                    Some(target)
-                }
-            };
+            next = page
+                .next
+                .filter(|n| !n.is_empty())
+                .map(|n| pages.resolve(&url, &n))
+                .transpose()?;
         }
         if count.is_some_and(|c| c != tags.len() as u64) {
             return Err(RegistryError::Protocol(format!(
