@@ -14,6 +14,8 @@
 //!    (requests per repository per cycle, CPU per 1k requests); restore of 1 M tags of state by
 //!    a fresh replica against a single node's restart; failover after `kill -9` on rdkafka's
 //!    mock cluster.
+//! 5. The diff on a 50k-tag repository: 2,000 new signatures, and 50k known platforms, against a
+//!    diff that finds one new tag.
 //!
 //! Sizes: REGWATCH_BENCH_REPOS (default 2000), REGWATCH_BENCH_SCALE_REPOS and
 //! REGWATCH_BENCH_SCALE_TAGS (default 1000 each), REGWATCH_BENCH_EVENTS (default 100000),
@@ -1318,6 +1320,64 @@ async fn cluster(rows: &mut Vec<Row>) {
     cluster_failover(rows).await;
 }
 
+// ------------------------------------------------------------------------------------------------
+// 5. The diff's cost on a big repository: a cycle that brings 2,000 signatures, or keeps 50,000
+// known platforms, must cost about what a cycle with one new tag costs (one pass over the tags).
+
+fn diff_costs(rows: &mut Vec<Row>) {
+    use regwatch::config::TagFilter;
+    use regwatch::registry::Tag;
+    use regwatch::watch::diff::{Snapshot, diff};
+    let digest = |i: usize| format!("sha256:{i:064x}");
+    let tag = |name: String, digest: Option<String>| Tag {
+        name,
+        digest,
+        pushed_at: None,
+    };
+    let filter = TagFilter::default();
+    let listing: Vec<Tag> = (0..50_000)
+        .map(|i| tag(format!("t{i}"), Some(digest(i))))
+        .collect();
+    let prev = diff(Some(&Snapshot::default()), listing.clone(), &filter, false).snapshot;
+    // The best of five runs of each, interleaved, so a noisy neighbour hits both alike.
+    let time = |prev: &Snapshot, listing: &Vec<Tag>| {
+        let started = Instant::now();
+        let d = diff(Some(prev), listing.clone(), &filter, false);
+        std::hint::black_box(d);
+        started.elapsed()
+    };
+    let mut one_new = listing.clone();
+    one_new.push(tag("new".into(), Some(digest(99_999_999))));
+    let mut signed = listing.clone();
+    signed.extend((0..2_000).map(|i| tag(format!("sha256-{i:064x}.sig"), None)));
+    let mut with_platforms = prev.clone();
+    with_platforms.platforms = (0..50_000)
+        .map(|i| (digest(i), vec!["linux/amd64".to_owned()]))
+        .collect();
+    let (mut base, mut sigs, mut plats) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    for _ in 0..5 {
+        base = base.min(time(&prev, &one_new));
+        sigs = sigs.min(time(&prev, &signed));
+        plats = plats.min(time(&with_platforms, &listing));
+    }
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+    let ratio = |d: Duration| format!("{:.2}x", d.as_secs_f64() / base.as_secs_f64());
+    rows.push(row(
+        "diff, 50k tags + 2,000 new signatures",
+        ms(sigs),
+        &format!("{} (one new tag)", ms(base)),
+        &ratio(sigs),
+        "< 4x",
+    ));
+    rows.push(row(
+        "diff, 50k tags with 50k known platforms",
+        ms(plats),
+        &format!("{} (one new tag)", ms(base)),
+        &ratio(plats),
+        "< 4x",
+    ));
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1340,6 +1400,9 @@ fn main() {
             cluster(&mut rows).await;
         }
     });
+    if wanted("diff") {
+        diff_costs(&mut rows);
+    }
     let w = |f: fn(&Row) -> &str| rows.iter().map(|r| f(r).len()).max().unwrap_or(0);
     let (a, b, c, d) = (
         w(|r| &r.figure),

@@ -43,6 +43,11 @@ pub struct Metrics {
     pub webhooks: Family<Labels, Counter>,
     /// Repository scans that failed (listing, digest or store error), per registry.
     pub repository_errors: Family<Labels, Counter>,
+    /// Digest or platforms lookups confined to one tag that failed (a dangling manifest): the
+    /// tag waits, its repository is reported as usual.
+    pub tag_lookup_failures: Family<Labels, Counter>,
+    /// Scans that panicked, per registry; the loop goes on after a backoff.
+    pub scan_panics: Family<Labels, Counter>,
     /// Cluster mode: state partitions assigned to this replica and restored.
     pub cluster_owned_partitions: Gauge,
     /// Cluster mode: repositories whose state this replica holds.
@@ -75,6 +80,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         kafka_connection_errors: Counter::default(),
         webhooks: Family::default(),
         repository_errors: Family::default(),
+        tag_lookup_failures: Family::default(),
+        scan_panics: Family::default(),
         cluster_owned_partitions: Gauge::default(),
         cluster_owned_repositories: Gauge::default(),
         cluster_rebalances: Counter::default(),
@@ -142,6 +149,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "repository_scan_errors",
         "Repository scans that failed and left the snapshot unchanged",
         m.repository_errors.clone(),
+    );
+    registry.register(
+        "tag_lookup_failures",
+        "Digest or platforms lookups of a single tag that failed; the tag waits, its repository does not",
+        m.tag_lookup_failures.clone(),
+    );
+    registry.register(
+        "scan_panics",
+        "Scans that panicked; the registry's loop goes on after a backoff",
+        m.scan_panics.clone(),
     );
     registry.register(
         "cluster_owned_partitions",

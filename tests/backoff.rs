@@ -40,7 +40,10 @@ async fn wait_for_event(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("no event for {repo}:{tag} within {within:?}");
+    panic!(
+        "no event for {repo}:{tag} within {within:?}; stderr:\n{}",
+        daemon.stderr.lock().unwrap()
+    );
 }
 
 fn config(host: &str, repos: &str) -> String {
@@ -181,5 +184,107 @@ async fn a_tag_vanishing_between_list_and_head_is_a_race() {
     assert!(settled <= Duration::from_millis(2500), "{settled:?}");
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["type"], "io.regwatch.tag.added");
+    assert_eq!(events[0]["data"]["digest"], digest.as_str());
+}
+
+/// A tag whose manifest answers 404 for good (garbage collected after the push, common on GitLab
+/// and Harbor) must not hold its repository hostage: a later push of another tag to the same
+/// repository is reported within the interval, and the dangling tag never is, until it resolves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dangling_tag_never_silences_its_repository() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/app", "v1", 1);
+    let host = synthetic::serve(state.clone()).await;
+    let setup = Setup::new(
+        "interval = \"1s\"\njitter = \"0%\"\n",
+        &config(&host, "\"team/*\""),
+    );
+    let daemon = setup.spawn();
+    wait_ready(&setup.admin).await;
+
+    state
+        .head_missing
+        .lock()
+        .unwrap()
+        .insert("team/app:dangling".into());
+    state.put("team/app", "dangling", 2);
+    // Longer than the old rule's ten raced cycles.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let digest = state.put("team/app", "v2", 3);
+    let after = wait_for_event(&daemon, "team/app", "v2", Duration::from_secs(5)).await;
+    let failures = metric_sum(&setup.admin, "regwatch_tag_lookup_failures_total").await;
+
+    // Once the manifest is there after all, the tag is reported.
+    state.head_missing.lock().unwrap().clear();
+    wait_for_event(&daemon, "team/app", "dangling", Duration::from_secs(5)).await;
+    let (code, out, err) = daemon.stop();
+    assert_eq!(code, 0, "{err}");
+    report(
+        "dangling tag (HEAD 404 for good) beside a push to its repository: the push reported after",
+        format!("{:.1} s", after.as_secs_f64()),
+        "<= 2 s (interval 1 s)",
+    );
+    let events = json_lines(&out);
+    let tags: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["data"]["tag"].as_str())
+        .collect();
+    assert_eq!(tags, ["v2", "dangling"], "{out}");
+    assert_eq!(events[0]["data"]["digest"], digest.as_str());
+    assert!(
+        failures >= 10.0,
+        "the failed lookups are counted ({failures})"
+    );
+    assert!(
+        err.contains("cannot be looked up"),
+        "one WARN names the waiting tag: {err}"
+    );
+}
+
+/// A registry may notify of a push a moment before the tag's manifest can be read (Debian's
+/// docker-registry does): the hinted scan's HEAD gets 404. The tag must be looked up again within
+/// seconds, not left for the next interval (300 s here).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hinted_scan_that_races_the_push_tries_again_within_seconds() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/app", "v1", 1);
+    let host = synthetic::serve(state.clone()).await;
+    let setup = Setup::new(
+        "interval = \"300s\"\njitter = \"0%\"\n",
+        &format!("{}webhook_token = \"hook\"\n", config(&host, "\"team/*\"")),
+    );
+    let daemon = setup.spawn();
+    wait_ready(&setup.admin).await;
+
+    state
+        .head_missing
+        .lock()
+        .unwrap()
+        .insert("team/app:v2".into());
+    let digest = state.put("team/app", "v2", 2);
+    let hook = reqwest::Client::new()
+        .post(format!("http://{}/hooks/local", setup.admin))
+        .bearer_auth("hook")
+        .body(r#"{"events":[{"action":"push","target":{"repository":"team/app","tag":"v2"}}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hook.status().as_u16(), 202);
+    let sent = Instant::now();
+    // The manifest becomes readable 300 ms after the notification.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    state.head_missing.lock().unwrap().clear();
+    wait_for_event(&daemon, "team/app", "v2", Duration::from_secs(10)).await;
+    let latency = sent.elapsed();
+    let (code, out, err) = daemon.stop();
+    assert_eq!(code, 0, "{err}");
+    report(
+        "hinted scan racing the push (manifest readable 0.3 s after the hint): reported after",
+        format!("{:.1} s", latency.as_secs_f64()),
+        "<= 3 s (interval 300 s)",
+    );
+    assert!(latency <= Duration::from_secs(3), "{latency:?}");
+    let events = json_lines(&out);
+    assert_eq!(events.len(), 1, "{out}");
     assert_eq!(events[0]["data"]["digest"], digest.as_str());
 }

@@ -19,17 +19,11 @@ use crate::registry::RegistryError;
 
 /// Consecutive failures after which a repository is skipped for the longest stretch.
 const MAX_EXPONENT: u32 = 3;
-/// Consecutive HEAD-404 races after which a tag that is listed but never resolvable (a dangling tag
-/// left by garbage collection, say) counts as a failure, so it is reported rather than hidden. It
-/// never backs off: each cycle lists again, in case it settles.
-const RACES_BEFORE_FAILURE: u32 = 10;
 
 /// How one repository's scan ended, as far as backoff cares.
 pub enum RepoResult<'a> {
-    /// Listed and diffed.
+    /// Listed and diffed (tags whose lookup failed wait on their own: see `scan`).
     Scanned,
-    /// A listed tag was gone when its digest was looked up: the tag moved between list and HEAD.
-    Raced,
     /// Listed and diffed, but the store could not record it for now (cluster mode, Kafka away):
     /// retried next cycle, and no fault of the repository's.
     Unrecorded,
@@ -42,8 +36,8 @@ pub enum RepoResult<'a> {
 pub struct Verdict {
     /// Repositories whose failure counts (raced ones included once they keep racing).
     pub failed: usize,
-    /// Repositories whose digest lookup raced a tag change; retried next cycle, not counted.
-    pub raced: usize,
+    /// Repositories the store could not record for now; retried next cycle, not counted.
+    pub unrecorded: usize,
     /// The failures are the registry's, not the repositories': back the whole registry off.
     pub registry_wide: bool,
 }
@@ -54,8 +48,6 @@ struct Entry {
     failures: u32,
     /// Cycles still to sit out.
     skip: u32,
-    /// Consecutive raced scans.
-    races: u32,
 }
 
 /// The backoff state of every repository of one registry.
@@ -89,10 +81,9 @@ impl RepoBackoff {
         (due, skipped)
     }
 
-    /// Records a full cycle of `registry` and judges it. `results` are the repositories scanned.
+    /// Records a full cycle and judges it. `results` are the repositories scanned.
     pub fn record<'a>(
         &self,
-        registry: &str,
         results: impl IntoIterator<Item = (&'a str, RepoResult<'a>)>,
     ) -> Verdict {
         let results: Vec<(&str, RepoResult<'_>)> = results.into_iter().collect();
@@ -119,19 +110,7 @@ impl RepoBackoff {
                 RepoResult::Scanned => {
                     entries.remove(repo);
                 }
-                RepoResult::Raced => {
-                    let e = entries.entry(repo.to_owned()).or_default();
-                    e.races = e.races.saturating_add(1);
-                    if e.races >= RACES_BEFORE_FAILURE {
-                        if e.races == RACES_BEFORE_FAILURE {
-                            tracing::warn!(%registry, repository = %repo, cycles = e.races, "a listed tag keeps answering 404 to HEAD (a dangling tag?); the repository's changes wait until it settles");
-                        }
-                        verdict.failed += 1;
-                    } else {
-                        verdict.raced += 1;
-                    }
-                }
-                RepoResult::Unrecorded => verdict.raced += 1,
+                RepoResult::Unrecorded => verdict.unrecorded += 1,
                 RepoResult::Failed(_) => {
                     verdict.failed += 1;
                     if !registry_wide {
@@ -156,7 +135,7 @@ impl RepoBackoff {
                 RepoResult::Scanned => {
                     entries.remove(repo);
                 }
-                RepoResult::Raced | RepoResult::Unrecorded => verdict.raced += 1,
+                RepoResult::Unrecorded => verdict.unrecorded += 1,
                 RepoResult::Failed(_) => verdict.failed += 1,
             }
         }
@@ -186,17 +165,14 @@ mod tests {
             let (due, _) = b.due(repos(&["team/app", "team/gone"]));
             if due.iter().any(|r| r == "team/gone") {
                 attempts.push(cycle);
-                let v = b.record(
-                    "r",
-                    [
-                        ("team/app", RepoResult::Scanned),
-                        ("team/gone", RepoResult::Failed(&gone)),
-                    ],
-                );
+                let v = b.record([
+                    ("team/app", RepoResult::Scanned),
+                    ("team/gone", RepoResult::Failed(&gone)),
+                ]);
                 assert!(!v.registry_wide);
                 assert_eq!(v.failed, 1);
             } else {
-                b.record("r", [("team/app", RepoResult::Scanned)]);
+                b.record([("team/app", RepoResult::Scanned)]);
             }
         }
         assert_eq!(attempts, [0, 1, 3, 7, 15, 23]);
@@ -209,24 +185,18 @@ mod tests {
             status: 503,
             what: "tags/list".into(),
         };
-        let v = b.record(
-            "r",
-            [
-                ("a", RepoResult::Failed(&down)),
-                ("b", RepoResult::Failed(&down)),
-            ],
-        );
+        let v = b.record([
+            ("a", RepoResult::Failed(&down)),
+            ("b", RepoResult::Failed(&down)),
+        ]);
         assert!(v.registry_wide);
         assert_eq!(b.due(repos(&["a", "b"])).1, 0, "nobody sits out");
 
         let throttled = RegistryError::RateLimited { retry_after: None };
-        let v = b.record(
-            "r",
-            [
-                ("a", RepoResult::Scanned),
-                ("b", RepoResult::Failed(&throttled)),
-            ],
-        );
+        let v = b.record([
+            ("a", RepoResult::Scanned),
+            ("b", RepoResult::Failed(&throttled)),
+        ]);
         assert!(v.registry_wide, "429 is about the registry");
     }
 
@@ -238,32 +208,15 @@ mod tests {
         let b = RepoBackoff::default();
         let no_token = RegistryError::NoCredentials("metadata server unreachable".into());
         for _ in 0..3 {
-            let v = b.record(
-                "r",
-                [
-                    ("a", RepoResult::Scanned),
-                    ("b", RepoResult::Failed(&no_token)),
-                    ("c", RepoResult::Failed(&no_token)),
-                ],
-            );
+            let v = b.record([
+                ("a", RepoResult::Scanned),
+                ("b", RepoResult::Failed(&no_token)),
+                ("c", RepoResult::Failed(&no_token)),
+            ]);
             assert!(v.registry_wide);
             assert_eq!(v.failed, 2);
         }
         assert_eq!(b.due(repos(&["a", "b", "c"])).1, 0, "nobody sits out");
-    }
-
-    #[test]
-    fn races_are_retried_every_cycle_and_only_persistent_ones_count() {
-        let b = RepoBackoff::default();
-        for _ in 0..RACES_BEFORE_FAILURE - 1 {
-            let v = b.record("r", [("a", RepoResult::Raced)]);
-            assert_eq!((v.failed, v.raced, v.registry_wide), (0, 1, false));
-            assert_eq!(b.due(repos(&["a"])).0, ["a"]);
-        }
-        assert_eq!(b.record("r", [("a", RepoResult::Raced)]).failed, 1);
-        assert_eq!(b.due(repos(&["a"])).0, ["a"], "never skipped");
-        b.hinted([("a", RepoResult::Scanned)]);
-        assert_eq!(b.record("r", [("a", RepoResult::Raced)]).raced, 1, "reset");
     }
 
     /// Kafka away in cluster mode is not a dangling tag: however long it lasts, the repository is
@@ -271,9 +224,9 @@ mod tests {
     #[test]
     fn unrecorded_scans_are_retried_and_never_count() {
         let b = RepoBackoff::default();
-        for _ in 0..RACES_BEFORE_FAILURE * 2 {
-            let v = b.record("r", [("a", RepoResult::Unrecorded)]);
-            assert_eq!((v.failed, v.raced, v.registry_wide), (0, 1, false));
+        for _ in 0..20 {
+            let v = b.record([("a", RepoResult::Unrecorded)]);
+            assert_eq!((v.failed, v.unrecorded, v.registry_wide), (0, 1, false));
             assert_eq!(b.due(repos(&["a"])).0, ["a"]);
         }
     }
@@ -282,14 +235,8 @@ mod tests {
     fn repositories_that_leave_the_watch_set_are_forgotten() {
         let b = RepoBackoff::default();
         let e = RegistryError::NotFound("x".into());
-        b.record(
-            "r",
-            [("a", RepoResult::Scanned), ("x", RepoResult::Failed(&e))],
-        );
-        b.record(
-            "r",
-            [("a", RepoResult::Scanned), ("x", RepoResult::Failed(&e))],
-        );
+        b.record([("a", RepoResult::Scanned), ("x", RepoResult::Failed(&e))]);
+        b.record([("a", RepoResult::Scanned), ("x", RepoResult::Failed(&e))]);
         b.due(repos(&["a"]));
         assert!(b.entries.lock().unwrap().is_empty());
     }

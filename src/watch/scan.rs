@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use futures_util::{StreamExt, TryStreamExt, stream};
+use futures_util::{StreamExt, stream};
 use indicatif::ProgressBar;
 use tokio::sync::Notify;
 
@@ -17,6 +17,21 @@ use crate::config::{FirstRun, RegistryConfig, RepoPattern};
 use crate::event::{self, Event, Origin};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{RepoState, StateStore, StoreError, fresh_revision};
+
+/// Scans a tag waits on a failed lookup before one WARN line says so.
+const WARN_AFTER_WAITS: u32 = 3;
+
+/// Whether a failed digest or platforms lookup says something of that one tag only (its manifest
+/// is missing, or answered malformed), not of the registry: the tag waits, its siblings do not.
+fn confined_to_one_tag(e: &RegistryError) -> bool {
+    matches!(e, RegistryError::NotFound(_) | RegistryError::Protocol(_))
+}
+
+/// Locks `m`, also after a panic elsewhere poisoned it: every update behind these locks leaves
+/// the data consistent, and the registry's loop must outlive the panic.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// What a cycle does with its results.
 #[derive(Clone)]
@@ -65,10 +80,6 @@ pub enum ScanError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A listed tag was gone when its digest was looked up (deleted or moved between list and
-    /// HEAD): a race, not a failure; the repository is listed again next cycle.
-    #[error("tag {0} vanished between listing and digest lookup")]
-    TagVanished(String),
 }
 
 /// What one cycle did.
@@ -80,8 +91,12 @@ pub struct CycleReport {
     pub failed: usize,
     /// Repositories sitting out their backoff this cycle (not failures).
     pub skipped: usize,
-    /// Repositories whose digest lookup raced a tag change (untouched, retried next cycle).
-    pub raced: usize,
+    /// Repositories the store could not record for now (retried next cycle, not failures).
+    pub unrecorded: usize,
+    /// Repositories with a new tag whose digest or platforms could not be looked up (a push
+    /// still being written, or a dangling manifest): the rest was reported, and the tag is
+    /// looked up again at the next scan, which the scheduler brings forward.
+    pub waiting: Vec<String>,
     /// The failures are the registry's as a whole (see [`super::backoff`]), not single repositories'.
     pub registry_wide: bool,
     /// Events committed (or printed, in a dry run).
@@ -96,6 +111,8 @@ struct RepoOutcome {
     digest_lookups: usize,
     /// The tags a baseline recorded, when this scan was one.
     baseline_tags: Option<usize>,
+    /// New tags held back because a lookup confined to them failed.
+    waiting: usize,
 }
 
 /// Scans one registry.
@@ -118,6 +135,8 @@ pub struct Scanner {
     listed: Mutex<Option<BTreeSet<String>>>,
     /// Repositories left out of the last complete listing whose own `tags/list` showed them gone.
     gone: Mutex<BTreeSet<String>>,
+    /// Per repository, its tags waiting on a failed lookup and for how many scans in a row.
+    unresolved: Mutex<std::collections::HashMap<String, std::collections::BTreeMap<String, u32>>>,
     /// Which repositories sit out cycles after failing.
     pub backoff: RepoBackoff,
 }
@@ -138,6 +157,7 @@ impl Scanner {
             identity: crate::store::identity(config),
             listed: Mutex::new(None),
             gone: Mutex::new(BTreeSet::new()),
+            unresolved: Mutex::default(),
             backoff: RepoBackoff::default(),
         })
     }
@@ -297,11 +317,10 @@ impl Scanner {
                         baselines += 1;
                         baseline_tags += tags;
                     }
+                    if outcome.waiting > 0 {
+                        report.waiting.push(repo.clone());
+                    }
                     RepoResult::Scanned
-                }
-                Err(ScanError::TagVanished(tag)) => {
-                    tracing::debug!(registry = %self.config.name, repository = %repo, tag = %tag, "tag vanished between listing and digest lookup; listing again next cycle");
-                    RepoResult::Raced
                 }
                 Err(ScanError::Store(e)) => {
                     // Transient (see above): nothing was recorded, so the next scan detects the
@@ -322,12 +341,12 @@ impl Scanner {
             judged.push((repo.as_str(), judgement));
         }
         let verdict = if complete_listing {
-            self.backoff.record(&self.config.name, judged)
+            self.backoff.record(judged)
         } else {
             self.backoff.hinted(judged)
         };
         report.failed = verdict.failed;
-        report.raced = verdict.raced;
+        report.unrecorded = verdict.unrecorded;
         report.registry_wide = verdict.registry_wide;
         if baselines > 0 {
             // One line per registry: a line per repository would bury everything else.
@@ -338,7 +357,7 @@ impl Scanner {
         };
         if !complete_listing {
             // Hinted repositories join the known set, so they are forgotten too once they leave.
-            if let Some(known) = self.listed.lock().expect("listed lock").as_mut() {
+            if let Some(known) = lock(&self.listed).as_mut() {
                 known.extend(listed);
             }
             return Ok(report);
@@ -348,7 +367,7 @@ impl Scanner {
         // Ownership that changed during the cycle (cluster mode) makes the listing incomplete for
         // the partitions gained and says nothing of those lost: compare afresh next cycle.
         let Some(epoch) = listing_epoch.filter(|e| *e == store.ownership_epoch()) else {
-            *self.listed.lock().expect("listed lock") = None;
+            *lock(&self.listed) = None;
             return Ok(report);
         };
         if scanned_all && unrecorded == 0 {
@@ -385,7 +404,7 @@ impl Scanner {
         mut listed: BTreeSet<String>,
         stop: &impl Fn() -> bool,
     ) -> Result<(), StoreError> {
-        let before = self.listed.lock().expect("listed lock").take();
+        let before = lock(&self.listed).take();
         let mut departed: Vec<String> = match before {
             Some(before) => before.difference(&listed).cloned().collect(),
             None => {
@@ -415,7 +434,7 @@ impl Scanner {
             .buffer_unordered(self.config.concurrency)
             .collect()
             .await;
-        let gone_before = std::mem::take(&mut *self.gone.lock().expect("gone lock"));
+        let gone_before = std::mem::take(&mut *lock(&self.gone));
         let mut gone_now = BTreeSet::new();
         for (repo, gone) in probed {
             if gone && gone_before.contains(&repo) {
@@ -430,13 +449,13 @@ impl Scanner {
         // Everything not forgotten (alive, gone once, or not probed before a stop) is looked at
         // again after the next complete listing.
         listed.extend(unlisted.into_iter().filter(|r| !forget.contains(r)));
-        *self.gone.lock().expect("gone lock") = gone_now;
+        *lock(&self.gone) = gone_now;
         if !forget.is_empty() {
             tracing::info!(registry = %self.config.name, repositories = forget.len(), first = %forget[0], "forgetting repositories that left the watch set");
             let identity = self.identity.clone();
             blocking(store, move |s| s.forget_repositories(&identity, &forget)).await?;
         }
-        *self.listed.lock().expect("listed lock") = Some(listed);
+        *lock(&self.listed) = Some(listed);
         Ok(())
     }
 
@@ -581,7 +600,7 @@ impl Scanner {
             } => (None, revision, false),
         };
 
-        let mut listing = match self.registry.list_tags(repo).await {
+        let listing = match self.registry.list_tags(repo).await {
             Ok(tags) => tags,
             Err(RegistryError::NotFound(_))
                 if self.absent_means_empty(repo, previous.as_ref(), was_known) =>
@@ -591,25 +610,35 @@ impl Scanner {
             Err(e) => return Err(e.into()),
         };
 
+        // Before the lookups: a tag listed twice with two digests needs its digest looked up.
+        let mut listing = diff::one_entry_per_tag(listing);
         let wanted = diff::needs_digest(previous.as_ref(), &listing, &self.config.tags);
         let lookups = wanted.len();
-        let digests: Vec<(usize, String)> = stream::iter(wanted)
+        let looked_up: Vec<(usize, Result<String, RegistryError>)> = stream::iter(wanted)
             .map(|i| {
                 let tag = listing[i].name.clone();
-                async move {
-                    match self.registry.digest(repo, &tag).await {
-                        Ok(d) => Ok((i, d)),
-                        // Listed a moment ago: deleted or re-pushed since, not a broken repository.
-                        Err(RegistryError::NotFound(_)) => Err(ScanError::TagVanished(tag)),
-                        Err(e) => Err(e.into()),
-                    }
-                }
+                async move { (i, self.registry.digest(repo, &tag).await) }
             })
             .buffer_unordered(self.config.concurrency)
-            .try_collect()
-            .await?;
-        for (i, d) in digests {
-            listing[i].digest = Some(d);
+            .collect()
+            .await;
+        let mut unresolved = BTreeSet::new();
+        for (i, result) in looked_up {
+            match result {
+                Ok(d) => listing[i].digest = Some(d),
+                Err(e) if confined_to_one_tag(&e) => {
+                    unresolved.insert(listing[i].name.clone());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // A new tag whose digest cannot be had (its push still being written, or its manifest
+        // garbage collected) is left out: not recorded, so it is new again at the next scan and
+        // reported once it resolves. A known tag keeps what was known. The rest of the repository
+        // is reported as usual.
+        let is_known = |tag: &str| previous.as_ref().is_some_and(|p| p.tags.contains_key(tag));
+        if !unresolved.is_empty() {
+            listing.retain(|t| !unresolved.contains(&t.name) || is_known(&t.name));
         }
 
         let mut outcome = diff::diff(
@@ -619,25 +648,39 @@ impl Scanner {
             self.emit_removed,
         );
         if self.config.platforms {
-            if let Err(e) = self.lookup_platforms(repo, &mut outcome).await {
-                // Nothing is reported, but what was read stays read: digests are immutable, and
-                // every GET may be a pull. Only for a known repository: a first scan's failure
-                // keeps its pending decision instead.
-                if let Some(prev) = previous.as_ref().filter(|_| was_known) {
-                    let mut kept = prev.clone();
-                    for (digest, platforms) in outcome.snapshot.platforms {
-                        kept.platforms.entry(digest).or_insert(platforms);
-                    }
-                    if !kept.same_content(prev) {
-                        let unchanged = diff::Diff {
-                            snapshot: kept,
-                            changes: Vec::new(),
-                        };
-                        self.record(output, repo, unchanged, revision, SystemTime::now())
-                            .await?;
-                    }
+            match self.lookup_platforms(repo, &mut outcome).await {
+                Ok(failed) if failed.is_empty() => {}
+                Ok(failed) => {
+                    // Their tags wait, as an unresolvable digest does; the others are reported.
+                    let tags: BTreeSet<String> = outcome
+                        .changes
+                        .iter()
+                        .filter(|c| c.digest.as_ref().is_some_and(|d| failed.contains(d)))
+                        .map(|c| c.tag.clone())
+                        .collect();
+                    diff::withhold(&mut outcome, previous.as_ref(), &tags);
+                    unresolved.extend(tags);
                 }
-                return Err(e);
+                Err(e) => {
+                    // Nothing is reported, but what was read stays read: digests are immutable,
+                    // and every GET may be a pull. Only for a known repository: a first scan's
+                    // failure keeps its pending decision instead.
+                    if let Some(prev) = previous.as_ref().filter(|_| was_known) {
+                        let mut kept = prev.clone();
+                        for (digest, platforms) in outcome.snapshot.platforms {
+                            kept.platforms.entry(digest).or_insert(platforms);
+                        }
+                        if !kept.same_content(prev) {
+                            let unchanged = diff::Diff {
+                                snapshot: kept,
+                                changes: Vec::new(),
+                            };
+                            self.record(output, repo, unchanged, revision, SystemTime::now())
+                                .await?;
+                        }
+                    }
+                    return Err(e);
+                }
             }
             diff::annotate_platforms(
                 &mut outcome,
@@ -645,6 +688,7 @@ impl Scanner {
                 &self.config.require_platforms,
             );
         }
+        let waiting = self.note_unresolved(repo, &unresolved, &is_known);
         // One instant for the deadlines and the events' detected_at, so that a tag.matured is
         // never less than mature_after after its tag.added, even to the millisecond.
         let detected = SystemTime::now();
@@ -659,6 +703,7 @@ impl Scanner {
                 events: 0,
                 digest_lookups: lookups,
                 baseline_tags: None,
+                waiting,
             });
         }
         let baseline_tags = previous.is_none().then_some(outcome.snapshot.tags.len());
@@ -672,50 +717,82 @@ impl Scanner {
             events: event_count,
             digest_lookups: lookups,
             baseline_tags,
+            waiting,
         })
     }
 
     /// Looks up the platforms of the new digests `outcome` reports (`platforms`), once per digest
-    /// ever: the snapshot keeps them. Any failure fails the scan, so no event goes without them;
-    /// after one, no further lookup starts, and those that succeeded are still in `outcome`.
+    /// ever: the snapshot keeps them. Returns the digests whose lookup failed in a way confined to
+    /// them (their tags wait); any other failure fails the scan, so no event goes without its
+    /// platforms. After one, no further lookup starts, and those that succeeded are still in
+    /// `outcome`.
     async fn lookup_platforms(
         &self,
         repo: &str,
         outcome: &mut diff::Diff,
-    ) -> Result<(), ScanError> {
+    ) -> Result<BTreeSet<String>, ScanError> {
         let failed = std::sync::atomic::AtomicBool::new(false);
-        let results: Vec<Result<(String, Vec<String>), ScanError>> =
+        let results: Vec<(String, Result<Vec<String>, RegistryError>)> =
             stream::iter(diff::needs_platforms(outcome))
                 .take_while(|_| std::future::ready(!failed.load(Ordering::Relaxed)))
-                .map(|(digest, tag)| {
+                .map(|(digest, _tag)| {
                     let failed = &failed;
                     async move {
-                        let result = match self.registry.platforms(repo, &digest).await {
-                            Ok(p) => Ok((digest, p)),
-                            // Listed a moment ago: the tag moved and its old manifest was deleted
-                            // since.
-                            Err(RegistryError::NotFound(_)) => Err(ScanError::TagVanished(tag)),
-                            Err(e) => Err(e.into()),
-                        };
-                        failed.fetch_or(result.is_err(), Ordering::Relaxed);
-                        result
+                        let result = self.registry.platforms(repo, &digest).await;
+                        let fatal = result.as_ref().is_err_and(|e| !confined_to_one_tag(e));
+                        failed.fetch_or(fatal, Ordering::Relaxed);
+                        (digest, result)
                     }
                 })
                 .buffer_unordered(self.config.concurrency)
                 .collect()
                 .await;
         let mut first_error = None;
-        for result in results {
+        let mut unresolved = BTreeSet::new();
+        for (digest, result) in results {
             match result {
-                Ok((digest, platforms)) => {
+                Ok(platforms) => {
                     outcome.snapshot.platforms.insert(digest, platforms);
+                }
+                Err(e) if confined_to_one_tag(&e) => {
+                    unresolved.insert(digest);
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        first_error.map_or(Ok(unresolved), |e| Err(e.into()))
+    }
+
+    /// Counts and logs the tags of `repo` waiting on a failed lookup, once a tag has waited
+    /// [`WARN_AFTER_WAITS`] scans in a row; returns how many new tags wait.
+    fn note_unresolved(
+        &self,
+        repo: &str,
+        unresolved: &BTreeSet<String>,
+        is_known: &impl Fn(&str) -> bool,
+    ) -> usize {
+        let mut waits = lock(&self.unresolved);
+        if unresolved.is_empty() {
+            waits.remove(repo);
+            return 0;
+        }
+        crate::metrics::get()
+            .tag_lookup_failures
+            .get_or_create(&crate::metrics::registry_label(&self.config.name))
+            .inc_by(unresolved.len() as u64);
+        let before = waits.remove(repo).unwrap_or_default();
+        let mut now = std::collections::BTreeMap::new();
+        for tag in unresolved {
+            let n = before.get(tag).copied().unwrap_or(0) + 1;
+            if n == WARN_AFTER_WAITS {
+                tracing::warn!(registry = %self.config.name, repository = %repo, tag = %tag, scans = n, "a listed tag's manifest cannot be looked up (dangling after garbage collection?); it is reported once it resolves, and the repository's other tags are reported as usual");
+            }
+            now.insert(tag.clone(), n);
+        }
+        waits.insert(repo.to_owned(), now);
+        unresolved.iter().filter(|t| !is_known(t)).count()
     }
 
     /// Records a diff of `repo` against snapshot `revision`, detected at `detected`: commits the
