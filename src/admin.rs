@@ -33,6 +33,8 @@ pub struct Readiness {
     /// Cluster mode: why the replica's assigned state is not restored yet; `None` when it is (or
     /// on a single node).
     restoring: Mutex<Option<String>>,
+    /// Registries whose last scan panicked, and the panic, until a cycle completes.
+    down: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl Readiness {
@@ -44,7 +46,16 @@ impl Readiness {
             registries: Mutex::new(registries),
             kafka: (AtomicBool::new(kafka), AtomicBool::new(false)),
             restoring: Mutex::new(None),
+            down: Mutex::default(),
         }
+    }
+
+    /// Records that a scan of `registry` panicked: not ready until one of its cycles completes.
+    pub fn down(&self, registry: &str, why: String) {
+        self.down
+            .lock()
+            .expect("readiness lock")
+            .insert(registry.to_owned(), why);
     }
 
     /// Cluster mode: records why the assigned state is not restored (`None`: it is).
@@ -66,9 +77,11 @@ impl Readiness {
         let mut registries = self.registries.lock().expect("readiness lock");
         unscanned.extend(added.iter().cloned());
         registries.extend(added.iter().cloned());
+        let mut down = self.down.lock().expect("readiness lock");
         for r in removed {
             unscanned.remove(r);
             registries.remove(r);
+            down.remove(r);
         }
         self.kafka.0.store(kafka, Ordering::Relaxed);
     }
@@ -79,6 +92,7 @@ impl Readiness {
             .lock()
             .expect("readiness lock")
             .remove(registry);
+        self.down.lock().expect("readiness lock").remove(registry);
     }
 
     /// Records whether Kafka answered the last probe.
@@ -90,6 +104,9 @@ impl Readiness {
     pub fn check(&self) -> Result<(), String> {
         if let Some(why) = self.restoring.lock().expect("readiness lock").clone() {
             return Err(why);
+        }
+        if let Some(why) = self.down.lock().expect("readiness lock").values().next() {
+            return Err(why.clone());
         }
         let unscanned = self.unscanned.lock().expect("readiness lock");
         if let Some(first) = unscanned.iter().next() {

@@ -3,12 +3,14 @@
 //! after failures of the registry as a whole that does not disturb other registries. A failing
 //! repository backs off alone (see [`super::backoff`]) and leaves its registry's schedule as it is.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::FutureExt;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Interval;
@@ -35,6 +37,76 @@ fn failure_backoff(interval: Duration) -> impl Iterator<Item = Duration> {
         .with_max_delay(interval * 8)
         .without_max_times()
         .build()
+}
+
+/// Quick rescans of a repository with a tag waiting on a failed lookup, before the normal schedule
+/// takes over: a registry may notify of a push a moment before the tag's manifest is readable.
+const QUICK_RESCANS: u32 = 3;
+/// The first quick rescan's delay; each next one doubles it.
+const QUICK_RESCAN_DELAY: Duration = Duration::from_secs(1);
+
+/// Repositories due for a quick rescan: the rescans done so far, and when the next one is due
+/// (`None` once they are used up, until a scan finds the repository with nothing waiting).
+#[derive(Default)]
+struct QuickRescans(BTreeMap<String, (u32, Option<tokio::time::Instant>)>);
+
+impl QuickRescans {
+    /// Takes a scan's result: `waiting` repositories get their next quick rescan; the others the
+    /// scan `covered` (all, for a full cycle) start afresh.
+    fn note(&mut self, waiting: &[String], covered: Option<&[String]>) {
+        let now = tokio::time::Instant::now();
+        self.0
+            .retain(|repo, _| waiting.contains(repo) || covered.is_some_and(|c| !c.contains(repo)));
+        for repo in waiting {
+            let (done, at) = self.0.entry(repo.clone()).or_default();
+            *at = (*done < QUICK_RESCANS).then(|| now + QUICK_RESCAN_DELAY * 2u32.pow(*done));
+            *done += 1;
+        }
+    }
+
+    /// When the next quick rescan is due.
+    fn next(&self) -> Option<tokio::time::Instant> {
+        self.0.values().filter_map(|(_, at)| *at).min()
+    }
+
+    /// The repositories due by now; their timers are cleared.
+    fn take_due(&mut self) -> Vec<String> {
+        let now = tokio::time::Instant::now();
+        self.0
+            .iter_mut()
+            .filter(|(_, (_, at))| at.is_some_and(|at| at <= now))
+            .map(|(repo, (_, at))| {
+                *at = None;
+                repo.clone()
+            })
+            .collect()
+    }
+}
+
+/// How a guarded scan ended.
+enum Ended<T> {
+    /// It returned.
+    Returned(Result<T, ScanError>),
+    /// It ran past the cycle limit and was cancelled.
+    TimedOut,
+    /// It panicked, with this message.
+    Panicked(String),
+}
+
+/// Runs a scan with a time limit, turning a panic into an outcome: nothing from a registry may end
+/// the loop, which would silence the registry for good.
+async fn guarded<T>(limit: Duration, scan: impl Future<Output = Result<T, ScanError>>) -> Ended<T> {
+    match tokio::time::timeout(limit, AssertUnwindSafe(scan).catch_unwind()).await {
+        Err(_) => Ended::TimedOut,
+        Ok(Ok(result)) => Ended::Returned(result),
+        Ok(Err(panic)) => Ended::Panicked(
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into()),
+        ),
+    }
 }
 
 /// Everything one registry's loop needs.
@@ -70,10 +142,12 @@ impl RegistryLoop {
         let mut backoff = failure_backoff(interval);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut next_full = tokio::time::Instant::now();
+        let mut quick = QuickRescans::default();
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            let next_quick = quick.next();
             tokio::select! {
                 _ = shutdown.changed() => {}
                 _ = tick.tick() => self.heartbeat.beat(),
@@ -82,35 +156,34 @@ impl RegistryLoop {
                     let stop = shutdown.clone();
                     let started = Instant::now();
                     let cycle = self.scanner.cycle(&self.output, move || *stop.borrow());
-                    let result = beating(&mut tick, &self.heartbeat, tokio::time::timeout(cycle_limit, cycle)).await;
+                    let ended = beating(&mut tick, &self.heartbeat, guarded(cycle_limit, cycle)).await;
                     let mut delay = jittered(interval, self.jitter);
                     let m = crate::metrics::get();
-                    match result {
-                        Ok(Ok(report)) if report.failed == 0 => {
-                            backoff = failure_backoff(interval);
+                    match ended {
+                        Ended::Returned(Ok(report)) => {
+                            quick.note(&report.waiting, None);
                             self.readiness.scanned(&name);
-                            m.scan_finished(&name, "ok", started.elapsed());
-                            tracing::debug!(registry = %name, ?report, elapsed = ?started.elapsed(), "scan complete");
+                            if report.failed == 0 {
+                                backoff = failure_backoff(interval);
+                                m.scan_finished(&name, "ok", started.elapsed());
+                                tracing::debug!(registry = %name, ?report, elapsed = ?started.elapsed(), "scan complete");
+                            } else if !report.registry_wide {
+                                // Only those repositories failed; they sit out cycles on their own.
+                                backoff = failure_backoff(interval);
+                                m.scan_finished(&name, "incomplete", started.elapsed());
+                                tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, "scan incomplete; the failed repositories back off, the others keep the schedule");
+                            } else {
+                                m.scan_finished(&name, "incomplete", started.elapsed());
+                                delay = delay.max(backoff.next().unwrap_or(interval));
+                                tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, next_in = ?delay, "scan failed for the whole registry; backing off");
+                            }
                         }
-                        Ok(Ok(report)) if !report.registry_wide => {
-                            // Only those repositories failed; they sit out cycles on their own.
-                            backoff = failure_backoff(interval);
-                            self.readiness.scanned(&name);
-                            m.scan_finished(&name, "incomplete", started.elapsed());
-                            tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, "scan incomplete; the failed repositories back off, the others keep the schedule");
-                        }
-                        Ok(Ok(report)) => {
-                            self.readiness.scanned(&name);
-                            m.scan_finished(&name, "incomplete", started.elapsed());
-                            delay = delay.max(backoff.next().unwrap_or(interval));
-                            tracing::warn!(registry = %name, failed = report.failed, of = report.repositories, next_in = ?delay, "scan failed for the whole registry; backing off");
-                        }
-                        Ok(Err(ScanError::Store(e))) if !e.is_transient() => {
+                        Ended::Returned(Err(ScanError::Store(e))) if !e.is_transient() => {
                             m.scan_finished(&name, "failed", started.elapsed());
                             let _ = self.fatal.try_send(format!("state store failed while scanning {name}: {e}"));
                             break;
                         }
-                        Ok(Err(e)) => {
+                        Ended::Returned(Err(e)) => {
                             m.scan_finished(&name, "failed", started.elapsed());
                             delay = delay.max(backoff.next().unwrap_or(interval));
                             if let ScanError::Registry(RegistryError::RateLimited { retry_after: Some(wait) }) = &e {
@@ -118,13 +191,25 @@ impl RegistryLoop {
                             }
                             tracing::warn!(registry = %name, error = %e, next_in = ?delay, "listing failed; no changes recorded");
                         }
-                        Err(_) => {
+                        Ended::TimedOut => {
                             m.scan_finished(&name, "failed", started.elapsed());
                             delay = delay.max(backoff.next().unwrap_or(interval));
                             tracing::error!(registry = %name, limit = ?cycle_limit, "scan cycle exceeded its time limit and was cancelled");
                         }
+                        Ended::Panicked(why) => {
+                            delay = delay.max(backoff.next().unwrap_or(interval));
+                            self.panicked(&why, delay);
+                            m.scan_finished(&name, "failed", started.elapsed());
+                        }
                     }
                     next_full = tokio::time::Instant::now() + delay;
+                }
+                _ = tokio::time::sleep_until(next_quick.unwrap_or(next_full)), if next_quick.is_some() => {
+                    let repos = quick.take_due();
+                    tracing::debug!(registry = %name, ?repos, "rescanning repositories with a tag waiting on a failed lookup");
+                    if self.scan_now(repos, &shutdown, cycle_limit, &mut tick, &mut quick).await {
+                        break;
+                    }
                 }
                 Some(first) = self.hints.recv() => {
                     // Coalesce: everything queued by now is scanned once.
@@ -132,17 +217,8 @@ impl RegistryLoop {
                     while let Ok(more) = self.hints.try_recv() {
                         repos.insert(more);
                     }
-                    // Hinted scans obey shutdown and the time limit like full cycles.
-                    let stop = shutdown.clone();
-                    let scan = self.scanner.scan_hinted(&self.output, repos.into_iter().collect(), move || *stop.borrow());
-                    match beating(&mut tick, &self.heartbeat, tokio::time::timeout(cycle_limit, scan)).await {
-                        Ok(Ok(report)) => tracing::debug!(registry = %name, ?report, "hinted scan complete"),
-                        Ok(Err(ScanError::Store(e))) if !e.is_transient() => {
-                            let _ = self.fatal.try_send(format!("state store failed while scanning {name}: {e}"));
-                            break;
-                        }
-                        Ok(Err(e)) => tracing::warn!(registry = %name, error = %e, "hinted scan failed"),
-                        Err(_) => tracing::error!(registry = %name, limit = ?cycle_limit, "hinted scan exceeded its time limit and was cancelled"),
+                    if self.scan_now(repos.into_iter().collect(), &shutdown, cycle_limit, &mut tick, &mut quick).await {
+                        break;
                     }
                 }
             }
@@ -151,6 +227,56 @@ impl RegistryLoop {
         self.heartbeat.retire();
         tracing::debug!(registry = %name, "scheduler stopped");
         self.hints
+    }
+
+    /// Scans `repos` at once (a webhook hint, or a quick rescan), obeying shutdown and the time
+    /// limit like a full cycle. Returns true when the loop must end (the store failed for good).
+    async fn scan_now(
+        &self,
+        repos: Vec<String>,
+        shutdown: &watch::Receiver<bool>,
+        limit: Duration,
+        tick: &mut Interval,
+        quick: &mut QuickRescans,
+    ) -> bool {
+        let name = &self.scanner.config.name;
+        let stop = shutdown.clone();
+        let scan = self
+            .scanner
+            .scan_hinted(&self.output, repos.clone(), move || *stop.borrow());
+        match beating(tick, &self.heartbeat, guarded(limit, scan)).await {
+            Ended::Returned(Ok(report)) => {
+                quick.note(&report.waiting, Some(&repos));
+                tracing::debug!(registry = %name, ?report, "hinted scan complete");
+            }
+            Ended::Returned(Err(ScanError::Store(e))) if !e.is_transient() => {
+                let _ = self
+                    .fatal
+                    .try_send(format!("state store failed while scanning {name}: {e}"));
+                return true;
+            }
+            Ended::Returned(Err(e)) => {
+                tracing::warn!(registry = %name, error = %e, "hinted scan failed")
+            }
+            Ended::TimedOut => {
+                tracing::error!(registry = %name, ?limit, "hinted scan exceeded its time limit and was cancelled")
+            }
+            // The next full cycle comes on its schedule; the panic is shown until one completes.
+            Ended::Panicked(why) => self.panicked(&why, self.scanner.config.interval),
+        }
+        false
+    }
+
+    /// A scan panicked: counted, logged at ERROR, and shown by `/readyz` until a cycle completes.
+    fn panicked(&self, why: &str, retry_in: Duration) {
+        let name = &self.scanner.config.name;
+        crate::metrics::get()
+            .scan_panics
+            .get_or_create(&crate::metrics::registry_label(name))
+            .inc();
+        tracing::error!(registry = %name, panic = %why, next_in = ?retry_in, "a scan panicked; nothing of it was recorded, scanning again after a backoff");
+        self.readiness
+            .down(name, format!("a scan of {name} panicked: {why}"));
     }
 }
 
