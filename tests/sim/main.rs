@@ -24,7 +24,7 @@ mod model;
 mod registry;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
@@ -40,7 +40,7 @@ use model::{Ev, Model, REPOS, SimConfig, tag_pool};
 use registry::{Faults, LinkMode, Quirks, Sim, SimTag, Uploaded};
 
 /// Cases per property in CI: a few minutes on 2 cores for all of them.
-const CI_CASES: u32 = 48;
+const CI_CASES: u32 = 128;
 /// Quiet cycles after the last operation: the longest a failed repository sits out (7 cycles)
 /// plus the two consecutive complete listings that must deliver.
 const QUIESCE_CYCLES: usize = 10;
@@ -155,7 +155,7 @@ fn quirks() -> impl Strategy<Value = Quirks> {
             Just(LinkMode::None),
             Just(LinkMode::SomePages)
         ],
-        prop::bool::weighted(0.15),
+        prop::bool::weighted(0.25),
         prop::bool::weighted(0.2),
         prop::option::weighted(0.2, 1usize..4),
         prop::bool::weighted(0.4),
@@ -321,8 +321,8 @@ impl World {
         {
             let mut s = sim.lock().unwrap();
             for (repo, tags) in [
-                ("team/a", vec!["v1", "latest"]),
-                ("team/b", vec!["v1", "v2"]),
+                ("team/a", vec!["v1", "latest", "z"]),
+                ("team/b", vec!["v1", "v2", "v3-rc", "latest"]),
                 ("extra/x", vec!["v1"]),
             ] {
                 for (i, tag) in tags.into_iter().enumerate() {
@@ -890,17 +890,40 @@ fn check(name: &'static str, strategy: impl Strategy<Value = Run>) {
     let validator = validator();
     let started = std::time::Instant::now();
     let mut runner = TestRunner::new(config);
+    // Cases run until the first failure (shrinking runs more after it).
+    let (ran, first_failure) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let result = runner.run(&strategy, |run| {
-        rt.block_on(run_case(run, validator.clone()))
-            .map_err(TestCaseError::fail)
+        let n = ran.fetch_add(1, Ordering::Relaxed) + 1;
+        // A panic anywhere in the case is a failure like any other.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(run_case(run, validator.clone()))
+        }))
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(format!("a panic: {why}"))
+        });
+        if outcome.is_err() {
+            let _ = first_failure.compare_exchange(0, n, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        outcome.map_err(TestCaseError::fail)
     });
+    let first_failure = first_failure.load(Ordering::Relaxed);
     println!(
-        "SIM {name}: {} cases in {:.1} s",
+        "SIM {name}: {} cases in {:.1} s{}",
         cases(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        if first_failure > 0 {
+            format!("; first failure at case {first_failure}")
+        } else {
+            String::new()
+        }
     );
     if let Err(e) = result {
-        panic!("{name}: {e}");
+        panic!("{name}: first failure at case {first_failure}: {e}");
     }
 }
 
