@@ -225,7 +225,7 @@ async fn auths_with_auth_password_and_identity_token() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn credential_helpers_and_store_run_once_per_credential_lifetime() {
+async fn credential_helpers_and_store_run_per_credential_lifetime_not_per_request() {
     let (tokens, registry) = token_registry(&[("helperuser", "helper-pw"), ("ci", "ci-pw")]).await;
     let host = registry.host.clone();
     let dir = tempfile::tempdir().unwrap();
@@ -372,7 +372,9 @@ printf '{{"ServerURL":"%s","Username":"helperuser","Secret":"helper-pw"}}\n' "$i
         .lines()
         .count();
     let issued = tokens.issued() - issued_before;
-    let bound = (elapsed / 10.0).ceil() as usize + 1;
+    // The helper hands out tokens with 2 to 12 s left, and the cache renews one with r <= 10 s
+    // left at r/2 (never more than half a lifetime early): at most two runs per 10 s lifetime.
+    let bound = 2 * (elapsed / 10.0).ceil() as usize + 1;
     report(
         "docker config helper: 401s in a 30 s watch with 5 s registry tokens",
         after_4xx - challenges,
@@ -399,9 +401,9 @@ printf '{{"ServerURL":"%s","Username":"helperuser","Secret":"helper-pw"}}\n' "$i
     assert!(scans >= 12.0, "cycles completed: {scans}");
     assert!(
         (3..=bound).contains(&runs),
-        "the helper ran once per secret lifetime: {runs} runs, {issued} tokens"
+        "the helper ran at most twice per secret lifetime: {runs} runs, {issued} tokens"
     );
-    assert!(issued > 5 * runs, "{issued} tokens, {runs} runs");
+    assert!(issued >= 4 * runs, "{issued} tokens, {runs} runs");
 }
 
 #[tokio::test(flavor = "multi_thread")]
