@@ -145,3 +145,43 @@ async fn a_registry_token_refused_with_403_is_not_presented_again() {
     assert_eq!(refused_again, 1, "{second:?}");
     assert_eq!(second.unwrap().len(), 1);
 }
+
+/// Eight HEADs of one repository that find its scope's token missing at the same moment (a
+/// cycle's digests, once the token is due) must share one realm call: each fetched its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_heads_that_find_the_token_missing_share_one_realm_call() {
+    use std::sync::atomic::Ordering;
+    use support::synthetic::{Synthetic, serve};
+    let synthetic = Arc::new(Synthetic::default());
+    for i in 0..8 {
+        synthetic.put("team/app", &format!("v{i}"), i);
+    }
+    *synthetic.token_auth.lock().unwrap() = Some(("u".into(), "p".into(), "t".into()));
+    let url = serve(synthetic.clone()).await;
+    let config = regwatch::config::parse(&format!(
+        "[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"http://{url}\"\ninsecure = true\nusername = \"u\"\npassword = \"p\"\nrepositories = [\"team/app\"]\n"
+    ))
+    .unwrap();
+    let client = Arc::new(OciRegistry::new(&config.registries[0]).unwrap());
+    // The catalog learns the challenge; team/app's scope has no token yet. The realm then takes
+    // 200 ms, so the eight HEADs surely find the scope's token missing together.
+    client.list_repositories().await.unwrap();
+    *synthetic.token_delay.lock().unwrap() = Some(std::time::Duration::from_millis(200));
+    let before = synthetic.token_requests.load(Ordering::Relaxed);
+    let heads: Vec<_> = (0..8)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.digest("team/app", &format!("v{i}")).await })
+        })
+        .collect();
+    for head in heads {
+        head.await.unwrap().unwrap();
+    }
+    let fetched = synthetic.token_requests.load(Ordering::Relaxed) - before;
+    support::report(
+        "registry token: realm calls for 8 concurrent HEADs of one scope",
+        fetched,
+        "1",
+    );
+    assert_eq!(fetched, 1, "one token fetch for the scope");
+}

@@ -509,3 +509,71 @@ async fn acr_named_managed_identity_missing_is_an_error_not_anonymous() {
     let (code, out, err) = run(&system, &["check"], &imds);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// Six repositories the registry denies (403, as ACR answers an identity whose role assignments
+/// leave them out) and one it serves, scanned in one `once` cycle. Every refusal used to drop the
+/// source's Entra and ACR refresh tokens, so each forbidden repository cost one Entra grant and
+/// one exchange per cycle, with every scan waiting on the minting lock. A token refused moments
+/// after it was minted is refused for the identity it names, which a new one shares: at most one
+/// Entra grant and one exchange per cycle, however many repositories are forbidden, one at a
+/// time or all at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn forbidden_repositories_cost_at_most_one_entra_grant_per_cycle() {
+    let entra = Entra::start(SECRET).await;
+    let front = AcrFront::start(&entra).await;
+    front.registry.push("svc/api", "v1").await;
+    let forbidden: Vec<String> = (0..6).map(|i| format!("svc/locked{i}")).collect();
+    for repo in &forbidden {
+        front.registry.push(repo, "v1").await;
+        front.forbid(repo);
+    }
+    let repositories: Vec<String> = std::iter::once("svc/api")
+        .chain(forbidden.iter().map(String::as_str))
+        .map(|r| format!("\"{r}\""))
+        .collect();
+    let env = [("AZURE_AUTHORITY_HOST", entra.url.clone())];
+    for concurrency in [1, 6] {
+        let setup = Setup::new(
+            "",
+            &format!(
+                "[[registry]]\nname = \"acr\"\nkind = \"acr\"\nurl = \"{}\"\ninsecure = true\nrepositories = [{}]\nconcurrency = {concurrency}\ntenant_id = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{SECRET}\"\n",
+                front.url(),
+                repositories.join(", "),
+                entra.tenant(),
+                entra.client_id()
+            ),
+        );
+        let grants_before = entra.counts().client_secret.load(Ordering::Relaxed);
+        let exchanges_before = front.exchanges();
+        let seen_before = front.log().len();
+        let (code, out, err) = run(&setup, &["once"], &env);
+        let grants = entra.counts().client_secret.load(Ordering::Relaxed) - grants_before;
+        let exchanges = front.exchanges() - exchanges_before;
+        let seen = front.log().split_off(seen_before);
+        let denied = seen.iter().filter(|s| s.status == 403).count();
+        let served = seen
+            .iter()
+            .any(|s| s.path == "/v2/svc/api/tags/list" && s.status == 200);
+        report(
+            &format!(
+                "ACR, 6 of 7 repositories denied (403), one cycle at concurrency {concurrency}: Entra grants / exchanges / 403s"
+            ),
+            format!("{grants} / {exchanges} / {denied}"),
+            "<= 1 / <= 1 / >= 6",
+        );
+        assert_ne!(
+            code, 0,
+            "the denied repositories fail the cycle: {out}{err}"
+        );
+        assert!(err.contains("invalid credentials"), "{err}");
+        assert!(denied >= 6, "every denied repository was asked: {seen:?}");
+        assert!(
+            served,
+            "the permitted repository was listed: {seen:?}\n{err}"
+        );
+        assert!(
+            grants <= 1 && exchanges <= 1,
+            "{grants} Entra grants, {exchanges} exchanges in one cycle\n{err}"
+        );
+    }
+}

@@ -225,7 +225,7 @@ async fn auths_with_auth_password_and_identity_token() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn credential_helpers_and_store_run_once_per_credential_lifetime() {
+async fn credential_helpers_and_store_run_per_credential_lifetime_not_per_request() {
     let (tokens, registry) = token_registry(&[("helperuser", "helper-pw"), ("ci", "ci-pw")]).await;
     let host = registry.host.clone();
     let dir = tempfile::tempdir().unwrap();
@@ -372,7 +372,9 @@ printf '{{"ServerURL":"%s","Username":"helperuser","Secret":"helper-pw"}}\n' "$i
         .lines()
         .count();
     let issued = tokens.issued() - issued_before;
-    let bound = (elapsed / 10.0).ceil() as usize + 1;
+    // The helper hands out tokens with 2 to 12 s left, and the cache renews one with r <= 10 s
+    // left at r/2 (never more than half a lifetime early): at most two runs per 10 s lifetime.
+    let bound = 2 * (elapsed / 10.0).ceil() as usize + 1;
     report(
         "docker config helper: 401s in a 30 s watch with 5 s registry tokens",
         after_4xx - challenges,
@@ -399,9 +401,9 @@ printf '{{"ServerURL":"%s","Username":"helperuser","Secret":"helper-pw"}}\n' "$i
     assert!(scans >= 12.0, "cycles completed: {scans}");
     assert!(
         (3..=bound).contains(&runs),
-        "the helper ran once per secret lifetime: {runs} runs, {issued} tokens"
+        "the helper ran at most twice per secret lifetime: {runs} runs, {issued} tokens"
     );
-    assert!(issued > 5 * runs, "{issued} tokens, {runs} runs");
+    assert!(issued >= 4 * runs, "{issued} tokens, {runs} runs");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -455,30 +457,49 @@ printf '{{"ServerURL":"%s","Username":"<token>","Secret":"%s"}}\n' "$input" "$(c
     tokens.add_refresh_token("helper-new", "ci");
     std::fs::write(&current, "helper-new").unwrap();
     tokens.remove_refresh_token("helper-old");
-    let digest = registry.push("team/app", "v2").await;
-    let started = Instant::now();
-    let mut seen = false;
-    while started.elapsed() < Duration::from_secs(20) && !seen {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        seen = daemon
+    // The registry token minted before the revocation still serves for up to half its 5 s, so
+    // v2 may be seen before any refusal. Then the realm refuses the old answer; it is kept until
+    // it is older than the refusal grace (30 s: one refused moments after the helper gave it is
+    // refused for who it names), then asked for again, with the refusals meanwhile backing the
+    // registry off to at most 8 intervals. v3, pushed once the helper ran again, proves the new
+    // answer is in use.
+    let v2 = registry.push("team/app", "v2").await;
+    let seen = |digest: &str| {
+        daemon
             .stdout
             .lock()
             .unwrap()
             .iter()
-            .any(|l| l.contains(&digest));
+            .any(|l| l.contains(digest))
+    };
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(90) && !(seen(&v2) && runs() >= 2) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let asked_again = started.elapsed();
+    let v3 = registry.push("team/app", "v3").await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) && !seen(&v3) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let v3_seen = seen(&v3);
     let (_, _, stderr) = daemon.stop();
+    let refused = tokens.refused();
     report(
-        "docker config helper: runs around one refusal by the realm",
-        format!("{} runs, {} refusals", runs(), tokens.refused()),
-        "2 runs, 1 refusal",
+        "docker config helper: runs around a revocation / realm refusals / re-asked after",
+        format!(
+            "{} runs / {refused} refusals / {:.0} s",
+            runs(),
+            asked_again.as_secs_f64()
+        ),
+        "2 runs / a few (one per backed-off cycle until the 30 s grace) / ~ 30 s + 2 backoffs",
     );
     assert!(
-        seen,
+        v3_seen,
         "the new token was fetched after the refusal: {stderr}"
     );
     assert_eq!(runs(), 2, "asked again once, after the refusal");
-    assert_eq!(tokens.refused(), 1);
+    assert!((1..=10).contains(&refused), "{refused} refusals: {stderr}");
 }
 
 /// Kubelet's atomic writer: the mounted file is `<dir>/config.json -> ..data/config.json`, and
@@ -987,10 +1008,11 @@ fn a_key_for_another_port_of_the_host_is_not_used() {
     assert!(!err.contains("port80-canary-pw"), "{err}");
 }
 
-/// A helper whose answer the realm refuses (a revoked robot account, say): each refusal drops the
+/// A helper whose answer the realm refuses (a revoked robot account, say): a refusal drops the
 /// cached answer so the next request asks the helper again, which is right once; but repositories
 /// scanned one after the other must not run the helper once each (with ecr-login or gcloud
-/// behind it, that is a cloud API call per repository per cycle). At most one re-ask per 5 s.
+/// behind it, that is a cloud API call per repository per cycle). An answer refused within the
+/// refusal grace (30 s) of the helper giving it is kept.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_helper_is_not_rerun_for_every_repository() {
     let (tokens, registry) = token_registry(&[]).await;

@@ -7,15 +7,18 @@
 //!    ACR access token": the realm ACR names in its challenges, done by the `Authenticator` with
 //!    the [`Credential::RefreshToken`] this source returns.
 //!
-//! Both tokens are cached until shortly before they expire, and dropped when the registry or its
-//! realm refuses them. Username/password (admin user, service principal) stay as they were.
+//! Both tokens live in a [`CredentialCache`]: renewed shortly before they expire, minted once for
+//! all the scans that need them at the same moment, and dropped on a refusal only once older than
+//! the refusal grace, so N repositories the identity may not pull cost one Entra grant, not N.
+//! Username/password (admin user, service principal) stay as they were.
 //!
 //! Without any identity (no keys, no workload identity, no `IDENTITY_ENDPOINT`), IMDS is asked,
 //! with a 1 s connect timeout; where it is absent or has no identity for us, requests go
 //! anonymously, which works for registries with anonymous pull enabled.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -27,6 +30,7 @@ use url::Url;
 use super::RegistryError;
 use super::auth::{Credential, CredentialSource, jwt_lifetime};
 use super::azure::{Flow, Minted};
+use super::credential_cache::{CredentialCache, MAX_LIFETIME};
 use super::http::{Transport, expect_json, read_body};
 use crate::config::{AcrConfig, RegistryConfig};
 
@@ -49,41 +53,6 @@ pub fn source(
     Ok(Arc::new(AcrCredentials::new(config, acr, &env)?))
 }
 
-struct Cached {
-    value: SecretString,
-    renew_at: Instant,
-}
-
-impl Cached {
-    /// Renewed with a margin of half its lifetime, at most 5 minutes, so a token is never presented
-    /// in its last moments (Entra tokens live about an hour, ACR refresh tokens three).
-    fn new(value: SecretString, lifetime: Duration) -> Cached {
-        // An `expires_in` no `Instant` can hold would panic the addition below.
-        let lifetime = lifetime.min(super::auth::MAX_TOKEN_LIFETIME);
-        let margin = (lifetime / 2).min(Duration::from_secs(300));
-        Cached {
-            value,
-            renew_at: Instant::now() + lifetime - margin,
-        }
-    }
-
-    fn fresh(slot: &Option<Cached>) -> Option<SecretString> {
-        slot.as_ref()
-            .filter(|c| Instant::now() < c.renew_at)
-            .map(|c| c.value.clone())
-    }
-}
-
-#[derive(Default)]
-struct State {
-    entra: Option<Cached>,
-    refresh: Option<Cached>,
-    /// IMDS found no identity: requests go anonymously until the registry refuses that.
-    anonymous: bool,
-    /// IMDS gave a token once: from then on its absence is a failure, not "no identity here".
-    imds_answered: bool,
-}
-
 /// Entra ID identity exchanged for ACR refresh tokens.
 pub struct AcrCredentials {
     flow: Result<Flow, (&'static str, String)>,
@@ -93,9 +62,15 @@ pub struct AcrCredentials {
     exchange_url: Url,
     /// The login server's name, ACR's `service`.
     service: String,
-    /// One grant at a time: concurrent scans wait for it instead of each minting their own.
-    minting: tokio::sync::Mutex<()>,
-    state: Mutex<State>,
+    /// The Entra access token; `None` where IMDS found no identity (requests go anonymously
+    /// until the registry refuses that).
+    entra: CredentialCache<(), Option<SecretString>>,
+    /// What the realm is shown: the ACR refresh token exchanged for the Entra one, or nothing.
+    refresh: CredentialCache<(), Credential>,
+    /// IMDS gave a token once: from then on its absence is a failure, not "no identity here".
+    imds_answered: AtomicBool,
+    /// The last credential minted was anonymous, for `describe`.
+    anonymous: AtomicBool,
 }
 
 #[derive(Deserialize)]
@@ -125,13 +100,59 @@ impl AcrCredentials {
             transport: Transport::new(config)?,
             exchange_url,
             service: config.host.clone(),
-            minting: tokio::sync::Mutex::new(()),
-            state: Mutex::new(State::default()),
+            entra: CredentialCache::new(),
+            refresh: CredentialCache::new(),
+            imds_answered: AtomicBool::new(false),
+            anonymous: AtomicBool::new(false),
         })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("acr state lock")
+    /// An Entra token for ACR's resource, or `None` where IMDS has no identity and none was named.
+    async fn entra_token(
+        &self,
+        flow: &Flow,
+    ) -> Result<(Option<SecretString>, Duration), RegistryError> {
+        match flow.token(&self.client).await? {
+            Minted::Token(t) => {
+                self.imds_answered.store(true, Ordering::Relaxed);
+                Ok((Some(t.value), t.lifetime))
+            }
+            Minted::Absent(why) => {
+                // A named (user-assigned) identity that is not there is a mistake to report;
+                // only "no identity configured, none found" may mean anonymous pull.
+                let named = matches!(
+                    flow,
+                    Flow::Imds {
+                        client_id: Some(_),
+                        ..
+                    }
+                );
+                if self.imds_answered.load(Ordering::Relaxed) || named {
+                    return Err(RegistryError::NoCredentials(why.into()));
+                }
+                tracing::info!(
+                    reason = why,
+                    "no Azure managed identity here; ACR requests go anonymously"
+                );
+                Ok((None, MAX_LIFETIME))
+            }
+        }
+    }
+
+    /// An ACR refresh token exchanged for the Entra token, or anonymous without an identity.
+    async fn refresh_token(&self, flow: &Flow) -> Result<(Credential, Duration), RegistryError> {
+        let entra = self.entra.get(&(), || self.entra_token(flow)).await?;
+        self.anonymous.store(entra.is_none(), Ordering::Relaxed);
+        let Some(entra) = entra else {
+            return Ok((Credential::Anonymous, MAX_LIFETIME));
+        };
+        let refresh = self.exchange(flow, &entra).await?;
+        // ACR refresh tokens are JWTs; without a readable `exp`, trust it as long as the Entra
+        // token it came from.
+        let lifetime = jwt_lifetime(refresh.expose_secret())
+            .or_else(|| jwt_lifetime(entra.expose_secret()))
+            .unwrap_or(Duration::from_secs(300));
+        Ok((Credential::RefreshToken(refresh), lifetime))
     }
 
     /// `POST <login server>/oauth2/exchange` with a form of `grant_type` (`access_token`),
@@ -167,8 +188,9 @@ impl AcrCredentials {
             .await?;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            // The Entra token is not good for this registry: mint a new one next time.
-            self.state().entra = None;
+            // The Entra token is not good for this registry: mint a new one next time, unless it
+            // is so young that a new one would be refused the same.
+            self.entra.refused(&());
             return Err(RegistryError::Unauthorized {
                 status: status.as_u16(),
                 what: "ACR token exchange",
@@ -213,62 +235,12 @@ impl CredentialSource for AcrCredentials {
             .flow
             .as_ref()
             .map_err(|(_, why)| RegistryError::NoCredentials(why.clone()))?;
-        let _one_at_a_time = self.minting.lock().await;
-        {
-            let state = self.state();
-            if let Some(refresh) = Cached::fresh(&state.refresh) {
-                return Ok(Credential::RefreshToken(refresh));
-            }
-            if state.anonymous {
-                return Ok(Credential::Anonymous);
-            }
-        }
-        let cached = Cached::fresh(&self.state().entra);
-        let entra = match cached {
-            Some(token) => token,
-            None => match flow.token(&self.client).await? {
-                Minted::Token(t) => {
-                    let mut state = self.state();
-                    state.imds_answered = true;
-                    state.entra = Some(Cached::new(t.value.clone(), t.lifetime));
-                    t.value
-                }
-                Minted::Absent(why) => {
-                    let mut state = self.state();
-                    // A named (user-assigned) identity that is not there is a mistake to report;
-                    // only "no identity configured, none found" may mean anonymous pull.
-                    let named = matches!(
-                        flow,
-                        Flow::Imds {
-                            client_id: Some(_),
-                            ..
-                        }
-                    );
-                    if state.imds_answered || named {
-                        return Err(RegistryError::NoCredentials(why.into()));
-                    }
-                    tracing::info!(
-                        reason = why,
-                        "no Azure managed identity here; ACR requests go anonymously"
-                    );
-                    state.anonymous = true;
-                    return Ok(Credential::Anonymous);
-                }
-            },
-        };
-        let refresh = self.exchange(flow, &entra).await?;
-        // ACR refresh tokens are JWTs; without a readable `exp`, trust it as long as the Entra
-        // token it came from.
-        let lifetime = jwt_lifetime(refresh.expose_secret())
-            .or_else(|| jwt_lifetime(entra.expose_secret()))
-            .unwrap_or(Duration::from_secs(300));
-        self.state().refresh = Some(Cached::new(refresh.clone(), lifetime));
-        Ok(Credential::RefreshToken(refresh))
+        self.refresh.get(&(), || self.refresh_token(flow)).await
     }
 
     fn describe(&self) -> String {
         match &self.flow {
-            Ok(Flow::Imds { .. }) if self.state().anonymous => {
+            Ok(Flow::Imds { .. }) if self.anonymous.load(Ordering::Relaxed) => {
                 "anonymous: no managed identity".into()
             }
             Ok(flow) => flow.describe().into(),
@@ -277,22 +249,10 @@ impl CredentialSource for AcrCredentials {
     }
 
     fn refused(&self) {
-        let mut state = self.state();
-        state.entra = None;
-        state.refresh = None;
-        state.anonymous = false;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Entra's or IMDS's `expires_in` is a number from the wire: an absurd one is capped, not a
-    /// panic of the task that mints tokens.
-    #[test]
-    fn absurd_entra_lifetime_is_capped() {
-        let c = Cached::new("t".to_owned().into(), Duration::from_secs(u64::MAX));
-        assert!(Cached::fresh(&Some(c)).is_some());
+        // The Entra token is suspect only once the refresh token made from it is old enough to
+        // be dropped; both pass the refusal gate.
+        if self.refresh.refused(&()) {
+            self.entra.refused(&());
+        }
     }
 }

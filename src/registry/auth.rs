@@ -1,9 +1,8 @@
 //! Registry authentication: `WWW-Authenticate` parsing, Basic, and Bearer tokens fetched from the
-//! realm the registry names, cached per scope until shortly before they expire.
+//! realm the registry names, cached per scope in a [`CredentialCache`].
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -14,6 +13,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::RegistryError;
+use super::credential_cache::{CredentialCache, MAX_LIFETIME};
 use super::http::{Transport, expect_json, read_body};
 use crate::config::Credentials;
 
@@ -21,8 +21,6 @@ use crate::config::Credentials;
 const TOKEN_BODY_CAP: usize = 1024 * 1024;
 /// The token lifetime the Docker token spec assumes when `expires_in` is absent.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
-/// The longest `expires_in` believed: the realm's number, past what `Instant` holds, would panic.
-pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// An authentication challenge from `WWW-Authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,11 +114,6 @@ struct TokenResponse {
     expires_in: Option<u64>,
 }
 
-struct CachedToken {
-    value: SecretString,
-    refresh_at: Instant,
-}
-
 /// What the registry asked for, learned from its first challenge.
 #[derive(Clone)]
 enum Scheme {
@@ -178,7 +171,8 @@ pub struct Authenticator {
     origin: url::Origin,
     insecure: bool,
     scheme: Mutex<Scheme>,
-    tokens: Mutex<HashMap<String, CachedToken>>,
+    /// Registry tokens by scope.
+    tokens: CredentialCache<String, SecretString>,
 }
 
 impl Authenticator {
@@ -193,7 +187,7 @@ impl Authenticator {
             origin: registry.origin(),
             insecure,
             scheme: Mutex::new(Scheme::Unknown),
-            tokens: Mutex::new(HashMap::new()),
+            tokens: CredentialCache::new(),
         }
     }
 
@@ -235,7 +229,7 @@ impl Authenticator {
             }
         };
         *self.scheme.lock().expect("scheme lock") = scheme;
-        self.tokens.lock().expect("token lock").remove(scope);
+        self.tokens.invalidate(scope);
         Ok(())
     }
 
@@ -266,20 +260,13 @@ impl Authenticator {
                 }),
             },
             Scheme::Bearer { realm, service } => {
-                if let Some(t) = self.tokens.lock().expect("token lock").get(scope)
-                    && Instant::now() < t.refresh_at
-                {
-                    return Ok(Some(bearer(&t.value)));
-                }
                 let token = self
-                    .fetch_token(transport, &realm, service.as_deref(), scope)
+                    .tokens
+                    .get(scope, || {
+                        self.fetch_token(transport, &realm, service.as_deref(), scope)
+                    })
                     .await?;
-                let header = bearer(&token.value);
-                self.tokens
-                    .lock()
-                    .expect("token lock")
-                    .insert(scope.to_owned(), token);
-                Ok(Some(header))
+                Ok(Some(bearer(&token)))
             }
         }
     }
@@ -295,9 +282,11 @@ impl Authenticator {
     }
 
     /// The registry refused the token it was shown for `scope` (a 401 after a fresh token, or a
-    /// 403): that token is not presented again, and the source mints new credentials next time.
+    /// 403): that token is not presented again, whatever its age, since the realm decides a
+    /// scope's access anew at every grant for the cost of one call; the source's credentials,
+    /// shared by every scope, pass the refusal gate.
     pub fn refused_in(&self, scope: &str) {
-        self.tokens.lock().expect("token lock").remove(scope);
+        self.tokens.invalidate(scope);
         self.refused();
     }
 
@@ -314,7 +303,7 @@ impl Authenticator {
         realm: &Url,
         service: Option<&str>,
         scope: &str,
-    ) -> Result<CachedToken, RegistryError> {
+    ) -> Result<(SecretString, Duration), RegistryError> {
         let mut url = realm.clone();
         {
             let mut q = url.query_pairs_mut();
@@ -396,14 +385,8 @@ impl Authenticator {
             .expires_in
             .map(Duration::from_secs)
             .or_else(|| jwt_lifetime(&value))
-            .unwrap_or(DEFAULT_TOKEN_LIFETIME)
-            .min(MAX_TOKEN_LIFETIME);
-        // Refresh early: at 90 % of the lifetime, and at least 5 s before expiry.
-        let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime);
-        Ok(CachedToken {
-            value: value.into(),
-            refresh_at: Instant::now() + lifetime - margin,
-        })
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        Ok((value.into(), lifetime))
     }
 }
 
@@ -416,15 +399,15 @@ pub fn jwt_lifetime(token: &str) -> Option<Duration> {
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?)
             .ok()?;
     // `exp` is the peer's number: past SystemTime's range it is simply far away, and no lifetime
-    // beyond MAX_TOKEN_LIFETIME is believed (callers add it to an Instant).
+    // beyond MAX_LIFETIME is believed (callers add it to an Instant).
     let exp = claims.get("exp")?.as_u64()?;
     let Some(exp) = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(exp)) else {
-        return Some(MAX_TOKEN_LIFETIME);
+        return Some(MAX_LIFETIME);
     };
     Some(
         exp.duration_since(std::time::SystemTime::now())
             .unwrap_or_default()
-            .min(MAX_TOKEN_LIFETIME),
+            .min(MAX_LIFETIME),
     )
 }
 
@@ -464,8 +447,8 @@ mod tests {
         };
         for exp in [u64::MAX, 10_000_000_000_000_000_000, 1 << 62] {
             let lifetime = jwt_lifetime(&jwt(exp)).expect("a lifetime");
-            assert!(lifetime <= MAX_TOKEN_LIFETIME, "{lifetime:?}");
-            let _ = Instant::now() + lifetime;
+            assert!(lifetime <= MAX_LIFETIME, "{lifetime:?}");
+            let _ = std::time::Instant::now() + lifetime;
         }
         assert_eq!(jwt_lifetime(&jwt(1)), Some(Duration::ZERO), "expired");
     }

@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::RegistryError;
 use super::auth::{Credential, CredentialSource, jwt_lifetime};
+use super::credential_cache::CredentialCache;
 use super::dockerhub;
 use crate::config::{Credentials, RegistryConfig};
 
@@ -40,10 +41,6 @@ const TOKEN_USERNAME: &str = "<token>";
 const FILE_CAP: u64 = 4 * 1024 * 1024;
 /// A helper's answer is small; anything bigger is not one.
 const HELPER_OUTPUT_CAP: usize = 64 * 1024;
-/// How long a failed helper run is remembered: the repositories asking meanwhile (each token
-/// scope asks) share its failure instead of each starting the helper, or waiting out its timeout,
-/// again.
-pub const HELPER_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// The key this registry's credentials are filed under: `https://index.docker.io/v1/` for Docker
 /// Hub's hosts, else `host[:port]` as docker/cli's `ConvertToHostname` yields it. It is also what
@@ -286,24 +283,14 @@ struct Parsed {
     lookup: Result<Lookup, String>,
 }
 
-struct Cached {
-    helper: String,
-    /// The helper's credential, or why it gave none (never its output).
-    answer: Result<Credential, String>,
-    refresh_at: Instant,
-}
-
 /// A registry's credentials from a docker config file, re-read when it changes.
 pub struct DockerConfigSource {
     path: PathBuf,
     server: String,
     parsed: Mutex<Parsed>,
-    cache: Mutex<Option<Cached>>,
-    /// One helper run at a time: concurrent scans wait for its answer instead of running it again.
-    helper_gate: tokio::sync::Mutex<()>,
-    /// When a refusal last dropped the helper's answer: one re-ask per [`HELPER_RETRY_AFTER`], so
-    /// repositories refused one after the other do not each run the helper again.
-    dropped_for_refusal: Mutex<Option<Instant>>,
+    /// Helpers' answers by helper name: one run for the scans asking together, and a failure
+    /// shared by those asking right after.
+    answers: CredentialCache<String, Credential>,
 }
 
 impl fmt::Debug for DockerConfigSource {
@@ -325,9 +312,7 @@ impl DockerConfigSource {
                 stamp: None,
                 lookup: Err("not read yet".into()),
             }),
-            cache: Mutex::new(None),
-            helper_gate: tokio::sync::Mutex::new(()),
-            dropped_for_refusal: Mutex::new(None),
+            answers: CredentialCache::new(),
         }
     }
 
@@ -354,7 +339,7 @@ impl DockerConfigSource {
                 parsed.stamp = Some(s);
                 parsed.lookup = lookup(&self.path, &self.server);
                 // A new file may name another helper or revoke the old answer.
-                *self.cache.lock().expect("helper cache lock") = None;
+                self.answers.clear();
                 match &parsed.lookup {
                     Ok(l) => {
                         tracing::debug!(path = %self.path.display(), source = %l.describe(), "docker config read")
@@ -372,38 +357,17 @@ impl DockerConfigSource {
             .map_err(|e| RegistryError::NoCredentials(format!("docker config: {e}")))
     }
 
-    fn cached(&self, helper: &str) -> Option<Result<Credential, RegistryError>> {
-        self.cache
-            .lock()
-            .expect("helper cache lock")
-            .as_ref()
-            .filter(|c| c.helper == helper && Instant::now() < c.refresh_at)
-            .map(|c| c.answer.clone().map_err(no_credentials))
-    }
-
     async fn ask_helper(&self, name: &str) -> Result<Credential, RegistryError> {
-        if let Some(answer) = self.cached(name) {
-            return answer;
-        }
-        let _gate = self.helper_gate.lock().await;
-        if let Some(answer) = self.cached(name) {
-            return answer;
-        }
-        let (answer, keep) = match run_helper(name, &self.server).await {
-            Ok((credential, lifetime)) => {
+        let server = &self.server;
+        self.answers
+            .get(name, || async move {
+                let (credential, lifetime) =
+                    run_helper(name, server).await.map_err(no_credentials)?;
                 tracing::debug!(helper = name, lifetime = ?lifetime, "credential helper answered");
-                (Ok(credential), lifetime)
-            }
-            Err(e) => (Err(e), Some(HELPER_RETRY_AFTER)),
-        };
-        if let Some(keep) = keep {
-            *self.cache.lock().expect("helper cache lock") = Some(Cached {
-                helper: name.to_owned(),
-                answer: answer.clone(),
-                refresh_at: Instant::now() + keep,
-            });
-        }
-        answer.map_err(no_credentials)
+                // An answer already expired is used once, never reused.
+                Ok((credential, lifetime.unwrap_or_default()))
+            })
+            .await
     }
 }
 
@@ -428,15 +392,12 @@ impl CredentialSource for DockerConfigSource {
     }
 
     fn refused(&self) {
-        // The helper's answer was refused: ask it again next time, unless a refusal already
-        // dropped one less than HELPER_RETRY_AFTER ago (requests still carrying the old answer,
-        // or a helper with nothing better yet: running it again per repository would not help).
-        let mut dropped = self.dropped_for_refusal.lock().expect("refusal lock");
-        if dropped.is_some_and(|at| at.elapsed() < HELPER_RETRY_AFTER) {
-            return;
-        }
-        *dropped = Some(Instant::now());
-        *self.cache.lock().expect("helper cache lock") = None;
+        // Only a helper's answer is minted; what `auths` says stays until the file changes.
+        let helper = match &self.parsed.lock().expect("docker config lock").lookup {
+            Ok(Lookup::Helper { name, .. }) => name.clone(),
+            _ => return,
+        };
+        self.answers.refused(helper.as_str());
     }
 }
 
@@ -533,18 +494,13 @@ async fn run_helper(name: &str, server: &str) -> Result<(Credential, Option<Dura
     Ok((credential, lifetime))
 }
 
-/// How long to reuse a helper's secret: until shortly before the `exp` of a JWT (a tenth of its
-/// remaining life, 1 s to 60 s early; `jwt_lifetime` believes at most 24 h), else
-/// [`HELPER_DEFAULT_TTL`]; `None` if already expired.
+/// How long a helper's secret lives: until the `exp` of a JWT (`jwt_lifetime` believes at most
+/// 24 h), else [`HELPER_DEFAULT_TTL`]; `None` if already expired. The cache renews it early.
 fn secret_lifetime(secret: &str) -> Option<Duration> {
     let Some(remaining) = jwt_lifetime(secret) else {
         return Some(HELPER_DEFAULT_TTL);
     };
-    if remaining <= Duration::from_secs(1) {
-        return None;
-    }
-    let margin = (remaining / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    Some(remaining.saturating_sub(margin))
+    Some(remaining).filter(|r| !r.is_zero())
 }
 
 /// Exposes a `Basic` credential's password to unit tests only.
@@ -633,8 +589,14 @@ mod tests {
         };
         let l = secret_lifetime(&jwt(now + 100)).unwrap();
         assert!(
-            l <= Duration::from_secs(90) && l >= Duration::from_secs(88),
+            l <= Duration::from_secs(100) && l >= Duration::from_secs(98),
             "{l:?}"
+        );
+        // The cache's one rule renews it a tenth of its life early.
+        let renew = super::super::credential_cache::refresh_after(l);
+        assert!(
+            renew <= Duration::from_secs(90) && renew >= Duration::from_secs(88),
+            "{renew:?}"
         );
         assert_eq!(secret_lifetime(&jwt(now - 5)), None);
         assert_eq!(secret_lifetime("opaque-secret"), Some(HELPER_DEFAULT_TTL));

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use reqwest::{StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
@@ -18,6 +18,7 @@ use url::Url;
 use yup_oauth2::authenticator::DefaultAuthenticator;
 
 use super::RegistryError;
+use super::credential_cache::CredentialCache;
 
 /// The least OAuth2 scope that reading a registry needs. Google documents it for both products:
 /// Container Registry, "For docker pull and docker search, the access token must use the
@@ -37,17 +38,8 @@ pub const DEFAULT_IAM_ENDPOINT: &str = "https://iamcredentials.googleapis.com";
 const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
 /// Credential files and token responses are small; anything bigger is refused.
 const BODY_CAP: usize = 64 * 1024;
-/// Refresh this long before expiry at most: google-auth's `REFRESH_THRESHOLD` (3 min 45 s).
-const REFRESH_THRESHOLD: Duration = Duration::from_secs(225);
 /// The lifetime asked of the IAM Credentials API: its default and its maximum without an org policy.
 const IMPERSONATED_LIFETIME: &str = "3600s";
-/// A token refused younger than this is kept: it was refused for the identity it names (a
-/// missing IAM binding), which a new token shares, or by a refusal of the token it replaced that
-/// arrived late. Forgetting it would mint one token per repository scanned.
-const KEEP_REFUSED_FOR: Duration = Duration::from_secs(30);
-/// The longest lifetime believed: Google's tokens last an hour, at most 12 with an org policy; a
-/// bigger `expires_in` would overflow `Instant` (a panic).
-const MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 /// The environment Application Default Credentials read, taken once when a registry is connected
 /// (the files it names are read again at every refresh, so a rotated file is picked up).
@@ -96,10 +88,10 @@ pub struct Impersonation {
     pub endpoint: Url,
 }
 
+/// An access token and how long it lives from now (clamped, and renewed early, by the cache).
 struct Token {
     value: SecretString,
-    refresh_at: Instant,
-    minted_at: Instant,
+    lifetime: Duration,
 }
 
 impl Token {
@@ -109,12 +101,9 @@ impl Token {
                 "Google returned an empty or malformed access token".into(),
             ));
         }
-        let lifetime = lifetime.min(MAX_LIFETIME);
-        let early = (lifetime / 4).min(REFRESH_THRESHOLD);
         Ok(Token {
             value: value.into(),
-            refresh_at: Instant::now() + lifetime - early,
-            minted_at: Instant::now(),
+            lifetime,
         })
     }
 }
@@ -125,12 +114,9 @@ pub struct GoogleTokens {
     impersonate: Option<Impersonation>,
     http: reqwest::Client,
     metadata: reqwest::Client,
-    cache: std::sync::Mutex<Option<Token>>,
-    /// One refresh at a time: concurrent scans wait for it instead of each minting a token.
-    refreshing: tokio::sync::Mutex<()>,
-    /// Attempts finished so far and the last one's error: scans that waited on a failing attempt
-    /// share its failure instead of each trying again in turn (N scans, N timeouts in a row).
-    attempts: std::sync::Mutex<(u64, Option<RegistryError>)>,
+    /// The token the realm is shown; scans that need one at the same moment share one mint,
+    /// and its failure.
+    cache: CredentialCache<(), SecretString>,
     /// The registry's `request_timeout`, for yup-oauth2, whose requests have none of their own.
     timeout: Duration,
     /// The source the last token came from, for `check`.
@@ -168,9 +154,7 @@ impl GoogleTokens {
             http: build(Duration::from_secs(10))?,
             // Google's Go metadata client dials with a 2 s timeout: off Google Cloud, nothing answers.
             metadata: build(Duration::from_secs(2))?,
-            cache: std::sync::Mutex::new(None),
-            refreshing: tokio::sync::Mutex::new(()),
-            attempts: std::sync::Mutex::new((0, None)),
+            cache: CredentialCache::new(),
             timeout,
             described: std::sync::Mutex::new(described),
             service_account: tokio::sync::Mutex::new(None),
@@ -179,32 +163,13 @@ impl GoogleTokens {
 
     /// The access token to use now, minted if the cached one is near expiry.
     pub async fn token(&self) -> Result<SecretString, RegistryError> {
-        if let Some(t) = self.cached() {
-            return Ok(t);
-        }
-        let seen = self.attempts.lock().expect("attempts lock").0;
-        let _one = self.refreshing.lock().await;
-        if let Some(t) = self.cached() {
-            return Ok(t);
-        }
-        {
-            let attempts = self.attempts.lock().expect("attempts lock");
-            if attempts.0 != seen
-                && let Some(e) = &attempts.1
-            {
-                return Err(e.clone());
-            }
-        }
-        let minted = self.mint().await;
-        let mut attempts = self.attempts.lock().expect("attempts lock");
-        attempts.0 += 1;
-        attempts.1 = minted.as_ref().err().cloned();
-        drop(attempts);
-        let (token, described) = minted?;
-        let value = token.value.clone();
-        *self.described.lock().expect("describe lock") = described;
-        *self.cache.lock().expect("cache lock") = Some(token);
-        Ok(value)
+        self.cache
+            .get(&(), || async move {
+                let (token, described) = self.mint().await?;
+                *self.described.lock().expect("describe lock") = described;
+                Ok((token.value, token.lifetime))
+            })
+            .await
     }
 
     /// Where the last token came from, e.g. "application default credentials: metadata server".
@@ -214,27 +179,12 @@ impl GoogleTokens {
 
     /// The token was refused: mint a new one next time, unless it was minted moments ago.
     pub fn forget(&self) {
+        // yup-oauth2 caches the token it minted: a new one needs a new authenticator.
+        if self.cache.refused(&())
+            && let Ok(mut sa) = self.service_account.try_lock()
         {
-            let mut cache = self.cache.lock().expect("cache lock");
-            if cache
-                .as_ref()
-                .is_some_and(|t| t.minted_at.elapsed() < KEEP_REFUSED_FOR)
-            {
-                return;
-            }
-            *cache = None;
-        }
-        if let Ok(mut sa) = self.service_account.try_lock() {
             *sa = None;
         }
-    }
-
-    fn cached(&self) -> Option<SecretString> {
-        let cache = self.cache.lock().expect("cache lock");
-        cache
-            .as_ref()
-            .filter(|t| Instant::now() < t.refresh_at)
-            .map(|t| t.value.clone())
     }
 
     async fn mint(&self) -> Result<(Token, String), RegistryError> {
@@ -687,16 +637,6 @@ fn oauth_error(e: yup_oauth2::Error) -> RegistryError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn early_refresh_scales_with_lifetime() {
-        let t = Token::new("a".into(), Duration::from_secs(3600)).unwrap();
-        let left = t.refresh_at - Instant::now();
-        assert!(left > Duration::from_secs(3370) && left <= Duration::from_secs(3375));
-        let t = Token::new("a".into(), Duration::from_secs(5)).unwrap();
-        let left = t.refresh_at - Instant::now();
-        assert!(left > Duration::from_secs(3) && left <= Duration::from_millis(3750));
-    }
 
     #[test]
     fn parse_errors_never_quote_values() {

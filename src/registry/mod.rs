@@ -3,6 +3,7 @@
 pub mod acr;
 pub mod auth;
 pub mod azure;
+pub mod credential_cache;
 pub mod docker_config;
 pub mod dockerhub;
 pub mod ecr;

@@ -5,7 +5,7 @@
 //!   registry's own origin, so this front routes `/oauth2/*` to its exchange and to the suite's
 //!   token server, and everything else to a real `docker-registry` with token auth.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -450,6 +450,8 @@ struct FrontInner {
     anonymous_pull: AtomicBool,
     exchanges: AtomicUsize,
     refresh_tokens: Mutex<Vec<String>>,
+    /// Repositories the identity may not pull: 403 to any token, as ACR denies them.
+    forbidden: Mutex<HashSet<String>>,
     log: Mutex<Vec<Seen>>,
 }
 
@@ -493,6 +495,7 @@ impl AcrFront {
             anonymous_pull: AtomicBool::new(false),
             exchanges: AtomicUsize::new(0),
             refresh_tokens: Mutex::new(Vec::new()),
+            forbidden: Mutex::new(HashSet::new()),
             log: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(front).with_state(inner.clone());
@@ -530,6 +533,11 @@ impl AcrFront {
             .refresh_lifetime
             .store(seconds, Ordering::Relaxed);
         self.inner.tokens.set_token_lifetime(seconds);
+    }
+    /// Denies every token access to `repo` (403 `DENIED`), as ACR answers an identity whose role
+    /// assignments or scope map leave that repository out.
+    pub fn forbid(&self, repo: &str) {
+        self.inner.forbidden.lock().unwrap().insert(repo.to_owned());
     }
     /// ACR's "anonymous pull access": the realm grants pull tokens without credentials.
     pub fn set_anonymous_pull(&self, on: bool) {
@@ -678,6 +686,18 @@ async fn registry(inner: &FrontInner, parts: &axum::http::request::Parts, body: 
                 .unwrap(),
             );
             return r;
+        }
+        let denied = inner
+            .forbidden
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|repo| parts.uri.path().starts_with(&format!("/v2/{repo}/")));
+        if denied {
+            return json(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({ "errors": [{ "code": "DENIED", "message": "requested access to the resource is denied" }] }),
+            );
         }
     }
     let upstream = inner.upstream.lock().unwrap().clone();

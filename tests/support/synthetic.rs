@@ -80,6 +80,8 @@ pub struct Synthetic {
     pub tags_requests_by_repo: Mutex<BTreeMap<String, usize>>,
     /// How long every tags/list request waits before it is answered (a slow registry).
     pub tags_delay: Mutex<Option<std::time::Duration>>,
+    /// How long every `/token` request waits before it is answered (a slow realm).
+    pub token_delay: Mutex<Option<std::time::Duration>>,
 }
 
 /// A digest derived from the content it names.
@@ -172,13 +174,19 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     state.authorization_seen.lock().unwrap().push(authorization);
-    if let Some((user, pass, token)) = state.token_auth.lock().unwrap().clone() {
+    // Bound first: a guard in the `if let` would be held across the realm's delay.
+    let token_auth = state.token_auth.lock().unwrap().clone();
+    if let Some((user, pass, token)) = token_auth {
         let presented = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if path == "/token" {
             state.token_requests.fetch_add(1, Ordering::Relaxed);
+            let delay = *state.token_delay.lock().unwrap();
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             let expected = format!("Basic {}", super::basic_b64(&user, &pass));
             if presented != expected {
                 return status(StatusCode::UNAUTHORIZED);

@@ -8,15 +8,16 @@
 //! Public repositories need no credentials. With a Docker ID, "Create access token" (`POST
 //! /v2/auth/token` with `{"identifier", "secret"}`, the password or a personal access token)
 //! answers `{"access_token"}`, a JWT that "expires in 10 minutes", used as `Authorization:
-//! Bearer`. It is cached until shortly before it expires and dropped when the API refuses it.
+//! Bearer`. It lives in a [`CredentialCache`]: renewed shortly before it expires, and dropped
+//! when the API refuses it, unless it is so young that a new login would be refused the same.
 //!
 //! Pages are numbered (and ordered by last update), so a push between two pages shifts tags under
 //! the reader: the listing is accepted only when every page reports the same `count` and that
 //! many distinct tags were read; otherwise it fails and the next cycle lists again.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::{StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
@@ -24,6 +25,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::super::auth::{Credential, CredentialSource, jwt_lifetime, sensitive};
+use super::super::credential_cache::CredentialCache;
 use super::super::http::{BODY_CAP, Transport, expect_json, read_body};
 use super::super::pager::Pages;
 use super::super::{RegistryError, Tag, valid_digest, valid_tag};
@@ -55,18 +57,12 @@ struct TokenAnswer {
     access_token: Option<String>,
 }
 
-struct CachedToken {
-    value: SecretString,
-    renew_at: Instant,
-}
-
 /// The Hub API at `api`, with the entry's Docker ID.
 pub struct Hub {
     api: Url,
     credentials: Option<Arc<dyn CredentialSource>>,
-    token: Mutex<Option<CachedToken>>,
-    /// One login at a time: concurrent scans wait for it instead of each logging in.
-    login: tokio::sync::Mutex<()>,
+    /// The access token; `None` when the credentials are no Docker ID and password.
+    token: CredentialCache<(), Option<SecretString>>,
 }
 
 impl Hub {
@@ -76,8 +72,7 @@ impl Hub {
         Hub {
             api,
             credentials,
-            token: Mutex::new(None),
-            login: tokio::sync::Mutex::new(()),
+            token: CredentialCache::new(),
         }
     }
 
@@ -95,15 +90,23 @@ impl Hub {
         let Some(source) = &self.credentials else {
             return Ok(None);
         };
-        let _one = self.login.lock().await;
-        if let Some(t) = self.token.lock().expect("hub token lock").as_ref()
-            && Instant::now() < t.renew_at
-        {
-            return Ok(Some(bearer(&t.value)));
-        }
+        let token = self
+            .token
+            .get(&(), || self.login(transport, source.as_ref()))
+            .await?;
+        Ok(token.as_ref().map(bearer))
+    }
+
+    /// "Create access token" with the Docker ID and password: the token and its lifetime.
+    async fn login(
+        &self,
+        transport: &Transport,
+        source: &dyn CredentialSource,
+    ) -> Result<(Option<SecretString>, Duration), RegistryError> {
         let Credential::Basic(c) = source.credential().await? else {
-            // A refresh token (a docker config's `identitytoken`) logs in nowhere here.
-            return Ok(None);
+            // A refresh token (a docker config's `identitytoken`) logs in nowhere here; a zero
+            // lifetime asks the source again next time.
+            return Ok((None, Duration::ZERO));
         };
         let body = serde_json::json!({
             "identifier": c.username,
@@ -146,14 +149,7 @@ impl Hub {
                 RegistryError::Protocol("Docker Hub login gave no access_token".into())
             })?;
         let lifetime = jwt_lifetime(&value).unwrap_or(TOKEN_LIFETIME);
-        let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime);
-        let value = SecretString::from(value);
-        let header = bearer(&value);
-        *self.token.lock().expect("hub token lock") = Some(CachedToken {
-            value,
-            renew_at: Instant::now() + lifetime - margin,
-        });
-        Ok(Some(header))
+        Ok((Some(value.into()), lifetime))
     }
 
     /// Every tag of `repo` (`namespace/repository`) with its digest where the Hub has one, and
@@ -234,7 +230,7 @@ impl Hub {
         Ok(Some(tags))
     }
 
-    /// One page, with one fresh login if the API refuses a cached token.
+    /// One page, with one fresh login if the API refuses a token older than the refusal grace.
     async fn page(
         &self,
         transport: &Transport,
@@ -254,9 +250,10 @@ impl Hub {
                         ))
                     });
                 }
-                StatusCode::UNAUTHORIZED if attempt == 0 && authorization.is_some() => {
-                    *self.token.lock().expect("hub token lock") = None;
-                }
+                // A token minted moments ago was refused for the Docker ID it names, which a new
+                // login shares: only an older one is worth replacing.
+                StatusCode::UNAUTHORIZED
+                    if attempt == 0 && authorization.is_some() && self.token.refused(&()) => {}
                 s => {
                     let what = format!("Docker Hub tags of {repo}");
                     return Err(failed_status(s, repo, "Docker Hub API", what));
