@@ -806,6 +806,63 @@ fn hub_credentials_are_not_sent_to_a_mirror() {
     }
 }
 
+/// The same at run time, where it matters: a `dockerhub` entry at a mirror whose docker config
+/// holds both the Hub's credentials and the mirror's own. Every request the mirror receives
+/// (its token endpoint included) carries the mirror's credentials or its token, never the Hub's.
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_credentials_are_not_sent_to_a_mirror_at_run_time() {
+    use std::sync::Arc;
+    use support::synthetic::{Synthetic, serve};
+    let state = Arc::new(Synthetic::default());
+    state.put("library/nginx", "v1", 1);
+    *state.token_auth.lock().unwrap() =
+        Some(("mirroruser".into(), "mirror-pw".into(), "mirror-token".into()));
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, mirror) = (
+        STANDARD.encode("hubuser:hub-canary-pw"),
+        STANDARD.encode("mirroruser:mirror-pw"),
+    );
+    let config = write(
+        &dir.path().join("config.json"),
+        &format!(
+            r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{hub}"}},"{host}":{{"auth":"{mirror}"}}}}}}"#
+        ),
+    );
+    let setup = Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"m\"\nkind = \"dockerhub\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"nginx\"]\ndocker_config = \"{}\"\n",
+            config.display()
+        ),
+    );
+    let (code, _, err) = setup.regwatch(&["once"]);
+    assert_eq!(code, 0, "{err}");
+    let seen: Vec<String> = state
+        .authorization_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .cloned()
+        .collect();
+    report(
+        "docker config: requests to a dockerhub mirror carrying the Hub's credentials",
+        seen.iter().filter(|a| a.contains(&hub)).count(),
+        "0",
+    );
+    assert!(
+        seen.iter().any(|a| a == &format!("Basic {mirror}")),
+        "the mirror's own credentials reach its token endpoint: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|a| a == "Bearer mirror-token"),
+        "the scan ran with the mirror's token: {seen:?}"
+    );
+    assert!(!seen.iter().any(|a| a.contains(&hub)), "{seen:?}");
+    assert!(!err.contains("hub-canary-pw"), "{err}");
+}
+
 /// Many repositories ask for a token at once (each has its own scope), so they all ask the source
 /// at once. A helper that hangs until its 10 s timeout must cost one run, not one per repository
 /// queued behind it: else a cycle over N repositories takes N × 10 s, and a failing helper is
