@@ -770,6 +770,36 @@ url = "https://registry.example.com"
     }
 
     #[test]
+    fn empty_secrets_are_refused_at_their_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let newline = dir.path().join("newline");
+        std::fs::write(&newline, "\n").unwrap();
+        for (extra, path) in [
+            ("webhook_token = \"\"\n", "registry[0].webhook_token"),
+            ("webhook_token = \" \\t \"\n", "registry[0].webhook_token"),
+            (
+                &format!("webhook_token_file = \"{}\"\n", newline.display()),
+                "registry[0].webhook_token_file",
+            ),
+            (
+                "username = \"u\"\npassword = \"\"\n",
+                "registry[0].password",
+            ),
+        ] {
+            let e = parse(&format!("{MINIMAL}{extra}")).unwrap_err();
+            let line = MINIMAL.lines().count() + extra.lines().count();
+            assert_eq!((e.path.as_str(), e.line), (path, Some(line)), "{extra}");
+            assert!(e.message.contains("empty"), "{}", e.message);
+        }
+        // A Kafka property may be empty: librdkafka reads some that way.
+        let c = parse(&format!(
+            "[kafka]\nbrokers = \"b:9092\"\n[kafka.properties]\n\"ssl.endpoint.identification.algorithm\" = \"\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.kafka.unwrap().properties.len(), 1);
+    }
+
+    #[test]
     fn empty_hub_api_url_lists_docker_hub_through_tags_list() {
         // Egress allowlists often admit Docker's pull hosts (registry-1.docker.io, auth.docker.io)
         // and not hub.docker.com, which Docker's allowlist names separately: an unreachable Hub
