@@ -182,6 +182,19 @@ fn presented_token<'a>(
         .or_else(|| query.get("token").map(String::as_str))
 }
 
+/// Whether `presented` is the configured `token`, compared in constant time. An empty token on
+/// either side never matches, whatever the config says: config loading refuses an empty secret,
+/// and this keeps `?token=` from opening a hook should one ever get through.
+fn token_matches(presented: Option<&str>, token: &SecretString) -> bool {
+    let expected = token.expose_secret().as_bytes();
+    match presented {
+        Some(p) if !p.is_empty() && !expected.is_empty() => {
+            bool::from(p.as_bytes().ct_eq(expected))
+        }
+        _ => false,
+    }
+}
+
 async fn hook(
     State(state): State<AppState>,
     Path(registry): Path<String>,
@@ -190,15 +203,15 @@ async fn hook(
     // The raw body, not `Bytes`: an extractor would read it before the token is checked.
     body: Body,
 ) -> Response {
-    let Some(hook) = state.hooks.get(&registry) else {
-        return (StatusCode::NOT_FOUND, "no webhook for this registry\n").into_response();
-    };
-    let authorized = presented_token(&headers, &query)
-        .is_some_and(|t| bool::from(t.as_bytes().ct_eq(hook.token.expose_secret().as_bytes())));
-    if !authorized {
-        tracing::warn!(%registry, "webhook with a missing or wrong token");
+    // A registry without a webhook answers exactly as a wrong token does: a 404 would tell anyone
+    // which registries have webhooks.
+    let hook = state.hooks.get(&registry);
+    let Some(hook) = hook.filter(|h| token_matches(presented_token(&headers, &query), &h.token))
+    else {
+        // Debug-quoted: the name may be anything a caller put in the path.
+        tracing::warn!(registry = ?registry, "webhook with a missing or wrong token, or for no webhook");
         return (StatusCode::UNAUTHORIZED, "missing or wrong token\n").into_response();
-    }
+    };
     let body = match read_capped(&headers, body).await {
         Ok(body) => body,
         Err(refusal) => {

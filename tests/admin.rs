@@ -1,5 +1,6 @@
-//! The admin endpoint's webhook: the token is checked before the body is read, and bodies are
-//! capped at 64 KiB. Driven over raw TCP so that a client can promise a body it never sends.
+//! The admin endpoint: the webhook token is checked before the body is read (an empty one never
+//! matches, and a registry without a webhook answers as a wrong token does), and bodies are capped
+//! at 64 KiB. Driven over raw TCP so that a client can promise a body it never sends.
 
 mod support;
 
@@ -7,29 +8,38 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use regwatch::admin::{Hook, Readiness, router};
-use support::report;
+use regwatch::admin::{Hook, Readiness, router, serve};
+use support::{Setup, free_port, report};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 const TOKEN: &str = "hook-secret";
 
-/// Serves the admin router with one webhook, `local`; returns its address and the hint queue.
-async fn admin() -> (String, mpsc::Receiver<String>) {
+/// Serves the admin router as the daemon does, with one webhook, `local`, whose token is `token`;
+/// returns its address and the hint queue.
+async fn admin_with(token: &str) -> (String, mpsc::Receiver<String>) {
     let (tx, rx) = mpsc::channel(16);
     let hooks = HashMap::from([(
         "local".to_owned(),
         Hook {
-            token: TOKEN.to_owned().into(),
+            token: token.to_owned().into(),
             hints: tx,
         },
     )]);
     let app = router(Arc::new(Readiness::new(Vec::new(), false)), hooks);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move {
+        // Never asked to stop: the sender lives as long as the server.
+        let (_stop, shutdown) = watch::channel(false);
+        serve(listener, app, shutdown).await;
+    });
     (addr, rx)
+}
+
+async fn admin() -> (String, mpsc::Receiver<String>) {
+    admin_with(TOKEN).await
 }
 
 /// Sends `head` and `body` and leaves the connection open; returns the status line's code and
@@ -52,8 +62,12 @@ async fn status_of(addr: &str, head: &str, body: &[u8]) -> (Option<u16>, Duratio
 }
 
 fn head(auth: Option<&str>, length: Option<usize>) -> String {
-    let mut h =
-        "POST /hooks/local HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".to_owned();
+    head_to("/hooks/local", auth, length)
+}
+
+/// A webhook request head for `target` (path and query).
+fn head_to(target: &str, auth: Option<&str>, length: Option<usize>) -> String {
+    let mut h = format!("POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n");
     if let Some(t) = auth {
         h.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
@@ -103,4 +117,146 @@ async fn webhook_token_is_checked_before_the_body_and_bodies_are_capped() {
     let (code, _) = status_of(&addr, &head(Some(TOKEN), Some(body.len())), body).await;
     assert_eq!(code, Some(202));
     assert_eq!(hints.try_recv().unwrap(), "team/app");
+}
+
+const PUSH: &[u8] =
+    br#"{"events":[{"action":"push","target":{"repository":"team/app","tag":"v1"}}]}"#;
+
+/// Docker Hub cannot set headers, so the token may come as `?token=`; an empty token, in either
+/// place, is no token.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_in_the_query_and_empty_tokens() {
+    let (addr, mut hints) = admin().await;
+    let post = |target: String, auth: Option<&'static str>| {
+        let addr = addr.clone();
+        async move {
+            status_of(&addr, &head_to(&target, auth, Some(PUSH.len())), PUSH)
+                .await
+                .0
+        }
+    };
+    assert_eq!(
+        post(format!("/hooks/local?token={TOKEN}"), None).await,
+        Some(202),
+        "?token=<right>"
+    );
+    assert_eq!(hints.try_recv().unwrap(), "team/app");
+    assert_eq!(
+        post("/hooks/local?token=".into(), None).await,
+        Some(401),
+        "?token="
+    );
+    assert_eq!(
+        post("/hooks/local?token=wrong".into(), None).await,
+        Some(401),
+        "?token=<wrong>"
+    );
+    assert_eq!(
+        post("/hooks/local".into(), Some("")).await,
+        Some(401),
+        "Bearer <empty>"
+    );
+    assert!(
+        hints.try_recv().is_err(),
+        "no hint queued by a refused call"
+    );
+}
+
+/// The endpoint refuses an empty presented token even when the configured one is empty too
+/// (config loading refuses that; this is the second line of defence).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_configured_token_opens_nothing() {
+    let (addr, mut hints) = admin_with("").await;
+    for (target, auth) in [
+        ("/hooks/local?token=", None),
+        ("/hooks/local", Some("")),
+        ("/hooks/local", None),
+    ] {
+        let (code, _) = status_of(&addr, &head_to(target, auth, Some(PUSH.len())), PUSH).await;
+        assert_eq!(code, Some(401), "{target} with bearer {auth:?}");
+    }
+    assert!(hints.try_recv().is_err(), "no hint queued");
+    report(
+        "webhook with an empty configured token: ?token= / empty bearer / none",
+        "401 / 401 / 401",
+        "401 each",
+    );
+}
+
+/// A registry without a webhook answers as a wrong token does, so that no caller learns which
+/// registries have webhooks.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_without_a_webhook_answers_401_like_a_wrong_token() {
+    let (addr, _hints) = admin().await;
+    for (target, auth) in [
+        ("/hooks/unknown", None),
+        ("/hooks/unknown", Some("wrong")),
+        ("/hooks/unknown?token=wrong", None),
+        // Another registry's right token opens nothing here either.
+        ("/hooks/unknown", Some(TOKEN)),
+    ] {
+        let (code, _) = status_of(&addr, &head_to(target, auth, Some(PUSH.len())), PUSH).await;
+        assert_eq!(code, Some(401), "{target} with bearer {auth:?}");
+    }
+    let (known, _) = status_of(&addr, &head(Some("wrong"), Some(PUSH.len())), PUSH).await;
+    assert_eq!(known, Some(401));
+}
+
+/// A daemon config for one registry nobody answers at (its scans fail; the admin endpoint serves).
+fn quiet_registry(extra: &str) -> String {
+    format!(
+        "[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"http://127.0.0.1:{}\"\ninsecure = true\nrepositories = [\"team/app\"]\ninterval = \"300s\"\n{extra}",
+        free_port()
+    )
+}
+
+/// The issue's case: `webhook_token_file` holding only a newline loaded fine, and
+/// `POST /hooks/<name>?token=` got 202. Now the daemon does not start: exit 2, naming the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_token_file_holding_only_a_newline_stops_the_daemon_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hook");
+    std::fs::write(&file, "\n").unwrap();
+    let setup = Setup::new(
+        "",
+        &quiet_registry(&format!("webhook_token_file = \"{}\"\n", file.display())),
+    );
+    let mut daemon = setup.spawn();
+    let started = Instant::now();
+    while daemon.child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if daemon.child.try_wait().unwrap().is_none() {
+        // Still running: show what the empty token let through, then fail.
+        let status = reqwest::Client::new()
+            .post(format!("http://{}/hooks/r?token=", setup.admin))
+            .body(PUSH)
+            .send()
+            .await
+            .map(|r| r.status().as_u16().to_string())
+            .unwrap_or_else(|e| e.to_string());
+        report(
+            "daemon with a newline-only webhook_token_file: outcome",
+            format!("runs; POST /hooks/r?token= answered {status}"),
+            "exit 2 at load",
+        );
+        panic!("the daemon started with an empty webhook token; ?token= got {status}");
+    }
+    let (code, _, err) = daemon.stop();
+    report(
+        "daemon with a newline-only webhook_token_file: outcome",
+        format!("exit {code}"),
+        "exit 2 at load",
+    );
+    assert_eq!(code, 2, "{err}");
+    let line = std::fs::read_to_string(&setup.config)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("webhook_token_file"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains("registry[0].webhook_token_file") && err.contains(&format!("(line {line})")),
+        "{err}"
+    );
 }
