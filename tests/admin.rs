@@ -1,15 +1,18 @@
 //! The admin endpoint: the webhook token is checked before the body is read (an empty one never
-//! matches, and a registry without a webhook answers as a wrong token does), and bodies are capped
-//! at 64 KiB. Driven over raw TCP so that a client can promise a body it never sends.
+//! matches, and a registry without a webhook answers as a wrong token does), bodies are capped at
+//! 64 KiB, and clients that stall cannot starve the others. Driven over raw TCP so that a client
+//! can promise a body it never sends, or never finish its request head.
 
 mod support;
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use regwatch::admin::{Hook, Readiness, router, serve};
-use support::{Setup, free_port, report};
+use support::{Daemon, Setup, free_port, report};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -210,6 +213,24 @@ fn quiet_registry(extra: &str) -> String {
     )
 }
 
+/// Waits until the daemon's `/healthz` answers 200, failing after 30 s.
+async fn wait_healthy(admin: &str, daemon: &Daemon) {
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{admin}/healthz")).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no /healthz within 30 s: {}",
+            daemon.stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The case: `webhook_token_file` holding only a newline loaded fine, and
 /// `POST /hooks/<name>?token=` got 202. Now the daemon does not start: exit 2, naming the key.
 #[tokio::test(flavor = "multi_thread")]
@@ -259,4 +280,176 @@ async fn a_webhook_token_file_holding_only_a_newline_stops_the_daemon_at_load() 
         err.contains("registry[0].webhook_token_file") && err.contains(&format!("(line {line})")),
         "{err}"
     );
+}
+
+/// Sets this process's soft RLIMIT_NOFILE to at least `want` (within the hard limit), so that the
+/// test's own sockets fit.
+fn raise_nofile(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on this process with a valid pointer.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+}
+
+/// `regwatch run` with the soft RLIMIT_NOFILE of a systemd service that sets none (systemd's
+/// default, 1024), however high this test process's limit is.
+fn spawn_as_a_service(setup: &Setup) -> Daemon {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_regwatch"));
+    command
+        .args(["run", "-c"])
+        .arg(&setup.config)
+        .env("RUST_LOG", "regwatch=info");
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        command.pre_exec(|| {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_cur = lim.rlim_max.min(1024);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Daemon::start(&mut command)
+}
+
+/// `GET /healthz` on a fresh connection: its status code and how long it took, `None` when no
+/// answer came within `within`.
+async fn healthz(addr: &str, within: Duration) -> (Option<u16>, Duration) {
+    let started = Instant::now();
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).await.ok()?;
+        std::str::from_utf8(buf.get(9..12.min(n))?)
+            .ok()?
+            .parse()
+            .ok()
+    };
+    let code = tokio::time::timeout(within, attempt).await.ok().flatten();
+    (code, started.elapsed())
+}
+
+/// 2,000 clients connect and stall (half of them say nothing, half send half a request head) to a
+/// daemon run with systemd's default soft limit of 1024 descriptors. `/healthz` must still answer
+/// within 1 s, every time: the stalled ones hold neither all the descriptors nor all the slots.
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_answers_while_2000_stalled_connections_are_open() {
+    const STALLED: usize = 2000;
+    raise_nofile(STALLED as u64 + 1024);
+    let setup = Setup::new("", &quiet_registry(""));
+    let daemon = spawn_as_a_service(&setup);
+    wait_healthy(&setup.admin, &daemon).await;
+
+    // Connect them all at once; a daemon out of descriptors stops accepting, and then the
+    // listen backlog fills, so each connect gets a deadline.
+    let mut connects = tokio::task::JoinSet::new();
+    for i in 0..STALLED {
+        let addr = setup.admin.clone();
+        connects.spawn(async move {
+            let mut s = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
+                .await
+                .ok()?
+                .ok()?;
+            if i % 2 == 1 {
+                let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHo").await;
+            }
+            Some(s)
+        });
+    }
+    let mut stalled = Vec::with_capacity(STALLED);
+    while let Some(s) = connects.join_next().await {
+        stalled.extend(s.unwrap());
+    }
+    let connected = stalled.len();
+
+    let mut worst = Duration::ZERO;
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let (code, took) = healthz(&setup.admin, Duration::from_secs(1)).await;
+        worst = worst.max(took);
+        answers.push(code);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    report(
+        "admin: /healthz with 2,000 stalled connections (daemon at 1024 fds): answers, worst time",
+        format!(
+            "{}/5 answered 200, worst {} ms ({connected} stalled connections made)",
+            answers.iter().filter(|c| **c == Some(200)).count(),
+            worst.as_millis()
+        ),
+        "5/5, < 1000 ms",
+    );
+    let stderr = daemon.stderr.lock().unwrap().clone();
+    assert!(
+        answers.iter().all(|c| *c == Some(200)),
+        "/healthz answers {answers:?} with {connected} stalled connections open\n{}",
+        stderr.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    assert!(worst < Duration::from_secs(1), "{worst:?}");
+    drop(stalled);
+    let (code, _, _) = daemon.stop();
+    assert_eq!(code, 0, "the daemon shuts down cleanly afterwards");
+}
+
+/// A client that never finishes its request head (or never starts one) is disconnected after the
+/// header-read timeout (10 s), instead of holding its connection forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_request_head_is_cut_off_after_the_header_read_timeout() {
+    let setup = Setup::new("", &quiet_registry(""));
+    let daemon = setup.spawn();
+    wait_healthy(&setup.admin, &daemon).await;
+    let stall = |first: &'static [u8]| {
+        let addr = setup.admin.clone();
+        tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(first).await.unwrap();
+            let started = Instant::now();
+            let mut buf = [0u8; 256];
+            // EOF or a reset both end it; 20 s without either means it was never cut off.
+            let ended = tokio::time::timeout(Duration::from_secs(20), async {
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            ended.ok().map(|()| started.elapsed())
+        })
+    };
+    let silent = stall(b"");
+    let half = stall(b"GET /healthz HTTP/1.1\r\nHo");
+    let (silent, half) = (silent.await.unwrap(), half.await.unwrap());
+    report(
+        "admin: stalled request head (nothing / half a head) cut off after",
+        format!("{silent:?} / {half:?}"),
+        "about 10 s each",
+    );
+    for (what, took) in [("silent", silent), ("half a head", half)] {
+        let took = took.unwrap_or_else(|| panic!("{what}: still open after 20 s"));
+        assert!(
+            took >= Duration::from_secs(9) && took < Duration::from_secs(13),
+            "{what}: {took:?}"
+        );
+    }
 }
