@@ -770,6 +770,91 @@ url = "https://registry.example.com"
     }
 
     #[test]
+    fn cloud_identities_go_only_to_their_cloud() {
+        let gcr = |url: &str| {
+            format!(
+                "[[registry]]\nname = \"g\"\nkind = \"gcr\"\ninsecure = true\nurl = \"{url}\"\nproject_id = \"p\"\n"
+            )
+        };
+        let acr = |url: &str| {
+            format!(
+                "[[registry]]\nname = \"a\"\nkind = \"acr\"\ninsecure = true\nurl = \"{url}\"\n"
+            )
+        };
+        let loopback = [
+            "http://127.0.0.1:5000",
+            "http://127.9.8.7:1",
+            "http://localhost:5000",
+            "http://[::1]:5000",
+        ];
+        for url in [
+            "https://gcr.io",
+            "https://eu.gcr.io",
+            "https://asia.gcr.io/",
+            "https://europe-west1-docker.pkg.dev",
+            "https://us-docker.pkg.dev",
+        ]
+        .iter()
+        .chain(&loopback)
+        {
+            assert!(parse(&gcr(url)).is_ok(), "gcr {url}");
+        }
+        for url in [
+            "https://r.azurecr.io",
+            "https://R.AzureCR.io",
+            "https://r.azurecr.cn",
+            "https://r.azurecr.us",
+            "https://r.westeurope.data.azurecr.io",
+        ]
+        .iter()
+        .chain(&loopback)
+        {
+            assert!(parse(&acr(url)).is_ok(), "acr {url}");
+        }
+        let refused = |text: String, what: &str| {
+            let e = parse(&text).unwrap_err();
+            assert_eq!(
+                (e.path.as_str(), e.line),
+                ("registry[0].url", Some(5)),
+                "{what}"
+            );
+            e.message
+        };
+        for url in [
+            "https://gcr.io.evil.example",
+            "https://evilgcr.io",
+            "https://a.b.gcr.io",
+            "https://docker.pkg.dev",
+            "https://pkg.dev",
+            "https://x.europe-west1-docker.pkg.dev",
+            "https://europe-west1-docker.pkg.dev.evil.example",
+            "https://10.0.0.1",
+            "https://r.azurecr.io",
+            "https://registry.example.com/gcr.io",
+        ] {
+            let m = refused(gcr(url), url);
+            assert!(m.contains("must be a Google registry"), "{url}: {m}");
+        }
+        for url in [
+            "https://azurecr.io",
+            "https://r.azurecr.io.evil.example",
+            "https://evilazurecr.io",
+            "https://r.azurecr.de",
+            "https://gcr.io",
+            "https://192.168.1.10",
+            "https://localhost.evil.example",
+        ] {
+            let m = refused(acr(url), url);
+            assert!(m.contains("must be an Azure login server"), "{url}: {m}");
+        }
+        // Other kinds go anywhere.
+        assert!(
+            parse("[[registry]]\nname = \"o\"\nkind = \"oci\"\nurl = \"https://r.example\"\n")
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn empty_secrets_are_refused_at_their_key_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let newline = dir.path().join("newline");
