@@ -1,17 +1,22 @@
 //! The admin HTTP endpoint on `daemon.admin_listen`: `/metrics`, `/healthz`, `/readyz`, and
 //! `POST /hooks/<registry>` push hints.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
+use hyper::body::Incoming;
+use hyper::service::Service as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, watch};
@@ -149,20 +154,199 @@ pub fn router(readiness: Arc<Readiness>, hooks: HashMap<String, Hook>) -> Router
         })
 }
 
-/// Serves the admin endpoint on `listener` until `shutdown` turns true.
+/// How the admin endpoint bounds its clients: open connections, and the time a request's head may
+/// take to arrive.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at most; past it, the oldest connection that is not serving a request
+    /// is closed to make room (see [`serve_with`]).
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head, idle keep-alive time included.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // 512 keeps the endpoint within half of systemd's default soft RLIMIT_NOFILE (1024);
+        // webhook senders and scrapers send their head at once, so 10 s only ever cuts stallers.
+        Limits {
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves the admin endpoint on `listener` until `shutdown` turns true, with [`Limits::default`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let stop = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "admin endpoint failed");
+    serve_with(listener, app, shutdown, Limits::default()).await;
+}
+
+/// One open connection, as the accept loop sees it.
+struct Open {
+    /// Whether a request head ever arrived on it.
+    served: AtomicBool,
+    /// Requests being handled on it now.
+    in_flight: AtomicUsize,
+}
+
+/// Counts a request as in flight for as long as it lives.
+struct InFlight(Arc<Open>);
+
+impl InFlight {
+    fn start(open: &Arc<Open>) -> InFlight {
+        open.served.store(true, Ordering::Relaxed);
+        open.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(open.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves like [`serve`], within `limits`. Stalled clients cannot starve the others: each gets
+/// `header_read_timeout` to send a request's head, and once `max_connections` are open a new
+/// connection closes the oldest one that never sent a head, else the oldest idle one (a new
+/// connection is refused only when every open one is mid-request). Without this, 2,000 clients
+/// that connect and say nothing hold 2,000 descriptors forever; under systemd's soft limit of
+/// 1024, accept then fails with EMFILE and `/healthz` goes unanswered, scans fail, and so on.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    let max = limits.max_connections.max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    // Accept order is eviction order: the oldest connection goes first.
+    let mut open: BTreeMap<u64, (Arc<Open>, tokio::task::AbortHandle)> = BTreeMap::new();
+    let mut next_id = 0u64;
+    let (finished_tx, mut finished) = mpsc::unbounded_channel::<u64>();
+    let mut accept_failing = false;
+    loop {
+        let stream = tokio::select! {
+            () = stopped(&mut shutdown) => break,
+            Some(id) = finished.recv() => {
+                open.remove(&id);
+                continue;
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    accept_failing = false;
+                    stream
+                }
+                Err(e) => {
+                    // EMFILE and the like: wait a little rather than spin; say so once per streak.
+                    if !accept_failing {
+                        tracing::warn!(error = %e, "admin endpoint cannot accept connections");
+                        accept_failing = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Connections that ended since are still listed until their message is read.
+        while let Ok(id) = finished.try_recv() {
+            open.remove(&id);
+        }
+        if open.len() >= max {
+            let victim = open
+                .iter()
+                .find(|(_, (o, _))| !o.served.load(Ordering::Relaxed))
+                .or_else(|| {
+                    open.iter()
+                        .find(|(_, (o, _))| o.in_flight.load(Ordering::Relaxed) == 0)
+                })
+                .map(|(id, _)| *id);
+            match victim {
+                Some(id) => {
+                    if let Some((_, handle)) = open.remove(&id) {
+                        handle.abort();
+                    }
+                    metrics::get().admin_connections_closed.inc();
+                }
+                None => {
+                    // Every slot is serving a request: this one waits for nobody.
+                    metrics::get().admin_connections_closed.inc();
+                    drop(stream);
+                    continue;
+                }
+            }
+        }
+        let id = next_id;
+        next_id += 1;
+        let state = Arc::new(Open {
+            served: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+        });
+        let handle = tasks.spawn(connection(
+            stream,
+            app.clone(),
+            state.clone(),
+            limits.header_read_timeout,
+            shutdown.clone(),
+            Finished(id, finished_tx.clone()),
+        ));
+        open.insert(id, (state, handle));
+    }
+    // Stop accepting; let each connection finish the request it is serving (idle ones close).
+    drop(listener);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Returns once `shutdown` turns true (or its sender is gone), holding no borrow of it after.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Tells the accept loop that connection `.0` ended, however it ended (aborted included).
+struct Finished(u64, mpsc::UnboundedSender<u64>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let _ = self.1.send(self.0);
+    }
+}
+
+/// Serves one HTTP/1 connection until it closes, or until `shutdown` (then gracefully).
+async fn connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    open: Arc<Open>,
+    header_read_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    _finished: Finished,
+) {
+    let inner = TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let in_flight = InFlight::start(&open);
+        let response = inner.call(request);
+        async move {
+            let response = response.await;
+            drop(in_flight);
+            response
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    // A failed connection (a client gone, a head too slow) concerns that client only.
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 
@@ -199,6 +383,19 @@ fn presented_token<'a>(
         .or_else(|| query.get("token").map(String::as_str))
 }
 
+/// Whether `presented` is the configured `token`, compared in constant time. An empty token on
+/// either side never matches, whatever the config says: config loading refuses an empty secret,
+/// and this keeps `?token=` from opening a hook should one ever get through.
+fn token_matches(presented: Option<&str>, token: &SecretString) -> bool {
+    let expected = token.expose_secret().as_bytes();
+    match presented {
+        Some(p) if !p.is_empty() && !expected.is_empty() => {
+            bool::from(p.as_bytes().ct_eq(expected))
+        }
+        _ => false,
+    }
+}
+
 async fn hook(
     State(state): State<AppState>,
     Path(registry): Path<String>,
@@ -207,15 +404,15 @@ async fn hook(
     // The raw body, not `Bytes`: an extractor would read it before the token is checked.
     body: Body,
 ) -> Response {
-    let Some(hook) = state.hooks.get(&registry) else {
-        return (StatusCode::NOT_FOUND, "no webhook for this registry\n").into_response();
-    };
-    let authorized = presented_token(&headers, &query)
-        .is_some_and(|t| bool::from(t.as_bytes().ct_eq(hook.token.expose_secret().as_bytes())));
-    if !authorized {
-        tracing::warn!(%registry, "webhook with a missing or wrong token");
+    // A registry without a webhook answers exactly as a wrong token does: a 404 would tell anyone
+    // which registries have webhooks.
+    let hook = state.hooks.get(&registry);
+    let Some(hook) = hook.filter(|h| token_matches(presented_token(&headers, &query), &h.token))
+    else {
+        // Debug-quoted: the name may be anything a caller put in the path.
+        tracing::warn!(registry = ?registry, "webhook with a missing or wrong token, or for no webhook");
         return (StatusCode::UNAUTHORIZED, "missing or wrong token\n").into_response();
-    }
+    };
     let body = match read_capped(&headers, body).await {
         Ok(body) => body,
         Err(refusal) => {

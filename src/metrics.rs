@@ -58,6 +58,8 @@ pub struct Metrics {
     pub cluster_restore_seconds: Gauge<f64, AtomicU64>,
     /// Cluster mode: state records acknowledged by the broker.
     pub cluster_state_records: Counter,
+    /// Admin connections closed because the connection cap was reached.
+    pub admin_connections_closed: Counter,
 }
 
 fn scan_histogram() -> Histogram {
@@ -87,6 +89,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cluster_rebalances: Counter::default(),
         cluster_restore_seconds: Gauge::default(),
         cluster_state_records: Counter::default(),
+        admin_connections_closed: Counter::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -184,6 +187,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "cluster_state_records",
         "State records acknowledged by the broker",
         m.cluster_state_records.clone(),
+    );
+    registry.register(
+        "admin_connections_closed",
+        "Admin endpoint connections closed to stay within its connection cap",
+        m.admin_connections_closed.clone(),
     );
     Metrics { registry, ..m }
 });

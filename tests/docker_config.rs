@@ -603,7 +603,17 @@ async fn failing_and_hanging_helpers_say_why_without_their_output() {
     let host = &registry.host;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    helper(d, "hang", "exec sleep 120\n");
+    // `sleep` runs as the helper's child, not in its place (no `exec`): killing only the helper
+    // would leave it running. The marker in its environment finds it afterwards.
+    let marker = format!("REGWATCH_HANG_MARKER={:x}", rand::random::<u64>());
+    helper(
+        d,
+        "hang",
+        &format!(
+            "echo $$ >> {}/hang.log\nexport {marker}\nsleep 600\n",
+            d.display()
+        ),
+    );
     helper(
         d,
         "fail",
@@ -690,6 +700,50 @@ async fn failing_and_hanging_helpers_say_why_without_their_output() {
         "< 15 s",
     );
     assert!(took < Duration::from_secs(15), "{took:?}");
+    // The helper's whole process group was killed: its `sleep 600` did not outlive `check`.
+    let mut survivors = processes_with(&marker);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !survivors.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        survivors = processes_with(&marker);
+    }
+    // Their pgrp tells whether they were in the helper's own group.
+    let described: Vec<String> = survivors
+        .iter()
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+        .collect();
+    for pid in &survivors {
+        // Clean up after a failing run: these are this test's own `sleep 600`s.
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    report(
+        "docker config: processes left by a timed-out helper (`sleep 600` without exec)",
+        survivors.len(),
+        "0",
+    );
+    assert!(
+        survivors.is_empty(),
+        "the timed-out helper left processes behind (/proc/PID/stat: pid, comm, state, ppid, \
+         pgrp): {described:?}; helper pids: {:?}",
+        std::fs::read_to_string(d.join("hang.log"))
+    );
+}
+
+/// Live processes whose environment holds `marker` (`NAME=value`).
+fn processes_with(marker: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // A zombie's environment reads empty: only running processes match.
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+        })
+        .collect()
 }
 
 #[test]

@@ -153,6 +153,17 @@ async fn adc_authorized_user_from_google_application_credentials() {
     .await;
     let (grants, _, _) = tokens.gcp().grants();
     assert!(grants >= 1, "the refresh grant ran");
+    // The user's token is scoped to reading the registry, not to all of Google Cloud.
+    let scopes = tokens.gcp().refresh_scopes();
+    report(
+        "GCR ADC authorized_user: scope of the refresh grants",
+        format!("{scopes:?}"),
+        "devstorage.read_only each",
+    );
+    assert!(
+        !scopes.is_empty() && scopes.iter().all(|s| s == READ),
+        "{scopes:?}"
+    );
     let principals = tokens.gcp().realm_principals();
     assert!(
         !principals.is_empty() && principals.iter().all(|p| p == "dev@example.com"),
@@ -539,6 +550,12 @@ async fn adc_impersonated_service_account_file() {
     .await;
     let iam = gcp.iam_scopes();
     assert!(!iam.is_empty() && iam.iter().all(|s| s == READ), "{iam:?}");
+    // The user's token only buys the impersonated one: IAM wants cloud-platform of its caller.
+    let user = gcp.refresh_scopes();
+    assert!(
+        !user.is_empty() && user.iter().all(|s| s == CLOUD),
+        "{user:?}"
+    );
     let principals = gcp.realm_principals();
     assert!(
         !principals.is_empty() && principals.iter().all(|p| p == READER),

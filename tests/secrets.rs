@@ -864,3 +864,97 @@ async fn native_listing_secrets_never_reach_any_output() {
         &canaries,
     );
 }
+
+/// An empty secret is no secret: every secret key, and `access_key_id`, that resolves to an empty
+/// or whitespace-only string (`""`, `${VAR}` with VAR empty, an empty or whitespace-only file) is a
+/// config error: exit 2, naming the key path and its line. Before, `webhook_token_file` holding a
+/// newline loaded fine and `POST /hooks/<name>?token=` got 202.
+#[test]
+fn empty_secrets_are_config_errors_at_their_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let empty_files = [
+        file("empty", ""),
+        file("newline", "\n"),
+        file("blank", " \t\r\n\n"),
+    ];
+    // Loopback URLs and a 1 s request timeout: a config that wrongly loads fails fast in `check`.
+    let oci = "kind = \"oci\"\nurl = \"https://127.0.0.1:1\"\n";
+    let ecr = "kind = \"ecr\"\nurl = \"https://127.0.0.1:1\"\nregion = \"eu-west-1\"\nregistry_id = \"123456789012\"\nendpoint = \"https://127.0.0.1:1\"\n";
+    let gcr = "kind = \"gcr\"\nurl = \"https://127.0.0.1:1\"\nproject_id = \"p\"\n";
+    let acr =
+        "kind = \"acr\"\nurl = \"https://127.0.0.1:1\"\ntenant_id = \"t\"\nclient_id = \"c\"\n";
+    // (kind keys, the secret's key, the key it needs beside it, whether it has a `_file` form)
+    let keys = [
+        (oci, "webhook_token", "", true),
+        (oci, "password", "username = \"u\"\n", true),
+        (
+            ecr,
+            "secret_access_key",
+            "access_key_id = \"AKIAEXAMPLE\"\n",
+            true,
+        ),
+        (
+            ecr,
+            "access_key_id",
+            "secret_access_key = \"s3cr3t\"\n",
+            false,
+        ),
+        (gcr, "json_key", "", true),
+        (acr, "client_secret", "", true),
+    ];
+    let mut cases = Vec::new();
+    for (kind, key, beside, has_file) in keys {
+        for value in [
+            "\"\"",
+            "\"  \\t \"",
+            "\"${REGWATCH_EMPTY}\"",
+            "\"${REGWATCH_BLANK}\"",
+        ] {
+            cases.push((kind, key.to_owned(), beside, value.to_owned()));
+        }
+        if has_file {
+            for f in &empty_files {
+                cases.push((kind, format!("{key}_file"), beside, format!("\"{f}\"")));
+            }
+        }
+    }
+    for (kind, key, beside, value) in &cases {
+        let setup = Setup::new(
+            "",
+            &format!(
+                "[[registry]]\nname = \"r\"\n{kind}repositories = [\"team/app\"]\nrequest_timeout = \"1s\"\n{beside}{key} = {value}\n"
+            ),
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regwatch"))
+            .args(["check", "-c"])
+            .arg(&setup.config)
+            .env("REGWATCH_EMPTY", "")
+            .env("REGWATCH_BLANK", " \n")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let text = std::fs::read_to_string(&setup.config).unwrap();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with(&format!("{key} =")))
+            .unwrap()
+            + 1;
+        let what = format!("{key} = {value}");
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(
+            stderr.contains(&format!("`registry[0].{key}` (line {line})")),
+            "{what}: the key path and line: {stderr}"
+        );
+        assert!(stderr.contains("empty"), "{what}: says why: {stderr}");
+    }
+    report(
+        "empty or blank secrets (\"\", ${VAR}, empty files) refused at load with key and line",
+        format!("{} of {} cases", cases.len(), cases.len()),
+        "all, exit 2",
+    );
+}

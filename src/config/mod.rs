@@ -770,6 +770,121 @@ url = "https://registry.example.com"
     }
 
     #[test]
+    fn cloud_identities_go_only_to_their_cloud() {
+        let gcr = |url: &str| {
+            format!(
+                "[[registry]]\nname = \"g\"\nkind = \"gcr\"\ninsecure = true\nurl = \"{url}\"\nproject_id = \"p\"\n"
+            )
+        };
+        let acr = |url: &str| {
+            format!(
+                "[[registry]]\nname = \"a\"\nkind = \"acr\"\ninsecure = true\nurl = \"{url}\"\n"
+            )
+        };
+        let loopback = [
+            "http://127.0.0.1:5000",
+            "http://127.9.8.7:1",
+            "http://localhost:5000",
+            "http://[::1]:5000",
+        ];
+        for url in [
+            "https://gcr.io",
+            "https://eu.gcr.io",
+            "https://asia.gcr.io/",
+            "https://europe-west1-docker.pkg.dev",
+            "https://us-docker.pkg.dev",
+        ]
+        .iter()
+        .chain(&loopback)
+        {
+            assert!(parse(&gcr(url)).is_ok(), "gcr {url}");
+        }
+        for url in [
+            "https://r.azurecr.io",
+            "https://R.AzureCR.io",
+            "https://r.azurecr.cn",
+            "https://r.azurecr.us",
+            "https://r.westeurope.data.azurecr.io",
+        ]
+        .iter()
+        .chain(&loopback)
+        {
+            assert!(parse(&acr(url)).is_ok(), "acr {url}");
+        }
+        let refused = |text: String, what: &str| {
+            let e = parse(&text).unwrap_err();
+            assert_eq!(
+                (e.path.as_str(), e.line),
+                ("registry[0].url", Some(5)),
+                "{what}"
+            );
+            e.message
+        };
+        for url in [
+            "https://gcr.io.evil.example",
+            "https://evilgcr.io",
+            "https://a.b.gcr.io",
+            "https://docker.pkg.dev",
+            "https://pkg.dev",
+            "https://x.europe-west1-docker.pkg.dev",
+            "https://europe-west1-docker.pkg.dev.evil.example",
+            "https://10.0.0.1",
+            "https://r.azurecr.io",
+            "https://registry.example.com/gcr.io",
+        ] {
+            let m = refused(gcr(url), url);
+            assert!(m.contains("must be a Google registry"), "{url}: {m}");
+        }
+        for url in [
+            "https://azurecr.io",
+            "https://r.azurecr.io.evil.example",
+            "https://evilazurecr.io",
+            "https://r.azurecr.de",
+            "https://gcr.io",
+            "https://192.168.1.10",
+            "https://localhost.evil.example",
+        ] {
+            let m = refused(acr(url), url);
+            assert!(m.contains("must be an Azure login server"), "{url}: {m}");
+        }
+        // Other kinds go anywhere.
+        assert!(
+            parse("[[registry]]\nname = \"o\"\nkind = \"oci\"\nurl = \"https://r.example\"\n")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn empty_secrets_are_refused_at_their_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let newline = dir.path().join("newline");
+        std::fs::write(&newline, "\n").unwrap();
+        for (extra, path) in [
+            ("webhook_token = \"\"\n", "registry[0].webhook_token"),
+            ("webhook_token = \" \\t \"\n", "registry[0].webhook_token"),
+            (
+                &format!("webhook_token_file = \"{}\"\n", newline.display()),
+                "registry[0].webhook_token_file",
+            ),
+            (
+                "username = \"u\"\npassword = \"\"\n",
+                "registry[0].password",
+            ),
+        ] {
+            let e = parse(&format!("{MINIMAL}{extra}")).unwrap_err();
+            let line = MINIMAL.lines().count() + extra.lines().count();
+            assert_eq!((e.path.as_str(), e.line), (path, Some(line)), "{extra}");
+            assert!(e.message.contains("empty"), "{}", e.message);
+        }
+        // A Kafka property may be empty: librdkafka reads some that way.
+        let c = parse(&format!(
+            "[kafka]\nbrokers = \"b:9092\"\n[kafka.properties]\n\"ssl.endpoint.identification.algorithm\" = \"\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.kafka.unwrap().properties.len(), 1);
+    }
+
+    #[test]
     fn empty_hub_api_url_lists_docker_hub_through_tags_list() {
         // Egress allowlists often admit Docker's pull hosts (registry-1.docker.io, auth.docker.io)
         // and not hub.docker.com, which Docker's allowlist names separately: an unreachable Hub

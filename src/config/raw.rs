@@ -12,7 +12,7 @@ use regex::Regex;
 use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
 
-use super::secrets::{Expanded, FileSecret, Secret};
+use super::secrets::{CredentialId, Expanded, FileSecret, PropertyValue, Secret};
 use super::{FirstRun, Kind, RepoPattern};
 
 #[derive(Deserialize)]
@@ -79,7 +79,7 @@ pub(super) struct RawKafka {
     #[serde(default = "default_replication")]
     pub(super) replication_factor: i32,
     #[serde(default)]
-    pub(super) properties: BTreeMap<String, Secret>,
+    pub(super) properties: BTreeMap<String, PropertyValue>,
 }
 
 fn default_group() -> String {
@@ -141,7 +141,7 @@ pub(super) struct RawRegistry {
     pub(super) docker_config: Option<Spanned<Expanded>>,
     // ecr
     pub(super) region: Option<String>,
-    pub(super) access_key_id: Option<Expanded>,
+    pub(super) access_key_id: Option<CredentialId>,
     pub(super) secret_access_key: Option<Secret>,
     pub(super) secret_access_key_file: Option<FileSecret>,
     pub(super) registry_id: Option<String>,

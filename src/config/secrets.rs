@@ -21,24 +21,69 @@ impl<'de> Deserialize<'de> for Expanded {
     }
 }
 
-/// A secret value with `${VAR}` expanded; never printed, not even in an error.
+/// A secret value with `${VAR}` expanded; never printed, not even in an error. An empty or
+/// whitespace-only value is refused: an empty secret is no secret (an empty `webhook_token` let
+/// `?token=` in).
 pub(super) struct Secret(pub(super) SecretString);
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = d.deserialize_string(SecretVisitor)?;
-        // An invalid `${…}` would be quoted back; the env var name of a missing one is no secret.
-        expand_env(&s, |k| std::env::var(k).ok())
-            .map(|v| Secret(v.into()))
-            .map_err(|e| {
-                if e.starts_with("invalid variable name") {
-                    de::Error::custom(
-                        "invalid ${…} in a secret value (not shown); write $$ for a literal $",
-                    )
-                } else {
-                    de::Error::custom(e)
-                }
-            })
+        let raw = d.deserialize_string(SecretVisitor)?;
+        let value = expand_secret::<D::Error>(&raw)?;
+        if value.trim().is_empty() {
+            return Err(de::Error::custom(blank(&raw)));
+        }
+        Ok(Secret(value.into()))
+    }
+}
+
+/// A `[kafka.properties]` value: expanded and never printed like a secret, but it may be empty
+/// (librdkafka gives some properties a meaning when empty, e.g.
+/// `ssl.endpoint.identification.algorithm`).
+pub(super) struct PropertyValue(pub(super) SecretString);
+
+impl<'de> Deserialize<'de> for PropertyValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = d.deserialize_string(SecretVisitor)?;
+        expand_secret::<D::Error>(&raw).map(|v| PropertyValue(v.into()))
+    }
+}
+
+/// A non-secret half of a credential (`access_key_id`), `${VAR}` expanded; empty is refused,
+/// since it stands or falls with its secret.
+pub(super) struct CredentialId(pub(super) String);
+
+impl<'de> Deserialize<'de> for CredentialId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        let value = expand_env(&raw, |k| std::env::var(k).ok()).map_err(de::Error::custom)?;
+        if value.trim().is_empty() {
+            return Err(de::Error::custom(blank(&raw)));
+        }
+        Ok(CredentialId(value))
+    }
+}
+
+/// `${VAR}` expansion of a secret: an invalid `${…}` would be quoted back, so its message does
+/// not show it; the env var name of a missing one is no secret.
+fn expand_secret<E: de::Error>(raw: &str) -> Result<String, E> {
+    expand_env(raw, |k| std::env::var(k).ok()).map_err(|e| {
+        if e.starts_with("invalid variable name") {
+            E::custom("invalid ${…} in a secret value (not shown); write $$ for a literal $")
+        } else {
+            E::custom(e)
+        }
+    })
+}
+
+/// Why a blank credential value is refused, given the value as written.
+fn blank(raw: &str) -> String {
+    if raw.trim().is_empty() {
+        "empty or whitespace-only value: an empty secret is no secret; set it, or remove the key"
+            .into()
+    } else {
+        "the ${…} it names expands to an empty or whitespace-only value: an empty secret is no secret"
+            .into()
     }
 }
 
@@ -96,7 +141,8 @@ impl<'de> de::Visitor<'de> for SecretVisitor {
     }
 }
 
-/// A secret read from the file a path names, trailing newline removed.
+/// A secret read from the file a path names, trailing newline removed; an empty or
+/// whitespace-only file is refused.
 pub(super) struct FileSecret(pub(super) SecretString);
 
 impl<'de> Deserialize<'de> for FileSecret {
@@ -107,6 +153,12 @@ impl<'de> Deserialize<'de> for FileSecret {
         })?;
         let trimmed = text.trim_end_matches(['\n', '\r']).len();
         text.truncate(trimmed);
+        if text.trim().is_empty() {
+            return Err(de::Error::custom(format!(
+                "secret file {} is empty or holds only whitespace: an empty secret is no secret",
+                path.display()
+            )));
+        }
         Ok(FileSecret(text.into()))
     }
 }

@@ -13,7 +13,7 @@ use super::{
     AcrConfig, AssumeRole, Config, ConfigError, Credentials, DaemonConfig, EcrConfig, GcrConfig,
     KafkaConfig, Kind, Provider, RegistryConfig, RepoPattern, TagFilter, line_of, qualified_name,
 };
-use crate::registry::{docker_config, dockerhub, ecr, gcr, google};
+use crate::registry::{acr, docker_config, dockerhub, ecr, gcr, google};
 use crate::watch::versions::VersionPolicy;
 
 /// Builds the typed configuration from the raw schema, or the first problem found.
@@ -202,6 +202,7 @@ fn validate_registry(
             "URL must not carry a query, fragment or user info; use username/password".into(),
         ));
     }
+    cloud_host(kind, &url).map_err(|e| err("url", url_line, e))?;
     let mut host = match (url.host_str(), url.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_owned(),
@@ -344,6 +345,29 @@ fn validate_registry(
         platforms,
         require_platforms,
     })
+}
+
+/// A cloud kind's identity goes only to its own cloud: `gcr` to Google's registry hosts, `acr` to
+/// Azure's login servers (an Entra token would otherwise be POSTed to whatever `url` says).
+/// Loopback stays allowed, for tests and local proxies.
+fn cloud_host(kind: Kind, url: &Url) -> Result<(), String> {
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    let host = url.host_str().unwrap_or_default();
+    match kind {
+        _ if loopback => Ok(()),
+        Kind::Gcr if !gcr::is_google_registry_host(host) => Err(format!(
+            "kind gcr sends Google credentials to its url, so it must be a Google registry: https://gcr.io, a regional https://*.gcr.io or https://LOCATION-docker.pkg.dev, not {host:?}; use kind = \"oci\" for other registries"
+        )),
+        Kind::Acr if !acr::is_azure_registry_host(host) => Err(format!(
+            "kind acr sends Azure credentials to its url, so it must be an Azure login server: https://NAME.azurecr.io (or .azurecr.cn, .azurecr.us), not {host:?}; use kind = \"oci\" for other registries"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `platforms`, `require_platforms` and `allow_pulls`: whether to look platforms up, and which are

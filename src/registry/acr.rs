@@ -34,6 +34,29 @@ use super::credential_cache::{CredentialCache, MAX_LIFETIME};
 use super::http::{Transport, expect_json, read_body};
 use crate::config::{AcrConfig, RegistryConfig};
 
+/// The login-server suffixes of Azure's clouds, as azure-cli's cloud definitions name them
+/// (`acr_login_server_endpoint`): public, China (21Vianet) and US Government. Azure Germany, now
+/// closed, never had one.
+pub const LOGIN_SERVER_SUFFIXES: [&str; 3] = [".azurecr.io", ".azurecr.cn", ".azurecr.us"];
+
+/// Whether `host` is an ACR login server (`NAME.azurecr.io` or a sovereign cloud's), the only
+/// place an Entra token or ACR credentials may go.
+pub fn is_azure_registry_host(host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    LOGIN_SERVER_SUFFIXES.iter().any(|suffix| {
+        host.strip_suffix(suffix).is_some_and(|name| {
+            // Geo-replicas and data endpoints add labels (`NAME.REGION.data.azurecr.io`).
+            !name.is_empty()
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        })
+    })
+}
+
 /// The credential source for an ACR entry: keys set in the entry (username/password, a client
 /// secret) win; then `docker_config` (e.g. the refresh token `az acr login` stores as
 /// `identitytoken`); then the ambient Entra identity.

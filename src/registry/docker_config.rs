@@ -440,13 +440,20 @@ async fn run_helper(name: &str, server: &str) -> Result<(Credential, Option<Dura
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        // Its own process group, so that what it starts (a shell script's `sleep`, an agent)
+        // can be killed with it.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot run {program} (it must be on regwatch's PATH): {e}"))?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let stdout = child.stdout.take().expect("piped stdout");
+    // Declared after `child`, so dropped before it: the group is killed while its leader is
+    // not yet reaped, and its id cannot have been reused.
+    let mut group = HelperGroup(child.id());
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(format!("{program}: no pipes to talk to it"));
+    };
     let server_url = server.to_owned();
-    let run = async move {
+    let run = async {
         // A helper that exits without reading stdin closes the pipe: not an error by itself.
         let _ = stdin.write_all(server_url.as_bytes()).await;
         drop(stdin);
@@ -462,9 +469,13 @@ async fn run_helper(name: &str, server: &str) -> Result<(Credential, Option<Dura
         }
         Ok::<_, std::io::Error>(Some((child.wait().await?, out)))
     };
-    // On timeout, or past the cap, the child is dropped: kill_on_drop kills it.
-    let (status, stdout) = tokio::time::timeout(HELPER_TIMEOUT, run)
-        .await
+    // On timeout, past the cap or on an error, `group` kills the helper and all it started.
+    let outcome = tokio::time::timeout(HELPER_TIMEOUT, run).await;
+    if let Ok(Ok(Some(_))) = &outcome {
+        // It exited and was reaped: what it left running on purpose is no longer ours to kill.
+        group.0 = None;
+    }
+    let (status, stdout) = outcome
         .map_err(|_| format!("{program} timed out after {}s", HELPER_TIMEOUT.as_secs()))?
         .map_err(|e| format!("{program} failed: {e}"))?
         .ok_or_else(|| format!("{program} printed more than a credential"))?;
@@ -492,6 +503,21 @@ async fn run_helper(name: &str, server: &str) -> Result<(Credential, Option<Dura
         })
     };
     Ok((credential, lifetime))
+}
+
+/// A running credential helper's process group (its id is the helper's pid); killed on drop.
+struct HelperGroup(Option<u32>);
+
+impl Drop for HelperGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.and_then(|id| libc::pid_t::try_from(id).ok()) {
+            // SAFETY: kill(2) takes plain integers. The group's leader is our unreaped child, so
+            // the id still names that group and no other.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 /// How long a helper's secret lives: until the `exp` of a JWT (`jwt_lifetime` believes at most

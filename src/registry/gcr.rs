@@ -21,6 +21,17 @@ pub fn qualify(project_id: &str, name: &str) -> String {
     }
 }
 
+/// Whether `host` is a Google registry, the only place a Google token may go: `gcr.io`, a
+/// regional `*.gcr.io` (`eu.gcr.io`), or Artifact Registry's `LOCATION-docker.pkg.dev`.
+pub fn is_google_registry_host(host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    let one_label =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    host == "gcr.io"
+        || host.strip_suffix(".gcr.io").is_some_and(one_label)
+        || host.strip_suffix("-docker.pkg.dev").is_some_and(one_label)
+}
+
 /// Checks at config load that `json` is a service-account key.
 pub fn check_key(json: &SecretString) -> Result<(), String> {
     yup_oauth2::parse_service_account_key(json.expose_secret())

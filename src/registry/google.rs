@@ -308,7 +308,7 @@ impl GoogleTokens {
             return self.service_account_token(json, scope, what).await;
         }
         let user: AuthorizedUser = parse(json, what)?;
-        self.refresh_grant(&user).await
+        self.refresh_grant(&user, scope).await
     }
 
     /// The service-account JWT flow, through yup-oauth2 (against the key's own `token_uri`).
@@ -362,14 +362,21 @@ impl GoogleTokens {
 
     /// OAuth2's refresh-token grant (RFC 6749 §6), as google-auth sends it for `authorized_user`:
     /// `grant_type=refresh_token`, `client_id`, `client_secret`, `refresh_token`, POSTed as a form
-    /// to the file's `token_uri` (default `https://oauth2.googleapis.com/token`). No scope is sent:
-    /// the token carries the scopes the user consented to at `gcloud auth application-default login`.
-    async fn refresh_grant(&self, user: &AuthorizedUser) -> Result<Token, RegistryError> {
+    /// to the file's `token_uri` (default `https://oauth2.googleapis.com/token`), plus `scope`
+    /// (§6: "MUST NOT include any scope not originally granted"): without it the token would
+    /// carry every scope the user consented to at `gcloud auth application-default login`
+    /// (`cloud-platform` by default), and every realm that sees it could use all of them.
+    async fn refresh_grant(
+        &self,
+        user: &AuthorizedUser,
+        scope: &str,
+    ) -> Result<Token, RegistryError> {
         let body: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "refresh_token")
             .append_pair("client_id", &user.client_id)
             .append_pair("client_secret", &user.client_secret)
             .append_pair("refresh_token", &user.refresh_token)
+            .append_pair("scope", scope)
             .finish();
         let uri = user.token_uri.as_deref().unwrap_or(DEFAULT_TOKEN_URI);
         let response = self

@@ -402,6 +402,8 @@ pub struct Gcp {
     /// Scopes asked of the metadata server and of generateAccessToken, one entry per request.
     metadata_scopes: Mutex<Vec<String>>,
     iam_scopes: Mutex<Vec<String>>,
+    /// The `scope` of every refresh grant (empty when none was sent), one entry per request.
+    refresh_scopes: Mutex<Vec<String>>,
 }
 
 fn now_ms() -> u128 {
@@ -503,19 +505,42 @@ fn google_refresh_grant(inner: &Inner, form: &HashMap<String, String>) -> Respon
             serde_json::json!({ "error": "invalid_client" }),
         );
     }
+    // The grant must name its scope, and only scopes the user consented to (RFC 6749 §6: "MUST
+    // NOT include any scope not originally granted", else `invalid_scope`). Google itself grants
+    // every consented scope to a grant that names none: stricter here, so that a client asking
+    // for more than it needs (a refresh grant without `scope`) is caught.
+    let asked = field("scope");
+    inner
+        .gcp
+        .refresh_scopes
+        .lock()
+        .unwrap()
+        .push(asked.to_owned());
+    if asked.is_empty() || !asked.split(' ').all(|s| USER_CONSENTED.contains(&s)) {
+        inner.refused.fetch_add(1, Ordering::Relaxed);
+        inner.gcp.refuse(format!(
+            "token_uri: refresh grant scope {asked:?} is not a consented scope"
+        ));
+        return google_json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "invalid_scope" }),
+        );
+    }
     let token = format!("ya29.user-{:x}", rand::random::<u128>());
-    // User credentials carry the scopes consented at `gcloud auth application-default login`.
-    let lifetime = inner.gcp.grant(
-        &token,
-        principal,
-        "https://www.googleapis.com/auth/cloud-platform",
-    );
+    let lifetime = inner.gcp.grant(&token, principal, asked);
     inner.gcp.refresh_grants.fetch_add(1, Ordering::Relaxed);
     google_json(
         StatusCode::OK,
-        serde_json::json!({ "access_token": token, "expires_in": lifetime, "token_type": "Bearer", "scope": "https://www.googleapis.com/auth/cloud-platform" }),
+        serde_json::json!({ "access_token": token, "expires_in": lifetime, "token_type": "Bearer", "scope": asked }),
     )
 }
+
+/// The scopes a test user consented to at `gcloud auth application-default login`: the default
+/// `cloud-platform`, and the registry's read-only storage scope.
+const USER_CONSENTED: [&str; 2] = [
+    "https://www.googleapis.com/auth/cloud-platform",
+    "https://www.googleapis.com/auth/devstorage.read_only",
+];
 
 /// The metadata server's token endpoint
 /// (cloud.google.com/compute/docs/access/authenticate-workloads): it refuses any request without
@@ -722,6 +747,11 @@ impl Gcp {
     /// Scopes asked of generateAccessToken, one entry per request.
     pub fn iam_scopes(&self) -> Vec<String> {
         self.iam_scopes.lock().unwrap().clone()
+    }
+
+    /// Scopes asked by refresh grants (`authorized_user`), one entry per request.
+    pub fn refresh_scopes(&self) -> Vec<String> {
+        self.refresh_scopes.lock().unwrap().clone()
     }
 
     /// Every access token granted so far (for the secret canary).
