@@ -857,3 +857,63 @@ async fn a_deleted_repository_reports_its_removals_when_asked() {
     );
     assert_eq!(store.repositories(&s.identity).unwrap(), vec!["team/a"]);
 }
+
+/// Two loops on one registry identity (the old and the new loop of a registry renamed by a
+/// reload) scan the same repository: the one whose listing is slow diffed against a revision the
+/// other has since moved past. Its commit must be refused (it rescans), or it rolls the snapshot
+/// back and its changes, and the ones detected after them, go out again or under other ids.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_diffed_against_a_superseded_revision_is_refused() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/app", "v1", 0);
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    // One identity (a rename keeps it), two loops.
+    let old = scanner(&registry("old", &host, "\"team/app\"", ""), false);
+    let new = scanner(&registry("new", &host, "\"team/app\"", ""), false);
+    assert_eq!(old.identity, new.identity);
+    old.cycle(&commit(&store), || false).await.unwrap();
+
+    // The old loop lists team/app (v1, v2) slowly; the new loop records v2, then v3, meanwhile.
+    state.put("team/app", "v2", 0);
+    *state.tags_delay.lock().unwrap() = Some(Duration::from_millis(1500));
+    let slow = {
+        let (old, output) = (&old, commit(&store));
+        async move { old.cycle(&output, || false).await.unwrap() }
+    };
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        *state.tags_delay.lock().unwrap() = None;
+        let first = new.cycle(&commit(&store), || false).await.unwrap();
+        state.put("team/app", "v3", 0);
+        let second = new.cycle(&commit(&store), || false).await.unwrap();
+        (first.events, second.events)
+    };
+    let (stale, (first, second)) = tokio::join!(slow, meanwhile);
+    assert_eq!((first, second), (1, 1), "the new loop records v2, then v3");
+    assert_eq!(stale.events, 0, "the stale commit is refused: {stale:?}");
+
+    // The old loop scans again, against what the new loop recorded: nothing is new.
+    let again = old.cycle(&commit(&store), || false).await.unwrap();
+    assert_eq!(again.events, 0);
+    let events = outbox(&store);
+    let got: Vec<(String, String)> = events
+        .iter()
+        .map(|(k, t, _, _)| (k.clone(), t.clone()))
+        .collect();
+    let distinct: BTreeSet<&String> = events.iter().map(|e| &e.3).collect();
+    report(
+        "two loops on one repository, one commit stale: events (distinct ids)",
+        format!("{} ({})", events.len(), distinct.len()),
+        "2 (2)",
+    );
+    assert_eq!(
+        got,
+        vec![
+            ("tag.added".to_string(), "v2".to_string()),
+            ("tag.added".to_string(), "v3".to_string()),
+        ]
+    );
+    assert_eq!(distinct.len(), events.len(), "ids unique: {events:?}");
+}

@@ -62,12 +62,51 @@ pub enum StoreError {
     /// partition moved to another replica). Nothing was recorded; the scan is retried later.
     #[error("state not recorded: {0}")]
     Unavailable(String),
+    /// Another writer (a second loop on the same registry identity) committed the repository
+    /// since the scan read it. Nothing was recorded; the next scan diffs against what is stored.
+    #[error(
+        "state of {repository} not recorded: it changed since it was read (diffed against revision \
+         {base:?}, stored {stored:?}); scanning it again"
+    )]
+    Conflict {
+        /// The repository.
+        repository: String,
+        /// The revision the scan diffed against (`None`: no known snapshot).
+        base: Option<u64>,
+        /// The revision stored now (`None`: no known snapshot).
+        stored: Option<u64>,
+    },
 }
 
 impl StoreError {
     /// Whether retrying later can succeed without a restart.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Conflict { .. }
+        )
+    }
+}
+
+/// The revision a commit of `repository` must find stored: that of its known snapshot, or `None`
+/// when it has none (never seen, pending, or unreadable). Refuses `base` when it is not that.
+pub(crate) fn check_base(
+    repository: &str,
+    base: Option<u64>,
+    stored: Option<&RepoState>,
+) -> Result<(), StoreError> {
+    let stored = match stored {
+        Some(RepoState::Known(s)) => Some(s.revision),
+        _ => None,
+    };
+    if stored == base {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            repository: repository.to_owned(),
+            base,
+            stored,
+        })
     }
 }
 
@@ -88,7 +127,8 @@ pub trait StateStore: Send + Sync {
         epoch: u64,
     ) -> Result<(), StoreError>;
     /// Remembers a first scan's decision (emit or baseline, and its revision) after it failed,
-    /// so a later watch-set change cannot turn it around.
+    /// so a later watch-set change cannot turn it around. A repository that has a known snapshot
+    /// by then (another writer's first scan won) keeps it.
     fn record_pending(
         &self,
         registry: &str,
@@ -96,11 +136,15 @@ pub trait StateStore: Send + Sync {
         emit: bool,
         revision: u64,
     ) -> Result<(), StoreError>;
-    /// Stores a repository's new snapshot and appends its events to the outbox, atomically.
+    /// Stores a repository's new snapshot and appends its events to the outbox, atomically, if
+    /// its stored state is still the one the scan diffed against: `base` is the revision of the
+    /// known snapshot it read, `None` if it read none. Otherwise nothing is written and the
+    /// answer is [`StoreError::Conflict`], so of two writers only one ever commits.
     fn commit_scan(
         &self,
         registry: &str,
         repository: &str,
+        base: Option<u64>,
         snapshot: &Snapshot,
         events: &[Event],
     ) -> Result<(), StoreError>;

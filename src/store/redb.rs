@@ -365,6 +365,20 @@ fn put_repo(
     Ok(())
 }
 
+/// A repository's state as stored within write transaction `tx`; an unreadable record counts as
+/// none (no known snapshot to diff against).
+fn stored_state(
+    tx: &redb::WriteTransaction,
+    registry: &str,
+    repository: &str,
+) -> Result<Option<RepoState>, StoreError> {
+    let repos = tx.open_table(REPOS).map_err(io)?;
+    let value = repos
+        .get(repo_key(registry, repository).as_str())
+        .map_err(io)?;
+    Ok(value.and_then(|v| decode_state(v.value()).ok()))
+}
+
 /// Tightens a state directory others can read to 0700, or says why it cannot.
 fn private_dir(dir: &Path) {
     let Ok(meta) = std::fs::metadata(dir) else {
@@ -476,7 +490,14 @@ impl StateStore for ReadOnlyStore {
         Err(read_only())
     }
 
-    fn commit_scan(&self, _: &str, _: &str, _: &Snapshot, _: &[Event]) -> Result<(), StoreError> {
+    fn commit_scan(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<u64>,
+        _: &Snapshot,
+        _: &[Event],
+    ) -> Result<(), StoreError> {
         Err(read_only())
     }
 
@@ -528,6 +549,10 @@ impl StateStore for Store {
         revision: u64,
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io)?;
+        if let Some(RepoState::Known(_)) = stored_state(&tx, registry, repository)? {
+            // Another writer's first scan of it committed meanwhile: that decision stands.
+            return Ok(());
+        }
         put_repo(
             &tx,
             registry,
@@ -541,10 +566,18 @@ impl StateStore for Store {
         &self,
         registry: &str,
         repository: &str,
+        base: Option<u64>,
         snapshot: &Snapshot,
         events: &[Event],
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io)?;
+        // Checked inside the write transaction, which redb serialises: no other commit of the
+        // repository can come between the check and the write.
+        super::check_base(
+            repository,
+            base,
+            stored_state(&tx, registry, repository)?.as_ref(),
+        )?;
         put_repo(
             &tx,
             registry,
@@ -636,7 +669,7 @@ mod tests {
             snap.platforms
                 .insert("sha256:1".into(), vec!["linux/amd64".into()]);
             store
-                .commit_scan("r", "a", &snap, &[event(1), event(2)])
+                .commit_scan("r", "a", None, &snap, &[event(1), event(2)])
                 .unwrap();
         }
         let store = Store::open(&state_dir).unwrap();
@@ -656,7 +689,9 @@ mod tests {
         store.outbox_remove(&[batch[0].0]).unwrap();
         assert_eq!(store.outbox_len().unwrap(), 1);
         // Sequence numbers keep rising past removed entries.
-        store.commit_scan("r", "a", &snap, &[event(3)]).unwrap();
+        store
+            .commit_scan("r", "a", Some(8), &snap, &[event(3)])
+            .unwrap();
         let ids: Vec<String> = store
             .outbox_batch(10)
             .unwrap()
@@ -696,7 +731,7 @@ mod tests {
         let a = [("id-a".to_string(), "a".to_string())];
         store.adopt_registries(&a).unwrap();
         store
-            .commit_scan("id-old", "x/late", &Snapshot::default(), &[])
+            .commit_scan("id-old", "x/late", None, &Snapshot::default(), &[])
             .unwrap();
         store.record_pending("id-old", "x/later", true, 1).unwrap();
         store.adopt_registries(&a).unwrap();
@@ -715,7 +750,7 @@ mod tests {
         for id in ["id-a", "id-b"] {
             store.set_watch_set(id, &["x/*".into()], 0).unwrap();
             store
-                .commit_scan(id, "x/one", &Snapshot::default(), &[])
+                .commit_scan(id, "x/one", None, &Snapshot::default(), &[])
                 .unwrap();
             store.record_pending(id, "x/two", false, 1).unwrap();
         }
