@@ -53,6 +53,9 @@ pub struct Metrics {
     pub cluster_restore_seconds: Gauge<f64, AtomicU64>,
     /// Cluster mode: state records acknowledged by the broker.
     pub cluster_state_records: Counter,
+    /// Repository state records that could not be decoded (each such repository is re-baselined
+    /// on a single node, and left unscanned in cluster mode).
+    pub store_records_unreadable: Counter,
 }
 
 fn scan_histogram() -> Histogram {
@@ -80,6 +83,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cluster_rebalances: Counter::default(),
         cluster_restore_seconds: Gauge::default(),
         cluster_state_records: Counter::default(),
+        store_records_unreadable: Counter::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -167,6 +171,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "cluster_state_records",
         "State records acknowledged by the broker",
         m.cluster_state_records.clone(),
+    );
+    registry.register(
+        "store_records_unreadable",
+        "Repository state records that could not be decoded",
+        m.store_records_unreadable.clone(),
     );
     Metrics { registry, ..m }
 });

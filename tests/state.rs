@@ -917,3 +917,196 @@ async fn a_commit_diffed_against_a_superseded_revision_is_refused() {
     );
     assert_eq!(distinct.len(), events.len(), "ids unique: {events:?}");
 }
+
+/// Table definitions as `src/store/redb.rs` lays the file out, to write records the way an older
+/// or a broken writer did.
+const REPOS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("repos");
+const WATCH_SETS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("watch_sets");
+const REGISTRIES: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("registries");
+const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+
+/// A `K` record (schema 2): revision, then the tags as JSON.
+fn known_record(revision: u64, tags: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = vec![b'K'];
+    out.extend_from_slice(&revision.to_be_bytes());
+    let tags: std::collections::BTreeMap<&str, &str> = tags.iter().copied().collect();
+    out.extend_from_slice(&serde_json::to_vec(&tags).unwrap());
+    out
+}
+
+/// One record the binary cannot read (an unknown kind byte, say from a bug or a newer release
+/// that forgot its schema bump, or a snapshot that is not JSON) is that repository's problem
+/// alone: it takes a new baseline (logged with its name, no events), and the others, and the
+/// daemon, carry on. Before, `unknown repository record` failed every start: a crash loop.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_repository_record_is_a_baseline_of_that_repository_alone() {
+    let state = Arc::new(Synthetic::default());
+    for r in ["team/a", "team/b", "team/c"] {
+        state.put(r, "v1", 0);
+    }
+    let host = serve(state.clone()).await;
+    let setup = support::Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"syn\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\"]\n"
+        ),
+    );
+    let once = |setup: &support::Setup| {
+        let (code, out, err) = tokio::task::block_in_place(|| setup.regwatch(&["once"]));
+        let added: Vec<(String, String)> = support::json_lines(&out)
+            .iter()
+            .map(|e| {
+                (
+                    e["data"]["repository"].as_str().unwrap().to_owned(),
+                    e["data"]["tag"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        (code, added, err)
+    };
+    let (code, added, err) = once(&setup);
+    assert_eq!((code, added.len()), (0, 0), "baseline: {err}");
+
+    let file = setup
+        .dir
+        .path()
+        .join("state")
+        .join(regwatch::store::FILE_NAME);
+    {
+        let db = redb::Database::create(&file).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut repos = tx.open_table(REPOS).unwrap();
+            let id = format!("http://{host}");
+            repos
+                .insert(
+                    format!("{id}\0team/b").as_str(),
+                    b"Z-an-unknown-kind".as_slice(),
+                )
+                .unwrap();
+            let mut bad_json = known_record(7, &[]);
+            bad_json.truncate(9);
+            bad_json.extend_from_slice(b"{\"v1\": nul");
+            repos
+                .insert(format!("{id}\0team/c").as_str(), bad_json.as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    for r in ["team/a", "team/b", "team/c"] {
+        state.put(r, "v2", 0);
+    }
+    let (code, added, err) = once(&setup);
+    report(
+        "unreadable records of 2 of 3 repositories: exit code, events",
+        format!("{code}, {}", added.len()),
+        "0, 1 (the readable one's)",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        added,
+        vec![("team/a".to_string(), "v2".to_string())],
+        "only the readable repository reports; the others take a baseline: {err}"
+    );
+    for r in ["team/b", "team/c"] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains("unreadable") && l.contains(r) && l.contains("ERROR")),
+            "{r} is named at ERROR: {err}"
+        );
+    }
+    // Re-baselined: what they get next is news again.
+    for r in ["team/b", "team/c"] {
+        state.put(r, "v3", 0);
+    }
+    let (code, mut added, err) = once(&setup);
+    added.sort();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        added,
+        vec![
+            ("team/b".to_string(), "v3".to_string()),
+            ("team/c".to_string(), "v3".to_string()),
+        ],
+        "{err}"
+    );
+    assert!(!err.contains("unreadable"), "{err}");
+}
+
+/// A file written by the release before this one (schema 2, whose `S` records came without a
+/// schema bump) is taken over silently: no baseline, no events, and marked with this schema so
+/// that a later binary can tell what wrote it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_2_state_file_migrates_without_baseline_or_events() {
+    let state = Arc::new(Synthetic::default());
+    for t in ["v1", "v2"] {
+        state.put("team/app", t, 0);
+    }
+    state.put("team/web", "v1", 0);
+    let host = serve(state.clone()).await;
+    let setup = support::Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"syn\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\"]\n"
+        ),
+    );
+    let dir = setup.dir.path().join("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(regwatch::store::FILE_NAME);
+    let id = format!("http://{host}");
+    let digest = |r: &str, t: &str| support::synthetic::digest_of(r, t, 0);
+    {
+        let db = redb::Database::create(&file).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            tx.open_table(META).unwrap().insert("schema", 2).unwrap();
+            let mut repos = tx.open_table(REPOS).unwrap();
+            let (d1, d2) = (digest("team/app", "v1"), digest("team/app", "v2"));
+            repos
+                .insert(
+                    format!("{id}\0team/app").as_str(),
+                    known_record(11, &[("v1", &d1), ("v2", &d2)]).as_slice(),
+                )
+                .unwrap();
+            // An `S` record, as schema 2 wrote for a snapshot with more than tags.
+            let web = digest("team/web", "v1");
+            let mut s = vec![b'S'];
+            s.extend_from_slice(&5u64.to_be_bytes());
+            s.extend_from_slice(
+                serde_json::json!({"tags": {"v1": web}, "held_back": ["v0"]})
+                    .to_string()
+                    .as_bytes(),
+            );
+            repos
+                .insert(format!("{id}\0team/web").as_str(), s.as_slice())
+                .unwrap();
+            tx.open_table(WATCH_SETS)
+                .unwrap()
+                .insert(id.as_str(), br#"["team/*"]"#.as_slice())
+                .unwrap();
+            tx.open_table(REGISTRIES)
+                .unwrap()
+                .insert(id.as_str(), "syn")
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    state.put("team/new", "v1", 0);
+    let (code, out, err) = tokio::task::block_in_place(|| setup.regwatch(&["once"]));
+    assert_eq!(code, 0, "{err}");
+    let added: Vec<String> = support::json_lines(&out)
+        .iter()
+        .map(|e| e["data"]["repository"].as_str().unwrap().to_owned())
+        .collect();
+    report(
+        "schema-2 state file migrated: events on first run",
+        added.len(),
+        "1 (a repository new since)",
+    );
+    assert_eq!(added, vec!["team/new"], "no baseline, no phantoms: {err}");
+    assert!(!err.contains("unreadable"), "{err}");
+    let db = redb::Database::create(&file).unwrap();
+    let tx = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let schema = tx.open_table(META).unwrap().get("schema").unwrap().unwrap();
+    assert_eq!(schema.value(), 3, "marked with the schema that wrote it");
+}

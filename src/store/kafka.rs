@@ -456,7 +456,9 @@ impl Inner {
                         registry.insert(repository.clone(), state);
                     }
                     Some(Err(e)) => {
-                        // Unknown, not absent (see `repo_state`).
+                        // Unknown, not absent (see `repo_state`): a newer replica's record
+                        // during a rolling upgrade must not be written over with a baseline.
+                        crate::metrics::get().store_records_unreadable.inc();
                         tracing::error!(%repository, error = %e, "cluster: unreadable state record");
                         registry.remove(repository);
                         unreadable.insert(repo_key(identity, repository));

@@ -55,6 +55,21 @@ pub enum StoreError {
         /// What redb reported.
         reason: String,
     },
+    /// The file was written by a newer regwatch, in a layout this binary does not know.
+    #[error(
+        "state store {path} has schema {found}, newer than the schema {known} this regwatch \
+         reads: it was written by a newer release. Run that release (or a later one) again, or, \
+         to go on with this one, stop regwatch and move the file aside: the next scan takes a \
+         fresh baseline and emits nothing for what is already there"
+    )]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// The schema it carries.
+        found: u64,
+        /// The newest schema this binary reads.
+        known: u64,
+    },
     /// Reading or writing failed (disk full, I/O error, bad record).
     #[error("state store I/O failed: {0}")]
     Io(String),

@@ -4,12 +4,16 @@
 //!
 //! Schema 2 keys state by registry identity. A file written by schema 1 (keyed by registry name)
 //! is migrated by [`Store::adopt_registries`], which knows the names' identities: no baseline, no
-//! events.
+//! events. Schema 3 is schema 2 with the `S` record kind, which came without a bump of its own;
+//! a schema-2 file is marked 3 at open and read as it is. A file of a newer schema is refused at
+//! open ([`StoreError::NewerSchema`]), and one repository record that cannot be decoded is that
+//! repository's new baseline, not the whole store's failure.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -28,8 +32,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// sequence number → JSON [`Event`], oldest first.
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 
-/// The layout this code writes.
-const SCHEMA: u64 = 2;
+/// The layout this code writes, and the newest it reads.
+const SCHEMA: u64 = 3;
 
 /// The file inside `state_dir`.
 pub const FILE_NAME: &str = "regwatch.redb";
@@ -41,6 +45,26 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 /// The embedded store.
 pub struct Store {
     db: Database,
+    unreadable: Unreadable,
+}
+
+/// Repository records found undecodable, each logged and counted once per process.
+#[derive(Default)]
+struct Unreadable(Mutex<HashSet<String>>);
+
+impl Unreadable {
+    /// Reports `registry`/`repository`'s undecodable record, the first time it is met.
+    fn report(&self, registry: &str, repository: &str, error: &StoreError) {
+        let first = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(repo_key(registry, repository));
+        if first {
+            crate::metrics::get().store_records_unreadable.inc();
+            tracing::error!(registry = %registry, repository = %repository, error = %error, "unreadable state record; taking a new baseline of this repository (no events for the tags it holds now)");
+        }
+    }
 }
 
 fn repo_key(registry: &str, repository: &str) -> String {
@@ -85,35 +109,35 @@ pub(super) fn encode_state(state: &RepoState) -> Vec<u8> {
 
 pub(super) fn decode_state(bytes: &[u8]) -> Result<RepoState, StoreError> {
     let bad = || StoreError::Io("unknown repository record".into());
-    let revision = |b: &[u8]| -> Result<u64, StoreError> {
-        Ok(u64::from_be_bytes(
-            b.get(..8).ok_or_else(bad)?.try_into().expect("8 bytes"),
-        ))
+    let undecodable =
+        |e: serde_json::Error| StoreError::Io(format!("undecodable snapshot record: {e}"));
+    let Some((&kind, rest)) = bytes.split_first() else {
+        return Err(bad());
     };
-    match bytes.split_first() {
-        Some((&PENDING, [emit @ (0 | 1), rest @ ..])) if rest.len() == 8 => {
-            Ok(RepoState::Pending {
+    match kind {
+        PENDING => match rest {
+            [emit @ (0 | 1), revision @ ..] => Ok(RepoState::Pending {
                 emit: *emit == 1,
-                revision: revision(rest)?,
-            })
-        }
-        Some((&SNAPSHOT, rest)) if rest.len() >= 8 => serde_json::from_slice(&rest[8..])
-            .map(|snapshot| {
-                RepoState::Known(Snapshot {
-                    revision: revision(rest).expect("8 bytes"),
-                    ..snapshot
-                })
-            })
-            .map_err(|e| StoreError::Io(format!("undecodable snapshot record: {e}"))),
-        Some((&KNOWN, rest)) if rest.len() >= 8 => serde_json::from_slice(&rest[8..])
-            .map(|tags| {
-                RepoState::Known(Snapshot {
-                    tags,
-                    revision: revision(rest).expect("8 bytes"),
+                revision: u64::from_be_bytes(revision.try_into().map_err(|_| bad())?),
+            }),
+            _ => Err(bad()),
+        },
+        SNAPSHOT | KNOWN => {
+            let (revision, json) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+            let revision = u64::from_be_bytes(*revision);
+            let snapshot = if kind == SNAPSHOT {
+                serde_json::from_slice(json).map_err(undecodable)?
+            } else {
+                Snapshot {
+                    tags: serde_json::from_slice(json).map_err(undecodable)?,
                     ..Snapshot::default()
-                })
-            })
-            .map_err(|e| StoreError::Io(format!("undecodable snapshot record: {e}"))),
+                }
+            };
+            Ok(RepoState::Known(Snapshot {
+                revision,
+                ..snapshot
+            }))
+        }
         _ => Err(bad()),
     }
 }
@@ -189,20 +213,40 @@ impl Store {
             ),
             other => open_err(other.to_string()),
         })?;
-        let store = Store { db };
+        let store = Store {
+            db,
+            unreadable: Unreadable::default(),
+        };
         // Create the tables up front so readers never meet a missing table. A file with no
         // schema mark but with state was written by schema 1 and waits for adopt_registries.
         let tx = store.db.begin_write().map_err(io)?;
-        {
+        let newer = {
             let repos = tx.open_table(REPOS).map_err(io)?;
             let sets = tx.open_table(WATCH_SETS).map_err(io)?;
             tx.open_table(REGISTRIES).map_err(io)?;
             tx.open_table(OUTBOX).map_err(io)?;
             let mut meta = tx.open_table(META).map_err(io)?;
             let fresh = repos.is_empty().map_err(io)? && sets.is_empty().map_err(io)?;
-            if meta.get("schema").map_err(io)?.is_none() && fresh {
-                meta.insert("schema", SCHEMA).map_err(io)?;
+            let schema = meta.get("schema").map_err(io)?.map(|v| v.value());
+            match schema {
+                // Written by a newer release: not a byte of it is touched.
+                Some(found) if found > SCHEMA => Some(found),
+                Some(found) if found < SCHEMA => {
+                    // Schema 2 is schema 3 without the mark (see the module docs).
+                    meta.insert("schema", SCHEMA).map_err(io)?;
+                    tracing::info!(from = found, "state file migrated to schema {SCHEMA}");
+                    None
+                }
+                None if fresh => {
+                    meta.insert("schema", SCHEMA).map_err(io)?;
+                    None
+                }
+                _ => None,
             }
+        };
+        if let Some(found) = newer {
+            tx.abort().map_err(io)?;
+            return Err(newer_schema(&path, found));
         }
         tx.commit().map_err(io)?;
         Ok(store)
@@ -285,6 +329,14 @@ impl Store {
     }
 }
 
+fn newer_schema(path: &Path, found: u64) -> StoreError {
+    StoreError::NewerSchema {
+        path: path.to_owned(),
+        found,
+        known: SCHEMA,
+    }
+}
+
 /// Re-keys a schema-1 file from registry names to identities. Records of names no longer
 /// configured are dropped, with one log line per name; snapshots keep their tags, so the next scan
 /// diffs against them as before.
@@ -312,7 +364,15 @@ fn migrate_v1(
             .ok_or_else(|| StoreError::Io("schema-1 key without a registry".into()))?;
         match identity_of.get(name) {
             Some(id) => {
-                let state = encode_state(&decode_v1(&value, revision)?);
+                let state = decode_v1(&value, revision).unwrap_or_else(|e| {
+                    crate::metrics::get().store_records_unreadable.inc();
+                    tracing::error!(registry = %name, repository = %repository, error = %e, "unreadable schema-1 state record; taking a new baseline of this repository");
+                    RepoState::Pending {
+                        emit: false,
+                        revision,
+                    }
+                });
+                let state = encode_state(&state);
                 repos
                     .insert(repo_key(id, repository).as_str(), state.as_slice())
                     .map_err(io)?;
@@ -398,8 +458,11 @@ fn private_dir(dir: &Path) {
     }
 }
 
+/// `registry`/`repository`'s state. A record that cannot be decoded reads as a baseline decided
+/// now: what the repository holds is recorded, not reported, and the others are unaffected.
 fn read_repo_state(
     db: &impl ReadableDatabase,
+    unreadable: &Unreadable,
     registry: &str,
     repository: &str,
 ) -> Result<Option<RepoState>, StoreError> {
@@ -408,12 +471,21 @@ fn read_repo_state(
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         other => other.map_err(io)?,
     };
-    match table
+    let Some(value) = table
         .get(repo_key(registry, repository).as_str())
         .map_err(io)?
-    {
-        Some(v) => decode_state(v.value()).map(Some),
-        None => Ok(None),
+    else {
+        return Ok(None);
+    };
+    match decode_state(value.value()) {
+        Ok(state) => Ok(Some(state)),
+        Err(e) => {
+            unreadable.report(registry, repository, &e);
+            Ok(Some(RepoState::Pending {
+                emit: false,
+                revision: super::fresh_revision(),
+            }))
+        }
     }
 }
 
@@ -436,6 +508,7 @@ fn read_watch_set(
 /// writes nothing, not even a migration.
 pub struct ReadOnlyStore {
     db: redb::ReadOnlyDatabase,
+    unreadable: Unreadable,
 }
 
 impl ReadOnlyStore {
@@ -456,6 +529,9 @@ impl ReadOnlyStore {
             Ok(repos) => !repos.is_empty().map_err(io)?,
             Err(_) => false,
         };
+        if let Some(found) = schema.filter(|s| *s > SCHEMA) {
+            return Err(newer_schema(&path, found));
+        }
         if schema.is_none() && has_state {
             return Err(StoreError::Open {
                 path,
@@ -465,7 +541,10 @@ impl ReadOnlyStore {
             });
         }
         drop(tx);
-        Ok(ReadOnlyStore { db })
+        Ok(ReadOnlyStore {
+            db,
+            unreadable: Unreadable::default(),
+        })
     }
 }
 
@@ -475,7 +554,7 @@ impl StateStore for ReadOnlyStore {
         registry: &str,
         repository: &str,
     ) -> Result<Option<RepoState>, StoreError> {
-        read_repo_state(&self.db, registry, repository)
+        read_repo_state(&self.db, &self.unreadable, registry, repository)
     }
 
     fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError> {
@@ -520,7 +599,7 @@ impl StateStore for Store {
         registry: &str,
         repository: &str,
     ) -> Result<Option<RepoState>, StoreError> {
-        read_repo_state(&self.db, registry, repository)
+        read_repo_state(&self.db, &self.unreadable, registry, repository)
     }
 
     fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError> {
@@ -785,6 +864,63 @@ mod tests {
         assert!(
             err.to_string().contains("another regwatch process"),
             "{err}"
+        );
+    }
+
+    /// `regwatch_store_records_unreadable_total` as exported (0 while absent).
+    fn unreadable_total() -> u64 {
+        crate::metrics::get()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("regwatch_store_records_unreadable_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A repository record that cannot be decoded (unknown kind, bad JSON) reads as a baseline
+    /// of that repository, counted, and a commit made from it replaces it; its neighbours read
+    /// as before.
+    #[test]
+    fn an_unreadable_record_reads_as_a_baseline_and_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let good = Snapshot {
+            revision: 5,
+            ..Snapshot::default()
+        };
+        store.commit_scan("r", "good", None, &good, &[]).unwrap();
+        let mut bad_json = vec![KNOWN];
+        bad_json.extend_from_slice(&9u64.to_be_bytes());
+        bad_json.extend_from_slice(b"{\"v1\":");
+        let tx = store.db.begin_write().unwrap();
+        {
+            let mut repos = tx.open_table(REPOS).unwrap();
+            repos
+                .insert(repo_key("r", "kind").as_str(), b"Zz".as_slice())
+                .unwrap();
+            repos
+                .insert(repo_key("r", "json").as_str(), bad_json.as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        let before = unreadable_total();
+        for repo in ["kind", "json"] {
+            let state = store.repo_state("r", repo);
+            assert!(
+                matches!(state, Ok(Some(RepoState::Pending { emit: false, .. }))),
+                "{repo}: {state:?}"
+            );
+        }
+        assert!(unreadable_total() >= before + 2, "counted");
+        assert_eq!(
+            store.repo_state("r", "good").unwrap(),
+            Some(RepoState::Known(good.clone()))
+        );
+        // The baseline's commit (it read no known snapshot) replaces the record.
+        store.commit_scan("r", "kind", None, &good, &[]).unwrap();
+        assert_eq!(
+            store.repo_state("r", "kind").unwrap(),
+            Some(RepoState::Known(good))
         );
     }
 
