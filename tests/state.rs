@@ -1110,3 +1110,88 @@ async fn a_schema_2_state_file_migrates_without_baseline_or_events() {
     let schema = tx.open_table(META).unwrap().get("schema").unwrap().unwrap();
     assert_eq!(schema.value(), 3, "marked with the schema that wrote it");
 }
+
+/// Microseconds since the epoch now, the unit of revisions drawn from the clock.
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// A repository's first revision comes from the clock. After the clock was stepped back (an NTP
+/// correction, a VM restored from a snapshot), a repository forgotten and watched again must still
+/// start above every revision used before, or its events could reuse the ids of its earlier life
+/// and be dropped by consumers as duplicates. Simulated by revisions drawn while the clock was a
+/// day ahead, and a restart in between.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clock_stepped_back_never_lets_a_revision_be_reused() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/a", "v1", 0);
+    state.put("team/b", "v1", 0);
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let cfg = registry("syn", &host, "\"team/*\"", "");
+    let ahead = now_micros() + 86_400_000_000;
+    let first_life = {
+        let store = Arc::new(Store::open(&state_dir).unwrap());
+        let s = scanner(&cfg, false);
+        s.cycle(&commit(&store), || false).await.unwrap();
+        // team/b's snapshot as written while the clock was a day ahead.
+        let Some(RepoState::Known(snap)) = store.repo_state(&s.identity, "team/b").unwrap() else {
+            panic!("team/b has a baseline");
+        };
+        let base = Some(snap.revision);
+        let ahead_snap = regwatch::watch::diff::Snapshot {
+            revision: ahead,
+            ..snap
+        };
+        store
+            .commit_scan(&s.identity, "team/b", base, &ahead_snap, &[])
+            .unwrap();
+        state.put("team/b", "v2", 0);
+        assert_eq!(s.cycle(&commit(&store), || false).await.unwrap().events, 1);
+        // team/b is deleted, and forgotten.
+        state.repos.lock().unwrap().remove("team/b");
+        for _ in 0..3 {
+            s.cycle(&commit(&store), || false).await.unwrap();
+        }
+        assert_eq!(store.repositories(&s.identity).unwrap(), vec!["team/a"]);
+        ids(&store)
+    };
+    // Restarted with the clock back to now: team/b appears again, with v2.
+    let store = Arc::new(Store::open(&state_dir).unwrap());
+    state.put("team/b", "v2", 0);
+    let s = scanner(&cfg, false);
+    s.cycle(&commit(&store), || false).await.unwrap();
+    let events = outbox(&store);
+    assert_eq!(
+        events
+            .iter()
+            .map(|(k, t, _, _)| (k.as_str(), t.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("tag.added", "v2"), ("tag.added", "v2")],
+        "team/b:v2 in each life"
+    );
+    let Some(RepoState::Known(snap)) = store.repo_state(&s.identity, "team/b").unwrap() else {
+        panic!("team/b is known again");
+    };
+    // The first life's last snapshot was `ahead + 1`; the second life's first events are diffed
+    // against the revision before its snapshot's.
+    let second_life_start = snap.revision - 1;
+    report(
+        "clock a day behind the revisions used: re-added repository starts above them",
+        second_life_start > ahead + 1,
+        "true",
+    );
+    assert!(
+        second_life_start > ahead + 1,
+        "revision {second_life_start} drawn from the clock is not above {} used before",
+        ahead + 1
+    );
+    let all = ids(&store);
+    assert_eq!(all[..first_life.len()], first_life[..]);
+    let distinct: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "ids differ: {all:?}");
+}

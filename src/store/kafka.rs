@@ -103,6 +103,9 @@ struct Inner {
     epoch: AtomicU64,
     /// The state of the repositories of the claimed partitions, by registry identity.
     repos: Mutex<HashMap<String, BTreeMap<String, RepoState>>>,
+    /// The highest revision of any repository record restored or written: revisions drawn later
+    /// start above it (see [`StateStore::fresh_revision`]).
+    high_water: AtomicU64,
     /// The keys of the repositories whose state a commit is writing now (see [`Writing`]).
     writing: Mutex<std::collections::HashSet<String>>,
     /// The keys of repository records of the claimed partitions that could not be decoded:
@@ -151,6 +154,7 @@ impl ClusterStore {
                 owned: Mutex::new(std::collections::BTreeSet::new()),
                 epoch: AtomicU64::new(0),
                 repos: Mutex::new(HashMap::new()),
+                high_water: AtomicU64::new(0),
                 writing: Mutex::new(std::collections::HashSet::new()),
                 unreadable: Mutex::new(std::collections::BTreeSet::new()),
                 watch_sets: Mutex::new(HashMap::new()),
@@ -453,6 +457,8 @@ impl Inner {
                         registry.remove(repository);
                     }
                     Some(Ok(state)) => {
+                        self.high_water
+                            .fetch_max(state.revision(), Ordering::SeqCst);
                         registry.insert(repository.clone(), state);
                     }
                     Some(Err(e)) => {
@@ -1014,6 +1020,10 @@ impl StateStore for ClusterStore {
         self.inner.epoch.load(Ordering::SeqCst)
     }
 
+    fn fresh_revision(&self) -> u64 {
+        super::fresh_revision_above(self.inner.high_water.load(Ordering::SeqCst))
+    }
+
     fn forward_hint(&self, registry: &str, repository: &str) -> Result<(), StoreError> {
         let p = self.inner.repo_partition(registry, repository)?;
         let now = std::time::SystemTime::now()
@@ -1039,6 +1049,9 @@ impl ClusterStore {
         let p = self.inner.repo_partition(registry, repository)?;
         let record = (repo_key(registry, repository), Some(encode_state(&state)));
         self.inner.write(p, events, &[record], || {
+            self.inner
+                .high_water
+                .fetch_max(state.revision(), Ordering::SeqCst);
             self.inner
                 .repos
                 .lock()
@@ -1410,6 +1423,25 @@ mod review {
             matches!(held, Ok(Some(RepoState::Known(ref s))) if s.revision == 9),
             "a late first-scan decision does not replace a known snapshot: {held:?}"
         );
+    }
+
+    /// A repository first seen after the clock was stepped back starts above every revision the
+    /// replica restored, so that it cannot reuse one (and an event id) of an earlier life.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_fresh_revision_is_above_every_revision_restored() {
+        let (id, repo) = ("https://r.example", "team/app");
+        let key = repo_key(id, repo);
+        let ahead = crate::store::fresh_revision() + 86_400_000_000;
+        let snapshot = Snapshot {
+            revision: ahead,
+            ..Snapshot::default()
+        };
+        let state = encode_state(&RepoState::Known(snapshot));
+        let mock = mock_with_state_record(&key, &state, partition_of(&key, 4));
+        let store = owning(&mock, id, repo).await;
+        let fresh = store.fresh_revision();
+        store.stop(Duration::from_secs(10)).await;
+        assert!(fresh > ahead, "{fresh} is not above {ahead}, restored");
     }
 
     /// A state record this release cannot read (written by a newer one, say, during a rolling

@@ -33,6 +33,16 @@ pub enum RepoState {
     Known(Snapshot),
 }
 
+impl RepoState {
+    /// The revision it carries.
+    pub(crate) fn revision(&self) -> u64 {
+        match self {
+            RepoState::Pending { revision, .. } => *revision,
+            RepoState::Known(s) => s.revision,
+        }
+    }
+}
+
 /// A store failure, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -191,6 +201,13 @@ pub trait StateStore: Send + Sync {
     ) -> Result<Option<Option<Vec<String>>>, StoreError> {
         Ok(None)
     }
+    /// A revision counter start for a repository seen for the first time: the clock
+    /// ([`fresh_revision`]), but above every revision the store has recorded, so that a clock
+    /// stepped back cannot make a repository forgotten and watched again reuse one (and so an
+    /// event id).
+    fn fresh_revision(&self) -> u64 {
+        fresh_revision()
+    }
     /// Passes a webhook hint for a repository this process does not own to the one that does.
     fn forward_hint(&self, _registry: &str, _repository: &str) -> Result<(), StoreError> {
         Ok(())
@@ -233,12 +250,18 @@ pub fn identity_in(config: &crate::config::Config, r: &RegistryConfig) -> String
     }
 }
 
-/// A revision counter start that no earlier life of the same repository used: the current time in
-/// microseconds. A repository forgotten and watched again later so never reuses an event id.
+/// A revision counter start from the clock: the current time in microseconds. A repository
+/// forgotten and watched again later so never reuses an event id, as long as the clock never
+/// goes back; [`StateStore::fresh_revision`] holds even when it does.
 pub fn fresh_revision() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// [`fresh_revision`], but above `high_water`, the highest revision a store has recorded.
+pub(crate) fn fresh_revision_above(high_water: u64) -> u64 {
+    fresh_revision().max(high_water.saturating_add(1))
 }
 
 #[cfg(test)]

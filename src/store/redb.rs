@@ -7,12 +7,15 @@
 //! events. Schema 3 is schema 2 with the `S` record kind, which came without a bump of its own;
 //! a schema-2 file is marked 3 at open and read as it is. A file of a newer schema is refused at
 //! open ([`StoreError::NewerSchema`]), and one repository record that cannot be decoded is that
-//! repository's new baseline, not the whole store's failure.
+//! repository's new baseline, not the whole store's failure. META also keeps the highest revision
+//! ever recorded ([`HIGH_WATER`]; taken from the records when a schema-2 file is opened), so that
+//! revisions drawn from a clock stepped back still start above every revision used before.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -27,8 +30,11 @@ const REPOS: TableDefinition<&str, &[u8]> = TableDefinition::new("repos");
 const WATCH_SETS: TableDefinition<&str, &[u8]> = TableDefinition::new("watch_sets");
 /// `identity` → the registry's display name, to say what is forgotten when it leaves the config.
 const REGISTRIES: TableDefinition<&str, &str> = TableDefinition::new("registries");
-/// `"schema"` → the layout version of this file.
+/// `"schema"` → the layout version of this file; [`HIGH_WATER`] → the highest revision recorded.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The META key of the highest revision any repository's record ever carried: revisions drawn
+/// later start above it, whatever the clock says (see [`StateStore::fresh_revision`]).
+const HIGH_WATER: &str = "revision_high_water";
 /// sequence number → JSON [`Event`], oldest first.
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 
@@ -46,6 +52,8 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 pub struct Store {
     db: Database,
     unreadable: Unreadable,
+    /// [`HIGH_WATER`] as committed (the file is this process's alone while open).
+    high_water: AtomicU64,
 }
 
 /// Repository records found undecodable, each logged and counted once per process.
@@ -216,11 +224,12 @@ impl Store {
         let store = Store {
             db,
             unreadable: Unreadable::default(),
+            high_water: AtomicU64::new(0),
         };
         // Create the tables up front so readers never meet a missing table. A file with no
         // schema mark but with state was written by schema 1 and waits for adopt_registries.
         let tx = store.db.begin_write().map_err(io)?;
-        let newer = {
+        let (newer, high_water) = {
             let repos = tx.open_table(REPOS).map_err(io)?;
             let sets = tx.open_table(WATCH_SETS).map_err(io)?;
             tx.open_table(REGISTRIES).map_err(io)?;
@@ -228,7 +237,7 @@ impl Store {
             let mut meta = tx.open_table(META).map_err(io)?;
             let fresh = repos.is_empty().map_err(io)? && sets.is_empty().map_err(io)?;
             let schema = meta.get("schema").map_err(io)?.map(|v| v.value());
-            match schema {
+            let newer = match schema {
                 // Written by a newer release: not a byte of it is touched.
                 Some(found) if found > SCHEMA => Some(found),
                 Some(found) if found < SCHEMA => {
@@ -242,13 +251,27 @@ impl Store {
                     None
                 }
                 _ => None,
-            }
+            };
+            let marked = meta.get(HIGH_WATER).map_err(io)?.map(|v| v.value());
+            let high_water = match marked {
+                Some(high_water) => high_water,
+                // Written before the mark (schema 2): the highest revision its records carry.
+                None if newer.is_none() && schema.is_some() => {
+                    let high_water = highest_revision(&repos)?;
+                    meta.insert(HIGH_WATER, high_water).map_err(io)?;
+                    high_water
+                }
+                // New, or schema 1 (no revisions yet; its migration sets the mark).
+                None => 0,
+            };
+            (newer, high_water)
         };
         if let Some(found) = newer {
             tx.abort().map_err(io)?;
             return Err(newer_schema(&path, found));
         }
         tx.commit().map_err(io)?;
+        store.high_water.store(high_water, Ordering::SeqCst);
         Ok(store)
     }
 
@@ -257,14 +280,20 @@ impl Store {
     /// configured, with one log line each.
     pub fn adopt_registries(&self, registries: &[(String, String)]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io)?;
+        let mut migrated = None;
         {
             let mut meta = tx.open_table(META).map_err(io)?;
             let mut repos = tx.open_table(REPOS).map_err(io)?;
             let mut sets = tx.open_table(WATCH_SETS).map_err(io)?;
             let mut names = tx.open_table(REGISTRIES).map_err(io)?;
             if meta.get("schema").map_err(io)?.is_none() {
-                migrate_v1(&mut repos, &mut sets, registries)?;
+                let high_water = self.high_water.load(Ordering::SeqCst);
+                let revision = super::fresh_revision_above(high_water);
+                migrate_v1(&mut repos, &mut sets, registries, revision)?;
                 meta.insert("schema", SCHEMA).map_err(io)?;
+                meta.insert(HIGH_WATER, revision.max(high_water))
+                    .map_err(io)?;
+                migrated = Some(revision);
             }
             let configured: HashMap<&str, &str> = registries
                 .iter()
@@ -291,7 +320,11 @@ impl Store {
                 names.insert(*id, *name).map_err(io)?;
             }
         }
-        tx.commit().map_err(io)
+        tx.commit().map_err(io)?;
+        if let Some(revision) = migrated {
+            self.high_water.fetch_max(revision, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// Up to `limit` pending events, oldest first, with their sequence numbers.
@@ -337,13 +370,28 @@ fn newer_schema(path: &Path, found: u64) -> StoreError {
     }
 }
 
-/// Re-keys a schema-1 file from registry names to identities. Records of names no longer
-/// configured are dropped, with one log line per name; snapshots keep their tags, so the next scan
-/// diffs against them as before.
+/// The highest revision the readable records of `repos` carry (0 for none).
+fn highest_revision(
+    repos: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, StoreError> {
+    let mut highest = 0;
+    for entry in repos.iter().map_err(io)? {
+        let (_, value) = entry.map_err(io)?;
+        if let Ok(state) = decode_state(value.value()) {
+            highest = highest.max(state.revision());
+        }
+    }
+    Ok(highest)
+}
+
+/// Re-keys a schema-1 file from registry names to identities, giving every record `revision`
+/// (schema 1 kept none). Records of names no longer configured are dropped, with one log line
+/// per name; snapshots keep their tags, so the next scan diffs against them as before.
 fn migrate_v1(
     repos: &mut redb::Table<&str, &[u8]>,
     sets: &mut redb::Table<&str, &[u8]>,
     registries: &[(String, String)],
+    revision: u64,
 ) -> Result<(), StoreError> {
     let identity_of: HashMap<&str, &str> = registries
         .iter()
@@ -355,7 +403,6 @@ fn migrate_v1(
         .map(|entry| entry.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
         .collect::<Result<_, _>>()
         .map_err(io)?;
-    let revision = super::fresh_revision();
     let mut moved = 0usize;
     let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
     for (key, value) in old {
@@ -404,7 +451,7 @@ fn migrate_v1(
 
 /// Writes a repository's state, registering its registry when the registry table lacks it: a
 /// loop still finishing its scan after a reload forgot its registry leaves state that the next
-/// start or reload then forgets.
+/// start or reload then forgets. Raises [`HIGH_WATER`] to the state's revision.
 fn put_repo(
     tx: &redb::WriteTransaction,
     registry: &str,
@@ -418,6 +465,11 @@ fn put_repo(
             encode_state(state).as_slice(),
         )
         .map_err(io)?;
+    let mut meta = tx.open_table(META).map_err(io)?;
+    let marked = meta.get(HIGH_WATER).map_err(io)?.map(|v| v.value());
+    if marked.is_none_or(|m| m < state.revision()) {
+        meta.insert(HIGH_WATER, state.revision()).map_err(io)?;
+    }
     let mut names = tx.open_table(REGISTRIES).map_err(io)?;
     if names.get(registry).map_err(io)?.is_none() {
         names.insert(registry, registry).map_err(io)?;
@@ -463,6 +515,7 @@ fn private_dir(dir: &Path) {
 fn read_repo_state(
     db: &impl ReadableDatabase,
     unreadable: &Unreadable,
+    high_water: u64,
     registry: &str,
     repository: &str,
 ) -> Result<Option<RepoState>, StoreError> {
@@ -483,7 +536,7 @@ fn read_repo_state(
             unreadable.report(registry, repository, &e);
             Ok(Some(RepoState::Pending {
                 emit: false,
-                revision: super::fresh_revision(),
+                revision: super::fresh_revision_above(high_water),
             }))
         }
     }
@@ -509,6 +562,8 @@ fn read_watch_set(
 pub struct ReadOnlyStore {
     db: redb::ReadOnlyDatabase,
     unreadable: Unreadable,
+    /// [`HIGH_WATER`] as found at open.
+    high_water: u64,
 }
 
 impl ReadOnlyStore {
@@ -521,13 +576,22 @@ impl ReadOnlyStore {
             reason: e.to_string(),
         })?;
         let tx = db.begin_read().map_err(io)?;
-        let schema = match tx.open_table(META) {
-            Ok(meta) => meta.get("schema").map_err(io)?.map(|v| v.value()),
-            Err(_) => None,
+        let (schema, marked) = match tx.open_table(META) {
+            Ok(meta) => (
+                meta.get("schema").map_err(io)?.map(|v| v.value()),
+                meta.get(HIGH_WATER).map_err(io)?.map(|v| v.value()),
+            ),
+            Err(_) => (None, None),
         };
-        let has_state = match tx.open_table(REPOS) {
-            Ok(repos) => !repos.is_empty().map_err(io)?,
-            Err(_) => false,
+        let (has_state, high_water) = match tx.open_table(REPOS) {
+            Ok(repos) => (
+                !repos.is_empty().map_err(io)?,
+                match marked {
+                    Some(high_water) => high_water,
+                    None => highest_revision(&repos)?,
+                },
+            ),
+            Err(_) => (false, 0),
         };
         if let Some(found) = schema.filter(|s| *s > SCHEMA) {
             return Err(newer_schema(&path, found));
@@ -544,6 +608,7 @@ impl ReadOnlyStore {
         Ok(ReadOnlyStore {
             db,
             unreadable: Unreadable::default(),
+            high_water,
         })
     }
 }
@@ -554,7 +619,13 @@ impl StateStore for ReadOnlyStore {
         registry: &str,
         repository: &str,
     ) -> Result<Option<RepoState>, StoreError> {
-        read_repo_state(&self.db, &self.unreadable, registry, repository)
+        read_repo_state(
+            &self.db,
+            &self.unreadable,
+            self.high_water,
+            registry,
+            repository,
+        )
     }
 
     fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError> {
@@ -587,6 +658,10 @@ impl StateStore for ReadOnlyStore {
     fn forget_repositories(&self, _: &str, _: &[String]) -> Result<(), StoreError> {
         Err(read_only())
     }
+
+    fn fresh_revision(&self) -> u64 {
+        super::fresh_revision_above(self.high_water)
+    }
 }
 
 fn read_only() -> StoreError {
@@ -599,7 +674,13 @@ impl StateStore for Store {
         registry: &str,
         repository: &str,
     ) -> Result<Option<RepoState>, StoreError> {
-        read_repo_state(&self.db, &self.unreadable, registry, repository)
+        read_repo_state(
+            &self.db,
+            &self.unreadable,
+            self.high_water.load(Ordering::SeqCst),
+            registry,
+            repository,
+        )
     }
 
     fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError> {
@@ -638,7 +719,9 @@ impl StateStore for Store {
             repository,
             &RepoState::Pending { emit, revision },
         )?;
-        tx.commit().map_err(io)
+        tx.commit().map_err(io)?;
+        self.high_water.fetch_max(revision, Ordering::SeqCst);
+        Ok(())
     }
 
     fn commit_scan(
@@ -671,7 +754,14 @@ impl StateStore for Store {
                 outbox.insert(seq, encoded.as_slice()).map_err(io)?;
             }
         }
-        tx.commit().map_err(io)
+        tx.commit().map_err(io)?;
+        self.high_water
+            .fetch_max(snapshot.revision, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn fresh_revision(&self) -> u64 {
+        super::fresh_revision_above(self.high_water.load(Ordering::SeqCst))
     }
 
     fn repositories(&self, registry: &str) -> Result<Vec<String>, StoreError> {
@@ -922,6 +1012,42 @@ mod tests {
             store.repo_state("r", "kind").unwrap(),
             Some(RepoState::Known(good))
         );
+    }
+
+    /// A schema-2 file has no high-water mark: it is taken from its records at open, so a
+    /// revision drawn while the clock was ahead still bounds the ones drawn after.
+    #[test]
+    fn a_schema_2_file_takes_its_high_water_mark_from_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let ahead = crate::store::fresh_revision() + 86_400_000_000;
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                tx.open_table(META).unwrap().insert("schema", 2).unwrap();
+                let mut repos = tx.open_table(REPOS).unwrap();
+                let known = encode_state(&RepoState::Known(Snapshot {
+                    revision: ahead,
+                    ..Snapshot::default()
+                }));
+                repos
+                    .insert(repo_key("r", "a").as_str(), known.as_slice())
+                    .unwrap();
+                let pending = encode_state(&RepoState::Pending {
+                    emit: true,
+                    revision: 3,
+                });
+                repos
+                    .insert(repo_key("r", "b").as_str(), pending.as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.fresh_revision() > ahead);
+        drop(store);
+        let read_only = ReadOnlyStore::open(dir.path()).unwrap();
+        assert!(read_only.fresh_revision() > ahead, "the mark was written");
     }
 
     #[test]

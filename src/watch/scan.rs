@@ -500,7 +500,9 @@ impl Scanner {
             Some(state) => state,
             None => RepoState::Pending {
                 emit: self.first_seen_emits(repo, previous_watch_set, output)?,
-                revision: fresh_revision(),
+                revision: output
+                    .store()
+                    .map_or_else(fresh_revision, |s| s.fresh_revision()),
             },
         };
         // A new repository's events are diffed against a revision drawn now: record it first, so
