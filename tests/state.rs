@@ -5,6 +5,8 @@
 //! adversarial review of this rework found: two entries on one registry, a Link dropped after
 //! Links were seen, a dry run against a schema-1 file, a transient 404 while the catalog leaves a
 //! repository out, a reload that fails to start, a new repository re-detected after a lost commit.
+//! Then the state file's own faults: two loops committing one repository, unreadable records, a
+//! schema-2 file, and a clock stepped back.
 
 mod support;
 

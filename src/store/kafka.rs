@@ -946,7 +946,7 @@ impl StateStore for ClusterStore {
         emit: bool,
         revision: u64,
     ) -> Result<(), StoreError> {
-        let _writing = Writing::claim(&self.inner, registry, repository, None)?;
+        let _writing = Writing::begin(&self.inner, registry, repository, None)?;
         if let Some(RepoState::Known(_)) = self.inner.held(registry, repository) {
             // Another writer's first scan of it committed meanwhile: that decision stands.
             return Ok(());
@@ -965,7 +965,7 @@ impl StateStore for ClusterStore {
     ) -> Result<(), StoreError> {
         // Held until the state is written and kept in memory, so no other commit of the
         // repository comes between the check and the write; commits of others go on meanwhile.
-        let _writing = Writing::claim(&self.inner, registry, repository, base)?;
+        let _writing = Writing::begin(&self.inner, registry, repository, base)?;
         super::check_base(
             repository,
             base,
@@ -1073,9 +1073,9 @@ struct Writing<'a> {
 }
 
 impl<'a> Writing<'a> {
-    /// Claims `registry`/`repository` for a write read at `base` (see
-    /// [`StateStore::commit_scan`]), or answers [`StoreError::Conflict`] if it is claimed.
-    fn claim(
+    /// Marks `registry`/`repository` as being written by a scan that read `base` (see
+    /// [`StateStore::commit_scan`]), or answers [`StoreError::Conflict`] if it already is.
+    fn begin(
         inner: &'a Inner,
         registry: &str,
         repository: &str,
