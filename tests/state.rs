@@ -1197,3 +1197,30 @@ async fn a_clock_stepped_back_never_lets_a_revision_be_reused() {
     let distinct: BTreeSet<&String> = all.iter().collect();
     assert_eq!(distinct.len(), all.len(), "ids differ: {all:?}");
 }
+
+/// A revision read from the state file at the top of its range (a damaged but decodable record)
+/// must not panic the registry's loop when the next commit advances it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_revision_at_its_ceiling_does_not_panic_the_scan() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/app", "v1", 0);
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let s = scanner(&registry("syn", &host, "\"team/app\"", ""), false);
+    s.cycle(&commit(&store), || false).await.unwrap();
+    let Some(RepoState::Known(snap)) = store.repo_state(&s.identity, "team/app").unwrap() else {
+        panic!("team/app has a baseline");
+    };
+    let base = Some(snap.revision);
+    let ceiling = regwatch::watch::diff::Snapshot {
+        revision: u64::MAX,
+        ..snap
+    };
+    store
+        .commit_scan(&s.identity, "team/app", base, &ceiling, &[])
+        .unwrap();
+    state.put("team/app", "v2", 0);
+    let cycle = s.cycle(&commit(&store), || false).await.unwrap();
+    assert_eq!((cycle.failed, cycle.events), (0, 1));
+}

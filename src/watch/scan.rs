@@ -741,7 +741,9 @@ impl Scanner {
         base: Option<u64>,
         detected: SystemTime,
     ) -> Result<usize, StoreError> {
-        outcome.snapshot.revision = revision + 1;
+        // The revision comes from the state file: at its ceiling it stays there rather than panic
+        // (or wrap to 0, below the revisions already used).
+        outcome.snapshot.revision = revision.saturating_add(1);
         let origin = Origin {
             registry: &self.config.name,
             identity: &self.identity,
