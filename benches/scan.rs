@@ -743,7 +743,7 @@ async fn publishing(rows: &mut Vec<Row>) {
     let store = Arc::new(regwatch::store::Store::open(dir.path()).unwrap());
     for (i, chunk) in events.chunks(1000).enumerate() {
         store
-            .commit_scan("bench", &format!("r{i}"), &Default::default(), chunk)
+            .commit_scan("bench", &format!("r{i}"), None, &Default::default(), chunk)
             .unwrap();
     }
     let mut sink = regwatch::sink::kafka::KafkaSink::new(&kafka("bench.outbox")).unwrap();

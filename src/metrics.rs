@@ -60,6 +60,9 @@ pub struct Metrics {
     pub cluster_state_records: Counter,
     /// Admin connections closed because the connection cap was reached.
     pub admin_connections_closed: Counter,
+    /// Repository state records that could not be decoded (each such repository is re-baselined
+    /// on a single node, and left unscanned in cluster mode).
+    pub store_records_unreadable: Counter,
 }
 
 fn scan_histogram() -> Histogram {
@@ -90,6 +93,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cluster_restore_seconds: Gauge::default(),
         cluster_state_records: Counter::default(),
         admin_connections_closed: Counter::default(),
+        store_records_unreadable: Counter::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -192,6 +196,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "admin_connections_closed",
         "Admin endpoint connections closed to stay within its connection cap",
         m.admin_connections_closed.clone(),
+    );
+    registry.register(
+        "store_records_unreadable",
+        "Repository state records that could not be decoded",
+        m.store_records_unreadable.clone(),
     );
     Metrics { registry, ..m }
 });

@@ -214,7 +214,9 @@ async fn a_rebalance_waiting_for_a_slow_write_does_not_block_ownership_questions
     };
     let writer = {
         let a = a.clone();
-        tokio::task::spawn_blocking(move || a.commit_scan(id, repo, &Default::default(), &[event]))
+        tokio::task::spawn_blocking(move || {
+            a.commit_scan(id, repo, None, &Default::default(), &[event])
+        })
     };
     // A second replica joins: the first must revoke half its partitions.
     let (b, _) = start(&mock);
@@ -358,7 +360,9 @@ async fn exactly_once_commits_after_another_replica_joined() {
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let commit = |s: Arc<ClusterStore>, repo: String| {
-        tokio::task::spawn_blocking(move || s.commit_scan(id, &repo, &Default::default(), &[]))
+        tokio::task::spawn_blocking(move || {
+            s.commit_scan(id, &repo, None, &Default::default(), &[])
+        })
     };
     let kept = commit(a.clone(), mine).await.unwrap();
     let gained = commit(b.clone(), theirs).await.unwrap();

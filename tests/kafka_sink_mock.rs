@@ -95,7 +95,7 @@ async fn outbox_survives_a_broker_outage_and_delivers_once() {
     sink.prepare().await.unwrap();
 
     store
-        .commit_scan("r", "repo", &Snapshot::default(), &events(0..50))
+        .commit_scan("r", "repo", None, &Snapshot::default(), &events(0..50))
         .unwrap();
     assert_eq!(sink::drain(&store, &mut sink).await.unwrap(), (50, 0));
     assert_eq!(store.outbox_len().unwrap(), 0);
@@ -103,7 +103,7 @@ async fn outbox_survives_a_broker_outage_and_delivers_once() {
     // Broker down: deliveries fail, the events stay put, and scanning could go on committing.
     cluster.broker_down(1).unwrap();
     store
-        .commit_scan("r", "repo", &Snapshot::default(), &events(50..80))
+        .commit_scan("r", "repo", Some(0), &Snapshot::default(), &events(50..80))
         .unwrap();
     let (delivered, left) = sink::drain(&store, &mut sink).await.unwrap();
     assert_eq!(
@@ -112,7 +112,7 @@ async fn outbox_survives_a_broker_outage_and_delivers_once() {
         "nothing is acknowledged while the broker is down"
     );
     store
-        .commit_scan("r", "repo", &Snapshot::default(), &events(80..100))
+        .commit_scan("r", "repo", Some(0), &Snapshot::default(), &events(80..100))
         .unwrap();
     assert_eq!(store.outbox_len().unwrap(), 50);
 
@@ -162,7 +162,7 @@ async fn retriable_produce_errors_are_absorbed() {
     config.properties.clear();
     let mut sink = KafkaSink::new(&config).unwrap();
     store
-        .commit_scan("r", "repo", &Snapshot::default(), &events(0..20))
+        .commit_scan("r", "repo", None, &Snapshot::default(), &events(0..20))
         .unwrap();
     assert_eq!(sink::drain(&store, &mut sink).await.unwrap(), (20, 0));
     let records = read_all(&cluster.bootstrap_servers(), 20);
@@ -194,7 +194,7 @@ async fn draining_does_not_stall_the_runtime_while_a_scan_commits() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
     store
-        .commit_scan("r", "repo", &Snapshot::default(), &events(0..500))
+        .commit_scan("r", "repo", None, &Snapshot::default(), &events(0..500))
         .unwrap();
     let mut sink = KafkaSink::new(&kafka_config(cluster.bootstrap_servers())).unwrap();
     sink.prepare().await.unwrap();
@@ -212,7 +212,7 @@ async fn draining_does_not_stall_the_runtime_while_a_scan_commits() {
         std::thread::spawn(move || {
             started_tx.send(()).unwrap();
             let t0 = Instant::now();
-            store.commit_scan("r", "big", &big, &[]).unwrap();
+            store.commit_scan("r", "big", None, &big, &[]).unwrap();
             t0.elapsed()
         })
     };

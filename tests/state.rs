@@ -5,6 +5,8 @@
 //! adversarial review of this rework found: two entries on one registry, a Link dropped after
 //! Links were seen, a dry run against a schema-1 file, a transient 404 while the catalog leaves a
 //! repository out, a reload that fails to start, a new repository re-detected after a lost commit.
+//! Then the state file's own faults: two loops committing one repository, unreadable records, a
+//! schema-2 file, and a clock stepped back.
 
 mod support;
 
@@ -856,4 +858,369 @@ async fn a_deleted_repository_reports_its_removals_when_asked() {
         ]
     );
     assert_eq!(store.repositories(&s.identity).unwrap(), vec!["team/a"]);
+}
+
+/// Two loops on one registry identity (the old and the new loop of a registry renamed by a
+/// reload) scan the same repository: the one whose listing is slow diffed against a revision the
+/// other has since moved past. Its commit must be refused (it rescans), or it rolls the snapshot
+/// back and its changes, and the ones detected after them, go out again or under other ids.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_diffed_against_a_superseded_revision_is_refused() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/app", "v1", 0);
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    // One identity (a rename keeps it), two loops.
+    let old = scanner(&registry("old", &host, "\"team/app\"", ""), false);
+    let new = scanner(&registry("new", &host, "\"team/app\"", ""), false);
+    assert_eq!(old.identity, new.identity);
+    old.cycle(&commit(&store), || false).await.unwrap();
+
+    // The old loop lists team/app (v1, v2) slowly; the new loop records v2, then v3, meanwhile.
+    state.put("team/app", "v2", 0);
+    *state.tags_delay.lock().unwrap() = Some(Duration::from_millis(1500));
+    let slow = {
+        let (old, output) = (&old, commit(&store));
+        async move { old.cycle(&output, || false).await.unwrap() }
+    };
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        *state.tags_delay.lock().unwrap() = None;
+        let first = new.cycle(&commit(&store), || false).await.unwrap();
+        state.put("team/app", "v3", 0);
+        let second = new.cycle(&commit(&store), || false).await.unwrap();
+        (first.events, second.events)
+    };
+    let (stale, (first, second)) = tokio::join!(slow, meanwhile);
+    assert_eq!((first, second), (1, 1), "the new loop records v2, then v3");
+    assert_eq!(stale.events, 0, "the stale commit is refused: {stale:?}");
+
+    // The old loop scans again, against what the new loop recorded: nothing is new.
+    let again = old.cycle(&commit(&store), || false).await.unwrap();
+    assert_eq!(again.events, 0);
+    let events = outbox(&store);
+    let got: Vec<(String, String)> = events
+        .iter()
+        .map(|(k, t, _, _)| (k.clone(), t.clone()))
+        .collect();
+    let distinct: BTreeSet<&String> = events.iter().map(|e| &e.3).collect();
+    report(
+        "two loops on one repository, one commit stale: events (distinct ids)",
+        format!("{} ({})", events.len(), distinct.len()),
+        "2 (2)",
+    );
+    assert_eq!(
+        got,
+        vec![
+            ("tag.added".to_string(), "v2".to_string()),
+            ("tag.added".to_string(), "v3".to_string()),
+        ]
+    );
+    assert_eq!(distinct.len(), events.len(), "ids unique: {events:?}");
+}
+
+/// Table definitions as `src/store/redb.rs` lays the file out, to write records the way an older
+/// or a broken writer did.
+const REPOS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("repos");
+const WATCH_SETS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("watch_sets");
+const REGISTRIES: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("registries");
+const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+
+/// A `K` record (schema 2): revision, then the tags as JSON.
+fn known_record(revision: u64, tags: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = vec![b'K'];
+    out.extend_from_slice(&revision.to_be_bytes());
+    let tags: std::collections::BTreeMap<&str, &str> = tags.iter().copied().collect();
+    out.extend_from_slice(&serde_json::to_vec(&tags).unwrap());
+    out
+}
+
+/// One record the binary cannot read (an unknown kind byte, say from a bug or a newer release
+/// that forgot its schema bump, or a snapshot that is not JSON) is that repository's problem
+/// alone: it takes a new baseline (logged with its name, no events), and the others, and the
+/// daemon, carry on. Before, `unknown repository record` failed every start: a crash loop.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_repository_record_is_a_baseline_of_that_repository_alone() {
+    let state = Arc::new(Synthetic::default());
+    for r in ["team/a", "team/b", "team/c"] {
+        state.put(r, "v1", 0);
+    }
+    let host = serve(state.clone()).await;
+    let setup = support::Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"syn\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\"]\n"
+        ),
+    );
+    let once = |setup: &support::Setup| {
+        let (code, out, err) = tokio::task::block_in_place(|| setup.regwatch(&["once"]));
+        let added: Vec<(String, String)> = support::json_lines(&out)
+            .iter()
+            .map(|e| {
+                (
+                    e["data"]["repository"].as_str().unwrap().to_owned(),
+                    e["data"]["tag"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        (code, added, err)
+    };
+    let (code, added, err) = once(&setup);
+    assert_eq!((code, added.len()), (0, 0), "baseline: {err}");
+
+    let file = setup
+        .dir
+        .path()
+        .join("state")
+        .join(regwatch::store::FILE_NAME);
+    {
+        let db = redb::Database::create(&file).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut repos = tx.open_table(REPOS).unwrap();
+            let id = format!("http://{host}");
+            repos
+                .insert(
+                    format!("{id}\0team/b").as_str(),
+                    b"Z-an-unknown-kind".as_slice(),
+                )
+                .unwrap();
+            let mut bad_json = known_record(7, &[]);
+            bad_json.truncate(9);
+            bad_json.extend_from_slice(b"{\"v1\": nul");
+            repos
+                .insert(format!("{id}\0team/c").as_str(), bad_json.as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    for r in ["team/a", "team/b", "team/c"] {
+        state.put(r, "v2", 0);
+    }
+    let (code, added, err) = once(&setup);
+    report(
+        "unreadable records of 2 of 3 repositories: exit code, events",
+        format!("{code}, {}", added.len()),
+        "0, 1 (the readable one's)",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        added,
+        vec![("team/a".to_string(), "v2".to_string())],
+        "only the readable repository reports; the others take a baseline: {err}"
+    );
+    for r in ["team/b", "team/c"] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains("unreadable") && l.contains(r) && l.contains("ERROR")),
+            "{r} is named at ERROR: {err}"
+        );
+    }
+    // Re-baselined: what they get next is news again.
+    for r in ["team/b", "team/c"] {
+        state.put(r, "v3", 0);
+    }
+    let (code, mut added, err) = once(&setup);
+    added.sort();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        added,
+        vec![
+            ("team/b".to_string(), "v3".to_string()),
+            ("team/c".to_string(), "v3".to_string()),
+        ],
+        "{err}"
+    );
+    assert!(!err.contains("unreadable"), "{err}");
+}
+
+/// A file written by the release before this one (schema 2, whose `S` records came without a
+/// schema bump) is taken over silently: no baseline, no events, and marked with this schema so
+/// that a later binary can tell what wrote it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_2_state_file_migrates_without_baseline_or_events() {
+    let state = Arc::new(Synthetic::default());
+    for t in ["v1", "v2"] {
+        state.put("team/app", t, 0);
+    }
+    state.put("team/web", "v1", 0);
+    let host = serve(state.clone()).await;
+    let setup = support::Setup::new(
+        "",
+        &format!(
+            "[[registry]]\nname = \"syn\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\"]\n"
+        ),
+    );
+    let dir = setup.dir.path().join("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(regwatch::store::FILE_NAME);
+    let id = format!("http://{host}");
+    let digest = |r: &str, t: &str| support::synthetic::digest_of(r, t, 0);
+    {
+        let db = redb::Database::create(&file).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            tx.open_table(META).unwrap().insert("schema", 2).unwrap();
+            let mut repos = tx.open_table(REPOS).unwrap();
+            let (d1, d2) = (digest("team/app", "v1"), digest("team/app", "v2"));
+            repos
+                .insert(
+                    format!("{id}\0team/app").as_str(),
+                    known_record(11, &[("v1", &d1), ("v2", &d2)]).as_slice(),
+                )
+                .unwrap();
+            // An `S` record, as schema 2 wrote for a snapshot with more than tags.
+            let web = digest("team/web", "v1");
+            let mut s = vec![b'S'];
+            s.extend_from_slice(&5u64.to_be_bytes());
+            s.extend_from_slice(
+                serde_json::json!({"tags": {"v1": web}, "held_back": ["v0"]})
+                    .to_string()
+                    .as_bytes(),
+            );
+            repos
+                .insert(format!("{id}\0team/web").as_str(), s.as_slice())
+                .unwrap();
+            tx.open_table(WATCH_SETS)
+                .unwrap()
+                .insert(id.as_str(), br#"["team/*"]"#.as_slice())
+                .unwrap();
+            tx.open_table(REGISTRIES)
+                .unwrap()
+                .insert(id.as_str(), "syn")
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    state.put("team/new", "v1", 0);
+    let (code, out, err) = tokio::task::block_in_place(|| setup.regwatch(&["once"]));
+    assert_eq!(code, 0, "{err}");
+    let added: Vec<String> = support::json_lines(&out)
+        .iter()
+        .map(|e| e["data"]["repository"].as_str().unwrap().to_owned())
+        .collect();
+    report(
+        "schema-2 state file migrated: events on first run",
+        added.len(),
+        "1 (a repository new since)",
+    );
+    assert_eq!(added, vec!["team/new"], "no baseline, no phantoms: {err}");
+    assert!(!err.contains("unreadable"), "{err}");
+    let db = redb::Database::create(&file).unwrap();
+    let tx = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let schema = tx.open_table(META).unwrap().get("schema").unwrap().unwrap();
+    assert_eq!(schema.value(), 3, "marked with the schema that wrote it");
+}
+
+/// Microseconds since the epoch now, the unit of revisions drawn from the clock.
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// A repository's first revision comes from the clock. After the clock was stepped back (an NTP
+/// correction, a VM restored from a snapshot), a repository forgotten and watched again must still
+/// start above every revision used before, or its events could reuse the ids of its earlier life
+/// and be dropped by consumers as duplicates. Simulated by revisions drawn while the clock was a
+/// day ahead, and a restart in between.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clock_stepped_back_never_lets_a_revision_be_reused() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/a", "v1", 0);
+    state.put("team/b", "v1", 0);
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let cfg = registry("syn", &host, "\"team/*\"", "");
+    let ahead = now_micros() + 86_400_000_000;
+    let first_life = {
+        let store = Arc::new(Store::open(&state_dir).unwrap());
+        let s = scanner(&cfg, false);
+        s.cycle(&commit(&store), || false).await.unwrap();
+        // team/b's snapshot as written while the clock was a day ahead.
+        let Some(RepoState::Known(snap)) = store.repo_state(&s.identity, "team/b").unwrap() else {
+            panic!("team/b has a baseline");
+        };
+        let base = Some(snap.revision);
+        let ahead_snap = regwatch::watch::diff::Snapshot {
+            revision: ahead,
+            ..snap
+        };
+        store
+            .commit_scan(&s.identity, "team/b", base, &ahead_snap, &[])
+            .unwrap();
+        state.put("team/b", "v2", 0);
+        assert_eq!(s.cycle(&commit(&store), || false).await.unwrap().events, 1);
+        // team/b is deleted, and forgotten.
+        state.repos.lock().unwrap().remove("team/b");
+        for _ in 0..3 {
+            s.cycle(&commit(&store), || false).await.unwrap();
+        }
+        assert_eq!(store.repositories(&s.identity).unwrap(), vec!["team/a"]);
+        ids(&store)
+    };
+    // Restarted with the clock back to now: team/b appears again, with v2.
+    let store = Arc::new(Store::open(&state_dir).unwrap());
+    state.put("team/b", "v2", 0);
+    let s = scanner(&cfg, false);
+    s.cycle(&commit(&store), || false).await.unwrap();
+    let events = outbox(&store);
+    assert_eq!(
+        events
+            .iter()
+            .map(|(k, t, _, _)| (k.as_str(), t.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("tag.added", "v2"), ("tag.added", "v2")],
+        "team/b:v2 in each life"
+    );
+    let Some(RepoState::Known(snap)) = store.repo_state(&s.identity, "team/b").unwrap() else {
+        panic!("team/b is known again");
+    };
+    // The first life's last snapshot was `ahead + 1`; the second life's first events are diffed
+    // against the revision before its snapshot's.
+    let second_life_start = snap.revision - 1;
+    report(
+        "clock a day behind the revisions used: re-added repository starts above them",
+        second_life_start > ahead + 1,
+        "true",
+    );
+    assert!(
+        second_life_start > ahead + 1,
+        "revision {second_life_start} drawn from the clock is not above {} used before",
+        ahead + 1
+    );
+    let all = ids(&store);
+    assert_eq!(all[..first_life.len()], first_life[..]);
+    let distinct: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "ids differ: {all:?}");
+}
+
+/// A revision read from the state file at the top of its range (a damaged but decodable record)
+/// must not panic the registry's loop when the next commit advances it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_revision_at_its_ceiling_does_not_panic_the_scan() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/app", "v1", 0);
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let s = scanner(&registry("syn", &host, "\"team/app\"", ""), false);
+    s.cycle(&commit(&store), || false).await.unwrap();
+    let Some(RepoState::Known(snap)) = store.repo_state(&s.identity, "team/app").unwrap() else {
+        panic!("team/app has a baseline");
+    };
+    let base = Some(snap.revision);
+    let ceiling = regwatch::watch::diff::Snapshot {
+        revision: u64::MAX,
+        ..snap
+    };
+    store
+        .commit_scan(&s.identity, "team/app", base, &ceiling, &[])
+        .unwrap();
+    state.put("team/app", "v2", 0);
+    let cycle = s.cycle(&commit(&store), || false).await.unwrap();
+    assert_eq!((cycle.failed, cycle.events), (0, 1));
 }

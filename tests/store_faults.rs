@@ -164,3 +164,44 @@ async fn full_disk_fails_clearly_and_loses_nothing() {
     );
     report("disk full: events lost after space returns", lost, "0");
 }
+
+/// A state file whose schema is newer than this binary knows (a rollback after an upgrade) is
+/// refused at open, naming both versions and what to do, with exit 1: not read half-way, not
+/// overwritten, and no panic.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_file_of_a_newer_schema_is_refused_with_both_versions() {
+    let registry = Registry::start(Auth::None);
+    registry.push("team/app", "v1").await;
+    let setup = Setup::new("", &registry_block(&registry));
+    let dir = setup.dir.path().join("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("regwatch.redb");
+    let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+    {
+        let db = redb::Database::create(&file).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(meta).unwrap().insert("schema", 99).unwrap();
+        tx.commit().unwrap();
+    }
+    for args in [&["once"][..], &["once", "--dry-run"][..]] {
+        let (code, out, err) = setup.regwatch(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_eq!(out, "", "{args:?}: nothing scanned");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            err.contains("schema 99") && err.contains("schema 3") && err.contains("newer"),
+            "{args:?}: names both versions: {err}"
+        );
+        assert!(err.contains("move the file aside"), "{args:?}: {err}");
+        let message = err.lines().last().unwrap_or_default().to_owned();
+        report(
+            "state file of a newer schema: message",
+            message.chars().take(100).collect::<String>(),
+            "names both schemas and what to do",
+        );
+    }
+    let db = redb::Database::create(&file).unwrap();
+    let tx = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let schema = tx.open_table(meta).unwrap().get("schema").unwrap().unwrap();
+    assert_eq!(schema.value(), 99, "left as it was");
+}

@@ -103,6 +103,11 @@ struct Inner {
     epoch: AtomicU64,
     /// The state of the repositories of the claimed partitions, by registry identity.
     repos: Mutex<HashMap<String, BTreeMap<String, RepoState>>>,
+    /// The highest revision of any repository record restored or written: revisions drawn later
+    /// start above it (see [`StateStore::fresh_revision`]).
+    high_water: AtomicU64,
+    /// The keys of the repositories whose state a commit is writing now (see [`Writing`]).
+    writing: Mutex<std::collections::HashSet<String>>,
     /// The keys of repository records of the claimed partitions that could not be decoded:
     /// their repositories' state is unknown, not absent.
     unreadable: Mutex<std::collections::BTreeSet<String>>,
@@ -149,6 +154,8 @@ impl ClusterStore {
                 owned: Mutex::new(std::collections::BTreeSet::new()),
                 epoch: AtomicU64::new(0),
                 repos: Mutex::new(HashMap::new()),
+                high_water: AtomicU64::new(0),
+                writing: Mutex::new(std::collections::HashSet::new()),
                 unreadable: Mutex::new(std::collections::BTreeSet::new()),
                 watch_sets: Mutex::new(HashMap::new()),
                 configured: Mutex::new(None),
@@ -450,10 +457,14 @@ impl Inner {
                         registry.remove(repository);
                     }
                     Some(Ok(state)) => {
+                        self.high_water
+                            .fetch_max(state.revision(), Ordering::SeqCst);
                         registry.insert(repository.clone(), state);
                     }
                     Some(Err(e)) => {
-                        // Unknown, not absent (see `repo_state`).
+                        // Unknown, not absent (see `repo_state`): a newer replica's record
+                        // during a rolling upgrade must not be written over with a baseline.
+                        crate::metrics::get().store_records_unreadable.inc();
                         tracing::error!(%repository, error = %e, "cluster: unreadable state record");
                         registry.remove(repository);
                         unreadable.insert(repo_key(identity, repository));
@@ -665,6 +676,16 @@ impl Inner {
             .set(owned as i64);
         self.count_repositories();
         tracing::info!(revoked = ?partitions, "cluster: partitions moved to other replicas");
+    }
+
+    /// The state held in memory for `registry`/`repository`.
+    fn held(&self, registry: &str, repository: &str) -> Option<RepoState> {
+        self.repos
+            .lock()
+            .expect("repos lock")
+            .get(registry)
+            .and_then(|r| r.get(repository))
+            .cloned()
     }
 
     /// Writes `events` and then `records` to partition `p`, which must be claimed and restored.
@@ -925,6 +946,11 @@ impl StateStore for ClusterStore {
         emit: bool,
         revision: u64,
     ) -> Result<(), StoreError> {
+        let _writing = Writing::begin(&self.inner, registry, repository, None)?;
+        if let Some(RepoState::Known(_)) = self.inner.held(registry, repository) {
+            // Another writer's first scan of it committed meanwhile: that decision stands.
+            return Ok(());
+        }
         let state = RepoState::Pending { emit, revision };
         self.put(registry, repository, state, &[])
     }
@@ -933,9 +959,18 @@ impl StateStore for ClusterStore {
         &self,
         registry: &str,
         repository: &str,
+        base: Option<u64>,
         snapshot: &Snapshot,
         events: &[Event],
     ) -> Result<(), StoreError> {
+        // Held until the state is written and kept in memory, so no other commit of the
+        // repository comes between the check and the write; commits of others go on meanwhile.
+        let _writing = Writing::begin(&self.inner, registry, repository, base)?;
+        super::check_base(
+            repository,
+            base,
+            self.inner.held(registry, repository).as_ref(),
+        )?;
         self.put(
             registry,
             repository,
@@ -985,6 +1020,10 @@ impl StateStore for ClusterStore {
         self.inner.epoch.load(Ordering::SeqCst)
     }
 
+    fn fresh_revision(&self) -> u64 {
+        super::fresh_revision_above(self.inner.high_water.load(Ordering::SeqCst))
+    }
+
     fn forward_hint(&self, registry: &str, repository: &str) -> Result<(), StoreError> {
         let p = self.inner.repo_partition(registry, repository)?;
         let now = std::time::SystemTime::now()
@@ -1011,6 +1050,9 @@ impl ClusterStore {
         let record = (repo_key(registry, repository), Some(encode_state(&state)));
         self.inner.write(p, events, &[record], || {
             self.inner
+                .high_water
+                .fetch_max(state.revision(), Ordering::SeqCst);
+            self.inner
                 .repos
                 .lock()
                 .expect("repos lock")
@@ -1020,6 +1062,53 @@ impl ClusterStore {
         })?;
         self.inner.count_repositories();
         Ok(())
+    }
+}
+
+/// A repository whose state this process is writing. A second writer of it meanwhile (another
+/// loop on the same registry identity) is refused, as it read the state before this write.
+struct Writing<'a> {
+    inner: &'a Inner,
+    key: String,
+}
+
+impl<'a> Writing<'a> {
+    /// Marks `registry`/`repository` as being written by a scan that read `base` (see
+    /// [`StateStore::commit_scan`]), or answers [`StoreError::Conflict`] if it already is.
+    fn begin(
+        inner: &'a Inner,
+        registry: &str,
+        repository: &str,
+        base: Option<u64>,
+    ) -> Result<Self, StoreError> {
+        let key = repo_key(registry, repository);
+        if !inner
+            .writing
+            .lock()
+            .expect("writing lock")
+            .insert(key.clone())
+        {
+            let stored = match inner.held(registry, repository) {
+                Some(RepoState::Known(s)) => Some(s.revision),
+                _ => None,
+            };
+            return Err(StoreError::Conflict {
+                repository: repository.to_owned(),
+                base,
+                stored,
+            });
+        }
+        Ok(Writing { inner, key })
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.inner
+            .writing
+            .lock()
+            .expect("writing lock")
+            .remove(&self.key);
     }
 }
 
@@ -1279,6 +1368,80 @@ mod review {
         store.stop(Duration::from_secs(10)).await;
         let why = answer.expect_err("a replica that would re-emit must not become ready");
         assert!(why.contains("partition count"), "{why}");
+    }
+
+    /// Starts a store on `mock` and waits until it owns `registry`/`repository`.
+    async fn owning(
+        mock: &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        registry: &str,
+        repository: &str,
+    ) -> ClusterStore {
+        let (store, readiness) = store_on(&mock.bootstrap_servers());
+        store.start(readiness, tokio::runtime::Handle::current());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !store.owns(registry, repository) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        store
+    }
+
+    /// Two loops on one registry identity read the same revision: only the first commit may
+    /// land; the second is refused (and retried against what is stored), not written over it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_commit_diffed_against_a_superseded_revision_is_refused() {
+        let (id, repo) = ("https://r.example", "team/app");
+        let other = watch_key("https://other.example");
+        let mock = mock_with_state_record(&other, b"[]", 0);
+        let store = owning(&mock, id, repo).await;
+        let snapshot = |revision| Snapshot {
+            revision,
+            ..Snapshot::default()
+        };
+        let commits = tokio::task::spawn_blocking(move || {
+            let first = store.commit_scan(id, repo, None, &snapshot(8), &[]);
+            let stale = store.commit_scan(id, repo, None, &snapshot(8), &[]);
+            let next = store.commit_scan(id, repo, Some(8), &snapshot(9), &[]);
+            let behind = store.commit_scan(id, repo, Some(8), &snapshot(9), &[]);
+            let pending = store.record_pending(id, repo, true, 3);
+            let held = store.repo_state(id, repo);
+            (store, first, stale, next, behind, pending, held)
+        });
+        let (store, first, stale, next, behind, pending, held) = commits.await.unwrap();
+        store.stop(Duration::from_secs(10)).await;
+        assert!(first.is_ok(), "{first:?}");
+        assert!(
+            matches!(stale, Err(StoreError::Conflict { .. })),
+            "{stale:?}"
+        );
+        assert!(next.is_ok(), "{next:?}");
+        assert!(
+            matches!(behind, Err(StoreError::Conflict { .. })),
+            "{behind:?}"
+        );
+        assert!(pending.is_ok(), "{pending:?}");
+        assert!(
+            matches!(held, Ok(Some(RepoState::Known(ref s))) if s.revision == 9),
+            "a late first-scan decision does not replace a known snapshot: {held:?}"
+        );
+    }
+
+    /// A repository first seen after the clock was stepped back starts above every revision the
+    /// replica restored, so that it cannot reuse one (and an event id) of an earlier life.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_fresh_revision_is_above_every_revision_restored() {
+        let (id, repo) = ("https://r.example", "team/app");
+        let key = repo_key(id, repo);
+        let ahead = crate::store::fresh_revision() + 86_400_000_000;
+        let snapshot = Snapshot {
+            revision: ahead,
+            ..Snapshot::default()
+        };
+        let state = encode_state(&RepoState::Known(snapshot));
+        let mock = mock_with_state_record(&key, &state, partition_of(&key, 4));
+        let store = owning(&mock, id, repo).await;
+        let fresh = store.fresh_revision();
+        store.stop(Duration::from_secs(10)).await;
+        assert!(fresh > ahead, "{fresh} is not above {ahead}, restored");
     }
 
     /// A state record this release cannot read (written by a newer one, say, during a rolling

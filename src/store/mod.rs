@@ -33,6 +33,16 @@ pub enum RepoState {
     Known(Snapshot),
 }
 
+impl RepoState {
+    /// The revision it carries.
+    pub(crate) fn revision(&self) -> u64 {
+        match self {
+            RepoState::Pending { revision, .. } => *revision,
+            RepoState::Known(s) => s.revision,
+        }
+    }
+}
+
 /// A store failure, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,6 +65,21 @@ pub enum StoreError {
         /// What redb reported.
         reason: String,
     },
+    /// The file was written by a newer regwatch, in a layout this binary does not know.
+    #[error(
+        "state store {path} has schema {found}, newer than the schema {known} this regwatch \
+         reads: it was written by a newer release. Run that release (or a later one) again, or, \
+         to go on with this one, stop regwatch and move the file aside: the next scan takes a \
+         fresh baseline and emits nothing for what is already there"
+    )]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// The schema it carries.
+        found: u64,
+        /// The newest schema this binary reads.
+        known: u64,
+    },
     /// Reading or writing failed (disk full, I/O error, bad record).
     #[error("state store I/O failed: {0}")]
     Io(String),
@@ -62,12 +87,51 @@ pub enum StoreError {
     /// partition moved to another replica). Nothing was recorded; the scan is retried later.
     #[error("state not recorded: {0}")]
     Unavailable(String),
+    /// Another writer (a second loop on the same registry identity) committed the repository
+    /// since the scan read it. Nothing was recorded; the next scan diffs against what is stored.
+    #[error(
+        "state of {repository} not recorded: it changed since it was read (diffed against revision \
+         {base:?}, stored {stored:?}); scanning it again"
+    )]
+    Conflict {
+        /// The repository.
+        repository: String,
+        /// The revision the scan diffed against (`None`: no known snapshot).
+        base: Option<u64>,
+        /// The revision stored now (`None`: no known snapshot).
+        stored: Option<u64>,
+    },
 }
 
 impl StoreError {
     /// Whether retrying later can succeed without a restart.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Conflict { .. }
+        )
+    }
+}
+
+/// The revision a commit of `repository` must find stored: that of its known snapshot, or `None`
+/// when it has none (never seen, pending, or unreadable). Refuses `base` when it is not that.
+pub(crate) fn check_base(
+    repository: &str,
+    base: Option<u64>,
+    stored: Option<&RepoState>,
+) -> Result<(), StoreError> {
+    let stored = match stored {
+        Some(RepoState::Known(s)) => Some(s.revision),
+        _ => None,
+    };
+    if stored == base {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            repository: repository.to_owned(),
+            base,
+            stored,
+        })
     }
 }
 
@@ -88,7 +152,8 @@ pub trait StateStore: Send + Sync {
         epoch: u64,
     ) -> Result<(), StoreError>;
     /// Remembers a first scan's decision (emit or baseline, and its revision) after it failed,
-    /// so a later watch-set change cannot turn it around.
+    /// so a later watch-set change cannot turn it around. A repository that has a known snapshot
+    /// by then (another writer's first scan won) keeps it.
     fn record_pending(
         &self,
         registry: &str,
@@ -96,11 +161,15 @@ pub trait StateStore: Send + Sync {
         emit: bool,
         revision: u64,
     ) -> Result<(), StoreError>;
-    /// Stores a repository's new snapshot and appends its events to the outbox, atomically.
+    /// Stores a repository's new snapshot and appends its events to the outbox, atomically, if
+    /// its stored state is still the one the scan diffed against: `base` is the revision of the
+    /// known snapshot it read, `None` if it read none. Otherwise nothing is written and the
+    /// answer is [`StoreError::Conflict`], so of two writers only one ever commits.
     fn commit_scan(
         &self,
         registry: &str,
         repository: &str,
+        base: Option<u64>,
         snapshot: &Snapshot,
         events: &[Event],
     ) -> Result<(), StoreError>;
@@ -131,6 +200,13 @@ pub trait StateStore: Send + Sync {
         _repository: &str,
     ) -> Result<Option<Option<Vec<String>>>, StoreError> {
         Ok(None)
+    }
+    /// A revision counter start for a repository seen for the first time: the clock
+    /// ([`fresh_revision`]), but above every revision the store has recorded, so that a clock
+    /// stepped back cannot make a repository forgotten and watched again reuse one (and so an
+    /// event id).
+    fn fresh_revision(&self) -> u64 {
+        fresh_revision()
     }
     /// Passes a webhook hint for a repository this process does not own to the one that does.
     fn forward_hint(&self, _registry: &str, _repository: &str) -> Result<(), StoreError> {
@@ -174,12 +250,18 @@ pub fn identity_in(config: &crate::config::Config, r: &RegistryConfig) -> String
     }
 }
 
-/// A revision counter start that no earlier life of the same repository used: the current time in
-/// microseconds. A repository forgotten and watched again later so never reuses an event id.
+/// A revision counter start from the clock: the current time in microseconds. A repository
+/// forgotten and watched again later so never reuses an event id, as long as the clock never
+/// goes back; [`StateStore::fresh_revision`] holds even when it does.
 pub fn fresh_revision() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// [`fresh_revision`], but above `high_water`, the highest revision a store has recorded.
+pub(crate) fn fresh_revision_above(high_water: u64) -> u64 {
+    fresh_revision().max(high_water.saturating_add(1))
 }
 
 #[cfg(test)]

@@ -4,12 +4,19 @@
 //!
 //! Schema 2 keys state by registry identity. A file written by schema 1 (keyed by registry name)
 //! is migrated by [`Store::adopt_registries`], which knows the names' identities: no baseline, no
-//! events.
+//! events. Schema 3 is schema 2 with the `S` record kind, which came without a bump of its own;
+//! a schema-2 file is marked 3 at open and read as it is. A file of a newer schema is refused at
+//! open ([`StoreError::NewerSchema`]), and one repository record that cannot be decoded is that
+//! repository's new baseline, not the whole store's failure. META also keeps the highest revision
+//! ever recorded ([`HIGH_WATER`]; taken from the records when a schema-2 file is opened), so that
+//! revisions drawn from a clock stepped back still start above every revision used before.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -23,13 +30,16 @@ const REPOS: TableDefinition<&str, &[u8]> = TableDefinition::new("repos");
 const WATCH_SETS: TableDefinition<&str, &[u8]> = TableDefinition::new("watch_sets");
 /// `identity` → the registry's display name, to say what is forgotten when it leaves the config.
 const REGISTRIES: TableDefinition<&str, &str> = TableDefinition::new("registries");
-/// `"schema"` → the layout version of this file.
+/// `"schema"` → the layout version of this file; [`HIGH_WATER`] → the highest revision recorded.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The META key of the highest revision any repository's record ever carried: revisions drawn
+/// later start above it, whatever the clock says (see [`StateStore::fresh_revision`]).
+const HIGH_WATER: &str = "revision_high_water";
 /// sequence number → JSON [`Event`], oldest first.
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 
-/// The layout this code writes.
-const SCHEMA: u64 = 2;
+/// The layout this code writes, and the newest it reads.
+const SCHEMA: u64 = 3;
 
 /// The file inside `state_dir`.
 pub const FILE_NAME: &str = "regwatch.redb";
@@ -41,6 +51,28 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 /// The embedded store.
 pub struct Store {
     db: Database,
+    unreadable: Unreadable,
+    /// [`HIGH_WATER`] as committed (the file is this process's alone while open).
+    high_water: AtomicU64,
+}
+
+/// Repository records found undecodable, each logged and counted once per process.
+#[derive(Default)]
+struct Unreadable(Mutex<HashSet<String>>);
+
+impl Unreadable {
+    /// Reports `registry`/`repository`'s undecodable record, the first time it is met.
+    fn report(&self, registry: &str, repository: &str, error: &StoreError) {
+        let first = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(repo_key(registry, repository));
+        if first {
+            crate::metrics::get().store_records_unreadable.inc();
+            tracing::error!(registry = %registry, repository = %repository, error = %error, "unreadable state record; taking a new baseline of this repository (no events for the tags it holds now)");
+        }
+    }
 }
 
 fn repo_key(registry: &str, repository: &str) -> String {
@@ -85,35 +117,35 @@ pub(super) fn encode_state(state: &RepoState) -> Vec<u8> {
 
 pub(super) fn decode_state(bytes: &[u8]) -> Result<RepoState, StoreError> {
     let bad = || StoreError::Io("unknown repository record".into());
-    let revision = |b: &[u8]| -> Result<u64, StoreError> {
-        Ok(u64::from_be_bytes(
-            b.get(..8).ok_or_else(bad)?.try_into().expect("8 bytes"),
-        ))
+    let undecodable =
+        |e: serde_json::Error| StoreError::Io(format!("undecodable snapshot record: {e}"));
+    let Some((&kind, rest)) = bytes.split_first() else {
+        return Err(bad());
     };
-    match bytes.split_first() {
-        Some((&PENDING, [emit @ (0 | 1), rest @ ..])) if rest.len() == 8 => {
-            Ok(RepoState::Pending {
+    match kind {
+        PENDING => match rest {
+            [emit @ (0 | 1), revision @ ..] => Ok(RepoState::Pending {
                 emit: *emit == 1,
-                revision: revision(rest)?,
-            })
-        }
-        Some((&SNAPSHOT, rest)) if rest.len() >= 8 => serde_json::from_slice(&rest[8..])
-            .map(|snapshot| {
-                RepoState::Known(Snapshot {
-                    revision: revision(rest).expect("8 bytes"),
-                    ..snapshot
-                })
-            })
-            .map_err(|e| StoreError::Io(format!("undecodable snapshot record: {e}"))),
-        Some((&KNOWN, rest)) if rest.len() >= 8 => serde_json::from_slice(&rest[8..])
-            .map(|tags| {
-                RepoState::Known(Snapshot {
-                    tags,
-                    revision: revision(rest).expect("8 bytes"),
+                revision: u64::from_be_bytes(revision.try_into().map_err(|_| bad())?),
+            }),
+            _ => Err(bad()),
+        },
+        SNAPSHOT | KNOWN => {
+            let (revision, json) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+            let revision = u64::from_be_bytes(*revision);
+            let snapshot = if kind == SNAPSHOT {
+                serde_json::from_slice(json).map_err(undecodable)?
+            } else {
+                Snapshot {
+                    tags: serde_json::from_slice(json).map_err(undecodable)?,
                     ..Snapshot::default()
-                })
-            })
-            .map_err(|e| StoreError::Io(format!("undecodable snapshot record: {e}"))),
+                }
+            };
+            Ok(RepoState::Known(Snapshot {
+                revision,
+                ..snapshot
+            }))
+        }
         _ => Err(bad()),
     }
 }
@@ -189,22 +221,57 @@ impl Store {
             ),
             other => open_err(other.to_string()),
         })?;
-        let store = Store { db };
+        let store = Store {
+            db,
+            unreadable: Unreadable::default(),
+            high_water: AtomicU64::new(0),
+        };
         // Create the tables up front so readers never meet a missing table. A file with no
         // schema mark but with state was written by schema 1 and waits for adopt_registries.
         let tx = store.db.begin_write().map_err(io)?;
-        {
+        let (newer, high_water) = {
             let repos = tx.open_table(REPOS).map_err(io)?;
             let sets = tx.open_table(WATCH_SETS).map_err(io)?;
             tx.open_table(REGISTRIES).map_err(io)?;
             tx.open_table(OUTBOX).map_err(io)?;
             let mut meta = tx.open_table(META).map_err(io)?;
             let fresh = repos.is_empty().map_err(io)? && sets.is_empty().map_err(io)?;
-            if meta.get("schema").map_err(io)?.is_none() && fresh {
-                meta.insert("schema", SCHEMA).map_err(io)?;
-            }
+            let schema = meta.get("schema").map_err(io)?.map(|v| v.value());
+            let newer = match schema {
+                // Written by a newer release: not a byte of it is touched.
+                Some(found) if found > SCHEMA => Some(found),
+                Some(found) if found < SCHEMA => {
+                    // Schema 2 is schema 3 without the mark (see the module docs).
+                    meta.insert("schema", SCHEMA).map_err(io)?;
+                    tracing::info!(from = found, "state file migrated to schema {SCHEMA}");
+                    None
+                }
+                None if fresh => {
+                    meta.insert("schema", SCHEMA).map_err(io)?;
+                    None
+                }
+                _ => None,
+            };
+            let marked = meta.get(HIGH_WATER).map_err(io)?.map(|v| v.value());
+            let high_water = match marked {
+                Some(high_water) => high_water,
+                // Written before the mark (schema 2): the highest revision its records carry.
+                None if newer.is_none() && schema.is_some() => {
+                    let high_water = highest_revision(&repos)?;
+                    meta.insert(HIGH_WATER, high_water).map_err(io)?;
+                    high_water
+                }
+                // New, or schema 1 (no revisions yet; its migration sets the mark).
+                None => 0,
+            };
+            (newer, high_water)
+        };
+        if let Some(found) = newer {
+            tx.abort().map_err(io)?;
+            return Err(newer_schema(&path, found));
         }
         tx.commit().map_err(io)?;
+        store.high_water.store(high_water, Ordering::SeqCst);
         Ok(store)
     }
 
@@ -213,14 +280,20 @@ impl Store {
     /// configured, with one log line each.
     pub fn adopt_registries(&self, registries: &[(String, String)]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io)?;
+        let mut migrated = None;
         {
             let mut meta = tx.open_table(META).map_err(io)?;
             let mut repos = tx.open_table(REPOS).map_err(io)?;
             let mut sets = tx.open_table(WATCH_SETS).map_err(io)?;
             let mut names = tx.open_table(REGISTRIES).map_err(io)?;
             if meta.get("schema").map_err(io)?.is_none() {
-                migrate_v1(&mut repos, &mut sets, registries)?;
+                let high_water = self.high_water.load(Ordering::SeqCst);
+                let revision = super::fresh_revision_above(high_water);
+                migrate_v1(&mut repos, &mut sets, registries, revision)?;
                 meta.insert("schema", SCHEMA).map_err(io)?;
+                meta.insert(HIGH_WATER, revision.max(high_water))
+                    .map_err(io)?;
+                migrated = Some(revision);
             }
             let configured: HashMap<&str, &str> = registries
                 .iter()
@@ -247,7 +320,11 @@ impl Store {
                 names.insert(*id, *name).map_err(io)?;
             }
         }
-        tx.commit().map_err(io)
+        tx.commit().map_err(io)?;
+        if let Some(revision) = migrated {
+            self.high_water.fetch_max(revision, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// Up to `limit` pending events, oldest first, with their sequence numbers.
@@ -285,13 +362,36 @@ impl Store {
     }
 }
 
-/// Re-keys a schema-1 file from registry names to identities. Records of names no longer
-/// configured are dropped, with one log line per name; snapshots keep their tags, so the next scan
-/// diffs against them as before.
+fn newer_schema(path: &Path, found: u64) -> StoreError {
+    StoreError::NewerSchema {
+        path: path.to_owned(),
+        found,
+        known: SCHEMA,
+    }
+}
+
+/// The highest revision the readable records of `repos` carry (0 for none).
+fn highest_revision(
+    repos: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, StoreError> {
+    let mut highest = 0;
+    for entry in repos.iter().map_err(io)? {
+        let (_, value) = entry.map_err(io)?;
+        if let Ok(state) = decode_state(value.value()) {
+            highest = highest.max(state.revision());
+        }
+    }
+    Ok(highest)
+}
+
+/// Re-keys a schema-1 file from registry names to identities, giving every record `revision`
+/// (schema 1 kept none). Records of names no longer configured are dropped, with one log line
+/// per name; snapshots keep their tags, so the next scan diffs against them as before.
 fn migrate_v1(
     repos: &mut redb::Table<&str, &[u8]>,
     sets: &mut redb::Table<&str, &[u8]>,
     registries: &[(String, String)],
+    revision: u64,
 ) -> Result<(), StoreError> {
     let identity_of: HashMap<&str, &str> = registries
         .iter()
@@ -303,7 +403,6 @@ fn migrate_v1(
         .map(|entry| entry.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
         .collect::<Result<_, _>>()
         .map_err(io)?;
-    let revision = super::fresh_revision();
     let mut moved = 0usize;
     let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
     for (key, value) in old {
@@ -312,7 +411,15 @@ fn migrate_v1(
             .ok_or_else(|| StoreError::Io("schema-1 key without a registry".into()))?;
         match identity_of.get(name) {
             Some(id) => {
-                let state = encode_state(&decode_v1(&value, revision)?);
+                let state = decode_v1(&value, revision).unwrap_or_else(|e| {
+                    crate::metrics::get().store_records_unreadable.inc();
+                    tracing::error!(registry = %name, repository = %repository, error = %e, "unreadable schema-1 state record; taking a new baseline of this repository");
+                    RepoState::Pending {
+                        emit: false,
+                        revision,
+                    }
+                });
+                let state = encode_state(&state);
                 repos
                     .insert(repo_key(id, repository).as_str(), state.as_slice())
                     .map_err(io)?;
@@ -344,7 +451,7 @@ fn migrate_v1(
 
 /// Writes a repository's state, registering its registry when the registry table lacks it: a
 /// loop still finishing its scan after a reload forgot its registry leaves state that the next
-/// start or reload then forgets.
+/// start or reload then forgets. Raises [`HIGH_WATER`] to the state's revision.
 fn put_repo(
     tx: &redb::WriteTransaction,
     registry: &str,
@@ -358,11 +465,30 @@ fn put_repo(
             encode_state(state).as_slice(),
         )
         .map_err(io)?;
+    let mut meta = tx.open_table(META).map_err(io)?;
+    let marked = meta.get(HIGH_WATER).map_err(io)?.map(|v| v.value());
+    if marked.is_none_or(|m| m < state.revision()) {
+        meta.insert(HIGH_WATER, state.revision()).map_err(io)?;
+    }
     let mut names = tx.open_table(REGISTRIES).map_err(io)?;
     if names.get(registry).map_err(io)?.is_none() {
         names.insert(registry, registry).map_err(io)?;
     }
     Ok(())
+}
+
+/// A repository's state as stored within write transaction `tx`; an unreadable record counts as
+/// none (no known snapshot to diff against).
+fn stored_state(
+    tx: &redb::WriteTransaction,
+    registry: &str,
+    repository: &str,
+) -> Result<Option<RepoState>, StoreError> {
+    let repos = tx.open_table(REPOS).map_err(io)?;
+    let value = repos
+        .get(repo_key(registry, repository).as_str())
+        .map_err(io)?;
+    Ok(value.and_then(|v| decode_state(v.value()).ok()))
 }
 
 /// Tightens a state directory others can read to 0700, or says why it cannot.
@@ -384,8 +510,12 @@ fn private_dir(dir: &Path) {
     }
 }
 
+/// `registry`/`repository`'s state. A record that cannot be decoded reads as a baseline decided
+/// now: what the repository holds is recorded, not reported, and the others are unaffected.
 fn read_repo_state(
     db: &impl ReadableDatabase,
+    unreadable: &Unreadable,
+    high_water: u64,
     registry: &str,
     repository: &str,
 ) -> Result<Option<RepoState>, StoreError> {
@@ -394,12 +524,21 @@ fn read_repo_state(
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         other => other.map_err(io)?,
     };
-    match table
+    let Some(value) = table
         .get(repo_key(registry, repository).as_str())
         .map_err(io)?
-    {
-        Some(v) => decode_state(v.value()).map(Some),
-        None => Ok(None),
+    else {
+        return Ok(None);
+    };
+    match decode_state(value.value()) {
+        Ok(state) => Ok(Some(state)),
+        Err(e) => {
+            unreadable.report(registry, repository, &e);
+            Ok(Some(RepoState::Pending {
+                emit: false,
+                revision: super::fresh_revision_above(high_water),
+            }))
+        }
     }
 }
 
@@ -422,6 +561,9 @@ fn read_watch_set(
 /// writes nothing, not even a migration.
 pub struct ReadOnlyStore {
     db: redb::ReadOnlyDatabase,
+    unreadable: Unreadable,
+    /// [`HIGH_WATER`] as found at open.
+    high_water: u64,
 }
 
 impl ReadOnlyStore {
@@ -434,14 +576,26 @@ impl ReadOnlyStore {
             reason: e.to_string(),
         })?;
         let tx = db.begin_read().map_err(io)?;
-        let schema = match tx.open_table(META) {
-            Ok(meta) => meta.get("schema").map_err(io)?.map(|v| v.value()),
-            Err(_) => None,
+        let (schema, marked) = match tx.open_table(META) {
+            Ok(meta) => (
+                meta.get("schema").map_err(io)?.map(|v| v.value()),
+                meta.get(HIGH_WATER).map_err(io)?.map(|v| v.value()),
+            ),
+            Err(_) => (None, None),
         };
-        let has_state = match tx.open_table(REPOS) {
-            Ok(repos) => !repos.is_empty().map_err(io)?,
-            Err(_) => false,
+        let (has_state, high_water) = match tx.open_table(REPOS) {
+            Ok(repos) => (
+                !repos.is_empty().map_err(io)?,
+                match marked {
+                    Some(high_water) => high_water,
+                    None => highest_revision(&repos)?,
+                },
+            ),
+            Err(_) => (false, 0),
         };
+        if let Some(found) = schema.filter(|s| *s > SCHEMA) {
+            return Err(newer_schema(&path, found));
+        }
         if schema.is_none() && has_state {
             return Err(StoreError::Open {
                 path,
@@ -451,7 +605,11 @@ impl ReadOnlyStore {
             });
         }
         drop(tx);
-        Ok(ReadOnlyStore { db })
+        Ok(ReadOnlyStore {
+            db,
+            unreadable: Unreadable::default(),
+            high_water,
+        })
     }
 }
 
@@ -461,7 +619,13 @@ impl StateStore for ReadOnlyStore {
         registry: &str,
         repository: &str,
     ) -> Result<Option<RepoState>, StoreError> {
-        read_repo_state(&self.db, registry, repository)
+        read_repo_state(
+            &self.db,
+            &self.unreadable,
+            self.high_water,
+            registry,
+            repository,
+        )
     }
 
     fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError> {
@@ -476,7 +640,14 @@ impl StateStore for ReadOnlyStore {
         Err(read_only())
     }
 
-    fn commit_scan(&self, _: &str, _: &str, _: &Snapshot, _: &[Event]) -> Result<(), StoreError> {
+    fn commit_scan(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<u64>,
+        _: &Snapshot,
+        _: &[Event],
+    ) -> Result<(), StoreError> {
         Err(read_only())
     }
 
@@ -486,6 +657,10 @@ impl StateStore for ReadOnlyStore {
 
     fn forget_repositories(&self, _: &str, _: &[String]) -> Result<(), StoreError> {
         Err(read_only())
+    }
+
+    fn fresh_revision(&self) -> u64 {
+        super::fresh_revision_above(self.high_water)
     }
 }
 
@@ -499,7 +674,13 @@ impl StateStore for Store {
         registry: &str,
         repository: &str,
     ) -> Result<Option<RepoState>, StoreError> {
-        read_repo_state(&self.db, registry, repository)
+        read_repo_state(
+            &self.db,
+            &self.unreadable,
+            self.high_water.load(Ordering::SeqCst),
+            registry,
+            repository,
+        )
     }
 
     fn watch_set(&self, registry: &str) -> Result<Option<Vec<String>>, StoreError> {
@@ -528,23 +709,37 @@ impl StateStore for Store {
         revision: u64,
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io)?;
+        if let Some(RepoState::Known(_)) = stored_state(&tx, registry, repository)? {
+            // Another writer's first scan of it committed meanwhile: that decision stands.
+            return Ok(());
+        }
         put_repo(
             &tx,
             registry,
             repository,
             &RepoState::Pending { emit, revision },
         )?;
-        tx.commit().map_err(io)
+        tx.commit().map_err(io)?;
+        self.high_water.fetch_max(revision, Ordering::SeqCst);
+        Ok(())
     }
 
     fn commit_scan(
         &self,
         registry: &str,
         repository: &str,
+        base: Option<u64>,
         snapshot: &Snapshot,
         events: &[Event],
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io)?;
+        // Checked inside the write transaction, which redb serialises: no other commit of the
+        // repository can come between the check and the write.
+        super::check_base(
+            repository,
+            base,
+            stored_state(&tx, registry, repository)?.as_ref(),
+        )?;
         put_repo(
             &tx,
             registry,
@@ -559,7 +754,14 @@ impl StateStore for Store {
                 outbox.insert(seq, encoded.as_slice()).map_err(io)?;
             }
         }
-        tx.commit().map_err(io)
+        tx.commit().map_err(io)?;
+        self.high_water
+            .fetch_max(snapshot.revision, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn fresh_revision(&self) -> u64 {
+        super::fresh_revision_above(self.high_water.load(Ordering::SeqCst))
     }
 
     fn repositories(&self, registry: &str) -> Result<Vec<String>, StoreError> {
@@ -636,7 +838,7 @@ mod tests {
             snap.platforms
                 .insert("sha256:1".into(), vec!["linux/amd64".into()]);
             store
-                .commit_scan("r", "a", &snap, &[event(1), event(2)])
+                .commit_scan("r", "a", None, &snap, &[event(1), event(2)])
                 .unwrap();
         }
         let store = Store::open(&state_dir).unwrap();
@@ -656,7 +858,9 @@ mod tests {
         store.outbox_remove(&[batch[0].0]).unwrap();
         assert_eq!(store.outbox_len().unwrap(), 1);
         // Sequence numbers keep rising past removed entries.
-        store.commit_scan("r", "a", &snap, &[event(3)]).unwrap();
+        store
+            .commit_scan("r", "a", Some(8), &snap, &[event(3)])
+            .unwrap();
         let ids: Vec<String> = store
             .outbox_batch(10)
             .unwrap()
@@ -696,7 +900,7 @@ mod tests {
         let a = [("id-a".to_string(), "a".to_string())];
         store.adopt_registries(&a).unwrap();
         store
-            .commit_scan("id-old", "x/late", &Snapshot::default(), &[])
+            .commit_scan("id-old", "x/late", None, &Snapshot::default(), &[])
             .unwrap();
         store.record_pending("id-old", "x/later", true, 1).unwrap();
         store.adopt_registries(&a).unwrap();
@@ -715,7 +919,7 @@ mod tests {
         for id in ["id-a", "id-b"] {
             store.set_watch_set(id, &["x/*".into()], 0).unwrap();
             store
-                .commit_scan(id, "x/one", &Snapshot::default(), &[])
+                .commit_scan(id, "x/one", None, &Snapshot::default(), &[])
                 .unwrap();
             store.record_pending(id, "x/two", false, 1).unwrap();
         }
@@ -751,6 +955,99 @@ mod tests {
             err.to_string().contains("another regwatch process"),
             "{err}"
         );
+    }
+
+    /// `regwatch_store_records_unreadable_total` as exported (0 while absent).
+    fn unreadable_total() -> u64 {
+        crate::metrics::get()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("regwatch_store_records_unreadable_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A repository record that cannot be decoded (unknown kind, bad JSON) reads as a baseline
+    /// of that repository, counted, and a commit made from it replaces it; its neighbours read
+    /// as before.
+    #[test]
+    fn an_unreadable_record_reads_as_a_baseline_and_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let good = Snapshot {
+            revision: 5,
+            ..Snapshot::default()
+        };
+        store.commit_scan("r", "good", None, &good, &[]).unwrap();
+        let mut bad_json = vec![KNOWN];
+        bad_json.extend_from_slice(&9u64.to_be_bytes());
+        bad_json.extend_from_slice(b"{\"v1\":");
+        let tx = store.db.begin_write().unwrap();
+        {
+            let mut repos = tx.open_table(REPOS).unwrap();
+            repos
+                .insert(repo_key("r", "kind").as_str(), b"Zz".as_slice())
+                .unwrap();
+            repos
+                .insert(repo_key("r", "json").as_str(), bad_json.as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        let before = unreadable_total();
+        for repo in ["kind", "json"] {
+            let state = store.repo_state("r", repo);
+            assert!(
+                matches!(state, Ok(Some(RepoState::Pending { emit: false, .. }))),
+                "{repo}: {state:?}"
+            );
+        }
+        assert!(unreadable_total() >= before + 2, "counted");
+        assert_eq!(
+            store.repo_state("r", "good").unwrap(),
+            Some(RepoState::Known(good.clone()))
+        );
+        // The baseline's commit (it read no known snapshot) replaces the record.
+        store.commit_scan("r", "kind", None, &good, &[]).unwrap();
+        assert_eq!(
+            store.repo_state("r", "kind").unwrap(),
+            Some(RepoState::Known(good))
+        );
+    }
+
+    /// A schema-2 file has no high-water mark: it is taken from its records at open, so a
+    /// revision drawn while the clock was ahead still bounds the ones drawn after.
+    #[test]
+    fn a_schema_2_file_takes_its_high_water_mark_from_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let ahead = crate::store::fresh_revision() + 86_400_000_000;
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                tx.open_table(META).unwrap().insert("schema", 2).unwrap();
+                let mut repos = tx.open_table(REPOS).unwrap();
+                let known = encode_state(&RepoState::Known(Snapshot {
+                    revision: ahead,
+                    ..Snapshot::default()
+                }));
+                repos
+                    .insert(repo_key("r", "a").as_str(), known.as_slice())
+                    .unwrap();
+                let pending = encode_state(&RepoState::Pending {
+                    emit: true,
+                    revision: 3,
+                });
+                repos
+                    .insert(repo_key("r", "b").as_str(), pending.as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.fresh_revision() > ahead);
+        drop(store);
+        let read_only = ReadOnlyStore::open(dir.path()).unwrap();
+        assert!(read_only.fresh_revision() > ahead, "the mark was written");
     }
 
     #[test]

@@ -519,7 +519,9 @@ impl Scanner {
             Some(state) => state,
             None => RepoState::Pending {
                 emit: self.first_seen_emits(repo, previous_watch_set, output)?,
-                revision: fresh_revision(),
+                revision: output
+                    .store()
+                    .map_or_else(fresh_revision, |s| s.fresh_revision()),
             },
         };
         // A new repository's events are diffed against a revision drawn now: record it first, so
@@ -675,8 +677,15 @@ impl Scanner {
                                 snapshot: kept,
                                 changes: Vec::new(),
                             };
-                            self.record(output, repo, unchanged, revision, SystemTime::now())
-                                .await?;
+                            self.record(
+                                output,
+                                repo,
+                                unchanged,
+                                revision,
+                                Some(revision),
+                                SystemTime::now(),
+                            )
+                            .await?;
                         }
                     }
                     return Err(e);
@@ -707,8 +716,9 @@ impl Scanner {
             });
         }
         let baseline_tags = previous.is_none().then_some(outcome.snapshot.tags.len());
+        let base = was_known.then_some(revision);
         let event_count = self
-            .record(output, repo, outcome, revision, detected)
+            .record(output, repo, outcome, revision, base, detected)
             .await?;
         if let Some(tags) = baseline_tags {
             tracing::debug!(registry = %self.config.name, repository = %repo, tags, "baseline recorded");
@@ -796,17 +806,21 @@ impl Scanner {
     }
 
     /// Records a diff of `repo` against snapshot `revision`, detected at `detected`: commits the
-    /// next snapshot with the changes' events (or, in a dry run, prints them). Returns the number
-    /// of events.
+    /// next snapshot with the changes' events (or, in a dry run, prints them), provided the store
+    /// still holds the known snapshot `base` the scan read (see [`StateStore::commit_scan`]).
+    /// Returns the number of events.
     async fn record(
         &self,
         output: &Output,
         repo: &str,
         mut outcome: diff::Diff,
         revision: u64,
+        base: Option<u64>,
         detected: SystemTime,
     ) -> Result<usize, StoreError> {
-        outcome.snapshot.revision = revision + 1;
+        // The revision comes from the state file: at its ceiling it stays there rather than panic
+        // (or wrap to 0, below the revisions already used).
+        outcome.snapshot.revision = revision.saturating_add(1);
         let origin = Origin {
             registry: &self.config.name,
             identity: &self.identity,
@@ -825,7 +839,7 @@ impl Scanner {
                 let (identity, name, snapshot) =
                     (self.identity.clone(), repo.to_owned(), outcome.snapshot);
                 blocking(store, move |s| {
-                    s.commit_scan(&identity, &name, &snapshot, &events)
+                    s.commit_scan(&identity, &name, base, &snapshot, &events)
                 })
                 .await?;
                 if event_count > 0 {
@@ -864,8 +878,16 @@ impl Scanner {
         };
         let outcome = diff::diff(Some(&previous), Vec::new(), &self.config.tags, true);
         if !outcome.changes.is_empty() {
-            self.record(output, repo, outcome, previous.revision, SystemTime::now())
-                .await?;
+            let revision = previous.revision;
+            self.record(
+                output,
+                repo,
+                outcome,
+                revision,
+                Some(revision),
+                SystemTime::now(),
+            )
+            .await?;
         }
         Ok(())
     }

@@ -229,6 +229,7 @@ impl StateStore for CrashingStore {
         &self,
         r: &str,
         repo: &str,
+        base: Option<u64>,
         snapshot: &Snapshot,
         events: &[Event],
     ) -> Result<(), StoreError> {
@@ -236,7 +237,10 @@ impl StateStore for CrashingStore {
             self.lost.lock().unwrap().extend(events.iter().cloned());
             return Err(StoreError::Io("simulated crash inside the commit".into()));
         }
-        self.inner.commit_scan(r, repo, snapshot, events)
+        self.inner.commit_scan(r, repo, base, snapshot, events)
+    }
+    fn fresh_revision(&self) -> u64 {
+        self.inner.fresh_revision()
     }
     fn repositories(&self, r: &str) -> Result<Vec<String>, StoreError> {
         self.inner.repositories(r)
