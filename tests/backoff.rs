@@ -288,3 +288,37 @@ async fn a_hinted_scan_that_races_the_push_tries_again_within_seconds() {
     assert_eq!(events.len(), 1, "{out}");
     assert_eq!(events[0]["data"]["digest"], digest.as_str());
 }
+
+/// A tag whose lookup keeps failing with a server error (a corrupt manifest in storage answers
+/// 500 to every HEAD) fails its repository's scan a bounded number of times, then waits on its
+/// own: a later push of another tag to the repository is reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_whose_lookup_always_fails_waits_after_bounded_tries() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/app", "v1", 1);
+    let host = synthetic::serve(state.clone()).await;
+    let setup = Setup::new(
+        "interval = \"1s\"\njitter = \"0%\"\n",
+        &config(&host, "\"team/*\""),
+    );
+    let daemon = setup.spawn();
+    wait_ready(&setup.admin).await;
+    state
+        .head_failing
+        .lock()
+        .unwrap()
+        .insert("team/app:broken".into());
+    state.put("team/app", "broken", 2);
+    let digest = state.put("team/app", "v2", 3);
+    let after = wait_for_event(&daemon, "team/app", "v2", Duration::from_secs(30)).await;
+    let (code, out, err) = daemon.stop();
+    assert_eq!(code, 0, "{err}");
+    report(
+        "a tag whose HEAD always answers 500, beside a push to its repository: the push reported after",
+        format!("{:.1} s", after.as_secs_f64()),
+        "bounded (3 failed scans, interval 1 s)",
+    );
+    let events = json_lines(&out);
+    assert_eq!(events.len(), 1, "only v2, never the broken tag: {out}");
+    assert_eq!(events[0]["data"]["digest"], digest.as_str());
+}

@@ -869,8 +869,11 @@ async fn hub_credentials_are_not_sent_to_a_mirror_at_run_time() {
     use support::synthetic::{Synthetic, serve};
     let state = Arc::new(Synthetic::default());
     state.put("library/nginx", "v1", 1);
-    *state.token_auth.lock().unwrap() =
-        Some(("mirroruser".into(), "mirror-pw".into(), "mirror-token".into()));
+    *state.token_auth.lock().unwrap() = Some((
+        "mirroruser".into(),
+        "mirror-pw".into(),
+        "mirror-token".into(),
+    ));
     let host = serve(state.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let (hub, mirror) = (

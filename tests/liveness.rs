@@ -19,8 +19,8 @@ use regwatch::watchdog::Heartbeats;
 use support::synthetic::{Synthetic, serve};
 use tokio::sync::{Notify, mpsc, watch};
 
-/// The real adapter, except that its first `panics` tag listings panic, as a bug reached by some
-/// registry answer would.
+/// The real adapter, except that its first `panics` catalog listings panic, as a bug reached by
+/// some registry answer would: the cycle itself panics, not one repository's scan.
 struct PanicsFirst {
     inner: Arc<dyn Registry>,
     panics: AtomicUsize,
@@ -32,16 +32,16 @@ impl Registry for PanicsFirst {
         self.inner.ping().await
     }
     async fn list_repositories(&self) -> Result<Vec<String>, RegistryError> {
-        self.inner.list_repositories().await
-    }
-    async fn list_tags(&self, repo: &str) -> Result<Vec<Tag>, RegistryError> {
         if self
             .panics
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            panic!("simulated bug while listing {repo}");
+            panic!("simulated bug while listing the catalog");
         }
+        self.inner.list_repositories().await
+    }
+    async fn list_tags(&self, repo: &str) -> Result<Vec<Tag>, RegistryError> {
         self.inner.list_tags(repo).await
     }
     async fn digest(&self, repo: &str, tag: &str) -> Result<String, RegistryError> {
@@ -104,6 +104,10 @@ async fn a_panicking_scan_is_counted_shown_and_the_loop_goes_on() {
     }
     let shown = shown.expect("/readyz must say that a scan panicked");
     assert!(shown.contains("fragile"), "{shown}");
+    assert!(
+        !shown.contains("simulated bug"),
+        "/readyz is unauthenticated: the panic's text stays in the log: {shown}"
+    );
     assert!(!task.is_finished(), "the loop must outlive the panic");
     let panics = regwatch::metrics::get().render();
     assert!(
@@ -172,4 +176,71 @@ async fn an_upload_time_in_the_year_10000_is_null_not_a_dead_loop() {
         assert_eq!(e["data"]["pushed_at"], serde_json::Value::Null, "{e}");
     }
     support::assert_schema_valid(&events);
+}
+
+/// The real adapter, except that listing `team/bad` always panics.
+struct PanicsOn {
+    inner: Arc<dyn Registry>,
+    repo: &'static str,
+}
+
+#[async_trait]
+impl Registry for PanicsOn {
+    async fn ping(&self) -> Result<(), RegistryError> {
+        self.inner.ping().await
+    }
+    async fn list_repositories(&self) -> Result<Vec<String>, RegistryError> {
+        self.inner.list_repositories().await
+    }
+    async fn list_tags(&self, repo: &str) -> Result<Vec<Tag>, RegistryError> {
+        assert_ne!(repo, self.repo, "simulated bug reached by {repo}'s listing");
+        self.inner.list_tags(repo).await
+    }
+    async fn digest(&self, repo: &str, tag: &str) -> Result<String, RegistryError> {
+        self.inner.digest(repo, tag).await
+    }
+    async fn platforms(&self, repo: &str, digest: &str) -> Result<Vec<String>, RegistryError> {
+        self.inner.platforms(repo, digest).await
+    }
+}
+
+/// A panic confined to one repository (every scan of it panics) is that repository's failure:
+/// counted, and it backs off alone; its siblings are scanned and reported every cycle.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_whose_scan_always_panics_never_holds_back_its_siblings() {
+    let state = Arc::new(Synthetic::default());
+    state.put("team/bad", "v1", 1);
+    state.put("team/good", "v1", 1);
+    let host = serve(state.clone()).await;
+    let text = format!(
+        "[[registry]]\nname = \"halfbroken\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\n\
+         repositories = [\"team/*\"]\ninterval = \"1s\"\n"
+    );
+    let cfg = config::parse(&text).unwrap().registries.remove(0);
+    let mut scanner = Scanner::new(&cfg, FirstRun::Baseline, false).unwrap();
+    scanner.registry = Arc::new(PanicsOn {
+        inner: scanner.registry.clone(),
+        repo: "team/bad",
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let output = Output::Commit {
+        store: store.clone(),
+        published: Arc::new(Notify::new()),
+    };
+    let first = scanner.cycle(&output, || false).await.unwrap();
+    assert_eq!((first.failed, first.repositories), (1, 2), "{first:?}");
+    state.put("team/good", "v2", 2);
+    let second = scanner.cycle(&output, || false).await.unwrap();
+    assert_eq!(
+        second.events, 1,
+        "the sibling's push is reported: {second:?}"
+    );
+    let metrics = regwatch::metrics::get().render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("regwatch_scan_panics_total{registry=\"halfbroken\"}")),
+        "{metrics}"
+    );
 }

@@ -307,10 +307,12 @@ impl Registry for EcrRegistry {
                         .image_pushed_at()
                         .and_then(|t| SystemTime::try_from(*t).ok());
                     for name in image.image_tags() {
+                        // ECR's own rule is only a length (1 to 300): a tag outside the
+                        // Distribution grammar (say `1.0+build`) cannot be pulled by name, so it
+                        // is skipped, alone, rather than failing its repository.
                         if !super::valid_tag(name) {
-                            return Err(RegistryError::Protocol(format!(
-                                "{repo} lists an invalid tag {name:?}"
-                            )));
+                            tracing::debug!(repository = %repo, tag = %name, "skipping a tag outside the Distribution grammar");
+                            continue;
                         }
                         tags.push(Tag {
                             name: name.clone(),

@@ -404,9 +404,9 @@ impl OciRegistry {
                 match &follow_up {
                     // The registry ignores `last`, and this page brought nothing new.
                     Some(f) if fresh == 0 => {
-                        if last_progress != page_size {
-                            // The page before held other than `n` distinct names: it ignored
-                            // `n` and sent everything, or (duplicates filling it) it had no more.
+                        if last_progress > page_size {
+                            // The page before held more than `n` names: the registry ignores
+                            // `n` too, and sent everything at once.
                             break;
                         }
                         if f.asked > page_size && repeated.len() < f.asked {
@@ -415,6 +415,8 @@ impl OciRegistry {
                         }
                         if f.asked == page_size {
                             // A list of exactly `n` names, or one cut at `n`: ask for one more.
+                            // (A registry that also caps `n` at exactly `page_size` and drops
+                            // `Link` could still fool this; none that ignores `last` is known to.)
                             next = Some(follow_up_page(&url, page_size + 1, &f.last));
                             continue;
                         }

@@ -415,13 +415,12 @@ fn cosign_change(
     })
 }
 
-/// Takes `tags` out of `outcome` as if this listing had not seen them change: their `Added` and
-/// `Updated` changes are dropped, and the snapshot keeps what `previous` knew of them (a new tag
-/// is left out). For tags whose lookups failed: the next scan diffs them again.
+/// Takes `tags` out of `outcome` as if this listing had not seen them change: their changes are
+/// dropped, and the snapshot keeps what `previous` knew of them (a new tag is left out). For tags
+/// whose lookups failed: the next scan diffs them again.
 pub fn withhold(outcome: &mut Diff, previous: Option<&Snapshot>, tags: &BTreeSet<String>) {
-    outcome.changes.retain(|c| {
-        !(tags.contains(&c.tag) && matches!(c.kind, ChangeKind::Added | ChangeKind::Updated))
-    });
+    // Every change of theirs: a cosign tag's signature.added names the digest that failed too.
+    outcome.changes.retain(|c| !tags.contains(&c.tag));
     for tag in tags {
         match previous.and_then(|p| p.tags.get(tag)) {
             Some(digest) => {
@@ -429,8 +428,12 @@ pub fn withhold(outcome: &mut Diff, previous: Option<&Snapshot>, tags: &BTreeSet
             }
             None => {
                 outcome.snapshot.tags.remove(tag);
-                outcome.snapshot.held_back.remove(tag);
             }
+        }
+        if previous.is_some_and(|p| p.held_back.contains(tag)) {
+            outcome.snapshot.held_back.insert(tag.clone());
+        } else {
+            outcome.snapshot.held_back.remove(tag);
         }
     }
 }
@@ -724,6 +727,33 @@ mod tests {
         );
         let prev = snap(&[("latest", Some("sha256:l")), ("old", None)]);
         assert_eq!(needs_digest(Some(&prev), &listing, &filter), vec![0, 2]);
+    }
+
+    /// Tags whose lookups failed are taken out whole: their signature.added too (it names the
+    /// digest that failed), and a held-back tag stays held back, so neither comes back later as
+    /// news twice or as a phantom removal.
+    #[test]
+    fn withheld_tags_leave_no_change_behind() {
+        let mut prev = snap(&[("v1", Some(D1)), ("held", Some(D2))]);
+        prev.held_back.insert("held".into());
+        let listing = tags_of(&[("v1", D1), ("v2", D1), ("held", D3)], &[(D1, "sig")]);
+        let mut d = diff(Some(&prev), listing, &all(), true);
+        assert!(
+            d.changes
+                .iter()
+                .any(|c| c.kind == ChangeKind::SignatureAdded),
+            "{:?}",
+            kinds(&d)
+        );
+        let tags: BTreeSet<String> = ["v2".to_string(), sig(D1, "sig"), "held".to_string()]
+            .into_iter()
+            .collect();
+        withhold(&mut d, Some(&prev), &tags);
+        assert!(d.changes.is_empty(), "{:?}", kinds(&d));
+        assert!(!d.snapshot.tags.contains_key("v2"));
+        assert!(!d.snapshot.tags.contains_key(&sig(D1, "sig")));
+        assert_eq!(d.snapshot.tags.get("held"), Some(&Some(D2.to_string())));
+        assert!(d.snapshot.held_back.contains("held"));
     }
 
     #[test]

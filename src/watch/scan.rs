@@ -18,13 +18,18 @@ use crate::event::{self, Event, Origin};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{RepoState, StateStore, StoreError, fresh_revision};
 
-/// Scans a tag waits on a failed lookup before one WARN line says so.
+/// Scans a tag waits on a failed lookup before one WARN line says so; also the scans in which a
+/// newly waiting tag brings its repository's next scan forward (see the scheduler).
 const WARN_AFTER_WAITS: u32 = 3;
+/// Scans in a row whose lookup of one tag failed with an error that may be the registry's (a
+/// 5xx after retries, a malformed answer) before that tag waits on its own. Until then such a
+/// failure fails the repository's scan, loudly, as a registry outage should.
+const FAILURES_BEFORE_WAITING: u32 = 3;
 
-/// Whether a failed digest or platforms lookup says something of that one tag only (its manifest
-/// is missing, or answered malformed), not of the registry: the tag waits, its siblings do not.
+/// Whether a failed digest or platforms lookup says something of that one tag only: its manifest
+/// is missing (404). The tag waits at once; its siblings do not.
 fn confined_to_one_tag(e: &RegistryError) -> bool {
-    matches!(e, RegistryError::NotFound(_) | RegistryError::Protocol(_))
+    matches!(e, RegistryError::NotFound(_))
 }
 
 /// Locks `m`, also after a panic elsewhere poisoned it: every update behind these locks leaves
@@ -282,7 +287,7 @@ impl Scanner {
         let results: Vec<(String, Result<RepoOutcome, ScanError>)> = stream::iter(due)
             .take_while(|_| std::future::ready(!stop()))
             .map(|repo| async move {
-                let result = self.scan_repository(&repo, previous, output).await;
+                let result = self.scan_repository_guarded(&repo, previous, output).await;
                 if let Some(p) = &self.progress {
                     p.inc(1);
                 }
@@ -455,6 +460,8 @@ impl Scanner {
             let identity = self.identity.clone();
             blocking(store, move |s| s.forget_repositories(&identity, &forget)).await?;
         }
+        // Lookup failures of repositories that left are forgotten with them.
+        lock(&self.unresolved).retain(|repo, _| listed.contains(repo));
         *lock(&self.listed) = Some(listed);
         Ok(())
     }
@@ -501,6 +508,31 @@ impl Scanner {
                 self.first_scan_emits(repo, Some(&patterns))
             }
         })
+    }
+
+    /// [`Scanner::scan_repository`], with a panic confined to this repository: it is counted and
+    /// logged at ERROR, and the repository fails (and backs off) alone while its siblings go on.
+    async fn scan_repository_guarded(
+        &self,
+        repo: &str,
+        previous_watch_set: Option<&[RepoPattern]>,
+        output: &Output,
+    ) -> Result<RepoOutcome, ScanError> {
+        use futures_util::FutureExt;
+        let scan = self.scan_repository(repo, previous_watch_set, output);
+        match std::panic::AssertUnwindSafe(scan).catch_unwind().await {
+            Ok(result) => result,
+            Err(_) => {
+                crate::metrics::get()
+                    .scan_panics
+                    .get_or_create(&crate::metrics::registry_label(&self.config.name))
+                    .inc();
+                tracing::error!(registry = %self.config.name, repository = %repo, "the scan of this repository panicked (the panic is logged above); nothing of it was recorded, and it backs off alone");
+                Err(ScanError::Registry(RegistryError::Protocol(
+                    "the scan panicked".into(),
+                )))
+            }
+        }
     }
 
     /// Scans one repository. Any failure leaves the store as it was.
@@ -624,21 +656,30 @@ impl Scanner {
             .buffer_unordered(self.config.concurrency)
             .collect()
             .await;
-        let mut unresolved = BTreeSet::new();
+        let (mut unresolved, mut failed) = (BTreeSet::new(), BTreeSet::new());
+        let mut failure = None;
         for (i, result) in looked_up {
             match result {
                 Ok(d) => listing[i].digest = Some(d),
-                Err(e) if confined_to_one_tag(&e) => {
-                    unresolved.insert(listing[i].name.clone());
+                Err(e) => {
+                    if self.waits_on_its_own(repo, &listing[i].name, &e) {
+                        unresolved.insert(listing[i].name.clone());
+                    } else {
+                        failure.get_or_insert(e);
+                    }
+                    failed.insert(listing[i].name.clone());
                 }
-                Err(e) => return Err(e.into()),
             }
+        }
+        if let Some(e) = failure {
+            self.count_lookup_failures(repo, &failed);
+            return Err(e.into());
         }
         // A new tag whose digest cannot be had (its push still being written, or its manifest
         // garbage collected) is left out: not recorded, so it is new again at the next scan and
-        // reported once it resolves. A known tag keeps what was known. The rest of the repository
-        // is reported as usual.
-        let is_known = |tag: &str| previous.as_ref().is_some_and(|p| p.tags.contains_key(tag));
+        // reported once it resolves. A known tag keeps what was known, and a baseline records
+        // the name, as baselines do. The rest of the repository is reported as usual.
+        let is_known = |tag: &str| previous.as_ref().is_none_or(|p| p.tags.contains_key(tag));
         if !unresolved.is_empty() {
             listing.retain(|t| !unresolved.contains(&t.name) || is_known(&t.name));
         }
@@ -663,7 +704,9 @@ impl Scanner {
                     diff::withhold(&mut outcome, previous.as_ref(), &tags);
                     unresolved.extend(tags);
                 }
-                Err(e) => {
+                Err((e, failed_tags)) => {
+                    failed.extend(failed_tags);
+                    self.count_lookup_failures(repo, &failed);
                     // Nothing is reported, but what was read stays read: digests are immutable,
                     // and every GET may be a pull. Only for a known repository: a first scan's
                     // failure keeps its pending decision instead.
@@ -732,77 +775,116 @@ impl Scanner {
     }
 
     /// Looks up the platforms of the new digests `outcome` reports (`platforms`), once per digest
-    /// ever: the snapshot keeps them. Returns the digests whose lookup failed in a way confined to
-    /// them (their tags wait); any other failure fails the scan, so no event goes without its
-    /// platforms. After one, no further lookup starts, and those that succeeded are still in
-    /// `outcome`.
+    /// ever: the snapshot keeps them. Returns the digests whose lookup failed for a tag that now
+    /// waits on its own (see [`Scanner::waits_on_its_own`]); any other failure fails the scan, so
+    /// no event goes without its platforms, and comes with the tags whose lookups failed. After
+    /// one, no further lookup starts, and those that succeeded are still in `outcome`.
     async fn lookup_platforms(
         &self,
         repo: &str,
         outcome: &mut diff::Diff,
-    ) -> Result<BTreeSet<String>, ScanError> {
+    ) -> Result<BTreeSet<String>, (ScanError, BTreeSet<String>)> {
         let failed = std::sync::atomic::AtomicBool::new(false);
-        let results: Vec<(String, Result<Vec<String>, RegistryError>)> =
+        let results: Vec<(String, String, Result<Vec<String>, RegistryError>)> =
             stream::iter(diff::needs_platforms(outcome))
                 .take_while(|_| std::future::ready(!failed.load(Ordering::Relaxed)))
-                .map(|(digest, _tag)| {
+                .map(|(digest, tag)| {
                     let failed = &failed;
                     async move {
                         let result = self.registry.platforms(repo, &digest).await;
-                        let fatal = result.as_ref().is_err_and(|e| !confined_to_one_tag(e));
+                        let fatal = result
+                            .as_ref()
+                            .is_err_and(|e| !self.waits_on_its_own(repo, &tag, e));
                         failed.fetch_or(fatal, Ordering::Relaxed);
-                        (digest, result)
+                        (digest, tag, result)
                     }
                 })
                 .buffer_unordered(self.config.concurrency)
                 .collect()
                 .await;
         let mut first_error = None;
-        let mut unresolved = BTreeSet::new();
-        for (digest, result) in results {
+        let (mut unresolved, mut failed_tags) = (BTreeSet::new(), BTreeSet::new());
+        for (digest, tag, result) in results {
             match result {
                 Ok(platforms) => {
                     outcome.snapshot.platforms.insert(digest, platforms);
                 }
-                Err(e) if confined_to_one_tag(&e) => {
-                    unresolved.insert(digest);
-                }
                 Err(e) => {
-                    first_error.get_or_insert(e);
+                    if self.waits_on_its_own(repo, &tag, &e) {
+                        unresolved.insert(digest);
+                    } else {
+                        first_error.get_or_insert(e);
+                    }
+                    failed_tags.insert(tag);
                 }
             }
         }
-        first_error.map_or(Ok(unresolved), |e| Err(e.into()))
+        match first_error {
+            None => Ok(unresolved),
+            Some(e) => Err((e.into(), failed_tags)),
+        }
     }
 
-    /// Counts and logs the tags of `repo` waiting on a failed lookup, once a tag has waited
-    /// [`WARN_AFTER_WAITS`] scans in a row; returns how many new tags wait.
+    /// Whether the failed lookup `e` of `repo:tag` makes the tag wait rather than fail the scan:
+    /// at once for a 404; for other errors, once they have failed [`FAILURES_BEFORE_WAITING`]
+    /// scans of the repository in a row.
+    fn waits_on_its_own(&self, repo: &str, tag: &str, e: &RegistryError) -> bool {
+        confined_to_one_tag(e)
+            || lock(&self.unresolved)
+                .get(repo)
+                .and_then(|tags| tags.get(tag))
+                .is_some_and(|n| *n + 1 >= FAILURES_BEFORE_WAITING)
+    }
+
+    /// Records that the lookups of `failed` tags of `repo` failed in this scan (any other tag's
+    /// count starts again), counting them in the metric; returns each one's scans in a row.
+    fn count_lookup_failures(
+        &self,
+        repo: &str,
+        failed: &BTreeSet<String>,
+    ) -> std::collections::BTreeMap<String, u32> {
+        let mut counts = lock(&self.unresolved);
+        let before = counts.remove(repo).unwrap_or_default();
+        if failed.is_empty() {
+            return Default::default();
+        }
+        crate::metrics::get()
+            .tag_lookup_failures
+            .get_or_create(&crate::metrics::registry_label(&self.config.name))
+            .inc_by(failed.len() as u64);
+        let now: std::collections::BTreeMap<String, u32> = failed
+            .iter()
+            .map(|t| {
+                (
+                    t.clone(),
+                    before.get(t).copied().unwrap_or(0).saturating_add(1),
+                )
+            })
+            .collect();
+        counts.insert(repo.to_owned(), now.clone());
+        now
+    }
+
+    /// Counts the tags of `repo` waiting on a failed lookup after a scan that succeeded, with one
+    /// WARN once a tag has waited [`WARN_AFTER_WAITS`] scans in a row; returns how many new tags
+    /// started waiting within the last [`WARN_AFTER_WAITS`] scans (those bring the repository's
+    /// next scan forward: a push may still be being written).
     fn note_unresolved(
         &self,
         repo: &str,
         unresolved: &BTreeSet<String>,
         is_known: &impl Fn(&str) -> bool,
     ) -> usize {
-        let mut waits = lock(&self.unresolved);
-        if unresolved.is_empty() {
-            waits.remove(repo);
-            return 0;
-        }
-        crate::metrics::get()
-            .tag_lookup_failures
-            .get_or_create(&crate::metrics::registry_label(&self.config.name))
-            .inc_by(unresolved.len() as u64);
-        let before = waits.remove(repo).unwrap_or_default();
-        let mut now = std::collections::BTreeMap::new();
-        for tag in unresolved {
-            let n = before.get(tag).copied().unwrap_or(0) + 1;
-            if n == WARN_AFTER_WAITS {
+        let counts = self.count_lookup_failures(repo, unresolved);
+        for (tag, n) in &counts {
+            if *n == WARN_AFTER_WAITS {
                 tracing::warn!(registry = %self.config.name, repository = %repo, tag = %tag, scans = n, "a listed tag's manifest cannot be looked up (dangling after garbage collection?); it is reported once it resolves, and the repository's other tags are reported as usual");
             }
-            now.insert(tag.clone(), n);
         }
-        waits.insert(repo.to_owned(), now);
-        unresolved.iter().filter(|t| !is_known(t)).count()
+        counts
+            .iter()
+            .filter(|(tag, n)| **n <= WARN_AFTER_WAITS && !is_known(tag))
+            .count()
     }
 
     /// Records a diff of `repo` against snapshot `revision`, detected at `detected`: commits the

@@ -246,7 +246,12 @@ impl RegistryLoop {
             .scan_hinted(&self.output, repos.clone(), move || *stop.borrow());
         match beating(tick, &self.heartbeat, guarded(limit, scan)).await {
             Ended::Returned(Ok(report)) => {
-                quick.note(&report.waiting, Some(&repos));
+                // The report names repositories as qualified (`nginx` is `library/nginx`).
+                let covered: Vec<String> = repos
+                    .iter()
+                    .map(|r| self.scanner.config.qualified(r))
+                    .collect();
+                quick.note(&report.waiting, Some(&covered));
                 tracing::debug!(registry = %name, ?report, "hinted scan complete");
             }
             Ended::Returned(Err(ScanError::Store(e))) if !e.is_transient() => {
@@ -275,8 +280,11 @@ impl RegistryLoop {
             .get_or_create(&crate::metrics::registry_label(name))
             .inc();
         tracing::error!(registry = %name, panic = %why, next_in = ?retry_in, "a scan panicked; nothing of it was recorded, scanning again after a backoff");
-        self.readiness
-            .down(name, format!("a scan of {name} panicked: {why}"));
+        // /readyz answers anyone: the panic's text stays in the log.
+        self.readiness.down(
+            name,
+            format!("a scan of {name} panicked; see the ERROR log"),
+        );
     }
 }
 

@@ -13,7 +13,8 @@
 //!   listing carries them (and HEADs the mutable tags).
 //! - A selected tag whose digest is needed but cannot be had (a dangling manifest: HEAD 404) is
 //!   not reported and not recorded: the rest of the repository is reported as usual, and the tag
-//!   is reported once it resolves. A known tag whose HEAD fails keeps what was known.
+//!   is reported once it resolves. A known tag whose HEAD fails keeps what was known, and a
+//!   baseline records its name (without a digest), as it records every name.
 //! - `updated` needs a known previous digest; `removed` only with `emit_removed`, for a selected
 //!   tag. `pushed_at` is the registry's upload time when in range, else null.
 //! - Repositories that leave the watch set by a config edit are forgotten after a complete
@@ -204,7 +205,9 @@ impl Model {
             let digest = if needs_head {
                 if t.dangling || unresolvable.contains(name) {
                     match old {
-                        // Not yet resolvable: neither reported nor recorded.
+                        // A baseline records names: nothing is reported of it either way.
+                        None if prev.is_none() => None,
+                        // New and not yet resolvable: neither reported nor recorded.
                         None => continue,
                         Some(was) => was.clone(),
                     }

@@ -76,6 +76,8 @@ pub struct Synthetic {
     /// `repo:tag` names that tags/list shows but whose manifest HEAD answers 404, as when a tag is
     /// deleted (or re-pushed) between a client's listing and its HEAD.
     pub head_missing: Mutex<std::collections::BTreeSet<String>>,
+    /// `repo:tag` names whose manifest HEAD answers 500 for good (a corrupt manifest in storage).
+    pub head_failing: Mutex<std::collections::BTreeSet<String>>,
     /// tags/list requests per repository.
     pub tags_requests_by_repo: Mutex<BTreeMap<String, usize>>,
     /// How long every tags/list request waits before it is answered (a slow registry).
@@ -344,6 +346,14 @@ async fn handle(
             .contains(&format!("{repo}:{tag}"))
         {
             return status(StatusCode::NOT_FOUND);
+        }
+        if state
+            .head_failing
+            .lock()
+            .unwrap()
+            .contains(&format!("{repo}:{tag}"))
+        {
+            return status(StatusCode::INTERNAL_SERVER_ERROR);
         }
         let repos = state.repos.lock().unwrap();
         let Some(d) = repos.get(repo).and_then(|t| t.get(tag)) else {

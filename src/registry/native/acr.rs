@@ -35,8 +35,20 @@ pub async fn list(oci: &OciRegistry, repo: &str) -> Result<Vec<Tag>, RegistryErr
     let scope = format!("repository:{repo}:metadata_read");
     let mut details = Vec::new();
     let names = oci.paginate(url, &scope, tags_of, &mut details).await?;
-    let mut by_name: std::collections::HashMap<String, Tag> =
-        details.into_iter().map(|t| (t.name.clone(), t)).collect();
+    let mut by_name: std::collections::HashMap<String, Tag> = std::collections::HashMap::new();
+    for t in details {
+        match by_name.entry(t.name.clone()) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(t);
+            }
+            // Listed twice with two digests: neither is believed (the digest lookup decides).
+            std::collections::hash_map::Entry::Occupied(mut o) if o.get().digest != t.digest => {
+                o.get_mut().digest = None;
+                o.get_mut().pushed_at = None;
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {}
+        }
+    }
     names
         .into_iter()
         .map(|name| {
