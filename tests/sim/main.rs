@@ -435,14 +435,11 @@ impl World {
             Op::Dangle { repo, tag } => {
                 let (repo, tag) = (REPOS[*repo], pool[*tag].clone());
                 let tags = s.repos.entry(repo.into()).or_default();
-                if !tags.contains_key(&tag) {
-                    let t = SimTag {
-                        digest: digest_of(fresh, repo),
-                        dangling: true,
-                        uploaded: Uploaded::Ms(1_700_000_000_000),
-                    };
-                    tags.insert(tag, t);
-                }
+                tags.entry(tag).or_insert_with(|| SimTag {
+                    digest: digest_of(fresh, repo),
+                    dangling: true,
+                    uploaded: Uploaded::Ms(1_700_000_000_000),
+                });
             }
             Op::Settle { repo, tag } => {
                 if let Some(t) = s

@@ -153,7 +153,12 @@ fn map_entry(tag: &str, t: &SimTag, google: bool, hostile: bool) -> (Option<Stri
     if !google {
         return (None, Uploaded::Garbage);
     }
-    let entries = usize::from(!t.dangling) + if hostile && tag.len() % 2 == 0 { 2 } else { 0 };
+    let entries = usize::from(!t.dangling)
+        + if hostile && tag.len().is_multiple_of(2) {
+            2
+        } else {
+            0
+        };
     if entries == 1 && !t.dangling {
         (Some(t.digest.clone()), t.uploaded)
     } else {

@@ -246,7 +246,7 @@ fn page(s: &SimState, path: &str, names: &[String], uri: &Uri) -> (Vec<String>, 
                 LinkMode::Relative => Some(rel),
                 LinkMode::Absolute => Some(format!("http://{}{rel}", s.host)),
                 LinkMode::None => None,
-                LinkMode::SomePages => (page_number % 2 == 0).then_some(rel),
+                LinkMode::SomePages => page_number.is_multiple_of(2).then_some(rel),
             }
         }
         _ => None,
@@ -306,7 +306,7 @@ fn tags_list(s: &mut SimState, repo: &str, path: &str, uri: &Uri) -> Response {
             if !tag.dangling {
                 push(tag.digest.clone(), t, tag.uploaded.json());
             }
-            if s.quirks.hostile_map && t.len() % 2 == 0 {
+            if s.quirks.hostile_map && t.len().is_multiple_of(2) {
                 // The same tag under a second manifest, and an entry whose digest is malformed.
                 push(bogus_digest(t), t, Uploaded::Ms(1).json());
                 push(
