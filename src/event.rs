@@ -242,6 +242,31 @@ mod tests {
             .unwrap();
         let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{errors:?}");
+        // The code and the schema agree on what a tag and a digest are: ECR's 300 characters
+        // pass both; a digest in upper case passes neither.
+        let long = Change {
+            tag: "v".repeat(crate::registry::MAX_TAG_LEN),
+            ..change.clone()
+        };
+        assert!(crate::registry::valid_tag(&long.tag));
+        let v: Value =
+            serde_json::from_str(&build(origin, &long, 41, SystemTime::now()).payload).unwrap();
+        assert!(
+            validator.is_valid(&v),
+            "a 300-character tag fits the schema"
+        );
+        let upper = format!("sha256:{}", "B".repeat(64));
+        assert!(!crate::registry::valid_digest(&upper));
+        let shouting = Change {
+            digest: Some(upper),
+            ..change.clone()
+        };
+        let v: Value =
+            serde_json::from_str(&build(origin, &shouting, 41, SystemTime::now()).payload).unwrap();
+        assert!(
+            !validator.is_valid(&v),
+            "the schema refuses what the code refuses"
+        );
         // Same change against the same revision, detected later: same id.
         assert_eq!(build(origin, &change, 41, SystemTime::now()).id, e.id);
         // The same move against a later revision is another detection: another id.

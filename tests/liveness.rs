@@ -19,29 +19,43 @@ use regwatch::watchdog::Heartbeats;
 use support::synthetic::{Synthetic, serve};
 use tokio::sync::{Notify, mpsc, watch};
 
-/// The real adapter, except that its first `panics` catalog listings panic, as a bug reached by
-/// some registry answer would: the cycle itself panics, not one repository's scan.
-struct PanicsFirst {
+/// The real adapter, with bugs that some registry answer could reach: its first
+/// `catalog_panics` catalog listings panic (the cycle itself panics), and every listing of
+/// `panics_on` does (one repository's scan panics).
+struct Fragile {
     inner: Arc<dyn Registry>,
-    panics: AtomicUsize,
+    catalog_panics: AtomicUsize,
+    panics_on: Option<&'static str>,
+}
+
+impl Fragile {
+    fn around(scanner: &mut Scanner, catalog_panics: usize, panics_on: Option<&'static str>) {
+        scanner.registry = Arc::new(Fragile {
+            inner: scanner.registry.clone(),
+            catalog_panics: AtomicUsize::new(catalog_panics),
+            panics_on,
+        });
+    }
 }
 
 #[async_trait]
-impl Registry for PanicsFirst {
+impl Registry for Fragile {
     async fn ping(&self) -> Result<(), RegistryError> {
         self.inner.ping().await
     }
     async fn list_repositories(&self) -> Result<Vec<String>, RegistryError> {
-        if self
-            .panics
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            panic!("simulated bug while listing the catalog");
-        }
+        let left = self
+            .catalog_panics
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        assert!(left.is_err(), "simulated bug while listing the catalog");
         self.inner.list_repositories().await
     }
     async fn list_tags(&self, repo: &str) -> Result<Vec<Tag>, RegistryError> {
+        assert_ne!(
+            Some(repo),
+            self.panics_on,
+            "simulated bug reached by {repo}'s listing"
+        );
         self.inner.list_tags(repo).await
     }
     async fn digest(&self, repo: &str, tag: &str) -> Result<String, RegistryError> {
@@ -63,10 +77,7 @@ async fn a_panicking_scan_is_counted_shown_and_the_loop_goes_on() {
     );
     let cfg = config::parse(&text).unwrap().registries.remove(0);
     let mut scanner = Scanner::new(&cfg, FirstRun::Baseline, false).unwrap();
-    scanner.registry = Arc::new(PanicsFirst {
-        inner: scanner.registry.clone(),
-        panics: AtomicUsize::new(2),
-    });
+    Fragile::around(&mut scanner, 2, None);
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let readiness = Arc::new(Readiness::new(["fragile".to_string()], false));
@@ -178,32 +189,6 @@ async fn an_upload_time_in_the_year_10000_is_null_not_a_dead_loop() {
     support::assert_schema_valid(&events);
 }
 
-/// The real adapter, except that listing `team/bad` always panics.
-struct PanicsOn {
-    inner: Arc<dyn Registry>,
-    repo: &'static str,
-}
-
-#[async_trait]
-impl Registry for PanicsOn {
-    async fn ping(&self) -> Result<(), RegistryError> {
-        self.inner.ping().await
-    }
-    async fn list_repositories(&self) -> Result<Vec<String>, RegistryError> {
-        self.inner.list_repositories().await
-    }
-    async fn list_tags(&self, repo: &str) -> Result<Vec<Tag>, RegistryError> {
-        assert_ne!(repo, self.repo, "simulated bug reached by {repo}'s listing");
-        self.inner.list_tags(repo).await
-    }
-    async fn digest(&self, repo: &str, tag: &str) -> Result<String, RegistryError> {
-        self.inner.digest(repo, tag).await
-    }
-    async fn platforms(&self, repo: &str, digest: &str) -> Result<Vec<String>, RegistryError> {
-        self.inner.platforms(repo, digest).await
-    }
-}
-
 /// A panic confined to one repository (every scan of it panics) is that repository's failure:
 /// counted, and it backs off alone; its siblings are scanned and reported every cycle.
 #[tokio::test(flavor = "multi_thread")]
@@ -218,10 +203,7 @@ async fn a_repository_whose_scan_always_panics_never_holds_back_its_siblings() {
     );
     let cfg = config::parse(&text).unwrap().registries.remove(0);
     let mut scanner = Scanner::new(&cfg, FirstRun::Baseline, false).unwrap();
-    scanner.registry = Arc::new(PanicsOn {
-        inner: scanner.registry.clone(),
-        repo: "team/bad",
-    });
+    Fragile::around(&mut scanner, 0, Some("team/bad"));
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let output = Output::Commit {

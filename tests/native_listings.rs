@@ -196,7 +196,8 @@ async fn acr_native_listing_asks_for_metadata_read() {
 }
 
 /// A paging failure on any page: no event, and the snapshot stays the baseline, so the change
-/// is reported once the API behaves.
+/// is reported once the API behaves. A refusal of a page after the first (404) fails the cycle
+/// too: it is no reason to fall back to `tags/list` (only a refused first page is).
 async fn broken_paging_changes_nothing(vendor: Vendor) {
     let (state, setup) = start(vendor).await;
     let repo = repo_of(vendor);
@@ -207,6 +208,7 @@ async fn broken_paging_changes_nothing(vendor: Vendor) {
         (Quirk::ForeignNext, "another host"),
         (Quirk::MalformedPage, "invalid"),
         (Quirk::FailingPage, "500"),
+        (Quirk::RefusedPage, "failed after earlier pages"),
     ] {
         *state.quirk.lock().unwrap() = quirk;
         state.reset_counts();

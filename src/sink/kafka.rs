@@ -371,22 +371,35 @@ pub async fn probe(
         }
     };
     let mut reachable = None;
-    let (mut losses, mut returned) = (0, false);
+    let (mut losses, mut returned, mut had_topic) = (0, false, false);
     loop {
         let (probe, topic) = (client.clone(), config.topic.clone());
-        let ok = tokio::task::spawn_blocking(move || {
-            probe
+        let (ok, has_topic) = tokio::task::spawn_blocking(move || {
+            match probe
                 .client()
                 .fetch_metadata(Some(&topic), Duration::from_secs(2))
-                .is_ok()
+            {
+                Ok(md) => (
+                    true,
+                    md.topics()
+                        .iter()
+                        .any(|t| t.name() == topic && t.error().is_none()),
+                ),
+                Err(_) => (false, false),
+            }
         })
         .await
-        .unwrap_or(false);
-        // A broker that restarted between two probes shows only as a lost connection. On the
-        // probe after a return, a loss reported late by librdkafka's event queue is the old
-        // outage: skip it.
+        .unwrap_or((false, false));
+        // A broker that restarted between two probes shows only as a lost connection, or not at
+        // all when librdkafka reconnects first; a broker that lost its state also lost the topic,
+        // which the metadata shows. On the probe after a return, a loss reported late by
+        // librdkafka's event queue is the old outage: skip it.
         let seen = all_brokers_down.load(Ordering::Relaxed);
-        let bounced = std::mem::replace(&mut losses, seen) != seen && !returned;
+        let vanished = ok && had_topic && !has_topic;
+        if ok {
+            had_topic = has_topic;
+        }
+        let bounced = (std::mem::replace(&mut losses, seen) != seen || vanished) && !returned;
         returned = reachable == Some(false) && ok;
         readiness.kafka_reachable(ok);
         match (reachable, ok) {

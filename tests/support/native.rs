@@ -40,6 +40,9 @@ pub enum Quirk {
     MalformedPage,
     /// The second page answers 500, every time.
     FailingPage,
+    /// The second page answers 404, every time (a page past an end that shrank, a proxy): the
+    /// first page was served, so this is no refusal of the repository.
+    RefusedPage,
 }
 
 /// One tag: its manifest digest and when it was (last) pushed.
@@ -328,6 +331,9 @@ fn native_gate(state: &Native, page: usize) -> Option<Response> {
     }
     if page >= 2 && *state.quirk.lock().unwrap() == Quirk::FailingPage {
         return Some(status(StatusCode::INTERNAL_SERVER_ERROR));
+    }
+    if page >= 2 && *state.quirk.lock().unwrap() == Quirk::RefusedPage {
+        return Some(status(StatusCode::NOT_FOUND));
     }
     None
 }
