@@ -300,7 +300,7 @@ async fn a_hinted_scan_that_races_the_push_tries_again_within_seconds() {
 /// own: a later push of another tag to the repository is reported.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tag_whose_lookup_always_fails_waits_after_bounded_tries() {
-    let (state, setup, daemon) = watched_app("interval = \"1s\"\njitter = \"0%\"\n", "").await;
+    let (state, _setup, daemon) = watched_app("interval = \"1s\"\njitter = \"0%\"\n", "").await;
     state
         .head_failing
         .lock()
