@@ -133,7 +133,7 @@ async fn range_prereleases_variants_and_a_repushed_release() {
     }
     let moved = registry.push("team/app", "1.0.0").await;
     let events = once(&setup);
-    let mut seen: Vec<(String, String, Value, Value, Value)> = events
+    let mut seen: Vec<(String, String, Value, Value, Value, Value)> = events
         .iter()
         .map(|e| {
             (
@@ -146,17 +146,19 @@ async fn range_prereleases_variants_and_a_repushed_release() {
                     .to_owned(),
                 field(e, "tag").as_str().unwrap().to_owned(),
                 field(e, "version").clone(),
+                field(e, "variant").clone(),
                 field(e, "bump").clone(),
                 field(e, "latest").clone(),
             )
         })
         .collect();
     seen.sort_by(|a, b| a.1.cmp(&b.1));
-    let row = |kind: &str, tag: &str, version: &str, bump: &str, latest: bool| {
+    let row = |kind: &str, tag: &str, version: &str, variant: &str, bump: &str, latest: bool| {
         (
             kind.to_owned(),
             tag.to_owned(),
             Value::from(version),
+            Value::from(variant),
             Value::from(bump),
             Value::from(latest),
         )
@@ -164,13 +166,14 @@ async fn range_prereleases_variants_and_a_repushed_release() {
     assert_eq!(
         seen,
         vec![
-            // Re-pushed: compared with the other tags (1.1.0 is higher), so older.
-            row("updated", "1.0.0", "1.0.0", "older", false),
-            // Measured against the highest -alpine before (1.1.0-alpine), not the plain tags.
-            row("added", "1.2-alpine", "1.2.0", "minor", true),
-            // A pre-release of 1.2.0 is above 1.1.0, and above 1.1.1: the highest plain tag now.
-            row("added", "1.2.0-rc.1", "1.2.0-rc.1", "minor", true),
-            row("added", "v1.1.1", "1.1.1", "patch", false),
+            // Re-pushed: the same version again, whatever else is listed.
+            row("updated", "1.0.0", "1.0.0", "", "rebuild", false),
+            // Measured against the highest -alpine before (1.1.0-alpine), not the plain tags;
+            // its precision is kept.
+            row("added", "1.2-alpine", "1.2", "alpine", "minor", true),
+            // A pre-release above every version known before, and the highest plain one now.
+            row("added", "1.2.0-rc.1", "1.2.0-rc.1", "", "prerelease", true),
+            row("added", "v1.1.1", "1.1.1", "", "patch", false),
         ],
         "2.0.0 and 2.0.0-rc.1 are outside <2, edge is no version; events: {events:#?}"
     );
@@ -179,6 +182,77 @@ async fn range_prereleases_variants_and_a_repushed_release() {
         moved.as_str()
     );
     assert_schema_valid(&events);
+}
+
+/// What a deployer gates on, with real images: a Bitnami rebuild counter, a floating alias that
+/// moves with its release (naming the version it now points to), Temurin flavours as variants,
+/// and a GA after its release candidate, each with the `bump` a gate can trust.
+#[tokio::test(flavor = "multi_thread")]
+async fn deployers_gate_on_rebuilds_floating_aliases_variants_and_majors() {
+    let registry = Registry::start(Auth::None);
+    let repo = "team/app";
+    let r5 = registry.push(repo, "1.25.3-debian-12-r5").await;
+    registry.retag(repo, &r5, "1.25").await;
+    registry.push(repo, "21.0.1_12-jdk-jammy").await;
+    registry.push(repo, "1.9.0").await;
+    let setup = Setup::new(
+        "",
+        &config(
+            &registry,
+            "mutable_tags = [\"1.25\"]\n",
+            "scheme = \"semver\"\nonly_newer = true\nprerelease = true\n",
+        ),
+    );
+    assert!(once(&setup).is_empty(), "baseline");
+
+    let r6 = registry.push(repo, "1.25.3-debian-12-r6").await;
+    registry.retag(repo, &r6, "1.25.3").await;
+    registry.retag(repo, &r6, "1.25").await;
+    registry.push(repo, "21.0.2_13-jre-jammy").await;
+    registry.push(repo, "2.0.0-rc.1").await;
+    let first = once(&setup);
+    registry.push(repo, "2.0.0").await;
+    let second = once(&setup);
+    let gates = |events: &[Value]| -> Vec<String> {
+        let mut rows: Vec<String> = events
+            .iter()
+            .map(|e| {
+                let d = &e["data"];
+                format!(
+                    "{} {} {} [{}] {} latest={} points_to={}",
+                    e["type"].as_str().unwrap().rsplit('.').next().unwrap(),
+                    d["tag"].as_str().unwrap(),
+                    d["version"],
+                    d["variant"].as_str().unwrap_or("?"),
+                    d["bump"].as_str().unwrap_or("-"),
+                    d["latest"],
+                    d["points_to"].as_str().unwrap_or("-"),
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(
+        gates(&first),
+        vec![
+            // Above 1.9.0 (1.25 is the alias it refines, not a version known before it); not
+            // the highest now, since 2.0.0-rc.1 counts too (prerelease = true).
+            r#"added 1.25.3 "1.25.3" [] minor latest=false points_to=-"#,
+            r#"added 1.25.3-debian-12-r6 "1.25.3" [debian-12] rebuild latest=true points_to=-"#,
+            r#"added 2.0.0-rc.1 "2.0.0-rc.1" [] prerelease latest=true points_to=-"#,
+            r#"added 21.0.2_13-jre-jammy "21.0.2+13" [jre-jammy] first latest=true points_to=-"#,
+            r#"updated 1.25 "1.25" [] floating latest=true points_to=1.25.3"#,
+        ],
+        "events: {first:#?}"
+    );
+    assert_eq!(
+        gates(&second),
+        vec![r#"added 2.0.0 "2.0.0" [] major latest=true points_to=-"#],
+        "a GA after its release candidate is major"
+    );
+    assert_schema_valid(&first);
+    assert_schema_valid(&second);
 }
 
 /// Without `range` or `only_newer`, a tag that is not a version is still reported, with

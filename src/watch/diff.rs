@@ -83,12 +83,20 @@ pub struct Details {
     /// the tag is not one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<Option<String>>,
-    /// How the version relates to the highest one known before.
+    /// The version's variant (`alpine` in `1.2.3-alpine`), lower-cased; empty for none. Set
+    /// with a non-null `version`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// How the version relates to what was known before in its variant.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bump: Option<&'static str>,
-    /// Whether it is now the highest version in range.
+    /// Whether it is now the highest counted version of its variant.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latest: Option<bool>,
+    /// For a floating tag (`bump = "floating"`): the version of the most specific tag on the
+    /// same digest, when the listing shows one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points_to: Option<String>,
     /// Whether a cosign signature tag for the digest was listed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signed: Option<bool>,
@@ -316,9 +324,9 @@ pub fn diff(
     Diff { snapshot, changes }
 }
 
-/// Drops the added and moved tags `policy` does not report and fills `version`, `bump` and
-/// `latest` on the others. Only the tags the filter selects are versions "known" to compare with.
-/// Returns the added tags that only `only_newer` kept back.
+/// Drops the added and moved tags `policy` does not report and fills `version`, `variant`,
+/// `bump`, `latest` and `points_to` on the others. Only the tags the filter selects are versions
+/// "known" to compare with. Returns the added tags that only `only_newer` kept back.
 fn apply_versions(
     changes: &mut Vec<Change>,
     policy: &VersionPolicy,
@@ -326,20 +334,27 @@ fn apply_versions(
     snapshot: &Snapshot,
     filter: &TagFilter,
 ) -> Vec<String> {
-    fn selected<'a>(s: &'a Snapshot, filter: &'a TagFilter) -> impl Iterator<Item = &'a str> {
-        s.tags
-            .keys()
-            .map(String::as_str)
-            .filter(|t| filter.selects(t))
-    }
-    let index = VersionIndex::new(policy, selected(prev, filter), selected(snapshot, filter));
+    let before = prev
+        .tags
+        .keys()
+        .map(String::as_str)
+        .filter(|t| filter.selects(t));
+    let after = snapshot
+        .tags
+        .iter()
+        .filter(|(t, _)| filter.selects(t))
+        .map(|(t, d)| (t.as_str(), d.as_deref()));
+    let index = VersionIndex::new(policy, before, after);
     let mut held_back = Vec::new();
     changes.retain_mut(|c| {
-        let verdict = index.judge(&c.tag, c.kind == ChangeKind::Added);
+        let verdict = index.judge(&c.tag, c.digest.as_deref(), c.kind == ChangeKind::Added);
         if verdict.report {
             c.details.bump = verdict.bump.map(Bump::as_str);
             c.details.latest = verdict.version.is_some().then_some(verdict.latest);
-            c.details.version = Some(verdict.version);
+            c.details.points_to = verdict.points_to;
+            let (version, variant) = verdict.version.unzip();
+            c.details.variant = variant;
+            c.details.version = Some(version);
         } else if c.kind == ChangeKind::Added && policy.admits(&c.tag) {
             held_back.push(c.tag.clone());
         }

@@ -1,0 +1,332 @@
+//! The version rules against real tags: the fixture table (`tests/fixtures/version-tags.tsv`,
+//! tag names as real images publish them, each with the reading the README's rules give), the
+//! cases that made `bump` untrustworthy (issue 18), and the push sequences compared side by side
+//! with Flux's semver `ImagePolicy` and Renovate's `docker` versioning
+//! (`tests/fixtures/version-sequences.txt`, `tests/fixtures/version-anchors.tsv`).
+//!
+//! Pure: the diff is driven directly, one call per scan, so hundreds of steps run in
+//! milliseconds; `tests/versions.rs` runs the same rules end to end through a real registry.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use regwatch::config::TagFilter;
+use regwatch::registry::Tag;
+use regwatch::watch::diff::{self, ChangeKind, Snapshot};
+use regwatch::watch::versions::{VersionPolicy, parse};
+use semver::VersionReq;
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every real tag of the table reads as the table says: version (normalised, precision kept),
+/// precision, pre-release or not, variant, revision and build; `-` for a tag that is no version.
+#[test]
+fn real_tags_read_as_the_fixture_table_says() {
+    let table = fixture("version-tags.tsv");
+    let mut rows = 0;
+    let mut families = BTreeSet::new();
+    let mut wrong = Vec::new();
+    for line in table
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert!(cols.len() >= 8, "short row: {line}");
+        let (tag, family) = (cols[0], cols[1]);
+        rows += 1;
+        families.insert(family.split('/').next_back().unwrap_or(family).to_owned());
+        let expected = cols[2..8].join("\t");
+        let got = match parse(tag) {
+            None => ["-"; 6].join("\t"),
+            Some(v) => [
+                v.to_string(),
+                v.precision.to_string(),
+                v.is_prerelease().to_string(),
+                v.variant.clone(),
+                v.revision
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join("."),
+                v.build.clone(),
+            ]
+            .join("\t"),
+        };
+        if got != expected {
+            wrong.push(format!(
+                "{tag} ({family})\n   table: {expected:?}\n   read:  {got:?}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {rows} rows differ:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert!(rows >= 300, "the table has {rows} rows");
+    for family in [
+        "node",
+        "python",
+        "golang",
+        "eclipse-temurin",
+        "nginx",
+        "redis",
+        "postgres",
+        "alpine",
+        "ubi",
+        "prometheus",
+        "grafana",
+        "traefik",
+    ] {
+        assert!(families.contains(family), "no {family} tags in the table");
+    }
+    assert!(
+        families
+            .iter()
+            .any(|f| table.contains(&format!("\tbitnami/{f}\t"))),
+        "no bitnami tags in the table"
+    );
+}
+
+/// One change as a deployer gates on it.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    tag: String,
+    kind: &'static str,
+    bump: Option<String>,
+    variant: Option<String>,
+    latest: Option<bool>,
+    points_to: Option<String>,
+}
+
+/// A repository pushed to step by step, diffed after every step as a scan would.
+struct Repo {
+    filter: TagFilter,
+    tags: BTreeMap<String, String>,
+    snapshot: Option<Snapshot>,
+}
+
+impl Repo {
+    fn new(range: Option<&str>, prerelease: bool, only_newer: bool) -> Self {
+        let range = range.map(|r| VersionReq::parse(r).unwrap());
+        Repo {
+            filter: TagFilter {
+                versions: Some(VersionPolicy::new(range, prerelease, only_newer)),
+                ..TagFilter::default()
+            },
+            tags: BTreeMap::new(),
+            snapshot: None,
+        }
+    }
+
+    /// Applies `ops` (`tag:digest` pushes, `-tag` deletions), then one scan.
+    fn scan(&mut self, ops: &[&str]) -> Vec<Seen> {
+        for op in ops {
+            match op.strip_prefix('-') {
+                Some(tag) => {
+                    self.tags.remove(tag);
+                }
+                None => {
+                    let (tag, digest) = op.split_once(':').expect("tag:digest");
+                    self.tags
+                        .insert(tag.into(), format!("sha256:{:0>64}", hex(digest)));
+                }
+            }
+        }
+        let listing = self
+            .tags
+            .iter()
+            .map(|(name, d)| Tag {
+                name: name.clone(),
+                digest: Some(d.clone()),
+                pushed_at: None,
+            })
+            .collect();
+        let outcome = diff::diff(self.snapshot.as_ref(), listing, &self.filter, false);
+        self.snapshot = Some(outcome.snapshot);
+        // Read as the event's `data` fields, the way a deployer sees them.
+        outcome
+            .changes
+            .into_iter()
+            .map(|c| {
+                let data = serde_json::to_value(&c.details).unwrap();
+                let text = |key: &str| data[key].as_str().map(str::to_owned);
+                Seen {
+                    kind: match c.kind {
+                        ChangeKind::Added => "added",
+                        ChangeKind::Updated => "updated",
+                        _ => "other",
+                    },
+                    tag: c.tag,
+                    bump: text("bump"),
+                    variant: text("variant"),
+                    latest: data["latest"].as_bool(),
+                    points_to: text("points_to"),
+                }
+            })
+            .collect()
+    }
+
+    /// One scan, and the one change it must report.
+    fn one(&mut self, ops: &[&str]) -> Seen {
+        let mut seen = self.scan(ops);
+        assert_eq!(seen.len(), 1, "after {ops:?}: {seen:?}");
+        seen.remove(0)
+    }
+}
+
+/// A digest label as hex, so that labels name distinct digests.
+fn hex(label: &str) -> String {
+    label.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn bump(s: &Seen) -> Option<&str> {
+    s.bump.as_deref()
+}
+
+/// `1.9.0` → `2.0.0-rc.1` → `2.0.0`: the GA is a major release whether or not the rc is still
+/// listed, so a gate that auto-approves all but `major` never ships it unseen.
+#[test]
+fn a_major_ga_after_its_release_candidate_is_major() {
+    for delete_rc_first in [false, true] {
+        let mut repo = Repo::new(None, true, false);
+        repo.scan(&["1.9.0:a"]);
+        assert_eq!(bump(&repo.one(&["2.0.0-rc.1:b"])), Some("prerelease"));
+        if delete_rc_first {
+            assert!(repo.scan(&["-2.0.0-rc.1"]).is_empty());
+        }
+        let ga = repo.one(&["2.0.0:c"]);
+        assert_eq!(
+            (bump(&ga), ga.latest),
+            (Some("major"), Some(true)),
+            "{delete_rc_first}"
+        );
+    }
+}
+
+/// Temurin's flavours are variants of one release: the `jre` pushed a cycle after the `jdk` is
+/// its own line, reported, and neither is older than the other.
+#[test]
+fn temurin_flavours_are_variants_each_reported() {
+    let mut repo = Repo::new(None, false, true);
+    repo.scan(&["21.0.1_12-jdk-jammy:a", "21.0.1_12-jre-jammy:b"]);
+    let jdk = repo.one(&["21.0.2_13-jdk-jammy:c"]);
+    assert_eq!(
+        (bump(&jdk), jdk.variant.as_deref()),
+        (Some("patch"), Some("jdk-jammy"))
+    );
+    let jre = repo.one(&["21.0.2_13-jre-jammy:d"]);
+    assert_eq!(
+        (bump(&jre), jre.variant.as_deref()),
+        (Some("patch"), Some("jre-jammy"))
+    );
+    assert_eq!(jre.latest, Some(true));
+}
+
+/// Spring milestones and `next` are pre-releases: not reported while `prerelease = false`, and
+/// never a `first`/`latest` release of a made-up variant.
+#[test]
+fn milestones_and_next_are_prereleases() {
+    let mut repo = Repo::new(None, false, false);
+    repo.scan(&["6.1.0:a", "1.0.0:b"]);
+    assert!(
+        repo.scan(&["6.2.0-M1:c", "6.2.0-RC1:d", "1.0.1-next.1:e"])
+            .is_empty()
+    );
+    let mut with_pre = Repo::new(None, true, false);
+    with_pre.scan(&["6.1.0:a"]);
+    let m1 = with_pre.one(&["6.2.0-M1:c"]);
+    assert_eq!(
+        (bump(&m1), m1.variant.as_deref()),
+        (Some("prerelease"), Some(""))
+    );
+    assert_eq!(bump(&with_pre.one(&["6.2.0-RC1:d"])), Some("prerelease"));
+    assert_eq!(bump(&with_pre.one(&["6.2.0:e"])), Some("minor"));
+}
+
+/// Bitnami's `-rN` is a rebuild of the same version and variant, ordered after it: not a new
+/// variant each time, and `only_newer` keeps out an older backport.
+#[test]
+fn bitnami_revisions_are_rebuilds() {
+    let mut repo = Repo::new(None, false, true);
+    repo.scan(&["1.25.3-debian-12-r5:a", "1.25.3:a"]);
+    let r6 = repo.one(&["1.25.3-debian-12-r6:b"]);
+    assert_eq!(
+        (bump(&r6), r6.variant.as_deref(), r6.latest),
+        (Some("rebuild"), Some("debian-12"), Some(true))
+    );
+    assert!(
+        repo.scan(&["1.25.2-debian-12-r9:c"]).is_empty(),
+        "an older backport"
+    );
+    assert_eq!(bump(&repo.one(&["1.25.4-debian-12-r0:d"])), Some("patch"));
+}
+
+/// Red Hat's build numbers: `8.9-1107` is release 8.9, build 1107, reported by default.
+#[test]
+fn red_hat_builds_are_releases_with_revisions() {
+    let mut repo = Repo::new(None, false, true);
+    repo.scan(&["8.8-1072:a"]);
+    assert_eq!(bump(&repo.one(&["8.9-1107:b"])), Some("minor"));
+    assert_eq!(bump(&repo.one(&["8.9-1108:c"])), Some("rebuild"));
+    // The unnumbered `8.9` floats over its builds.
+    let alias = repo.one(&["8.9:c"]);
+    assert_eq!(
+        (bump(&alias), alias.points_to.as_deref()),
+        (Some("floating"), Some("8.9"))
+    );
+}
+
+/// Precision is kept: `2.1` landing a cycle before `2.1.0` does not make `2.1.0` older, and
+/// `only_newer` reports it.
+#[test]
+fn an_alias_landing_first_does_not_hide_its_version() {
+    let mut repo = Repo::new(None, false, true);
+    repo.scan(&["2.0.5:a"]);
+    assert_eq!(bump(&repo.one(&["2.1:b"])), Some("minor"));
+    let full = repo.one(&["2.1.0:b"]);
+    assert_eq!((bump(&full), full.latest), (Some("minor"), Some(true)));
+}
+
+/// A re-push of a version is a rebuild, whatever aliases exist; a floating tag that moves is
+/// `floating` and names the version it now points to.
+#[test]
+fn repushes_are_rebuilds_and_moving_aliases_are_floating() {
+    let mut repo = Repo::new(None, false, true);
+    repo.scan(&["1.2.2:a", "1.2.3:b", "v1.2.3:b", "1.2:b", "1:b"]);
+    assert_eq!(bump(&repo.one(&["1.2.3:c"])), Some("rebuild"));
+    let seen = repo.scan(&["1.2.4:d", "1.2:d", "1:d"]);
+    let by_tag: BTreeMap<&str, &Seen> = seen.iter().map(|s| (s.tag.as_str(), s)).collect();
+    assert_eq!(bump(by_tag["1.2.4"]), Some("patch"));
+    for alias in ["1", "1.2"] {
+        let s = by_tag[alias];
+        assert_eq!(
+            (s.kind, bump(s), s.points_to.as_deref(), s.latest),
+            ("updated", Some("floating"), Some("1.2.4"), Some(true)),
+            "{alias}"
+        );
+    }
+}
+
+/// Variants compare case-insensitively: `-Alpine` is the `-alpine` line.
+#[test]
+fn variants_ignore_case() {
+    let mut repo = Repo::new(None, false, true);
+    repo.scan(&["1.2.3-alpine:a"]);
+    assert!(
+        repo.scan(&["1.2.2-Alpine:b"]).is_empty(),
+        "below 1.2.3-alpine"
+    );
+    let up = repo.one(&["1.2.4-Alpine:c"]);
+    assert_eq!(
+        (bump(&up), up.variant.as_deref()),
+        (Some("patch"), Some("alpine"))
+    );
+}
