@@ -330,3 +330,29 @@ fn variants_ignore_case() {
         (Some("patch"), Some("alpine"))
     );
 }
+
+/// A snapshot written before these rules, holding tags whose reading changed (Red Hat builds,
+/// milestones, a two-number version, Temurin builds), reads as it is: the same listing again
+/// is no change, no baseline, and the next push is judged by the new rules.
+#[test]
+fn a_snapshot_from_before_the_rules_emits_nothing() {
+    let mut repo = Repo::new(None, false, true);
+    let old = [
+        "8.9-1107:a",
+        "6.2.0-M1:b",
+        "2.1:c",
+        "21.0.2_13-jdk-jammy:d",
+        "2.0.0-1:e",
+    ];
+    repo.scan(&old);
+    let stored = serde_json::to_string(repo.snapshot.as_ref().unwrap()).unwrap();
+    let mut reloaded = Repo::new(None, false, true);
+    reloaded.tags = repo.tags.clone();
+    reloaded.snapshot = Some(serde_json::from_str(&stored).unwrap());
+    assert!(reloaded.scan(&[]).is_empty());
+    assert_eq!(
+        bump(&reloaded.one(&["8.10-1:f"])),
+        Some("minor"),
+        "above 8.9-1107"
+    );
+}
