@@ -685,13 +685,11 @@ async fn publishing(rows: &mut Vec<Row>) {
     let events: Vec<regwatch::event::Event> = (0..n)
         .map(|i| {
             let repo = format!("team/app{}", i % 500);
-            let change = regwatch::watch::diff::Change {
-                kind: regwatch::watch::diff::ChangeKind::Added,
+            let change = regwatch::watch::diff::Change::Added {
                 tag: format!("v1.{i}.0"),
                 digest: Some(support::synthetic::digest_of(&repo, "t", i as u32)),
-                previous_digest: None,
                 pushed_at: None,
-                details: Default::default(),
+                image: Default::default(),
             };
             let origin = regwatch::event::Origin {
                 registry: "bench",
@@ -1327,7 +1325,7 @@ async fn cluster(rows: &mut Vec<Row>) {
 fn diff_costs(rows: &mut Vec<Row>) {
     use regwatch::config::TagFilter;
     use regwatch::registry::Tag;
-    use regwatch::watch::diff::{Snapshot, diff};
+    use regwatch::watch::diff::{Snapshot, evaluate};
     let digest = |i: usize| format!("sha256:{i:064x}");
     let tag = |name: String, digest: Option<String>| Tag {
         name,
@@ -1338,11 +1336,11 @@ fn diff_costs(rows: &mut Vec<Row>) {
     let listing: Vec<Tag> = (0..50_000)
         .map(|i| tag(format!("t{i}"), Some(digest(i))))
         .collect();
-    let prev = diff(Some(&Snapshot::default()), listing.clone(), &filter, false).snapshot;
+    let prev = evaluate(Some(&Snapshot::default()), listing.clone(), &filter, false).snapshot;
     // The best of five runs of each, interleaved, so a noisy neighbour hits both alike.
     let time = |prev: &Snapshot, listing: &Vec<Tag>| {
         let started = Instant::now();
-        let d = diff(Some(prev), listing.clone(), &filter, false);
+        let d = evaluate(Some(prev), listing.clone(), &filter, false);
         std::hint::black_box(d);
         started.elapsed()
     };

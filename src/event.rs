@@ -78,7 +78,7 @@ struct Data<'a> {
     detected_at: &'a str,
     image: String,
     #[serde(flatten)]
-    details: &'a Details,
+    details: Details,
 }
 
 /// The event id: hex SHA-256 of registry identity, repository, tag, digest, change type and the
@@ -127,19 +127,19 @@ fn rfc3339(t: SystemTime) -> Option<String> {
 
 /// Builds the event for one change, diffed against snapshot `revision` and detected at `detected`.
 pub fn build(origin: Origin<'_>, change: &Change, revision: u64, detected: SystemTime) -> Event {
-    let digest = change.digest.as_deref();
+    let digest = change.digest();
     let id = event_id(
         origin.identity,
         origin.repository,
-        &change.tag,
+        change.tag(),
         digest,
-        change.kind,
+        change.kind(),
         revision,
     );
     // The host's own clock; one set before 1970 still gets a well-formed event.
     let detected_at = rfc3339(detected).unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into());
-    let reference = format!("{}/{}:{}", origin.host, origin.repository, change.tag);
-    let image = match (change.kind, digest) {
+    let reference = format!("{}/{}:{}", origin.host, origin.repository, change.tag());
+    let image = match (change.kind(), digest) {
         // A signature's tag is not the image: name the signed digest.
         (ChangeKind::SignatureAdded | ChangeKind::AttestationAdded, Some(d)) => {
             format!("{}/{}@{d}", origin.host, origin.repository)
@@ -151,7 +151,7 @@ pub fn build(origin: Origin<'_>, change: &Change, revision: u64, detected: Syste
         specversion: "1.0",
         id: &id,
         source: format!("regwatch/{}", origin.registry),
-        kind: change.kind.event_type(),
+        kind: change.kind().event_type(),
         subject: reference,
         time: &detected_at,
         datacontenttype: "application/json",
@@ -161,13 +161,13 @@ pub fn build(origin: Origin<'_>, change: &Change, revision: u64, detected: Syste
             kind: origin.kind.as_str(),
             host: origin.host,
             repository: origin.repository,
-            tag: &change.tag,
+            tag: change.tag(),
             digest,
-            previous_digest: change.previous_digest.as_deref(),
-            pushed_at: change.pushed_at.and_then(rfc3339),
+            previous_digest: change.previous_digest(),
+            pushed_at: change.pushed_at().and_then(rfc3339),
             detected_at: &detected_at,
             image,
-            details: &change.details,
+            details: change.details(),
         },
     };
     let payload = serde_json::to_string(&event).expect("event JSON always serializes");
@@ -181,6 +181,7 @@ pub fn build(origin: Origin<'_>, change: &Change, revision: u64, detected: Syste
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::diff::Image;
     use serde_json::Value;
 
     /// `team/app` on the registry `local` at 127.0.0.1:5000.
@@ -201,14 +202,14 @@ mod tests {
             format!("sha256:{}", "b".repeat(64)),
             format!("sha256:{}", "a".repeat(64)),
         );
-        let change = Change {
-            kind: ChangeKind::Updated,
-            tag: "latest".into(),
-            digest: Some(new.clone()),
-            previous_digest: Some(old.clone()),
+        let updated = |tag: &str, digest: &str| Change::Updated {
+            tag: tag.into(),
+            digest: digest.into(),
+            previous_digest: old.clone(),
             pushed_at: None,
-            details: Default::default(),
+            image: Image::default(),
         };
+        let change = updated("latest", &new);
         let e = build(origin, &change, 41, SystemTime::UNIX_EPOCH);
         assert_eq!(e.key, "127.0.0.1:5000/team/app");
         let v: Value = serde_json::from_str(&e.payload).unwrap();
@@ -244,11 +245,8 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         // The code and the schema agree on what a tag and a digest are: ECR's 300 characters
         // pass both; a digest in upper case passes neither.
-        let long = Change {
-            tag: "v".repeat(crate::registry::MAX_TAG_LEN),
-            ..change.clone()
-        };
-        assert!(crate::registry::valid_tag(&long.tag));
+        let long = updated(&"v".repeat(crate::registry::MAX_TAG_LEN), &new);
+        assert!(crate::registry::valid_tag(long.tag()));
         let v: Value =
             serde_json::from_str(&build(origin, &long, 41, SystemTime::now()).payload).unwrap();
         assert!(
@@ -257,10 +255,7 @@ mod tests {
         );
         let upper = format!("sha256:{}", "B".repeat(64));
         assert!(!crate::registry::valid_digest(&upper));
-        let shouting = Change {
-            digest: Some(upper),
-            ..change.clone()
-        };
+        let shouting = updated("latest", &upper);
         let v: Value =
             serde_json::from_str(&build(origin, &shouting, 41, SystemTime::now()).payload).unwrap();
         assert!(
@@ -289,13 +284,11 @@ mod tests {
     #[test]
     fn registry_times_out_of_range_are_null_not_a_panic() {
         use std::time::Duration;
-        let change = |pushed_at| Change {
-            kind: ChangeKind::Added,
+        let change = |pushed_at| Change::Added {
             tag: "v1".into(),
             digest: Some(format!("sha256:{}", "a".repeat(64))),
-            previous_digest: None,
             pushed_at: Some(pushed_at),
-            details: Default::default(),
+            image: Image::default(),
         };
         let pushed = |t: SystemTime| {
             let e = build(local_origin(), &change(t), 1, UNIX_EPOCH);
@@ -328,16 +321,10 @@ mod tests {
     fn a_signature_event_names_the_signed_image_and_details_are_optional() {
         let origin = local_origin();
         let digest = format!("sha256:{}", "a".repeat(64));
-        let change = Change {
-            kind: ChangeKind::SignatureAdded,
+        let change = Change::SignatureAdded {
             tag: format!("sha256-{}.sig", "a".repeat(64)),
-            digest: Some(digest.clone()),
-            previous_digest: None,
-            pushed_at: None,
-            details: Details {
-                tags: Some(vec!["v1".into()]),
-                ..Details::default()
-            },
+            subject: digest.clone(),
+            tags: vec!["v1".into()],
         };
         let v: Value =
             serde_json::from_str(&build(origin, &change, 3, SystemTime::UNIX_EPOCH).payload)

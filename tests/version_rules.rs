@@ -149,22 +149,22 @@ impl Repo {
                 pushed_at: None,
             })
             .collect();
-        let outcome = diff::diff(self.snapshot.as_ref(), listing, &self.filter, false);
+        let outcome = diff::evaluate(self.snapshot.as_ref(), listing, &self.filter, false);
         self.snapshot = Some(outcome.snapshot);
         // Read as the event's `data` fields, the way a deployer sees them.
         outcome
             .changes
             .into_iter()
             .map(|c| {
-                let data = serde_json::to_value(&c.details).unwrap();
+                let data = serde_json::to_value(c.details()).unwrap();
                 let text = |key: &str| data[key].as_str().map(str::to_owned);
                 Seen {
-                    kind: match c.kind {
+                    kind: match c.kind() {
                         ChangeKind::Added => "added",
                         ChangeKind::Updated => "updated",
                         _ => "other",
                     },
-                    tag: c.tag,
+                    tag: c.tag().to_owned(),
                     bump: text("bump"),
                     variant: text("variant"),
                     latest: data["latest"].as_bool(),

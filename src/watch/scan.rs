@@ -684,7 +684,7 @@ impl Scanner {
             listing.retain(|t| !unresolved.contains(&t.name) || is_known(&t.name));
         }
 
-        let mut outcome = diff::diff(
+        let mut outcome = diff::evaluate(
             previous.as_ref(),
             listing,
             &self.config.tags,
@@ -698,8 +698,8 @@ impl Scanner {
                     let tags: BTreeSet<String> = outcome
                         .changes
                         .iter()
-                        .filter(|c| c.digest.as_ref().is_some_and(|d| failed.contains(d)))
-                        .map(|c| c.tag.clone())
+                        .filter(|c| c.digest().is_some_and(|d| failed.contains(d)))
+                        .map(|c| c.tag().to_owned())
                         .collect();
                     diff::withhold(&mut outcome, previous.as_ref(), &tags);
                     unresolved.extend(tags);
@@ -930,7 +930,7 @@ impl Scanner {
                 for c in &outcome.changes {
                     crate::metrics::get()
                         .events_produced
-                        .get_or_create(&vec![("type", c.kind.event_type().to_owned())])
+                        .get_or_create(&vec![("type", c.kind().event_type().to_owned())])
                         .inc();
                 }
             }
@@ -944,7 +944,7 @@ impl Scanner {
             }
         }
         for c in &outcome.changes {
-            tracing::info!(registry = %self.config.name, repository = %repo, tag = %c.tag, change = c.kind.event_type(), "change detected");
+            tracing::info!(registry = %self.config.name, repository = %repo, tag = %c.tag(), change = c.kind().event_type(), "change detected");
         }
         Ok(event_count)
     }
@@ -958,7 +958,7 @@ impl Scanner {
         let Some(RepoState::Known(previous)) = store.repo_state(&self.identity, repo)? else {
             return Ok(());
         };
-        let outcome = diff::diff(Some(&previous), Vec::new(), &self.config.tags, true);
+        let outcome = diff::evaluate(Some(&previous), Vec::new(), &self.config.tags, true);
         if !outcome.changes.is_empty() {
             let revision = previous.revision;
             self.record(

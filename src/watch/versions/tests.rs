@@ -1,5 +1,5 @@
 //! Table-driven tests of the version rules. The real-tag fixture table and the push sequences
-//! compared with Flux and Renovate are in `tests/versions.rs`.
+//! compared with Flux and Renovate are in `tests/version_rules.rs`.
 
 use semver::VersionReq;
 
@@ -136,7 +136,16 @@ fn bumps_by_the_rules() {
     use Bump::*;
     let all = policy(None, true, false);
     let releases = policy(None, false, true);
-    let table: &[(&VersionPolicy, &[&str], &str, bool, Option<Bump>, bool)] = &[
+    // policy, known before, pushed, then (report, bump, latest)
+    type Row<'a> = (
+        &'a VersionPolicy,
+        &'a [&'a str],
+        &'a str,
+        bool,
+        Option<Bump>,
+        bool,
+    );
+    let table: &[Row] = &[
         (
             &all,
             &["v1.2.3", "v1.0.0", "latest"],
