@@ -1374,6 +1374,126 @@ fn diff_costs(rows: &mut Vec<Row>) {
         &ratio(plats),
         "< 4x",
     ));
+
+    // [registry.versions]: a cycle with a new version reads every listed tag once (the index
+    // of what was known before and what is highest now), however many tags changed.
+    let versioned = TagFilter {
+        versions: Some(regwatch::watch::versions::VersionPolicy::new(
+            None, true, true,
+        )),
+        ..TagFilter::default()
+    };
+    let version_tags: Vec<Tag> = (0..50_000)
+        .map(|i| {
+            tag(
+                format!(
+                    "{}.{}.{}-debian-12-r{}",
+                    i / 2_500,
+                    i / 50 % 50,
+                    i % 50,
+                    i % 7
+                ),
+                Some(digest(i)),
+            )
+        })
+        .collect();
+    let known = evaluate(
+        Some(&Snapshot::default()),
+        version_tags.clone(),
+        &versioned,
+        false,
+    )
+    .snapshot;
+    let time_versioned = |listing: &Vec<Tag>| {
+        let started = Instant::now();
+        std::hint::black_box(evaluate(Some(&known), listing.clone(), &versioned, false));
+        started.elapsed()
+    };
+    let mut one_version = version_tags.clone();
+    one_version.push(tag("99.0.0-debian-12-r0".into(), Some(digest(99_999_998))));
+    let mut many_versions = version_tags.clone();
+    many_versions
+        .extend((0..2_000).map(|i| tag(format!("v100.{i}.0-Alpine"), Some(digest(60_000 + i)))));
+    let (mut one, mut many) = (Duration::MAX, Duration::MAX);
+    for _ in 0..5 {
+        one = one.min(time_versioned(&one_version));
+        many = many.min(time_versioned(&many_versions));
+    }
+    rows.push(row(
+        "diff, 50k version tags + 1 new version",
+        ms(one),
+        &format!("{} (one new tag, no versions)", ms(base)),
+        &ratio(one),
+        "< 10x",
+    ));
+    // Adversarial shapes: 50k pre-releases known before 2,000 new releases (a release is measured
+    // against releases only), and 2,000 floating aliases on one digest with 50k tags (each names
+    // the tag it points to).
+    let pre_known: Vec<Tag> = (0..50_000)
+        .map(|i| tag(format!("2.0.0-dev.{i}"), Some(digest(i))))
+        .collect();
+    let pre_snapshot = evaluate(
+        Some(&Snapshot::default()),
+        pre_known.clone(),
+        &versioned,
+        false,
+    )
+    .snapshot;
+    let mut releases_after = pre_known;
+    releases_after.extend((0..2_000).map(|i| tag(format!("1.0.{i}"), Some(digest(70_000 + i)))));
+    let shared = digest(1);
+    let aliased: Vec<Tag> = (0..50_000)
+        .map(|i| tag(format!("{}.{}.0", i / 25, i % 25), Some(shared.clone())))
+        .collect();
+    let alias_snapshot = evaluate(
+        Some(&Snapshot::default()),
+        aliased.clone(),
+        &versioned,
+        false,
+    )
+    .snapshot;
+    let mut with_aliases = aliased;
+    with_aliases.extend((0..2_000).map(|i| tag(format!("{i}"), Some(shared.clone()))));
+    let (mut pre_cost, mut alias_cost) = (Duration::MAX, Duration::MAX);
+    for _ in 0..5 {
+        let started = Instant::now();
+        std::hint::black_box(evaluate(
+            Some(&pre_snapshot),
+            releases_after.clone(),
+            &versioned,
+            false,
+        ));
+        pre_cost = pre_cost.min(started.elapsed());
+        let started = Instant::now();
+        std::hint::black_box(evaluate(
+            Some(&alias_snapshot),
+            with_aliases.clone(),
+            &versioned,
+            false,
+        ));
+        alias_cost = alias_cost.min(started.elapsed());
+    }
+    rows.push(row(
+        "diff, 50k pre-releases known + 2,000 new releases",
+        ms(pre_cost),
+        &format!("{} (one new version)", ms(one)),
+        &format!("{:.2}x", pre_cost.as_secs_f64() / one.as_secs_f64()),
+        "< 4x",
+    ));
+    rows.push(row(
+        "diff, 50k tags on one digest + 2,000 new aliases",
+        ms(alias_cost),
+        &format!("{} (one new version)", ms(one)),
+        &format!("{:.2}x", alias_cost.as_secs_f64() / one.as_secs_f64()),
+        "< 4x",
+    ));
+    rows.push(row(
+        "diff, 50k version tags + 2,000 new versions",
+        ms(many),
+        &format!("{} (one new version)", ms(one)),
+        &format!("{:.2}x", many.as_secs_f64() / one.as_secs_f64()),
+        "< 4x",
+    ));
 }
 
 fn main() {

@@ -111,10 +111,20 @@ struct Repo {
     filter: TagFilter,
     tags: BTreeMap<String, String>,
     snapshot: Option<Snapshot>,
+    emit_removed: bool,
 }
 
 impl Repo {
     fn new(range: Option<&str>, prerelease: bool, only_newer: bool) -> Self {
+        Self::with_removals(range, prerelease, only_newer, false)
+    }
+
+    fn with_removals(
+        range: Option<&str>,
+        prerelease: bool,
+        only_newer: bool,
+        emit_removed: bool,
+    ) -> Self {
         let range = range.map(|r| VersionReq::parse(r).unwrap());
         Repo {
             filter: TagFilter {
@@ -123,6 +133,7 @@ impl Repo {
             },
             tags: BTreeMap::new(),
             snapshot: None,
+            emit_removed,
         }
     }
 
@@ -149,7 +160,12 @@ impl Repo {
                 pushed_at: None,
             })
             .collect();
-        let outcome = diff::evaluate(self.snapshot.as_ref(), listing, &self.filter, false);
+        let outcome = diff::evaluate(
+            self.snapshot.as_ref(),
+            listing,
+            &self.filter,
+            self.emit_removed,
+        );
         self.snapshot = Some(outcome.snapshot);
         // Read as the event's `data` fields, the way a deployer sees them.
         outcome
@@ -162,6 +178,8 @@ impl Repo {
                     kind: match c.kind() {
                         ChangeKind::Added => "added",
                         ChangeKind::Updated => "updated",
+                        ChangeKind::Removed => "removed",
+                        ChangeKind::SignatureAdded => "signature",
                         _ => "other",
                     },
                     tag: c.tag().to_owned(),
@@ -280,7 +298,7 @@ fn red_hat_builds_are_releases_with_revisions() {
     let alias = repo.one(&["8.9:c"]);
     assert_eq!(
         (bump(&alias), alias.points_to.as_deref()),
-        (Some("floating"), Some("8.9"))
+        (Some("floating"), Some("8.9-1108"))
     );
 }
 
@@ -547,4 +565,46 @@ fn every_difference_with_flux_and_renovate_is_explained() {
             s.sequence, s.step, s.tag, s.regwatch, s.flux, s.renovate
         );
     }
+}
+
+/// A snapshot stored by the rules before `version_rules` 1 (no `version_rules` field) holds
+/// tags those rules never reported but these do: Red Hat's `8.9-1107` and a Debian-style
+/// `2.0.0-1` were pre-releases then. Never announced, their removal or signature is no news
+/// after the upgrade; a build pushed after it is reported, and so is its removal.
+#[test]
+fn an_upgrade_does_not_announce_what_the_earlier_rules_never_reported() {
+    let mut repo = Repo::with_removals(None, false, true, true);
+    let old = ["8.9-1107:a", "2.0.0-1:b", "1.0.0:c"];
+    repo.scan(&old);
+    // As the earlier release stored it: no `version_rules`, nothing held back.
+    let mut stored = serde_json::to_value(repo.snapshot.as_ref().unwrap()).unwrap();
+    stored.as_object_mut().unwrap().remove("version_rules");
+    stored.as_object_mut().unwrap().remove("held_back");
+    let old_snapshot: Snapshot = serde_json::from_value(stored).unwrap();
+    assert_eq!(old_snapshot.version_rules, 0);
+    let mut upgraded = Repo::with_removals(None, false, true, true);
+    upgraded.tags = repo.tags.clone();
+    upgraded.snapshot = Some(old_snapshot);
+    assert!(upgraded.scan(&[]).is_empty(), "reading it is no news");
+    let b = format!("sha256:{:0>64}", hex("b"));
+    let signature = format!("{}.sig", b.replacen(':', "-", 1));
+    assert!(
+        upgraded.scan(&[&format!("{signature}:s")]).is_empty(),
+        "a signature of 2.0.0-1, never announced"
+    );
+    assert!(
+        upgraded.scan(&["-8.9-1107"]).is_empty(),
+        "never announced, so never removed"
+    );
+    assert_eq!(
+        bump(&upgraded.one(&["8.10-1:d"])),
+        Some("major"),
+        "above 2.0.0-1"
+    );
+    assert_eq!(upgraded.one(&["-8.10-1"]).kind, "removed");
+    assert_eq!(
+        upgraded.one(&["-1.0.0"]).kind,
+        "removed",
+        "reported before and now"
+    );
 }

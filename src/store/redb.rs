@@ -100,9 +100,13 @@ pub(super) fn encode_state(state: &RepoState) -> Vec<u8> {
             out
         }
         RepoState::Known(s) => {
-            // A snapshot with tags alone keeps the `K` form, so that rolling the binary back to
-            // a release without deadlines, platforms or held-back versions still reads it.
-            let plain = s.maturing.is_empty() && s.platforms.is_empty() && s.held_back.is_empty();
+            // A snapshot with tags alone, from before `version_rules`, keeps the `K` form, which
+            // a release without deadlines, platforms or held-back versions still reads. The `K`
+            // form has no room for `version_rules`: it reads back as 0.
+            let plain = s.maturing.is_empty()
+                && s.platforms.is_empty()
+                && s.held_back.is_empty()
+                && s.version_rules == 0;
             let mut out = vec![if plain { KNOWN } else { SNAPSHOT }];
             out.extend_from_slice(&s.revision.to_be_bytes());
             if plain {

@@ -633,6 +633,12 @@ impl Scanner {
                 revision,
             } => (None, revision, false),
         };
+        // Read under these version rules from here on: every later use (lookups, the diff, what
+        // a failed lookup withholds) sees the same upgraded snapshot.
+        let previous = previous.map(|mut p| {
+            diff::upgrade(&mut p, &self.config.tags);
+            p
+        });
 
         let listing = match self.registry.list_tags(repo).await {
             Ok(tags) => tags,

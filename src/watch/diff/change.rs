@@ -92,10 +92,11 @@ pub enum Change {
 pub struct Image {
     /// The version reading, with `[registry.versions]`; `None` when versions are off.
     pub version: Option<VersionFacts>,
-    /// Whether a cosign signature tag for the digest is listed.
-    pub signed: bool,
-    /// The cosign attestation kinds listed for the digest (`att`, `sbom`).
-    pub attestations: Vec<&'static str>,
+    /// Whether a cosign signature tag for the digest is listed; `None` when the digest is not
+    /// known, so nothing can be said.
+    pub signed: Option<bool>,
+    /// The cosign attestation kinds listed for the digest (`att`, `sbom`), when it is known.
+    pub attestations: Option<Vec<&'static str>>,
     /// The image's platforms (`platforms = true`).
     pub platforms: Option<Vec<String>>,
     /// On an update: platforms the new digest has and the previous one lacked, when the
@@ -214,8 +215,8 @@ impl Change {
 impl Image {
     fn details(&self) -> Details {
         let mut details = Details {
-            signed: Some(self.signed),
-            attestations: Some(self.attestations.clone()),
+            signed: self.signed,
+            attestations: self.attestations.clone(),
             platforms: self.platforms.clone(),
             platforms_added: self.platforms_added.clone(),
             ..Details::default()

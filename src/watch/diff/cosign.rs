@@ -49,8 +49,8 @@ pub(super) fn annotate(
         if let (Some(image), Some(digest)) = (change.image_mut(), digest) {
             let has =
                 |kind| cosign_tag(&digest, kind).is_some_and(|t| snapshot.tags.contains_key(&t));
-            image.signed = has("sig");
-            image.attestations = ["att", "sbom"].into_iter().filter(|k| has(k)).collect();
+            image.signed = Some(has("sig"));
+            image.attestations = Some(["att", "sbom"].into_iter().filter(|k| has(k)).collect());
         }
     }
     let new_cosign: Vec<_> = new_tags

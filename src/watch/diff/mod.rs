@@ -34,9 +34,11 @@ pub use maturity::mature;
 pub use platforms::{annotate_platforms, needs_platforms};
 pub use snapshot::{Maturing, Snapshot};
 pub use tags::{needs_digest, one_entry_per_tag, withhold};
+pub use versions::upgrade;
 
 use crate::config::TagFilter;
 use crate::registry::Tag;
+use crate::watch::versions::RULES;
 
 /// The outcome of comparing a listing with the previous snapshot.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -47,7 +49,8 @@ pub struct Diff {
     pub changes: Vec<Change>,
 }
 
-/// Compares a complete `listing` with `previous`. `previous` = `None` is a baseline: the snapshot
+/// Compares a complete `listing` with `previous` (upgraded first if written under earlier version
+/// rules, see [`upgrade`]). `previous` = `None` is a baseline: the snapshot
 /// is recorded and nothing is emitted. The new snapshot's `revision` is left for the caller. Tags
 /// the filter does not select are remembered but never reported, so editing the filter later does
 /// not flood.
@@ -57,6 +60,16 @@ pub fn evaluate(
     filter: &TagFilter,
     emit_removed: bool,
 ) -> Diff {
+    let upgraded;
+    let previous = match previous {
+        Some(p) if p.version_rules < RULES => {
+            let mut p = p.clone();
+            upgrade(&mut p, filter);
+            upgraded = p;
+            Some(&upgraded)
+        }
+        p => p,
+    };
     let empty = Snapshot::default();
     let prev = previous.unwrap_or(&empty);
     let (mut diff, new_cosign_tags) = tags::compare(previous, listing, filter);
@@ -78,6 +91,7 @@ pub fn evaluate(
     platforms::carry_known(&mut diff.snapshot, prev);
     maturity::carry_reported(&mut diff.snapshot, prev, filter);
     diff.changes.sort_by(|a, b| a.tag().cmp(b.tag()));
+    diff.snapshot.version_rules = RULES;
     diff
 }
 

@@ -31,6 +31,14 @@ pub struct Snapshot {
     /// reported.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub held_back: BTreeSet<String>,
+    /// The version rules (`watch::versions::RULES`) it was written under; 0 for snapshots from
+    /// before the field. An older one is upgraded when read (`diff::upgrade`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version_rules: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Snapshot {
@@ -40,6 +48,7 @@ impl Snapshot {
             && self.maturing == other.maturing
             && self.platforms == other.platforms
             && self.held_back == other.held_back
+            && self.version_rules == other.version_rules
     }
 }
 

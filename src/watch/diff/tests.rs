@@ -891,3 +891,22 @@ fn a_signature_event_names_a_bounded_number_of_tags() {
     assert_eq!(tags.len(), MAX_SUBJECT_TAGS);
     assert_eq!(tags[0], tagged[0].0);
 }
+
+/// An image whose digest is unknown (a new tag listed without one, its lookup not made) says
+/// nothing of its signatures: `signed` and `attestations` are left out, not `false` and `[]`.
+#[test]
+fn an_image_of_unknown_digest_claims_no_signature_state() {
+    let d = evaluate(
+        Some(&snap(&[])),
+        vec![tag("v1", None), tag("v2", Some(D1))],
+        &all(),
+        false,
+    );
+    let unknown = d.changes[0].details();
+    assert_eq!((unknown.signed, unknown.attestations), (None, None));
+    let known = d.changes[1].details();
+    assert_eq!(
+        (known.signed, known.attestations),
+        (Some(false), Some(vec![]))
+    );
+}

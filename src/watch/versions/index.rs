@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
-use super::parse::{TagVersion, parse};
+use super::parse::{OrderKey, TagVersion, parse};
 use super::policy::VersionPolicy;
 
 /// How a version relates to what was known before, in its variant.
@@ -58,7 +58,8 @@ pub struct Verdict {
     /// Whether it is now the highest counted version of its variant (a floating tag: whether
     /// the highest release is one of its own).
     pub latest: bool,
-    /// For a floating tag: the most specific version tag of the same digest it is an alias of.
+    /// For a floating tag: the most specific version tag on the same digest that it is an alias
+    /// of (`1.25.3-debian-12-r6`), as listed.
     pub points_to: Option<String>,
 }
 
@@ -69,64 +70,118 @@ struct Highest {
     release: Option<TagVersion>,
 }
 
+/// The counted versions of one variant known before, highest first, one per order key and
+/// precision (tags that differ only in spelling or build are one entry), so that skipping the
+/// aliases a tag refines costs at most a few steps.
+#[derive(Default)]
+struct Known {
+    releases: Vec<TagVersion>,
+    all: Vec<TagVersion>,
+}
+
+/// The most specific release on a digest that refines a floating tag: its order and tag.
+type Refiner<'a> = ((OrderKey, u8), &'a str);
+
 /// The versions known before and after one diff.
 pub struct VersionIndex<'p, 'a> {
     policy: &'p VersionPolicy,
-    /// Counted versions of the previous snapshot per variant, highest first.
-    before: HashMap<String, Vec<TagVersion>>,
+    /// Counted versions of the previous snapshot per variant.
+    before: HashMap<String, Known>,
     /// Per variant, in the new snapshot.
     highest: HashMap<String, Highest>,
     /// `(variant, written numbers)` that some release of the new snapshot refines: the floating
     /// aliases.
     refined: HashSet<(String, Vec<u64>)>,
-    /// The version tags of the new snapshot by digest, for `points_to`.
-    by_digest: HashMap<&'a str, Vec<TagVersion>>,
+    /// For `points_to`: per digest, variant and written numbers of a floating tag, the most
+    /// specific release of the new snapshot on that digest that refines it.
+    refiners: HashMap<(&'a str, String, Vec<u64>), Refiner<'a>>,
 }
 
 impl<'p, 'a> VersionIndex<'p, 'a> {
     /// Indexes the previous snapshot's tag names (`before`) and the new snapshot's tags with
-    /// their digests (`after`): those the tag filter selects.
+    /// their digests (`after`): those the tag filter selects. `judged` are the tags (with their
+    /// digests) that [`Self::judge`] will be asked about: what is learnt of aliases is learnt
+    /// for them only, so the pass over a big listing allocates nothing per tag.
     pub fn new(
         policy: &'p VersionPolicy,
         before: impl Iterator<Item = &'a str>,
         after: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+        judged: &[(&str, Option<&str>)],
     ) -> Self {
         let mut index = VersionIndex {
             policy,
             before: HashMap::new(),
             highest: HashMap::new(),
             refined: HashSet::new(),
-            by_digest: HashMap::new(),
+            refiners: HashMap::new(),
         };
         for v in before.filter_map(parse).filter(|v| policy.counts(v)) {
-            index.before.entry(v.variant.clone()).or_default().push(v);
+            let known = entry(&mut index.before, &v.variant);
+            if !v.is_prerelease() {
+                known.releases.push(v.clone());
+            }
+            known.all.push(v);
         }
         for known in index.before.values_mut() {
-            known.sort_by_key(|v| std::cmp::Reverse(v.key()));
+            for list in [&mut known.releases, &mut known.all] {
+                list.sort_by(|a, b| b.cmp_order(a).then(b.precision.cmp(&a.precision)));
+                list.dedup_by(|a, b| a.cmp_order(b).is_eq() && a.precision == b.precision);
+            }
         }
+        // The written numbers of the judged releases that could be floating, with their
+        // variants; and the digests they are on.
+        let mut aliases: HashMap<Vec<u64>, HashSet<String>> = HashMap::new();
+        for v in judged.iter().filter_map(|(t, _)| parse(t)) {
+            if !v.is_prerelease() && v.revision.is_empty() {
+                aliases
+                    .entry(v.written().to_vec())
+                    .or_default()
+                    .insert(v.variant);
+            }
+        }
+        let judged_digests: HashSet<&str> = judged.iter().filter_map(|(_, d)| *d).collect();
         for (tag, digest) in after {
             let Some(v) = parse(tag) else { continue };
-            if !v.is_prerelease() {
+            if !v.is_prerelease() && !aliases.is_empty() {
                 let p = usize::from(v.precision);
                 let more = usize::from(v.revision.is_empty());
                 for len in 1..=p.saturating_sub(more) {
-                    index
-                        .refined
-                        .insert((v.variant.clone(), v.numbers[..len].to_vec()));
+                    let prefix = &v.numbers[..len];
+                    if !aliases
+                        .get(prefix)
+                        .is_some_and(|vs| vs.contains(&v.variant))
+                    {
+                        continue;
+                    }
+                    index.refined.insert((v.variant.clone(), prefix.to_vec()));
+                    if let Some(digest) = digest.filter(|d| judged_digests.contains(d)) {
+                        let candidate = ((v.key(), v.precision), tag);
+                        index
+                            .refiners
+                            .entry((digest, v.variant.clone(), prefix.to_vec()))
+                            .and_modify(|best| {
+                                // Equal versions in other spellings: the first name, whatever
+                                // order the listing came in.
+                                if (&candidate.0, std::cmp::Reverse(candidate.1))
+                                    > (&best.0, std::cmp::Reverse(best.1))
+                                {
+                                    *best = candidate.clone();
+                                }
+                            })
+                            .or_insert(candidate);
+                    }
                 }
             }
             if policy.counts(&v) {
-                let highest = index.highest.entry(v.variant.clone()).or_default();
-                let above = |h: &Option<TagVersion>| h.as_ref().is_none_or(|h| v.key() > h.key());
-                if above(&highest.counted) {
-                    highest.counted = Some(v.clone());
-                }
+                let highest = entry(&mut index.highest, &v.variant);
+                let above =
+                    |h: &Option<TagVersion>| h.as_ref().is_none_or(|h| v.cmp_order(h).is_gt());
                 if !v.is_prerelease() && above(&highest.release) {
                     highest.release = Some(v.clone());
                 }
-            }
-            if let Some(digest) = digest {
-                index.by_digest.entry(digest).or_default().push(v);
+                if above(&highest.counted) {
+                    highest.counted = Some(v);
+                }
             }
         }
         index
@@ -170,7 +225,7 @@ impl<'p, 'a> VersionIndex<'p, 'a> {
         } else {
             highest
                 .and_then(|h| h.counted.as_ref())
-                .is_some_and(|h| h.key() == v.key())
+                .is_some_and(|h| h.cmp_order(&v).is_eq())
         };
         let points_to = floating.then(|| self.points_to(&v, digest?)).flatten();
         Verdict {
@@ -196,10 +251,12 @@ impl<'p, 'a> VersionIndex<'p, 'a> {
     /// "known before" it (`2.1.0` after `2.1` is measured against `2.0.x`).
     fn bump_of_new(&self, v: &TagVersion, floating: bool) -> Bump {
         let reference = self.before.get(&v.variant).and_then(|known| {
-            known
-                .iter()
-                .filter(|k| v.is_prerelease() || !k.is_prerelease())
-                .find(|k| !v.refines(k))
+            let list = if v.is_prerelease() {
+                &known.all
+            } else {
+                &known.releases
+            };
+            list.iter().find(|k| !v.refines(k))
         });
         let Some(r) = reference else {
             return if floating {
@@ -214,7 +271,7 @@ impl<'p, 'a> VersionIndex<'p, 'a> {
                 _ => Bump::Floating,
             };
         }
-        match v.key().cmp(&r.key()) {
+        match v.cmp_order(r) {
             Ordering::Less => Bump::Older,
             Ordering::Equal => Bump::Rebuild,
             Ordering::Greater if v.is_prerelease() => Bump::Prerelease,
@@ -227,13 +284,17 @@ impl<'p, 'a> VersionIndex<'p, 'a> {
         }
     }
 
-    /// The most specific, highest version tag of `digest` in `v`'s variant that refines `v`.
+    /// The most specific, highest version tag on `digest` in `v`'s variant that refines `v`.
     fn points_to(&self, v: &TagVersion, digest: &str) -> Option<String> {
-        self.by_digest
-            .get(digest)?
-            .iter()
-            .filter(|t| t.variant == v.variant && t.refines(v))
-            .max_by_key(|t| (t.key(), t.precision))
-            .map(ToString::to_string)
+        let key = (digest, v.variant.clone(), v.written().to_vec());
+        self.refiners.get(&key).map(|(_, tag)| (*tag).to_owned())
     }
+}
+
+/// The value of `variant` in `map`, created if missing; the variant is cloned only then.
+fn entry<'m, V: Default>(map: &'m mut HashMap<String, V>, variant: &str) -> &'m mut V {
+    if !map.contains_key(variant) {
+        map.insert(variant.to_owned(), V::default());
+    }
+    map.get_mut(variant).expect("inserted above")
 }

@@ -7,6 +7,7 @@
 //! filter selects), then asks [`VersionIndex::judge`] about each added or moved tag.
 
 pub mod index;
+mod legacy;
 pub mod parse;
 pub mod policy;
 #[cfg(test)]
@@ -15,3 +16,7 @@ mod tests;
 pub use index::{Bump, Verdict, VersionIndex};
 pub use parse::{TagVersion, parse};
 pub use policy::VersionPolicy;
+
+/// The version of these rules that a snapshot was written under (`Snapshot::version_rules`):
+/// 0 for snapshots from before the field, read by the earlier rules.
+pub const RULES: u32 = 1;

@@ -76,6 +76,14 @@ impl TagVersion {
         }
     }
 
+    /// Compares places in the order of a variant, as [`Self::key`] would, without copying.
+    pub fn cmp_order(&self, other: &TagVersion) -> Ordering {
+        self.numbers
+            .cmp(&other.numbers)
+            .then_with(|| self.pre.cmp(&other.pre))
+            .then_with(|| self.revision.cmp(&other.revision))
+    }
+
     /// The written numbers: `[2, 1]` for `2.1`.
     pub fn written(&self) -> &[u64] {
         &self.numbers[..usize::from(self.precision)]
@@ -170,6 +178,10 @@ pub fn parse(tag: &str) -> Option<TagVersion> {
     let mut identifiers: Vec<String> = glued;
     let mut at = 0;
     while let Some(segment) = segments.get(at) {
+        // A commit hash is no pre-release, even one that starts like `ea` and digits.
+        if is_commit_hash(segment) {
+            break;
+        }
         let continues = !identifiers.is_empty() && is_number(segment);
         if !(continues || is_prerelease_segment(segment)) {
             break;
@@ -299,7 +311,7 @@ fn is_prerelease_segment(segment: &str) -> bool {
 
 /// Appends a segment's identifiers, lower-cased, a word glued to digits split (`RC10` is
 /// `rc.10`, so it sorts after `rc.9`), numbers without leading zeros.
-fn normalise_prerelease(segment: &str, identifiers: &mut Vec<String>) -> Option<()> {
+pub(super) fn normalise_prerelease(segment: &str, identifiers: &mut Vec<String>) -> Option<()> {
     for id in segment.split('.') {
         let id = id.to_ascii_lowercase();
         let digits = id.trim_start_matches(|c: char| c.is_ascii_alphabetic());

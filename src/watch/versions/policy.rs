@@ -1,8 +1,9 @@
 //! `[registry.versions]` with `scheme = "semver"`: which versions count (are reported, and are
 //! "known" to compare with), checked at config load.
 
-use semver::VersionReq;
+use semver::{Version, VersionReq};
 
+use super::legacy;
 use super::parse::{TagVersion, parse};
 
 /// A registry's `[registry.versions]` with `scheme = "semver"`, checked at load.
@@ -47,21 +48,26 @@ impl VersionPolicy {
     /// Whether the version is in `range`. A pre-release is when its release part is, unless the
     /// range names a pre-release itself; then semver's own rules apply. Fewer numbers than three
     /// are padded for the range: `2.1` is in `>=2.1, <3`.
-    fn in_range(&self, v: &TagVersion) -> bool {
+    fn in_range(&self, mut version: Version) -> bool {
         let Some(req) = &self.range else {
             return true;
         };
-        let mut version = v.semver();
         if req.matches(&version) {
             return true;
         }
+        let is_prerelease = !version.pre.is_empty();
         version.pre = semver::Prerelease::EMPTY;
-        v.is_prerelease() && !self.range_names_prerelease && req.matches(&version)
+        is_prerelease && !self.range_names_prerelease && req.matches(&version)
+    }
+
+    /// Whether a padded version (build metadata dropped) counts.
+    fn counts_semver(&self, version: Version) -> bool {
+        (version.pre.is_empty() || self.prerelease) && self.in_range(version)
     }
 
     /// Whether a version is reported and counts as known.
     pub fn counts(&self, v: &TagVersion) -> bool {
-        (!v.is_prerelease() || self.prerelease) && self.in_range(v)
+        self.counts_semver(v.semver())
     }
 
     /// Whether a change of `tag` may be reported at all: a counted version, or no version while
@@ -69,6 +75,15 @@ impl VersionPolicy {
     pub fn admits(&self, tag: &str) -> bool {
         match parse(tag) {
             Some(v) => self.counts(&v),
+            None => self.range.is_none(),
+        }
+    }
+
+    /// What [`Self::admits`] said of `tag` under the rules before `version_rules` 1: for
+    /// migrating snapshots written then.
+    pub fn admitted_before_rules_1(&self, tag: &str) -> bool {
+        match legacy::parse(tag) {
+            Some(v) => self.counts_semver(v),
             None => self.range.is_none(),
         }
     }

@@ -16,7 +16,8 @@ fn policy(range: Option<&str>, prerelease: bool, only_newer: bool) -> VersionPol
 /// `new_tag` pushed (on a digest of its own) after `before`.
 fn judge(p: &VersionPolicy, before: &[&str], new_tag: &str) -> Verdict {
     let after = before.iter().chain([&new_tag]).map(|t| (*t, Some(*t)));
-    VersionIndex::new(p, before.iter().copied(), after).judge(new_tag, Some(new_tag), true)
+    let judged = [(new_tag, Some(new_tag))];
+    VersionIndex::new(p, before.iter().copied(), after, &judged).judge(new_tag, Some(new_tag), true)
 }
 
 /// (version, variant) of a tag.
@@ -86,6 +87,8 @@ fn tags_read_by_the_rules() {
         ),
         ("2.11.0-ls319", "2.11.0", "", 3, &[319]),
         ("1.24.0-r7-ls261", "1.24.0", "", 3, &[7, 261]),
+        ("v20240130-ea12345", "20240130+ea12345", "", 1, &[]),
+        ("21-ea-35-jdk", "21-ea.35", "jdk", 1, &[]),
     ];
     for (tag, version, variant, precision, revision) in table {
         let v = parse(tag).unwrap_or_else(|| panic!("{tag} is a version"));
@@ -279,7 +282,8 @@ fn moved_tags_are_rebuilds_or_floating() {
         ("1.2", "c"),
     ];
     let after = tags.iter().map(|(t, d)| (*t, Some(*d)));
-    let index = VersionIndex::new(&p, tags.iter().map(|(t, _)| *t), after);
+    let judged: Vec<_> = tags.iter().map(|(t, d)| (*t, Some(*d))).collect();
+    let index = VersionIndex::new(&p, tags.iter().map(|(t, _)| *t), after, &judged);
     let newest = index.judge("v1.2.3", Some("c"), false);
     assert_eq!((newest.bump, newest.latest), (Some(Bump::Rebuild), true));
     let old = index.judge("v1.0.1", Some("a"), false);
@@ -346,7 +350,13 @@ fn latest_is_per_variant_in_the_new_snapshot() {
     let p = policy(None, false, false);
     let before = ["1.0.0"];
     let after = ["1.0.0", "1.2.0", "1.1.5", "1.2", "1.3.0-alpine"];
-    let index = VersionIndex::new(&p, before.into_iter(), after.iter().map(|t| (*t, None)));
+    let judged: Vec<_> = after.iter().map(|t| (*t, None)).collect();
+    let index = VersionIndex::new(
+        &p,
+        before.into_iter(),
+        after.iter().map(|t| (*t, None)),
+        &judged,
+    );
     let v115 = index.judge("1.1.5", None, true);
     assert_eq!(
         (v115.report, v115.bump, v115.latest),
@@ -471,7 +481,11 @@ fn hostile_tags_never_panic() {
         policy(Some(">=1, <2"), false, false),
     ] {
         let after = tags.iter().map(|t| (t.as_str(), Some(t.as_str())));
-        let index = VersionIndex::new(&p, tags.iter().map(String::as_str), after);
+        let judged: Vec<_> = tags
+            .iter()
+            .map(|t| (t.as_str(), Some(t.as_str())))
+            .collect();
+        let index = VersionIndex::new(&p, tags.iter().map(String::as_str), after, &judged);
         for tag in &tags {
             let verdict = index.judge(tag, Some(tag), true);
             index.judge(tag, Some(tag), false);
