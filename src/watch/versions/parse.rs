@@ -190,6 +190,17 @@ pub fn parse(tag: &str) -> Option<TagVersion> {
         at += 1;
     }
     let mut rest = segments[at..].to_vec();
+    // A pre-release word closing the tag marks a candidate too (`13.0.1-ubi10-rc`,
+    // `3.8.3-1-SNAPSHOT`): the variant comes first there.
+    if identifiers.is_empty()
+        && rest.len() > 1
+        && let Some(last) = rest
+            .last()
+            .filter(|l| is_prerelease_segment(l) && !is_commit_hash(l))
+    {
+        normalise_prerelease(last, &mut identifiers)?;
+        rest.pop();
+    }
     let mut revision = Vec::new();
     if !rest.is_empty() && rest.iter().all(|s| is_dotted_number(s)) {
         for segment in rest.drain(..) {
