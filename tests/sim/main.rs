@@ -1,13 +1,17 @@
 //! The simulation suite: random sequences of operations (pushes, re-pushes, moves back and forth,
 //! deletes, dangling manifests, a lagging catalog, webhook hints, restarts with and without a lost
 //! commit, config edits, Kafka away and back) against the simulated registry of `registry.rs`,
-//! with its quirks switched per run and faults injected per request. The real scanner and the real
-//! redb store run them; after every step the checker compares what was committed with the
+//! with its quirks switched per run and faults injected per request. Tag names come from the
+//! fixture families of `tags.rs`; most runs turn `[registry.versions]` on, and floating aliases
+//! and other spellings of a version are tagged onto existing digests. The real scanner and the
+//! real redb store run them; after every step the checker compares what was committed with the
 //! reference model of `model.rs`:
 //!
 //! - no panic, in any task (a panic fails the case);
 //! - a repository's step either changes nothing (its listing failed or was skipped) or commits
-//!   exactly the model's events and snapshot: an incomplete listing changes nothing;
+//!   exactly the model's events and snapshot: an incomplete listing changes nothing; events
+//!   include `version`, `variant`, `bump`, `latest` and `points_to`, the snapshot the tags
+//!   `only_newer` held back;
 //! - a listing with no fault injected is not skipped, and one that cannot be complete (a registry
 //!   that ignores `last`) never commits;
 //! - one change never gets two ids (a commit lost in a crash is detected again with the same ids),
@@ -18,7 +22,8 @@
 //!   against `schema/event.schema.json`.
 //!
 //! CI runs `SIM_CASES` cases per property (default below); failing seeds are kept by proptest in
-//! `tests/sim/proptest-regressions/` and replayed first. `scripts/sim-long.sh` runs longer.
+//! `tests/sim/proptest-regressions.txt` and replayed first. `scripts/sim-long.sh` runs longer;
+//! `SIM_TRACE=1` prints every committed event and a line per case.
 
 mod model;
 mod registry;

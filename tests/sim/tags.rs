@@ -187,15 +187,27 @@ fn capitalised(variant: &str) -> String {
 }
 
 /// The aliases a release's name gives: its written numbers cut short (rule 1: precision kept;
-/// numbers lose leading zeros), whatever follows them (the variant, rule 4) kept. Only for a name
-/// that is `[v]<numbers>[-<variant>]`: no revision, build or pre-release.
+/// numbers lose leading zeros), whatever follows them (the variant, rule 4) kept. A name with a
+/// revision (rule 4: `r<n>`, `ls<n>`, numbers) gives its numbers without it as well, as `8.9`
+/// stands beside `8.9-1107`. Only for a name that is `[v]<numbers>[-<variant>][<revision>]`: no
+/// build or pre-release.
 fn aliases_of(tag: &str, r: &Reading) -> Vec<String> {
-    if !r.is_release() || !r.revision.is_empty() || r.version.contains('+') {
+    if !r.is_release() || r.version.contains('+') {
         return Vec::new();
     }
-    let (prefix, rest) = match tag.chars().next() {
-        Some(c @ ('v' | 'V')) => (c.to_string(), &tag[1..]),
-        _ => (String::new(), tag),
+    let rev: Vec<String> = r.revision.iter().map(u64::to_string).collect();
+    let suffixes = match rev.as_slice() {
+        [] => vec![String::new()],
+        [a] => vec![format!("-r{a}"), format!("-ls{a}"), format!("-{a}")],
+        [a, b] => vec![format!("-{a}.{b}"), format!("-r{a}-ls{b}")],
+        _ => Vec::new(),
+    };
+    let Some(stem) = suffixes.iter().find_map(|s| tag.strip_suffix(s.as_str())) else {
+        return Vec::new();
+    };
+    let (prefix, rest) = match stem.chars().next() {
+        Some(c @ ('v' | 'V')) => (c.to_string(), &stem[1..]),
+        _ => (String::new(), stem),
     };
     let end = rest
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -209,7 +221,8 @@ fn aliases_of(tag: &str, r: &Reading) -> Vec<String> {
     if written.len() != r.numbers.len() || !tail_ok {
         return Vec::new();
     }
-    (1..written.len())
+    let longest = written.len() - usize::from(rev.is_empty());
+    (1..=longest)
         .map(|p| format!("{prefix}{}{tail}", written[..p].join(".")))
         .collect()
 }
