@@ -1,13 +1,17 @@
 //! The simulation suite: random sequences of operations (pushes, re-pushes, moves back and forth,
 //! deletes, dangling manifests, a lagging catalog, webhook hints, restarts with and without a lost
 //! commit, config edits, Kafka away and back) against the simulated registry of `registry.rs`,
-//! with its quirks switched per run and faults injected per request. The real scanner and the real
-//! redb store run them; after every step the checker compares what was committed with the
+//! with its quirks switched per run and faults injected per request. Tag names come from the
+//! fixture families of `tags.rs`; most runs turn `[registry.versions]` on, and floating aliases
+//! and other spellings of a version are tagged onto existing digests. The real scanner and the
+//! real redb store run them; after every step the checker compares what was committed with the
 //! reference model of `model.rs`:
 //!
 //! - no panic, in any task (a panic fails the case);
 //! - a repository's step either changes nothing (its listing failed or was skipped) or commits
-//!   exactly the model's events and snapshot: an incomplete listing changes nothing;
+//!   exactly the model's events and snapshot: an incomplete listing changes nothing; events
+//!   include `version`, `variant`, `bump`, `latest` and `points_to`, the snapshot the tags
+//!   `only_newer` held back;
 //! - a listing with no fault injected is not skipped, and one that cannot be complete (a registry
 //!   that ignores `last`) never commits;
 //! - one change never gets two ids (a commit lost in a crash is detected again with the same ids),
@@ -18,16 +22,19 @@
 //!   against `schema/event.schema.json`.
 //!
 //! CI runs `SIM_CASES` cases per property (default below); failing seeds are kept by proptest in
-//! `tests/sim/proptest-regressions/` and replayed first. `scripts/sim-long.sh` runs longer.
+//! `tests/sim/proptest-regressions.txt` and replayed first. `scripts/sim-long.sh` runs longer;
+//! `SIM_TRACE=1` prints every committed event and a line per case.
 
 mod model;
 mod registry;
+mod tags;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
+use proptest::sample::Index;
 use proptest::test_runner::{Config as PropConfig, FileFailurePersistence, TestRunner};
 use regwatch::config::{self, FirstRun};
 use regwatch::event::Event;
@@ -36,7 +43,7 @@ use regwatch::watch::diff::Snapshot;
 use regwatch::watch::scan::{Output, Scanner};
 use tokio::sync::Notify;
 
-use model::{Ev, Model, REPOS, SimConfig, tag_pool};
+use model::{Ev, Known, Model, RANGES, REPOS, SimConfig, Versions};
 use registry::{Faults, LinkMode, Quirks, Sim, SimTag, Uploaded};
 
 /// Cases per property in CI: a few minutes on 2 cores for all of them.
@@ -48,20 +55,40 @@ const QUIESCE_CYCLES: usize = 10;
 /// One operation of a run.
 #[derive(Debug, Clone)]
 enum Op {
-    /// Pushes a new digest to `tag`.
+    /// Pushes a new digest to `tag` (of the run's pool).
     Push {
         repo: usize,
-        tag: usize,
+        tag: Index,
         uploaded: Uploaded,
     },
+    /// Pushes a new digest to one of the tags `repo` has (a rebuild).
+    Repush {
+        repo: usize,
+        tag: Index,
+        uploaded: Uploaded,
+    },
+    /// Tags a floating alias of one of `repo`'s releases onto that release's digest (`1.21`
+    /// onto `1.21.6`'s): creates the alias or moves it there.
+    Alias {
+        repo: usize,
+        target: Index,
+        alias: Index,
+    },
+    /// Tags another spelling of one of `repo`'s tags (`v1.2.3` beside `1.2.3`, `20-Alpine`
+    /// beside `20-alpine`) onto its digest.
+    Respell {
+        repo: usize,
+        tag: Index,
+        spelling: Index,
+    },
     /// Moves `tag` back to the digest it had before its last move.
-    MoveBack { repo: usize, tag: usize },
+    MoveBack { repo: usize, tag: Index },
     /// Deletes `tag`.
-    Delete { repo: usize, tag: usize },
+    Delete { repo: usize, tag: Index },
     /// A new tag whose manifest is already gone (garbage collected): listed, HEAD 404.
-    Dangle { repo: usize, tag: usize },
+    Dangle { repo: usize, tag: Index },
     /// A dangling tag's manifest is pushed again.
-    Settle { repo: usize, tag: usize },
+    Settle { repo: usize, tag: Index },
     /// The catalog stops listing `repo` for a while (it lags behind `tags/list`).
     Hide { repo: usize },
     /// The catalog catches up.
@@ -106,32 +133,56 @@ fn faults() -> impl Strategy<Value = Faults> {
     ]
 }
 
-fn sim_config() -> impl Strategy<Value = SimConfig> {
+fn versions() -> impl Strategy<Value = Versions> {
     (
         any::<bool>(),
+        any::<bool>(),
+        prop::option::weighted(0.4, prop::sample::select(RANGES.to_vec())),
+    )
+        .prop_map(|(prerelease, only_newer, range)| Versions {
+            prerelease,
+            only_newer,
+            range,
+        })
+}
+
+fn sim_config() -> impl Strategy<Value = SimConfig> {
+    (
+        prop::bool::weighted(0.2),
         any::<bool>(),
         prop::sample::subsequence(vec!["latest".to_string(), "v1".to_string()], 0..=2),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
+        prop::option::weighted(0.75, versions()),
     )
         .prop_map(
-            |(include_v, exclude_rc, mutable, emit_removed, extra)| SimConfig {
-                include_v,
-                exclude_rc,
-                mutable,
-                emit_removed,
-                extra,
+            |(include_v, exclude_rc, mutable, emit_removed, extra, mutable_versions, versions)| {
+                SimConfig {
+                    include_v,
+                    exclude_rc,
+                    mutable,
+                    emit_removed,
+                    extra,
+                    mutable_versions,
+                    versions,
+                }
             },
         )
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let repo = 0..REPOS.len();
-    let tag = 0..tag_pool().len();
+    // Version pushes gather in two repositories, so that their tags meet.
+    let versioned = prop_oneof![4 => Just(0), 2 => Just(1), 1 => 0..REPOS.len()];
+    let tag = any::<Index>();
     prop_oneof![
-        8 => (repo.clone(), tag.clone(), uploaded()).prop_map(|(repo, tag, uploaded)| Op::Push { repo, tag, uploaded }),
+        16 => (versioned.clone(), tag.clone(), uploaded()).prop_map(|(repo, tag, uploaded)| Op::Push { repo, tag, uploaded }),
+        4 => (versioned.clone(), tag.clone(), uploaded()).prop_map(|(repo, tag, uploaded)| Op::Repush { repo, tag, uploaded }),
+        4 => (versioned.clone(), tag.clone(), any::<Index>()).prop_map(|(repo, target, alias)| Op::Alias { repo, target, alias }),
+        3 => (versioned.clone(), tag.clone(), any::<Index>()).prop_map(|(repo, tag, spelling)| Op::Respell { repo, tag, spelling }),
         2 => (repo.clone(), tag.clone()).prop_map(|(repo, tag)| Op::MoveBack { repo, tag }),
-        2 => (repo.clone(), tag.clone()).prop_map(|(repo, tag)| Op::Delete { repo, tag }),
+        4 => (versioned, tag.clone()).prop_map(|(repo, tag)| Op::Delete { repo, tag }),
         2 => (repo.clone(), tag.clone()).prop_map(|(repo, tag)| Op::Dangle { repo, tag }),
         1 => (repo.clone(), tag.clone()).prop_map(|(repo, tag)| Op::Settle { repo, tag }),
         1 => repo.clone().prop_map(|repo| Op::Hide { repo }),
@@ -184,7 +235,53 @@ struct Run {
     page_size: usize,
     cfg: SimConfig,
     seed: u64,
+    /// The tag names pushes draw from: the first pool and some tags of 2 or 3 families of the
+    /// fixture table.
+    pool: Vec<String>,
     ops: Vec<Op>,
+}
+
+/// Some tags of 2 or 3 families, in random order, after the first pool. The leading family gives
+/// most of its main variant (the empty one when it has versions there), so that its versions meet
+/// and order; every family gives a few of the rest (other variants, mixed-case spellings, tags
+/// that are no versions), and the others a few of their main variant.
+fn pool() -> impl Strategy<Value = Vec<String>> {
+    prop::sample::subsequence((0..tags::FAMILIES.len()).collect::<Vec<_>>(), 2..=3)
+        .prop_shuffle()
+        .prop_flat_map(|families| {
+            families
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let (main, rest) = tags::main_variant(f);
+                    let m = main.len().min(10);
+                    let main_size = if i == 0 {
+                        m.div_ceil(2)..=m
+                    } else {
+                        0..=m.min(2)
+                    };
+                    let r = rest.len().min(2);
+                    (
+                        prop::sample::subsequence(main, main_size),
+                        prop::sample::subsequence(rest, r.min(1)..=r),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .prop_flat_map(|chosen| {
+            let mut names: Vec<String> = chosen
+                .into_iter()
+                .flat_map(|(main, rest)| main.into_iter().chain(rest))
+                .collect();
+            names.sort();
+            names.dedup();
+            Just(names).prop_shuffle()
+        })
+        .prop_map(|names| {
+            let mut pool = tags::base_pool();
+            pool.extend(names.into_iter().filter(|n| !tags::base_pool().contains(n)));
+            pool
+        })
 }
 
 fn run_strategy(max_ops: usize) -> impl Strategy<Value = Run> {
@@ -193,13 +290,15 @@ fn run_strategy(max_ops: usize) -> impl Strategy<Value = Run> {
         2usize..6,
         sim_config(),
         any::<u64>(),
+        pool(),
         prop::collection::vec(op(), 1..max_ops),
     )
-        .prop_map(|(quirks, page_size, cfg, seed, ops)| Run {
+        .prop_map(|(quirks, page_size, cfg, seed, pool, ops)| Run {
             quirks,
             page_size,
             cfg,
             seed,
+            pool,
             ops,
         })
 }
@@ -263,6 +362,11 @@ fn seen(e: &Event) -> Seen {
     let v: serde_json::Value = serde_json::from_str(&e.payload).expect("event JSON");
     let d = &v["data"];
     let s = |x: &serde_json::Value| x.as_str().map(str::to_owned);
+    // Absent, null or a string: `Some(None)` is the null.
+    let version = d.get("version").map(|v| {
+        assert!(v.is_null() || v.is_string(), "data.version {v}");
+        s(v)
+    });
     Seen {
         id: e.id.clone(),
         repo: s(&d["repository"]).expect("data.repository"),
@@ -276,6 +380,11 @@ fn seen(e: &Event) -> Seen {
             digest: s(&d["digest"]),
             previous: s(&d["previous_digest"]),
             pushed_at: s(&d["pushed_at"]),
+            version,
+            variant: s(&d["variant"]),
+            bump: s(&d["bump"]),
+            latest: d["latest"].as_bool(),
+            points_to: s(&d["points_to"]),
         },
         payload: e.payload.clone(),
     }
@@ -293,7 +402,7 @@ struct World {
     scanner: Scanner,
     model: Model,
     /// Committed snapshots as last observed (Known states only).
-    observed: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    observed: BTreeMap<String, Known>,
     /// Outbox sequences already looked at and still in the outbox (redb numbers events from the
     /// last one present, so numbers come back once the outbox is empty).
     looked_at: BTreeSet<u64>,
@@ -305,13 +414,20 @@ struct World {
     digests: u64,
     /// Each tag's digests over time, to move back.
     history: BTreeMap<(String, String), Vec<String>>,
+    /// Each digest's upload time: one manifest, one time, whichever tags point at it.
+    uploaded_of: HashMap<String, Uploaded>,
+    /// The tag names pushes draw from.
+    pool: Vec<String>,
     validator: Arc<jsonschema::Validator>,
     log: Vec<String>,
 }
 
-fn store_view(state: Option<RepoState>) -> Option<BTreeMap<String, Option<String>>> {
+fn store_view(state: Option<RepoState>) -> Option<Known> {
     match state {
-        Some(RepoState::Known(s)) => Some(s.tags),
+        Some(RepoState::Known(s)) => Some(Known {
+            tags: s.tags,
+            held_back: s.held_back,
+        }),
         _ => None,
     }
 }
@@ -361,6 +477,8 @@ impl World {
             kafka_up: true,
             digests: 0,
             history: BTreeMap::new(),
+            uploaded_of: HashMap::new(),
+            pool: run.pool.clone(),
             validator,
             log: Vec::new(),
         };
@@ -390,73 +508,177 @@ impl World {
         self.scanner = scanner(&self.cfg, &self.host, self.page_size);
     }
 
-    /// Applies a registry operation.
-    fn apply(&mut self, op: &Op) {
-        let pool = tag_pool();
+    /// Applies a registry operation; returns what it did, by name.
+    fn apply(&mut self, op: &Op) -> String {
         self.digests += 1;
         let fresh = self.digests;
         let mut s = self.sim.lock().unwrap();
+        // One of `repo`'s tags that `pick` accepts, chosen by `index`.
+        let existing = |s: &registry::SimState,
+                        repo: &str,
+                        index: &Index,
+                        pick: &dyn Fn(&str, &SimTag) -> bool| {
+            let names: Vec<String> = s
+                .repos
+                .get(repo)
+                .into_iter()
+                .flatten()
+                .filter(|(n, t)| pick(n, t))
+                .map(|(n, _)| n.clone())
+                .collect();
+            (!names.is_empty()).then(|| index.get(&names).clone())
+        };
         match op {
             Op::Push {
                 repo,
                 tag,
                 uploaded,
+            }
+            | Op::Repush {
+                repo,
+                tag,
+                uploaded,
             } => {
-                let (repo, tag) = (REPOS[*repo], pool[*tag].clone());
+                let repo = REPOS[*repo];
+                let tag = if matches!(op, Op::Push { .. }) {
+                    tag.get(&self.pool).clone()
+                } else {
+                    match existing(&s, repo, tag, &|_, _| true) {
+                        Some(tag) => tag,
+                        None => return format!("repush in {repo}: no tag"),
+                    }
+                };
                 let digest = digest_of(fresh, repo);
                 self.history
                     .entry((repo.into(), tag.clone()))
                     .or_default()
                     .push(digest.clone());
+                self.uploaded_of.insert(digest.clone(), *uploaded);
                 let t = SimTag {
                     digest,
                     dangling: false,
                     uploaded: *uploaded,
                 };
-                s.repos.entry(repo.into()).or_default().insert(tag, t);
+                s.repos
+                    .entry(repo.into())
+                    .or_default()
+                    .insert(tag.clone(), t);
+                format!("{repo}:{tag} pushed")
+            }
+            Op::Alias {
+                repo,
+                target,
+                alias,
+            } => {
+                let repo = REPOS[*repo];
+                let entries = &tags::table().entries;
+                let aliased = |n: &str, t: &SimTag| {
+                    !t.dangling && entries.get(n).is_some_and(|e| !e.aliases.is_empty())
+                };
+                let Some(target) = existing(&s, repo, target, &aliased) else {
+                    return format!("alias in {repo}: no release to alias");
+                };
+                let alias = alias.get(&entries[&target].aliases).clone();
+                let t = s.repos[repo][&target].clone();
+                self.history
+                    .entry((repo.into(), alias.clone()))
+                    .or_default()
+                    .push(t.digest.clone());
+                s.repos.get_mut(repo).unwrap().insert(alias.clone(), t);
+                format!("{repo}:{alias} tagged onto {target}")
+            }
+            Op::Respell {
+                repo,
+                tag,
+                spelling,
+            } => {
+                let repo = REPOS[*repo];
+                let entries = &tags::table().entries;
+                let spelled = |n: &str, t: &SimTag| !t.dangling && entries[n].spellings.len() > 1;
+                let Some(tag) = existing(&s, repo, tag, &spelled) else {
+                    return format!("respell in {repo}: no tag with another spelling");
+                };
+                let others: Vec<String> = entries[&tag]
+                    .spellings
+                    .iter()
+                    .filter(|n| **n != tag)
+                    .cloned()
+                    .collect();
+                let other = spelling.get(&others).clone();
+                let t = s.repos[repo][&tag].clone();
+                self.history
+                    .entry((repo.into(), other.clone()))
+                    .or_default()
+                    .push(t.digest.clone());
+                s.repos.get_mut(repo).unwrap().insert(other.clone(), t);
+                format!("{repo}:{other} tagged onto {tag}")
             }
             Op::MoveBack { repo, tag } => {
-                let (repo, tag) = (REPOS[*repo], pool[*tag].clone());
-                let history = self.history.entry((repo.into(), tag.clone())).or_default();
-                if history.len() >= 2
-                    && let Some(t) = s.repos.get_mut(repo).and_then(|r| r.get_mut(&tag))
-                    && !t.dangling
-                {
-                    let back = history[history.len() - 2].clone();
-                    t.digest = back.clone();
-                    history.push(back);
+                let repo = REPOS[*repo];
+                let history = &self.history;
+                let movable = |n: &str, t: &SimTag| {
+                    !t.dangling
+                        && history
+                            .get(&(repo.to_owned(), n.to_owned()))
+                            .is_some_and(|h| h.len() >= 2)
+                };
+                let Some(tag) = existing(&s, repo, tag, &movable) else {
+                    return format!("move back in {repo}: no tag moved before");
+                };
+                let history = self.history.get_mut(&(repo.into(), tag.clone())).unwrap();
+                let back = history[history.len() - 2].clone();
+                history.push(back.clone());
+                let t = s.repos.get_mut(repo).unwrap().get_mut(&tag).unwrap();
+                t.digest = back.clone();
+                if let Some(u) = self.uploaded_of.get(&back) {
+                    t.uploaded = *u;
                 }
+                format!("{repo}:{tag} moved back")
             }
             Op::Delete { repo, tag } => {
-                if let Some(r) = s.repos.get_mut(REPOS[*repo]) {
-                    r.remove(&pool[*tag]);
-                }
+                let repo = REPOS[*repo];
+                let Some(tag) = existing(&s, repo, tag, &|_, _| true) else {
+                    return format!("delete in {repo}: no tag");
+                };
+                s.repos.get_mut(repo).unwrap().remove(&tag);
+                format!("{repo}:{tag} deleted")
             }
             Op::Dangle { repo, tag } => {
-                let (repo, tag) = (REPOS[*repo], pool[*tag].clone());
+                let (repo, tag) = (REPOS[*repo], tag.get(&self.pool).clone());
                 let tags = s.repos.entry(repo.into()).or_default();
-                tags.entry(tag).or_insert_with(|| SimTag {
+                let new = !tags.contains_key(&tag);
+                tags.entry(tag.clone()).or_insert_with(|| SimTag {
                     digest: digest_of(fresh, repo),
                     dangling: true,
                     uploaded: Uploaded::Ms(1_700_000_000_000),
                 });
+                format!(
+                    "{repo}:{tag} dangles{}",
+                    if new { "" } else { " (no: listed)" }
+                )
             }
             Op::Settle { repo, tag } => {
-                if let Some(t) = s
-                    .repos
-                    .get_mut(REPOS[*repo])
-                    .and_then(|r| r.get_mut(&pool[*tag]))
-                {
-                    t.dangling = false;
-                }
+                let repo = REPOS[*repo];
+                let Some(tag) = existing(&s, repo, tag, &|_, t| t.dangling) else {
+                    return format!("settle in {repo}: nothing dangles");
+                };
+                s.repos
+                    .get_mut(repo)
+                    .unwrap()
+                    .get_mut(&tag)
+                    .unwrap()
+                    .dangling = false;
+                format!("{repo}:{tag} settles")
             }
             Op::Hide { repo } => {
                 s.catalog_hidden.insert(REPOS[*repo].into());
+                format!("{} hidden from the catalog", REPOS[*repo])
             }
             Op::Show { repo } => {
                 s.catalog_hidden.remove(REPOS[*repo]);
+                format!("{} shown in the catalog", REPOS[*repo])
             }
-            _ => {}
+            _ => String::new(),
         }
     }
 
@@ -504,6 +726,7 @@ impl World {
                     s.payload
                 ));
             }
+            tally(&s.ev);
             by_repo.entry(s.repo.clone()).or_default().push(s);
         }
         for repo in &listed {
@@ -756,7 +979,10 @@ impl World {
                 Ok(())
             }
             _ => {
-                self.apply(op);
+                let what = self.apply(op);
+                if let Some(last) = self.log.last_mut() {
+                    *last = format!("{last}: {what}");
+                }
                 Ok(())
             }
         }
@@ -849,11 +1075,28 @@ async fn run_case(run: Run, validator: Arc<jsonschema::Validator>) -> Result<(),
         result = world.quiesce().await;
     }
     server.abort();
+    if std::env::var_os("SIM_TRACE").is_some() {
+        let pushes = run
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::Push { .. } | Op::Repush { .. } | Op::Alias { .. }))
+            .count();
+        eprintln!(
+            "CASE ops {} pushes {} committed {} ignore_last {} versions {:?} include_v {}",
+            run.ops.len(),
+            pushes,
+            world.committed.len(),
+            run.quirks.ignore_last,
+            run.cfg.versions.is_some(),
+            run.cfg.include_v
+        );
+    }
     result.map_err(|e| {
         format!(
-            "{e}\nquirks {:?}, page size {}\noperations:\n  {}",
+            "{e}\nquirks {:?}, page size {}\nconfig {:?}\noperations:\n  {}",
             run.quirks,
             run.page_size,
+            run.cfg,
             world.log.join("\n  ")
         )
     })
@@ -868,6 +1111,48 @@ fn validator() -> Arc<jsonschema::Validator> {
             .build(&schema)
             .expect("the schema compiles"),
     )
+}
+
+/// How many committed events carried each `bump` (and a null version, a `points_to`, a
+/// `latest: true`), over all cases: shows what the runs exercised.
+static TALLY: Mutex<BTreeMap<&'static str, usize>> = Mutex::new(BTreeMap::new());
+
+fn tally(ev: &Ev) {
+    if std::env::var_os("SIM_TRACE").is_some() {
+        eprintln!("TRACE {ev:?}");
+    }
+    let mut t = TALLY.lock().unwrap();
+    let mut count = |k: &'static str| *t.entry(k).or_default() += 1;
+    count(if ev.kind == "removed" {
+        "(removed)"
+    } else {
+        "(added or updated)"
+    });
+    match (&ev.version, ev.bump.as_deref()) {
+        (Some(None), _) => count("null"),
+        (Some(Some(_)), Some(b)) => count(
+            [
+                "major",
+                "minor",
+                "patch",
+                "prerelease",
+                "rebuild",
+                "floating",
+                "older",
+                "first",
+            ]
+            .into_iter()
+            .find(|k| *k == b)
+            .unwrap_or("other"),
+        ),
+        _ => {}
+    }
+    if ev.points_to.is_some() {
+        count("points_to");
+    }
+    if ev.latest == Some(true) {
+        count("latest");
+    }
 }
 
 fn cases() -> u32 {
@@ -914,9 +1199,10 @@ fn check(name: &'static str, strategy: impl Strategy<Value = Run>) {
     });
     let first_failure = first_failure.load(Ordering::Relaxed);
     println!(
-        "SIM {name}: {} cases in {:.1} s{}",
+        "SIM {name}: {} cases in {:.1} s; version events {:?}{}",
         cases(),
         started.elapsed().as_secs_f64(),
+        TALLY.lock().unwrap(),
         if first_failure > 0 {
             format!("; first failure at case {first_failure}")
         } else {
@@ -930,5 +1216,5 @@ fn check(name: &'static str, strategy: impl Strategy<Value = Run>) {
 
 #[test]
 fn sim_operations_against_the_model() {
-    check("operations", run_strategy(40));
+    check("operations", run_strategy(50));
 }
