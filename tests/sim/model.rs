@@ -505,8 +505,8 @@ pub struct Judge<'a> {
     policy: &'a Versions,
     /// Counted versions of the previous snapshot.
     before: Vec<&'static Reading>,
-    /// Versions of the new snapshot, with their digests.
-    now: Vec<(&'static Reading, Option<&'a str>)>,
+    /// Versions of the new snapshot, with their tags and digests.
+    now: Vec<(&'static Reading, Option<&'a str>, &'a str)>,
 }
 
 impl<'a> Judge<'a> {
@@ -522,7 +522,7 @@ impl<'a> Judge<'a> {
             .tags
             .iter()
             .filter(|(t, _)| cfg.selects(t))
-            .filter_map(|(t, d)| Some((reading(t)?, d.as_deref())))
+            .filter_map(|(t, d)| Some((reading(t)?, d.as_deref(), t.as_str())))
             .collect();
         Judge {
             policy,
@@ -534,14 +534,14 @@ impl<'a> Judge<'a> {
     /// "A floating tag is a release that a more specific release of its variant in the listing
     /// refines."
     fn floating(&self, v: &Reading) -> bool {
-        self.now.iter().any(|(s, _)| refines(s, v))
+        self.now.iter().any(|(s, _, _)| refines(s, v))
     }
 
     /// The highest counted version of `variant` now, and the highest counted release.
     fn highest(&self, variant: &str, releases: bool) -> Option<&'static Reading> {
         self.now
             .iter()
-            .map(|(r, _)| *r)
+            .map(|(r, _, _)| *r)
             .filter(|r| r.variant == variant && counts(self.policy, r))
             .filter(|r| !releases || r.is_release())
             .max_by(|a, b| cmp_versions(a, b))
@@ -590,20 +590,23 @@ impl<'a> Judge<'a> {
         }
     }
 
-    /// "`points_to` names the most specific version tag on its digest": the most specific tag
-    /// that refines the alias, on the same digest; none when the listing has none.
+    /// "`points_to` names the most specific version tag on its digest (`1.2.4`,
+    /// `1.25.3-debian-12-r6`), as listed": the most specific (most numbers), then highest tag
+    /// that refines the alias on the same digest, by name; equal ones, the first name. None
+    /// when the listing has none.
     fn points_to(&self, v: &Reading, digest: Option<&str>) -> Option<String> {
         let digest = digest?;
         self.now
             .iter()
-            .filter(|(s, d)| *d == Some(digest) && refines(s, v))
-            .max_by(|(a, _), (b, _)| {
+            .filter(|(s, d, _)| *d == Some(digest) && refines(s, v))
+            .max_by(|(a, _, ta), (b, _, tb)| {
                 a.numbers
                     .len()
                     .cmp(&b.numbers.len())
                     .then_with(|| cmp_versions(a, b))
+                    .then_with(|| tb.cmp(ta))
             })
-            .map(|(s, _)| s.version.clone())
+            .map(|(_, _, t)| (*t).to_owned())
     }
 
     fn judge(&self, tag: &str, digest: Option<&str>, is_new: bool) -> Verdict {
@@ -652,8 +655,8 @@ impl<'a> Judge<'a> {
             version: Some(v),
             bump: Some(bump),
             latest,
-            // "A floating tag's `data.points_to`."
-            points_to: if floating {
+            // "On `bump = "floating"`, `points_to` names…"
+            points_to: if bump == "floating" {
                 self.points_to(v, digest)
             } else {
                 None

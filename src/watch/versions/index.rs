@@ -79,8 +79,9 @@ struct Known {
     all: Vec<TagVersion>,
 }
 
-/// The most specific release on a digest that refines a floating tag: its order and tag.
-type Refiner<'a> = ((OrderKey, u8), &'a str);
+/// The most specific release on a digest that refines a floating tag: its precision and order,
+/// and its tag.
+type Refiner<'a> = ((u8, OrderKey), &'a str);
 
 /// The versions known before and after one diff.
 pub struct VersionIndex<'p, 'a> {
@@ -155,7 +156,8 @@ impl<'p, 'a> VersionIndex<'p, 'a> {
                     }
                     index.refined.insert((v.variant.clone(), prefix.to_vec()));
                     if let Some(digest) = digest.filter(|d| judged_digests.contains(d)) {
-                        let candidate = ((v.key(), v.precision), tag);
+                        // The most specific, then the highest.
+                        let candidate = ((v.precision, v.key()), tag);
                         index
                             .refiners
                             .entry((digest, v.variant.clone(), prefix.to_vec()))
@@ -227,7 +229,9 @@ impl<'p, 'a> VersionIndex<'p, 'a> {
                 .and_then(|h| h.counted.as_ref())
                 .is_some_and(|h| h.cmp_order(&v).is_eq())
         };
-        let points_to = floating.then(|| self.points_to(&v, digest?)).flatten();
+        let points_to = (bump == Bump::Floating)
+            .then(|| self.points_to(&v, digest?))
+            .flatten();
         Verdict {
             report,
             version,
@@ -284,7 +288,8 @@ impl<'p, 'a> VersionIndex<'p, 'a> {
         }
     }
 
-    /// The most specific, highest version tag on `digest` in `v`'s variant that refines `v`.
+    /// The most specific, then highest, version tag on `digest` in `v`'s variant that refines
+    /// `v`.
     fn points_to(&self, v: &TagVersion, digest: &str) -> Option<String> {
         let key = (digest, v.variant.clone(), v.written().to_vec());
         self.refiners.get(&key).map(|(_, tag)| (*tag).to_owned())
