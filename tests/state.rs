@@ -1224,3 +1224,67 @@ async fn a_stored_revision_at_its_ceiling_does_not_panic_the_scan() {
     let cycle = s.cycle(&commit(&store), || false).await.unwrap();
     assert_eq!((cycle.failed, cycle.events), (0, 1));
 }
+
+/// A snapshot stored under the earlier version rules (no `version_rules`, as the releases before
+/// them wrote it) is upgraded and the upgrade is stored at once, on an idle cycle too: what it
+/// decided (Red Hat's `8.9-1107`, a pre-release then, was never announced) must not be decided
+/// again under a later config. With `prerelease = true` afterwards, the earlier rules would have
+/// announced it, and its removal would be news that never was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_from_before_the_version_rules_is_upgraded_once_and_kept() {
+    let state = Arc::new(Synthetic::default());
+    for t in ["8.9-1107", "1.0.0"] {
+        state.put("team/app", t, 0);
+    }
+    let host = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let versions = |prerelease| {
+        format!("[registry.versions]\nscheme = \"semver\"\nprerelease = {prerelease}\n")
+    };
+    let releases = registry("syn", &host, "\"team/app\"", &versions(false));
+    let s = scanner(&releases, true);
+    s.cycle(&commit(&store), || false).await.unwrap();
+    // What the earlier release stored: the same tags, no `version_rules`, nothing held back.
+    let Some(RepoState::Known(mut old)) = store.repo_state(&s.identity, "team/app").unwrap() else {
+        panic!("a baseline");
+    };
+    let revision = old.revision;
+    old.version_rules = 0;
+    old.held_back.clear();
+    store
+        .commit_scan(&s.identity, "team/app", Some(revision), &old, &[])
+        .unwrap();
+
+    let idle = s.cycle(&commit(&store), || false).await.unwrap();
+    assert_eq!(idle.events, 0, "reading it is no news");
+    let Some(RepoState::Known(upgraded)) = store.repo_state(&s.identity, "team/app").unwrap()
+    else {
+        panic!("still known");
+    };
+    assert_eq!(
+        upgraded.version_rules,
+        regwatch::watch::versions::RULES,
+        "the upgrade is stored"
+    );
+    assert!(
+        upgraded.held_back.contains("8.9-1107"),
+        "{:?}",
+        upgraded.held_back
+    );
+
+    // Later, pre-releases on, and the build leaves: it was never announced.
+    let with_pre = scanner(
+        &registry("syn", &host, "\"team/app\"", &versions(true)),
+        true,
+    );
+    state
+        .repos
+        .lock()
+        .unwrap()
+        .get_mut("team/app")
+        .unwrap()
+        .remove("8.9-1107");
+    with_pre.cycle(&commit(&store), || false).await.unwrap();
+    assert_eq!(changes(&store), Vec::<(String, String, String)>::new());
+}

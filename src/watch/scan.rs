@@ -634,7 +634,11 @@ impl Scanner {
             } => (None, revision, false),
         };
         // Read under these version rules from here on: every later use (lookups, the diff, what
-        // a failed lookup withholds) sees the same upgraded snapshot.
+        // a failed lookup withholds) sees the same upgraded snapshot, and the upgrade is stored
+        // even by an idle cycle, so that it is decided once, under the config of that moment.
+        let upgraded = previous
+            .as_ref()
+            .is_some_and(|p| was_known && p.version_rules < crate::watch::versions::RULES);
         let previous = previous.map(|mut p| {
             diff::upgrade(&mut p, &self.config.tags);
             p
@@ -752,6 +756,7 @@ impl Scanner {
         let detected = SystemTime::now();
         diff::mature(&mut outcome, self.config.mature_after, detected);
         if was_known
+            && !upgraded
             && outcome.changes.is_empty()
             && previous
                 .as_ref()

@@ -109,7 +109,8 @@ impl TagVersion {
             return false;
         }
         let p = usize::from(alias.precision);
-        self.numbers[..p] == alias.numbers[..p]
+        self.precision >= alias.precision
+            && self.numbers[..p] == alias.numbers[..p]
             && (self.precision > alias.precision || !self.revision.is_empty())
     }
 

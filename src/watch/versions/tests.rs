@@ -218,6 +218,8 @@ fn bumps_by_the_rules() {
             false,
         ),
         (&all, &["1.2.3"], "1.2.3+rebuild", true, Some(Rebuild), true),
+        // A rebuild counter on fewer numbers is still the same version, not an alias of it.
+        (&all, &["2.0.0"], "2.0-1", true, Some(Rebuild), true),
         // An alias that lands first is not "known before" the version it names.
         (&all, &["2.0.5", "2.1"], "2.1.0", true, Some(Minor), true),
         (&releases, &["2.1"], "2.1.0", true, Some(First), true),
