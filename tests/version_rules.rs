@@ -608,3 +608,59 @@ fn an_upgrade_does_not_announce_what_the_earlier_rules_never_reported() {
         "reported before and now"
     );
 }
+
+/// The fixture table beside Flux's and Renovate's reading of the same tags (from
+/// `version-anchors.tsv`): every tag of the table has their answer recorded (the anchors are
+/// regenerated when the table changes), and the counts the README quotes hold. Printed in full
+/// with `--nocapture`.
+#[test]
+fn fixture_tags_side_by_side_with_flux_and_renovate() {
+    let anchors = fixture("version-anchors.tsv");
+    let theirs: BTreeMap<&str, Vec<&str>> = anchors
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("seq") && !l.starts_with("tag\t"))
+        .map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            (cols[0], cols)
+        })
+        .collect();
+    let table = fixture("version-tags.tsv");
+    let (mut ours, mut flux, mut renovate, mut ours_release, mut flux_release) = (0, 0, 0, 0, 0);
+    let mut missing = Vec::new();
+    for line in table
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let tag = line.split('\t').next().unwrap();
+        let Some(cols) = theirs.get(tag) else {
+            missing.push(tag);
+            continue;
+        };
+        let read = parse(tag);
+        ours += usize::from(read.is_some());
+        ours_release += usize::from(read.as_ref().is_some_and(|v| !v.is_prerelease()));
+        flux += usize::from(cols[1] == "true");
+        flux_release += usize::from(cols[1] == "true" && cols[3] == "false");
+        renovate += usize::from(cols[4] == "true");
+        println!(
+            "{tag:<48} regwatch {:<28} flux {:<24} renovate {}",
+            read.map_or("-".into(), |v| format!("{v} [{}]", v.variant)),
+            cols[2],
+            cols[6]
+        );
+    }
+    assert!(
+        missing.is_empty(),
+        "tags without the anchors' answer (run scripts/anchors/run.sh): {missing:?}"
+    );
+    println!(
+        "versions: regwatch {ours} ({ours_release} releases), Flux {flux} ({flux_release} releases), Renovate {renovate}"
+    );
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let quoted = format!(
+        "regwatch reads {ours} of them as versions ({ours_release} releases), Flux {flux} ({flux_release} releases), Renovate {renovate}"
+    );
+    assert!(readme.contains(&quoted), "the README should say: {quoted}");
+}
