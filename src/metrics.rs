@@ -58,6 +58,10 @@ pub struct Metrics {
     pub cluster_restore_seconds: Gauge<f64, AtomicU64>,
     /// Cluster mode: state records acknowledged by the broker.
     pub cluster_state_records: Counter,
+    /// Cluster mode: bytes (keys and values) of the state records acknowledged by the broker.
+    pub cluster_state_bytes: Counter,
+    /// Cluster mode: state writes refused for good (a record too large, an authorisation error).
+    pub cluster_write_refusals: Counter,
     /// Admin connections closed because the connection cap was reached.
     pub admin_connections_closed: Counter,
     /// Repository state records that could not be decoded (each such repository is re-baselined
@@ -92,6 +96,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cluster_rebalances: Counter::default(),
         cluster_restore_seconds: Gauge::default(),
         cluster_state_records: Counter::default(),
+        cluster_state_bytes: Counter::default(),
+        cluster_write_refusals: Counter::default(),
         admin_connections_closed: Counter::default(),
         store_records_unreadable: Counter::default(),
         registry: Registry::default(),
@@ -191,6 +197,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "cluster_state_records",
         "State records acknowledged by the broker",
         m.cluster_state_records.clone(),
+    );
+    registry.register(
+        "cluster_state_bytes",
+        "Bytes of the state records acknowledged by the broker",
+        m.cluster_state_bytes.clone(),
+    );
+    registry.register(
+        "cluster_write_refusals",
+        "State writes the broker refused for good (record too large, not authorised)",
+        m.cluster_write_refusals.clone(),
     );
     registry.register(
         "admin_connections_closed",

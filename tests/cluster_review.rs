@@ -476,3 +476,227 @@ async fn a_replica_assigned_nothing_becomes_ready() {
     );
     assert!(answers.iter().all(|a| a == "Ok(())"), "{answers:?}");
 }
+
+/// Every record of the state topic as (partition, offset, key, value size).
+fn state_records(brokers: &str) -> Vec<(i32, i64, String, usize)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "review-state-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut all = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        all.add_partition_offset("imgs.state", p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&all).unwrap();
+    let (mut out, mut ended) = (Vec::new(), std::collections::BTreeSet::new());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ended.len() < PARTITIONS as usize && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push((
+                m.partition(),
+                m.offset(),
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                m.payload().map_or(0, <[u8]>::len),
+            )),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                ended.insert(p);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A snapshot of `n` tags of 128 characters at `revision`.
+fn big_snapshot(n: usize, revision: u64) -> regwatch::watch::diff::Snapshot {
+    regwatch::watch::diff::Snapshot {
+        revision,
+        tags: (0..n)
+            .map(|i| (format!("{i:0>128}"), Some(format!("sha256:{i:064x}"))))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The measured failure: a repository's whole snapshot was one record, over the broker's 1 MB
+/// limit from some 5,000 tags on; its write failed every cycle and its acknowledged events were
+/// published again each time. Now no state record exceeds 64 KiB, 100,000 tags of 128
+/// characters are written and restored, and a change of one tag writes about one tag's bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_100_000_tag_repository_is_written_in_bounded_records_and_restored() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let (id, repo) = ("https://r.example", "team/ci");
+    let big = big_snapshot(100_000, 10);
+    let writer = replica(&mock).await;
+    let (w, snapshot) = (writer.clone(), big.clone());
+    let started = Instant::now();
+    let written =
+        tokio::task::spawn_blocking(move || w.commit_scan(id, repo, None, &snapshot, &[]))
+            .await
+            .unwrap();
+    let write_took = started.elapsed();
+    assert!(written.is_ok(), "{written:?}");
+    let before = state_records(&mock.bootstrap_servers());
+    let largest = before.iter().map(|(_, _, k, v)| k.len() + v).max().unwrap();
+    // One tag moves: only its record and the header are written.
+    let mut next = big.clone();
+    next.revision = 11;
+    next.tags
+        .insert(format!("{:0>128}", 77), Some("sha256:moved".into()));
+    let (w, n) = (writer.clone(), next.clone());
+    let changed = tokio::task::spawn_blocking(move || w.commit_scan(id, repo, Some(10), &n, &[]))
+        .await
+        .unwrap();
+    assert!(changed.is_ok(), "{changed:?}");
+    let after = state_records(&mock.bootstrap_servers());
+    let change_bytes: usize = after[before.len()..]
+        .iter()
+        .map(|(_, _, k, v)| k.len() + v)
+        .sum();
+    writer.stop(Duration::from_secs(10)).await;
+    let started = Instant::now();
+    let reader = replica(&mock).await;
+    let restore_took = started.elapsed();
+    let restored = reader.repo_state(id, repo);
+    reader.stop(Duration::from_secs(10)).await;
+    report(
+        "cluster: largest state record for 100,000 tags of 128 characters (bytes)",
+        largest,
+        "<= 65536",
+    );
+    report(
+        "cluster: bytes written for a change of 1 tag in 100,000",
+        change_bytes,
+        "< 1024",
+    );
+    report(
+        "cluster: 100,000-tag repository written, restored (s)",
+        format!(
+            "{:.1}, {:.1}",
+            write_took.as_secs_f64(),
+            restore_took.as_secs_f64()
+        ),
+        "both work",
+    );
+    assert!(largest <= 65_536, "{largest} bytes");
+    assert!(change_bytes < 1024, "{change_bytes} bytes for one tag");
+    match restored {
+        Ok(Some(regwatch::store::RepoState::Known(s))) => {
+            assert!(s == next, "restored a different snapshot")
+        }
+        other => panic!("restored {:?}", other.map(|s| s.is_some())),
+    }
+}
+
+/// A write the broker refuses for good (not authorised) is an error that stops the replica,
+/// counted and shown, not a "try again next cycle" that publishes the same events each time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_the_broker_refuses_for_good_is_an_error_not_a_retry() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let (id, repo) = ("https://r.example", "team/app");
+    let (store, readiness) = start(&mock);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readiness.check().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not ready: {:?}",
+            readiness.check()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    mock.request_errors(
+        rdkafka::types::RDKafkaApiKey::Produce,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 20],
+    );
+    let s = store.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        s.commit_scan(id, repo, None, &big_snapshot(3, 1), &[])
+    })
+    .await
+    .unwrap();
+    let shown = readiness.check();
+    store.stop(Duration::from_secs(10)).await;
+    report(
+        "cluster: a state write refused for good (TopicAuthorizationFailed)",
+        match &answer {
+            Err(e) if !e.is_transient() => "an error",
+            Err(_) => "retried next cycle",
+            Ok(()) => "written",
+        },
+        "an error",
+    );
+    let e = answer.expect_err("not written");
+    assert!(!e.is_transient(), "{e}: retried every cycle");
+    let why = shown.expect_err("/readyz must show it");
+    assert!(why.contains("refused"), "{why}");
+}
+
+/// A `commit_transaction` that times out is retriable: librdkafka keeps the commit in progress,
+/// so aborting it, or beginning the next transaction, answers `__CONFLICT`, for good. The replica
+/// stayed ready and published nothing. The EndTxn requests fail here for longer than a step may
+/// take (a session), then recover: the write in flight and the next one must both land.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_end_txn_that_times_out_is_resumed_and_the_next_write_lands() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let (kafka, mut cluster) = configs(mock.bootstrap_servers());
+    cluster.exactly_once = true;
+    let store = Arc::new(ClusterStore::new(&kafka, &cluster).unwrap());
+    let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
+    store.start(readiness.clone(), tokio::runtime::Handle::current());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readiness.check().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not ready: {:?}",
+            readiness.check()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (id, repo) = ("https://r.example", "team/app");
+    // NOT_COORDINATOR is retried by librdkafka (after a coordinator lookup) until the step's
+    // timeout: 400 of them outlast the 6 s session.
+    mock.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 400],
+    );
+    let s = store.clone();
+    let stalled = tokio::task::spawn_blocking(move || {
+        s.commit_scan(id, repo, None, &big_snapshot(2, 1), &[])
+    });
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    mock.clear_request_errors(RDKafkaApiKey::EndTxn);
+    let stalled = stalled.await.unwrap();
+    let s = store.clone();
+    let next = tokio::task::spawn_blocking(move || {
+        let base = match s.repo_state(id, repo) {
+            Ok(Some(regwatch::store::RepoState::Known(k))) => Some(k.revision),
+            _ => None,
+        };
+        let revision = base.map_or(1, |b| b + 1);
+        s.commit_scan(id, repo, base, &big_snapshot(3, revision), &[])
+            .map(|()| revision)
+    })
+    .await
+    .unwrap();
+    store.stop(Duration::from_secs(10)).await;
+    report(
+        "cluster exactly_once: EndTxn failing past its timeout, then recovering (stalled write, next write)",
+        format!("{}, {}", stalled.is_ok(), next.is_ok()),
+        "either, true",
+    );
+    assert!(
+        next.is_ok(),
+        "the write after the stall: {next:?} (stalled: {stalled:?})"
+    );
+}

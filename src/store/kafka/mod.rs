@@ -2,18 +2,23 @@
 //! the replicas of one consumer group (see the README, "Running several replicas").
 //!
 //! Every record's key is a JSON array, and names the partition it is written to:
-//! - `["repo", identity, repository]`: the repository's [`RepoState`] (the redb encoding), or a
-//!   tombstone once forgotten. Its partition is the repository's: whoever owns the partition scans
-//!   the repository.
+//! - `["repo", identity, repository]`: the repository's header (or a pending repository's
+//!   state), or a tombstone once forgotten. Its partition is the repository's: whoever owns the
+//!   partition scans the repository.
+//! - `["tag", identity, repository, tag]` and `["digest", identity, repository, digest]`: the
+//!   repository's items, in its partition, written before the header ([`records`] has the
+//!   layout): no record grows with the repository, and a write costs what changed.
 //! - `["watch", identity]`: the `repositories` patterns of the owner's last complete listing,
 //!   written to each partition it owns (so the next owner of any partition finds it).
 //! - `["hint", identity, repository]`: a webhook hint for the repository's owner.
 //!
 //! A replica reads each partition it is assigned from the beginning to the end before it scans any
 //! repository in it, and then is the partition's only writer until it is revoked (a revocation
-//! waits for the writes in flight). Events are acknowledged before the state record that records
-//! them is produced (at-least-once), or go in one transaction with it and the group's metadata
+//! waits for the writes in flight). Events are acknowledged before the state records that record
+//! them are produced (at-least-once), or go in one transaction with them and the group's metadata
 //! (`exactly_once`), which fences a replica whose partitions moved.
+
+mod records;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -43,8 +48,6 @@ use crate::event::Event;
 use crate::sink::kafka::{KafkaContext, TRANSACTIONAL_ID, client_config, event_record};
 use crate::watch::diff::Snapshot;
 
-/// How long a transaction step or a state write may take before the write counts as failed.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why a replica refuses to scan after the state topic's partition count changed.
 const LAYOUT_CHANGED: &str = "the state topic's partition count changed since its records were \
     written, so repositories' state is no longer in their partition; not scanning (start over \
@@ -63,6 +66,7 @@ fn partition_of(key: &str, partitions: i32) -> i32 {
     (hash % partitions.max(1) as u64) as i32
 }
 
+/// The key of a repository's header.
 fn repo_key(identity: &str, repository: &str) -> String {
     serde_json::to_string(&("repo", identity, repository)).expect("strings serialize")
 }
@@ -75,8 +79,7 @@ fn hint_key(identity: &str, repository: &str) -> String {
     serde_json::to_string(&("hint", identity, repository)).expect("strings serialize")
 }
 
-/// One state record to write: its key and value (`None` is a tombstone).
-type Record = (String, Option<Vec<u8>>);
+use records::{Gathered, Layout, Record};
 
 /// An assigned partition.
 struct Claim {
@@ -106,6 +109,11 @@ struct Inner {
     /// The highest revision of any repository record restored or written: revisions drawn later
     /// start above it (see [`StateStore::fresh_revision`]).
     high_water: AtomicU64,
+    /// What the writer knows of each claimed repository's records beyond its state (see
+    /// [`records::Layout`]), by header key.
+    layouts: Mutex<HashMap<String, Layout>>,
+    /// The records read so far of each partition being restored, by (identity, repository).
+    staging: Mutex<HashMap<i32, HashMap<(String, String), Gathered>>>,
     /// The keys of the repositories whose state a commit is writing now (see [`Writing`]).
     writing: Mutex<std::collections::HashSet<String>>,
     /// The keys of repository records of the claimed partitions that could not be decoded:
@@ -127,7 +135,7 @@ struct Inner {
     /// Produces events and state (at-least-once) and hints (both modes).
     plain: FutureProducer<KafkaContext>,
     /// `exactly_once`: the transactional producer, once its transactions are initialised.
-    transactional: OnceLock<Mutex<FutureProducer<KafkaContext>>>,
+    transactional: OnceLock<Mutex<Txn>>,
     /// The group's metadata as of the last rebalance, sent with each transaction.
     group: Mutex<Option<ConsumerGroupMetadata>>,
     stop: AtomicBool,
@@ -155,6 +163,8 @@ impl ClusterStore {
                 epoch: AtomicU64::new(0),
                 repos: Mutex::new(HashMap::new()),
                 high_water: AtomicU64::new(0),
+                layouts: Mutex::new(HashMap::new()),
+                staging: Mutex::new(HashMap::new()),
                 writing: Mutex::new(std::collections::HashSet::new()),
                 unreadable: Mutex::new(std::collections::BTreeSet::new()),
                 watch_sets: Mutex::new(HashMap::new()),
@@ -399,12 +409,21 @@ impl Inner {
                 .create_with_context(KafkaContext::default())
                 .map_err(|e| format!("transactional producer: {e}"))?;
             producer
-                .init_transactions(WRITE_TIMEOUT)
+                .init_transactions(self.step_timeout())
                 .map_err(|e| format!("init transactions (does the broker have them?): {e}"))?;
-            let _ = self.transactional.set(Mutex::new(producer));
+            let _ = self.transactional.set(Mutex::new(Txn {
+                producer,
+                unfinished: None,
+            }));
         }
         tracing::info!(topic = %topic, partitions, group = %self.cluster.group, "cluster: joining");
         Ok(())
+    }
+
+    /// How long one transaction step may take: a session, beyond which the partition it writes
+    /// to has probably moved anyway.
+    fn step_timeout(&self) -> Duration {
+        self.cluster.session_timeout.max(Duration::from_secs(1))
     }
 
     fn consumer_config(&self) -> ClientConfig {
@@ -448,28 +467,20 @@ impl Inner {
                 if self.partition(&repo_key(identity, repository)) != Some(p) {
                     return self.refuse_changed_layout(p);
                 }
-                let mut repos = self.repos.lock().expect("repos lock");
-                let registry = repos.entry(identity.clone()).or_default();
-                let mut unreadable = self.unreadable.lock().expect("unreadable lock");
-                unreadable.remove(&repo_key(identity, repository));
-                match message.payload().map(decode_state) {
-                    None => {
-                        registry.remove(repository);
-                    }
-                    Some(Ok(state)) => {
-                        self.high_water
-                            .fetch_max(state.revision(), Ordering::SeqCst);
-                        registry.insert(repository.clone(), state);
-                    }
-                    Some(Err(e)) => {
-                        // Unknown, not absent (see `repo_state`): a newer replica's record
-                        // during a rolling upgrade must not be written over with a baseline.
-                        crate::metrics::get().store_records_unreadable.inc();
-                        tracing::error!(%repository, error = %e, "cluster: unreadable state record");
-                        registry.remove(repository);
-                        unreadable.insert(repo_key(identity, repository));
-                    }
+                let value = message.payload().map(<[u8]>::to_vec);
+                self.gather(p, identity, repository, |g| g.header = Some(value));
+            }
+            ([kind, identity, repository, name], false) => {
+                let Some(item) = records::ItemKey::from_parts(kind, name) else {
+                    return;
+                };
+                if self.partition(&repo_key(identity, repository)) != Some(p) {
+                    return self.refuse_changed_layout(p);
                 }
+                let value = message.payload().map(<[u8]>::to_vec);
+                self.gather(p, identity, repository, |g| {
+                    g.items.insert(item, value);
+                });
             }
             ([kind, identity], false) if kind == "watch" => {
                 let mut sets = self.watch_sets.lock().expect("watch sets lock");
@@ -496,6 +507,54 @@ impl Inner {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Runs `f` on what partition `p`'s restore read so far of `identity`/`repository`.
+    fn gather(&self, p: i32, identity: &str, repository: &str, f: impl FnOnce(&mut Gathered)) {
+        let mut staging = self.staging.lock().expect("staging lock");
+        f(staging
+            .entry(p)
+            .or_default()
+            .entry((identity.to_owned(), repository.to_owned()))
+            .or_default());
+    }
+
+    /// Builds the state of the repositories partition `p`'s restore read, once it has read all.
+    fn assemble(&self, p: i32) {
+        let gathered = self
+            .staging
+            .lock()
+            .expect("staging lock")
+            .remove(&p)
+            .unwrap_or_default();
+        let mut repos = self.repos.lock().expect("repos lock");
+        let mut layouts = self.layouts.lock().expect("layouts lock");
+        let mut unreadable = self.unreadable.lock().expect("unreadable lock");
+        for ((identity, repository), g) in gathered {
+            let key = repo_key(&identity, &repository);
+            match records::assemble(g) {
+                Ok(restored) => {
+                    unreadable.remove(&key);
+                    self.high_water
+                        .fetch_max(restored.high_water, Ordering::SeqCst);
+                    if let Some(state) = restored.state {
+                        repos
+                            .entry(identity.clone())
+                            .or_default()
+                            .insert(repository.clone(), state);
+                    }
+                    layouts.insert(key, restored.layout);
+                }
+                Err(e) => {
+                    // Unknown, not absent (see `repo_state`): a newer replica's record during a
+                    // rolling upgrade, or records that do not add up, must not be written over
+                    // with a baseline.
+                    crate::metrics::get().store_records_unreadable.inc();
+                    tracing::error!(%repository, error = %e, "cluster: unreadable state record");
+                    unreadable.insert(key);
+                }
+            }
         }
     }
 
@@ -527,6 +586,7 @@ impl Inner {
             if let Some(claim) = claims.get_mut(p)
                 && !claim.restored
             {
+                self.assemble(*p);
                 claim.restored = true;
                 self.owned.lock().expect("owned lock").insert(*p);
                 changed = true;
@@ -605,6 +665,7 @@ impl Inner {
         let mut claims = self.claims.write().expect("claims lock");
         for p in partitions {
             self.owned.lock().expect("owned lock").remove(p);
+            self.staging.lock().expect("staging lock").remove(p);
             claims.insert(
                 *p,
                 Claim {
@@ -638,6 +699,7 @@ impl Inner {
         for p in partitions {
             claims.remove(p);
             self.owned.lock().expect("owned lock").remove(p);
+            self.staging.lock().expect("staging lock").remove(p);
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let total = self.partitions.load(Ordering::Relaxed);
@@ -663,6 +725,10 @@ impl Inner {
             .lock()
             .expect("unreadable lock")
             .retain(|key| !gone(partition_of(key, total)));
+        self.layouts
+            .lock()
+            .expect("layouts lock")
+            .retain(|key, _| !gone(partition_of(key, total)));
         for sets in self
             .watch_sets
             .lock()
@@ -676,6 +742,23 @@ impl Inner {
             .set(owned as i64);
         self.count_repositories();
         tracing::info!(revoked = ?partitions, "cluster: partitions moved to other replicas");
+    }
+
+    /// What the writer knows of the records of the repository with header key `key`.
+    fn layout(&self, key: &str) -> Layout {
+        self.layouts
+            .lock()
+            .expect("layouts lock")
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn set_layout(&self, key: &str, layout: Layout) {
+        self.layouts
+            .lock()
+            .expect("layouts lock")
+            .insert(key.to_owned(), layout);
     }
 
     /// The state held in memory for `registry`/`repository`.
@@ -718,21 +801,67 @@ impl Inner {
                 "state partition {p} is not this replica's (it moved in a rebalance)"
             )));
         }
+        // Checked before anything is produced: a record the broker would refuse must not leave
+        // its events published and its state unrecorded (to be published again every cycle).
+        if let Some((key, value)) = records
+            .iter()
+            .find(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) > records::MAX_RECORD)
+        {
+            return Err(self.refused(format!(
+                "a state record of {} bytes (key {key}) is over the {} bytes regwatch allows",
+                key.len() + value.as_ref().map_or(0, Vec::len),
+                records::MAX_RECORD
+            )));
+        }
         let written = match self.transactional.get() {
             None => self
                 .produce(&self.plain, events, p, &[])
                 .and_then(|()| self.produce(&self.plain, &[], p, records)),
-            Some(producer) => {
-                self.transaction(&producer.lock().expect("producer lock"), p, events, records)
+            Some(txn) => {
+                self.transaction(&mut txn.lock().expect("producer lock"), p, events, records)
             }
         };
         if written.is_ok() {
             then();
-            crate::metrics::get()
-                .cluster_state_records
-                .inc_by(records.len() as u64);
+            let m = crate::metrics::get();
+            m.cluster_state_records.inc_by(records.len() as u64);
+            m.cluster_state_bytes.inc_by(
+                records
+                    .iter()
+                    .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
+                    .sum(),
+            );
         }
         written
+    }
+
+    /// A write the broker will refuse however often it is tried: counted, logged at ERROR, and
+    /// an error that stops the replica (a silent retry would publish its events every cycle).
+    fn refused(&self, why: String) -> StoreError {
+        crate::metrics::get().cluster_write_refusals.inc();
+        tracing::error!(reason = %why, "cluster: a state write was refused for good");
+        if let Some(r) = self.readiness.get() {
+            r.restoring(Some(format!("a state write was refused for good: {why}")));
+        }
+        StoreError::Io(format!("state write refused: {why}"))
+    }
+
+    /// A Kafka error as a store error: permanent (the record or the credentials are wrong) or
+    /// not (the broker is away, the partition moved).
+    fn classify(&self, e: KafkaError) -> StoreError {
+        use RDKafkaErrorCode as C;
+        match e.rdkafka_error_code() {
+            Some(
+                code @ (C::MessageSizeTooLarge
+                | C::InvalidRecord
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::TransactionalIdAuthorizationFailed
+                | C::InvalidMessage
+                | C::InvalidMessageSize),
+            ) => self.refused(format!("kafka: {code}")),
+            _ => StoreError::Unavailable(format!("kafka: {e}")),
+        }
     }
 
     /// Produces `events` to the event topic and `records` to state partition `p`, and waits for
@@ -744,7 +873,7 @@ impl Inner {
         p: i32,
         records: &[Record],
     ) -> Result<(), StoreError> {
-        let unavailable = |e: KafkaError| StoreError::Unavailable(format!("kafka: {e}"));
+        let unavailable = |e: KafkaError| self.classify(e);
         let deliveries = self
             .enqueue(producer, events, p, records)
             .map_err(unavailable)?;
@@ -791,51 +920,129 @@ impl Inner {
 
     /// One transaction: the events, the records, and the group's metadata. A fenced producer (a
     /// zombie whose transactional.id or partitions another replica took) is fatal: the daemon
-    /// exits and its service manager restarts it as a fresh member.
+    /// exits and its service manager restarts it as a fresh member. A commit or abort that
+    /// could not finish is resumed first (librdkafka refuses anything else meanwhile).
     fn transaction(
         &self,
-        producer: &FutureProducer<KafkaContext>,
+        txn: &mut Txn,
         p: i32,
         events: &[Event],
         records: &[Record],
     ) -> Result<(), StoreError> {
+        self.finish(txn)?;
         let group = self.group.lock().expect("group lock");
         let Some(group) = group.as_ref() else {
             return Err(StoreError::Unavailable(
                 "not a member of the consumer group yet".into(),
             ));
         };
+        if let Err(e) = txn.producer.begin_transaction() {
+            // Nothing is unfinished (see above): only a fenced or broken producer refuses.
+            return Err(self.fenced(&e));
+        }
         let steps = || -> Result<(), KafkaError> {
-            producer.begin_transaction()?;
             // Committing the transaction waits for these deliveries.
-            self.enqueue(producer, events, p, records)?;
+            self.enqueue(&txn.producer, events, p, records)?;
             // The offset is never read back (assignments start at the beginning); it carries
             // the group generation that fences a zombie.
             let mut offsets = TopicPartitionList::new();
             offsets.add_partition_offset(&self.cluster.state_topic, p, Offset::Offset(0))?;
-            producer.send_offsets_to_transaction(&offsets, group, WRITE_TIMEOUT)?;
-            producer.commit_transaction(WRITE_TIMEOUT)
+            txn.producer
+                .send_offsets_to_transaction(&offsets, group, self.step_timeout())
         };
-        let Err(e) = steps() else {
-            return Ok(());
-        };
-        let fatal = match &e {
-            KafkaError::Transaction(t) => t.is_fatal(),
-            _ => false,
-        } || producer.client().fatal_error().is_some();
-        if fatal {
-            tracing::error!(error = %e, "cluster: the transactional producer was fenced; nothing of this scan was committed");
-            return Err(StoreError::Io(format!(
-                "kafka transaction fenced ({e}): another replica took over"
-            )));
+        let outcome = steps();
+        drop(group);
+        match outcome {
+            Ok(()) => {
+                txn.unfinished = Some(Ending::Commit);
+                self.finish(txn)
+            }
+            Err(e) if is_fatal(&txn.producer, &e) => Err(self.fenced(&e)),
+            Err(e) => {
+                txn.unfinished = Some(Ending::Abort);
+                self.finish(txn)?;
+                Err(StoreError::Unavailable(format!(
+                    "kafka transaction aborted: {e}"
+                )))
+            }
         }
-        if let Err(abort) = producer.abort_transaction(WRITE_TIMEOUT) {
-            tracing::warn!(error = %abort, "cluster: aborting the transaction failed");
-        }
-        Err(StoreError::Unavailable(format!(
-            "kafka transaction aborted: {e}"
-        )))
     }
+
+    /// Finishes the transaction's commit or abort, if one is unfinished: retried while
+    /// librdkafka says it is retriable (for a few step timeouts), turned into an abort when it
+    /// says the commit must abort. Still unfinished, it is resumed by the next write.
+    fn finish(&self, txn: &mut Txn) -> Result<(), StoreError> {
+        let deadline = Instant::now() + 3 * self.step_timeout();
+        while let Some(ending) = txn.unfinished {
+            let done = match ending {
+                Ending::Commit => txn.producer.commit_transaction(self.step_timeout()),
+                Ending::Abort => txn.producer.abort_transaction(self.step_timeout()),
+            };
+            let e = match done {
+                Ok(()) => {
+                    txn.unfinished = None;
+                    break;
+                }
+                Err(e) if is_fatal(&txn.producer, &e) => return Err(self.fenced(&e)),
+                Err(e) => e,
+            };
+            let class = match &e {
+                KafkaError::Transaction(t) => Some((t.is_retriable(), t.txn_requires_abort())),
+                _ => None,
+            };
+            match class {
+                Some((_, true)) if ending == Ending::Commit => {
+                    tracing::warn!(error = %e, "cluster: the transaction must be aborted");
+                    txn.unfinished = Some(Ending::Abort);
+                }
+                Some((true, _))
+                    if Instant::now() < deadline && !self.stop.load(Ordering::Relaxed) =>
+                {
+                    tracing::warn!(error = %e, step = ?ending, "cluster: finishing the transaction; retrying");
+                }
+                Some((true, _)) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "kafka transaction {ending:?} not finished ({e}); resumed by the next write"
+                    )));
+                }
+                _ => {
+                    // Neither retriable nor abortable: librdkafka holds no call in progress.
+                    txn.unfinished = None;
+                    return Err(StoreError::Unavailable(format!(
+                        "kafka transaction {ending:?} failed: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The error a fenced (or otherwise broken) transactional producer ends the replica with.
+    fn fenced(&self, e: &KafkaError) -> StoreError {
+        tracing::error!(error = %e, "cluster: the transactional producer was fenced; nothing of this scan was committed");
+        StoreError::Io(format!(
+            "kafka transaction fenced ({e}): another replica took over"
+        ))
+    }
+}
+
+/// Whether `e` leaves the transactional producer unusable.
+fn is_fatal(producer: &FutureProducer<KafkaContext>, e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.is_fatal())
+        || producer.client().fatal_error().is_some()
+}
+
+/// The transactional producer, and the end of a transaction librdkafka still holds in progress.
+struct Txn {
+    producer: FutureProducer<KafkaContext>,
+    unfinished: Option<Ending>,
+}
+
+/// How an unfinished transaction ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Commit,
+    Abort,
 }
 
 impl StateStore for ClusterStore {
@@ -997,13 +1204,28 @@ impl StateStore for ClusterStore {
     ) -> Result<(), StoreError> {
         for repository in repositories {
             let p = self.inner.repo_partition(registry, repository)?;
-            self.inner
-                .write(p, &[], &[(repo_key(registry, repository), None)], || {
-                    let mut repos = self.inner.repos.lock().expect("repos lock");
-                    if let Some(r) = repos.get_mut(registry) {
-                        r.remove(repository);
-                    }
-                })?;
+            let key = repo_key(registry, repository);
+            let held = match self.inner.held(registry, repository) {
+                Some(RepoState::Known(s)) => Some(s),
+                _ => None,
+            };
+            let tombstones = records::forget(
+                registry,
+                repository,
+                held.as_ref(),
+                &self.inner.layout(&key),
+            );
+            self.inner.write(p, &[], &tombstones, || {
+                let mut repos = self.inner.repos.lock().expect("repos lock");
+                if let Some(r) = repos.get_mut(registry) {
+                    r.remove(repository);
+                }
+                self.inner
+                    .layouts
+                    .lock()
+                    .expect("layouts lock")
+                    .remove(&key);
+            })?;
         }
         self.inner.count_repositories();
         Ok(())
@@ -1038,7 +1260,9 @@ impl StateStore for ClusterStore {
 }
 
 impl ClusterStore {
-    /// Writes a repository's state (with its events), then keeps it in memory.
+    /// Writes a repository's state (with its events), then keeps it in memory: a pending state
+    /// as its header alone, a snapshot as the items that changed since the one held, then the
+    /// header (see [`records`]).
     fn put(
         &self,
         registry: &str,
@@ -1047,11 +1271,27 @@ impl ClusterStore {
         events: &[Event],
     ) -> Result<(), StoreError> {
         let p = self.inner.repo_partition(registry, repository)?;
-        let record = (repo_key(registry, repository), Some(encode_state(&state)));
-        self.inner.write(p, events, &[record], || {
+        let key = repo_key(registry, repository);
+        let layout = self.inner.layout(&key);
+        let (records, written, touched) = match &state {
+            RepoState::Pending { .. } => {
+                let record = (key.clone(), Some(encode_state(&state)));
+                (vec![record], layout.clone(), Default::default())
+            }
+            RepoState::Known(next) => {
+                let held = match self.inner.held(registry, repository) {
+                    Some(RepoState::Known(s)) => Some(s),
+                    _ => None,
+                };
+                let c = records::commit(registry, repository, held.as_ref(), &layout, next);
+                (c.records, c.written, c.touched)
+            }
+        };
+        let result = self.inner.write(p, events, &records, || {
             self.inner
                 .high_water
                 .fetch_max(state.revision(), Ordering::SeqCst);
+            self.inner.set_layout(&key, written);
             self.inner
                 .repos
                 .lock()
@@ -1059,7 +1299,14 @@ impl ClusterStore {
                 .entry(registry.to_owned())
                 .or_default()
                 .insert(repository.to_owned(), state);
-        })?;
+        });
+        if result.is_err() && !touched.is_empty() {
+            // Some of its records may have landed: the next commit rewrites them.
+            let mut layout = layout;
+            layout.stale.extend(touched);
+            self.inner.set_layout(&key, layout);
+        }
+        result?;
         self.inner.count_repositories();
         Ok(())
     }
