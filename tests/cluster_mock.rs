@@ -47,7 +47,7 @@ fn opts(brokers: String, registry_url: String, cluster_extra: &str, properties: 
         kafka_extra: "create_topic = false\n".into(),
         properties: properties.into(),
         cluster: format!(
-            "group = \"rw-mock\"\nstate_topic = \"{STATE_TOPIC}\"\nsession_timeout = \"6s\"\n{cluster_extra}"
+            "group = \"rw-mock\"\nstate_topic = \"{STATE_TOPIC}\"\nsession_timeout = \"6s\"\nverify_state_topic = false\n{cluster_extra}"
         ),
         token: TOKEN.into(),
     }

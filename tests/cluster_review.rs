@@ -54,6 +54,8 @@ fn configs(brokers: String) -> (KafkaConfig, ClusterConfig) {
         session_timeout: Duration::from_secs(6),
         exactly_once: false,
         partitions: PARTITIONS,
+        // rdkafka's mock cluster has no DescribeConfigs.
+        verify_state_topic: false,
     };
     (kafka, cluster)
 }
@@ -272,7 +274,7 @@ async fn cluster_mode_never_prints_the_kafka_secrets() {
     let setup = support::Setup::new(
         "interval = \"2s\"",
         &format!(
-            "[kafka]\nbrokers = \"{}\"\ntopic = \"imgs\"\ncreate_topic = false\n[kafka.properties]\n\"sasl.username\" = \"svc\"\n\"sasl.password\" = \"{SASL_PW}\"\n\n[cluster]\ngroup = \"canary\"\nexactly_once = true\nsession_timeout = \"6s\"\n\n[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\"]\n",
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"imgs\"\ncreate_topic = false\n[kafka.properties]\n\"sasl.username\" = \"svc\"\n\"sasl.password\" = \"{SASL_PW}\"\n\n[cluster]\ngroup = \"canary\"\nexactly_once = true\nverify_state_topic = false\nsession_timeout = \"6s\"\n\n[[registry]]\nname = \"r\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [\"team/*\"]\n",
             mock.bootstrap_servers()
         ),
     );
@@ -397,7 +399,7 @@ async fn a_registry_dropped_and_added_back_gets_a_baseline() {
         )
     };
     let head = format!(
-        "[kafka]\nbrokers = \"{}\"\ntopic = \"imgs\"\ncreate_topic = false\n\n[cluster]\ngroup = \"readd\"\nsession_timeout = \"6s\"\n\n",
+        "[kafka]\nbrokers = \"{}\"\ntopic = \"imgs\"\ncreate_topic = false\n\n[cluster]\ngroup = \"readd\"\nverify_state_topic = false\nsession_timeout = \"6s\"\n\n",
         mock.bootstrap_servers()
     );
     let both = format!(
@@ -477,8 +479,8 @@ async fn a_replica_assigned_nothing_becomes_ready() {
     assert!(answers.iter().all(|a| a == "Ok(())"), "{answers:?}");
 }
 
-/// Every record of the state topic as (partition, offset, key, value size).
-fn state_records(brokers: &str) -> Vec<(i32, i64, String, usize)> {
+/// Every record of the state topic as (partition, offset, key, value size; `None`: a tombstone).
+fn state_records(brokers: &str) -> Vec<(i32, i64, String, Option<usize>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "review-state-reader")
@@ -500,7 +502,7 @@ fn state_records(brokers: &str) -> Vec<(i32, i64, String, usize)> {
                 m.partition(),
                 m.offset(),
                 String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                m.payload().map_or(0, <[u8]>::len),
+                m.payload().map(<[u8]>::len),
             )),
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 ended.insert(p);
@@ -543,7 +545,8 @@ async fn a_100_000_tag_repository_is_written_in_bounded_records_and_restored() {
     let write_took = started.elapsed();
     assert!(written.is_ok(), "{written:?}");
     let before = state_records(&mock.bootstrap_servers());
-    let largest = before.iter().map(|(_, _, k, v)| k.len() + v).max().unwrap();
+    let size = |(_, _, k, v): &(i32, i64, String, Option<usize>)| k.len() + v.unwrap_or(0);
+    let largest = before.iter().map(size).max().unwrap();
     // One tag moves: only its record and the header are written.
     let mut next = big.clone();
     next.revision = 11;
@@ -555,10 +558,7 @@ async fn a_100_000_tag_repository_is_written_in_bounded_records_and_restored() {
         .unwrap();
     assert!(changed.is_ok(), "{changed:?}");
     let after = state_records(&mock.bootstrap_servers());
-    let change_bytes: usize = after[before.len()..]
-        .iter()
-        .map(|(_, _, k, v)| k.len() + v)
-        .sum();
+    let change_bytes: usize = after[before.len()..].iter().map(size).sum();
     writer.stop(Duration::from_secs(10)).await;
     let started = Instant::now();
     let reader = replica(&mock).await;
@@ -699,4 +699,38 @@ async fn an_end_txn_that_times_out_is_resumed_and_the_next_write_lands() {
         next.is_ok(),
         "the write after the stall: {next:?} (stalled: {stalled:?})"
     );
+}
+
+/// A hint is a record in the compacted state topic: once its owner has handled it, it is
+/// tombstoned, so that hints do not pile up in the topic (and in every restore) for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handled_hint_is_tombstoned() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let (id, repo) = ("https://r.example", "team/app");
+    let store = replica(&mock).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    store.route_hints(id, tx);
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.forward_hint(id, repo))
+        .await
+        .unwrap()
+        .expect("hint sent");
+    let routed = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    store.stop(Duration::from_secs(10)).await;
+    assert_eq!(routed.ok().flatten().as_deref(), Some(repo), "the hint reached its owner");
+    let hint_key = serde_json::to_string(&("hint", id, repo)).unwrap();
+    let last = state_records(&mock.bootstrap_servers())
+        .into_iter()
+        .filter(|(_, _, k, _)| *k == hint_key)
+        .map(|(_, _, _, v)| v)
+        .collect::<Vec<_>>();
+    report(
+        "cluster: the hint key's records after it was handled (value sizes; None = tombstone)",
+        format!("{last:?}"),
+        "the last is None",
+    );
+    assert_eq!(last.last(), Some(&None), "{last:?}");
 }

@@ -365,3 +365,91 @@ async fn cluster_without_kafka_is_a_config_error() {
         "[cluster] with [kafka] is a valid config\nstdout: {out}\nstderr: {err}"
     );
 }
+
+/// The state topic is verified, never guessed: a state topic with `cleanup.policy=delete` (the
+/// broker's default, as a producer's metadata request would have auto-created it) loses state
+/// by age; a missing one must not be created behind `create_topic = false`. Either way the
+/// replica stays unready with the reason, and the missing topic stays missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_topic_that_is_not_compacted_or_missing_is_refused() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let registry = Registry::start(Auth::None);
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &tansu.brokers)
+        .create()
+        .unwrap();
+    let deleting = NewTopic::new("deleting.state", 2, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "delete");
+    let events = NewTopic::new(TOPIC, 1, TopicReplication::Fixed(1));
+    for created in admin
+        .create_topics([&deleting, &events], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        created.unwrap();
+    }
+    let answer = |state_topic: &str| {
+        let body = format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"{TOPIC}\"\ncreate_topic = false\n\n\
+             [cluster]\ngroup = \"verify-{state_topic}\"\nstate_topic = \"{state_topic}\"\n\n\
+             [[registry]]\nname = \"local\"\nkind = \"oci\"\nurl = \"{}\"\ninsecure = true\n",
+            tansu.brokers,
+            registry.url()
+        );
+        let setup = Setup::new("interval = \"2s\"", &body);
+        let daemon = setup.spawn();
+        let readyz = format!("http://{}/readyz", setup.admin);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let mut last = String::new();
+            while Instant::now() < deadline {
+                if let Ok(r) = reqwest::get(&readyz).await {
+                    let ok = r.status().is_success();
+                    last = format!("{} {}", r.status().as_u16(), r.text().await.unwrap_or_default());
+                    if ok {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let (_, _, err) = daemon.stop();
+            drop(setup);
+            (last, err)
+        }
+    };
+    let (deleting, deleting_err) = answer("deleting.state").await;
+    let (missing, missing_err) = answer("missing.state").await;
+    use rdkafka::consumer::Consumer;
+    let metadata: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &tansu.brokers)
+        .create()
+        .unwrap();
+    let topics: Vec<String> = metadata
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap()
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.name().to_owned())
+        .collect();
+    report(
+        "cluster: readiness with a state topic of cleanup.policy=delete",
+        deleting.split(':').next().unwrap_or(""),
+        "503 (not compacted)",
+    );
+    assert!(
+        deleting.starts_with("503") && deleting.contains("cleanup.policy"),
+        "{deleting}\n{deleting_err}"
+    );
+    assert!(
+        missing.starts_with("503"),
+        "ready without a state topic: {missing}\n{missing_err}"
+    );
+    assert!(
+        !topics.iter().any(|t| t == "missing.state"),
+        "the missing state topic was auto-created: {topics:?}"
+    );
+}

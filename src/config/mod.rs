@@ -124,6 +124,8 @@ pub struct ClusterConfig {
     pub exactly_once: bool,
     /// Partitions of a state topic regwatch creates: the most replicas that can share the work.
     pub partitions: i32,
+    /// Refuse to scan unless the broker describes the state topic as compacted.
+    pub verify_state_topic: bool,
 }
 
 /// Which registry API an entry speaks.

@@ -104,6 +104,8 @@ pub(super) struct RawCluster {
     pub(super) exactly_once: bool,
     #[serde(default = "default_state_partitions")]
     pub(super) partitions: i32,
+    #[serde(default = "default_true")]
+    pub(super) verify_state_topic: bool,
 }
 
 #[derive(Deserialize)]

@@ -98,6 +98,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, ConfigError
                 session_timeout: c.session_timeout.0,
                 exactly_once: c.exactly_once,
                 partitions: c.partitions,
+                verify_state_topic: c.verify_state_topic,
             })
         }
     };

@@ -158,7 +158,12 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
             c.set(key, value.expose_secret());
         }
     }
-    c.set("enable.idempotence", "true").set("acks", "all");
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        // Topics are created by regwatch with their settings (`create_topic`), or by their owner:
+        // never by a producer's metadata request, with the broker's defaults (a state topic
+        // with `cleanup.policy=delete` loses state).
+        .set("allow.auto.create.topics", "false");
     c
 }
 

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
@@ -52,6 +52,15 @@ use crate::watch::diff::Snapshot;
 const LAYOUT_CHANGED: &str = "the state topic's partition count changed since its records were \
     written, so repositories' state is no longer in their partition; not scanning (start over \
     with a new cluster.state_topic, which records a baseline)";
+/// The settings of a state topic regwatch creates: compacted, and soon enough that a restore
+/// reads about one record per key (the active segment is never compacted, so it is rolled
+/// hourly, and a key's older records are compacted within a day).
+const STATE_TOPIC_CONFIG: [(&str, &str); 4] = [
+    ("cleanup.policy", "compact"),
+    ("segment.ms", "3600000"),
+    ("max.compaction.lag.ms", "86400000"),
+    ("min.cleanable.dirty.ratio", "0.1"),
+];
 /// How often the consumer thread returns from `poll` to look at restores and shutdown.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -309,6 +318,9 @@ impl Inner {
                     if failures == 1 || failures.is_multiple_of(30) {
                         tracing::warn!(error = %e, "cluster: state topic not ready; retrying");
                     }
+                    if let Some(r) = self.readiness.get() {
+                        r.restoring(Some(format!("state topic not ready: {e}")));
+                    }
                     std::thread::sleep(Duration::from_secs(2));
                 }
             }
@@ -349,20 +361,25 @@ impl Inner {
         drop(consumer);
     }
 
-    /// Creates the state topic (compacted) when asked to, learns its partition count, and
-    /// initialises transactions for `exactly_once`.
+    /// Creates the state topic (compacted) when asked to, checks that it is compacted, learns
+    /// its partition count, and initialises transactions for `exactly_once`.
     fn prepare(&self, runtime: &tokio::runtime::Handle) -> Result<(), String> {
         let topic = &self.cluster.state_topic;
-        if self.kafka.create_topic {
-            let admin: AdminClient<KafkaContext> = client_config(&self.kafka)
+        let admin = || -> Result<AdminClient<KafkaContext>, String> {
+            client_config(&self.kafka)
                 .create_with_context(KafkaContext::default())
-                .map_err(|e| format!("kafka admin client: {e}"))?;
+                .map_err(|e| format!("kafka admin client: {e}"))
+        };
+        let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        if self.kafka.create_topic {
+            let admin = admin()?;
             let replication = || TopicReplication::Fixed(self.kafka.replication_factor);
             // The events topic too: there is no publisher to create it in cluster mode.
             let events = NewTopic::new(&self.kafka.topic, self.kafka.partitions, replication());
-            let state = NewTopic::new(topic, self.cluster.partitions, replication())
-                .set("cleanup.policy", "compact");
-            let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+            let mut state = NewTopic::new(topic, self.cluster.partitions, replication());
+            for (key, value) in STATE_TOPIC_CONFIG {
+                state = state.set(key, value);
+            }
             let results = runtime
                 .block_on(admin.create_topics([&events, &state], &options))
                 .map_err(|e| format!("create topics: {e}"))?;
@@ -372,6 +389,27 @@ impl Inner {
                     Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                     Err((name, code)) => return Err(format!("create topic {name}: {code}")),
                 }
+            }
+        }
+        if self.cluster.verify_state_topic {
+            let described = runtime
+                .block_on(admin()?.describe_configs([&ResourceSpecifier::Topic(topic)], &options))
+                .map_err(|e| format!("describe state topic {topic}: {e}"))?;
+            let policy = match described.into_iter().next() {
+                Some(Ok(resource)) => resource
+                    .get("cleanup.policy")
+                    .and_then(|e| e.value.clone())
+                    .unwrap_or_default(),
+                Some(Err(code)) => return Err(format!("describe state topic {topic}: {code}")),
+                None => return Err(format!("describe state topic {topic}: no answer")),
+            };
+            if !policy.split(',').any(|p| p.trim() == "compact") {
+                return Err(format!(
+                    "state topic {topic} has cleanup.policy={policy:?}: without \"compact\" the \
+                     broker deletes state by age and replicas would take repositories for new; \
+                     set cleanup.policy=compact on it (or set cluster.verify_state_topic = false \
+                     for a broker that cannot describe topic configs)"
+                ));
             }
         }
         let metadata = self
@@ -444,6 +482,8 @@ impl Inner {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
+            // A missing state topic is an error, never one the broker creates with its defaults.
+            .set("allow.auto.create.topics", "false")
             // Hints are waited for by a webhook's sender: fetch them promptly.
             .set("fetch.wait.max.ms", "100");
         c
@@ -494,16 +534,25 @@ impl Inner {
                     }
                 }
             }
-            ([kind, identity, repository], true) if kind == "hint" => {
+            ([kind, identity, repository], restored) if kind == "hint" => {
+                // A hint read while restoring is stale: all is scanned once restored.
                 let route = self
                     .hint_routes
                     .lock()
                     .expect("routes lock")
                     .get(identity)
-                    .cloned();
+                    .cloned()
+                    .filter(|_| restored);
                 if let Some(route) = route {
                     tracing::debug!(%repository, "cluster: hint for a repository of this replica");
                     let _ = route.try_send(repository.clone());
+                }
+                if message.payload().is_some() {
+                    // Handled: compaction can drop it. Lost, it is dropped at the next restore.
+                    let tombstone = FutureRecord::<[u8], [u8]>::to(&self.cluster.state_topic)
+                        .key(message.key().unwrap_or_default())
+                        .partition(p);
+                    let _ = self.plain.send_result(tombstone);
                 }
             }
             _ => {}
@@ -930,8 +979,8 @@ impl Inner {
         records: &[Record],
     ) -> Result<(), StoreError> {
         self.finish(txn)?;
-        let group = self.group.lock().expect("group lock");
-        let Some(group) = group.as_ref() else {
+        let member = self.group.lock().expect("group lock");
+        let Some(group) = member.as_ref() else {
             return Err(StoreError::Unavailable(
                 "not a member of the consumer group yet".into(),
             ));
@@ -951,7 +1000,7 @@ impl Inner {
                 .send_offsets_to_transaction(&offsets, group, self.step_timeout())
         };
         let outcome = steps();
-        drop(group);
+        drop(member);
         match outcome {
             Ok(()) => {
                 txn.unfinished = Some(Ending::Commit);
@@ -1478,6 +1527,7 @@ mod review {
             session_timeout: Duration::from_secs(10),
             exactly_once: false,
             partitions: 4,
+            verify_state_topic: false,
         };
         let store = ClusterStore::new(&kafka, &cluster).expect("store");
         let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
