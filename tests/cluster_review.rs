@@ -720,7 +720,11 @@ async fn a_handled_hint_is_tombstoned() {
     let routed = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     store.stop(Duration::from_secs(10)).await;
-    assert_eq!(routed.ok().flatten().as_deref(), Some(repo), "the hint reached its owner");
+    assert_eq!(
+        routed.ok().flatten().as_deref(),
+        Some(repo),
+        "the hint reached its owner"
+    );
     let hint_key = serde_json::to_string(&("hint", id, repo)).unwrap();
     let last = state_records(&mock.bootstrap_servers())
         .into_iter()

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use support::cluster::{
     Attributing, Opts, Tail, assert_exactly_once, assert_silent_baseline, metric_sum, push_all,
-    replica, seeded_registry, start_replica, stderrs, topic_partitions, wait_settled,
+    replica, seeded_registry, start_replica, start_replica_logging, stderrs, topic_partitions,
+    wait_settled,
 };
 use support::{Auth, Registry, Setup, Tansu, report};
 
@@ -408,7 +409,11 @@ async fn a_state_topic_that_is_not_compacted_or_missing_is_refused() {
             while Instant::now() < deadline {
                 if let Ok(r) = reqwest::get(&readyz).await {
                     let ok = r.status().is_success();
-                    last = format!("{} {}", r.status().as_u16(), r.text().await.unwrap_or_default());
+                    last = format!(
+                        "{} {}",
+                        r.status().as_u16(),
+                        r.text().await.unwrap_or_default()
+                    );
                     if ok {
                         break;
                     }
@@ -452,4 +457,35 @@ async fn a_state_topic_that_is_not_compacted_or_missing_is_refused() {
         !topics.iter().any(|t| t == "missing.state"),
         "the missing state topic was auto-created: {topics:?}"
     );
+}
+
+/// An ERROR line must mean something is wrong. Replicas that join, restore partitions (some with
+/// records, so their end is reached after data) and scan, on a healthy broker, log none;
+/// librdkafka's "partition EOF", which every restore reaches, was logged at ERROR.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_healthy_restore_logs_no_error() {
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let (_registry, proxy, opts, _repos) = world(&tansu, 6, "1s", "rw-quiet").await;
+    let mut errors = Vec::new();
+    // The second run restores what the first wrote.
+    let setup = replica(&opts, false);
+    for _ in 0..2 {
+        // What an operator sees by default, librdkafka's lines included.
+        let daemon = start_replica_logging(&proxy, &setup, "info").await;
+        wait_settled(&[&setup.admin], PARTITIONS, SETTLE).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (_, _, err) = daemon.stop();
+        errors.extend(
+            err.lines()
+                .filter(|l| l.contains("ERROR"))
+                .map(str::to_owned),
+        );
+    }
+    report(
+        "cluster: ERROR lines of two healthy runs on Tansu (join, restore, scan)",
+        errors.len(),
+        "0",
+    );
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
 }

@@ -125,6 +125,10 @@ impl ClientContext for KafkaContext {
         if code.is_some_and(is_connection_error) {
             crate::metrics::get().kafka_connection_errors.inc();
             tracing::debug!(target: LIBRDKAFKA, %error, reason, "kafka connection error");
+        } else if code == Some(RDKafkaErrorCode::PartitionEOF) {
+            // A consumer reached the end of a partition: how a restore knows it is complete, and
+            // nothing wrong (librdkafka reports it through the error path).
+            tracing::debug!(target: LIBRDKAFKA, reason, "partition end reached");
         } else {
             tracing::error!(target: LIBRDKAFKA, %error, reason, "kafka client error");
         }

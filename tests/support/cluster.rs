@@ -574,7 +574,16 @@ pub async fn seeded_registry(n: usize) -> (super::Registry, Arc<Attributing>, St
 /// Starts the replica of `setup`, has `proxy` attribute its registry traffic, and waits until it
 /// is ready.
 pub async fn start_replica(proxy: &Attributing, setup: &Setup) -> super::Daemon {
-    let mut d = setup.spawn();
+    start_replica_logging(proxy, setup, "regwatch=debug").await
+}
+
+/// [`start_replica`] with `RUST_LOG` = `filter`.
+pub async fn start_replica_logging(
+    proxy: &Attributing,
+    setup: &Setup,
+    filter: &str,
+) -> super::Daemon {
+    let mut d = setup.spawn_logging(filter);
     proxy.watch(d.pid());
     wait_up(&mut d, &setup.admin).await;
     d

@@ -636,11 +636,17 @@ impl Setup {
 
     /// Starts `regwatch run` in the background; its output is collected as it comes.
     pub fn spawn(&self) -> Daemon {
+        self.spawn_logging("regwatch=debug")
+    }
+
+    /// [`Setup::spawn`] with `RUST_LOG` = `filter` (`info` logs what a user sees by default,
+    /// librdkafka's lines included).
+    pub fn spawn_logging(&self, filter: &str) -> Daemon {
         Daemon::start(
             Command::new(env!("CARGO_BIN_EXE_regwatch"))
                 .args(["run", "-c"])
                 .arg(&self.config)
-                .env("RUST_LOG", "regwatch=debug"),
+                .env("RUST_LOG", filter),
         )
     }
 }
