@@ -27,12 +27,17 @@ use tokio::sync::Notify;
 
 const PARTITIONS: i32 = 4;
 
-fn partition_of(key: &str) -> i32 {
+/// FNV-1a of `key`: its partition is this modulo the state topic's partition count.
+fn fnv(key: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.bytes() {
         hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
-    (hash % PARTITIONS as u64) as i32
+    hash
+}
+
+fn partition_of(key: &str) -> i32 {
+    (fnv(key) % PARTITIONS as u64) as i32
 }
 
 fn repo_partition(identity: &str, repository: &str) -> i32 {
@@ -737,4 +742,85 @@ async fn a_handled_hint_is_tombstoned() {
         "the last is None",
     );
     assert_eq!(last.last(), Some(&None), "{last:?}");
+}
+
+/// Partitions added to the state topic move most keys to another partition than their records.
+/// A replica started after that learns the new count at start, and if the group gives it only
+/// partitions without misplaced records it found nothing wrong, became ready and took the
+/// repositories of its partitions for first-seen. The count each partition was written with is
+/// recorded (in the group's committed offsets) and checked at every assignment, so every replica
+/// refuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_replica_refuses_a_state_topic_whose_partitions_were_added() {
+    use rdkafka::consumer::CommitMode;
+    let mock = MockCluster::new(1).unwrap();
+    // Written with 4 partitions; the topic has 8 now.
+    mock.create_topic("imgs.state", 8, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let id = "https://r.example";
+    let repo = (0..1000)
+        .map(|i| format!("team/app{i}"))
+        .find(|r| {
+            let h = fnv(&serde_json::to_string(&("repo", id, r)).unwrap());
+            h % 4 == 0 && h % 8 != 0
+        })
+        .unwrap();
+    let key = serde_json::to_string(&("repo", id, &repo)).unwrap();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::to("imgs.state")
+                .key(&key)
+                .payload("P\u{0}")
+                .partition(0),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    // What the replicas that wrote it recorded for partition 0.
+    let (_, cluster) = configs(mock.bootstrap_servers());
+    let committer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("group.id", &cluster.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut recorded = rdkafka::TopicPartitionList::new();
+    recorded
+        .add_partition_offset("imgs.state", 0, rdkafka::Offset::Offset(0))
+        .unwrap();
+    recorded
+        .find_partition("imgs.state", 0)
+        .unwrap()
+        .set_metadata(r#"{"state_partitions":4}"#);
+    committer.commit(&recorded, CommitMode::Sync).unwrap();
+    drop(committer);
+
+    let (a, ready_a) = start(&mock);
+    let (b, ready_b) = start(&mock);
+    let settled = |r: &Readiness| match r.check() {
+        Ok(()) => true,
+        Err(why) => why.contains("partition count"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !(settled(&ready_a) && settled(&ready_b)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Both must have joined and been assigned their share (not merely not ready yet).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let answers = [ready_a.check(), ready_b.check()];
+    a.stop(Duration::from_secs(10)).await;
+    b.stop(Duration::from_secs(10)).await;
+    report(
+        "cluster: replicas refusing a state topic whose partitions were added (of 2)",
+        answers.iter().filter(|a| a.is_err()).count(),
+        "2",
+    );
+    for answer in &answers {
+        let why = answer.as_ref().expect_err("a replica became ready");
+        assert!(why.contains("partition count"), "{why}");
+    }
 }

@@ -32,7 +32,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, RebalanceProtocol,
 };
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -347,7 +347,7 @@ impl Inner {
         while !self.stop.load(Ordering::Relaxed) {
             match consumer.poll(POLL) {
                 Some(Ok(message)) => self.apply(&message),
-                Some(Err(KafkaError::PartitionEOF(p))) => self.restored(&[p]),
+                Some(Err(KafkaError::PartitionEOF(p))) => self.restored_with(&consumer, &[p]),
                 Some(Err(e)) => tracing::debug!(error = %e, "cluster consumer"),
                 None => {}
             }
@@ -505,7 +505,9 @@ impl Inner {
         match (key.as_slice(), restored) {
             ([kind, identity, repository], false) if kind == "repo" => {
                 if self.partition(&repo_key(identity, repository)) != Some(p) {
-                    return self.refuse_changed_layout(p);
+                    return self.refuse_changed_layout(&format!(
+                        "a record of {repository} in partition {p}"
+                    ));
                 }
                 let value = message.payload().map(<[u8]>::to_vec);
                 self.gather(p, identity, repository, |g| g.header = Some(value));
@@ -515,7 +517,9 @@ impl Inner {
                     return;
                 };
                 if self.partition(&repo_key(identity, repository)) != Some(p) {
-                    return self.refuse_changed_layout(p);
+                    return self.refuse_changed_layout(&format!(
+                        "a record of {repository} in partition {p}"
+                    ));
                 }
                 let value = message.payload().map(<[u8]>::to_vec);
                 self.gather(p, identity, repository, |g| {
@@ -610,10 +614,10 @@ impl Inner {
     /// The state topic has more (or fewer) partitions than when `p`'s records were written, so
     /// most repositories' state is in a partition that is no longer theirs: their new owners
     /// would take them for first-seen and emit every tag. Nothing is scanned from now on.
-    fn refuse_changed_layout(&self, p: i32) {
+    fn refuse_changed_layout(&self, evidence: &str) {
         if !self.layout_changed.swap(true, Ordering::SeqCst) {
             tracing::error!(
-                partition = p,
+                %evidence,
                 partitions = self.partitions.load(Ordering::Relaxed),
                 "cluster: {LAYOUT_CHANGED}"
             );
@@ -623,13 +627,91 @@ impl Inner {
         }
     }
 
-    /// Partitions read to their end: once all are, the replica scans them.
-    fn restored(&self, partitions: &[i32]) {
-        if self.layout_changed.load(Ordering::SeqCst) {
+    /// The committed offsets that record, for partitions `ps`, the state topic's partition count
+    /// (the offset itself is never read: assignments start at the beginning).
+    fn layout_offsets(&self, ps: &[i32]) -> KafkaResult<TopicPartitionList> {
+        let metadata = format!(
+            "{{\"state_partitions\":{}}}",
+            self.partitions.load(Ordering::Relaxed)
+        );
+        let mut tpl = TopicPartitionList::new();
+        for p in ps {
+            tpl.add_partition_offset(&self.cluster.state_topic, *p, Offset::Offset(0))?;
+            if let Some(mut e) = tpl.find_partition(&self.cluster.state_topic, *p) {
+                e.set_metadata(metadata.as_str());
+            }
+        }
+        Ok(tpl)
+    }
+
+    /// Whether the state topic still has the partition count its records were written with, as
+    /// this replica learnt it at start and as the owners of every partition recorded it (see
+    /// [`Inner::layout_offsets`]): asked at every assignment, so that a replica started after
+    /// partitions were added, and given only new ones, refuses like the others. `Err` says why
+    /// not; a broker that cannot answer now is not evidence.
+    fn check_layout(&self, consumer: &BaseConsumer<GroupContext>) -> Result<(), String> {
+        let topic = &self.cluster.state_topic;
+        let known = self.partitions.load(Ordering::Relaxed);
+        let timeout = Duration::from_secs(5);
+        let Ok(metadata) = consumer.fetch_metadata(Some(topic), timeout) else {
+            return Ok(());
+        };
+        let now = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len() as i32);
+        if now != 0 && now != known {
+            return Err(format!("the topic has {now} partitions, {known} at start"));
+        }
+        let mut all = TopicPartitionList::new();
+        for p in 0..known {
+            let _ = all.add_partition_offset(topic, p, Offset::Invalid);
+        }
+        let Ok(committed) = consumer.committed_offsets(all, timeout) else {
+            return Ok(());
+        };
+        for e in committed.elements() {
+            #[derive(serde::Deserialize)]
+            struct Layout {
+                state_partitions: i32,
+            }
+            if let Ok(l) = serde_json::from_str::<Layout>(e.metadata())
+                && l.state_partitions != known
+            {
+                return Err(format!(
+                    "partition {} was written when the topic had {} partitions, it has {known}",
+                    e.partition(),
+                    l.state_partitions
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Inner::restored`], then records the layout for the partitions restored (see
+    /// [`Inner::check_layout`]).
+    fn restored_with(&self, consumer: &BaseConsumer<GroupContext>, partitions: &[i32]) {
+        let done = self.restored(partitions);
+        if done.is_empty() || self.transactional.get().is_some() {
+            // exactly_once records it with every transaction's offsets.
             return;
         }
+        let recorded = self
+            .layout_offsets(&done)
+            .and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async));
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "cluster: recording the state topic's layout failed");
+        }
+    }
+
+    /// Partitions read to their end: once all are, the replica scans them. Returns those that
+    /// were not restored before.
+    fn restored(&self, partitions: &[i32]) -> Vec<i32> {
+        if self.layout_changed.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
         let mut claims = self.claims.write().expect("claims lock");
-        let mut changed = false;
+        let mut done = Vec::new();
         let mut oldest = None::<Instant>;
         for p in partitions {
             if let Some(claim) = claims.get_mut(p)
@@ -638,13 +720,13 @@ impl Inner {
                 self.assemble(*p);
                 claim.restored = true;
                 self.owned.lock().expect("owned lock").insert(*p);
-                changed = true;
+                done.push(*p);
                 self.epoch.fetch_add(1, Ordering::SeqCst);
                 oldest = Some(oldest.map_or(claim.since, |o| o.min(claim.since)));
             }
         }
-        if !changed {
-            return;
+        if done.is_empty() {
+            return done;
         }
         let pending = claims.values().filter(|c| !c.restored).count();
         let owned = claims.len() - pending;
@@ -662,6 +744,7 @@ impl Inner {
             }
         }
         self.rescan.send_modify(|n| *n += 1);
+        done
     }
 
     /// A fallback for `enable.partition.eof`: a claimed partition that is empty, or whose position
@@ -694,7 +777,7 @@ impl Inner {
                 high <= low || position.is_some_and(|o| o >= high)
             })
             .collect();
-        self.restored(&done);
+        self.restored_with(consumer, &done);
     }
 
     fn count_repositories(&self) {
@@ -994,8 +1077,7 @@ impl Inner {
             self.enqueue(&txn.producer, events, p, records)?;
             // The offset is never read back (assignments start at the beginning); it carries
             // the group generation that fences a zombie.
-            let mut offsets = TopicPartitionList::new();
-            offsets.add_partition_offset(&self.cluster.state_topic, p, Offset::Offset(0))?;
+            let offsets = self.layout_offsets(&[p])?;
             txn.producer
                 .send_offsets_to_transaction(&offsets, group, self.step_timeout())
         };
@@ -1447,6 +1529,9 @@ impl ConsumerContext for GroupContext {
                     let _ = from_start.add_partition_offset(topic, *p, Offset::Beginning);
                 }
                 self.inner.assigned(&partitions);
+                if let Err(why) = self.inner.check_layout(consumer) {
+                    self.inner.refuse_changed_layout(&why);
+                }
                 if cooperative {
                     consumer.incremental_assign(&from_start)
                 } else {
