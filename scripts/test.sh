@@ -18,7 +18,14 @@ cargo test --lib --bins --tests --examples "$@"
 
 if [ -d "$report_dir" ]; then
   echo
-  echo "Fault suite figures"
+  echo "Fault suite figures (verdict: ok, MISSED, or - where the expected column is prose and the"
+  echo "test's own assertions judge)"
   echo "-------------------"
-  { printf "measure\tvalue\texpected\n"; cat "$report_dir"/*.tsv; } | { column -t -s $'\t' 2>/dev/null || cat; }
+  { printf "measure\tvalue\texpected\tverdict\n"; cat "$report_dir"/*.tsv; } | { column -t -s $'\t' 2>/dev/null || cat; }
+  missed=$(awk -F'\t' '$4 == "MISSED"' "$report_dir"/*.tsv)
+  if [ -n "$missed" ]; then
+    echo
+    echo "FLAGGED: $(printf '%s\n' "$missed" | wc -l) figure(s) missed their expected column:"
+    printf '%s\n' "$missed" | awk -F'\t' '{ printf "  %s: %s (expected %s)\n", $1, $2, $3 }'
+  fi
 fi

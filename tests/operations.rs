@@ -156,3 +156,10 @@ async fn metrics_readiness_and_webhooks() {
     );
     drop(tansu);
 }
+
+/// The fault table flags a figure that misses its expected column (scripts/test.sh prints the
+/// verdicts and lists the missed rows), reading the expected column only where it is plain.
+#[test]
+fn the_fault_table_flags_figures_that_miss_their_expected_column() {
+    support::verdict::self_check();
+}

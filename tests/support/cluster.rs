@@ -546,6 +546,21 @@ pub fn topic_partitions(brokers: &str, topic: &str, wait: Duration) -> usize {
 }
 
 /// The stderr tails of `daemons`, each under a header naming its pid, for failure messages.
+/// When `daemon` first logged a line containing `needle` after `after` (its log lines start with
+/// an RFC 3339 timestamp).
+pub fn logged_after(
+    daemon: &super::Daemon,
+    needle: &str,
+    after: std::time::SystemTime,
+) -> Option<std::time::SystemTime> {
+    let stderr = daemon.stderr.lock().unwrap().clone();
+    stderr
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| humantime::parse_rfc3339_weak(l.split_whitespace().next()?).ok())
+        .find(|t| *t > after)
+}
+
 pub fn stderrs(daemons: &[&super::Daemon]) -> String {
     daemons
         .iter()

@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod synthetic;
 pub mod tls;
 pub mod token_server;
+pub mod verdict;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -783,8 +784,11 @@ pub fn assert_schema_valid(events: &[serde_json::Value]) {
 }
 
 /// Appends a row to the fault-suite report that `scripts/test.sh` prints after the tests:
-/// what was measured, the figure, and what it must be.
+/// what was measured, the figure, what it must be, and whether it is (see [`verdict`]; a row
+/// that misses is flagged there, and here in the test's output).
 pub fn report(measure: &str, value: impl std::fmt::Display, expected: &str) {
+    let value = value.to_string();
+    let verdict = verdict::verdict(&value, expected);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-report");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join(format!("{}.tsv", std::process::id()));
@@ -794,8 +798,15 @@ pub fn report(measure: &str, value: impl std::fmt::Display, expected: &str) {
         .open(file)
         .unwrap();
     use std::io::Write;
-    writeln!(f, "{measure}\t{value}\t{expected}").unwrap();
-    println!("REPORT {measure}: {value} (expected {expected})");
+    writeln!(f, "{measure}\t{value}\t{expected}\t{}", verdict.label()).unwrap();
+    println!(
+        "REPORT {measure}: {value} (expected {expected}){}",
+        if verdict == verdict::Verdict::Missed {
+            " MISSED"
+        } else {
+            ""
+        }
+    );
 }
 
 /// The value of the first metric line of `/metrics` on `admin` that starts with `name`.
