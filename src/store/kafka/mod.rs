@@ -1157,9 +1157,17 @@ impl Inner {
     }
 }
 
-/// Whether `e` leaves the transactional producer unusable.
+/// Whether `e` leaves the transactional producer unusable. A fenced producer is, whether or
+/// not librdkafka flags that error fatal (a fencing answered to AddOffsetsToTxn is not flagged,
+/// and aborting and retrying then fails the same way for good).
 fn is_fatal(producer: &FutureProducer<KafkaContext>, e: &KafkaError) -> bool {
-    matches!(e, KafkaError::Transaction(t) if t.is_fatal())
+    use RDKafkaErrorCode as C;
+    let fenced = matches!(
+        e.rdkafka_error_code(),
+        Some(C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch)
+    );
+    fenced
+        || matches!(e, KafkaError::Transaction(t) if t.is_fatal())
         || producer.client().fatal_error().is_some()
 }
 
