@@ -60,6 +60,9 @@ pub struct Metrics {
     pub cluster_state_records: Counter,
     /// Cluster mode: bytes (keys and values) of the state records acknowledged by the broker.
     pub cluster_state_bytes: Counter,
+    /// Cluster mode: state records of owned partitions written by another replica (a late write
+    /// of a former owner), written over.
+    pub cluster_foreign_writes: Counter,
     /// Cluster mode: state writes refused for good (a record too large, an authorisation error).
     pub cluster_write_refusals: Counter,
     /// Admin connections closed because the connection cap was reached.
@@ -98,6 +101,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cluster_state_records: Counter::default(),
         cluster_state_bytes: Counter::default(),
         cluster_write_refusals: Counter::default(),
+        cluster_foreign_writes: Counter::default(),
         admin_connections_closed: Counter::default(),
         store_records_unreadable: Counter::default(),
         registry: Registry::default(),
@@ -202,6 +206,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "cluster_state_bytes",
         "Bytes of the state records acknowledged by the broker",
         m.cluster_state_bytes.clone(),
+    );
+    registry.register(
+        "cluster_foreign_writes",
+        "State records of owned partitions written by another replica, written over",
+        m.cluster_foreign_writes.clone(),
     );
     registry.register(
         "cluster_write_refusals",

@@ -824,3 +824,101 @@ async fn every_replica_refuses_a_state_topic_whose_partitions_were_added() {
         assert!(why.contains("partition count"), "{why}");
     }
 }
+
+/// A replica paused past its session (SIGSTOP, a long stall) can land a state write after its
+/// partition's new owner wrote: its records come last in the compacted topic, and the next
+/// restore read them as the state, so a change was detected again under a new id. Here the late
+/// write is a copy of the owner's own earlier write, produced by another client (as a zombie's
+/// would be): the owner, which reads its partitions continuously, writes its state over it, and
+/// a later restore reads the newest state.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zombies_late_write_is_written_over_by_the_owner() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let (id, repo) = ("https://r.example", "team/app");
+    let owner = replica(&mock).await;
+    let mut first = big_snapshot(3, 1);
+    let s = owner.clone();
+    let f = first.clone();
+    tokio::task::spawn_blocking(move || s.commit_scan(id, repo, None, &f, &[]))
+        .await
+        .unwrap()
+        .unwrap();
+    let first_write = state_log(&mock.bootstrap_servers());
+    first.revision = 2;
+    let tag = format!("{:0>128}", 1);
+    first.tags.insert(tag.clone(), Some("sha256:moved".into()));
+    let (s, next) = (owner.clone(), first.clone());
+    tokio::task::spawn_blocking(move || s.commit_scan(id, repo, Some(1), &next, &[]))
+        .await
+        .unwrap()
+        .unwrap();
+    // The zombie's late write: the first revision again, after the second.
+    let zombie: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .create()
+        .unwrap();
+    for (p, key, value) in &first_write {
+        let mut record = BaseRecord::<String, Vec<u8>>::to("imgs.state")
+            .key(key)
+            .partition(*p);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        zombie.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    zombie.flush(Duration::from_secs(10)).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    owner.stop(Duration::from_secs(10)).await;
+    let next_owner = replica(&mock).await;
+    let restored = next_owner.repo_state(id, repo);
+    next_owner.stop(Duration::from_secs(10)).await;
+    let revision = match &restored {
+        Ok(Some(regwatch::store::RepoState::Known(s))) => Some((s.revision, s.tags[&tag].clone())),
+        _ => None,
+    };
+    report(
+        "cluster: revision restored after a zombie's late write of revision 1 over revision 2",
+        format!("{revision:?}"),
+        "Some((2, Some(\"sha256:moved\")))",
+    );
+    assert_eq!(
+        revision,
+        Some((2, Some("sha256:moved".to_owned()))),
+        "{restored:?}"
+    );
+}
+
+/// Every record of the state topic as (partition, key, value), in each partition's order.
+fn state_log(brokers: &str) -> Vec<(i32, String, Option<Vec<u8>>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "review-state-log")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut all = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        all.add_partition_offset("imgs.state", p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&all).unwrap();
+    let (mut out, mut ended) = (Vec::new(), std::collections::BTreeSet::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ended.len() < PARTITIONS as usize && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push((
+                m.partition(),
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                m.payload().map(<[u8]>::to_vec),
+            )),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                ended.insert(p);
+            }
+            _ => {}
+        }
+    }
+    out
+}

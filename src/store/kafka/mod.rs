@@ -33,7 +33,7 @@ use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, RebalanceProtocol,
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -61,6 +61,8 @@ const STATE_TOPIC_CONFIG: [(&str, &str); 4] = [
     ("max.compaction.lag.ms", "86400000"),
     ("min.cleanable.dirty.ratio", "0.1"),
 ];
+/// The Kafka header naming the process that wrote a state record (see `Inner::writer`).
+const WRITER: &str = "regwatch-writer";
 /// How often the consumer thread returns from `poll` to look at restores and shutdown.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -123,6 +125,14 @@ struct Inner {
     layouts: Mutex<HashMap<String, Layout>>,
     /// The records read so far of each partition being restored, by (identity, repository).
     staging: Mutex<HashMap<i32, HashMap<(String, String), Gathered>>>,
+    /// This process's mark on the state records it writes (a Kafka header, [`WRITER`]): a
+    /// record of a partition it owns without it was written by another replica that no longer
+    /// owns the partition (paused past its session, say), and is written over (see
+    /// [`Inner::repair`]).
+    writer: String,
+    /// The records of owned partitions that another writer put there, to write over:
+    /// (identity, repository, item; `None` is the header).
+    repairs: Mutex<std::collections::BTreeSet<(String, String, Option<records::ItemKey>)>>,
     /// The keys of the repositories whose state a commit is writing now (see [`Writing`]).
     writing: Mutex<std::collections::HashSet<String>>,
     /// The keys of repository records of the claimed partitions that could not be decoded:
@@ -173,6 +183,8 @@ impl ClusterStore {
                 repos: Mutex::new(HashMap::new()),
                 high_water: AtomicU64::new(0),
                 layouts: Mutex::new(HashMap::new()),
+                writer: format!("{:016x}", rand::random::<u64>()),
+                repairs: Mutex::new(Default::default()),
                 staging: Mutex::new(HashMap::new()),
                 writing: Mutex::new(std::collections::HashSet::new()),
                 unreadable: Mutex::new(std::collections::BTreeSet::new()),
@@ -309,6 +321,8 @@ impl Inner {
 
     /// The consumer thread: prepare the topic, join, then apply what arrives until stopped.
     fn run(self: Arc<Self>, runtime: &tokio::runtime::Handle) {
+        // Repairs write from this thread, as scans do from the blocking pool.
+        let _runtime = runtime.enter();
         let mut failures = 0u32;
         while !self.stop.load(Ordering::Relaxed) {
             match self.prepare(runtime) {
@@ -355,6 +369,7 @@ impl Inner {
                 last_check = Instant::now();
                 self.check_restores(&consumer);
             }
+            self.repair();
         }
         // Closing the consumer leaves the group: the others take the partitions now.
         tracing::info!("leaving the cluster's consumer group");
@@ -559,7 +574,78 @@ impl Inner {
                     let _ = self.plain.send_result(tombstone);
                 }
             }
+            ([kind, identity, repository, rest @ ..], true)
+                if matches!(kind.as_str(), "repo" | "tag" | "digest") =>
+            {
+                let ours = message
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == WRITER))
+                    .and_then(|h| h.value)
+                    == Some(self.writer.as_bytes());
+                if ours {
+                    return;
+                }
+                let item = match rest {
+                    [] => None,
+                    [name] => match records::ItemKey::from_parts(kind, name) {
+                        Some(item) => Some(item),
+                        None => return,
+                    },
+                    _ => return,
+                };
+                crate::metrics::get().cluster_foreign_writes.inc();
+                tracing::warn!(%repository, "cluster: another replica wrote state of a partition owned here (a late write of its former owner); writing it over");
+                self.repairs.lock().expect("repairs lock").insert((
+                    identity.clone(),
+                    repository.clone(),
+                    item,
+                ));
+            }
             _ => {}
+        }
+    }
+
+    /// Writes over the records of owned partitions that another writer put there (see
+    /// [`Inner::writer`]) with what this replica holds, so that a zombie's late write never
+    /// becomes what the next restore reads. One that a commit of its repository is writing now
+    /// waits for the next pass; one of a partition no longer owned is dropped.
+    fn repair(&self) {
+        let pending: Vec<_> = self
+            .repairs
+            .lock()
+            .expect("repairs lock")
+            .iter()
+            .cloned()
+            .collect();
+        for entry in pending {
+            let (identity, repository, item) = &entry;
+            let Ok(p) = self.repo_partition(identity, repository) else {
+                return;
+            };
+            if !self.owned.lock().expect("owned lock").contains(&p) {
+                self.repairs.lock().expect("repairs lock").remove(&entry);
+                continue;
+            }
+            let Ok(_writing) = Writing::begin(self, identity, repository, None) else {
+                continue;
+            };
+            let key = repo_key(identity, repository);
+            let record = records::current(
+                identity,
+                repository,
+                self.held(identity, repository).as_ref(),
+                &self.layout(&key),
+                item.as_ref(),
+            );
+            match self.write(p, &[], &[record], || {}) {
+                Ok(()) => {
+                    self.repairs.lock().expect("repairs lock").remove(&entry);
+                }
+                Err(e) => {
+                    tracing::warn!(%repository, error = %e, "cluster: writing over another replica's record failed; retrying");
+                    return;
+                }
+            }
         }
     }
 
@@ -588,6 +674,10 @@ impl Inner {
             let key = repo_key(&identity, &repository);
             match records::assemble(g) {
                 Ok(restored) => {
+                    if let Some(why) = &restored.damaged {
+                        crate::metrics::get().store_records_unreadable.inc();
+                        tracing::error!(%repository, error = %why, "cluster: state records damaged; using what they hold, rewritten by the next scan");
+                    }
                     unreadable.remove(&key);
                     self.high_water
                         .fetch_max(restored.high_water, Ordering::SeqCst);
@@ -1041,7 +1131,11 @@ impl Inner {
         for (key, value) in records {
             let mut record = FutureRecord::<String, Vec<u8>>::to(&self.cluster.state_topic)
                 .key(key)
-                .partition(p);
+                .partition(p)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: WRITER,
+                    value: Some(self.writer.as_bytes()),
+                }));
             if let Some(value) = value {
                 record = record.payload(value);
             }

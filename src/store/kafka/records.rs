@@ -285,6 +285,53 @@ pub(super) fn commit(
     }
 }
 
+/// The record that key `item` (the header when `None`) of `identity`/`repository` must hold for
+/// `state` with `layout`, to write again over a record some other writer put there.
+pub(super) fn current(
+    identity: &str,
+    repository: &str,
+    state: Option<&super::RepoState>,
+    layout: &Layout,
+    item: Option<&ItemKey>,
+) -> Record {
+    let known = match (state, layout.life) {
+        (Some(super::RepoState::Known(s)), Some(life)) => Some((s, life)),
+        _ => None,
+    };
+    match item {
+        None => {
+            let value = match (state, known) {
+                (_, Some((s, life))) => {
+                    let all = items(s);
+                    Some(encode_header(&Header {
+                        revision: s.revision,
+                        life,
+                        items: all.len() as u64,
+                        sum: format!("{:016x}", checksum(&all)),
+                        version_rules: s.version_rules,
+                    }))
+                }
+                (Some(state), None) => Some(super::encode_state(state)),
+                (None, None) => None,
+            };
+            (super::repo_key(identity, repository), value)
+        }
+        Some(key) => {
+            let value = known.and_then(|(s, life)| {
+                let now = items(s).remove(key)?;
+                let entry = Entry {
+                    life,
+                    rev: s.revision,
+                    before: Some(now.clone()),
+                    now: Some(now),
+                };
+                Some(serde_json::to_vec(&entry).expect("entries serialize"))
+            });
+            (key.record_key(identity, repository), value)
+        }
+    }
+}
+
 /// The tombstones that forget `identity`/`repository`: the header first (so that what is left
 /// if the write stops halfway is items without a header, which a restore ignores), then every
 /// item it may have.
@@ -322,6 +369,9 @@ pub(super) struct Restored {
     pub(super) state: Option<super::RepoState>,
     pub(super) layout: Layout,
     pub(super) high_water: u64,
+    /// Set when the records did not add up to the header: what was found. The state is then
+    /// the best reading of them, and the next commit rewrites every item.
+    pub(super) damaged: Option<String>,
 }
 
 /// What `gathered` records make: the committed revision, never a mix of two. An error when they
@@ -352,6 +402,7 @@ pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
                 state: None,
                 layout: Layout { life: None, stale },
                 high_water,
+                damaged: None,
             });
         }
         Some(value) if !is_header(&value) => {
@@ -363,12 +414,14 @@ pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
                 high_water: high_water.max(state.revision()),
                 state: Some(state),
                 layout: Layout { life: None, stale },
+                damaged: None,
             });
         }
         Some(value) => serde_json::from_slice::<Header>(&value[1..])
             .map_err(|e| format!("undecodable state header: {e}"))?,
     };
     let mut items = BTreeMap::new();
+    let seen: BTreeSet<ItemKey> = entries.keys().cloned().collect();
     for (key, entry) in entries {
         if entry.life != header.life {
             stale.insert(key);
@@ -388,16 +441,22 @@ pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
         }
     }
     let sum = format!("{:016x}", checksum(&items));
-    if items.len() as u64 != header.items || sum != header.sum {
-        return Err(format!(
+    // Records that do not add up (an item lost in a write whose header landed, a late write of a
+    // replica that no longer owned the partition) cannot be told apart from a repository's real
+    // state. Refusing it would stop the replica at every restart; a fresh baseline would lose
+    // what changed since. The best reading is kept, reported, and rewritten whole by the next
+    // commit: at worst a change is published again, under a new id.
+    let damaged = (items.len() as u64 != header.items || sum != header.sum).then(|| {
+        stale.extend(seen);
+        format!(
             "its records do not add up to revision {} ({} items with checksum {sum} found, the \
              header says {} with {})",
             header.revision,
             items.len(),
             header.items,
             header.sum
-        ));
-    }
+        )
+    });
     let snapshot = snapshot_of(&items, header.revision, header.version_rules)?;
     Ok(Restored {
         state: Some(super::RepoState::Known(snapshot)),
@@ -406,6 +465,7 @@ pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
             stale,
         },
         high_water: high_water.max(header.revision),
+        damaged,
     })
 }
 
@@ -577,13 +637,26 @@ mod tests {
         assert_eq!(restore(&log).0, known(&again));
     }
 
-    /// Records that do not add up (an item lost) are an error, not a smaller snapshot.
+    /// Records that do not add up (an item lost) are reported, read as well as they can be,
+    /// and rewritten whole by the next commit, so that the topic holds the state again.
     #[test]
-    fn a_header_whose_items_are_missing_is_an_error() {
+    fn a_header_whose_items_are_missing_is_reported_and_rewritten() {
         let s = snapshot(3, &[("a", "sha256:1"), ("b", "sha256:2")]);
         let c = commit(ID, REPO, None, &Layout::default(), &s);
-        let log: Vec<Record> = c.records[1..].to_vec();
-        let err = assemble(gather(&log)).err().expect("an error");
-        assert!(err.contains("do not add up"), "{err}");
+        let mut log: Vec<Record> = c.records[1..].to_vec();
+        let r = assemble(gather(&log)).expect("a reading");
+        let why = r.damaged.expect("reported");
+        assert!(why.contains("do not add up"), "{why}");
+        let Some(RepoState::Known(read)) = r.state else {
+            panic!("no snapshot")
+        };
+        assert_eq!(read.tags.len(), 1, "what is there");
+        let mut next = s.clone();
+        next.revision = 4;
+        let c2 = commit(ID, REPO, Some(&read), &r.layout, &next);
+        log.extend(c2.records);
+        let again = assemble(gather(&log)).expect("a reading");
+        assert_eq!(again.damaged, None);
+        assert_eq!(again.state, known(&next));
     }
 }
