@@ -762,7 +762,7 @@ async fn every_replica_refuses_a_state_topic_whose_partitions_were_added() {
         .map(|i| format!("team/app{i}"))
         .find(|r| {
             let h = fnv(&serde_json::to_string(&("repo", id, r)).unwrap());
-            h % 4 == 0 && h % 8 != 0
+            h.is_multiple_of(4) && !h.is_multiple_of(8)
         })
         .unwrap();
     let key = serde_json::to_string(&("repo", id, &repo)).unwrap();

@@ -92,6 +92,9 @@ fn hint_key(identity: &str, repository: &str) -> String {
 
 use records::{Gathered, Layout, Record};
 
+/// What a restore read so far of one partition, by (identity, repository).
+type Staged = HashMap<(String, String), Gathered>;
+
 /// An assigned partition.
 struct Claim {
     /// Read to the end since it was assigned.
@@ -124,7 +127,7 @@ struct Inner {
     /// [`records::Layout`]), by header key.
     layouts: Mutex<HashMap<String, Layout>>,
     /// The records read so far of each partition being restored, by (identity, repository).
-    staging: Mutex<HashMap<i32, HashMap<(String, String), Gathered>>>,
+    staging: Mutex<HashMap<i32, Staged>>,
     /// This process's mark on the state records it writes (a Kafka header, [`WRITER`]): a
     /// record of a partition it owns without it was written by another replica that no longer
     /// owns the partition (paused past its session, say), and is written over (see
