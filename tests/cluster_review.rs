@@ -922,3 +922,49 @@ fn state_log(brokers: &str) -> Vec<(i32, String, Option<Vec<u8>>)> {
     }
     out
 }
+
+/// A write of more records than librdkafka's queue holds (`queue.buffering.max.messages`, 100,000
+/// by default; 1,000 here) failed with QueueFull on every attempt: the repository could never be
+/// recorded, and its events went out again each cycle. It drains as it goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_bigger_than_the_producer_queue_lands() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let (mut kafka, cluster) = configs(mock.bootstrap_servers());
+    kafka.properties.push((
+        "queue.buffering.max.messages".into(),
+        "1000".to_owned().into(),
+    ));
+    let store = Arc::new(ClusterStore::new(&kafka, &cluster).unwrap());
+    let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
+    store.start(readiness.clone(), tokio::runtime::Handle::current());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readiness.check().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not ready: {:?}",
+            readiness.check()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = store.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        s.commit_scan(
+            "https://r.example",
+            "team/ci",
+            None,
+            &big_snapshot(5_000, 1),
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    store.stop(Duration::from_secs(10)).await;
+    report(
+        "cluster: a 5,000-record write through a producer queue of 1,000",
+        if written.is_ok() { "written" } else { "failed" },
+        "written",
+    );
+    assert!(written.is_ok(), "{written:?}");
+}

@@ -363,8 +363,10 @@ pub(super) struct Gathered {
     pub(super) items: BTreeMap<ItemKey, Option<Vec<u8>>>,
 }
 
-/// A restored repository: its state (`None`: none, only leftovers) and layout, and the highest
-/// revision any of its records carries.
+/// A restored repository: its state (`None`: none, only leftovers) and layout, and the revision
+/// its state carries. Only that counts towards the high water (see
+/// `StateStore::fresh_revision`): leftovers are rewritten before they could matter, and one with
+/// a huge revision would pin every later revision at the ceiling.
 pub(super) struct Restored {
     pub(super) state: Option<super::RepoState>,
     pub(super) layout: Layout,
@@ -379,12 +381,10 @@ pub(super) struct Restored {
 pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
     let mut stale = BTreeSet::new();
     let mut entries = BTreeMap::new();
-    let mut high_water = 0;
     for (key, value) in gathered.items {
         let Some(value) = value else { continue };
         match serde_json::from_slice::<Entry>(&value) {
             Ok(entry) => {
-                high_water = high_water.max(entry.rev).max(entry.life);
                 entries.insert(key, entry);
             }
             // Unreadable and not part of any header's count: a leftover to tombstone. If it was
@@ -401,7 +401,7 @@ pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
             return Ok(Restored {
                 state: None,
                 layout: Layout { life: None, stale },
-                high_water,
+                high_water: 0,
                 damaged: None,
             });
         }
@@ -411,7 +411,7 @@ pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
             let state = super::decode_state(&value).map_err(|e| e.to_string())?;
             stale.extend(entries.into_keys());
             return Ok(Restored {
-                high_water: high_water.max(state.revision()),
+                high_water: state.revision(),
                 state: Some(state),
                 layout: Layout { life: None, stale },
                 damaged: None,
@@ -464,7 +464,7 @@ pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
             life: Some(header.life),
             stale,
         },
-        high_water: high_water.max(header.revision),
+        high_water: header.revision,
         damaged,
     })
 }
