@@ -133,9 +133,9 @@ struct Inner {
     /// owns the partition (paused past its session, say), and is written over (see
     /// [`Inner::repair`]).
     writer: String,
-    /// The records of owned partitions that another writer put there, to write over:
-    /// (identity, repository, item; `None` is the header).
-    repairs: Mutex<std::collections::BTreeSet<(String, String, Option<records::ItemKey>)>>,
+    /// The repositories of owned partitions whose records another writer put there, to write
+    /// over, by (identity, repository): the item keys it wrote (its header is always rewritten).
+    repairs: Mutex<BTreeMap<(String, String), std::collections::BTreeSet<records::ItemKey>>>,
     /// The keys of the repositories whose state a commit is writing now (see [`Writing`]).
     writing: Mutex<std::collections::HashSet<String>>,
     /// The keys of repository records of the claimed partitions that could not be decoded:
@@ -596,56 +596,88 @@ impl Inner {
                     },
                     _ => return,
                 };
+                let key = repo_key(identity, repository);
+                if self
+                    .unreadable
+                    .lock()
+                    .expect("unreadable lock")
+                    .contains(&key)
+                {
+                    // Not understood here: neither kept nor written over.
+                    return;
+                }
+                // A copy of what this replica holds (its own record, read back through
+                // something that dropped its headers) changes nothing a restore would read.
+                let state = self.held(identity, repository);
+                if records::agrees(
+                    state.as_ref(),
+                    &self.layout(&key),
+                    item.as_ref(),
+                    message.payload(),
+                ) {
+                    return;
+                }
                 crate::metrics::get().cluster_foreign_writes.inc();
                 tracing::warn!(%repository, "cluster: another replica wrote state of a partition owned here (a late write of its former owner); writing it over");
-                self.repairs.lock().expect("repairs lock").insert((
-                    identity.clone(),
-                    repository.clone(),
-                    item,
-                ));
+                let mut repairs = self.repairs.lock().expect("repairs lock");
+                let keys = repairs
+                    .entry((identity.clone(), repository.clone()))
+                    .or_default();
+                keys.extend(item);
             }
             _ => {}
         }
     }
 
     /// Writes over the records of owned partitions that another writer put there (see
-    /// [`Inner::writer`]) with what this replica holds, so that a zombie's late write never
-    /// becomes what the next restore reads. One that a commit of its repository is writing now
-    /// waits for the next pass; one of a partition no longer owned is dropped.
+    /// [`Inner::writer`]) with what this replica holds, items first and the header last, so that
+    /// a zombie's late write never becomes what the next restore reads. A repository a commit is
+    /// writing now waits for the next pass; one of a partition no longer owned is dropped. A few
+    /// repositories per pass, so that the consumer thread keeps polling.
     fn repair(&self) {
         let pending: Vec<_> = self
             .repairs
             .lock()
             .expect("repairs lock")
             .iter()
-            .cloned()
+            .take(16)
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for entry in pending {
-            let (identity, repository, item) = &entry;
-            let Ok(p) = self.repo_partition(identity, repository) else {
+        for ((identity, repository), foreign) in pending {
+            let done = || {
+                self.repairs
+                    .lock()
+                    .expect("repairs lock")
+                    .remove(&(identity.clone(), repository.clone()));
+            };
+            let Ok(p) = self.repo_partition(&identity, &repository) else {
                 return;
             };
             if !self.owned.lock().expect("owned lock").contains(&p) {
-                self.repairs.lock().expect("repairs lock").remove(&entry);
+                done();
                 continue;
             }
-            let Ok(_writing) = Writing::begin(self, identity, repository, None) else {
+            let Ok(_writing) = Writing::begin(self, &identity, &repository, None) else {
                 continue;
             };
-            let key = repo_key(identity, repository);
-            let record = records::current(
-                identity,
-                repository,
-                self.held(identity, repository).as_ref(),
+            let key = repo_key(&identity, &repository);
+            let state = self.held(&identity, &repository);
+            let (records, layout) = records::rewrite(
+                &identity,
+                &repository,
+                state.as_ref(),
                 &self.layout(&key),
-                item.as_ref(),
+                &foreign,
             );
-            match self.write(p, &[], &[record], || {}) {
-                Ok(()) => {
-                    self.repairs.lock().expect("repairs lock").remove(&entry);
-                }
+            let Some(records) = records else {
+                self.set_layout(&key, layout);
+                done();
+                continue;
+            };
+            match self.write(p, &[], &records, || self.set_layout(&key, layout)) {
+                Ok(()) => done(),
                 Err(e) => {
-                    tracing::warn!(%repository, error = %e, "cluster: writing over another replica's record failed; retrying");
+                    tracing::warn!(%repository, error = %e, "cluster: writing over another replica's records failed; retrying");
                     return;
                 }
             }

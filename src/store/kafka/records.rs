@@ -285,50 +285,101 @@ pub(super) fn commit(
     }
 }
 
-/// The record that key `item` (the header when `None`) of `identity`/`repository` must hold for
-/// `state` with `layout`, to write again over a record some other writer put there.
-pub(super) fn current(
-    identity: &str,
-    repository: &str,
+/// The value of item `key` in `snapshot`, if it has one: [`items`] for one key.
+fn item_value(snapshot: &Snapshot, key: &ItemKey) -> Option<Value> {
+    let value = match key {
+        ItemKey::Tag(t) => {
+            let item = TagItem {
+                listed: snapshot.tags.contains_key(t),
+                digest: snapshot.tags.get(t).cloned().flatten(),
+                maturing: snapshot.maturing.get(t).cloned(),
+                held_back: snapshot.held_back.contains(t),
+            };
+            if item == TagItem::default() {
+                return None;
+            }
+            serde_json::to_value(item)
+        }
+        ItemKey::Digest(d) => serde_json::to_value(snapshot.platforms.get(d)?),
+    };
+    Some(value.expect("items serialize"))
+}
+
+/// Whether `value`, found under key `item` (the header when `None`), reads as what `state` with
+/// `layout` holds: a restore would read the same from it (a record of this replica's own, read
+/// back, or a copy of it).
+pub(super) fn agrees(
     state: Option<&super::RepoState>,
     layout: &Layout,
     item: Option<&ItemKey>,
-) -> Record {
+    value: Option<&[u8]>,
+) -> bool {
     let known = match (state, layout.life) {
         (Some(super::RepoState::Known(s)), Some(life)) => Some((s, life)),
         _ => None,
     };
-    match item {
-        None => {
-            let value = match (state, known) {
-                (_, Some((s, life))) => {
-                    let all = items(s);
-                    Some(encode_header(&Header {
+    match (item, value) {
+        (None, None) => state.is_none(),
+        (None, Some(v)) if is_header(v) => {
+            let Ok(found) = serde_json::from_slice::<Header>(&v[1..]) else {
+                return false;
+            };
+            known.is_some_and(|(s, life)| {
+                let all = items(s);
+                found
+                    == Header {
                         revision: s.revision,
                         life,
                         items: all.len() as u64,
                         sum: format!("{:016x}", checksum(&all)),
                         version_rules: s.version_rules,
-                    }))
+                    }
+            })
+        }
+        (None, Some(v)) => {
+            known.is_none()
+                && state.is_some_and(|s| super::decode_state(v).ok().as_ref() == Some(s))
+        }
+        (Some(key), value) => {
+            let current = known.and_then(|(s, _)| item_value(s, key));
+            let found = value.and_then(|v| serde_json::from_slice::<Entry>(v).ok());
+            match (found, known) {
+                (None, _) => current.is_none(),
+                (Some(e), Some((s, life))) => {
+                    e.life == life && e.rev <= s.revision && e.now == current
                 }
-                (Some(state), None) => Some(super::encode_state(state)),
-                (None, None) => None,
-            };
-            (super::repo_key(identity, repository), value)
+                (Some(_), None) => false,
+            }
         }
-        Some(key) => {
-            let value = known.and_then(|(s, life)| {
-                let now = items(s).remove(key)?;
-                let entry = Entry {
-                    life,
-                    rev: s.revision,
-                    before: Some(now.clone()),
-                    now: Some(now),
-                };
-                Some(serde_json::to_vec(&entry).expect("entries serialize"))
-            });
-            (key.record_key(identity, repository), value)
+    }
+}
+
+/// The records that write `identity`/`repository`'s `state` again over what other writers put
+/// under `foreign` (item keys, and the header), items first and the header last: `None` when
+/// there is nothing to write now (no state held: the foreign items are left for its next commit
+/// to tombstone, see the returned layout).
+pub(super) fn rewrite(
+    identity: &str,
+    repository: &str,
+    state: Option<&super::RepoState>,
+    layout: &Layout,
+    foreign: &BTreeSet<ItemKey>,
+) -> (Option<Vec<Record>>, Layout) {
+    let mut with_foreign = layout.clone();
+    with_foreign.stale.extend(foreign.iter().cloned());
+    match state {
+        Some(super::RepoState::Known(s)) => {
+            let c = commit(identity, repository, Some(s), &with_foreign, s);
+            (Some(c.records), c.written)
         }
+        Some(pending) => {
+            let header = (
+                super::repo_key(identity, repository),
+                Some(super::encode_state(pending)),
+            );
+            (Some(vec![header]), with_foreign)
+        }
+        None => (None, with_foreign),
     }
 }
 
