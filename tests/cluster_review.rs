@@ -996,3 +996,86 @@ async fn a_write_bigger_than_the_producer_queue_lands() {
     );
     assert!(written.is_ok(), "{written:?}");
 }
+
+/// At-least-once: a scan's events are acknowledged, then its state write fails. The events are
+/// out, so the replica holds the state that published them: a tag that moves back before the
+/// next write is then a change (held at the old state, the move back diffed as nothing and was
+/// lost), and the next write stores the whole repository again, which a restore reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_write_that_fails_after_its_events_went_out_keeps_the_published_state() {
+    use rdkafka::mocking::MockCoordinator;
+    use regwatch::store::RepoState;
+    // Events on broker 1, state on broker 2, the group's coordinator on 1.
+    let mock = MockCluster::new(2).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    for p in 0..PARTITIONS {
+        mock.partition_leader("imgs.state", p, Some(2)).unwrap();
+        mock.partition_leader("imgs", p, Some(1)).unwrap();
+    }
+    let (mut kafka, cluster) = configs(mock.bootstrap_servers());
+    mock.coordinator(MockCoordinator::Group(cluster.group.clone()), 1)
+        .unwrap();
+    kafka
+        .properties
+        .push(("message.timeout.ms".into(), "3000".to_owned().into()));
+    let store = Arc::new(ClusterStore::new(&kafka, &cluster).unwrap());
+    let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
+    store.start(readiness.clone(), tokio::runtime::Handle::current());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readiness.check().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not ready: {:?}",
+            readiness.check()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (id, repo) = ("https://r.example", "team/app");
+    let commit = |base: Option<u64>, snapshot: regwatch::watch::diff::Snapshot, events: usize| {
+        let s = store.clone();
+        let events: Vec<regwatch::event::Event> = (0..events)
+            .map(|i| regwatch::event::Event {
+                id: format!("ev-{}-{i}", snapshot.revision),
+                key: format!("r.example/{repo}"),
+                payload: "{}".into(),
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || s.commit_scan(id, repo, base, &snapshot, &events))
+    };
+    commit(None, big_snapshot(3, 1), 0).await.unwrap().unwrap();
+    mock.broker_down(2).unwrap();
+    let mut moved = big_snapshot(3, 2);
+    moved
+        .tags
+        .insert(format!("{:0>128}", 0), Some("sha256:moved".into()));
+    let failed = commit(Some(1), moved.clone(), 1).await.unwrap();
+    assert!(failed.is_err(), "the state broker is down: {failed:?}");
+    mock.broker_up(2).unwrap();
+    let held = store.repo_state(id, repo);
+    let held_revision = match &held {
+        Ok(Some(RepoState::Known(s))) => Some(s.revision),
+        _ => None,
+    };
+    // The next scan diffs against what was published, and its write stores all of it.
+    let mut back = moved.clone();
+    back.revision = 3;
+    back.tags
+        .insert(format!("{:0>128}", 0), Some(format!("sha256:{:064x}", 0)));
+    let next = commit(held_revision, back.clone(), 1).await.unwrap();
+    store.stop(Duration::from_secs(10)).await;
+    let reader = replica(&mock).await;
+    let restored = reader.repo_state(id, repo);
+    reader.stop(Duration::from_secs(10)).await;
+    report(
+        "cluster: revision held after a state write failed once its events were out",
+        format!("{held_revision:?}"),
+        "Some(2)",
+    );
+    assert_eq!(held_revision, Some(2), "{held:?}");
+    assert!(next.is_ok(), "{next:?}");
+    assert!(
+        matches!(&restored, Ok(Some(RepoState::Known(s))) if *s == back),
+        "{restored:?}"
+    );
+}

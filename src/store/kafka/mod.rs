@@ -1041,10 +1041,11 @@ impl Inner {
         then: impl FnOnce(),
     ) -> Result<(), StoreError> {
         let claims = self.claims.read().expect("claims lock");
-        self.write_claimed(&claims, p, events, records, then)
+        self.write_claimed(&claims, p, events, records, then, || {})
     }
 
-    /// [`Inner::write`] under a claims guard the caller holds.
+    /// [`Inner::write`] under a claims guard the caller holds. `published` runs instead of
+    /// `then` when the write failed after its events were acknowledged (at-least-once).
     fn write_claimed(
         &self,
         claims: &BTreeMap<i32, Claim>,
@@ -1052,6 +1053,7 @@ impl Inner {
         events: &[Event],
         records: &[Record],
         then: impl FnOnce(),
+        published: impl FnOnce(),
     ) -> Result<(), StoreError> {
         if !claims.get(&p).is_some_and(|c| c.restored) {
             return Err(StoreError::Unavailable(format!(
@@ -1071,9 +1073,13 @@ impl Inner {
             )));
         }
         let written = match self.transactional.get() {
-            None => self
-                .produce(&self.plain, events, p, &[])
-                .and_then(|()| self.produce(&self.plain, &[], p, records)),
+            None => self.produce(&self.plain, events, p, &[]).and_then(|()| {
+                let recorded = self.produce(&self.plain, &[], p, records);
+                if recorded.is_err() && !events.is_empty() {
+                    published();
+                }
+                recorded
+            }),
             Some(txn) => {
                 self.transaction(&mut txn.lock().expect("producer lock"), p, events, records)
             }
@@ -1427,7 +1433,7 @@ impl StateStore for ClusterStore {
             if recorded {
                 continue;
             }
-            self.inner.write_claimed(&claims, p, &[], &record, || {
+            let written = || {
                 self.inner
                     .watch_sets
                     .lock()
@@ -1435,7 +1441,9 @@ impl StateStore for ClusterStore {
                     .entry(registry.to_owned())
                     .or_default()
                     .insert(p, patterns.to_vec());
-            })?;
+            };
+            self.inner
+                .write_claimed(&claims, p, &[], &record, written, || {})?;
         }
         Ok(())
     }
@@ -1590,11 +1598,11 @@ impl ClusterStore {
                 (c.records, c.written, c.touched)
             }
         };
-        let result = self.inner.write(p, events, &records, || {
+        let keep = |state: RepoState, layout: Layout| {
             self.inner
                 .high_water
                 .fetch_max(state.revision(), Ordering::SeqCst);
-            self.inner.set_layout(&key, written);
+            self.inner.set_layout(&key, layout);
             self.inner
                 .repos
                 .lock()
@@ -1602,13 +1610,36 @@ impl ClusterStore {
                 .entry(registry.to_owned())
                 .or_default()
                 .insert(repository.to_owned(), state);
-        });
-        if result.is_err() && !touched.is_empty() {
+        };
+        // Held throughout, so that nothing is kept for a partition revoked meanwhile.
+        let claims = self.inner.claims.read().expect("claims lock");
+        let mut published = false;
+        let result = self.inner.write_claimed(
+            &claims,
+            p,
+            events,
+            &records,
+            || keep(state.clone(), written),
+            || published = true,
+        );
+        if result.is_err() && published {
+            // Its events are out, its state is not (or not known to be) in the topic. Held at
+            // the state that published them, so that a tag moving back before the next write is
+            // seen; that write stores all of it again, under a new life. Lost with this replica,
+            // the next owner detects the same changes again, under the same ids.
+            let mut stale = layout.stale.clone();
+            stale.extend(touched);
+            if let Some(RepoState::Known(before)) = self.inner.held(registry, repository) {
+                stale.extend(records::items(&before).into_keys());
+            }
+            keep(state, Layout { life: None, stale });
+        } else if result.is_err() && !touched.is_empty() {
             // Some of its records may have landed: the next commit rewrites them.
             let mut layout = layout;
             layout.stale.extend(touched);
             self.inner.set_layout(&key, layout);
         }
+        drop(claims);
         result?;
         self.inner.count_repositories();
         Ok(())
