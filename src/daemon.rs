@@ -75,7 +75,9 @@ fn registry_identities(config: &Config) -> Vec<(String, String)> {
 fn make_sink(config: &Config) -> Result<Box<dyn Sink>, RuntimeError> {
     Ok(match &config.kafka {
         Some(k) => {
-            let kafka = KafkaSink::new(k).map_err(|e| runtime(format!("kafka: {e}")))?;
+            let kafka = KafkaSink::new(k).map_err(|e| {
+                runtime(format!("kafka: {}", crate::sink::kafka::creation_error(&e)))
+            })?;
             Box::new(ClosedAside(Some(Box::new(kafka))))
         }
         None => Box::new(StdoutSink),

@@ -171,6 +171,23 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// A librdkafka client that could not be created, said without the value of the property at
+/// fault: `kafka.properties` values are secrets, and librdkafka's message and rust-rdkafka's
+/// `Display` both quote it.
+pub fn creation_error(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, description, key, value) => {
+            let description = if value.is_empty() {
+                description.clone()
+            } else {
+                description.replace(value.as_str(), "<redacted>")
+            };
+            format!("kafka property {key:?}: {description}")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// The record of `event` on `topic`: its key, its CloudEvent JSON, and the structured-mode
 /// content type header.
 pub fn event_record<'a>(topic: &'a str, event: &'a Event) -> FutureRecord<'a, String, String> {
@@ -214,7 +231,7 @@ impl KafkaSink {
     async fn ensure_topic(&self) -> Result<(), String> {
         let admin: AdminClient<KafkaContext> = client_config(&self.config)
             .create_with_context(KafkaContext::default())
-            .map_err(|e| format!("kafka admin client: {e}"))?;
+            .map_err(|e| format!("kafka admin client: {}", creation_error(&e)))?;
         let replication = TopicReplication::Fixed(self.config.replication_factor);
         let topic = NewTopic::new(&self.config.topic, self.config.partitions, replication);
         let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
@@ -235,7 +252,7 @@ impl KafkaSink {
     fn restart_producer(&mut self) {
         match client_config(&self.config).create_with_context(KafkaContext::default()) {
             Ok(fresh) => self.producer = Retiring(Some(fresh)),
-            Err(e) => tracing::error!(error = %e, "cannot recreate the producer"),
+            Err(e) => tracing::error!(error = %creation_error(&e), "cannot recreate the producer"),
         }
     }
 
@@ -375,7 +392,7 @@ pub async fn probe(
     let client: Arc<KafkaProducer> = match settings.create_with_context(context) {
         Ok(p) => Arc::new(p),
         Err(e) => {
-            tracing::error!(error = %e, "cannot create the kafka probe");
+            tracing::error!(error = %creation_error(&e), "cannot create the kafka probe");
             return;
         }
     };
@@ -433,4 +450,37 @@ pub async fn probe(
         }
     }
     off_worker(move || drop(client));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A property librdkafka refuses is named, its value (a secret, as every `kafka.properties`
+    /// value is taken to be) never said: librdkafka's message and rust-rdkafka's `Display` quote it.
+    #[test]
+    fn a_refused_property_is_named_without_its_value() {
+        let config = KafkaConfig {
+            brokers: "127.0.0.1:9".into(),
+            topic: "t".into(),
+            create_topic: false,
+            partitions: 1,
+            replication_factor: -1,
+            properties: vec![(
+                "socket.timeout.ms".into(),
+                "hunter2-s3cret".to_owned().into(),
+            )],
+        };
+        let e = client_config(&config)
+            .create_with_context::<_, FutureProducer<KafkaContext>>(KafkaContext::default())
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string().contains("hunter2-s3cret"),
+            "the raw error quotes it: {e}"
+        );
+        let said = creation_error(&e);
+        assert!(!said.contains("hunter2-s3cret"), "{said}");
+        assert!(said.contains("socket.timeout.ms"), "{said}");
+    }
 }

@@ -45,7 +45,9 @@ use super::{RepoState, StateStore, StoreError};
 use crate::admin::Readiness;
 use crate::config::{ClusterConfig, KafkaConfig};
 use crate::event::Event;
-use crate::sink::kafka::{KafkaContext, TRANSACTIONAL_ID, client_config, event_record};
+use crate::sink::kafka::{
+    KafkaContext, TRANSACTIONAL_ID, client_config, creation_error, event_record,
+};
 use crate::watch::diff::Snapshot;
 
 /// Why a replica refuses to scan after the state topic's partition count changed.
@@ -174,7 +176,7 @@ impl ClusterStore {
     pub fn new(kafka: &KafkaConfig, cluster: &ClusterConfig) -> Result<ClusterStore, String> {
         let plain = client_config(kafka)
             .create_with_context(KafkaContext::default())
-            .map_err(|e| format!("kafka producer: {e}"))?;
+            .map_err(|e| format!("kafka producer: {}", creation_error(&e)))?;
         Ok(ClusterStore {
             inner: Arc::new(Inner {
                 kafka: kafka.clone(),
@@ -345,17 +347,18 @@ impl Inner {
         if self.stop.load(Ordering::Relaxed) {
             return;
         }
-        let consumer: BaseConsumer<GroupContext> =
-            match self.consumer_config().create_with_context(GroupContext {
+        let consumer: BaseConsumer<GroupContext> = match self.consumer_config().create_with_context(
+            GroupContext {
                 log: KafkaContext::default(),
                 inner: self.clone(),
-            }) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "cluster: cannot create the consumer");
-                    return;
-                }
-            };
+            },
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %creation_error(&e), "cluster: cannot create the consumer");
+                return;
+            }
+        };
         if let Err(e) = consumer.subscribe(&[&self.cluster.state_topic]) {
             tracing::error!(error = %e, "cluster: cannot subscribe to the state topic");
             return;
@@ -386,7 +389,7 @@ impl Inner {
         let admin = || -> Result<AdminClient<KafkaContext>, String> {
             client_config(&self.kafka)
                 .create_with_context(KafkaContext::default())
-                .map_err(|e| format!("kafka admin client: {e}"))
+                .map_err(|e| format!("kafka admin client: {}", creation_error(&e)))
         };
         let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
         if self.kafka.create_topic {
@@ -463,7 +466,7 @@ impl Inner {
             settings.set(TRANSACTIONAL_ID, id);
             let producer: FutureProducer<KafkaContext> = settings
                 .create_with_context(KafkaContext::default())
-                .map_err(|e| format!("transactional producer: {e}"))?;
+                .map_err(|e| format!("transactional producer: {}", creation_error(&e)))?;
             producer
                 .init_transactions(self.step_timeout())
                 .map_err(|e| format!("init transactions (does the broker have them?): {e}"))?;
