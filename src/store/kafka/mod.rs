@@ -160,6 +160,8 @@ struct Inner {
     plain: FutureProducer<KafkaContext>,
     /// `exactly_once`: the transactional producer, once its transactions are initialised.
     transactional: OnceLock<Mutex<Txn>>,
+    /// Set once this replica cannot go on (see [`Inner::give_up`]).
+    given_up: OnceLock<String>,
     /// The group's metadata as of the last rebalance, sent with each transaction.
     group: Mutex<Option<ConsumerGroupMetadata>>,
     stop: AtomicBool,
@@ -202,6 +204,7 @@ impl ClusterStore {
                 plain,
                 transactional: OnceLock::new(),
                 group: Mutex::new(None),
+                given_up: OnceLock::new(),
                 stop: AtomicBool::new(false),
             }),
             thread: Mutex::new(None),
@@ -367,7 +370,15 @@ impl Inner {
         while !self.stop.load(Ordering::Relaxed) {
             match consumer.poll(POLL) {
                 Some(Ok(message)) => self.apply(&message),
-                Some(Err(KafkaError::PartitionEOF(p))) => self.restored_with(&consumer, &[p]),
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if self.stable(&consumer, p) {
+                        self.restored_with(&consumer, &[p]);
+                    }
+                }
+                Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
+                    // The consumer is dead: its partitions are another replica's by now.
+                    self.give_up(format!("the state consumer failed for good: {e}"));
+                }
                 Some(Err(e)) => tracing::debug!(error = %e, "cluster consumer"),
                 None => {}
             }
@@ -816,6 +827,35 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether partition `p`'s end, as a `read_committed` consumer sees it, is the end: with
+    /// `exactly_once`, a transaction still open on it (a former owner's, paused past its
+    /// session) holds that end back, and committed after the restore it would publish that
+    /// replica's events after this one's. The restore waits for it to end (its commit, its abort,
+    /// or its timeout), as KIP-447's `require_stable` offset fetch does; [`Inner::check_restores`]
+    /// looks again every second.
+    fn stable(&self, consumer: &BaseConsumer<GroupContext>, p: i32) -> bool {
+        if self.transactional.get().is_none()
+            || self
+                .claims
+                .read()
+                .expect("claims lock")
+                .get(&p)
+                .is_none_or(|c| c.restored)
+        {
+            return true;
+        }
+        let topic = &self.cluster.state_topic;
+        let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(1)) else {
+            return false;
+        };
+        let positions = consumer.position().ok();
+        let position = positions
+            .as_ref()
+            .and_then(|l| l.find_partition(topic, p))
+            .and_then(|e| e.offset().to_raw());
+        position.is_some_and(|o| o >= high)
+    }
+
     /// [`Inner::restored`], then records the layout for the partitions restored (see
     /// [`Inner::check_layout`]).
     fn restored_with(&self, consumer: &BaseConsumer<GroupContext>, partitions: &[i32]) {
@@ -955,6 +995,19 @@ impl Inner {
     /// assignment restores it from the topic again).
     fn revoked(&self, partitions: &[i32]) {
         let mut claims = self.claims.write().expect("claims lock");
+        // A transaction still unfinished (a commit librdkafka holds in progress) must end
+        // before its partition's next owner restores it: resumed later, it would publish this
+        // replica's events after the new owner's. The writers are done (the claims are held).
+        if let Some(txn) = self.transactional.get() {
+            let mut txn = txn.lock().expect("producer lock");
+            if txn.unfinished.is_some()
+                && let Err(e) = self.finish(&mut txn)
+            {
+                self.give_up(format!(
+                    "a Kafka transaction could not be finished before its partitions moved: {e}"
+                ));
+            }
+        }
         let was_restoring = claims.values().any(|c| !c.restored);
         for p in partitions {
             claims.remove(p);
@@ -1058,6 +1111,7 @@ impl Inner {
         then: impl FnOnce(),
         published: impl FnOnce(),
     ) -> Result<(), StoreError> {
+        self.check_alive()?;
         if !claims.get(&p).is_some_and(|c| c.restored) {
             return Err(StoreError::Unavailable(format!(
                 "state partition {p} is not this replica's (it moved in a rebalance)"
@@ -1099,6 +1153,24 @@ impl Inner {
             );
         }
         written
+    }
+
+    /// Stops this replica for `why`: every store call fails from now on with an error that ends
+    /// the daemon (for its service manager to start a fresh member), and `/readyz` says why.
+    fn give_up(&self, why: String) {
+        tracing::error!(reason = %why, "cluster: this replica cannot go on");
+        if let Some(r) = self.readiness.get() {
+            r.restoring(Some(why.clone()));
+        }
+        let _ = self.given_up.set(why);
+    }
+
+    /// [`Inner::give_up`]'s reason, as the error every store call answers.
+    fn check_alive(&self) -> Result<(), StoreError> {
+        match self.given_up.get() {
+            Some(why) => Err(StoreError::Io(format!("cluster replica stopped: {why}"))),
+            None => Ok(()),
+        }
     }
 
     /// A write the broker will refuse however often it is tried: counted, logged at ERROR, and
@@ -1355,6 +1427,7 @@ impl StateStore for ClusterStore {
         // Only a restored partition knows what it holds: "never seen" from one being read (or
         // gone) would make a known repository first-seen. `owned` is held while reading, so that
         // no revocation (which forgets the partition's state) comes in between.
+        self.inner.check_alive()?;
         let key = repo_key(registry, repository);
         let p = self.inner.repo_partition(registry, repository)?;
         let owned = self.inner.owned.lock().expect("owned lock");
