@@ -1310,13 +1310,21 @@ async fn cluster_restore(rows: &mut Vec<Row>, tansu: &support::Tansu) {
     ));
 }
 
-async fn cluster(rows: &mut Vec<Row>) {
+/// The cluster parts: `cluster` runs all, `cluster-throughput`, `cluster-restore` and
+/// `cluster-failover` one each.
+async fn cluster(rows: &mut Vec<Row>, wanted: impl Fn(&str) -> bool) {
     // One Tansu for both; each configuration has its own topics and group.
     let tansu = support::Tansu::start();
-    cluster_throughput(rows, &tansu).await;
-    cluster_restore(rows, &tansu).await;
+    if wanted("cluster-throughput") {
+        cluster_throughput(rows, &tansu).await;
+    }
+    if wanted("cluster-restore") {
+        cluster_restore(rows, &tansu).await;
+    }
     drop(tansu);
-    cluster_failover(rows).await;
+    if wanted("cluster-failover") {
+        cluster_failover(rows).await;
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1515,8 +1523,8 @@ fn main() {
         if wanted("publish") {
             publishing(&mut rows).await;
         }
-        if wanted("cluster") {
-            cluster(&mut rows).await;
+        if wanted("cluster-throughput") || wanted("cluster-restore") || wanted("cluster-failover") {
+            cluster(&mut rows, wanted).await;
         }
     });
     if wanted("diff") {
