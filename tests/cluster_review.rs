@@ -1079,3 +1079,90 @@ async fn a_state_write_that_fails_after_its_events_went_out_keeps_the_published_
         "{restored:?}"
     );
 }
+
+/// A rolling rollout that adds registry `x` and widens `r`'s `repositories`: while it runs, a
+/// replica with the old config can restore partitions holding state of `x` and of `extra/*`,
+/// which its config does not know. It erased them (as "no longer configured" and "departed"), so
+/// the new replicas took a fresh baseline and missed what was pushed meanwhile. A replica
+/// forgets only what it stopped watching itself (a reload that removed it); what it does not
+/// know, it leaves alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_config_replica_erases_nothing_it_does_not_know() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
+    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
+    let r = Arc::new(Synthetic::default());
+    r.put("team/app", "v1", 0);
+    // Several, so that some land in the partitions the old-config replica is given on joining.
+    let extras: Vec<String> = (0..8).map(|i| format!("extra/app{i}")).collect();
+    for e in &extras {
+        r.put(e, "v1", 0);
+    }
+    let x = Arc::new(Synthetic::default());
+    x.put("svc/app", "v1", 0);
+    let (r_host, x_host) = (serve(r.clone()).await, serve(x.clone()).await);
+    let entry = |name: &str, host: &str, repos: &str| {
+        format!(
+            "[[registry]]\nname = \"{name}\"\nkind = \"oci\"\nurl = \"http://{host}\"\ninsecure = true\nrepositories = [{repos}]\n\n"
+        )
+    };
+    let head = format!(
+        "[kafka]\nbrokers = \"{}\"\ntopic = \"imgs\"\ncreate_topic = false\n\n[cluster]\ngroup = \"rollout\"\nverify_state_topic = false\nsession_timeout = \"6s\"\n\n",
+        mock.bootstrap_servers()
+    );
+    let new = format!(
+        "{head}{}{}",
+        entry("r", &r_host, "\"team/*\", \"extra/*\""),
+        entry("x", &x_host, "\"svc/*\"")
+    );
+    let old = format!("{head}{}", entry("r", &r_host, "\"team/*\""));
+    let ready = |setup: &support::Setup| {
+        let url = format!("http://{}/readyz", setup.admin);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while !reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                assert!(Instant::now() < deadline, "never ready");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    // The new config baselines everything; a replica with the old config joins; the new one
+    // leaves, so the old one holds every partition.
+    let n = support::Setup::new("interval = \"1s\"", &new);
+    let dn = n.spawn();
+    ready(&n).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let o = support::Setup::new("interval = \"1s\"", &old);
+    let d_old = o.spawn();
+    ready(&o).await;
+    let (_, _, n_err) = dn.stop();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Pushed while only the old config runs (it watches neither).
+    for e in &extras {
+        r.put(e, "v2", 1);
+    }
+    x.put("svc/app", "v2", 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, _, o_err) = d_old.stop();
+    // The rollout completes: a new-config replica takes over and reports both pushes.
+    let n2 = support::Setup::new("interval = \"1s\"", &new);
+    let dn2 = n2.spawn();
+    ready(&n2).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, _, n2_err) = dn2.stop();
+    let got = events(&mock.bootstrap_servers());
+    let reported = |repo: &str| got.iter().any(|(_, r, t)| r == repo && t == "v2");
+    let extras_reported = extras.iter().filter(|e| reported(e)).count();
+    report(
+        "cluster rollout: pushes to state an old-config replica held (extra/app0..7, svc/app) reported",
+        format!("{extras_reported} / {}", reported("svc/app")),
+        "8 / true",
+    );
+    assert!(
+        extras_reported == extras.len() && reported("svc/app"),
+        "{got:?}\n--- new\n{n_err}\n--- old\n{o_err}\n--- new again\n{n2_err}"
+    );
+}

@@ -208,6 +208,12 @@ pub trait StateStore: Send + Sync {
     fn fresh_revision(&self) -> u64 {
         fresh_revision()
     }
+    /// Whether other processes, whose configuration may differ during a rolling rollout, write
+    /// this store too (cluster mode): state a process finds that its configuration does not
+    /// select may be theirs, and is forgotten only when this process deselected it itself.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Passes a webhook hint for a repository this process does not own to the one that does.
     fn forward_hint(&self, _registry: &str, _repository: &str) -> Result<(), StoreError> {
         Ok(())

@@ -410,6 +410,7 @@ impl Scanner {
         stop: &impl Fn() -> bool,
     ) -> Result<(), StoreError> {
         let before = lock(&self.listed).take();
+        let own_listing = before.is_some();
         let mut departed: Vec<String> = match before {
             Some(before) => before.difference(&listed).cloned().collect(),
             None => {
@@ -426,6 +427,11 @@ impl Scanner {
         let (unlisted, mut forget): (Vec<String>, Vec<String>) = departed
             .into_iter()
             .partition(|r| self.config.repositories.iter().any(|p| p.matches(r)));
+        if store.shared() && !own_listing {
+            // Held in the store but never listed by this process, and not selected by its
+            // patterns: another replica's (a newer config during a rollout), not departed.
+            forget.clear();
+        }
         let probed: Vec<(String, bool)> = stream::iter(unlisted.iter().cloned())
             .take_while(|_| std::future::ready(!stop()))
             .map(|repo| async move {

@@ -148,6 +148,9 @@ struct Inner {
     /// The identities of the configured registries, once told (see
     /// [`ClusterStore::adopt_registries`]).
     configured: Mutex<Option<std::collections::BTreeSet<String>>>,
+    /// The identities a reload removed from this process's configuration (and not added back):
+    /// the only registries whose state it forgets.
+    dropped: Mutex<std::collections::BTreeSet<String>>,
     /// Where hints for a registry (by identity) go: its loop's queue.
     hint_routes: Mutex<HashMap<String, mpsc::Sender<String>>>,
     /// Bumped when restored partitions bring repositories to scan.
@@ -197,6 +200,7 @@ impl ClusterStore {
                 unreadable: Mutex::new(std::collections::BTreeSet::new()),
                 watch_sets: Mutex::new(HashMap::new()),
                 configured: Mutex::new(None),
+                dropped: Mutex::new(Default::default()),
                 hint_routes: Mutex::new(HashMap::new()),
                 rescan: watch::channel(0).0,
                 layout_changed: AtomicBool::new(false),
@@ -244,35 +248,38 @@ impl ClusterStore {
         self.inner.rescan.subscribe()
     }
 
-    /// Records which registries (by identity) are configured, and forgets the state of the others
-    /// in the partitions this replica owns, as a single node's `adopt_registries` does: added back
-    /// later, such a registry takes a baseline instead of reporting all that changed meanwhile.
+    /// Records which registries (by identity) are configured. Those a reload removed are
+    /// forgotten in the partitions this replica owns (and in those it gains later), as a single
+    /// node's `adopt_registries` does: added back later, such a registry takes a baseline instead
+    /// of reporting all that changed meanwhile. Registries this process never had configured are
+    /// left alone: during a rolling rollout they are the newer replicas' (see the README).
     /// Blocking (it writes tombstones).
     pub fn adopt_registries(&self, identities: &[String]) -> Result<(), StoreError> {
-        *self.inner.configured.lock().expect("configured lock") =
-            Some(identities.iter().cloned().collect());
-        self.forget_unconfigured()
-    }
-
-    /// Forgets the state of registries not configured that this replica owns (after a reload, or
-    /// once a restore brought some). Blocking.
-    pub fn forget_unconfigured(&self) -> Result<(), StoreError> {
-        let Some(configured) = self
+        let now: std::collections::BTreeSet<String> = identities.iter().cloned().collect();
+        let before = self
             .inner
             .configured
             .lock()
             .expect("configured lock")
-            .clone()
-        else {
-            return Ok(());
-        };
+            .replace(now.clone());
+        let mut dropped = self.inner.dropped.lock().expect("dropped lock");
+        dropped.extend(before.unwrap_or_default().difference(&now).cloned());
+        dropped.retain(|id| !now.contains(id));
+        drop(dropped);
+        self.forget_unconfigured()
+    }
+
+    /// Forgets the state of the registries a reload removed that this replica owns (after the
+    /// reload, or once a restore brought some). Blocking.
+    pub fn forget_unconfigured(&self) -> Result<(), StoreError> {
+        let dropped = self.inner.dropped.lock().expect("dropped lock").clone();
         let repos: Vec<(String, String)> = self
             .inner
             .repos
             .lock()
             .expect("repos lock")
             .iter()
-            .filter(|(id, _)| !configured.contains(*id))
+            .filter(|(id, _)| dropped.contains(*id))
             .flat_map(|(id, r)| r.keys().map(|repo| (id.clone(), repo.clone())))
             .collect();
         let sets: Vec<(String, i32)> = self
@@ -281,7 +288,7 @@ impl ClusterStore {
             .lock()
             .expect("watch sets lock")
             .iter()
-            .filter(|(id, _)| !configured.contains(*id))
+            .filter(|(id, _)| dropped.contains(*id))
             .flat_map(|(id, s)| s.keys().map(|p| (id.clone(), *p)))
             .collect();
         if !repos.is_empty() {
@@ -1627,6 +1634,10 @@ impl StateStore for ClusterStore {
 
     fn ownership_epoch(&self) -> u64 {
         self.inner.epoch.load(Ordering::SeqCst)
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     fn fresh_revision(&self) -> u64 {
