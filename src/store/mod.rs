@@ -87,6 +87,10 @@ pub enum StoreError {
     /// partition moved to another replica). Nothing was recorded; the scan is retried later.
     #[error("state not recorded: {0}")]
     Unavailable(String),
+    /// Cluster mode: the repository's state records cannot be read here (written by a newer
+    /// release?). The repository is set aside, as a failing one is; the others go on.
+    #[error("state set aside: {0}")]
+    SetAside(String),
     /// Another writer (a second loop on the same registry identity) committed the repository
     /// since the scan read it. Nothing was recorded; the next scan diffs against what is stored.
     #[error(
@@ -108,7 +112,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::Conflict { .. }
+            StoreError::Unavailable(_) | StoreError::Conflict { .. } | StoreError::SetAside(_)
         )
     }
 }

@@ -549,7 +549,14 @@ impl Scanner {
         output: &Output,
     ) -> Result<RepoOutcome, ScanError> {
         let stored = match output.store() {
-            Some(store) => store.repo_state(&self.identity, repo)?,
+            Some(store) => match store.repo_state(&self.identity, repo) {
+                // A failing repository, as far as the cycle goes: counted, backed off, and not
+                // "unrecorded" (which would hold the registry's watch set still for good).
+                Err(StoreError::SetAside(why)) => {
+                    return Err(ScanError::Registry(RegistryError::Protocol(why)));
+                }
+                other => other?,
+            },
             None => None,
         };
         let first_seen = stored.is_none();

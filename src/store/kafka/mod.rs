@@ -377,11 +377,10 @@ impl Inner {
         while !self.stop.load(Ordering::Relaxed) {
             match consumer.poll(POLL) {
                 Some(Ok(message)) => self.apply(&message),
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    if self.stable(&consumer, p) {
-                        self.restored_with(&consumer, &[p]);
-                    }
+                Some(Err(KafkaError::PartitionEOF(p))) if self.stable(&consumer, p) => {
+                    self.restored_with(&consumer, &[p]);
                 }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
                     // The consumer is dead: its partitions are another replica's by now.
                     self.give_up(format!("the state consumer failed for good: {e}"));
@@ -393,7 +392,7 @@ impl Inner {
                 last_check = Instant::now();
                 self.check_restores(&consumer);
             }
-            self.repair();
+            self.repair(&consumer);
         }
         // Closing the consumer leaves the group: the others take the partitions now.
         tracing::info!("leaving the cluster's consumer group");
@@ -630,12 +629,17 @@ impl Inner {
                 // A copy of what this replica holds (its own record, read back through
                 // something that dropped its headers) changes nothing a restore would read.
                 let state = self.held(identity, repository);
-                if records::agrees(
-                    state.as_ref(),
-                    &self.layout(&key),
-                    item.as_ref(),
-                    message.payload(),
-                ) {
+                // While a commit of it is in flight, what is held is about to change: compare
+                // after it (the repair pass waits for it).
+                let in_flight = self.writing.lock().expect("writing lock").contains(&key);
+                if !in_flight
+                    && records::agrees(
+                        state.as_ref(),
+                        &self.layout(&key),
+                        item.as_ref(),
+                        message.payload(),
+                    )
+                {
                     return;
                 }
                 crate::metrics::get().cluster_foreign_writes.inc();
@@ -655,7 +659,10 @@ impl Inner {
     /// a zombie's late write never becomes what the next restore reads. A repository a commit is
     /// writing now waits for the next pass; one of a partition no longer owned is dropped. A few
     /// repositories per pass, so that the consumer thread keeps polling.
-    fn repair(&self) {
+    fn repair(&self, consumer: &BaseConsumer<GroupContext>) {
+        if self.given_up.get().is_some() {
+            return;
+        }
         let pending: Vec<_> = self
             .repairs
             .lock()
@@ -664,7 +671,12 @@ impl Inner {
             .take(16)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let mut written = 0usize;
         for ((identity, repository), foreign) in pending {
+            if written > 10_000 {
+                // The rest next pass: the consumer must keep polling.
+                return;
+            }
             let done = || {
                 self.repairs
                     .lock()
@@ -681,6 +693,16 @@ impl Inner {
             let Ok(_writing) = Writing::begin(self, &identity, &repository, None) else {
                 continue;
             };
+            // Only a member of the group may write over others: a replica that lost its
+            // partitions without knowing yet (a zombie itself) is refused here by the broker,
+            // rather than writing its stale state over the new owner's.
+            let member = self
+                .layout_offsets(&[p])
+                .and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync));
+            if let Err(e) = member {
+                tracing::warn!(%repository, error = %e, "cluster: not writing over another replica's records: this replica's membership is in doubt");
+                return;
+            }
             let key = repo_key(&identity, &repository);
             let state = self.held(&identity, &repository);
             let (records, layout) = records::rewrite(
@@ -690,11 +712,7 @@ impl Inner {
                 &self.layout(&key),
                 &foreign,
             );
-            let Some(records) = records else {
-                self.set_layout(&key, layout);
-                done();
-                continue;
-            };
+            written += records.len();
             match self.write(p, &[], &records, || self.set_layout(&key, layout)) {
                 Ok(()) => done(),
                 Err(e) => {
@@ -834,33 +852,22 @@ impl Inner {
         Ok(())
     }
 
-    /// Whether partition `p`'s end, as a `read_committed` consumer sees it, is the end: with
-    /// `exactly_once`, a transaction still open on it (a former owner's, paused past its
-    /// session) holds that end back, and committed after the restore it would publish that
-    /// replica's events after this one's. The restore waits for it to end (its commit, its abort,
-    /// or its timeout), as KIP-447's `require_stable` offset fetch does; [`Inner::check_restores`]
-    /// looks again every second.
+    /// Whether partition `p` has no transaction pending, with `exactly_once`: one still open (a
+    /// former owner's, paused past its session) ends the `read_committed` read before its
+    /// records, and committed after the restore it would publish that replica's events after
+    /// this one's. Every transaction sends `p`'s offsets, and a `read_committed` consumer asks
+    /// for them with `require_stable` (KIP-447), which the broker refuses while one is pending:
+    /// the restore waits (the end of partition is looked at again every second, see
+    /// [`Inner::check_restores`]).
     fn stable(&self, consumer: &BaseConsumer<GroupContext>, p: i32) -> bool {
-        if self.transactional.get().is_none()
-            || self
-                .claims
-                .read()
-                .expect("claims lock")
-                .get(&p)
-                .is_none_or(|c| c.restored)
-        {
+        if self.transactional.get().is_none() {
             return true;
         }
-        let topic = &self.cluster.state_topic;
-        let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(1)) else {
-            return false;
-        };
-        let positions = consumer.position().ok();
-        let position = positions
-            .as_ref()
-            .and_then(|l| l.find_partition(topic, p))
-            .and_then(|e| e.offset().to_raw());
-        position.is_some_and(|o| o >= high)
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.cluster.state_topic, p);
+        consumer
+            .committed_offsets(tpl, Duration::from_secs(2))
+            .is_ok_and(|l| l.elements().iter().all(|e| e.error().is_ok()))
     }
 
     /// [`Inner::restored`], then records the layout for the partitions restored (see
@@ -915,7 +922,9 @@ impl Inner {
             tracing::info!(partitions = owned, took = ?took, "cluster: state restored; scanning this replica's share");
             if let Some(r) = self.readiness.get() {
                 r.rescan_all();
-                r.restoring(None);
+                if self.given_up.get().is_none() {
+                    r.restoring(None);
+                }
             }
         }
         self.rescan.send_modify(|n| *n += 1);
@@ -949,7 +958,7 @@ impl Inner {
                     .as_ref()
                     .and_then(|l| l.find_partition(topic, *p))
                     .and_then(|e| e.offset().to_raw());
-                high <= low || position.is_some_and(|o| o >= high)
+                (high <= low || position.is_some_and(|o| o >= high)) && self.stable(consumer, *p)
             })
             .collect();
         self.restored_with(consumer, &done);
@@ -994,7 +1003,9 @@ impl Inner {
             }
         } else if let Some(r) = self.readiness.get() {
             // Nothing new to restore (an empty assignment): ready as soon as registries scanned.
-            r.restoring(None);
+            if self.given_up.get().is_none() {
+                r.restoring(None);
+            }
         }
     }
 
@@ -1033,7 +1044,9 @@ impl Inner {
         if restore_over {
             if let Some(r) = self.readiness.get() {
                 r.rescan_all();
-                r.restoring(None);
+                if self.given_up.get().is_none() {
+                    r.restoring(None);
+                }
             }
             self.rescan.send_modify(|n| *n += 1);
         }
@@ -1170,6 +1183,8 @@ impl Inner {
             r.restoring(Some(why.clone()));
         }
         let _ = self.given_up.set(why);
+        // Leave the group: the partitions go to replicas that can go on.
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// [`Inner::give_up`]'s reason, as the error every store call answers.
@@ -1451,7 +1466,7 @@ impl StateStore for ClusterStore {
             .contains(&key)
         {
             // Set aside, not the end of the replica (its successor would stop the same way).
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::SetAside(format!(
                 "the state records of {repository} in state partition {p} cannot be read \
                  (written by a newer release?); it is not scanned until they can"
             )));
@@ -1539,12 +1554,14 @@ impl StateStore for ClusterStore {
         revision: u64,
     ) -> Result<(), StoreError> {
         let _writing = Writing::begin(&self.inner, registry, repository, None)?;
+        // Held from the check to the write, so that no revocation and restore comes between.
+        let claims = self.inner.claims.read().expect("claims lock");
         if let Some(RepoState::Known(_)) = self.inner.held(registry, repository) {
             // Another writer's first scan of it committed meanwhile: that decision stands.
             return Ok(());
         }
         let state = RepoState::Pending { emit, revision };
-        self.put(registry, repository, state, &[])
+        self.put(&claims, registry, repository, state, &[])
     }
 
     fn commit_scan(
@@ -1558,12 +1575,16 @@ impl StateStore for ClusterStore {
         // Held until the state is written and kept in memory, so no other commit of the
         // repository comes between the check and the write; commits of others go on meanwhile.
         let _writing = Writing::begin(&self.inner, registry, repository, base)?;
+        // Held from the check to the write (and what it keeps in memory), so that no revocation
+        // and restore of the partition comes between: a restored newer revision is seen here.
+        let claims = self.inner.claims.read().expect("claims lock");
         super::check_base(
             repository,
             base,
             self.inner.held(registry, repository).as_ref(),
         )?;
         self.put(
+            &claims,
             registry,
             repository,
             RepoState::Known(snapshot.clone()),
@@ -1617,7 +1638,14 @@ impl StateStore for ClusterStore {
                         .unwrap_or_default()
                         .into_keys(),
                 );
-                self.inner.set_layout(&key, Layout { life: None, stale });
+                self.inner.set_layout(
+                    &key,
+                    Layout {
+                        life: None,
+                        stale,
+                        unwritten: false,
+                    },
+                );
             }
             forgotten?;
         }
@@ -1663,6 +1691,7 @@ impl ClusterStore {
     /// header (see [`records`]).
     fn put(
         &self,
+        claims: &BTreeMap<i32, Claim>,
         registry: &str,
         repository: &str,
         state: RepoState,
@@ -1670,7 +1699,30 @@ impl ClusterStore {
     ) -> Result<(), StoreError> {
         let p = self.inner.repo_partition(registry, repository)?;
         let key = repo_key(registry, repository);
-        let layout = self.inner.layout(&key);
+        let mut layout = self.inner.layout(&key);
+        if layout.unwritten
+            && let Some(RepoState::Known(adopted)) = self.inner.held(registry, repository)
+        {
+            // The state that published the last events is not in the topic: stored first, on
+            // its own, or this write's events would be diffed against a revision a restore
+            // never sees (and a change published again under another id).
+            let whole = Layout {
+                life: None,
+                stale: layout.stale.clone(),
+                unwritten: false,
+            };
+            let c = records::commit(registry, repository, None, &whole, &adopted);
+            let written = c.written.clone();
+            self.inner.write_claimed(
+                claims,
+                p,
+                &[],
+                &c.records,
+                || self.inner.set_layout(&key, written),
+                || {},
+            )?;
+            layout = c.written;
+        }
         let (records, written, touched) = match &state {
             RepoState::Pending { .. } => {
                 let record = (key.clone(), Some(encode_state(&state)));
@@ -1698,11 +1750,9 @@ impl ClusterStore {
                 .or_default()
                 .insert(repository.to_owned(), state);
         };
-        // Held throughout, so that nothing is kept for a partition revoked meanwhile.
-        let claims = self.inner.claims.read().expect("claims lock");
         let mut published = false;
         let result = self.inner.write_claimed(
-            &claims,
+            claims,
             p,
             events,
             &records,
@@ -1719,14 +1769,20 @@ impl ClusterStore {
             if let Some(RepoState::Known(before)) = self.inner.held(registry, repository) {
                 stale.extend(records::items(&before).into_keys());
             }
-            keep(state, Layout { life: None, stale });
+            keep(
+                state,
+                Layout {
+                    life: None,
+                    stale,
+                    unwritten: true,
+                },
+            );
         } else if result.is_err() && !touched.is_empty() {
             // Some of its records may have landed: the next commit rewrites them.
             let mut layout = layout;
             layout.stale.extend(touched);
             self.inner.set_layout(&key, layout);
         }
-        drop(claims);
         result?;
         self.inner.count_repositories();
         Ok(())

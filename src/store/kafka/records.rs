@@ -116,6 +116,9 @@ pub(super) struct Layout {
     /// Items whose record may not hold their committed value (ahead of the header, removal
     /// markers, other lives): the next commit rewrites or tombstones them.
     pub(super) stale: BTreeSet<ItemKey>,
+    /// The state held was adopted after its events went out but its write failed: it is written
+    /// whole, on its own, before anything new is published (see `ClusterStore::put`).
+    pub(super) unwritten: bool,
 }
 
 /// One state record: its key and value (`None` is a tombstone).
@@ -280,6 +283,7 @@ pub(super) fn commit(
         written: Layout {
             life: Some(life),
             stale: markers,
+            unwritten: false,
         },
         touched,
     }
@@ -355,31 +359,34 @@ pub(super) fn agrees(
 }
 
 /// The records that write `identity`/`repository`'s `state` again over what other writers put
-/// under `foreign` (item keys, and the header), items first and the header last: `None` when
-/// there is nothing to write now (no state held: the foreign items are left for its next commit
-/// to tombstone, see the returned layout).
+/// under `foreign` (item keys, and the header), items first and the header last. With no state
+/// held, the foreign header and items are tombstoned.
 pub(super) fn rewrite(
     identity: &str,
     repository: &str,
     state: Option<&super::RepoState>,
     layout: &Layout,
     foreign: &BTreeSet<ItemKey>,
-) -> (Option<Vec<Record>>, Layout) {
+) -> (Vec<Record>, Layout) {
     let mut with_foreign = layout.clone();
     with_foreign.stale.extend(foreign.iter().cloned());
     match state {
         Some(super::RepoState::Known(s)) => {
             let c = commit(identity, repository, Some(s), &with_foreign, s);
-            (Some(c.records), c.written)
+            (c.records, c.written)
         }
         Some(pending) => {
             let header = (
                 super::repo_key(identity, repository),
                 Some(super::encode_state(pending)),
             );
-            (Some(vec![header]), with_foreign)
+            (vec![header], with_foreign)
         }
-        None => (None, with_foreign),
+        // None held: what another writer put there is not this replica's state either.
+        None => (
+            forget(identity, repository, None, &with_foreign),
+            Layout::default(),
+        ),
     }
 }
 
@@ -451,7 +458,11 @@ pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
             stale.extend(entries.into_keys());
             return Ok(Restored {
                 state: None,
-                layout: Layout { life: None, stale },
+                layout: Layout {
+                    life: None,
+                    stale,
+                    unwritten: false,
+                },
                 high_water: 0,
                 damaged: None,
             });
@@ -464,7 +475,11 @@ pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
             return Ok(Restored {
                 high_water: state.revision(),
                 state: Some(state),
-                layout: Layout { life: None, stale },
+                layout: Layout {
+                    life: None,
+                    stale,
+                    unwritten: false,
+                },
                 damaged: None,
             });
         }
@@ -514,6 +529,7 @@ pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
         layout: Layout {
             life: Some(header.life),
             stale,
+            unwritten: false,
         },
         high_water: header.revision,
         damaged,
