@@ -70,15 +70,19 @@ type Mock = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
 /// Starts a replica (it joins the group in the background).
 fn start(mock: &Mock) -> (Arc<ClusterStore>, Arc<Readiness>) {
     let (kafka, cluster) = configs(mock.bootstrap_servers());
-    let store = Arc::new(ClusterStore::new(&kafka, &cluster).unwrap());
+    start_with(&kafka, &cluster)
+}
+
+/// Starts a replica of `kafka` and `cluster` (it joins the group in the background).
+fn start_with(kafka: &KafkaConfig, cluster: &ClusterConfig) -> (Arc<ClusterStore>, Arc<Readiness>) {
+    let store = Arc::new(ClusterStore::new(kafka, cluster).unwrap());
     let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
     store.start(readiness.clone(), tokio::runtime::Handle::current());
     (store, readiness)
 }
 
-/// Starts a replica and waits until it has restored what it was assigned.
-async fn replica(mock: &Mock) -> Arc<ClusterStore> {
-    let (store, readiness) = start(mock);
+/// Waits until `readiness` says its replica restored what it was assigned.
+async fn restored(readiness: &Readiness) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while readiness.check().is_err() {
         assert!(
@@ -88,6 +92,12 @@ async fn replica(mock: &Mock) -> Arc<ClusterStore> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Starts a replica and waits until it has restored what it was assigned.
+async fn replica(mock: &Mock) -> Arc<ClusterStore> {
+    let (store, readiness) = start(mock);
+    restored(&readiness).await;
     store
 }
 
@@ -333,22 +343,12 @@ async fn exactly_once_commits_after_another_replica_joined() {
     let eos = |mock: &Mock| {
         let (kafka, mut cluster) = configs(mock.bootstrap_servers());
         cluster.exactly_once = true;
-        let store = Arc::new(ClusterStore::new(&kafka, &cluster).unwrap());
-        let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
-        store.start(readiness.clone(), tokio::runtime::Handle::current());
-        (store, readiness)
-    };
-    let wait_ready = |r: Arc<Readiness>| async move {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while r.check().is_err() {
-            assert!(Instant::now() < deadline, "not ready: {:?}", r.check());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        start_with(&kafka, &cluster)
     };
     let (a, ready_a) = eos(&mock);
-    wait_ready(ready_a).await;
+    restored(&ready_a).await;
     let (b, ready_b) = eos(&mock);
-    wait_ready(ready_b).await;
+    restored(&ready_b).await;
     // Both own a share once the two rounds are over.
     let id = "https://r.example";
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -582,15 +582,7 @@ async fn a_write_the_broker_refuses_for_good_is_an_error_not_a_retry() {
     mock.create_topic("imgs", PARTITIONS, 1).unwrap();
     let (id, repo) = ("https://r.example", "team/app");
     let (store, readiness) = start(&mock);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while readiness.check().is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "not ready: {:?}",
-            readiness.check()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    restored(&readiness).await;
     mock.request_errors(
         rdkafka::types::RDKafkaApiKey::Produce,
         &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 20],
@@ -630,18 +622,8 @@ async fn an_end_txn_that_times_out_is_resumed_and_the_next_write_lands() {
     mock.create_topic("imgs", PARTITIONS, 1).unwrap();
     let (kafka, mut cluster) = configs(mock.bootstrap_servers());
     cluster.exactly_once = true;
-    let store = Arc::new(ClusterStore::new(&kafka, &cluster).unwrap());
-    let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
-    store.start(readiness.clone(), tokio::runtime::Handle::current());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while readiness.check().is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "not ready: {:?}",
-            readiness.check()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (store, readiness) = start_with(&kafka, &cluster);
+    restored(&readiness).await;
     let (id, repo) = ("https://r.example", "team/app");
     // NOT_COORDINATOR is retried by librdkafka (after a coordinator lookup) until the step's
     // timeout: 400 of them outlast the 6 s session.
@@ -938,18 +920,8 @@ async fn a_write_bigger_than_the_producer_queue_lands() {
         "queue.buffering.max.messages".into(),
         "1000".to_owned().into(),
     ));
-    let store = Arc::new(ClusterStore::new(&kafka, &cluster).unwrap());
-    let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
-    store.start(readiness.clone(), tokio::runtime::Handle::current());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while readiness.check().is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "not ready: {:?}",
-            readiness.check()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (store, readiness) = start_with(&kafka, &cluster);
+    restored(&readiness).await;
     let s = store.clone();
     let written = tokio::task::spawn_blocking(move || {
         s.commit_scan(
@@ -993,18 +965,8 @@ async fn a_state_write_that_fails_after_its_events_went_out_keeps_the_published_
     kafka
         .properties
         .push(("message.timeout.ms".into(), "3000".to_owned().into()));
-    let store = Arc::new(ClusterStore::new(&kafka, &cluster).unwrap());
-    let readiness = Arc::new(Readiness::new(Vec::<String>::new(), false));
-    store.start(readiness.clone(), tokio::runtime::Handle::current());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while readiness.check().is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "not ready: {:?}",
-            readiness.check()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (store, readiness) = start_with(&kafka, &cluster);
+    restored(&readiness).await;
     let (id, repo) = ("https://r.example", "team/app");
     let commit = |base: Option<u64>, snapshot: regwatch::watch::diff::Snapshot, events: usize| {
         let s = store.clone();
@@ -1090,28 +1052,15 @@ async fn an_old_config_replica_erases_nothing_it_does_not_know() {
         entry("x", &x_host, "\"svc/*\"")
     );
     let old = format!("{head}{}", entry("r", &r_host, "\"team/*\""));
-    let ready = |setup: &support::Setup| {
-        let url = format!("http://{}/readyz", setup.admin);
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(40);
-            while !reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                assert!(Instant::now() < deadline, "never ready");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
     // The new config baselines everything; a replica with the old config joins; the new one
     // leaves, so the old one holds every partition.
     let n = support::Setup::new("interval = \"1s\"", &new);
     let dn = n.spawn();
-    ready(&n).await;
+    support::wait_ready(&n.admin).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let o = support::Setup::new("interval = \"1s\"", &old);
     let d_old = o.spawn();
-    ready(&o).await;
+    support::wait_ready(&o.admin).await;
     let (_, _, n_err) = dn.stop();
     tokio::time::sleep(Duration::from_secs(8)).await;
     // Pushed while only the old config runs (it watches neither).
@@ -1124,7 +1073,7 @@ async fn an_old_config_replica_erases_nothing_it_does_not_know() {
     // The rollout completes: a new-config replica takes over and reports both pushes.
     let n2 = support::Setup::new("interval = \"1s\"", &new);
     let dn2 = n2.spawn();
-    ready(&n2).await;
+    support::wait_ready(&n2.admin).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (_, _, n2_err) = dn2.stop();
     let got = events(&mock.bootstrap_servers());
