@@ -13,7 +13,7 @@
 //! 4. Cluster mode: steady scan cycles of 1, 2 and 3 replicas on Tansu against a single node
 //!    (requests per repository per cycle, CPU per 1k requests); restore of 1 M tags of state by
 //!    a fresh replica against a single node's restart; failover after `kill -9` on rdkafka's
-//!    mock cluster.
+//!    mock cluster; restore after a simulated week of churn against the same state written once.
 //! 5. The diff on a 50k-tag repository: 2,000 new signatures, and 50k known platforms, against a
 //!    diff that finds one new tag.
 //!
@@ -1310,6 +1310,232 @@ async fn cluster_restore(rows: &mut Vec<Row>, tansu: &support::Tansu) {
     ));
 }
 
+/// A replica of the store alone (no registry, no daemon) on `brokers`, its state topic
+/// `<name>.state` (12 partitions, created if `create`), group `name`; returned once restored.
+async fn churn_replica(
+    brokers: &str,
+    name: &str,
+    create: bool,
+) -> (Arc<regwatch::store::kafka::ClusterStore>, Instant) {
+    let kafka = regwatch::config::KafkaConfig {
+        brokers: brokers.into(),
+        topic: format!("{name}.events"),
+        create_topic: create,
+        partitions: 1,
+        replication_factor: -1,
+        properties: Vec::new(),
+    };
+    let cluster = regwatch::config::ClusterConfig {
+        group: name.into(),
+        state_topic: format!("{name}.state"),
+        session_timeout: Duration::from_secs(10),
+        exactly_once: false,
+        partitions: 12,
+        // The mock cluster has no DescribeConfigs.
+        verify_state_topic: create,
+    };
+    let store = Arc::new(regwatch::store::kafka::ClusterStore::new(&kafka, &cluster).unwrap());
+    let readiness = Arc::new(regwatch::admin::Readiness::new(Vec::<String>::new(), false));
+    let started = Instant::now();
+    store.start(readiness.clone(), tokio::runtime::Handle::current());
+    while readiness.check().is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no restore: {:?}",
+            readiness.check()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (store, started)
+}
+
+/// Records in `topic`, all 12 partitions.
+fn state_topic_records(brokers: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    (0..12)
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            high - low
+        })
+        .sum()
+}
+
+/// A fresh replica's restore of `name`'s state: (seconds from assignment to restored, seconds
+/// from start to ready, records read).
+async fn churn_restore(brokers: &str, name: &str, create: bool) -> (f64, f64, i64) {
+    let (store, started) = churn_replica(brokers, name, create).await;
+    let ready = started.elapsed().as_secs_f64();
+    let m = regwatch::metrics::get();
+    let (restore, read) = (
+        m.cluster_restore_seconds.get(),
+        m.cluster_restore_records.get(),
+    );
+    store.stop(Duration::from_secs(10)).await;
+    (restore, ready, read)
+}
+
+/// Restore after a simulated week of churn against the same state written once (issue 19, item
+/// 9): 1,000 repositories of 10 tags, a push every 5 minutes to 10 % of them (a tag moved, and a
+/// webhook hint), 2,016 ticks; the store alone, on Tansu (`REGWATCH_BENCH_CHURN_BROKER=mock`:
+/// rdkafka's mock cluster, whose fetch scans every message set of a partition from its start,
+/// so its restore time grows with history whatever is read). Neither compacts, so the restore
+/// reads what checkpoints leave, no less.
+async fn cluster_churn(rows: &mut Vec<Row>) {
+    use regwatch::watch::diff::Snapshot;
+    let repos = env_usize("REGWATCH_BENCH_CHURN_REPOS", 1000);
+    let ticks = env_usize("REGWATCH_BENCH_CHURN_TICKS", 2016);
+    let on_mock = std::env::var("REGWATCH_BENCH_CHURN_BROKER").is_ok_and(|b| b == "mock");
+    let id = "https://churn.example";
+    let snapshot = |r: usize, revision: u64, moves: &[u64]| Snapshot {
+        revision,
+        tags: (0..10)
+            .map(|t| {
+                let digest = format!("sha256:{r:08x}{t:04x}{:052x}", moves[t]);
+                (format!("v1.{t}"), Some(digest))
+            })
+            .collect(),
+        ..Snapshot::default()
+    };
+    let mock = on_mock.then(|| {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        for name in ["week", "once"] {
+            mock.create_topic(&format!("{name}.state"), 12, 1).unwrap();
+            mock.create_topic(&format!("{name}.events"), 1, 1).unwrap();
+        }
+        mock
+    });
+    let tansu = (!on_mock).then(support::Tansu::start);
+    let brokers = match (&mock, &tansu) {
+        (Some(m), _) => m.bootstrap_servers(),
+        (_, Some(t)) => t.brokers.clone(),
+        _ => unreachable!(),
+    };
+    let create = !on_mock;
+
+    // The week: every push written as a scan commits it, from 8 threads.
+    let (store, _) = churn_replica(&brokers, "week", create).await;
+    let started = Instant::now();
+    let finals = {
+        let store = store.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let mut moves = vec![vec![0u64; 10]; repos];
+            let mut revisions = vec![0u64; repos];
+            let commit = |r: usize, base: Option<u64>, next: &Snapshot| {
+                let repo = format!("team/app{r:04}");
+                store
+                    .commit_scan(id, &repo, base, next, &[])
+                    .unwrap_or_else(|e| panic!("{repo}: {e}"));
+            };
+            for r in 0..repos {
+                revisions[r] = 1;
+                commit(r, None, &snapshot(r, 1, &moves[r]));
+            }
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+            let mut next = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            for _ in 0..ticks {
+                let pushed: std::collections::BTreeSet<usize> =
+                    (0..repos / 10).map(|_| next() as usize % repos).collect();
+                let work: Vec<(usize, u64, Snapshot)> = pushed
+                    .into_iter()
+                    .map(|r| {
+                        let t = next() as usize % 10;
+                        moves[r][t] += 1;
+                        revisions[r] += 1;
+                        (r, revisions[r], snapshot(r, revisions[r], &moves[r]))
+                    })
+                    .collect();
+                std::thread::scope(|scope| {
+                    for part in work.chunks(work.len().div_ceil(8).max(1)) {
+                        let (store, commit, runtime) = (&store, &commit, &runtime);
+                        scope.spawn(move || {
+                            // The store waits for acknowledgements on the runtime.
+                            let _runtime = runtime.enter();
+                            for (r, revision, s) in part {
+                                let repo = format!("team/app{r:04}");
+                                store.forward_hint(id, &repo).unwrap();
+                                commit(*r, Some(revision - 1), s);
+                            }
+                        });
+                    }
+                });
+            }
+            (0..repos)
+                .map(|r| snapshot(r, revisions[r], &moves[r]))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap()
+    };
+    let week_took = started.elapsed();
+    // The last checkpoints a second after the last write.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let checkpoints = regwatch::metrics::get().cluster_checkpoints.get();
+    store.stop(Duration::from_secs(10)).await;
+    let churned_records = state_topic_records(&brokers, "week.state");
+    let (churned_restore, churned_ready, churned_read) =
+        churn_restore(&brokers, "week", create).await;
+
+    // The same state, written once.
+    let (store, _) = churn_replica(&brokers, "once", create).await;
+    {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            for (r, s) in finals.iter().enumerate() {
+                store
+                    .commit_scan(id, &format!("team/app{r:04}"), None, s, &[])
+                    .unwrap();
+            }
+        })
+        .await
+        .unwrap();
+    }
+    store.stop(Duration::from_secs(10)).await;
+    let once_records = state_topic_records(&brokers, "once.state");
+    let (once_restore, once_ready, once_read) = churn_restore(&brokers, "once", create).await;
+    drop((mock, tansu));
+
+    eprintln!(
+        "churn: {ticks} ticks of {} pushes written in {:.1} s, {checkpoints} checkpoints",
+        repos / 10,
+        week_took.as_secs_f64()
+    );
+    rows.push(row(
+        &format!(
+            "restore after a simulated week of churn ({repos} repos x 10 tags, {ticks} ticks of {} pushes and hints; {})",
+            repos / 10,
+            if on_mock { "mock cluster" } else { "Tansu" }
+        ),
+        format!(
+            "restore {:.0} ms (start to ready {:.0} ms), {churned_read} records read; {churned_records} records in the topic, {checkpoints} checkpoints",
+            churned_restore * 1000.0,
+            churned_ready * 1000.0
+        ),
+        &format!(
+            "same state written once: restore {:.0} ms (start to ready {:.0} ms), {once_read} records read ({once_records} in the topic)",
+            once_restore * 1000.0,
+            once_ready * 1000.0
+        ),
+        &format!(
+            "{:.2}x restore, {:.2}x records",
+            churned_restore / once_restore,
+            churned_read as f64 / once_read.max(1) as f64
+        ),
+        "<= 2x the state written once",
+    ));
+}
+
 /// The cluster parts: `cluster` runs all, `cluster-throughput`, `cluster-restore` and
 /// `cluster-failover` one each.
 async fn cluster(rows: &mut Vec<Row>, wanted: impl Fn(&str) -> bool) {
@@ -1525,6 +1751,9 @@ fn main() {
         }
         if wanted("cluster-throughput") || wanted("cluster-restore") || wanted("cluster-failover") {
             cluster(&mut rows, wanted).await;
+        }
+        if wanted("cluster-churn") {
+            cluster_churn(&mut rows).await;
         }
     });
     if wanted("diff") {

@@ -56,6 +56,11 @@ pub struct Metrics {
     pub cluster_rebalances: Counter,
     /// Cluster mode: seconds the last restore of assigned partitions took.
     pub cluster_restore_seconds: Gauge<f64, AtomicU64>,
+    /// Cluster mode: state records the last restore of assigned partitions read.
+    pub cluster_restore_records: Gauge,
+    /// Cluster mode: checkpoints written (a partition's state written again, where the next
+    /// restore starts).
+    pub cluster_checkpoints: Counter,
     /// Cluster mode: state records acknowledged by the broker.
     pub cluster_state_records: Counter,
     /// Cluster mode: bytes (keys and values) of the state records acknowledged by the broker.
@@ -98,6 +103,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cluster_owned_repositories: Gauge::default(),
         cluster_rebalances: Counter::default(),
         cluster_restore_seconds: Gauge::default(),
+        cluster_restore_records: Gauge::default(),
+        cluster_checkpoints: Counter::default(),
         cluster_state_records: Counter::default(),
         cluster_state_bytes: Counter::default(),
         cluster_write_refusals: Counter::default(),
@@ -196,6 +203,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "cluster_restore_seconds",
         "Seconds the last restore of assigned state partitions took",
         m.cluster_restore_seconds.clone(),
+    );
+    registry.register(
+        "cluster_restore_records",
+        "State records the last restore of assigned state partitions read",
+        m.cluster_restore_records.clone(),
+    );
+    registry.register(
+        "cluster_checkpoints",
+        "State partitions written again whole, where their next restore starts",
+        m.cluster_checkpoints.clone(),
     );
     registry.register(
         "cluster_state_records",

@@ -12,16 +12,16 @@
 //!   written to each partition it owns (so the next owner of any partition finds it).
 //! - `["hint", identity, repository]`: a webhook hint for the repository's owner.
 //!
-//! A replica reads each partition it is assigned from the beginning to the end before it scans any
-//! repository in it, and then is the partition's only writer until it is revoked (a revocation
-//! waits for the writes in flight). Events are acknowledged before the state records that record
+//! A replica reads each partition it is assigned from its checkpoint (the group's committed offset
+//! for it, see `Inner::checkpoint`) to the end before it scans any repository in it, and then is
+//! the partition's only writer until it is revoked (a revocation waits for the writes in flight). Events are acknowledged before the state records that record
 //! them are produced (at-least-once), or go in one transaction with them and the group's metadata
 //! (`exactly_once`), which fences a replica whose partitions moved.
 
 mod records;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,16 @@ const STATE_TOPIC_CONFIG: [(&str, &str); 4] = [
 ];
 /// The Kafka header naming the process that wrote a state record (see `Inner::writer`).
 const WRITER: &str = "regwatch-writer";
+/// The floor of [`checkpoint_due`]: a partition holding little is not rewritten every few writes.
+const CHECKPOINT_SLACK: u64 = 64;
+/// About how many records a checkpoint writes at a time (a transaction each with
+/// `exactly_once`): a partition of any size is rewritten within the transaction timeout, and in
+/// bounded memory (a repository's records are never split).
+/// (Small in tests, so that they write several.)
+const CHECKPOINT_CHUNK: usize = if cfg!(test) { 100 } else { 10_000 };
+/// How long the consumer thread goes on checkpointing partitions (one at least) before it polls
+/// again.
+const CHECKPOINT_BUDGET: Duration = Duration::from_millis(250);
 /// How often the consumer thread returns from `poll` to look at restores and shutdown.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -103,6 +113,59 @@ struct Claim {
     restored: bool,
     /// When it was assigned.
     since: Instant,
+    /// Its checkpoint: where its restore started, which every offset commit for it carries (0
+    /// until known, which is always safe; see [`Inner::checkpoint`]).
+    from: AtomicI64,
+    /// The offset of the first record read since it was assigned (-1: none yet).
+    first: AtomicI64,
+    /// The records read from it since `from`: what a restore would read now.
+    read: AtomicU64,
+    /// How many records its state takes, as last counted (see [`Inner::checkpoint`]).
+    live: AtomicU64,
+    /// Set once a record of it was of a kind this release does not know (a newer release's):
+    /// it is never checkpointed, which would hide that record from the next restore.
+    opaque: AtomicBool,
+    /// Held for reading by every write to it, for writing by a checkpoint of it (which so
+    /// holds back the writes of this partition only).
+    gate: RwLock<()>,
+}
+
+impl Claim {
+    fn new() -> Claim {
+        Claim {
+            restored: false,
+            since: Instant::now(),
+            from: AtomicI64::new(0),
+            first: AtomicI64::new(-1),
+            read: AtomicU64::new(0),
+            live: AtomicU64::new(0),
+            opaque: AtomicBool::new(false),
+            gate: RwLock::new(()),
+        }
+    }
+
+    /// Puts off its next checkpoint until half as many records again were read.
+    fn put_off_checkpoint(&self) {
+        self.live
+            .store(self.read.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+/// Whether this release knows the kind of state record `key` names (see the module docs).
+fn understood(key: &[String]) -> bool {
+    match key {
+        [kind, _] => kind == "watch",
+        [kind, _, _] => kind == "repo" || kind == "hint",
+        [kind, _, _, name] => records::ItemKey::from_parts(kind, name).is_some(),
+        _ => false,
+    }
+}
+
+/// The records read since a partition's checkpoint past which a new one is written: half again
+/// what its state takes (so a restore reads at most about 1.5 times what it holds, and the
+/// rewrites cost at most two records per record changed), plus a floor for small partitions.
+fn checkpoint_due(live: u64) -> u64 {
+    live + live / 2 + CHECKPOINT_SLACK
 }
 
 /// What the store and its consumer thread share.
@@ -120,6 +183,10 @@ struct Inner {
     owned: Mutex<std::collections::BTreeSet<i32>>,
     /// Bumped whenever a partition is restored or revoked (see [`StateStore::ownership_epoch`]).
     epoch: AtomicU64,
+    /// The records read by the restore in progress (of the partitions restored so far).
+    restoring_reads: AtomicU64,
+    /// The records the last complete restore read.
+    restore_reads: AtomicU64,
     /// The state of the repositories of the claimed partitions, by registry identity.
     repos: Mutex<HashMap<String, BTreeMap<String, RepoState>>>,
     /// The highest revision of any repository record restored or written: revisions drawn later
@@ -190,6 +257,8 @@ impl ClusterStore {
                 claims: RwLock::new(BTreeMap::new()),
                 owned: Mutex::new(std::collections::BTreeSet::new()),
                 epoch: AtomicU64::new(0),
+                restoring_reads: AtomicU64::new(0),
+                restore_reads: AtomicU64::new(0),
                 repos: Mutex::new(HashMap::new()),
                 high_water: AtomicU64::new(0),
                 layouts: Mutex::new(HashMap::new()),
@@ -377,7 +446,10 @@ impl Inner {
         while !self.stop.load(Ordering::Relaxed) {
             match consumer.poll(POLL) {
                 Some(Ok(message)) => self.apply(&message),
-                Some(Err(KafkaError::PartitionEOF(p))) if self.stable(&consumer, p) => {
+                // Reached again after every write: only a restore's end needs the broker asked.
+                Some(Err(KafkaError::PartitionEOF(p)))
+                    if self.restoring(p) && self.stable(&consumer, p) =>
+                {
                     self.restored_with(&consumer, &[p]);
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
@@ -391,6 +463,7 @@ impl Inner {
             if last_check.elapsed() >= Duration::from_secs(1) {
                 last_check = Instant::now();
                 self.check_restores(&consumer);
+                self.checkpoint(&consumer);
             }
             self.repair(&consumer);
         }
@@ -515,7 +588,8 @@ impl Inner {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", session.to_string())
             .set("heartbeat.interval.ms", (session / 3).max(100).to_string())
-            // Every assignment is read from the beginning: no offset is ever relied on.
+            // Offsets are the partitions' checkpoints, committed only by `Inner::checkpoint` and
+            // with writes; none means the beginning.
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
@@ -530,14 +604,28 @@ impl Inner {
     /// Applies one record of a claimed partition: state while it is being restored, hints after.
     fn apply(&self, message: &BorrowedMessage<'_>) {
         let p = message.partition();
-        let restored = match self.claims.read().expect("claims lock").get(&p) {
-            Some(claim) => claim.restored,
-            None => return,
-        };
-        let Some(key) = message
+        let key = message
             .key()
             .and_then(|k| serde_json::from_slice::<Vec<String>>(k).ok())
-        else {
+            .filter(|k| understood(k));
+        let restored = match self.claims.read().expect("claims lock").get(&p) {
+            Some(claim) => {
+                claim.read.fetch_add(1, Ordering::Relaxed);
+                let _ = claim.first.compare_exchange(
+                    -1,
+                    message.offset(),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+                if key.is_none() {
+                    claim.opaque.store(true, Ordering::SeqCst);
+                }
+                claim.restored
+            }
+            None => return,
+        };
+        let Some(key) = key else {
+            // Not this release's: left as it is, for the release that wrote it.
             return;
         };
         match (key.as_slice(), restored) {
@@ -696,9 +784,9 @@ impl Inner {
             // Only a member of the group may write over others: a replica that lost its
             // partitions without knowing yet (a zombie itself) is refused here by the broker,
             // rather than writing its stale state over the new owner's.
-            let member = self
-                .layout_offsets(&[p])
-                .and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync));
+            let offsets = self.layout_offsets(&self.claims.read().expect("claims lock"), &[p]);
+            let member =
+                offsets.and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync));
             if let Err(e) = member {
                 tracing::warn!(%repository, error = %e, "cluster: not writing over another replica's records: this replica's membership is in doubt");
                 return;
@@ -791,16 +879,22 @@ impl Inner {
         }
     }
 
-    /// The committed offsets that record, for partitions `ps`, the state topic's partition count
-    /// (the offset itself is never read: assignments start at the beginning).
-    fn layout_offsets(&self, ps: &[i32]) -> KafkaResult<TopicPartitionList> {
+    /// The committed offsets of partitions `ps`: each one's checkpoint (where the next restore
+    /// starts), with the state topic's partition count as metadata (see
+    /// [`Inner::check_layout`]).
+    fn layout_offsets(
+        &self,
+        claims: &BTreeMap<i32, Claim>,
+        ps: &[i32],
+    ) -> KafkaResult<TopicPartitionList> {
         let metadata = format!(
             "{{\"state_partitions\":{}}}",
             self.partitions.load(Ordering::Relaxed)
         );
         let mut tpl = TopicPartitionList::new();
         for p in ps {
-            tpl.add_partition_offset(&self.cluster.state_topic, *p, Offset::Offset(0))?;
+            let from = claims.get(p).map_or(0, |c| c.from.load(Ordering::SeqCst));
+            tpl.add_partition_offset(&self.cluster.state_topic, *p, Offset::Offset(from))?;
             if let Some(mut e) = tpl.find_partition(&self.cluster.state_topic, *p) {
                 e.set_metadata(metadata.as_str());
             }
@@ -873,14 +967,16 @@ impl Inner {
     /// [`Inner::restored`], then records the layout for the partitions restored (see
     /// [`Inner::check_layout`]).
     fn restored_with(&self, consumer: &BaseConsumer<GroupContext>, partitions: &[i32]) {
+        // Learnt before any write to them can commit an offset.
+        self.learn_checkpoints(consumer, partitions);
         let done = self.restored(partitions);
         if done.is_empty() || self.transactional.get().is_some() {
             // exactly_once records it with every transaction's offsets.
             return;
         }
-        let recorded = self
-            .layout_offsets(&done)
-            .and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async));
+        let offsets = self.layout_offsets(&self.claims.read().expect("claims lock"), &done);
+        let recorded =
+            offsets.and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async));
         if let Err(e) = recorded {
             tracing::warn!(error = %e, "cluster: recording the state topic's layout failed");
         }
@@ -900,6 +996,8 @@ impl Inner {
                 && !claim.restored
             {
                 self.assemble(*p);
+                self.restoring_reads
+                    .fetch_add(claim.read.load(Ordering::Relaxed), Ordering::SeqCst);
                 claim.restored = true;
                 self.owned.lock().expect("owned lock").insert(*p);
                 done.push(*p);
@@ -919,7 +1017,10 @@ impl Inner {
         if pending == 0 {
             let took = oldest.map_or(Duration::ZERO, |o| o.elapsed());
             m.cluster_restore_seconds.set(took.as_secs_f64());
-            tracing::info!(partitions = owned, took = ?took, "cluster: state restored; scanning this replica's share");
+            let read = self.restoring_reads.swap(0, Ordering::SeqCst);
+            self.restore_reads.store(read, Ordering::SeqCst);
+            m.cluster_restore_records.set(read as i64);
+            tracing::info!(partitions = owned, records = read, took = ?took, "cluster: state restored; scanning this replica's share");
             if let Some(r) = self.readiness.get() {
                 r.rescan_all();
                 if self.given_up.get().is_none() {
@@ -964,6 +1065,276 @@ impl Inner {
         self.restored_with(consumer, &done);
     }
 
+    /// Records, for each of `partitions` whose restore ends now, where it started: the first
+    /// record it read (the committed offset, or the log's start if that was out of range, or
+    /// past records a restore does not see), else where it stands (it read none). Every later
+    /// offset commit for the partition carries it.
+    fn learn_checkpoints(&self, consumer: &BaseConsumer<GroupContext>, partitions: &[i32]) {
+        let positions = consumer.position().ok();
+        let claims = self.claims.read().expect("claims lock");
+        for p in partitions {
+            let Some(claim) = claims.get(p).filter(|c| !c.restored) else {
+                continue;
+            };
+            let first = claim.first.load(Ordering::SeqCst);
+            let from = if first >= 0 {
+                first
+            } else {
+                positions
+                    .as_ref()
+                    .and_then(|l| l.find_partition(&self.cluster.state_topic, *p))
+                    .and_then(|e| e.offset().to_raw())
+                    .filter(|o| *o >= 0)
+                    .unwrap_or(0)
+            };
+            claim.from.store(from, Ordering::SeqCst);
+        }
+    }
+
+    /// Keeps restores proportional to state, not history (the state topic's compaction runs a
+    /// day behind at best, and not at all on some brokers): a restored partition whose records
+    /// read since its checkpoint exceed [`checkpoint_due`] of what its state takes gets a new one.
+    fn checkpoint(&self, consumer: &BaseConsumer<GroupContext>) {
+        if self.given_up.get().is_some() || self.layout_changed.load(Ordering::SeqCst) {
+            return;
+        }
+        let due: Vec<i32> = self
+            .claims
+            .read()
+            .expect("claims lock")
+            .iter()
+            .filter(|(_, c)| {
+                c.restored
+                    && c.read.load(Ordering::Relaxed)
+                        > checkpoint_due(c.live.load(Ordering::Relaxed))
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        let began = Instant::now();
+        for p in due {
+            if began.elapsed() >= CHECKPOINT_BUDGET {
+                // The rest next second: the consumer thread goes back to polling.
+                return;
+            }
+            let live = self.live_records(p);
+            let claims = self.claims.read().expect("claims lock");
+            let Some(claim) = claims.get(&p) else {
+                continue;
+            };
+            claim.live.store(live, Ordering::Relaxed);
+            if claim.read.load(Ordering::Relaxed) > checkpoint_due(live) {
+                drop(claims);
+                self.checkpoint_partition(consumer, p);
+            }
+        }
+    }
+
+    /// About how many records partition `p`'s state takes: a header per repository, an item per
+    /// tag and digest, and the watch sets.
+    fn live_records(&self, p: i32) -> u64 {
+        let total = self.partitions.load(Ordering::Relaxed);
+        let repos: u64 = self
+            .repos
+            .lock()
+            .expect("repos lock")
+            .iter()
+            .flat_map(|(id, r)| r.iter().map(move |(repo, state)| (id, repo, state)))
+            .filter(|(id, repo, _)| partition_of(&repo_key(id, repo), total) == p)
+            .map(|(_, _, state)| match state {
+                RepoState::Known(s) => 1 + (s.tags.len() + s.platforms.len()) as u64,
+                RepoState::Pending { .. } => 1,
+            })
+            .sum();
+        let sets = self.watch_sets.lock().expect("watch sets lock");
+        repos + sets.values().filter(|s| s.contains_key(&p)).count() as u64
+    }
+
+    /// Writes all that partition `p` holds again at its end, and commits the offset before it
+    /// as the partition's checkpoint: everything before that offset has been read and is held,
+    /// so a restore from there rebuilds the same state. The records are the ones a commit of
+    /// the same revision writes (same life, same revision), so a write that stops halfway
+    /// changes nothing a restore reads, and they go in bounded chunks (a transaction each, with
+    /// `exactly_once`); the offset is committed only with the last. The partition's writes wait
+    /// meanwhile (its gate), so none lands between the records it rewrites, and what it holds
+    /// cannot change under it; other partitions' go on.
+    fn checkpoint_partition(&self, consumer: &BaseConsumer<GroupContext>, p: i32) {
+        // Revocations, the only writers of `claims`, run on this thread: this read stays
+        // uncontended.
+        let claims = self.claims.read().expect("claims lock");
+        let Some(claim) = claims.get(&p).filter(|c| c.restored) else {
+            return;
+        };
+        let _gate = claim.gate.write().expect("gate lock");
+        let total = self.partitions.load(Ordering::Relaxed);
+        if self
+            .writing
+            .lock()
+            .expect("writing lock")
+            .iter()
+            .any(|key| partition_of(key, total) == p)
+        {
+            // A commit of one of its repositories is under way: past the gate, a failed one
+            // still records in memory what its failure left in the topic. Next second.
+            return;
+        }
+        let topic = &self.cluster.state_topic;
+        let position = consumer
+            .position()
+            .ok()
+            .and_then(|l| l.find_partition(topic, p).and_then(|e| e.offset().to_raw()))
+            .filter(|o| *o >= 0);
+        let repositories = self
+            .rewritable(p)
+            .filter(|_| !claim.opaque.load(Ordering::SeqCst));
+        let (Some(position), Some(repositories)) = (position, repositories) else {
+            // Records this release does not know, a repository whose state is not in the topic
+            // as held: what it holds is not all there is. Tried again later.
+            return claim.put_off_checkpoint();
+        };
+        // Only a member of the group writes: a zombie is refused here, before anything.
+        let member = self
+            .layout_offsets(&claims, &[p])
+            .and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync));
+        if let Err(e) = member {
+            tracing::warn!(partition = p, error = %e, "cluster: no checkpoint: this replica's membership is in doubt");
+            return claim.put_off_checkpoint();
+        }
+        let before = claim.from.load(Ordering::SeqCst);
+        let mut rest = repositories.iter();
+        let mut written = 0usize;
+        let outcome = loop {
+            let mut records = Vec::new();
+            let mut layouts = Vec::new();
+            while records.len() < CHECKPOINT_CHUNK
+                && let Some((identity, repository)) = rest.next()
+            {
+                let (r, layout) = self.held_records(identity, repository);
+                records.extend(r);
+                layouts.push(layout);
+            }
+            let last = rest.len() == 0;
+            if last {
+                records.extend(self.watch_records(p));
+                // Carried by the last transaction with exactly_once, and committed below.
+                claim.from.store(position, Ordering::SeqCst);
+            }
+            if let Err(e) = self.write_now(&claims, p, &[], &records, || {}, || {}) {
+                break Err(e);
+            }
+            written += records.len();
+            self.layouts.lock().expect("layouts lock").extend(layouts);
+            if last {
+                break Ok(());
+            }
+        };
+        // exactly_once's transaction carried the offset already; committed on its own too, so
+        // that it holds on a broker that keeps no transactional offset commit (rdkafka's mock
+        // cluster): every record is in, so it is true either way.
+        let outcome = outcome.and_then(|()| {
+            self.layout_offsets(&claims, &[p])
+                .and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync))
+                .map_err(|e| StoreError::Unavailable(format!("kafka: {e}")))
+        });
+        match outcome {
+            Ok(()) => {
+                claim.read.store(0, Ordering::Relaxed);
+                crate::metrics::get().cluster_checkpoints.inc();
+                tracing::info!(
+                    partition = p,
+                    records = written,
+                    offset = position,
+                    "cluster: state partition checkpointed; restores start here"
+                );
+            }
+            Err(e) => {
+                claim.from.store(before, Ordering::SeqCst);
+                claim.put_off_checkpoint();
+                tracing::warn!(partition = p, error = %e, "cluster: checkpoint failed; restores start at the previous one");
+                if let StoreError::Io(why) = e {
+                    // Fenced, or refused for good: as it would stop a scan's write.
+                    self.give_up(why);
+                }
+            }
+        }
+    }
+
+    /// The repositories (identity, repository) partition `p` holds, if all of them can be
+    /// written again as held: `None` when one has unreadable records, or state that is not in
+    /// the topic as held (adopted but not written yet, or an older release's whole snapshot).
+    fn rewritable(&self, p: i32) -> Option<Vec<(String, String)>> {
+        let total = self.partitions.load(Ordering::Relaxed);
+        let mine = |key: &str| partition_of(key, total) == p;
+        if self
+            .unreadable
+            .lock()
+            .expect("unreadable lock")
+            .iter()
+            .any(|k| mine(k))
+        {
+            return None;
+        }
+        let repos = self.repos.lock().expect("repos lock");
+        let layouts = self.layouts.lock().expect("layouts lock");
+        let mut out = Vec::new();
+        for (identity, held) in repos.iter() {
+            for (repository, state) in held {
+                let key = repo_key(identity, repository);
+                if !mine(&key) {
+                    continue;
+                }
+                let layout = layouts.get(&key);
+                if matches!(state, RepoState::Known(_))
+                    && layout.is_none_or(|l| l.unwritten || l.life.is_none())
+                {
+                    return None;
+                }
+                out.push((identity.clone(), repository.clone()));
+            }
+        }
+        Some(out)
+    }
+
+    /// The records that write `identity`/`repository`'s held state again (see
+    /// [`records::rewrite`]), and its layout once they are written.
+    fn held_records(&self, identity: &str, repository: &str) -> (Vec<Record>, (String, Layout)) {
+        let state = self.held(identity, repository);
+        let key = repo_key(identity, repository);
+        let all = match &state {
+            Some(RepoState::Known(s)) => records::items(s).into_keys().collect(),
+            _ => Default::default(),
+        };
+        let (records, layout) = records::rewrite(
+            identity,
+            repository,
+            state.as_ref(),
+            &self.layout(&key),
+            &all,
+        );
+        (records, (key, layout))
+    }
+
+    /// The watch sets recorded in partition `p`, as records.
+    fn watch_records(&self, p: i32) -> Vec<Record> {
+        self.watch_sets
+            .lock()
+            .expect("watch sets lock")
+            .iter()
+            .filter_map(|(identity, sets)| {
+                let value = serde_json::to_vec(sets.get(&p)?).expect("patterns serialize");
+                Some((watch_key(identity), Some(value)))
+            })
+            .collect()
+    }
+
+    /// Whether partition `p` is claimed and still being restored.
+    fn restoring(&self, p: i32) -> bool {
+        self.claims
+            .read()
+            .expect("claims lock")
+            .get(&p)
+            .is_some_and(|c| !c.restored)
+    }
+
     fn count_repositories(&self) {
         let count: usize = self
             .repos
@@ -982,13 +1353,7 @@ impl Inner {
         for p in partitions {
             self.owned.lock().expect("owned lock").remove(p);
             self.staging.lock().expect("staging lock").remove(p);
-            claims.insert(
-                *p,
-                Claim {
-                    restored: false,
-                    since: Instant::now(),
-                },
-            );
+            claims.insert(*p, Claim::new());
         }
         let total = self.partitions.load(Ordering::Relaxed) as usize;
         crate::registry::http::set_rate_share(claims.len(), total);
@@ -1042,6 +1407,11 @@ impl Inner {
             was_restoring && owned == claims.len() && !self.layout_changed.load(Ordering::SeqCst);
         drop(claims);
         if restore_over {
+            let read = self.restoring_reads.swap(0, Ordering::SeqCst);
+            self.restore_reads.store(read, Ordering::SeqCst);
+            crate::metrics::get()
+                .cluster_restore_records
+                .set(read as i64);
             if let Some(r) = self.readiness.get() {
                 r.rescan_all();
                 if self.given_up.get().is_none() {
@@ -1132,11 +1502,27 @@ impl Inner {
         published: impl FnOnce(),
     ) -> Result<(), StoreError> {
         self.check_alive()?;
-        if !claims.get(&p).is_some_and(|c| c.restored) {
+        let Some(claim) = claims.get(&p).filter(|c| c.restored) else {
             return Err(StoreError::Unavailable(format!(
                 "state partition {p} is not this replica's (it moved in a rebalance)"
             )));
-        }
+        };
+        // A checkpoint of the partition finishes first.
+        let _gate = claim.gate.read().expect("gate lock");
+        self.write_now(claims, p, events, records, then, published)
+    }
+
+    /// [`Inner::write_claimed`] once the partition is known to be this replica's and not being
+    /// checkpointed.
+    fn write_now(
+        &self,
+        claims: &BTreeMap<i32, Claim>,
+        p: i32,
+        events: &[Event],
+        records: &[Record],
+        then: impl FnOnce(),
+        published: impl FnOnce(),
+    ) -> Result<(), StoreError> {
         // Checked before anything is produced: a record the broker would refuse must not leave
         // its events published and its state unrecorded (to be published again every cycle).
         if let Some((key, value)) = records
@@ -1157,9 +1543,13 @@ impl Inner {
                 }
                 recorded
             }),
-            Some(txn) => {
-                self.transaction(&mut txn.lock().expect("producer lock"), p, events, records)
-            }
+            Some(txn) => self.transaction(
+                &mut txn.lock().expect("producer lock"),
+                claims,
+                p,
+                events,
+                records,
+            ),
         };
         if written.is_ok() {
             then();
@@ -1288,6 +1678,7 @@ impl Inner {
     fn transaction(
         &self,
         txn: &mut Txn,
+        claims: &BTreeMap<i32, Claim>,
         p: i32,
         events: &[Event],
         records: &[Record],
@@ -1306,9 +1697,9 @@ impl Inner {
         let steps = || -> Result<(), KafkaError> {
             // Committing the transaction waits for these deliveries.
             self.enqueue(&txn.producer, events, p, records)?;
-            // The offset is never read back (assignments start at the beginning); it carries
-            // the group generation that fences a zombie.
-            let offsets = self.layout_offsets(&[p])?;
+            // The partition's checkpoint, committed with the group generation that fences a
+            // zombie.
+            let offsets = self.layout_offsets(claims, &[p])?;
             txn.producer
                 .send_offsets_to_transaction(&offsets, group, self.step_timeout())
         };
@@ -1869,10 +2260,11 @@ impl ConsumerContext for GroupContext {
         );
         let outcome = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                // Read every assigned partition from its beginning: that is the restore.
+                // Read every assigned partition from its checkpoint (its committed offset; the
+                // beginning when it has none): that is the restore.
                 let mut from_start = TopicPartitionList::new();
                 for p in &partitions {
-                    let _ = from_start.add_partition_offset(topic, *p, Offset::Beginning);
+                    let _ = from_start.add_partition_offset(topic, *p, Offset::Stored);
                 }
                 self.inner.assigned(&partitions);
                 if let Err(why) = self.inner.check_layout(consumer) {
@@ -2035,6 +2427,20 @@ mod review {
         value: &[u8],
     ) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
         mock_with_state_record(key, value, partition_of(key, 4))
+    }
+
+    /// [`store_on`], for other test modules.
+    pub(super) fn review_store_on(brokers: &str) -> (ClusterStore, Arc<Readiness>) {
+        store_on(brokers)
+    }
+
+    /// Waits until `readiness` says its store restored what it was assigned.
+    pub(super) async fn wait_restored(readiness: &Readiness) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while readiness.check().is_err() {
+            assert!(Instant::now() < deadline, "{:?}", readiness.check());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// [`owning`], for other test modules.
@@ -2291,6 +2697,273 @@ mod claims {
         assert!(
             matches!(held, Ok(Some(RepoState::Known(ref s))) if s.revision == 6),
             "{held:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod checkpoints {
+    //! Restore cost after churn: a partition's history grows with every write, its state does
+    //! not, and a restore must read about what is held, not everything ever written.
+    use super::review::{review_store_on, wait_restored};
+    use super::*;
+    use crate::watch::diff::Snapshot;
+    use rdkafka::topic_partition_list::TopicPartitionList;
+
+    fn snapshot(repo: usize, revision: u64, moved: usize) -> Snapshot {
+        Snapshot {
+            revision,
+            tags: (0..20)
+                .map(|t| {
+                    let digest = if t == moved % 20 { revision } else { 0 };
+                    (format!("v{t}"), Some(format!("sha256:{repo}-{t}-{digest}")))
+                })
+                .collect(),
+            ..Snapshot::default()
+        }
+    }
+
+    /// A store on `brokers`, with `exactly_once` transactions if asked.
+    fn store_on(brokers: &str, exactly_once: bool) -> (ClusterStore, Arc<Readiness>) {
+        let (store, readiness) = review_store_on(brokers);
+        if !exactly_once {
+            return (store, readiness);
+        }
+        let mut kafka = store.inner.kafka.clone();
+        kafka.properties.push((
+            TRANSACTIONAL_ID.into(),
+            secrecy::SecretString::from("rw-checkpoints"),
+        ));
+        let mut cluster = store.inner.cluster.clone();
+        cluster.exactly_once = true;
+        (
+            ClusterStore::new(&kafka, &cluster).expect("store"),
+            readiness,
+        )
+    }
+
+    /// A committed offset past the log's end (the topic recreated under the same name, a broker
+    /// that lost its data) makes the consumer read from the log's start: that is where the
+    /// restore started, and the checkpoint every later commit records. Trusted instead, the
+    /// offset would be committed again and again, and once the new log grew past it, a restore
+    /// would skip everything before it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_committed_offset_out_of_range_is_not_taken_for_the_checkpoint() {
+        use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+        let (id, repo) = ("https://r.example", "team/app");
+        let key = repo_key(id, repo);
+        let p = partition_of(&key, 4);
+        let state = encode_state(&RepoState::Known(Snapshot {
+            revision: 5,
+            ..Snapshot::default()
+        }));
+        let mock = super::review::review_mock(&key, &state);
+        let standalone: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("group.id", "g")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("imgs.state", p, Offset::Offset(1_000_000))
+            .unwrap();
+        standalone.commit(&tpl, CommitMode::Sync).unwrap();
+        drop(standalone);
+        let store = super::review::review_owning(&mock, id, repo).await;
+        let from = store
+            .inner
+            .claims
+            .read()
+            .unwrap()
+            .get(&p)
+            .map(|c| c.from.load(Ordering::SeqCst));
+        let held = store.repo_state(id, repo);
+        store.stop(Duration::from_secs(10)).await;
+        assert!(
+            matches!(held, Ok(Some(RepoState::Known(ref s))) if s.revision == 5),
+            "{held:?}"
+        );
+        assert_eq!(from, Some(0), "where the restore started");
+    }
+
+    /// A record of a kind this release does not know (a newer release's, during a rolling
+    /// upgrade) is left where it is: a checkpoint would put it before the offset the next
+    /// restore starts from, and the newer release would never read it again. Its partition is
+    /// not checkpointed, however much it churns.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_partition_with_a_record_of_an_unknown_kind_is_not_checkpointed() {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let (id, repo) = ("https://r.example", "team/app");
+        let p = partition_of(&repo_key(id, repo), 4);
+        let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("imgs.state", 4, 1).expect("state topic");
+        mock.create_topic("imgs", 4, 1).expect("event topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .create()
+            .unwrap();
+        let unknown = BaseRecord::to("imgs.state")
+            .key(r#"["label","https://r.example","team/app","tier"]"#)
+            .payload("gold")
+            .partition(p);
+        producer.send(unknown).map_err(|(e, _)| e).unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let (store, readiness) = store_on(&mock.bootstrap_servers(), false);
+        store.start(readiness.clone(), tokio::runtime::Handle::current());
+        wait_restored(&readiness).await;
+        let store = Arc::new(store);
+        let writer = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut base = None;
+            for revision in 1..=300u64 {
+                let s = snapshot(0, revision, revision as usize);
+                writer.commit_scan(id, repo, base, &s, &[]).expect("push");
+                base = Some(revision);
+            }
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let from = |s: &ClusterStore| {
+            s.inner.claims.read().unwrap().get(&p).map(|c| {
+                (
+                    c.from.load(Ordering::SeqCst),
+                    c.opaque.load(Ordering::SeqCst),
+                )
+            })
+        };
+        let churned = from(&store);
+        store.stop(Duration::from_secs(10)).await;
+        let (fresh, readiness) = store_on(&mock.bootstrap_servers(), false);
+        fresh.start(readiness.clone(), tokio::runtime::Handle::current());
+        wait_restored(&readiness).await;
+        let restored = from(&fresh);
+        fresh.stop(Duration::from_secs(10)).await;
+        assert_eq!(churned, Some((0, true)), "no checkpoint while it owned it");
+        assert_eq!(restored, Some((0, true)), "the next restore still reads it");
+    }
+
+    /// A commit of a repository is under way (past the partition's gate, a failed one still
+    /// records in memory what its failure left in the topic): its partition is not
+    /// checkpointed until it is over, or the checkpoint would install the layout it read
+    /// before that failure's, and the next write would skip what it must write again.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn no_checkpoint_while_a_commit_of_the_partition_is_under_way() {
+        let id = "https://r.example";
+        let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("imgs.state", 4, 1).expect("state topic");
+        mock.create_topic("imgs", 4, 1).expect("event topic");
+        let busy = "team/app0";
+        let p = partition_of(&repo_key(id, busy), 4);
+        let other = (1..)
+            .map(|i| format!("team/app{i}"))
+            .find(|r| partition_of(&repo_key(id, r), 4) == p)
+            .unwrap();
+        let (store, readiness) = store_on(&mock.bootstrap_servers(), false);
+        store.start(readiness.clone(), tokio::runtime::Handle::current());
+        wait_restored(&readiness).await;
+        let store = Arc::new(store);
+        let from = |s: &ClusterStore| {
+            s.inner
+                .claims
+                .read()
+                .unwrap()
+                .get(&p)
+                .map(|c| c.from.load(Ordering::SeqCst))
+        };
+        let writing = Writing::begin(&store.inner, id, busy, None).unwrap();
+        let writer = store.clone();
+        let repo = other.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut base = None;
+            for revision in 1..=300u64 {
+                let s = snapshot(1, revision, revision as usize);
+                writer.commit_scan(id, &repo, base, &s, &[]).expect("push");
+                base = Some(revision);
+            }
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let while_busy = from(&store);
+        drop(writing);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = from(&store);
+        store.stop(Duration::from_secs(10)).await;
+        assert_eq!(while_busy, Some(0), "checkpointed under a commit");
+        assert!(
+            after.is_some_and(|o| o > 0),
+            "never checkpointed: {after:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_restore_after_churn_reads_about_what_is_held_not_the_history() {
+        restore_after_churn(false).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_exactly_once_restore_after_churn_reads_about_what_is_held() {
+        restore_after_churn(true).await;
+    }
+
+    /// 40 repositories of 20 tags (840 records written once), then 2,400 single-tag pushes
+    /// (4,800 more records): a fresh replica's restore reads at most twice what is held, and
+    /// rebuilds every repository at its last revision.
+    async fn restore_after_churn(exactly_once: bool) {
+        let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("imgs.state", 4, 1).expect("state topic");
+        mock.create_topic("imgs", 4, 1).expect("event topic");
+        let id = "https://r.example";
+        let repos = 40usize;
+        let (store, readiness) = store_on(&mock.bootstrap_servers(), exactly_once);
+        store.start(readiness.clone(), tokio::runtime::Handle::current());
+        wait_restored(&readiness).await;
+        let store = Arc::new(store);
+        let writer = store.clone();
+        let last = tokio::task::spawn_blocking(move || {
+            let mut last: Vec<Snapshot> = Vec::new();
+            for r in 0..repos {
+                let s = snapshot(r, 1, 0);
+                writer
+                    .commit_scan(id, &format!("team/app{r}"), None, &s, &[])
+                    .expect("baseline");
+                last.push(s);
+            }
+            for push in 0..(if exactly_once { 600 } else { 2400 }) {
+                let r = push % repos;
+                let base = last[r].revision;
+                let next = snapshot(r, base + 1, push);
+                writer
+                    .commit_scan(id, &format!("team/app{r}"), Some(base), &next, &[])
+                    .expect("push");
+                last[r] = next;
+            }
+            last
+        })
+        .await
+        .unwrap();
+        // Let the last checkpoint (if one is due) finish before leaving.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        store.stop(Duration::from_secs(10)).await;
+
+        let (fresh, readiness) = store_on(&mock.bootstrap_servers(), exactly_once);
+        fresh.start(readiness.clone(), tokio::runtime::Handle::current());
+        wait_restored(&readiness).await;
+        let read = fresh.inner.restore_reads.load(Ordering::SeqCst);
+        let held = (repos * 21) as u64;
+        for (r, s) in last.iter().enumerate() {
+            let got = fresh.repo_state(id, &format!("team/app{r}"));
+            assert!(
+                matches!(&got, Ok(Some(RepoState::Known(k))) if k == s),
+                "team/app{r} restored as {got:?}"
+            );
+        }
+        fresh.stop(Duration::from_secs(10)).await;
+        eprintln!("the restore read {read} records for {held} held");
+        assert!(
+            read <= 2 * held,
+            "the restore read {read} records for {held} held (history: {} records)",
+            held + 2400 * 2
         );
     }
 }

@@ -232,6 +232,20 @@ pub(super) fn commit(
     layout: &Layout,
     next: &Snapshot,
 ) -> Commit {
+    write(identity, repository, base, layout, next, true)
+}
+
+/// [`commit`]; with `keep_before` false the items carry no `before` value (a rewrite of the
+/// committed revision: a restore never reads it, since no item is ahead of that header, and
+/// without it no record is bigger than when the revision was first written).
+fn write(
+    identity: &str,
+    repository: &str,
+    base: Option<&Snapshot>,
+    layout: &Layout,
+    next: &Snapshot,
+    keep_before: bool,
+) -> Commit {
     let new = items(next);
     // A repository without a life has no items of its own yet: all of them are written, under
     // a new life (its revision, above any life it had before it was forgotten).
@@ -260,7 +274,7 @@ pub(super) fn commit(
                     life,
                     rev: next.revision,
                     now: now.cloned(),
-                    before: before.cloned(),
+                    before: before.filter(|_| keep_before).cloned(),
                 };
                 Some(serde_json::to_vec(&entry).expect("entries serialize"))
             }
@@ -372,7 +386,7 @@ pub(super) fn rewrite(
     with_foreign.stale.extend(foreign.iter().cloned());
     match state {
         Some(super::RepoState::Known(s)) => {
-            let c = commit(identity, repository, Some(s), &with_foreign, s);
+            let c = write(identity, repository, Some(s), &with_foreign, s, false);
             (c.records, c.written)
         }
         Some(pending) => {
@@ -616,6 +630,42 @@ mod tests {
                 assert_eq!(state, known(&first), "cut after {cut} records");
             }
         }
+    }
+
+    /// A checkpoint writes a repository's committed revision again, after a write that moved a
+    /// tag whose digest has big platforms: every prefix of the rewrite, over the log it follows
+    /// or alone after a checkpoint's offset once whole, restores that revision, and no record
+    /// is bigger than the write that first carried it (a rewrite has no `before` to carry).
+    #[test]
+    fn a_rewrite_of_the_committed_revision_changes_nothing_a_restore_reads() {
+        let mut first = snapshot(3, &[("a", "sha256:1"), ("b", "sha256:2")]);
+        let wide: Vec<String> = (0..2000).map(|i| format!("linux/arch{i}")).collect();
+        first.platforms.insert("sha256:1".into(), wide.clone());
+        let c1 = commit(ID, REPO, None, &Layout::default(), &first);
+        let mut second = snapshot(4, &[("a", "sha256:1"), ("b", "sha256:9")]);
+        second.platforms = first.platforms.clone();
+        let c2 = commit(ID, REPO, Some(&first), &c1.written, &second);
+        let mut log = c1.records.clone();
+        log.extend(c2.records.clone());
+        let all: BTreeSet<ItemKey> = items(&second).into_keys().collect();
+        let (again, layout) = rewrite(ID, REPO, known(&second).as_ref(), &c2.written, &all);
+        assert_eq!(
+            layout, c2.written,
+            "the layout a rewrite leaves is the commit's"
+        );
+        let biggest = |r: &[Record]| {
+            r.iter()
+                .map(|(_, v)| v.as_ref().map_or(0, Vec::len))
+                .max()
+                .unwrap()
+        };
+        assert!(biggest(&again) <= biggest(&log), "a rewrite grew a record");
+        for cut in 0..=again.len() {
+            let mut with = log.clone();
+            with.extend_from_slice(&again[..cut]);
+            assert_eq!(restore(&with).0, known(&second), "cut after {cut} records");
+        }
+        assert_eq!(restore(&again).0, known(&second), "the rewrite alone");
     }
 
     /// A failed write's records may have landed: the next commit (a retry at the same revision,
