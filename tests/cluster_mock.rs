@@ -498,7 +498,8 @@ async fn exactly_once_delivers_and_a_fenced_replica_commits_nothing() {
 }
 
 /// The simulation idea applied to replicas as real processes: a seeded random run of `kill -9`,
-/// graceful leaves and joins, with pushes to random repositories throughout. Checked at the end:
+/// graceful leaves, joins and broker outages (the mock broker down for up to 8 s, past the
+/// session now and then), with pushes to random repositories throughout. Checked at the end:
 /// every pushed tag delivered, nothing phantom, no change under two ids (a redelivery keeps its
 /// id). `REGWATCH_CLUSTER_FAULT_SEED` replays a run; `REGWATCH_CLUSTER_FAULT_ROUNDS` (default 6)
 /// makes it longer. SIGSTOP past the session is left out: at-least-once has no fencing for a
@@ -531,9 +532,9 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
         pushed.extend(push_all(&registry, &subset, &format!("r{round}")).await);
         // Never the last replica: someone must be left to deliver.
         let action = match daemons.len() {
-            0 | 1 => 2,
-            n if n >= 4 => rng.random_range(0..2),
-            _ => rng.random_range(0..3),
+            0 | 1 => *[2, 3].choose(&mut rng).unwrap(),
+            n if n >= 4 => *[0, 1, 3].choose(&mut rng).unwrap(),
+            _ => rng.random_range(0..4),
         };
         match action {
             0 | 1 => {
@@ -548,11 +549,17 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
                     actions.push("leave");
                 }
             }
-            _ => {
+            2 => {
                 let s = replica(&opts, true);
                 daemons.push(start_replica(&proxy, &s).await);
                 setups.push(s);
                 actions.push("join");
+            }
+            _ => {
+                cluster.broker_down(1).unwrap();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1000..8000))).await;
+                cluster.broker_up(1).unwrap();
+                actions.push("broker outage");
             }
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..3000))).await;
@@ -575,10 +582,11 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
     let count = |a: &str| actions.iter().filter(|x| **x == a).count();
     report(
         &format!(
-            "cluster random faults (seed {seed}): {rounds} rounds, {} kill -9 / {} leaves / {} joins, {} pushed tags: missing / phantom / one change under two ids",
+            "cluster random faults (seed {seed}): {rounds} rounds, {} kill -9 / {} leaves / {} joins / {} broker outages, {} pushed tags: missing / phantom / one change under two ids",
             count("kill -9"),
             count("leave"),
             count("join"),
+            count("broker outage"),
             pushed.len()
         ),
         // Two ids for one change fail the assertion above; reaching here, there were none.
