@@ -9,12 +9,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# moto's server mode, the AWS ECR API the ECR tests talk to. Debian's Python is externally managed
-# (PEP 668: `pip install` as root is refused, and python3-pip is not installed), so moto goes into
-# a virtualenv of its own under target/. tests/support/mod.rs looks for it there too.
-moto_venv="$PWD/target/venv"
+# The suite's Python tools: moto's server mode (the AWS ECR API the ECR tests talk to) and
+# kubernetes-validate (the Kubernetes schemas deploy/kubernetes is checked against, offline).
+# Debian's Python is externally managed (PEP 668: `pip install` as root is refused, and
+# python3-pip is not installed), so they go into a virtualenv under target/. tests/support/mod.rs
+# and tests/kubernetes.rs look for them there.
+venv="$PWD/target/venv"
 need_moto=0
-command -v moto_server >/dev/null 2>&1 || [ -x "$moto_venv/bin/moto_server" ] || need_moto=1
+command -v moto_server >/dev/null 2>&1 || [ -x "$venv/bin/moto_server" ] || need_moto=1
+need_validate=0
+[ -x "$venv/bin/kubernetes-validate" ] || need_validate=1
 
 # Debian packages: the real registry the tests run, and what rdkafka and aws-lc need to build.
 missing=()
@@ -31,15 +35,27 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
-if [ "$need_moto" -eq 1 ]; then
-  echo "setup.sh: installing moto[server] into $moto_venv"
-  rm -rf "$moto_venv"
+if [ "$need_moto$need_validate" != "00" ] && [ ! -x "$venv/bin/pip" ]; then
+  rm -rf "$venv"
   # Debian's own interpreter, which python3-venv completes (a pyenv shim may come first on PATH).
-  /usr/bin/python3 -m venv "$moto_venv"
-  "$moto_venv/bin/pip" install --quiet 'moto[server]'
-  "$moto_venv/bin/moto_server" --help >/dev/null
+  /usr/bin/python3 -m venv "$venv"
 fi
-export PATH="$moto_venv/bin:$PATH"
+if [ "$need_moto" -eq 1 ]; then
+  echo "setup.sh: installing moto[server] into $venv"
+  "$venv/bin/pip" install --quiet 'moto[server]'
+  "$venv/bin/moto_server" --help >/dev/null
+fi
+if [ "$need_validate" -eq 1 ]; then
+  echo "setup.sh: installing kubernetes-validate into $venv"
+  "$venv/bin/pip" install --quiet 'kubernetes-validate==1.*'
+  "$venv/bin/kubernetes-validate" --version >/dev/null
+fi
+# After the system's: a moto_server found first (pyenv, say) stays the one used.
+export PATH="$PATH:$venv/bin"
+
+# kubectl renders deploy/kubernetes (kustomize is built in): tests/kubernetes.rs needs it. Debian
+# does not package it (this machine's image has it), so it is not installed here.
+command -v kubectl >/dev/null 2>&1 || echo "setup.sh: kubectl is missing, and tests/kubernetes.rs fails without it: install it from https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/ (or the pkgs.k8s.io apt repository)" >&2
 
 # Tansu, the Kafka-protocol broker the end-to-end tests publish to (memory engine needs dynostore).
 export PATH="$HOME/.cargo/bin:$PATH"
