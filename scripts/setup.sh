@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian 12, skipping whatever is already present:
-# Debian's docker-registry and build packages, moto (in a virtualenv under target/) and Tansu.
+# Debian's docker-registry, debootstrap and build packages, moto and kubernetes-validate (in a
+# virtualenv under target/) and Tansu; it says how to get kubectl where it is missing.
 # scripts/test.sh sources it, which also puts the tools on PATH; run alone, it only installs.
 # Run as root (CI) or with sudo rights.
 set -euo pipefail
@@ -24,8 +25,10 @@ need_validate=0
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# The image's runtime stage is assembled with it (scripts/image-runtime-check.sh, run by .ci/run).
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 pkgs=(build-essential cmake pkg-config libssl-dev zlib1g-dev ca-certificates)
-[ "$need_moto" -eq 0 ] || pkgs+=(python3-venv)
+[ "$need_moto$need_validate" = "00" ] || pkgs+=(python3-venv)
 for pkg in "${pkgs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
