@@ -17,7 +17,7 @@ root="$PWD"
 die() { echo "image-runtime-check: $*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (chroot); run it with sudo"
-for tool in debootstrap docker-registry chroot; do
+for tool in debootstrap docker-registry chroot python3 timeout; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (scripts/setup.sh installs it)"
 done
 binary="$root/target/release/regwatch"
@@ -39,14 +39,17 @@ daemon_pid=""
 cleanup() {
   [ -z "$daemon_pid" ] || kill "$daemon_pid" 2>/dev/null || true
   [ -z "$registry_pid" ] || kill "$registry_pid" 2>/dev/null || true
-  rm -rf "$work"
+  # Never through a mount a killed debootstrap may have left behind.
+  rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
 image="$work/root"
-user="0:0"
+user=""
 entrypoint=""
+cmd=()
 healthcheck=""
-envs=()
+# Docker's default PATH, which the image's ENV may override.
+envs=("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 
 # Runs a shell command in the image as root, with its resolver (RUN lines fetch packages).
 in_image() { chroot "$image" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /bin/sh -c "$1"; }
@@ -56,8 +59,9 @@ case "$base" in
   debian:*-slim) suite="${base#debian:}"; suite="${suite%-slim}" ;;
   *) die "base image $base is not modelled (only debian:<suite>-slim)" ;;
 esac
-echo "image-runtime-check: FROM $base: debootstrap --variant=minbase $suite"
-debootstrap --variant=minbase "$suite" "$image" http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 \
+mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+echo "image-runtime-check: FROM $base: debootstrap --variant=minbase $suite $mirror"
+debootstrap --variant=minbase "$suite" "$image" "$mirror" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
 cp /etc/resolv.conf "$image/etc/resolv.conf"
 
@@ -66,6 +70,7 @@ for ((i = start + 1; i < ${#lines[@]}; i++)); do
   read -r instr rest <<<"$line"
   case "${instr^^}" in
     RUN)
+      [ -z "$user" ] || die "RUN after USER is not modelled: $line"
       echo "  RUN ${rest:0:100}…"
       in_image "$rest" >"$work/run.log" 2>&1 || { tail -20 "$work/run.log" >&2; die "RUN failed: $rest"; } ;;
     COPY)
@@ -76,9 +81,14 @@ for ((i = start + 1; i < ${#lines[@]}; i++)); do
       mkdir -p "$(dirname "$image$dest")"
       cp "$root/${src#/src/}" "$image$dest"
       echo "  COPY $src -> $dest" ;;
-    USER) user="$rest"; echo "  USER $user" ;;
+    USER)
+      # Docker's rules: a missing group is group 0; names would need the image's passwd.
+      [[ "$rest" =~ ^[0-9]+(:[0-9]+)?$ ]] || die "USER by name is not modelled: $line"
+      user="$rest"
+      [[ "$user" == *:* ]] || user="$user:0"
+      echo "  USER $user" ;;
     ENV)
-      [[ "$rest" == *=* ]] || die "ENV without = is not modelled: $line"
+      [[ "$rest" =~ ^[A-Za-z_][A-Za-z0-9_]*=[^[:space:]]*$ ]] || die "ENV other than one KEY=value is not modelled: $line"
       envs+=("$rest"); echo "  ENV $rest" ;;
     ENTRYPOINT)
       entrypoint="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])[0])' "$rest")"
@@ -86,22 +96,29 @@ for ((i = start + 1; i < ${#lines[@]}; i++)); do
     HEALTHCHECK)
       healthcheck="$(python3 -c 'import json,sys; c=json.loads(sys.argv[1][sys.argv[1].index("CMD")+3:]); print(json.dumps(c))' "$rest")"
       echo "  HEALTHCHECK ${healthcheck:0:60}…" ;;
-    VOLUME | EXPOSE | CMD | LABEL) echo "  ${instr^^} (nothing to assemble)" ;;
+    CMD)
+      mapfile -t cmd < <(python3 -c 'import json,sys; print("\n".join(json.loads(sys.argv[1])))' "$rest")
+      echo "  CMD ${cmd[*]}" ;;
+    VOLUME | EXPOSE | LABEL) echo "  ${instr^^} (nothing to assemble)" ;;
     *) die "instruction $instr in the runtime stage is not modelled: $line" ;;
   esac
 done
 [ -n "$entrypoint" ] || die "the runtime stage has no ENTRYPOINT"
-[ "$user" != "0:0" ] || die "the runtime stage runs as root"
+[ -n "$user" ] && [ "${user%%:*}" != 0 ] || die "the runtime stage runs as root (USER ${user:-unset})"
+[ "${#cmd[@]}" -gt 0 ] || die "the runtime stage has no CMD"
 
 # Runs the entrypoint with ARGS in the image as its USER, with only its ENV.
 as_image() { chroot --userspec="$user" "$image" /usr/bin/env -i "${envs[@]}" "$entrypoint" "$@"; }
 
+# TLS to registries and brokers needs the CA bundle; nothing in this check talks TLS, so look.
+[ -s "$image/etc/ssl/certs/ca-certificates.crt" ] || die "the image has no CA bundle (ca-certificates)"
 missing="$(chroot "$image" /usr/bin/ldd "$entrypoint" | grep 'not found' || true)"
 [ -z "$missing" ] || die "libraries missing in the image: $missing"
 echo "image-runtime-check: the binary's libraries, inside the image:"
 chroot "$image" /usr/bin/ldd "$entrypoint" | awk '{ print "    " $1 }'
 
-as_image --help | grep -q '^Usage: regwatch' || die "regwatch --help failed inside the image"
+help="$(as_image --help)" || die "regwatch --help failed inside the image"
+grep -q '^Usage: regwatch' <<<"$help" || die "regwatch --help printed no usage: $help"
 echo "image-runtime-check: --help works as user $user"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -117,10 +134,15 @@ http:
 EOF
 docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 registry_pid=$!
+up=0
 for _ in $(seq 100); do
-  python3 -c "import socket; socket.create_connection(('127.0.0.1', $registry_port), 1)" 2>/dev/null && break
+  if python3 -c "import socket; socket.create_connection(('127.0.0.1', $registry_port), 1)" 2>/dev/null; then
+    up=1
+    break
+  fi
   sleep 0.1
 done
+[ "$up" -eq 1 ] || { cat "$work/registry.log" >&2; die "docker-registry did not start"; }
 cat >"$image/etc/regwatch/regwatch.toml" <<EOF
 [daemon]
 state_dir    = "/var/lib/regwatch"
@@ -136,14 +158,18 @@ check="$(as_image check 2>&1)" || die "regwatch check failed inside the image: $
 echo "$check" | grep -q 'local .*ok' || die "regwatch check did not say ok: $check"
 echo "image-runtime-check: check -c (from the image's REGWATCH_CONFIG) against docker-registry: $(echo "$check" | head -1)"
 
-as_image run >"$work/daemon.log" 2>&1 &
+# The image's default command, in the background as the process itself (not a subshell), so
+# that killing it stops the daemon.
+chroot --userspec="$user" "$image" /usr/bin/env -i "${envs[@]}" "$entrypoint" "${cmd[@]}" \
+  >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
 # The image's HEALTHCHECK command (["bash", "-c", SCRIPT]), pointed at this run's admin port.
 [ -n "$healthcheck" ] || die "the runtime stage has no HEALTHCHECK"
 mapfile -t probe < <(python3 -c 'import json,sys; print("\n".join(json.loads(sys.argv[1])))' "$healthcheck" | sed "s/9188/$admin_port/")
 healthy=0
 for _ in $(seq 100); do
-  if chroot --userspec="$user" "$image" /usr/bin/env -i PATH=/usr/bin:/bin "${probe[@]}"; then
+  # Docker's HEALTHCHECK --timeout is 5 s.
+  if timeout 5 chroot --userspec="$user" "$image" /usr/bin/env -i "${envs[@]}" "${probe[@]}"; then
     healthy=1
     break
   fi

@@ -25,9 +25,8 @@ need_validate=0
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
-# The image's runtime stage is assembled with it (scripts/image-runtime-check.sh, run by .ci/run).
-command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
-pkgs=(build-essential cmake pkg-config libssl-dev zlib1g-dev ca-certificates)
+# debootstrap assembles the image's runtime stage (scripts/image-runtime-check.sh, run by .ci/run).
+pkgs=(build-essential cmake pkg-config libssl-dev zlib1g-dev ca-certificates debootstrap)
 [ "$need_moto$need_validate" = "00" ] || pkgs+=(python3-venv)
 for pkg in "${pkgs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub outbox_pending: Gauge,
     /// Unix time of the last complete scan, per registry.
     pub last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// The configured poll interval, per registry (so that alerts can count in intervals).
+    pub scan_interval: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Kafka deliveries that failed (they stay in the outbox and are retried).
     pub kafka_delivery_errors: Counter,
     /// librdkafka's reports of a failed or lost broker connection (logged at DEBUG only).
@@ -93,6 +95,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         events_published: Counter::default(),
         outbox_pending: Gauge::default(),
         last_success: Family::default(),
+        scan_interval: Family::default(),
         kafka_delivery_errors: Counter::default(),
         kafka_connection_errors: Counter::default(),
         webhooks: Family::default(),
@@ -157,6 +160,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "last_successful_scan_timestamp_seconds",
         "Unix time of the last complete scan of a registry",
         m.last_success.clone(),
+    );
+    registry.register(
+        "scan_interval_seconds",
+        "The configured poll interval of a registry",
+        m.scan_interval.clone(),
     );
     registry.register(
         "kafka_delivery_errors",

@@ -35,6 +35,18 @@ VARIANTS = ["single-node", "cluster"] + sorted(
     f"overlays/{p.name}" for p in (HERE / "overlays").iterdir() if p.is_dir()
 )
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
+# The keys each cloud's workload identity reads, as the vendors document them: (kind, where, key,
+# value or None for any). EKS IRSA, GKE Workload Identity, AKS workload identity.
+IDENTITIES = {
+    "overlays/cluster-aws": [("ServiceAccount", "annotation", "eks.amazonaws.com/role-arn", None)],
+    "overlays/cluster-gcp": [
+        ("ServiceAccount", "annotation", "iam.gke.io/gcp-service-account", None)
+    ],
+    "overlays/cluster-azure": [
+        ("ServiceAccount", "annotation", "azure.workload.identity/client-id", None),
+        ("pod", "label", "azure.workload.identity/use", "true"),
+    ],
+}
 # Values the shipped configs' ${VAR}s expand to when regwatch checks them.
 CONFIG_ENV = {"DOCKERHUB_USERNAME": "u", "DOCKERHUB_TOKEN": "t", "WEBHOOK_TOKEN": "w"}
 
@@ -160,6 +172,21 @@ def check_variant(variant, args, exported, problems):
             if state not in mounts:
                 problems.append(f"{name}: state_dir {state} is not a mounted volume")
         labels = w["spec"]["template"]["metadata"].get("labels", {})
+        for pdb in kinds.get("PodDisruptionBudget", []):
+            if not selects(pdb["spec"]["selector"], labels):
+                problems.append(f"{name}: PodDisruptionBudget {pdb['metadata']['name']} does not select it")
+            replicas = w["spec"].get("replicas", 1)
+            allowed = pdb["spec"].get("maxUnavailable", replicas - pdb["spec"].get("minAvailable", replicas))
+            if not 1 <= allowed < replicas:
+                problems.append(f"{name}: PodDisruptionBudget lets {allowed} of {replicas} go at once")
+        for kind, where, key, value in IDENTITIES.get(variant, []):
+            if kind == "pod":
+                found = labels.get(key)
+            else:
+                sa = next((o for o in kinds.get(kind, []) if o["metadata"]["name"] == spec.get("serviceAccountName")), None)
+                found = (sa or {}).get("metadata", {}).get(f"{where}s", {}).get(key)
+            if found is None or (value is not None and found != value):
+                problems.append(f"{name}: {kind} {where} {key} is {found!r}, not {value or 'set'}")
         for svc in services:
             selector = svc["spec"].get("selector", {})
             if any(labels.get(k) != v for k, v in selector.items()):
@@ -171,6 +198,8 @@ def check_variant(variant, args, exported, problems):
 
     service_ports = {p["name"] for s in services for p in s["spec"]["ports"]}
     for monitor in kinds.get("ServiceMonitor", []):
+        if not any(selects(monitor["spec"]["selector"], s["metadata"].get("labels", {})) for s in services):
+            problems.append(f"{variant}: ServiceMonitor selects no Service")
         for endpoint in monitor["spec"]["endpoints"]:
             if endpoint.get("port") not in service_ports:
                 problems.append(f"{variant}: ServiceMonitor port {endpoint.get('port')} is no Service port")
@@ -182,38 +211,74 @@ def check_variant(variant, args, exported, problems):
                 if "alert" not in r or "expr" not in r:
                     problems.append(f"{variant}: a rule without alert or expr: {r}")
                     continue
+                if not balanced(r["expr"]):
+                    problems.append(f"{variant}: alert {r['alert']} has unbalanced brackets")
                 for metric in re.findall(r"\bregwatch_[a-z_]+", r["expr"]):
                     if metric not in exported:
                         problems.append(f"{variant}: alert {r['alert']} uses {metric}, which regwatch does not export")
     return len(objects), sorted(kinds)
 
 
+def selects(selector, labels):
+    """Whether a label selector (matchLabels only, as these manifests use) selects `labels`."""
+    match = selector.get("matchLabels", {})
+    return bool(match) and all(labels.get(k) == v for k, v in match.items())
+
+
+def balanced(expr):
+    depth = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    for ch in re.sub(r'"[^"]*"', "", expr):
+        if ch in "([{":
+            depth.append(ch)
+        elif ch in pairs and (not depth or depth.pop() != pairs[ch]):
+            return False
+    return not depth
+
+
 def check_config(name, text, regwatch, problems):
     with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
         f.write(text)
         f.flush()
-        env = dict(os.environ, **CONFIG_ENV)
-        done = subprocess.run(
-            [regwatch, "check", "-c", f.name],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
+        # Only what the config needs: never the caller's cloud credentials.
+        env = dict(CONFIG_ENV, PATH="/usr/bin:/bin", HOME=tempfile.gettempdir())
+        try:
+            done = subprocess.run(
+                [regwatch, "check", "-c", f.name],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+            )
+        except subprocess.TimeoutExpired:
+            problems.append(f"{name}: regwatch check did not finish within 120 s")
+            return
     if done.returncode not in (0, 1) or "config error" in done.stderr:
         problems.append(f"{name}: regwatch refuses its config: {done.stderr.strip()}")
 
 
 def exported_metrics():
-    """The metric names regwatch registers (src/metrics.rs, prefixed `regwatch_`), with the
-    suffixes their samples may carry. Read from the source: a family is exposed only once it has
-    a sample, so a running daemon's /metrics would depend on what it did."""
+    """The sample names regwatch exposes: each metric src/metrics.rs registers, prefixed
+    `regwatch_`, with the suffixes its type gives its samples (`_total` for a counter; `_bucket`,
+    `_sum` and `_count` for a histogram). Read from the source: a family is exposed only once it
+    has a sample, so a running daemon's /metrics would depend on what it did."""
     source = (HERE.parent.parent / "src" / "metrics.rs").read_text()
-    base = {f"regwatch_{n}" for n in re.findall(r'register\(\s*"([a-z_]+)"', source)}
-    if not base:
+    types = dict(re.findall(r"^\s*pub (\w+): (.+),\s*$", source, re.M))
+    names = set()
+    for name, field in re.findall(r'register\(\s*"([a-z_]+)",\s*"[^"]*",\s*m\.(\w+)\.clone\(\)', source):
+        kind = types.get(field, "")
+        if "Counter" in kind:
+            suffixes = ("_total",)
+        elif "Histogram" in kind:
+            suffixes = ("_bucket", "_sum", "_count")
+        elif "Gauge" in kind:
+            suffixes = ("",)
+        else:
+            sys.exit(f"metric {name}: unknown type of field {field} in src/metrics.rs")
+        names.update(f"regwatch_{name}{suffix}" for suffix in suffixes)
+    if not names:
         sys.exit("no metric registrations found in src/metrics.rs")
-    suffixes = ("", "_total", "_bucket", "_sum", "_count")
-    return {name + suffix for name in base for suffix in suffixes}
+    return names
 
 
 def main():

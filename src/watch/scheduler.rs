@@ -136,6 +136,10 @@ impl RegistryLoop {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> mpsc::Receiver<String> {
         let interval = self.scanner.config.interval;
         let name = self.scanner.config.name.clone();
+        crate::metrics::get()
+            .scan_interval
+            .get_or_create(&crate::metrics::registry_label(&name))
+            .set(interval.as_secs_f64());
         // A cycle that takes this long is wedged; cancelling it is safe (each repository commits
         // atomically or not at all).
         let cycle_limit = (interval * 10).max(Duration::from_secs(600));
@@ -223,8 +227,13 @@ impl RegistryLoop {
                 }
             }
         }
-        // A loop that ended on purpose no longer owes the watchdog its beat.
+        // A loop that ended on purpose no longer owes the watchdog its beat, nor its series to
+        // an alert (a registry a reload removed would look unscanned forever; one kept gets
+        // them again from the loop that replaces this one).
         self.heartbeat.retire();
+        let label = crate::metrics::registry_label(&name);
+        crate::metrics::get().scan_interval.remove(&label);
+        crate::metrics::get().last_success.remove(&label);
         tracing::debug!(registry = %name, "scheduler stopped");
         self.hints
     }
