@@ -9,7 +9,9 @@
 //!    tracked tag, baseline time, requests per baseline and per idle cycle, `/healthz` p99 latency
 //!    during the baseline (against an idle daemon), start-to-first-request with 1 M tags of state,
 //!    CPU while idle.
-//! 3. Publishing: draining a 100k-event outbox to Tansu, against a bare producer.
+//! 3. Publishing: draining a 100k-event outbox to Tansu, against a bare producer, and one event
+//!    at a time to its acknowledgement; CPU while idle with `[kafka]` and in cluster mode, against
+//!    the stdout sink.
 //! 4. Cluster mode: steady scan cycles of 1, 2 and 3 replicas on Tansu against a single node
 //!    (requests per repository per cycle, CPU per 1k requests); restore of 1 M tags of state by
 //!    a fresh replica against a single node's restart; failover after `kill -9` on rdkafka's
@@ -736,6 +738,18 @@ async fn publishing(rows: &mut Vec<Row>) {
         }
     }
     let bare_rate = n as f64 / t0.elapsed().as_secs_f64();
+    // One event at a time, as a webhook's push brings it: send to acknowledgement.
+    let mut bare_one = Vec::new();
+    for e in events.iter().take(200) {
+        let t0 = Instant::now();
+        let sent = producer.send_result(
+            FutureRecord::to("bench.bare")
+                .key(&e.key)
+                .payload(&e.payload),
+        );
+        sent.ok().unwrap().await.unwrap().unwrap();
+        bare_one.push(t0.elapsed());
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(regwatch::store::Store::open(dir.path()).unwrap());
@@ -750,7 +764,29 @@ async fn publishing(rows: &mut Vec<Row>) {
     let (delivered, left) = regwatch::sink::drain(&store, &mut sink).await.unwrap();
     let ours = n as f64 / t0.elapsed().as_secs_f64();
     assert_eq!((delivered, left), (n, 0));
+    // One event at a time through the sink, after it sat idle (its delivery thread asleep).
+    let mut ours_one = Vec::new();
+    for e in events.iter().take(200) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t0 = Instant::now();
+        assert!(sink.deliver(std::slice::from_ref(e)).await == vec![0]);
+        ours_one.push(t0.elapsed());
+    }
     drop(tansu);
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1000.0
+    };
+    let (ours_p50, bare_p50) = (median(ours_one.clone()), median(bare_one.clone()));
+    let (ours_p99, _) = p99_ms(ours_one);
+    let (bare_p99, _) = p99_ms(bare_one);
+    rows.push(row(
+        "one event to Kafka's acknowledgement, 200 events one at a time, Tansu",
+        format!("sink (delivery thread woken per send, after 20 ms idle): p50 {ours_p50:.2} ms, p99 {ours_p99:.2} ms"),
+        &format!("rust-rdkafka FutureProducer: p50 {bare_p50:.2} ms, p99 {bare_p99:.2} ms"),
+        &format!("{:.2}x p50", ours_p50 / bare_p50),
+        "no slower",
+    ));
     rows.push(row(
         &format!("outbox drain to Tansu, {n} events backlog"),
         format!("{ours:.0} events/s"),
@@ -758,6 +794,90 @@ async fn publishing(rows: &mut Vec<Row>) {
         &format!("{:.2}x", ours / bare_rate),
         ">= 20k events/s",
     ));
+}
+
+/// CPU a daemon spends over `window` once settled: seconds of CPU per second, from the
+/// on-CPU nanoseconds of all its threads (`/proc/<pid>/task/*/schedstat`; clock ticks are too
+/// coarse for an idle process), and its thread count.
+async fn idle_cost(pid: u32, window: Duration) -> (f64, usize) {
+    let on_cpu = || -> u64 {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                    .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |t| t.count());
+    let before = on_cpu();
+    tokio::time::sleep(window).await;
+    (
+        (on_cpu() - before) as f64 / 1e9 / window.as_secs_f64(),
+        threads,
+    )
+}
+
+/// Idle cost with `[kafka]` (issue 21): a daemon with a 60 s interval watching 10 repositories,
+/// measured for 30 s between scans, with the stdout sink, with `[kafka]` on Tansu, and as one
+/// cluster-mode replica on Tansu.
+async fn idle(rows: &mut Vec<Row>) {
+    let (_registry, host) = synthetic_registry(10, 3).await;
+    let tansu = support::Tansu::start();
+    let window = Duration::from_secs(env_usize("REGWATCH_BENCH_IDLE_SECONDS", 30) as u64);
+    let kafka = |topic: &str| {
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"{topic}\"\n",
+            tansu.brokers
+        )
+    };
+    let cluster = format!("{}[cluster]\ngroup = \"idle\"\n", kafka("idle.cluster"));
+    let mut measured = Vec::new();
+    for (name, extra) in [
+        ("stdout sink", String::new()),
+        ("[kafka] on Tansu", kafka("idle.single")),
+        ("cluster mode, 1 replica on Tansu", cluster),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, admin) = scale_config(dir.path(), &host, "60s", "");
+        // [kafka] and [cluster] go before the registry table.
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replacen("[[registry]]", &format!("{extra}[[registry]]"), 1);
+        std::fs::write(&config, text).unwrap();
+        let d = daemon(&config);
+        let started = Instant::now();
+        while !ready(&admin).await || scans_ok(&admin).await < 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{name}: never ready: {}",
+                log_tail(&config)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The first cycle's connections and metadata settle.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (cpu, threads) = idle_cost(d.0.id(), window).await;
+        measured.push((name, cpu, threads));
+        drop(d);
+    }
+    let (_, stdout_cpu, stdout_threads) = measured[0];
+    for (name, cpu, threads) in &measured[1..] {
+        rows.push(row(
+            &format!(
+                "CPU while idle, {name} ({} s between scans)",
+                window.as_secs()
+            ),
+            format!("{:.3} % of a core, {threads} threads", cpu * 100.0),
+            &format!(
+                "stdout sink: {:.3} % of a core, {stdout_threads} threads",
+                stdout_cpu * 100.0
+            ),
+            &format!("+{:.3} points", (cpu - stdout_cpu) * 100.0),
+            "< 0.1 % of a core",
+        ));
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1748,6 +1868,9 @@ fn main() {
         }
         if wanted("publish") {
             publishing(&mut rows).await;
+        }
+        if wanted("idle") {
+            idle(&mut rows).await;
         }
         if wanted("cluster-throughput") || wanted("cluster-restore") || wanted("cluster-failover") {
             cluster(&mut rows, wanted).await;

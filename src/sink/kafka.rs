@@ -15,7 +15,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{FutureRecord, Producer, PurgeConfig};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
 
@@ -41,8 +41,7 @@ const LIBRDKAFKA: &str = "librdkafka";
 /// deliveries time out (`message.timeout.ms`, 30 s by default) or are fenced.
 static BROKER_RETURNS: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::channel(0).0);
 
-/// The producer type, with our log routing.
-type KafkaProducer = FutureProducer<KafkaContext>;
+use super::producer::KafkaProducer;
 
 /// A producer whose end runs off the async workers: dropping flushes what it still holds (bounded
 /// by [`FLUSH_ON_DROP`]; everything delivered was already awaited, so this only bounds shutdown on
@@ -219,9 +218,10 @@ impl KafkaSink {
         let generation = *returns.borrow();
         Ok(KafkaSink {
             config: config.clone(),
-            producer: Retiring(Some(
-                client_config(config).create_with_context(KafkaContext::default())?,
-            )),
+            producer: Retiring(Some(KafkaProducer::new(
+                &client_config(config),
+                KafkaContext::default(),
+            )?)),
             returns,
             generation,
         })
@@ -250,7 +250,7 @@ impl KafkaSink {
     /// Starts a fresh producer (with a new producer id) in place of the current one. The outbox
     /// holds every unacknowledged event.
     fn restart_producer(&mut self) {
-        match client_config(&self.config).create_with_context(KafkaContext::default()) {
+        match KafkaProducer::new(&client_config(&self.config), KafkaContext::default()) {
             Ok(fresh) => self.producer = Retiring(Some(fresh)),
             Err(e) => tracing::error!(error = %creation_error(&e), "cannot recreate the producer"),
         }
@@ -346,7 +346,7 @@ impl Sink for KafkaSink {
         for (i, result) in positions.into_iter().zip(results) {
             match result {
                 Ok(Ok(_)) => acked.push(i),
-                Ok(Err((e, _))) => {
+                Ok(Err(e)) => {
                     failed += 1;
                     if failed == 1 {
                         tracing::warn!(error = %e, "kafka delivery failed");
@@ -389,7 +389,7 @@ pub async fn probe(
         .set("enable.idempotence", "false");
     let context = KafkaContext::default();
     let all_brokers_down = context.all_brokers_down.clone();
-    let client: Arc<KafkaProducer> = match settings.create_with_context(context) {
+    let client: Arc<KafkaProducer> = match KafkaProducer::new(&settings, context) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             tracing::error!(error = %creation_error(&e), "cannot create the kafka probe");
@@ -471,8 +471,7 @@ mod tests {
                 "hunter2-s3cret".to_owned().into(),
             )],
         };
-        let e = client_config(&config)
-            .create_with_context::<_, FutureProducer<KafkaContext>>(KafkaContext::default())
+        let e = KafkaProducer::new(&client_config(&config), KafkaContext::default())
             .err()
             .expect("refused");
         assert!(

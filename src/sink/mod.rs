@@ -4,6 +4,7 @@
 //! so a sink outage delays events but never loses them.
 
 pub mod kafka;
+pub mod producer;
 pub mod stdout;
 
 use std::future::Future;

@@ -34,7 +34,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use secrecy::ExposeSecret;
@@ -48,6 +48,7 @@ use crate::event::Event;
 use crate::sink::kafka::{
     KafkaContext, TRANSACTIONAL_ID, client_config, creation_error, event_record,
 };
+use crate::sink::producer::{DeliveryFuture, KafkaProducer};
 use crate::watch::diff::Snapshot;
 
 /// Why a replica refuses to scan after the state topic's partition count changed.
@@ -75,7 +76,9 @@ const CHECKPOINT_CHUNK: usize = if cfg!(test) { 100 } else { 10_000 };
 /// How long the consumer thread goes on checkpointing partitions (one at least) before it polls
 /// again.
 const CHECKPOINT_BUDGET: Duration = Duration::from_millis(250);
-/// How often the consumer thread returns from `poll` to look at restores and shutdown.
+/// How often the consumer thread returns from `poll` to look at restores and shutdown. A whole
+/// number of milliseconds: the consumer's wait then ends past its deadline and returns, where a
+/// fraction would be busy-waited (see `crate::sink::producer`).
 const POLL: Duration = Duration::from_millis(100);
 
 /// The partition of the state topic a key lands in: FNV-1a of the key's bytes. Stable across
@@ -227,7 +230,7 @@ struct Inner {
     layout_changed: AtomicBool,
     readiness: OnceLock<Arc<Readiness>>,
     /// Produces events and state (at-least-once) and hints (both modes).
-    plain: FutureProducer<KafkaContext>,
+    plain: KafkaProducer,
     /// `exactly_once`: the transactional producer, once its transactions are initialised.
     transactional: OnceLock<Mutex<Txn>>,
     /// Set once this replica cannot go on (see [`Inner::give_up`]).
@@ -246,8 +249,7 @@ pub struct ClusterStore {
 impl ClusterStore {
     /// The store for `cluster` on `kafka`; it joins the group once [`ClusterStore::start`]ed.
     pub fn new(kafka: &KafkaConfig, cluster: &ClusterConfig) -> Result<ClusterStore, String> {
-        let plain = client_config(kafka)
-            .create_with_context(KafkaContext::default())
+        let plain = KafkaProducer::new(&client_config(kafka), KafkaContext::default())
             .map_err(|e| format!("kafka producer: {}", creation_error(&e)))?;
         Ok(ClusterStore {
             inner: Arc::new(Inner {
@@ -554,8 +556,7 @@ impl Inner {
             };
             let mut settings = client_config(&self.kafka);
             settings.set(TRANSACTIONAL_ID, id);
-            let producer: FutureProducer<KafkaContext> = settings
-                .create_with_context(KafkaContext::default())
+            let producer = KafkaProducer::new(&settings, KafkaContext::default())
                 .map_err(|e| format!("transactional producer: {}", creation_error(&e)))?;
             producer
                 .init_transactions(self.step_timeout())
@@ -1617,7 +1618,7 @@ impl Inner {
     /// every acknowledgement.
     fn produce(
         &self,
-        producer: &FutureProducer<KafkaContext>,
+        producer: &KafkaProducer,
         events: &[Event],
         p: i32,
         records: &[Record],
@@ -1631,7 +1632,7 @@ impl Inner {
         for ack in acks {
             match ack {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
+                Ok(Err(e)) => {
                     crate::metrics::get().kafka_delivery_errors.inc();
                     return Err(unavailable(e));
                 }
@@ -1645,7 +1646,7 @@ impl Inner {
     /// in that order; returns their delivery futures.
     fn enqueue(
         &self,
-        producer: &FutureProducer<KafkaContext>,
+        producer: &KafkaProducer,
         events: &[Event],
         p: i32,
         records: &[Record],
@@ -1782,7 +1783,7 @@ impl Inner {
 /// Hands `record` to `producer`, waiting while its queue is full (a write bigger than
 /// `queue.buffering.max.messages` drains as it goes, instead of failing every time).
 fn send<'a, K, P>(
-    producer: &FutureProducer<KafkaContext>,
+    producer: &KafkaProducer,
     mut record: FutureRecord<'a, K, P>,
 ) -> Result<DeliveryFuture, KafkaError>
 where
@@ -1807,7 +1808,7 @@ where
 /// Whether `e` leaves the transactional producer unusable. A fenced producer is, whether or
 /// not librdkafka flags that error fatal (a fencing answered to AddOffsetsToTxn is not flagged,
 /// and aborting and retrying then fails the same way for good).
-fn is_fatal(producer: &FutureProducer<KafkaContext>, e: &KafkaError) -> bool {
+fn is_fatal(producer: &KafkaProducer, e: &KafkaError) -> bool {
     use RDKafkaErrorCode as C;
     let fenced = matches!(
         e.rdkafka_error_code(),
@@ -1820,7 +1821,7 @@ fn is_fatal(producer: &FutureProducer<KafkaContext>, e: &KafkaError) -> bool {
 
 /// The transactional producer, and the end of a transaction librdkafka still holds in progress.
 struct Txn {
-    producer: FutureProducer<KafkaContext>,
+    producer: KafkaProducer,
     unfinished: Option<Ending>,
 }
 
