@@ -165,17 +165,31 @@ async fn rolling_restart_with_empty_state_dirs_re_emits_nothing() {
         &tail.events[pushed.len().min(tail.events.len())..],
         stderrs(&[&da2, &db2])
     );
-    let owned = metric_sum(&a2.admin, "regwatch_cluster_owned_repositories")
-        .await
-        .unwrap_or(0.0)
-        + metric_sum(&b2.admin, "regwatch_cluster_owned_repositories")
-            .await
-            .unwrap_or(0.0);
-    assert_eq!(
-        owned,
-        repos.len() as f64,
-        "regwatch_cluster_owned_repositories summed over the replicas"
-    );
+    // Each replica's gauges are read one after the other: a rebalance in between (a session
+    // late under load) can count a partition on both sides for a moment. The sum must settle.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        let mut owned = Vec::new();
+        for admin in [&a2.admin, &b2.admin] {
+            owned.push((
+                metric_sum(admin, "regwatch_cluster_owned_repositories").await,
+                metric_sum(admin, "regwatch_cluster_owned_partitions").await,
+            ));
+        }
+        let sum: f64 = owned.iter().map(|(r, _)| r.unwrap_or(0.0)).sum();
+        if sum == repos.len() as f64 {
+            break;
+        }
+        seen.push(owned);
+        assert!(
+            Instant::now() < deadline,
+            "regwatch_cluster_owned_repositories summed over the replicas never came to {}: (repositories, partitions) per replica over 20 s: {seen:?}\n{}",
+            repos.len(),
+            stderrs(&[&da2, &db2])
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // And the restarted cluster still delivers.
     pushed.extend(push_all(&registry, &repos, "v2").await);
