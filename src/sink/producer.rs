@@ -167,3 +167,115 @@ fn serve(base: &BaseProducer<Reports>, stop: &AtomicBool) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::Producer;
+
+    fn producer_on(
+        mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        extra: &[(&str, &str)],
+    ) -> KafkaProducer {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("message.timeout.ms", "5000");
+        for (k, v) in extra {
+            config.set(*k, *v);
+        }
+        KafkaProducer::new(&config, KafkaContext::default()).expect("producer")
+    }
+
+    async fn outcome(delivery: DeliveryFuture) -> Result<DeliveryOutcome, &'static str> {
+        match tokio::time::timeout(Duration::from_secs(15), delivery).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(_)) => Err("dropped unresolved"),
+            Err(_) => Err("never resolved"),
+        }
+    }
+
+    /// The delivery thread sleeps while nothing is in flight: a record sent after it parked is
+    /// still acknowledged, and so is the one after that.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_record_sent_after_the_thread_slept_is_acknowledged() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let producer = producer_on(&mock, &[]);
+        for round in 0..3 {
+            let sent = producer
+                .send_result(FutureRecord::<str, str>::to("t").key("k").payload("v"))
+                .map_err(|(e, _)| e)
+                .unwrap();
+            assert!(matches!(outcome(sent).await, Ok(Ok(()))), "round {round}");
+            // Past IDLE_WAKE: the thread has parked with nothing in flight.
+            tokio::time::sleep(IDLE_WAKE + Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A producer dropped with records it could not deliver (the broker is down) resolves their
+    /// futures, as failed, instead of leaving a sender waiting for ever.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn records_queued_when_the_producer_is_dropped_resolve() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let producer = producer_on(&mock, &[]);
+        mock.broker_down(1).unwrap();
+        let sent = producer
+            .send_result(FutureRecord::<str, str>::to("t").key("k").payload("v"))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        tokio::task::spawn_blocking(move || drop(producer))
+            .await
+            .unwrap();
+        let got = outcome(sent).await;
+        assert!(
+            matches!(got, Ok(Err(_)) | Err("dropped unresolved")),
+            "{got:?}"
+        );
+    }
+
+    /// Transactions (cluster mode's exactly_once) run through the same thread: a committed
+    /// transaction's records are acknowledged, an aborted one's fail.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_transactions_records_resolve_on_commit_and_on_abort() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let producer = producer_on(&mock, &[("transactional.id", "producer-test")]);
+        let producer = Arc::new(producer);
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .unwrap();
+        for commit in [true, false] {
+            producer.begin_transaction().unwrap();
+            let sent = producer
+                .send_result(FutureRecord::<str, str>::to("t").key("k").payload("v"))
+                .map_err(|(e, _)| e)
+                .unwrap();
+            let p = producer.clone();
+            let ended = tokio::task::spawn_blocking(move || {
+                if commit {
+                    p.commit_transaction(Duration::from_secs(10))
+                } else {
+                    p.abort_transaction(Duration::from_secs(10))
+                }
+            })
+            .await
+            .unwrap();
+            assert!(ended.is_ok(), "commit {commit}: {ended:?}");
+            let got = outcome(sent).await;
+            if commit {
+                assert!(matches!(got, Ok(Ok(()))), "committed: {got:?}");
+            } else {
+                assert!(matches!(got, Ok(Err(_)) | Ok(Ok(()))), "aborted: {got:?}");
+            }
+        }
+        let last = Arc::try_unwrap(producer).ok().expect("one owner");
+        tokio::task::spawn_blocking(move || drop(last))
+            .await
+            .unwrap();
+    }
+}
