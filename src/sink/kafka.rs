@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -40,6 +40,17 @@ const LIBRDKAFKA: &str = "librdkafka";
 /// and the idempotent producer's id too, and the old producer would only find out when its
 /// deliveries time out (`message.timeout.ms`, 30 s by default) or are fenced.
 static BROKER_RETURNS: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::channel(0).0);
+
+/// Whether the last [`probe`] found no broker answering. While it says so a sink hands nothing to
+/// its producer, and what its producer holds goes back to the outbox: held in librdkafka, it would
+/// go out the moment a connection returns, before the returned broker was seen and the sink
+/// prepared again (a broker that lost its state may take records for a topic it no longer lists).
+static BROKERS_DOWN: LazyLock<watch::Sender<bool>> = LazyLock::new(|| watch::channel(false).0);
+
+/// Set when a sink has created the topic or found it there, and taken by the next [`probe`]: a
+/// broker that restarts between the topic's creation and the first probe that would have listed
+/// it loses the topic unseen.
+static TOPIC_CONFIRMED: AtomicBool = AtomicBool::new(false);
 
 use super::producer::KafkaProducer;
 
@@ -141,6 +152,8 @@ pub struct KafkaSink {
     /// [`BROKER_RETURNS`], and the count the current producer was created after.
     returns: watch::Receiver<u64>,
     generation: u64,
+    /// [`BROKERS_DOWN`].
+    down: watch::Receiver<bool>,
 }
 
 /// The librdkafka settings: the user's `[kafka.properties]`, then the ones delivery guarantees
@@ -224,6 +237,7 @@ impl KafkaSink {
             )?)),
             returns,
             generation,
+            down: BROKERS_DOWN.subscribe(),
         })
     }
 
@@ -244,6 +258,7 @@ impl KafkaSink {
                 Err((topic, code)) => return Err(format!("create topic {topic}: {code}")),
             }
         }
+        TOPIC_CONFIRMED.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -287,6 +302,16 @@ impl KafkaSink {
         self.restart_producer();
     }
 
+    /// Completes when the probe finds no broker answering.
+    fn brokers_down(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut down = self.down.clone();
+        async move {
+            if down.wait_for(|down| *down).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Completes when the brokers return after the outage this producer was created before.
     fn brokers_returned(&self) -> impl Future<Output = ()> + Send + 'static {
         let (mut returns, generation) = (self.returns.clone(), self.generation);
@@ -314,6 +339,10 @@ impl Sink for KafkaSink {
             // again at once (see `recovered`), which restarts the producer too.
             return Vec::new();
         }
+        if *self.down.borrow() {
+            // The outbox holds them until the probe sees the brokers again (`recovered`).
+            return Vec::new();
+        }
         let mut pending = Vec::with_capacity(batch.len());
         for (i, event) in batch.iter().enumerate() {
             match self
@@ -336,6 +365,11 @@ impl Sink for KafkaSink {
                 // What waits in this producer may wait for a topic or a producer id the returned
                 // broker no longer has. Purged, it fails now and stays in the outbox, and the
                 // publisher sends it again at once through a fresh producer.
+                self.producer.purge(PurgeConfig::default().queue().inflight());
+                results.await
+            }
+            () = self.brokers_down() => {
+                // See `BROKERS_DOWN`.
                 self.producer.purge(PurgeConfig::default().queue().inflight());
                 results.await
             }
@@ -373,6 +407,68 @@ impl Sink for KafkaSink {
     }
 }
 
+/// What one probe saw.
+#[derive(Clone, Copy, Debug)]
+struct Probed {
+    /// A broker answered the metadata request.
+    ok: bool,
+    /// The answer listed the topic without an error.
+    has_topic: bool,
+    /// librdkafka's count of "all brokers down" reports so far.
+    losses: u64,
+    /// A sink created or found the topic since the previous probe ([`TOPIC_CONFIRMED`]).
+    confirmed: bool,
+}
+
+/// A change in the brokers' state that the probe reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// The first answer.
+    Reachable,
+    /// No broker answers.
+    Down,
+    /// The brokers answer again after an outage the probe saw.
+    Up,
+    /// The brokers went down and came back between two probes.
+    Bounced,
+}
+
+/// What the probe remembers from one probe to the next.
+#[derive(Debug, Default)]
+struct ProbeMemory {
+    reachable: Option<bool>,
+    losses: u64,
+    returned: bool,
+    had_topic: bool,
+}
+
+impl ProbeMemory {
+    /// Takes in one probe's answer and says what changed.
+    ///
+    /// A broker that restarted between two probes shows only as a lost connection, or not at all
+    /// when librdkafka reconnects first; a broker that lost its state also lost the topic, which
+    /// the metadata shows, or that a sink confirmed since the last probe shows. On the probe after a return, a loss reported late by librdkafka's event
+    /// queue is the old outage: skip it.
+    fn observe(&mut self, seen: Probed) -> Option<Turn> {
+        let vanished = seen.ok && (self.had_topic || seen.confirmed) && !seen.has_topic;
+        if seen.ok {
+            self.had_topic = seen.has_topic;
+        }
+        let bounced = (std::mem::replace(&mut self.losses, seen.losses) != seen.losses || vanished)
+            && !self.returned;
+        self.returned = self.reachable == Some(false) && seen.ok;
+        let turn = match (self.reachable, seen.ok) {
+            (None, true) => Some(Turn::Reachable),
+            (Some(false), true) => Some(Turn::Up),
+            (Some(true), true) if bounced => Some(Turn::Bounced),
+            (None | Some(true), false) => Some(Turn::Down),
+            _ => None,
+        };
+        self.reachable = Some(seen.ok);
+        turn
+    }
+}
+
 /// Probes the brokers every two seconds and reports reachability to `readiness` until `shutdown`.
 /// An outage's start and end are logged once each, at WARN; its end also makes every sink restart
 /// its producer and prepare again (see [`BROKER_RETURNS`]).
@@ -396,10 +492,10 @@ pub async fn probe(
             return;
         }
     };
-    let mut reachable = None;
-    let (mut losses, mut returned, mut had_topic) = (0, false, false);
+    let mut memory = ProbeMemory::default();
     loop {
         let (probe, topic) = (client.clone(), config.topic.clone());
+        let confirmed = TOPIC_CONFIRMED.swap(false, Ordering::Relaxed);
         let (ok, has_topic) = tokio::task::spawn_blocking(move || {
             match probe
                 .client()
@@ -416,34 +512,32 @@ pub async fn probe(
         })
         .await
         .unwrap_or((false, false));
-        // A broker that restarted between two probes shows only as a lost connection, or not at
-        // all when librdkafka reconnects first; a broker that lost its state also lost the topic,
-        // which the metadata shows. On the probe after a return, a loss reported late by
-        // librdkafka's event queue is the old outage: skip it.
-        let seen = all_brokers_down.load(Ordering::Relaxed);
-        let vanished = ok && had_topic && !has_topic;
-        if ok {
-            had_topic = has_topic;
-        }
-        let bounced = (std::mem::replace(&mut losses, seen) != seen || vanished) && !returned;
-        returned = reachable == Some(false) && ok;
         readiness.kafka_reachable(ok);
-        match (reachable, ok) {
-            (None, true) => tracing::info!("kafka reachable"),
-            (Some(false), true) => {
+        let seen = Probed {
+            ok,
+            has_topic,
+            losses: all_brokers_down.load(Ordering::Relaxed),
+            confirmed,
+        };
+        let turn = memory.observe(seen);
+        if turn.is_some() {
+            BROKERS_DOWN.send_replace(turn == Some(Turn::Down));
+        }
+        match turn {
+            Some(Turn::Reachable) => tracing::info!("kafka reachable"),
+            Some(Turn::Up) => {
                 tracing::warn!("kafka up: the brokers answer again; delivery resumes");
                 BROKER_RETURNS.send_modify(|n| *n += 1);
             }
-            (Some(true), true) if bounced => {
+            Some(Turn::Bounced) => {
                 tracing::warn!("kafka down and up again between two probes; delivery resumes");
                 BROKER_RETURNS.send_modify(|n| *n += 1);
             }
-            (None | Some(true), false) => {
+            Some(Turn::Down) => {
                 tracing::warn!("kafka down: no broker answers; events wait in the outbox");
             }
-            _ => {}
+            None => {}
         }
-        reachable = Some(ok);
         tokio::select! {
             _ = tokio::time::sleep(PROBE_INTERVAL) => {}
             _ = shutdown.changed() => break,
@@ -455,6 +549,144 @@ pub async fn probe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn probed(ok: bool, has_topic: bool, losses: u64, confirmed: bool) -> Probed {
+        Probed {
+            ok,
+            has_topic,
+            losses,
+            confirmed,
+        }
+    }
+
+    /// Events a sink's producer holds when the probe finds the brokers down go back to the outbox
+    /// at once, and none is handed over until the probe sees them again: held by librdkafka, they
+    /// would go out on the first connection to a returned broker, before the sink prepared it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_outage_the_probe_reports_sends_what_waits_back_to_the_outbox() {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let config = KafkaConfig {
+            brokers: cluster.bootstrap_servers(),
+            topic: "t".into(),
+            create_topic: false,
+            partitions: 1,
+            replication_factor: -1,
+            properties: Vec::new(),
+        };
+        let events: Vec<Event> = (0..3)
+            .map(|i| Event {
+                id: format!("id-{i}"),
+                key: "k".into(),
+                payload: "{}".into(),
+            })
+            .collect();
+        let mut sink = KafkaSink::new(&config).unwrap();
+        cluster.broker_down(1).unwrap();
+        let batch = events.clone();
+        let delivery = tokio::spawn(async move {
+            let acked = sink.deliver(&batch).await;
+            (sink, acked)
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        BROKERS_DOWN.send_replace(true);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), delivery).await;
+        let (mut sink, acked) = outcome
+            .expect("the delivery ends when the outage is reported, not at message.timeout.ms")
+            .unwrap();
+        assert!(acked.is_empty(), "acknowledged during the outage: {acked:?}");
+        assert!(
+            sink.deliver(&events).await.is_empty(),
+            "nothing is handed over while the brokers are down"
+        );
+
+        cluster.broker_up(1).unwrap();
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "t")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset("t", 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let started = std::time::Instant::now();
+        let mut read = 0;
+        while started.elapsed() < Duration::from_secs(3) {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+                read += 1;
+            }
+        }
+        BROKERS_DOWN.send_replace(false);
+        drop(sink);
+        assert_eq!(read, 0, "records reached the broker before the probe saw it back");
+    }
+
+    /// An outage the probe sees is reported once at each end; a loss librdkafka reports late,
+    /// after the return, is the same outage.
+    #[test]
+    fn an_outage_is_reported_at_its_start_and_its_end_once() {
+        let mut memory = ProbeMemory::default();
+        let turns: Vec<_> = [
+            probed(true, true, 0, false),
+            probed(false, false, 1, false),
+            probed(false, false, 2, false),
+            probed(true, false, 2, false),
+            probed(true, true, 3, false),
+            probed(true, true, 3, false),
+        ]
+        .into_iter()
+        .map(|seen| memory.observe(seen))
+        .collect();
+        assert_eq!(
+            turns,
+            [
+                Some(Turn::Reachable),
+                Some(Turn::Down),
+                None,
+                Some(Turn::Up),
+                None,
+                None
+            ]
+        );
+    }
+
+    /// A restart between two probes shows as a loss librdkafka reported, or as a topic listed by
+    /// one probe and missing from the next.
+    #[test]
+    fn a_restart_between_two_probes_is_a_bounce() {
+        let mut memory = ProbeMemory::default();
+        memory.observe(probed(true, true, 0, false));
+        assert_eq!(
+            memory.observe(probed(true, true, 1, false)),
+            Some(Turn::Bounced)
+        );
+        assert_eq!(
+            memory.observe(probed(true, false, 1, false)),
+            Some(Turn::Bounced)
+        );
+        assert_eq!(memory.observe(probed(true, false, 1, false)), None);
+    }
+
+    /// The topic a sink created after the first probe, lost in a restart before the second: no
+    /// probe ever listed it, yet the producer waits on it (30 s of `message.timeout.ms`) unless
+    /// the restart is noticed. Once noticed, a topic still missing at the next probe is not a
+    /// second restart.
+    #[test]
+    fn a_topic_created_then_lost_before_any_probe_listed_it_is_a_bounce() {
+        let mut memory = ProbeMemory::default();
+        assert_eq!(
+            memory.observe(probed(true, false, 0, false)),
+            Some(Turn::Reachable)
+        );
+        assert_eq!(
+            memory.observe(probed(true, false, 0, true)),
+            Some(Turn::Bounced)
+        );
+        assert_eq!(memory.observe(probed(true, false, 0, false)), None);
+        assert_eq!(memory.observe(probed(true, true, 0, true)), None);
+    }
 
     /// A property librdkafka refuses is named, its value (a secret, as every `kafka.properties`
     /// value is taken to be) never said: librdkafka's message and rust-rdkafka's `Display` quote it.
