@@ -102,6 +102,10 @@ impl Sink for ClosedAside {
             .deliver(batch)
             .await
     }
+
+    fn recovered(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        self.0.as_ref().expect("open until dropped").recovered()
+    }
 }
 
 impl Drop for ClosedAside {
@@ -364,7 +368,7 @@ impl Daemon {
             daemon.loops.insert(r.name.clone(), running);
         }
         daemon.admin = daemon.serve_admin(listener, config);
-        daemon.probe = daemon.spawn_probe(config);
+        daemon.probe = daemon.spawn_probe(config, None);
         let sink_name = if config.kafka.is_some() {
             "kafka"
         } else {
@@ -453,10 +457,23 @@ impl Daemon {
         Task::spawn(move |rx| admin::serve(listener, app, rx))
     }
 
-    fn spawn_probe(&self, config: &Config) -> Option<Task> {
-        let k = config.kafka.clone()?;
+    /// Starts the Kafka probe of `config`, once `predecessor` (a reload's old probe) has stopped:
+    /// the probe's view of the brokers is the process's, so two must never write it at once.
+    fn spawn_probe(&self, config: &Config, predecessor: Option<Task>) -> Option<Task> {
+        let stop_predecessor = async move {
+            if let Some(old) = predecessor {
+                old.stop_within(Duration::from_secs(5)).await;
+            }
+        };
+        let Some(k) = config.kafka.clone() else {
+            tokio::spawn(stop_predecessor);
+            return None;
+        };
         let readiness = self.readiness.clone();
-        Some(Task::spawn(move |rx| sink::kafka::probe(k, readiness, rx)))
+        Some(Task::spawn(move |rx| async move {
+            stop_predecessor.await;
+            sink::kafka::probe(k, readiness, rx).await;
+        }))
     }
 
     /// Applies `new` in place of `old`. Everything that can fail (the sink, the adapters, a new
@@ -563,10 +580,8 @@ impl Daemon {
                 old.stop_within(Duration::from_secs(5)).await;
                 sink::publish(store, sink, wake, rx).await;
             });
-            if let Some(probe) = self.probe.take() {
-                tokio::spawn(probe.stop_within(Duration::from_secs(5)));
-            }
-            self.probe = self.spawn_probe(new);
+            let old = self.probe.take();
+            self.probe = self.spawn_probe(new, old);
         }
         Ok(())
     }
@@ -899,4 +914,35 @@ pub async fn tags(config: &Config, name: &str, repo: &str) -> Result<Vec<Tag>, R
         tags[i].digest = Some(d);
     }
     Ok(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that says at once that its destination is back.
+    struct Recovered;
+
+    #[async_trait::async_trait]
+    impl Sink for Recovered {
+        async fn prepare(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        async fn deliver(&mut self, _: &[crate::event::Event]) -> Vec<usize> {
+            Vec::new()
+        }
+        fn recovered(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(async {})
+        }
+    }
+
+    /// The daemon's wrapper passes the Kafka sink's "the brokers are back" on: without it the
+    /// publisher sleeps out its backoff (up to 30 s) after the brokers returned.
+    #[tokio::test]
+    async fn the_closing_wrapper_passes_recovery_on() {
+        let sink = ClosedAside(Some(Box::new(Recovered)));
+        tokio::time::timeout(Duration::from_secs(1), sink.recovered())
+            .await
+            .expect("recovered() of the wrapped sink");
+    }
 }

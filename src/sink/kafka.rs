@@ -34,18 +34,25 @@ const FLUSH_ON_DROP: Duration = Duration::from_secs(5);
 /// The `tracing` target of librdkafka's own log lines.
 const LIBRDKAFKA: &str = "librdkafka";
 
-/// Counts the brokers' returns after an outage, as [`probe`] sees them. A sink that sees it change
-/// purges what its producer holds and starts a fresh one, and the publisher prepares it again at
-/// once: a broker that lost its state (Tansu's memory engine, a rebuilt cluster) lost the topic
-/// and the idempotent producer's id too, and the old producer would only find out when its
-/// deliveries time out (`message.timeout.ms`, 30 s by default) or are fenced.
-static BROKER_RETURNS: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::channel(0).0);
+/// The brokers as [`probe`] sees them, one value so that a sink reads both halves together.
+#[derive(Clone, Copy, Debug, Default)]
+struct Brokers {
+    /// Counts the brokers' returns after an outage. A sink that sees it change purges what its
+    /// producer holds and starts a fresh one, and the publisher prepares it again at once: a
+    /// broker that lost its state (Tansu's memory engine, a rebuilt cluster) lost the topic and
+    /// the idempotent producer's id too, and the old producer would only find out when its
+    /// deliveries time out (`message.timeout.ms`, 30 s by default) or are fenced.
+    returns: u64,
+    /// No broker answers. Meanwhile a sink hands nothing to its producer, and what its producer
+    /// holds goes back to the outbox: held in librdkafka, it would go out the moment a connection
+    /// returns, before the return was seen and the sink prepared again (a broker that lost its
+    /// state may take records for a topic it no longer lists).
+    down: bool,
+}
 
-/// Whether the last [`probe`] found no broker answering. While it says so a sink hands nothing to
-/// its producer, and what its producer holds goes back to the outbox: held in librdkafka, it would
-/// go out the moment a connection returns, before the returned broker was seen and the sink
-/// prepared again (a broker that lost its state may take records for a topic it no longer lists).
-static BROKERS_DOWN: LazyLock<watch::Sender<bool>> = LazyLock::new(|| watch::channel(false).0);
+/// The one probe's view of the brokers, for every sink of the process.
+static BROKERS: LazyLock<watch::Sender<Brokers>> =
+    LazyLock::new(|| watch::channel(Brokers::default()).0);
 
 /// Set when a sink has created the topic or found it there, and taken by the next [`probe`]: a
 /// broker that restarts between the topic's creation and the first probe that would have listed
@@ -149,11 +156,9 @@ impl ClientContext for KafkaContext {
 pub struct KafkaSink {
     config: KafkaConfig,
     producer: Retiring,
-    /// [`BROKER_RETURNS`], and the count the current producer was created after.
-    returns: watch::Receiver<u64>,
+    /// [`BROKERS`], and the count of returns the current producer was created after.
+    brokers: watch::Receiver<Brokers>,
     generation: u64,
-    /// [`BROKERS_DOWN`].
-    down: watch::Receiver<bool>,
 }
 
 /// The librdkafka settings: the user's `[kafka.properties]`, then the ones delivery guarantees
@@ -227,17 +232,16 @@ fn off_worker(work: impl FnOnce() + Send + 'static) {
 impl KafkaSink {
     /// Creates the producer (it connects lazily; an unreachable broker is not an error here).
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
-        let returns = BROKER_RETURNS.subscribe();
-        let generation = *returns.borrow();
+        let brokers = BROKERS.subscribe();
+        let generation = brokers.borrow().returns;
         Ok(KafkaSink {
             config: config.clone(),
             producer: Retiring(Some(KafkaProducer::new(
                 &client_config(config),
                 KafkaContext::default(),
             )?)),
-            returns,
+            brokers,
             generation,
-            down: BROKERS_DOWN.subscribe(),
         })
     }
 
@@ -248,7 +252,11 @@ impl KafkaSink {
             .map_err(|e| format!("kafka admin client: {}", creation_error(&e)))?;
         let replication = TopicReplication::Fixed(self.config.replication_factor);
         let topic = NewTopic::new(&self.config.topic, self.config.partitions, replication);
-        let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        // `operation_timeout`: the answer waits for the topic to be created, not just accepted, so
+        // that the probe finds it listed once the sink says it exists (`TOPIC_CONFIRMED`).
+        let options = AdminOptions::new()
+            .request_timeout(Some(Duration::from_secs(10)))
+            .operation_timeout(Some(Duration::from_secs(10)));
         let results = admin.create_topics([&topic], &options).await;
         off_worker(move || drop(admin));
         for result in results.map_err(|e| format!("create topic {}: {e}", self.config.topic))? {
@@ -273,7 +281,7 @@ impl KafkaSink {
 
     /// Restarts the producer if the brokers returned from an outage since it was created.
     fn restart_if_brokers_returned(&mut self) {
-        let latest = *self.returns.borrow();
+        let latest = self.brokers.borrow().returns;
         if latest != self.generation {
             self.generation = latest;
             tracing::info!("kafka is back after an outage; restarting the producer");
@@ -302,24 +310,22 @@ impl KafkaSink {
         self.restart_producer();
     }
 
-    /// Completes when the probe finds no broker answering.
-    fn brokers_down(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut down = self.down.clone();
+    /// Completes when `now` holds of the brokers.
+    fn brokers_turn(
+        &self,
+        now: impl Fn(&Brokers) -> bool + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let mut brokers = self.brokers.clone();
         async move {
-            if down.wait_for(|down| *down).await.is_err() {
-                std::future::pending::<()>().await;
-            }
+            // `BROKERS` is a static: its sender is never dropped.
+            let _ = brokers.wait_for(now).await;
         }
     }
 
     /// Completes when the brokers return after the outage this producer was created before.
     fn brokers_returned(&self) -> impl Future<Output = ()> + Send + 'static {
-        let (mut returns, generation) = (self.returns.clone(), self.generation);
-        async move {
-            if returns.wait_for(|n| *n != generation).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+        let generation = self.generation;
+        self.brokers_turn(move |b| b.returns != generation)
     }
 }
 
@@ -334,13 +340,11 @@ impl Sink for KafkaSink {
     }
 
     async fn deliver(&mut self, batch: &[Event]) -> Vec<usize> {
-        if *self.returns.borrow() != self.generation {
-            // The brokers returned since `prepare`: the topic may be gone. The publisher prepares
-            // again at once (see `recovered`), which restarts the producer too.
-            return Vec::new();
-        }
-        if *self.down.borrow() {
-            // The outbox holds them until the probe sees the brokers again (`recovered`).
+        let brokers = *self.brokers.borrow();
+        if brokers.returns != self.generation || brokers.down {
+            // The brokers returned since `prepare` (the topic may be gone), or are down. The
+            // outbox holds the batch; the publisher prepares again as soon as they are back (see
+            // `recovered`), which restarts the producer too.
             return Vec::new();
         }
         let mut pending = Vec::with_capacity(batch.len());
@@ -359,17 +363,14 @@ impl Sink for KafkaSink {
         }
         let (positions, deliveries): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
         let mut results = std::pin::pin!(join_all(deliveries));
+        let (returned, down) = (self.brokers_returned(), self.brokers_turn(|b| b.down));
         let results = tokio::select! {
             results = &mut results => results,
-            () = self.brokers_returned() => {
-                // What waits in this producer may wait for a topic or a producer id the returned
-                // broker no longer has. Purged, it fails now and stays in the outbox, and the
-                // publisher sends it again at once through a fresh producer.
-                self.producer.purge(PurgeConfig::default().queue().inflight());
-                results.await
-            }
-            () = self.brokers_down() => {
-                // See `BROKERS_DOWN`.
+            // What waits in this producer may wait for a topic or a producer id a returned broker
+            // no longer has, or, while the brokers are down, go out to one before the sink was
+            // prepared again (`Brokers::down`). Purged, it fails now and stays in the outbox, and
+            // the publisher sends it again through a fresh producer once the brokers are back.
+            () = async { tokio::select! { () = returned => {}, () = down => {} } } => {
                 self.producer.purge(PurgeConfig::default().queue().inflight());
                 results.await
             }
@@ -436,42 +437,81 @@ enum Turn {
 /// What the probe remembers from one probe to the next.
 #[derive(Debug, Default)]
 struct ProbeMemory {
+    /// The last verdict: `None` before the first answer.
     reachable: Option<bool>,
+    /// Failed probes in a row.
+    failures: u32,
     losses: u64,
+    /// The previous probe saw the brokers return.
     returned: bool,
     had_topic: bool,
+    /// A sink's confirmation of the topic is not taken for a listing: set by a bounce, until the
+    /// metadata lists the topic again, so a topic never listed bounces once, not every probe.
+    doubt_confirmed: bool,
 }
 
 impl ProbeMemory {
+    /// Whether the brokers are down, as far as the probe knows.
+    fn down(&self) -> bool {
+        self.reachable == Some(false)
+    }
+
     /// Takes in one probe's answer and says what changed.
     ///
-    /// A broker that restarted between two probes shows only as a lost connection, or not at all
-    /// when librdkafka reconnects first; a broker that lost its state also lost the topic, which
-    /// the metadata shows, or that a sink confirmed since the last probe shows. On the probe after a return, a loss reported late by librdkafka's event
-    /// queue is the old outage: skip it.
+    /// A failure is an outage when librdkafka reported every broker down meanwhile, when it is
+    /// the second in a row, or at the first probe: one slow answer from brokers still connected
+    /// is not. A broker that restarted between two probes shows only as a lost connection, or not
+    /// at all when librdkafka reconnects first; a broker that lost its state also lost the topic,
+    /// which the metadata shows when a probe (or, once, a sink's confirmation) saw it before. On
+    /// the probe after a return, a loss reported late by librdkafka's event queue is the old
+    /// outage: skip it.
     fn observe(&mut self, seen: Probed) -> Option<Turn> {
-        let vanished = seen.ok && (self.had_topic || seen.confirmed) && !seen.has_topic;
-        if seen.ok {
-            self.had_topic = seen.has_topic;
+        let lost = std::mem::replace(&mut self.losses, seen.losses) != seen.losses;
+        if !seen.ok {
+            self.failures += 1;
+            let outage = lost || self.failures >= 2 || self.reachable.is_none();
+            if !outage || self.down() {
+                return None;
+            }
+            self.reachable = Some(false);
+            self.returned = false;
+            return Some(Turn::Down);
         }
-        let bounced = (std::mem::replace(&mut self.losses, seen.losses) != seen.losses || vanished)
-            && !self.returned;
-        self.returned = self.reachable == Some(false) && seen.ok;
-        let turn = match (self.reachable, seen.ok) {
-            (None, true) => Some(Turn::Reachable),
-            (Some(false), true) => Some(Turn::Up),
-            (Some(true), true) if bounced => Some(Turn::Bounced),
-            (None | Some(true), false) => Some(Turn::Down),
-            _ => None,
+        self.failures = 0;
+        let listed = self.had_topic || (seen.confirmed && !self.doubt_confirmed);
+        let vanished = listed && !seen.has_topic;
+        self.had_topic = seen.has_topic;
+        if seen.has_topic {
+            self.doubt_confirmed = false;
+        }
+        let is_return = self.down();
+        let returned = std::mem::replace(&mut self.returned, is_return);
+        let turn = match self.reachable {
+            None => Some(Turn::Reachable),
+            Some(false) => Some(Turn::Up),
+            Some(true) if (lost || vanished) && !returned => Some(Turn::Bounced),
+            Some(true) => None,
         };
-        self.reachable = Some(seen.ok);
+        if turn == Some(Turn::Bounced) {
+            self.doubt_confirmed = true;
+        }
+        self.reachable = Some(true);
         turn
+    }
+}
+
+/// Clears [`Brokers::down`] when the probe that sets it ends.
+struct ClearDownOnDrop;
+
+impl Drop for ClearDownOnDrop {
+    fn drop(&mut self) {
+        BROKERS.send_if_modified(|b| std::mem::replace(&mut b.down, false));
     }
 }
 
 /// Probes the brokers every two seconds and reports reachability to `readiness` until `shutdown`.
 /// An outage's start and end are logged once each, at WARN; its end also makes every sink restart
-/// its producer and prepare again (see [`BROKER_RETURNS`]).
+/// its producer and prepare again (see [`Brokers`]).
 pub async fn probe(
     config: KafkaConfig,
     readiness: Arc<Readiness>,
@@ -492,6 +532,8 @@ pub async fn probe(
             return;
         }
     };
+    // A probe that ends (shutdown, a reload's new probe taking over) leaves no sink held back.
+    let _clear = ClearDownOnDrop;
     let mut memory = ProbeMemory::default();
     loop {
         let (probe, topic) = (client.clone(), config.topic.clone());
@@ -512,7 +554,6 @@ pub async fn probe(
         })
         .await
         .unwrap_or((false, false));
-        readiness.kafka_reachable(ok);
         let seen = Probed {
             ok,
             has_topic,
@@ -520,21 +561,23 @@ pub async fn probe(
             confirmed,
         };
         let turn = memory.observe(seen);
-        if turn.is_some() {
-            BROKERS_DOWN.send_replace(turn == Some(Turn::Down));
-        }
+        let returned = matches!(turn, Some(Turn::Up | Turn::Bounced));
+        let down = memory.down();
+        readiness.kafka_reachable(!down);
+        BROKERS.send_if_modified(|b| {
+            b.returns += u64::from(returned);
+            returned || std::mem::replace(&mut b.down, down) != down
+        });
         match turn {
             Some(Turn::Reachable) => tracing::info!("kafka reachable"),
             Some(Turn::Up) => {
-                tracing::warn!("kafka up: the brokers answer again; delivery resumes");
-                BROKER_RETURNS.send_modify(|n| *n += 1);
+                tracing::warn!("kafka up: the brokers answer again; delivery resumes")
             }
             Some(Turn::Bounced) => {
-                tracing::warn!("kafka down and up again between two probes; delivery resumes");
-                BROKER_RETURNS.send_modify(|n| *n += 1);
+                tracing::warn!("kafka down and up again between two probes; delivery resumes")
             }
             Some(Turn::Down) => {
-                tracing::warn!("kafka down: no broker answers; events wait in the outbox");
+                tracing::warn!("kafka down: no broker answers; events wait in the outbox")
             }
             None => {}
         }
@@ -564,11 +607,19 @@ mod tests {
     /// would go out on the first connection to a returned broker, before the sink prepared it.
     #[tokio::test(flavor = "multi_thread")]
     async fn an_outage_the_probe_reports_sends_what_waits_back_to_the_outbox() {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
+        /// Whatever the test's outcome, the process's sinks are not left held back.
+        struct Up;
+        impl Drop for Up {
+            fn drop(&mut self) {
+                BROKERS.send_modify(|b| b.down = false);
+            }
+        }
+        let _up = Up;
         let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
         cluster.create_topic("t", 1, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
         let config = KafkaConfig {
-            brokers: cluster.bootstrap_servers(),
+            brokers: brokers.clone(),
             topic: "t".into(),
             create_topic: false,
             partitions: 1,
@@ -579,48 +630,73 @@ mod tests {
             .map(|i| Event {
                 id: format!("id-{i}"),
                 key: "k".into(),
-                payload: "{}".into(),
+                payload: format!("{{\"n\":{i}}}"),
             })
             .collect();
+        let read_back = move || {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", "t")
+                .create()
+                .unwrap();
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition_offset("t", 0, rdkafka::Offset::Beginning)
+                .unwrap();
+            consumer.assign(&tpl).unwrap();
+            let started = std::time::Instant::now();
+            let mut read = 0;
+            while started.elapsed() < Duration::from_secs(3) {
+                if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+                    read += 1;
+                }
+            }
+            read
+        };
+
         let mut sink = KafkaSink::new(&config).unwrap();
         cluster.broker_down(1).unwrap();
+        let failed_before = crate::metrics::get().kafka_delivery_errors.get();
         let batch = events.clone();
         let delivery = tokio::spawn(async move {
             let acked = sink.deliver(&batch).await;
             (sink, acked)
         });
+        // The batch is queued in librdkafka, waiting for the broker.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        BROKERS_DOWN.send_replace(true);
+        BROKERS.send_modify(|b| b.down = true);
         let outcome = tokio::time::timeout(Duration::from_secs(5), delivery).await;
         let (mut sink, acked) = outcome
             .expect("the delivery ends when the outage is reported, not at message.timeout.ms")
             .unwrap();
-        assert!(acked.is_empty(), "acknowledged during the outage: {acked:?}");
+        assert!(
+            acked.is_empty(),
+            "acknowledged during the outage: {acked:?}"
+        );
+        assert_eq!(
+            crate::metrics::get().kafka_delivery_errors.get() - failed_before,
+            3,
+            "the queued batch was purged, each event a failed delivery"
+        );
         assert!(
             sink.deliver(&events).await.is_empty(),
             "nothing is handed over while the brokers are down"
         );
 
         cluster.broker_up(1).unwrap();
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("group.id", "t")
-            .create()
+        let read = tokio::task::spawn_blocking(read_back.clone())
+            .await
             .unwrap();
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition_offset("t", 0, rdkafka::Offset::Beginning)
-            .unwrap();
-        consumer.assign(&tpl).unwrap();
-        let started = std::time::Instant::now();
-        let mut read = 0;
-        while started.elapsed() < Duration::from_secs(3) {
-            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-                read += 1;
-            }
-        }
-        BROKERS_DOWN.send_replace(false);
+        assert_eq!(
+            read, 0,
+            "records reached the broker before the probe saw it back"
+        );
+
+        // Once the brokers are back the same events go out, once.
+        BROKERS.send_modify(|b| b.down = false);
+        assert_eq!(sink.deliver(&events).await, [0, 1, 2]);
         drop(sink);
-        assert_eq!(read, 0, "records reached the broker before the probe saw it back");
+        assert_eq!(tokio::task::spawn_blocking(read_back).await.unwrap(), 3);
     }
 
     /// An outage the probe sees is reported once at each end; a loss librdkafka reports late,
@@ -667,6 +743,73 @@ mod tests {
             Some(Turn::Bounced)
         );
         assert_eq!(memory.observe(probed(true, false, 1, false)), None);
+    }
+
+    /// One metadata request slower than the probe's timeout, on brokers librdkafka still has
+    /// connections to, is no outage: taken for one, it would purge and re-send what is in flight.
+    /// A second failure in a row is, and so is one librdkafka reports as every broker down.
+    #[test]
+    fn one_slow_probe_is_not_an_outage() {
+        let mut memory = ProbeMemory::default();
+        let turns: Vec<_> = [
+            probed(true, true, 0, false),
+            probed(false, false, 0, false),
+            probed(true, true, 0, false),
+            probed(false, false, 0, false),
+            probed(false, false, 0, false),
+            probed(true, true, 0, false),
+            probed(false, false, 1, false),
+        ]
+        .into_iter()
+        .map(|seen| (memory.observe(seen), memory.down()))
+        .collect();
+        assert_eq!(
+            turns,
+            [
+                (Some(Turn::Reachable), false),
+                (None, false),
+                (None, false),
+                (None, false),
+                (Some(Turn::Down), true),
+                (Some(Turn::Up), false),
+                (Some(Turn::Down), true),
+            ]
+        );
+    }
+
+    /// A topic a sink confirmed that the metadata never lists (an authorisation error on it, a
+    /// topic marked for deletion) is one bounce, not one every probe: each would purge and
+    /// restart the producer. Once listed, a loss of it counts again (and a confirmation only
+    /// after the topic is listed once more).
+    #[test]
+    fn a_confirmed_topic_never_listed_bounces_once() {
+        let mut memory = ProbeMemory::default();
+        let turns: Vec<_> = [
+            probed(true, false, 0, false),
+            probed(true, false, 0, true),
+            probed(true, false, 0, true),
+            probed(true, false, 0, true),
+            probed(true, true, 0, false),
+            probed(true, false, 0, false),
+            probed(true, false, 0, true),
+            probed(true, false, 0, true),
+        ]
+        .into_iter()
+        .map(|seen| memory.observe(seen))
+        .collect();
+        assert_eq!(
+            turns,
+            [
+                Some(Turn::Reachable),
+                Some(Turn::Bounced),
+                None,
+                None,
+                None,
+                Some(Turn::Bounced),
+                None,
+                None,
+            ]
+        );
     }
 
     /// The topic a sink created after the first probe, lost in a restart before the second: no
