@@ -367,3 +367,38 @@ async fn every_push_the_real_registry_notifies_is_reported_within_seconds() {
     assert_eq!(late, 0, "{latencies:?}");
     assert_eq!(json_lines(&out).len(), 32, "each push once: {out}");
 }
+
+/// CNCF distribution sends a manifest's push notification from the manifest store, before the
+/// handler links the tag (`PutManifest`: `manifests.Put`, whose listener notifies, then
+/// `tags.Tag`), so a hinted scan can list the repository a moment before the pushed tag is in it,
+/// and no later hint comes. A hinted scan that finds nothing looks once more shortly after,
+/// rather than leaving the push to the next interval (here 300 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hint_that_arrives_before_its_tag_is_listed_is_still_reported_within_seconds() {
+    let (state, setup, daemon) = watched_app(
+        "interval = \"300s\"\njitter = \"0%\"\n",
+        "webhook_token = \"hook\"\n",
+    )
+    .await;
+    let hint = reqwest::Client::new()
+        .post(format!("http://{}/hooks/local", setup.admin))
+        .bearer_auth("hook")
+        .header("content-type", "application/json")
+        .body(r#"{"events": [{"action": "push", "target": {"repository": "team/app", "tag": "v2"}}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hint.status(), 202);
+    // The hinted scan has listed the repository without v2 by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    state.put("team/app", "v2", 2);
+    let latency = wait_for_event(&daemon, "team/app", "v2", Duration::from_secs(10)).await;
+    let (code, out, err) = daemon.stop();
+    assert_eq!(code, 0, "{err}");
+    report(
+        "a push hint that arrives before the tag is listed: reported after",
+        format!("{:.1} s", latency.as_secs_f64()),
+        "< 5 s (interval 300 s)",
+    );
+    assert_eq!(json_lines(&out).len(), 1, "one event: {out}");
+}

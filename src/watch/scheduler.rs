@@ -83,6 +83,46 @@ impl QuickRescans {
     }
 }
 
+/// How long after a hinted scan its repositories are listed once more. A registry can notify
+/// before the push is visible: CNCF distribution sends a manifest's notification from its
+/// manifest store, before the handler links the tag, so the hinted scan may list the repository
+/// without it, and no later hint comes.
+const HINT_SETTLE: Duration = Duration::from_secs(2);
+
+/// Hinted repositories due for their one more listing ([`HINT_SETTLE`]).
+#[derive(Default)]
+struct Settling(BTreeMap<String, tokio::time::Instant>);
+
+impl Settling {
+    /// `repos` were scanned for a hint just now: look again after [`HINT_SETTLE`].
+    fn note(&mut self, repos: &[String]) {
+        let due = tokio::time::Instant::now() + HINT_SETTLE;
+        for repo in repos {
+            self.0.insert(repo.clone(), due);
+        }
+    }
+
+    /// When the next look is due.
+    fn next(&self) -> Option<tokio::time::Instant> {
+        self.0.values().min().copied()
+    }
+
+    /// The repositories due by now, taken out.
+    fn take_due(&mut self) -> Vec<String> {
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(repo, _)| repo.clone())
+            .collect();
+        for repo in &due {
+            self.0.remove(repo);
+        }
+        due
+    }
+}
+
 /// How a guarded scan ended.
 enum Ended<T> {
     /// It returned.
@@ -147,11 +187,13 @@ impl RegistryLoop {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut next_full = tokio::time::Instant::now();
         let mut quick = QuickRescans::default();
+        let mut settling = Settling::default();
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let next_quick = quick.next();
+            let next_settled = settling.next();
             tokio::select! {
                 _ = shutdown.changed() => {}
                 _ = tick.tick() => self.heartbeat.beat(),
@@ -215,15 +257,24 @@ impl RegistryLoop {
                         break;
                     }
                 }
+                _ = tokio::time::sleep_until(next_settled.unwrap_or(next_full)), if next_settled.is_some() => {
+                    let repos = settling.take_due();
+                    tracing::debug!(registry = %name, ?repos, "listing hinted repositories once more");
+                    if self.scan_now(repos, &shutdown, cycle_limit, &mut tick, &mut quick).await {
+                        break;
+                    }
+                }
                 Some(first) = self.hints.recv() => {
                     // Coalesce: everything queued by now is scanned once.
                     let mut repos = BTreeSet::from([first]);
                     while let Ok(more) = self.hints.try_recv() {
                         repos.insert(more);
                     }
-                    if self.scan_now(repos.into_iter().collect(), &shutdown, cycle_limit, &mut tick, &mut quick).await {
+                    let repos: Vec<String> = repos.into_iter().collect();
+                    if self.scan_now(repos.clone(), &shutdown, cycle_limit, &mut tick, &mut quick).await {
                         break;
                     }
+                    settling.note(&repos);
                 }
             }
         }
