@@ -65,3 +65,10 @@ if ! command -v tansu >/dev/null 2>&1; then
   echo "setup.sh: installing tansu 0.6.0 (first time only; takes a few minutes)"
   cargo install tansu --locked --version 0.6.0 --features dynostore
 fi
+
+# mdBook builds the reference in docs/ (tests/docs.rs builds it and checks its links and keys).
+# Without its server and watcher, which nothing here uses: fewer crates to build.
+if ! command -v mdbook >/dev/null 2>&1; then
+  echo "setup.sh: installing mdbook 0.5.4 (first time only; about a minute)"
+  cargo install mdbook --locked --version 0.5.4 --no-default-features --features search
+fi

@@ -767,7 +767,7 @@ fn ids(store: &Store) -> Vec<String> {
     outbox(store).into_iter().map(|(_, _, _, id)| id).collect()
 }
 
-/// The README promises "a change detected again after a crash lost its commit has the same
+/// The book (`docs/src/events.md`) promises "a change detected again after a crash lost its commit has the same
 /// id". For a repository first seen after the baseline, the revision its events are diffed against
 /// is `fresh_revision()` (wall clock), drawn anew on every attempt: the re-detection gets new ids.
 #[tokio::test(flavor = "multi_thread")]

@@ -1,5 +1,5 @@
 //! The version rules against real tags: the fixture table (`tests/fixtures/version-tags.tsv`,
-//! tag names as real images publish them, each with the reading the README's rules give), the
+//! tag names as real images publish them, each with the reading the rules of docs/src/versions.md give), the
 //! cases that made `bump` untrustworthy (issue 18), and the push sequences compared side by side
 //! with Flux's semver `ImagePolicy` and Renovate's `docker` versioning
 //! (`tests/fixtures/version-sequences.txt`, `tests/fixtures/version-anchors.tsv`).
@@ -498,7 +498,7 @@ fn differences(steps: &[Step]) -> BTreeSet<(String, usize, &'static str)> {
 }
 
 /// Every step where regwatch answers differently from Flux or Renovate is listed, with the reason,
-/// in `tests/fixtures/version-differences.tsv`, and every reason is explained in the README's
+/// in `tests/fixtures/version-differences.tsv`, and every reason is explained in docs/src/versions.md's
 /// comparison table: a new difference, or one that went away, fails here until it is reviewed.
 #[test]
 fn every_difference_with_flux_and_renovate_is_explained() {
@@ -550,12 +550,11 @@ fn every_difference_with_flux_and_renovate_is_explained() {
         gone.is_empty(),
         "listed differences that no longer occur: {gone:?}"
     );
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let page = versions_page();
     for reason in listed.values().collect::<BTreeSet<_>>() {
         assert!(
-            readme.contains(&format!("| `{reason}` |")),
-            "reason {reason} is not in the README's table"
+            page.contains(&format!("| `{reason}` |")),
+            "reason {reason} is not in the table of docs/src/versions.md"
         );
     }
     // The table a reader can scan, printed with `--nocapture`.
@@ -611,7 +610,7 @@ fn an_upgrade_does_not_announce_what_the_earlier_rules_never_reported() {
 
 /// The fixture table beside Flux's and Renovate's reading of the same tags (from
 /// `version-anchors.tsv`): every tag of the table has their answer recorded (the anchors are
-/// regenerated when the table changes), and the counts the README quotes hold. Printed in full
+/// regenerated when the table changes), and the counts docs/src/versions.md quotes hold. Printed in full
 /// with `--nocapture`.
 #[test]
 fn fixture_tags_side_by_side_with_flux_and_renovate() {
@@ -657,10 +656,18 @@ fn fixture_tags_side_by_side_with_flux_and_renovate() {
     println!(
         "versions: regwatch {ours} ({ours_release} releases), Flux {flux} ({flux_release} releases), Renovate {renovate}"
     );
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let page = versions_page();
     let quoted = format!(
         "regwatch reads {ours} of them as versions ({ours_release} releases), Flux {flux} ({flux_release} releases), Renovate {renovate}"
     );
-    assert!(readme.contains(&quoted), "the README should say: {quoted}");
+    assert!(
+        page.contains(&quoted),
+        "docs/src/versions.md should say: {quoted}"
+    );
+}
+
+/// The book's page on versions, whose tables and figures these tests keep true.
+fn versions_page() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/src/versions.md"))
+        .unwrap()
 }

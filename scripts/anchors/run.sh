@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates tests/fixtures/version-anchors.tsv: what Flux's semver ImagePolicy
 # (Masterminds semver, Debian package) and Renovate's `docker` versioning (npm
-# package) answer for the fixture tags and the push sequences. See README.md.
+# package) answer for the fixture tags and the push sequences. See docs/src/versions.md.
 #
 # Env:
 #   RENOVATE_VERSION  renovate npm version to use (default 44.121.2)

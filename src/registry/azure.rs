@@ -1,7 +1,7 @@
 //! Entra ID (Azure AD) access tokens for ACR's resource, from the identities an Azure workload has:
 //! an app registration's client secret, a federated token (AKS workload identity), or a managed
 //! identity (`IDENTITY_ENDPOINT` where the platform sets it, else IMDS). Three small HTTP flows on
-//! the project's reqwest client; the README's "Dependencies" says why not `azure_identity`.
+//! the project's reqwest client; `docs/src/dependencies.md` says why not `azure_identity`.
 
 use std::path::PathBuf;
 use std::time::Duration;

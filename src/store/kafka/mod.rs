@@ -1,5 +1,5 @@
 //! Cluster mode's store: state in a compacted Kafka topic, the work split by its partitions among
-//! the replicas of one consumer group (see the README, "Running several replicas").
+//! the replicas of one consumer group (see `docs/src/cluster.md`).
 //!
 //! Every record's key is a JSON array, and names the partition it is written to:
 //! - `["repo", identity, repository]`: the repository's header (or a pending repository's
@@ -323,7 +323,7 @@ impl ClusterStore {
     /// forgotten in the partitions this replica owns (and in those it gains later), as a single
     /// node's `adopt_registries` does: added back later, such a registry takes a baseline instead
     /// of reporting all that changed meanwhile. Registries this process never had configured are
-    /// left alone: during a rolling rollout they are the newer replicas' (see the README).
+    /// left alone: during a rolling rollout they are the newer replicas' (see `docs/src/cluster.md`).
     /// Blocking (it writes tombstones).
     pub fn adopt_registries(&self, identities: &[String]) -> Result<(), StoreError> {
         let now: std::collections::BTreeSet<String> = identities.iter().cloned().collect();

@@ -1,6 +1,6 @@
 //! Version awareness (`[registry.versions]`, `scheme = "semver"`): which tags are versions
 //! ([`parse`]), which of them count ([`policy`]), and how each relates to the versions known
-//! before in its variant ([`index`]). The rules are the README's ("Versions"); the fixture table
+//! before in its variant ([`index`]). The rules are the book's (`docs/src/versions.md`); the fixture table
 //! `tests/fixtures/version-tags.tsv` holds real tags and their expected reading.
 //!
 //! The diff builds one [`VersionIndex`] from the previous and the new snapshot (the tags the tag

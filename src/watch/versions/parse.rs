@@ -1,4 +1,4 @@
-//! Tag → version: the lenient reading of a tag name, by the rules in the README ("Versions").
+//! Tag → version: the lenient reading of a tag name, by the rules in `docs/src/versions.md`.
 //! Pure and total: any string is either a [`TagVersion`] or `None`, never a panic.
 
 use std::cmp::Ordering;
