@@ -458,21 +458,28 @@ impl Daemon {
     }
 
     /// Starts the Kafka probe of `config`, once `predecessor` (a reload's old probe) has stopped:
-    /// the probe's view of the brokers is the process's, so two must never write it at once.
+    /// the probe's view of the brokers is the process's, so two must never write it at once. In
+    /// cluster mode it shares the replica's producer client rather than adding one.
     fn spawn_probe(&self, config: &Config, predecessor: Option<Task>) -> Option<Task> {
         let stop_predecessor = async move {
             if let Some(old) = predecessor {
                 old.stop_within(Duration::from_secs(5)).await;
             }
         };
-        let Some(k) = config.kafka.clone() else {
+        let client = config.kafka.as_ref().and_then(|k| match &self.backend {
+            Backend::Cluster(cluster) => Some(cluster.probe_client()),
+            Backend::Single(_) => sink::kafka::ProbeClient::own(k)
+                .inspect_err(|e| tracing::error!(error = %e, "cannot create the kafka probe"))
+                .ok(),
+        });
+        let (Some(k), Some(client)) = (config.kafka.clone(), client) else {
             tokio::spawn(stop_predecessor);
             return None;
         };
         let readiness = self.readiness.clone();
         Some(Task::spawn(move |rx| async move {
             stop_predecessor.await;
-            sink::kafka::probe(k, readiness, rx).await;
+            sink::kafka::probe(k, client, readiness, rx).await;
         }))
     }
 

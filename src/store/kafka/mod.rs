@@ -46,7 +46,7 @@ use crate::admin::Readiness;
 use crate::config::{ClusterConfig, KafkaConfig};
 use crate::event::Event;
 use crate::sink::kafka::{
-    KafkaContext, TRANSACTIONAL_ID, client_config, creation_error, event_record,
+    KafkaContext, ProbeClient, TRANSACTIONAL_ID, client_config, creation_error, event_record,
 };
 use crate::sink::producer::{DeliveryFuture, KafkaProducer};
 use crate::watch::diff::Snapshot;
@@ -76,10 +76,12 @@ const CHECKPOINT_CHUNK: usize = if cfg!(test) { 100 } else { 10_000 };
 /// How long the consumer thread goes on checkpointing partitions (one at least) before it polls
 /// again.
 const CHECKPOINT_BUDGET: Duration = Duration::from_millis(250);
-/// How often the consumer thread returns from `poll` to look at restores and shutdown. A whole
-/// number of milliseconds: the consumer's wait then ends past its deadline and returns, where a
-/// fraction would be busy-waited (see `crate::sink::producer`).
-const POLL: Duration = Duration::from_millis(100);
+/// How long the consumer thread waits in `poll` for a record before it looks at restores and
+/// shutdown: records (hints included) end the wait at once, so this only bounds how late a stop
+/// is noticed, and sets the thread's idle wake-ups. A whole number of milliseconds: the
+/// consumer's wait then ends past its deadline and returns, where a fraction would be
+/// busy-waited (see `crate::sink::producer`).
+const POLL: Duration = Duration::from_millis(500);
 
 /// The partition of the state topic a key lands in: FNV-1a of the key's bytes. Stable across
 /// releases and replicas, which is all that matters: regwatch writes every record to the partition
@@ -230,7 +232,9 @@ struct Inner {
     layout_changed: AtomicBool,
     readiness: OnceLock<Arc<Readiness>>,
     /// Produces events and state (at-least-once) and hints (both modes).
-    plain: KafkaProducer,
+    plain: Arc<KafkaProducer>,
+    /// `plain`'s client, shared with the daemon's Kafka probe.
+    probe_client: ProbeClient,
     /// `exactly_once`: the transactional producer, once its transactions are initialised.
     transactional: OnceLock<Mutex<Txn>>,
     /// Set once this replica cannot go on (see [`Inner::give_up`]).
@@ -249,8 +253,9 @@ pub struct ClusterStore {
 impl ClusterStore {
     /// The store for `cluster` on `kafka`; it joins the group once [`ClusterStore::start`]ed.
     pub fn new(kafka: &KafkaConfig, cluster: &ClusterConfig) -> Result<ClusterStore, String> {
-        let plain = KafkaProducer::new(&client_config(kafka), KafkaContext::default())
+        let probe_client = ProbeClient::new(&client_config(kafka))
             .map_err(|e| format!("kafka producer: {}", creation_error(&e)))?;
+        let plain = probe_client.producer().clone();
         Ok(ClusterStore {
             inner: Arc::new(Inner {
                 kafka: kafka.clone(),
@@ -277,6 +282,7 @@ impl ClusterStore {
                 layout_changed: AtomicBool::new(false),
                 readiness: OnceLock::new(),
                 plain,
+                probe_client,
                 transactional: OnceLock::new(),
                 group: Mutex::new(None),
                 given_up: OnceLock::new(),
@@ -284,6 +290,11 @@ impl ClusterStore {
             }),
             thread: Mutex::new(None),
         })
+    }
+
+    /// The client of this replica's producer, for the daemon's Kafka probe to share.
+    pub fn probe_client(&self) -> ProbeClient {
+        self.inner.probe_client.clone()
     }
 
     /// Starts the consumer thread: it prepares the state topic, joins the group and restores what
@@ -597,8 +608,9 @@ impl Inner {
             .set("isolation.level", "read_committed")
             // A missing state topic is an error, never one the broker creates with its defaults.
             .set("allow.auto.create.topics", "false")
-            // Hints are waited for by a webhook's sender: fetch them promptly.
-            .set("fetch.wait.max.ms", "100");
+            // librdkafka's default, said here because it sets the idle cost: an empty fetch is
+            // held this long by the broker, and a record ends it at once (`fetch.min.bytes` 1).
+            .set("fetch.wait.max.ms", "500");
         c
     }
 
