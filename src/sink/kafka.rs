@@ -181,6 +181,8 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     }
     c.set("enable.idempotence", "true")
         .set("acks", "all")
+        // An event leaves the outbox on its delivery report: success must be reported too.
+        .set("delivery.report.only.error", "false")
         // Topics are created by regwatch with their settings (`create_topic`), or by their owner:
         // never by a producer's metadata request, with the broker's defaults (a state topic
         // with `cleanup.policy=delete` loses state).
@@ -615,6 +617,9 @@ pub async fn probe(
 mod tests {
     use super::*;
 
+    /// Held by the tests that run a `KafkaSink`: they share the process's [`BROKERS`].
+    static SINKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     fn probed(ok: bool, has_topic: bool, losses: u64, confirmed: bool) -> Probed {
         Probed {
             ok,
@@ -629,6 +634,7 @@ mod tests {
     /// would go out on the first connection to a returned broker, before the sink prepared it.
     #[tokio::test(flavor = "multi_thread")]
     async fn an_outage_the_probe_reports_sends_what_waits_back_to_the_outbox() {
+        let _sinks = SINKS.lock().await;
         /// Whatever the test's outcome, the process's sinks are not left held back.
         struct Up;
         impl Drop for Up {
@@ -719,6 +725,34 @@ mod tests {
         assert_eq!(sink.deliver(&events).await, [0, 1, 2]);
         drop(sink);
         assert_eq!(tokio::task::spawn_blocking(read_back).await.unwrap(), 3);
+    }
+
+    /// Delivery reports are how an event leaves the outbox: a `kafka.properties` that asks
+    /// librdkafka to report only failures would leave every delivery waiting for good.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_property_that_silences_delivery_reports_is_overridden() {
+        let _sinks = SINKS.lock().await;
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let config = KafkaConfig {
+            brokers: cluster.bootstrap_servers(),
+            topic: "t".into(),
+            create_topic: false,
+            partitions: 1,
+            replication_factor: -1,
+            properties: vec![(
+                "delivery.report.only.error".into(),
+                "true".to_string().into(),
+            )],
+        };
+        let mut sink = KafkaSink::new(&config).unwrap();
+        let event = Event {
+            id: "id".into(),
+            key: "k".into(),
+            payload: "{}".into(),
+        };
+        let acked = tokio::time::timeout(Duration::from_secs(10), sink.deliver(&[event])).await;
+        assert_eq!(acked.expect("the delivery was reported"), [0]);
     }
 
     /// An outage the probe sees is reported once at each end; a loss librdkafka reports late,
