@@ -479,7 +479,10 @@ impl Daemon {
         let readiness = self.readiness.clone();
         Some(Task::spawn(move |rx| async move {
             stop_predecessor.await;
-            sink::kafka::probe(k, client, readiness, rx).await;
+            // Stopped while it waited (a second reload, a shutdown): it never probes.
+            if !*rx.borrow() {
+                sink::kafka::probe(k, client, readiness, rx).await;
+            }
         }))
     }
 

@@ -380,6 +380,16 @@ async fn a_hint_that_arrives_before_its_tag_is_listed_is_still_reported_within_s
         "webhook_token = \"hook\"\n",
     )
     .await;
+    let listings = || {
+        state
+            .tags_requests_by_repo
+            .lock()
+            .unwrap()
+            .get("team/app")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = listings();
     let hint = reqwest::Client::new()
         .post(format!("http://{}/hooks/local", setup.admin))
         .bearer_auth("hook")
@@ -389,8 +399,17 @@ async fn a_hint_that_arrives_before_its_tag_is_listed_is_still_reported_within_s
         .await
         .unwrap();
     assert_eq!(hint.status(), 202);
-    // The hinted scan has listed the repository without v2 by now.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Pushed only once the hinted scan has listed the repository without it.
+    let hinted = Instant::now();
+    while listings() == before {
+        assert!(
+            hinted.elapsed() < Duration::from_secs(5),
+            "the hint was not scanned"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Past the listing's answer, which the request counted above precedes.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     state.put("team/app", "v2", 2);
     let latency = wait_for_event(&daemon, "team/app", "v2", Duration::from_secs(10)).await;
     let (code, out, err) = daemon.stop();

@@ -50,6 +50,16 @@ struct Brokers {
     down: bool,
 }
 
+impl Brokers {
+    /// Takes in a probe's `turn` and verdict; says whether anything changed.
+    fn take(&mut self, turn: Option<Turn>, down: bool) -> bool {
+        let returned = matches!(turn, Some(Turn::Up | Turn::Bounced));
+        self.returns += u64::from(returned);
+        let was_down = std::mem::replace(&mut self.down, down);
+        returned || was_down != down
+    }
+}
+
 /// The one probe's view of the brokers, for every sink of the process.
 static BROKERS: LazyLock<watch::Sender<Brokers>> =
     LazyLock::new(|| watch::channel(Brokers::default()).0);
@@ -255,9 +265,10 @@ impl KafkaSink {
         let replication = TopicReplication::Fixed(self.config.replication_factor);
         let topic = NewTopic::new(&self.config.topic, self.config.partitions, replication);
         // `operation_timeout`: the answer waits for the topic to be created, not just accepted, so
-        // that the probe finds it listed once the sink says it exists (`TOPIC_CONFIRMED`).
+        // that the probe finds it listed once the sink says it exists (`TOPIC_CONFIRMED`); the
+        // request's own timeout is longer, so that the broker's answer comes first.
         let options = AdminOptions::new()
-            .request_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(Duration::from_secs(15)))
             .operation_timeout(Some(Duration::from_secs(10)));
         let results = admin.create_topics([&topic], &options).await;
         off_worker(move || drop(admin));
@@ -578,6 +589,10 @@ pub async fn probe(
         })
         .await
         .unwrap_or((false, false));
+        if confirmed && !ok {
+            // Kept for the next probe that gets an answer.
+            TOPIC_CONFIRMED.store(true, Ordering::Relaxed);
+        }
         let seen = Probed {
             ok,
             has_topic,
@@ -585,13 +600,9 @@ pub async fn probe(
             confirmed,
         };
         let turn = memory.observe(seen);
-        let returned = matches!(turn, Some(Turn::Up | Turn::Bounced));
         let down = memory.down();
         readiness.kafka_reachable(!down);
-        BROKERS.send_if_modified(|b| {
-            b.returns += u64::from(returned);
-            returned || std::mem::replace(&mut b.down, down) != down
-        });
+        BROKERS.send_if_modified(|b| b.take(turn, down));
         match turn {
             Some(Turn::Reachable) => tracing::info!("kafka reachable"),
             Some(Turn::Up) => {
@@ -684,7 +695,6 @@ mod tests {
 
         let mut sink = KafkaSink::new(&config).unwrap();
         cluster.broker_down(1).unwrap();
-        let failed_before = crate::metrics::get().kafka_delivery_errors.get();
         let batch = events.clone();
         let delivery = tokio::spawn(async move {
             let acked = sink.deliver(&batch).await;
@@ -701,11 +711,14 @@ mod tests {
             acked.is_empty(),
             "acknowledged during the outage: {acked:?}"
         );
-        assert_eq!(
-            crate::metrics::get().kafka_delivery_errors.get() - failed_before,
-            3,
-            "the queued batch was purged, each event a failed delivery"
-        );
+        {
+            use rdkafka::producer::Producer;
+            assert_eq!(
+                sink.producer.in_flight_count(),
+                0,
+                "the queued batch was purged, not left to go out on the broker's return"
+            );
+        }
         assert!(
             sink.deliver(&events).await.is_empty(),
             "nothing is handed over while the brokers are down"
@@ -753,6 +766,30 @@ mod tests {
         };
         let acked = tokio::time::timeout(Duration::from_secs(10), sink.deliver(&[event])).await;
         assert_eq!(acked.expect("the delivery was reported"), [0]);
+    }
+
+    /// What sinks see across an outage: down while it lasts, and on the return both a new
+    /// generation (a fresh producer, the topic prepared again) and the down flag cleared, at once.
+    #[test]
+    fn the_brokers_value_follows_the_probe() {
+        let mut memory = ProbeMemory::default();
+        let mut brokers = Brokers::default();
+        let mut seen = Vec::new();
+        for probe in [
+            probed(true, true, 0, false),
+            probed(false, false, 1, false),
+            probed(false, false, 1, false),
+            probed(true, true, 1, false),
+            probed(true, true, 1, false),
+        ] {
+            let turn = memory.observe(probe);
+            brokers.take(turn, memory.down());
+            seen.push((brokers.returns, brokers.down));
+        }
+        assert_eq!(
+            seen,
+            [(0, false), (0, true), (0, true), (1, false), (1, false)]
+        );
     }
 
     /// An outage the probe sees is reported once at each end; a loss librdkafka reports late,

@@ -209,11 +209,14 @@ impl Scanner {
     }
 
     /// Scans the named repositories now (a webhook hint), whatever their backoff: a push is news.
-    /// Names outside the watch set are ignored. Stops starting repositories once `stop()` is true.
+    /// Names outside the watch set are ignored. In cluster mode, those another replica owns are
+    /// passed on to it when `forward` (a hint as received), else left to it. Stops starting
+    /// repositories once `stop()` is true.
     pub async fn scan_hinted(
         &self,
         output: &Output,
         repos: Vec<String>,
+        forward: bool,
         stop: impl Fn() -> bool,
     ) -> Result<CycleReport, ScanError> {
         let mut repos: Vec<String> = repos.iter().map(|r| self.config.qualified(r)).collect();
@@ -226,7 +229,7 @@ impl Scanner {
                 .into_iter()
                 .partition(|r| store.owns(&self.identity, r));
             repos = mine;
-            for repo in theirs {
+            for repo in theirs.into_iter().filter(|_| forward) {
                 let (identity, store) = (self.identity.clone(), store.clone());
                 if let Err(e) = blocking(&store, move |s| s.forward_hint(&identity, &repo)).await {
                     tracing::warn!(registry = %self.config.name, error = %e, "webhook hint not passed on; the periodic scan covers it");

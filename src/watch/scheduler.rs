@@ -123,6 +123,17 @@ impl Settling {
     }
 }
 
+/// Why repositories are scanned out of the schedule.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rescan {
+    /// A webhook named them.
+    Hint,
+    /// Their hinted scan was [`HINT_SETTLE`] ago.
+    Settle,
+    /// A tag of theirs waits on a failed lookup.
+    Quick,
+}
+
 /// How a guarded scan ended.
 enum Ended<T> {
     /// It returned.
@@ -253,14 +264,14 @@ impl RegistryLoop {
                 _ = tokio::time::sleep_until(next_quick.unwrap_or(next_full)), if next_quick.is_some() => {
                     let repos = quick.take_due();
                     tracing::debug!(registry = %name, ?repos, "rescanning repositories with a tag waiting on a failed lookup");
-                    if self.scan_now(repos, &shutdown, cycle_limit, &mut tick, &mut quick).await {
+                    if self.scan_now(repos, Rescan::Quick, &shutdown, cycle_limit, &mut tick, &mut quick).await {
                         break;
                     }
                 }
                 _ = tokio::time::sleep_until(next_settled.unwrap_or(next_full)), if next_settled.is_some() => {
                     let repos = settling.take_due();
                     tracing::debug!(registry = %name, ?repos, "listing hinted repositories once more");
-                    if self.scan_now(repos, &shutdown, cycle_limit, &mut tick, &mut quick).await {
+                    if self.scan_now(repos, Rescan::Settle, &shutdown, cycle_limit, &mut tick, &mut quick).await {
                         break;
                     }
                 }
@@ -271,7 +282,7 @@ impl RegistryLoop {
                         repos.insert(more);
                     }
                     let repos: Vec<String> = repos.into_iter().collect();
-                    if self.scan_now(repos.clone(), &shutdown, cycle_limit, &mut tick, &mut quick).await {
+                    if self.scan_now(repos.clone(), Rescan::Hint, &shutdown, cycle_limit, &mut tick, &mut quick).await {
                         break;
                     }
                     settling.note(&repos);
@@ -289,11 +300,11 @@ impl RegistryLoop {
         self.hints
     }
 
-    /// Scans `repos` at once (a webhook hint, or a quick rescan), obeying shutdown and the time
-    /// limit like a full cycle. Returns true when the loop must end (the store failed for good).
+    /// Scans `repos` at once, for `why`, obeying shutdown and the time limit like a full cycle. Returns true when the loop must end (the store failed for good).
     async fn scan_now(
         &self,
         repos: Vec<String>,
+        why: Rescan,
         shutdown: &watch::Receiver<bool>,
         limit: Duration,
         tick: &mut Interval,
@@ -301,9 +312,12 @@ impl RegistryLoop {
     ) -> bool {
         let name = &self.scanner.config.name;
         let stop = shutdown.clone();
-        let scan = self
-            .scanner
-            .scan_hinted(&self.output, repos.clone(), move || *stop.borrow());
+        let scan = self.scanner.scan_hinted(
+            &self.output,
+            repos.clone(),
+            why == Rescan::Hint,
+            move || *stop.borrow(),
+        );
         match beating(tick, &self.heartbeat, guarded(limit, scan)).await {
             Ended::Returned(Ok(report)) => {
                 // The report names repositories as qualified (`nginx` is `library/nginx`).
@@ -311,7 +325,10 @@ impl RegistryLoop {
                     .iter()
                     .map(|r| self.scanner.config.qualified(r))
                     .collect();
-                quick.note(&report.waiting, Some(&covered));
+                // A settling look leaves the quick rescans of its hinted scan as they were.
+                if why != Rescan::Settle {
+                    quick.note(&report.waiting, Some(&covered));
+                }
                 tracing::debug!(registry = %name, ?report, "hinted scan complete");
             }
             Ended::Returned(Err(ScanError::Store(e))) if !e.is_transient() => {

@@ -873,7 +873,7 @@ impl World {
         self.sim.lock().unwrap().new_step(Faults::default());
         let result = self
             .scanner
-            .scan_hinted(&self.output(), vec![repo.to_owned()], || false)
+            .scan_hinted(&self.output(), vec![repo.to_owned()], true, || false)
             .await;
         self.check_step(&format!("hint {repo} -> {result:?}"), false, false)
     }

@@ -457,7 +457,13 @@ impl Inner {
         }
         let mut last_check = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            match consumer.poll(POLL) {
+            // Repairs pending: a look, not a wait, so that they go on at their own pace.
+            let wait = if self.repairs.lock().expect("repairs lock").is_empty() {
+                POLL
+            } else {
+                Duration::ZERO
+            };
+            match consumer.poll(wait) {
                 Some(Ok(message)) => self.apply(&message),
                 // Reached again after every write: only a restore's end needs the broker asked.
                 Some(Err(KafkaError::PartitionEOF(p)))
@@ -609,7 +615,8 @@ impl Inner {
             // A missing state topic is an error, never one the broker creates with its defaults.
             .set("allow.auto.create.topics", "false")
             // librdkafka's default, said here because it sets the idle cost: an empty fetch is
-            // held this long by the broker, and a record ends it at once (`fetch.min.bytes` 1).
+            // held this long by the broker, and on Kafka a record ends it at once
+            // (`fetch.min.bytes` 1; Tansu 0.6 sleeps on regardless).
             .set("fetch.wait.max.ms", "500");
         c
     }
