@@ -18,10 +18,14 @@
 //!    mock cluster; restore after a simulated week of churn against the same state written once.
 //! 5. The diff on a 50k-tag repository: 2,000 new signatures, and 50k known platforms, against a
 //!    diff that finds one new tag.
+//! 6. Soak (`-- soak`, `-- soak-cluster`, only when named): a compressed month with faults, each
+//!    figure's slope over the second half (see `soak/mod.rs`).
 //!
 //! Sizes: REGWATCH_BENCH_REPOS (default 2000), REGWATCH_BENCH_SCALE_REPOS and
 //! REGWATCH_BENCH_SCALE_TAGS (default 1000 each), REGWATCH_BENCH_EVENTS (default 100000),
 //! REGWATCH_BENCH_CLUSTER_REPOS (default 3000), REGWATCH_BENCH_FAILOVER_REPOS (default 120).
+
+mod soak;
 
 // The test suite's real-component helpers (Tansu, the synthetic registry) serve here too.
 #[path = "../tests/support/mod.rs"]
@@ -800,24 +804,28 @@ async fn publishing(rows: &mut Vec<Row>) {
 /// on-CPU nanoseconds of all its threads (`/proc/<pid>/task/*/schedstat`; clock ticks are too
 /// coarse for an idle process), and its thread count.
 async fn idle_cost(pid: u32, window: Duration) -> (f64, usize) {
-    let on_cpu = || -> u64 {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|tasks| {
-                tasks
-                    .flatten()
-                    .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-                    .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0)
-    };
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |t| t.count());
-    let before = on_cpu();
+    let before = on_cpu_seconds(pid);
     tokio::time::sleep(window).await;
     (
-        (on_cpu() - before) as f64 / 1e9 / window.as_secs_f64(),
+        (on_cpu_seconds(pid) - before) / window.as_secs_f64(),
         threads,
     )
+}
+
+/// Seconds on a CPU of all of `pid`'s threads so far, from their `schedstat` (nanoseconds; clock
+/// ticks are too coarse for an idle process). Threads that ended are not counted.
+fn on_cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .unwrap_or(0) as f64
+        / 1e9
 }
 
 /// Idle cost with `[kafka]` (issue 21): a daemon with a 60 s interval watching 10 repositories,
@@ -1877,6 +1885,12 @@ fn main() {
         }
         if wanted("cluster-churn") {
             cluster_churn(&mut rows).await;
+        }
+        // Half an hour or more each: only when named.
+        match only.as_deref() {
+            Some("soak") => soak::soak(&mut rows, false).await,
+            Some("soak-cluster") => soak::soak(&mut rows, true).await,
+            _ => {}
         }
     });
     if wanted("diff") {

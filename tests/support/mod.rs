@@ -504,6 +504,11 @@ impl Tansu {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// The broker's process id (to pause it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Tansu {

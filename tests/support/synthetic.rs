@@ -84,6 +84,8 @@ pub struct Synthetic {
     pub tags_delay: Mutex<Option<std::time::Duration>>,
     /// How long every `/token` request waits before it is answered (a slow realm).
     pub token_delay: Mutex<Option<std::time::Duration>>,
+    /// While set, every request answers 500 (a registry down for a while).
+    pub failing: std::sync::atomic::AtomicBool,
 }
 
 /// A digest derived from the content it names.
@@ -171,6 +173,9 @@ async fn handle(
     headers: HeaderMap,
 ) -> Response {
     let path = uri.path().to_owned();
+    if state.failing.load(Ordering::Relaxed) {
+        return status(StatusCode::INTERNAL_SERVER_ERROR);
+    }
     let authorization = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
