@@ -640,6 +640,12 @@ mod tests {
         }
     }
 
+    /// What a fresh probe reports for each of `probes` in turn.
+    fn turns(probes: &[Probed]) -> Vec<Option<Turn>> {
+        let mut memory = ProbeMemory::default();
+        probes.iter().map(|seen| memory.observe(*seen)).collect()
+    }
+
     /// Events a sink's producer holds when the probe finds the brokers down go back to the outbox
     /// at once, and none is handed over until the probe sees them again: held by librdkafka, they
     /// would go out on the first connection to a returned broker, before the sink prepared it.
@@ -796,18 +802,14 @@ mod tests {
     /// after the return, is the same outage.
     #[test]
     fn an_outage_is_reported_at_its_start_and_its_end_once() {
-        let mut memory = ProbeMemory::default();
-        let turns: Vec<_> = [
+        let turns = turns(&[
             probed(true, true, 0, false),
             probed(false, false, 1, false),
             probed(false, false, 2, false),
             probed(true, false, 2, false),
             probed(true, true, 3, false),
             probed(true, true, 3, false),
-        ]
-        .into_iter()
-        .map(|seen| memory.observe(seen))
-        .collect();
+        ]);
         assert_eq!(
             turns,
             [
@@ -876,8 +878,7 @@ mod tests {
     /// after the topic is listed once more).
     #[test]
     fn a_confirmed_topic_never_listed_bounces_once() {
-        let mut memory = ProbeMemory::default();
-        let turns: Vec<_> = [
+        let turns = turns(&[
             probed(true, false, 0, false),
             probed(true, false, 0, true),
             probed(true, false, 0, true),
@@ -886,10 +887,7 @@ mod tests {
             probed(true, false, 0, false),
             probed(true, false, 0, true),
             probed(true, false, 0, true),
-        ]
-        .into_iter()
-        .map(|seen| memory.observe(seen))
-        .collect();
+        ]);
         assert_eq!(
             turns,
             [
