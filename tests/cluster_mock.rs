@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -498,12 +499,15 @@ async fn exactly_once_delivers_and_a_fenced_replica_commits_nothing() {
 }
 
 /// The simulation idea applied to replicas as real processes: a seeded random run of `kill -9`,
-/// graceful leaves, joins and broker outages (the mock broker down for up to 8 s, past the
-/// session now and then), with pushes to random repositories throughout. Checked at the end:
-/// every pushed tag delivered, nothing phantom, no change under two ids (a redelivery keeps its
-/// id). `REGWATCH_CLUSTER_FAULT_SEED` replays a run; `REGWATCH_CLUSTER_FAULT_ROUNDS` (default 6)
+/// graceful leaves, joins, broker outages (the mock broker down for up to 8 s, past the session
+/// now and then), pauses (SIGSTOP, then SIGCONT within the session) and rollouts (a replica
+/// replaced by one whose config adds, or drops again, a second registry that is never pushed
+/// to), with pushes to random repositories throughout. Checked at the end: every pushed tag
+/// delivered, nothing phantom (the second registry's tags included: a replica that does not know
+/// it must leave its state alone), no change under two ids (a redelivery keeps its id).
+/// `REGWATCH_CLUSTER_FAULT_SEED` replays a run; `REGWATCH_CLUSTER_FAULT_ROUNDS` (default 6)
 /// makes it longer. SIGSTOP past the session is left out: at-least-once has no fencing for a
-/// paused replica's events (README, "Known limits").
+/// paused replica's events (docs, cluster mode, "Known limits").
 #[tokio::test(flavor = "multi_thread")]
 async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
     use rand::seq::IndexedRandom;
@@ -521,6 +525,14 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
     let (registry, proxy, url, repos) = seeded_registry(12).await;
     let opts = opts(brokers.clone(), url, "", "");
     let (mut setups, mut daemons) = three_settled(&proxy, &opts).await;
+    // Which replicas run the config with the second registry.
+    let mut rolled = vec![false; daemons.len()];
+    let other = Arc::new(support::synthetic::Synthetic::default());
+    other.put("svc/other", "v1", 0);
+    let other_registry = format!(
+        "\n[[registry]]\nname = \"other\"\nkind = \"oci\"\nurl = \"http://{}\"\ninsecure = true\nrepositories = [\"svc/*\"]\n",
+        support::synthetic::serve(other.clone()).await
+    );
     let mut tail = Tail::new(&brokers, TOPIC, "read_committed");
     tail.drain_for(Duration::from_secs(4));
     assert_silent_baseline(&tail, || stderrs(&daemons.iter().collect::<Vec<_>>()));
@@ -532,15 +544,16 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
         pushed.extend(push_all(&registry, &subset, &format!("r{round}")).await);
         // Never the last replica: someone must be left to deliver.
         let action = match daemons.len() {
-            0 | 1 => *[2, 3].choose(&mut rng).unwrap(),
-            n if n >= 4 => *[0, 1, 3].choose(&mut rng).unwrap(),
-            _ => rng.random_range(0..4),
+            0 | 1 => *[2, 3, 4, 5].choose(&mut rng).unwrap(),
+            n if n >= 4 => *[0, 1, 3, 4, 5].choose(&mut rng).unwrap(),
+            _ => rng.random_range(0..6),
         };
         match action {
             0 | 1 => {
                 let i = rng.random_range(0..daemons.len());
                 let d = daemons.remove(i);
                 setups.remove(i);
+                rolled.remove(i);
                 if action == 0 {
                     d.kill9();
                     actions.push("kill -9");
@@ -553,7 +566,37 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
                 let s = replica(&opts, true);
                 daemons.push(start_replica(&proxy, &s).await);
                 setups.push(s);
+                rolled.push(false);
                 actions.push("join");
+            }
+            4 => {
+                // Within the session (6 s, a heartbeat every 2 s): the group keeps it.
+                let d = daemons.choose(&mut rng).unwrap();
+                let pid = d.pid() as i32;
+                // SAFETY: plain kill(2) on our own child's pid.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..2000))).await;
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+                actions.push("pause");
+            }
+            5 => {
+                let i = rng.random_range(0..daemons.len());
+                daemons.remove(i).stop();
+                setups.remove(i);
+                let with_other = !rolled.remove(i);
+                let s = replica(&opts, true);
+                if with_other {
+                    let mut config = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&s.config)
+                        .unwrap();
+                    std::io::Write::write_all(&mut config, other_registry.as_bytes()).unwrap();
+                }
+                daemons.push(start_replica(&proxy, &s).await);
+                setups.push(s);
+                rolled.push(with_other);
+                actions.push("rollout");
             }
             _ => {
                 cluster.broker_down(1).unwrap();
@@ -582,11 +625,13 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
     let count = |a: &str| actions.iter().filter(|x| **x == a).count();
     report(
         &format!(
-            "cluster random faults (seed {seed}): {rounds} rounds, {} kill -9 / {} leaves / {} joins / {} broker outages, {} pushed tags: missing / phantom / one change under two ids",
+            "cluster random faults (seed {seed}): {rounds} rounds, {} kill -9 / {} leaves / {} joins / {} broker outages / {} pauses / {} rollouts, {} pushed tags: missing / phantom / one change under two ids",
             count("kill -9"),
             count("leave"),
             count("join"),
             count("broker outage"),
+            count("pause"),
+            count("rollout"),
             pushed.len()
         ),
         // Two ids for one change fail the assertion above; reaching here, there were none.
