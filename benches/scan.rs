@@ -886,6 +886,112 @@ async fn idle(rows: &mut Vec<Row>) {
             "< 0.1 % of a core",
         ));
     }
+    // The replica's state topic is still on the broker: the bare clients read it as it did.
+    let (floor, floor_threads) = librdkafka_floor(&tansu.brokers, "idle.cluster.state", window);
+    let (_, cluster_cpu, _) = measured[2];
+    rows.push(row(
+        "librdkafka's own idle floor: a bare subscribed consumer and a producer, nothing sent",
+        format!("{:.3} % of a core, {floor_threads} threads", floor * 100.0),
+        &format!("cluster replica: {:.3} %", cluster_cpu * 100.0),
+        &format!(
+            "{:.0} % of the replica's cost",
+            floor / cluster_cpu.max(1e-9) * 100.0
+        ),
+        "(what a replica cannot go below)",
+    ));
+}
+
+/// The idle CPU of the two librdkafka clients a cluster replica needs, with nothing of
+/// regwatch's around them: a consumer subscribed to `topic` in a group of its own with the
+/// replica's settings (session, heartbeat, fetch wait, partition EOF), polled every second as the
+/// replica's consumer thread does, and a producer looked at every second as its report thread
+/// does.
+/// Only their threads (librdkafka's `rdk:` ones and the two pollers) are counted.
+fn librdkafka_floor(brokers: &str, topic: &str, window: Duration) -> (f64, usize) {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, Producer};
+    use std::sync::atomic::AtomicBool;
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("floor-{}", rand::random::<u32>()))
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3333")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "500")
+        .create()
+        .expect("bare consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("bare producer");
+    producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("producer metadata");
+    let pollers = [
+        std::thread::Builder::new()
+            .name("floor-consumer".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = consumer.poll(Duration::from_secs(1));
+                    }
+                }
+            }),
+        std::thread::Builder::new()
+            .name("floor-producer".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    // A sleep, then a look: `poll` with a timeout busy-waits its last millisecond
+                    // (see regwatch's `sink::producer`), which is not librdkafka's cost.
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_secs(1));
+                        producer.poll(Duration::ZERO);
+                    }
+                }
+            }),
+    ];
+    let own = |name: &str| name.starts_with("rdk:") || name.starts_with("floor-");
+    let counted = || -> (u64, usize) {
+        let mut total = (0, 0);
+        for task in std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if !own(name.trim()) {
+                continue;
+            }
+            let ns = std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            total = (total.0 + ns, total.1 + 1);
+        }
+        total
+    };
+    // Joined, assigned, and the first fetches settled, as the replica was.
+    std::thread::sleep(Duration::from_secs(15));
+    let (before, _) = counted();
+    std::thread::sleep(window);
+    let (after, threads) = counted();
+    stop.store(true, Ordering::Relaxed);
+    for poller in pollers {
+        let _ = poller.expect("spawn poller").join();
+    }
+    (
+        (after - before) as f64 / 1e9 / window.as_secs_f64(),
+        threads,
+    )
 }
 
 // ------------------------------------------------------------------------------------------------

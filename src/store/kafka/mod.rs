@@ -78,10 +78,11 @@ const CHECKPOINT_CHUNK: usize = if cfg!(test) { 100 } else { 10_000 };
 const CHECKPOINT_BUDGET: Duration = Duration::from_millis(250);
 /// How long the consumer thread waits in `poll` for a record before it looks at restores and
 /// shutdown: records (hints included) end the wait at once, so this only bounds how late a stop
-/// is noticed, and sets the thread's idle wake-ups. A whole number of milliseconds: the
-/// consumer's wait then ends past its deadline and returns, where a fraction would be
-/// busy-waited (see `crate::sink::producer`).
-const POLL: Duration = Duration::from_millis(500);
+/// is noticed, and sets the thread's idle wake-ups. At most rust-rdkafka's one-second poll
+/// slice, and a whole number of milliseconds: the consumer's wait then ends past its deadline and
+/// returns, where the fraction left after a slice would be busy-waited (see
+/// `crate::sink::producer`).
+const POLL: Duration = Duration::from_secs(1);
 
 /// The partition of the state topic a key lands in: FNV-1a of the key's bytes. Stable across
 /// releases and replicas, which is all that matters: regwatch writes every record to the partition
