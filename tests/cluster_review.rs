@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use regwatch::config::{self, ClusterConfig, FirstRun, KafkaConfig};
 use regwatch::store::StateStore;
 use regwatch::store::kafka::ClusterStore;
 use regwatch::watch::scan::{Output, Scanner};
+use support::kafka_wire::{ProxiedMock, Seen};
 use support::report;
 use support::synthetic::{Synthetic, serve};
 use tokio::sync::Notify;
@@ -335,19 +337,28 @@ async fn cluster_mode_never_prints_the_kafka_secrets() {
 /// rebalance callback. After another replica joins (a cooperative rebalance in two rounds), the
 /// replica that kept its remaining partitions must still commit: metadata from a round it did not
 /// see would have every transaction rejected as from an old generation, and nothing recorded.
+/// The mock broker never checks the generation and member id of a TxnOffsetCommit, so the
+/// clients talk to it through a proxy that reads them off the wire.
 #[tokio::test(flavor = "multi_thread")]
 async fn exactly_once_commits_after_another_replica_joined() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("imgs.state", PARTITIONS, 1).unwrap();
-    mock.create_topic("imgs", PARTITIONS, 1).unwrap();
-    let eos = |mock: &Mock| {
-        let (kafka, mut cluster) = configs(mock.bootstrap_servers());
+    let mock = ProxiedMock::start().await;
+    mock.cluster()
+        .create_topic("imgs.state", PARTITIONS, 1)
+        .unwrap();
+    mock.cluster().create_topic("imgs", PARTITIONS, 1).unwrap();
+    // Its own client.id (the consumer's and the transactional producer's) tells each replica's
+    // frames apart on the wire.
+    let eos = |mock: &ProxiedMock, name: &str| {
+        let (mut kafka, mut cluster) = configs(mock.bootstrap_servers());
+        kafka
+            .properties
+            .push(("client.id".into(), name.to_owned().into()));
         cluster.exactly_once = true;
         start_with(&kafka, &cluster)
     };
-    let (a, ready_a) = eos(&mock);
+    let (a, ready_a) = eos(&mock, "replica-a");
     restored(&ready_a).await;
-    let (b, ready_b) = eos(&mock);
+    let (b, ready_b) = eos(&mock, "replica-b");
     restored(&ready_b).await;
     // Both own a share once the two rounds are over.
     let id = "https://r.example";
@@ -382,6 +393,55 @@ async fn exactly_once_commits_after_another_replica_joined() {
     );
     assert!(kept.is_ok(), "the replica that kept partitions: {kept:?}");
     assert!(gained.is_ok(), "the replica that joined: {gained:?}");
+    // Each offset commit must carry the generation of the latest JoinGroup round before it, and
+    // the member id that round gave its replica: the broker fences anything else (KIP-447).
+    let seen = mock.wire.seen.lock().unwrap().clone();
+    println!(
+        "(api key, version) seen: {:?}",
+        mock.wire.versions.lock().unwrap()
+    );
+    let (mut generation, mut members) = (None, HashMap::new());
+    let (mut commits, mut stale) = (Vec::new(), Vec::new());
+    for frame in &seen {
+        match frame {
+            Seen::Joined {
+                client,
+                generation: g,
+                member,
+            } => {
+                generation = generation.max(Some(*g));
+                members.insert(client.clone(), (*g, member.clone()));
+            }
+            Seen::TxnCommit {
+                client,
+                generation: g,
+                member,
+            } => {
+                commits.push(client.clone());
+                let current = members
+                    .get(client)
+                    .filter(|(mg, _)| Some(*mg) == generation);
+                if Some(*g) != generation || current.is_none_or(|(_, m)| m != member) {
+                    stale.push((frame.clone(), generation, current.cloned()));
+                }
+            }
+        }
+    }
+    report(
+        "cluster exactly_once: offset commits with a stale generation or member",
+        stale.len(),
+        "0",
+    );
+    assert!(
+        stale.is_empty(),
+        "offset commits with stale group metadata (commit, latest generation, the replica's member id in it): {stale:?}\nall frames: {seen:?}"
+    );
+    for replica in ["replica-a", "replica-b"] {
+        assert!(
+            commits.iter().any(|c| c == replica),
+            "no TxnOffsetCommit from {replica} on the wire: {seen:?}"
+        );
+    }
 }
 
 /// A registry dropped from the configuration has its state forgotten (a single node forgets it

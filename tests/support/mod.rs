@@ -6,6 +6,7 @@
 pub mod aws_endpoints;
 pub mod azure;
 pub mod cluster;
+pub mod kafka_wire;
 pub mod moto;
 pub mod native;
 pub mod proxy;
