@@ -500,11 +500,12 @@ async fn exactly_once_delivers_and_a_fenced_replica_commits_nothing() {
 
 /// The simulation idea applied to replicas as real processes: a seeded random run of `kill -9`,
 /// graceful leaves, joins, broker outages (the mock broker down for up to 8 s, past the session
-/// now and then), pauses (SIGSTOP, then SIGCONT within the session) and rollouts (a replica
-/// replaced by one whose config adds, or drops again, a second registry that is never pushed
-/// to), with pushes to random repositories throughout. Checked at the end: every pushed tag
-/// delivered, nothing phantom (the second registry's tags included: a replica that does not know
-/// it must leave its state alone), no change under two ids (a redelivery keeps its id).
+/// now and then), pauses (SIGSTOP, then SIGCONT well within the session) and rollouts (a replica
+/// replaced by one whose config drops, or adds back, a second registry), with pushes to random
+/// repositories of both registries throughout. At the end the rollout completes (every replica
+/// knows both registries), and then: every pushed tag delivered (the second registry's too: a
+/// replica that does not know it must leave its state alone), nothing phantom, no change under
+/// two ids (a redelivery keeps its id).
 /// `REGWATCH_CLUSTER_FAULT_SEED` replays a run; `REGWATCH_CLUSTER_FAULT_ROUNDS` (default 6)
 /// makes it longer. SIGSTOP past the session is left out: at-least-once has no fencing for a
 /// paused replica's events (docs, cluster mode, "Known limits").
@@ -524,15 +525,35 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
     let brokers = cluster.bootstrap_servers();
     let (registry, proxy, url, repos) = seeded_registry(12).await;
     let opts = opts(brokers.clone(), url, "", "");
-    let (mut setups, mut daemons) = three_settled(&proxy, &opts).await;
-    // Which replicas run the config with the second registry.
-    let mut rolled = vec![false; daemons.len()];
+    // A second registry, in every replica's config at first; rollouts take it out of some and
+    // put it back. It is pushed to throughout, so a replica that does not know it must keep its
+    // state: erased, the next owner that knows it would take a baseline and miss the pushes.
     let other = Arc::new(support::synthetic::Synthetic::default());
     other.put("svc/other", "v1", 0);
     let other_registry = format!(
         "\n[[registry]]\nname = \"other\"\nkind = \"oci\"\nurl = \"http://{}\"\ninsecure = true\nrepositories = [\"svc/*\"]\n",
         support::synthetic::serve(other.clone()).await
     );
+    let configured = |with_other: bool| {
+        let s = replica(&opts, true);
+        if with_other {
+            let mut config = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&s.config)
+                .unwrap();
+            std::io::Write::write_all(&mut config, other_registry.as_bytes()).unwrap();
+        }
+        s
+    };
+    let mut setups: Vec<Setup> = (0..3).map(|_| configured(true)).collect();
+    let mut daemons = Vec::new();
+    for s in &setups {
+        daemons.push(start_replica(&proxy, s).await);
+    }
+    let admins: Vec<&str> = setups.iter().map(|s| s.admin.as_str()).collect();
+    wait_settled(&admins, STATE_PARTITIONS, SETTLE).await;
+    // Which replicas run the config with the second registry.
+    let mut rolled = vec![true; daemons.len()];
     let mut tail = Tail::new(&brokers, TOPIC, "read_committed");
     tail.drain_for(Duration::from_secs(4));
     assert_silent_baseline(&tail, || stderrs(&daemons.iter().collect::<Vec<_>>()));
@@ -542,7 +563,10 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
     for round in 0..rounds {
         let subset: Vec<String> = repos.choose_multiple(&mut rng, 3).cloned().collect();
         pushed.extend(push_all(&registry, &subset, &format!("r{round}")).await);
-        // Never the last replica: someone must be left to deliver.
+        let tag = format!("r{round}");
+        let digest = other.put("svc/other", &tag, round as u32 + 1);
+        pushed.insert(("svc/other".to_owned(), tag), digest);
+        // Never the last replica (a rollout replaces one): someone must be left to deliver.
         let action = match daemons.len() {
             0 | 1 => *[2, 3, 4, 5].choose(&mut rng).unwrap(),
             n if n >= 4 => *[0, 1, 3, 4, 5].choose(&mut rng).unwrap(),
@@ -563,19 +587,21 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
                 }
             }
             2 => {
-                let s = replica(&opts, true);
+                let with_other = rng.random_bool(0.5);
+                let s = configured(with_other);
                 daemons.push(start_replica(&proxy, &s).await);
                 setups.push(s);
-                rolled.push(false);
+                rolled.push(with_other);
                 actions.push("join");
             }
             4 => {
-                // Within the session (6 s, a heartbeat every 2 s): the group keeps it.
+                // Well within the session (6 s; a heartbeat every 2 s, sent up to 0.5 s late),
+                // with room for a loaded machine: the group keeps it.
                 let d = daemons.choose(&mut rng).unwrap();
                 let pid = d.pid() as i32;
                 // SAFETY: plain kill(2) on our own child's pid.
                 unsafe { libc::kill(pid, libc::SIGSTOP) };
-                tokio::time::sleep(Duration::from_millis(rng.random_range(500..2000))).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..1200))).await;
                 // SAFETY: as above.
                 unsafe { libc::kill(pid, libc::SIGCONT) };
                 actions.push("pause");
@@ -585,14 +611,7 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
                 daemons.remove(i).stop();
                 setups.remove(i);
                 let with_other = !rolled.remove(i);
-                let s = replica(&opts, true);
-                if with_other {
-                    let mut config = std::fs::OpenOptions::new()
-                        .append(true)
-                        .open(&s.config)
-                        .unwrap();
-                    std::io::Write::write_all(&mut config, other_registry.as_bytes()).unwrap();
-                }
+                let s = configured(with_other);
                 daemons.push(start_replica(&proxy, &s).await);
                 setups.push(s);
                 rolled.push(with_other);
@@ -606,6 +625,16 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
             }
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..3000))).await;
+    }
+    // The rollout completes: every replica knows the second registry again.
+    for i in 0..daemons.len() {
+        if !rolled[i] {
+            let s = configured(true);
+            let d = start_replica(&proxy, &s).await;
+            std::mem::replace(&mut daemons[i], d).stop();
+            setups[i] = s;
+            rolled[i] = true;
+        }
     }
     tail.wait_for_tags(&pushed, Duration::from_secs(120), || {
         format!(
