@@ -169,7 +169,10 @@ impl Wire {
             if version >= 2 {
                 r.i32()?; // throttle_time_ms
             }
-            let error = r.i16()?;
+            if r.i16()? != 0 {
+                // A failed join announces nothing (and its member id may be null).
+                return Some(None);
+            }
             let generation = r.i32()?;
             if version >= 7 {
                 r.string(flexible)?; // protocol_type
@@ -180,7 +183,7 @@ impl Wire {
                 r.take(1)?; // skip_assignment
             }
             let member = r.string(flexible)??;
-            Some((error == 0).then_some(Seen::Joined {
+            Some(Some(Seen::Joined {
                 client,
                 generation,
                 member,
