@@ -886,7 +886,7 @@ async fn idle(rows: &mut Vec<Row>) {
             "< 0.1 % of a core",
         ));
     }
-    // The replica's state topic is still on the broker: the bare clients read it as it did.
+    // The replica's state topic is still on the broker: the bare consumer reads it as it did.
     let (floor, floor_threads) = librdkafka_floor(&tansu.brokers, "idle.cluster.state", window);
     let (_, cluster_cpu, _) = measured[2];
     rows.push(row(
@@ -903,19 +903,30 @@ async fn idle(rows: &mut Vec<Row>) {
 
 /// The idle CPU of the two librdkafka clients a cluster replica needs, with nothing of
 /// regwatch's around them: a consumer subscribed to `topic` in a group of its own with the
-/// replica's settings (session, heartbeat, fetch wait, partition EOF), polled every second as the
-/// replica's consumer thread does, and a producer looked at every second as its report thread
-/// does.
-/// Only their threads (librdkafka's `rdk:` ones and the two pollers) are counted.
+/// replica's consumer settings (session, heartbeat, fetch wait, partition EOF, offset reset),
+/// polled every second as the replica's consumer thread does, and a producer with its producer
+/// settings, looked at every second as its report thread does. Only the threads started for
+/// them (librdkafka's and the two pollers) are counted.
 fn librdkafka_floor(brokers: &str, topic: &str, window: Duration) -> (f64, usize) {
     use rdkafka::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::producer::{BaseProducer, Producer};
     use std::sync::atomic::AtomicBool;
     let stop = Arc::new(AtomicBool::new(false));
+    // Only threads started from here on are counted.
+    let tids = || -> std::collections::HashSet<String> {
+        std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|t| t.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let before_clients = tids();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("floor-{}", rand::random::<u32>()))
+        .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "3333")
@@ -926,8 +937,16 @@ fn librdkafka_floor(brokers: &str, topic: &str, window: Duration) -> (f64, usize
         .create()
         .expect("bare consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    // The replica's producer settings (idempotence, acks, linger, compression...).
+    let producer: BaseProducer =
+        regwatch::sink::kafka::client_config(&regwatch::config::KafkaConfig {
+            brokers: brokers.to_owned(),
+            topic: topic.to_owned(),
+            create_topic: false,
+            partitions: 1,
+            replication_factor: -1,
+            properties: Vec::new(),
+        })
         .create()
         .expect("bare producer");
     producer
@@ -959,39 +978,36 @@ fn librdkafka_floor(brokers: &str, topic: &str, window: Duration) -> (f64, usize
                 }
             }),
     ];
-    let own = |name: &str| name.starts_with("rdk:") || name.starts_with("floor-");
-    let counted = || -> (u64, usize) {
-        let mut total = (0, 0);
-        for task in std::fs::read_dir("/proc/self/task")
+    // On-CPU nanoseconds of each thread the two clients and their pollers started.
+    let counted = || -> std::collections::HashMap<String, u64> {
+        std::fs::read_dir("/proc/self/task")
             .into_iter()
             .flatten()
             .flatten()
-        {
-            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if !own(name.trim()) {
-                continue;
-            }
-            let ns = std::fs::read_to_string(task.path().join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0);
-            total = (total.0 + ns, total.1 + 1);
-        }
-        total
+            .filter(|t| !before_clients.contains(&*t.file_name().to_string_lossy()))
+            .filter_map(|t| {
+                let ns = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+                let ns = ns.split_whitespace().next()?.parse::<u64>().ok()?;
+                Some((t.file_name().to_string_lossy().into_owned(), ns))
+            })
+            .collect()
     };
     // Joined, assigned, and the first fetches settled, as the replica was.
     std::thread::sleep(Duration::from_secs(15));
-    let (before, _) = counted();
+    let before = counted();
     std::thread::sleep(window);
-    let (after, threads) = counted();
+    let after = counted();
+    let threads = after.len();
+    // A thread that ended meanwhile is left out rather than subtracted from another's time.
+    let spent: u64 = after
+        .iter()
+        .map(|(tid, ns)| ns.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum();
     stop.store(true, Ordering::Relaxed);
     for poller in pollers {
         let _ = poller.expect("spawn poller").join();
     }
-    (
-        (after - before) as f64 / 1e9 / window.as_secs_f64(),
-        threads,
-    )
+    (spent as f64 / 1e9 / window.as_secs_f64(), threads)
 }
 
 // ------------------------------------------------------------------------------------------------
