@@ -813,19 +813,27 @@ async fn idle_cost(pid: u32, window: Duration) -> (f64, usize) {
     )
 }
 
-/// Seconds on a CPU of all of `pid`'s threads so far, from their `schedstat` (nanoseconds; clock
-/// ticks are too coarse for an idle process). Threads that ended are not counted.
+/// Seconds on a CPU of all of `pid`'s threads so far (threads that ended are not counted).
 fn on_cpu_seconds(pid: u32) -> f64 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks
-                .flatten()
-                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .sum::<u64>()
-        })
-        .unwrap_or(0) as f64
+    threads_on_cpu(&format!("/proc/{pid}/task"))
+        .values()
+        .sum::<u64>() as f64
         / 1e9
+}
+
+/// Nanoseconds on a CPU so far of each thread under `tasks` (`/proc/<pid>/task`), by thread id,
+/// from their `schedstat`: clock ticks are too coarse for an idle process.
+fn threads_on_cpu(tasks: &str) -> std::collections::HashMap<String, u64> {
+    std::fs::read_dir(tasks)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| {
+            let ns = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            let ns = ns.split_whitespace().next()?.parse::<u64>().ok()?;
+            Some((t.file_name().to_string_lossy().into_owned(), ns))
+        })
+        .collect()
 }
 
 /// Idle cost with `[kafka]` (issue 21): a daemon with a 60 s interval watching 10 repositories,
@@ -914,15 +922,7 @@ fn librdkafka_floor(brokers: &str, topic: &str, window: Duration) -> (f64, usize
     use std::sync::atomic::AtomicBool;
     let stop = Arc::new(AtomicBool::new(false));
     // Only threads started from here on are counted.
-    let tids = || -> std::collections::HashSet<String> {
-        std::fs::read_dir("/proc/self/task")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|t| t.file_name().to_string_lossy().into_owned())
-            .collect()
-    };
-    let before_clients = tids();
+    let before_clients = threads_on_cpu("/proc/self/task");
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("floor-{}", rand::random::<u32>()))
@@ -979,18 +979,10 @@ fn librdkafka_floor(brokers: &str, topic: &str, window: Duration) -> (f64, usize
             }),
     ];
     // On-CPU nanoseconds of each thread the two clients and their pollers started.
-    let counted = || -> std::collections::HashMap<String, u64> {
-        std::fs::read_dir("/proc/self/task")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|t| !before_clients.contains(&*t.file_name().to_string_lossy()))
-            .filter_map(|t| {
-                let ns = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
-                let ns = ns.split_whitespace().next()?.parse::<u64>().ok()?;
-                Some((t.file_name().to_string_lossy().into_owned(), ns))
-            })
-            .collect()
+    let counted = || {
+        let mut threads = threads_on_cpu("/proc/self/task");
+        threads.retain(|tid, _| !before_clients.contains_key(tid));
+        threads
     };
     // Joined, assigned, and the first fetches settled, as the replica was.
     std::thread::sleep(Duration::from_secs(15));
