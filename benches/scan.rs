@@ -444,9 +444,14 @@ impl Drop for Daemon {
 }
 
 /// `regwatch run -c config`; its stderr (warnings and errors, or REGWATCH_BENCH_LOG's `RUST_LOG`)
-/// goes to `config` with `.log`, for [`log_tail`] to show when a figure cannot be measured.
+/// goes to `config` with `.log`, for [`log_tail`] to show when a figure cannot be measured. The
+/// log is appended to, so that a restarted daemon's log follows its predecessor's.
 fn daemon(config: &Path) -> Daemon {
-    let log = std::fs::File::create(config.with_extension("log")).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_extension("log"))
+        .unwrap();
     Daemon(
         Command::new(env!("CARGO_BIN_EXE_regwatch"))
             .args(["run", "-c"])

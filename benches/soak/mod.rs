@@ -12,7 +12,9 @@
 //! checks, event by event, that every push was delivered once under one id.
 //!
 //! REGWATCH_SOAK_MINUTES (default 30), REGWATCH_SOAK_REPOS (5000), REGWATCH_SOAK_PUSHES (per
-//! second, 3).
+//! second, 3). REGWATCH_SOAK_KEEP=1 keeps the run's directory (each replica's config, log and
+//! state, `timeline.txt` of the faults injected, `missing.txt` and `phantom.txt`) and prints its
+//! path; REGWATCH_BENCH_LOG sets the replicas' `RUST_LOG` (default `warn`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -203,7 +205,7 @@ async fn push_loop(
     repos: usize,
     rate: f64,
     admins: Arc<Mutex<Vec<String>>>,
-    changes: Arc<Mutex<Vec<Change>>>,
+    changes: Arc<Mutex<Vec<(Change, Instant)>>>,
     stop: Arc<AtomicBool>,
 ) {
     let client = reqwest::Client::new();
@@ -252,10 +254,10 @@ async fn push_loop(
             let digest = registry.put(&repo, &tag, n);
             ("io.regwatch.tag.added", tag, digest)
         };
-        changes
-            .lock()
-            .unwrap()
-            .push((change.0.to_string(), repo.clone(), change.1, change.2));
+        changes.lock().unwrap().push((
+            (change.0.to_string(), repo.clone(), change.1, change.2),
+            Instant::now(),
+        ));
         if n.is_multiple_of(5) {
             let admin = {
                 let admins = admins.lock().unwrap();
@@ -370,6 +372,11 @@ pub async fn soak(rows: &mut Vec<Row>, cluster: bool) {
     let run = Duration::from_secs(minutes * 60);
     let t0 = Instant::now();
     let mut last = (0.0, 0.0);
+    // What was done when, for reading the replicas' logs against.
+    let mut timeline = String::new();
+    let mut log_fault = |what: &str| {
+        let _ = writeln!(timeline, "{:7.1} s {what}", t0.elapsed().as_secs_f64());
+    };
     let (mut reloaded, mut outages, mut failures, mut restarts) = (false, 0, 0, 0);
     let mut next = BTreeMap::from([
         ("sample", SAMPLE_EVERY),
@@ -416,6 +423,10 @@ pub async fn soak(rows: &mut Vec<Row>, cluster: bool) {
             }
             "reload" => {
                 reloaded = !reloaded;
+                log_fault(&format!(
+                    "reload, exclude_tags {}",
+                    if reloaded { "set" } else { "unset" }
+                ));
                 for node in &nodes {
                     write_config(node, &config_of(node, reloaded));
                     if let Some(pid) = node.pid() {
@@ -428,6 +439,7 @@ pub async fn soak(rows: &mut Vec<Row>, cluster: bool) {
                 // Paused, not killed: the broker keeps what it holds, and its clients' connections
                 // hang rather than fail, as behind a network partition.
                 outages += 1;
+                log_fault("Kafka paused for 60 s");
                 let pid = tansu.pid();
                 signal(pid, libc::SIGSTOP);
                 tokio::spawn(async move {
@@ -438,6 +450,7 @@ pub async fn soak(rows: &mut Vec<Row>, cluster: bool) {
             }
             "registry" => {
                 failures += 1;
+                log_fault("registry answering 500 for 60 s");
                 registry.failing.store(true, Ordering::Relaxed);
                 let registry = registry.clone();
                 tokio::spawn(async move {
@@ -449,6 +462,7 @@ pub async fn soak(rows: &mut Vec<Row>, cluster: bool) {
             "restart" => {
                 restarts += 1;
                 let node = &mut nodes[1 + restarts % 2];
+                log_fault(&format!("replica {} restarted", 1 + restarts % 2));
                 drop(node.daemon.take());
                 node.daemon = Some(daemon(&node.config));
                 next.insert("restart", at + Duration::from_secs(480));
@@ -460,7 +474,18 @@ pub async fn soak(rows: &mut Vec<Row>, cluster: bool) {
     pusher.await.unwrap();
     // A pause or a registry minute still in force ends first.
     tokio::time::sleep(Duration::from_secs(61)).await;
-    let expected: Vec<Change> = changes.lock().unwrap().clone();
+    let pushed_at: HashMap<Change, f64> = changes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, at)| (c.clone(), at.saturating_duration_since(t0).as_secs_f64()))
+        .collect();
+    let expected: Vec<Change> = changes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, _)| c.clone())
+        .collect();
 
     // Every push must come out; give the last ones (and any backlog) time to.
     let want: HashSet<&Change> = expected.iter().collect();
@@ -497,8 +522,26 @@ pub async fn soak(rows: &mut Vec<Row>, cluster: bool) {
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
     };
-    let missing = want.iter().filter(|c| !seen.contains_key(**c)).count();
-    let phantom = seen.keys().filter(|c| !want.contains(c)).count();
+    let mut missing: Vec<String> = want
+        .iter()
+        .filter(|c| !seen.contains_key(**c))
+        .map(|c| format!("{:7.1} s {c:?}", pushed_at[*c]))
+        .collect();
+    let mut phantom: Vec<String> = seen
+        .iter()
+        .filter(|(c, _)| !want.contains(c))
+        .map(|(c, ids)| format!("{c:?} {ids:?}"))
+        .collect();
+    missing.sort();
+    phantom.sort();
+    for (name, text) in [
+        ("timeline.txt", timeline),
+        ("missing.txt", missing.join("\n")),
+        ("phantom.txt", phantom.join("\n")),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let (missing, phantom) = (missing.len(), phantom.len());
     let forked = seen.values().filter(|ids| ids.len() > 1).count();
     let distinct: usize = seen.values().map(HashSet::len).sum();
     for node in &mut nodes {
@@ -518,6 +561,9 @@ pub async fn soak(rows: &mut Vec<Row>, cluster: bool) {
     )
     .unwrap();
     eprintln!("soak ({mode}): plot written to {}", svg_path.display());
+    if std::env::var_os("REGWATCH_SOAK_KEEP").is_some() {
+        eprintln!("soak ({mode}): run kept in {}", dir.keep().display());
+    }
 
     let half = run.as_secs_f64() / 2.0;
     for s in &series {
