@@ -467,8 +467,8 @@ impl Daemon {
             }
         };
         let client = config.kafka.as_ref().and_then(|k| match &self.backend {
-            Backend::Cluster(cluster) => Some(cluster.probe_client()),
-            Backend::Single(_) => sink::kafka::ProbeClient::own(k)
+            Backend::Cluster(cluster) => Some(cluster.producer()),
+            Backend::Single(_) => sink::kafka::SharedProducer::own(k)
                 .inspect_err(|e| tracing::error!(error = %e, "cannot create the kafka probe"))
                 .ok(),
         });

@@ -504,3 +504,57 @@ async fn a_healthy_restore_logs_no_error() {
     );
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
+
+/// Found by the cluster soak: Tansu paused past the producer's request timeout, with events in
+/// flight. librdkafka bumped its idempotent producer's epoch; the broker, back, fenced the
+/// bumped producer, and librdkafka failed every later produce. The replica published the same
+/// events every cycle without recording them, and delivered nothing new, for good, while
+/// `/readyz` said ready. After the pause, the pushes made during it and after it must arrive,
+/// each under one id.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_paused_with_writes_in_flight_leaves_delivery_going() {
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let (registry, proxy, mut opts, repos) = world(&tansu, 4, "1s", "rw-pause").await;
+    // A pause of seconds outlasts these, as one of minutes outlasts the defaults.
+    opts.properties = "\"request.timeout.ms\" = \"2000\"\n\"message.timeout.ms\" = \"4000\"".into();
+    let a = replica(&opts, true);
+    let da = start_replica(&proxy, &a).await;
+    wait_settled(&[&a.admin], PARTITIONS, SETTLE).await;
+    let mut tail = Tail::new(&tansu.brokers, TOPIC, "read_committed");
+
+    let pause = |sig| {
+        // SAFETY: plain kill(2) on the broker this test started.
+        unsafe { libc::kill(tansu.pid() as i32, sig) };
+    };
+    pause(libc::SIGSTOP);
+    let during = push_all(&registry, &repos, "v1").await;
+    // Scans find the pushes and hand their events to a broker that does not answer.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    pause(libc::SIGCONT);
+    tail.wait_for_tags(&during, Duration::from_secs(60), || stderrs(&[&da]));
+    let after = push_all(&registry, &repos, "v2").await;
+    tail.wait_for_tags(&after, Duration::from_secs(30), || stderrs(&[&da]));
+    tail.drain_for(Duration::from_secs(3));
+    // Recorded: nothing is published again.
+    let settled = tail.events.len();
+    tail.drain_for(Duration::from_secs(4));
+    assert_eq!(
+        tail.events.len(),
+        settled,
+        "events published again after delivery: their state was never recorded\n{}",
+        stderrs(&[&da])
+    );
+
+    let mut ids: BTreeMap<(String, String), HashSet<String>> = BTreeMap::new();
+    for e in &tail.events {
+        ids.entry((e.repo.clone(), e.tag.clone()))
+            .or_default()
+            .insert(e.id.clone());
+    }
+    let pushed: BTreeMap<_, _> = during.iter().chain(&after).collect();
+    for (tag, seen) in &ids {
+        assert!(pushed.contains_key(tag), "phantom event for {tag:?}");
+        assert_eq!(seen.len(), 1, "{tag:?} published under two ids: {seen:?}");
+    }
+}

@@ -169,6 +169,41 @@ async fn retriable_produce_errors_are_absorbed() {
     assert_eq!(records.len(), 20, "idempotent retries add no duplicates");
 }
 
+/// A producer that became unusable while idle (here the broker fenced its first
+/// InitProducerId, which librdkafka takes for fatal) refuses every event at once, before any
+/// delivery could fail: the sink must still replace it, and the outbox drain.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_fenced_while_idle_is_replaced_and_the_outbox_drains() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 2, 1).unwrap();
+    cluster.request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let mut sink = KafkaSink::new(&kafka_config(cluster.bootstrap_servers())).unwrap();
+    sink.prepare().await.unwrap();
+    // The fencing is answered while nothing is queued.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    store
+        .commit_scan("r", "repo", None, &Snapshot::default(), &events(0..10))
+        .unwrap();
+    let mut left = 10;
+    for _ in 0..20 {
+        left = sink::drain(&store, &mut sink).await.unwrap().1;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        left, 0,
+        "the outbox never drained: the fenced producer was kept"
+    );
+    assert_eq!(read_all(&cluster.bootstrap_servers(), 10).len(), 10);
+}
+
 /// The longest the current-thread runtime went without running a task that wakes every 5 ms,
 /// until `stop` is set.
 fn watch_stalls(stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<Duration> {

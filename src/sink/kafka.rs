@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -229,6 +229,28 @@ pub fn event_record<'a>(topic: &'a str, event: &'a Event) -> FutureRecord<'a, St
         }))
 }
 
+/// Whether `producer`, which failed with `codes`, fails every later produce too, and must be
+/// replaced by a fresh one (a new producer id): librdkafka flagged a fatal error, or the broker
+/// lost or fenced the idempotent producer's state (a restarted broker answers
+/// UnknownProducerId or OutOfOrderSequenceNumber; one paused past the request timeout may fence
+/// the epoch librdkafka bumped meanwhile, as Tansu does). Logged at ERROR when so.
+fn state_lost(producer: &KafkaProducer, codes: &[RDKafkaErrorCode]) -> bool {
+    let fatal = producer.client().fatal_error();
+    let lost = codes.iter().any(|c| {
+        matches!(
+            c,
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    });
+    if fatal.is_some() || lost {
+        tracing::error!(fatal = ?fatal, errors = ?codes, "producer state lost; recreating the producer");
+    }
+    fatal.is_some() || lost
+}
+
 /// The librdkafka property naming a transactional producer.
 pub const TRANSACTIONAL_ID: &str = "transactional.id";
 
@@ -302,25 +324,12 @@ impl KafkaSink {
         }
     }
 
-    /// A fatal error, or a broker that lost the idempotent producer's state (a restarted broker
-    /// answers ProducerFenced, UnknownProducerId or OutOfOrderSequenceNumber), poisons the producer:
-    /// start a fresh one with a new producer id.
+    /// A producer that failed with `codes` for good is replaced by a fresh one (see
+    /// [`state_lost`]).
     fn recover(&mut self, codes: &[RDKafkaErrorCode]) {
-        let fatal = self.producer.client().fatal_error();
-        let lost_state = codes.iter().any(|c| {
-            matches!(
-                c,
-                RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::UnknownProducerId
-                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-            )
-        });
-        if fatal.is_none() && !lost_state {
-            return;
+        if state_lost(&self.producer, codes) {
+            self.restart_producer();
         }
-        tracing::error!(fatal = ?fatal, errors = ?codes, "producer state lost; recreating the producer");
-        self.restart_producer();
     }
 
     /// Completes when `now` holds of the brokers.
@@ -361,6 +370,8 @@ impl Sink for KafkaSink {
             return Vec::new();
         }
         let mut pending = Vec::with_capacity(batch.len());
+        // The codes of what failed: a producer that failed for good is replaced (see `recover`).
+        let mut codes = Vec::new();
         for (i, event) in batch.iter().enumerate() {
             match self
                 .producer
@@ -370,6 +381,7 @@ impl Sink for KafkaSink {
                 Err((e, _)) => {
                     // Queue full or producer failed: deliver what is queued, retry the rest later.
                     tracing::warn!(error = %e, "cannot enqueue event");
+                    codes.extend(e.rdkafka_error_code());
                     break;
                 }
             }
@@ -390,7 +402,6 @@ impl Sink for KafkaSink {
         };
         let mut acked = Vec::with_capacity(positions.len());
         let mut failed = 0usize;
-        let mut codes = Vec::new();
         for (i, result) in positions.into_iter().zip(results) {
             match result {
                 Ok(Ok(_)) => acked.push(i),
@@ -411,6 +422,8 @@ impl Sink for KafkaSink {
                 .kafka_delivery_errors
                 .inc_by(failed as u64);
             tracing::warn!(failed, "kafka deliveries failed; they stay in the outbox");
+        }
+        if !codes.is_empty() || failed > 0 {
             self.recover(&codes);
         }
         acked
@@ -513,35 +526,59 @@ impl ProbeMemory {
     }
 }
 
-/// The client a [`probe`] asks for metadata, with the count of its "all brokers down" reports.
+/// A producer shared by its users (cluster mode's store, and a [`probe`] asking for metadata),
+/// with the count of its "all brokers down" reports; replaced in place when its state is lost.
 #[derive(Clone)]
-pub struct ProbeClient {
-    client: Arc<KafkaProducer>,
+pub struct SharedProducer {
+    current: Arc<RwLock<Arc<KafkaProducer>>>,
+    settings: ClientConfig,
     losses: Arc<AtomicU64>,
 }
 
-impl ProbeClient {
+impl SharedProducer {
     /// A client of the probe's own: it never produces, so it needs no producer id.
-    pub fn own(config: &KafkaConfig) -> Result<ProbeClient, String> {
+    pub fn own(config: &KafkaConfig) -> Result<SharedProducer, String> {
         let mut settings = client_config(config);
         settings.set("enable.idempotence", "false");
-        ProbeClient::new(&settings).map_err(|e| creation_error(&e))
+        SharedProducer::new(&settings).map_err(|e| creation_error(&e))
     }
 
     /// A producer with `settings` whose client a probe may share (cluster mode's producer): one
     /// client fewer in the process, so fewer threads waking while idle.
-    pub fn new(settings: &ClientConfig) -> Result<ProbeClient, KafkaError> {
+    pub fn new(settings: &ClientConfig) -> Result<SharedProducer, KafkaError> {
         let context = KafkaContext::default();
         let losses = context.all_brokers_down.clone();
-        Ok(ProbeClient {
-            client: Arc::new(KafkaProducer::new(settings, context)?),
+        Ok(SharedProducer {
+            current: Arc::new(RwLock::new(Arc::new(KafkaProducer::new(
+                settings, context,
+            )?))),
+            settings: settings.clone(),
             losses,
         })
     }
 
-    /// The producer.
-    pub fn producer(&self) -> &Arc<KafkaProducer> {
-        &self.client
+    /// The producer now.
+    pub fn producer(&self) -> Arc<KafkaProducer> {
+        self.current.read().expect("producer lock").clone()
+    }
+
+    /// Replaces `failed`, which failed with `code`, by a fresh producer if its state is lost
+    /// (see [`state_lost`]) and no other user replaced it already. Its outage count carries on.
+    pub fn renew_if_lost(&self, failed: &Arc<KafkaProducer>, code: Option<RDKafkaErrorCode>) {
+        let mut current = self.current.write().expect("producer lock");
+        if !Arc::ptr_eq(&current, failed) || !state_lost(failed, code.as_slice()) {
+            return;
+        }
+        let context = KafkaContext {
+            all_brokers_down: self.losses.clone(),
+        };
+        match KafkaProducer::new(&self.settings, context) {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut *current, Arc::new(fresh));
+                off_worker(move || drop(old));
+            }
+            Err(e) => tracing::error!(error = %creation_error(&e), "cannot recreate the producer"),
+        }
     }
 }
 
@@ -559,19 +596,16 @@ impl Drop for ClearDownOnDrop {
 /// its producer and prepare again (see [`Brokers`]).
 pub async fn probe(
     config: KafkaConfig,
-    client: ProbeClient,
+    client: SharedProducer,
     readiness: Arc<Readiness>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let ProbeClient {
-        client,
-        losses: all_brokers_down,
-    } = client;
+    let all_brokers_down = client.losses.clone();
     // A probe that ends (shutdown, a reload's new probe taking over) leaves no sink held back.
     let _clear = ClearDownOnDrop;
     let mut memory = ProbeMemory::default();
     loop {
-        let (probe, topic) = (client.clone(), config.topic.clone());
+        let (probe, topic) = (client.producer(), config.topic.clone());
         let confirmed = TOPIC_CONFIRMED.swap(false, Ordering::Relaxed);
         let (ok, has_topic) = tokio::task::spawn_blocking(move || {
             match probe

@@ -46,7 +46,7 @@ use crate::admin::Readiness;
 use crate::config::{ClusterConfig, KafkaConfig};
 use crate::event::Event;
 use crate::sink::kafka::{
-    KafkaContext, ProbeClient, TRANSACTIONAL_ID, client_config, creation_error, event_record,
+    KafkaContext, SharedProducer, TRANSACTIONAL_ID, client_config, creation_error, event_record,
 };
 use crate::sink::producer::{DeliveryFuture, KafkaProducer};
 use crate::watch::diff::Snapshot;
@@ -232,10 +232,9 @@ struct Inner {
     /// state topic's partition count changed, and no partition is taken as restored any more.
     layout_changed: AtomicBool,
     readiness: OnceLock<Arc<Readiness>>,
-    /// Produces events and state (at-least-once) and hints (both modes).
-    plain: Arc<KafkaProducer>,
-    /// `plain`'s client, shared with the daemon's Kafka probe.
-    probe_client: ProbeClient,
+    /// Produces events and state (at-least-once) and hints (both modes); shared with the
+    /// daemon's Kafka probe.
+    plain: SharedProducer,
     /// `exactly_once`: the transactional producer, once its transactions are initialised.
     transactional: OnceLock<Mutex<Txn>>,
     /// Set once this replica cannot go on (see [`Inner::give_up`]).
@@ -254,9 +253,8 @@ pub struct ClusterStore {
 impl ClusterStore {
     /// The store for `cluster` on `kafka`; it joins the group once [`ClusterStore::start`]ed.
     pub fn new(kafka: &KafkaConfig, cluster: &ClusterConfig) -> Result<ClusterStore, String> {
-        let probe_client = ProbeClient::new(&client_config(kafka))
+        let plain = SharedProducer::new(&client_config(kafka))
             .map_err(|e| format!("kafka producer: {}", creation_error(&e)))?;
-        let plain = probe_client.producer().clone();
         Ok(ClusterStore {
             inner: Arc::new(Inner {
                 kafka: kafka.clone(),
@@ -283,7 +281,6 @@ impl ClusterStore {
                 layout_changed: AtomicBool::new(false),
                 readiness: OnceLock::new(),
                 plain,
-                probe_client,
                 transactional: OnceLock::new(),
                 group: Mutex::new(None),
                 given_up: OnceLock::new(),
@@ -293,9 +290,9 @@ impl ClusterStore {
         })
     }
 
-    /// The client of this replica's producer, for the daemon's Kafka probe to share.
-    pub fn probe_client(&self) -> ProbeClient {
-        self.inner.probe_client.clone()
+    /// This replica's producer, for the daemon's Kafka probe to share.
+    pub fn producer(&self) -> SharedProducer {
+        self.inner.plain.clone()
     }
 
     /// Starts the consumer thread: it prepares the state topic, joins the group and restores what
@@ -545,6 +542,7 @@ impl Inner {
         }
         let metadata = self
             .plain
+            .producer()
             .client()
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .map_err(|e| format!("state topic {topic}: {e}"))?;
@@ -703,7 +701,7 @@ impl Inner {
                     let tombstone = FutureRecord::<[u8], [u8]>::to(&self.cluster.state_topic)
                         .key(message.key().unwrap_or_default())
                         .partition(p);
-                    let _ = self.plain.send_result(tombstone);
+                    let _ = self.plain.producer().send_result(tombstone);
                 }
             }
             ([kind, identity, repository, rest @ ..], true)
@@ -1557,8 +1555,8 @@ impl Inner {
             )));
         }
         let written = match self.transactional.get() {
-            None => self.produce(&self.plain, events, p, &[]).and_then(|()| {
-                let recorded = self.produce(&self.plain, &[], p, records);
+            None => self.produce(events, p, &[]).and_then(|()| {
+                let recorded = self.produce(&[], p, records);
                 if recorded.is_err() && !events.is_empty() {
                     published();
                 }
@@ -1634,18 +1632,18 @@ impl Inner {
         }
     }
 
-    /// Produces `events` to the event topic and `records` to state partition `p`, and waits for
-    /// every acknowledgement.
-    fn produce(
-        &self,
-        producer: &KafkaProducer,
-        events: &[Event],
-        p: i32,
-        records: &[Record],
-    ) -> Result<(), StoreError> {
-        let unavailable = |e: KafkaError| self.classify(e);
+    /// Produces `events` to the event topic and `records` to state partition `p` with the plain
+    /// producer, and waits for every acknowledgement.
+    fn produce(&self, events: &[Event], p: i32, records: &[Record]) -> Result<(), StoreError> {
+        let producer = self.plain.producer();
+        let unavailable = |e: KafkaError| {
+            // A producer whose state the broker lost or fenced fails every later write too: the
+            // next one goes through a fresh producer.
+            self.plain.renew_if_lost(&producer, e.rdkafka_error_code());
+            self.classify(e)
+        };
         let deliveries = self
-            .enqueue(producer, events, p, records)
+            .enqueue(&producer, events, p, records)
             .map_err(unavailable)?;
         let acks =
             tokio::runtime::Handle::current().block_on(futures_util::future::join_all(deliveries));
@@ -2093,7 +2091,7 @@ impl StateStore for ClusterStore {
             hint_key(registry, repository),
             Some(now.to_string().into_bytes()),
         )];
-        self.inner.produce(&self.inner.plain, &[], p, &record)
+        self.inner.produce(&[], p, &record)
     }
 }
 
@@ -2985,6 +2983,61 @@ mod checkpoints {
             read <= 2 * held,
             "the restore read {read} records for {held} held (history: {} records)",
             held + 2400 * 2
+        );
+    }
+}
+
+#[cfg(test)]
+mod producer_state {
+    //! The producer that writes events and state (at-least-once) outlives what a broker keeps of
+    //! it: a broker can fence it or forget it, and librdkafka then fails every later write (the
+    //! cluster soak's case, a paused broker, is `cluster_tansu.rs`).
+    use super::review::{review_mock, review_owning};
+    use super::*;
+    use rdkafka::types::RDKafkaApiKey;
+
+    /// The broker fences the producer's first InitProducerId, which librdkafka takes for fatal:
+    /// the first write fails, and the next ones go through a fresh producer.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn writes_go_on_after_the_broker_fenced_the_state_producer() {
+        let (id, repo) = ("https://r.example", "team/app");
+        let mock = review_mock(&watch_key("https://other.example"), b"[]");
+        mock.request_errors(
+            RDKafkaApiKey::InitProducerId,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+        );
+        let store = Arc::new(review_owning(&mock, id, repo).await);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut attempts, mut last) = (0, None);
+        while Instant::now() < deadline {
+            let writer = store.clone();
+            let snapshot = Snapshot {
+                revision: 1,
+                ..Snapshot::default()
+            };
+            let result = tokio::task::spawn_blocking(move || {
+                writer.commit_scan(id, repo, None, &snapshot, &[])
+            })
+            .await
+            .unwrap();
+            attempts += 1;
+            let done = result.is_ok();
+            last = Some(result);
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let held = store.repo_state(id, repo);
+        store.stop(Duration::from_secs(10)).await;
+        assert!(
+            matches!(last, Some(Ok(()))),
+            "writes never resumed after {attempts} attempts: {last:?}"
+        );
+        assert!(attempts > 1, "the broker's fencing was never seen");
+        assert!(
+            matches!(held, Ok(Some(RepoState::Known(ref s))) if s.revision == 1),
+            "{held:?}"
         );
     }
 }
