@@ -17,7 +17,8 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use support::cluster::{
     Attributing, Ev, Opts, Tail, assert_exactly_once, assert_silent_baseline, logged_after,
-    metric_sum, push_all, replica, seeded_registry, start_replica, stderrs, wait_settled, wait_up,
+    metric_sum, push_all, readyz, replica, seeded_registry, start_replica, stderrs, wait_settled,
+    wait_up,
 };
 use support::{Setup, report};
 
@@ -672,4 +673,52 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
         redelivered,
         "allowed",
     );
+}
+
+/// A replica whose scans detect changes it cannot record (every produce failing, the brokers
+/// answering metadata) publishes them again every cycle and delivers nothing new: `/readyz` must
+/// say so, not "ready" as it did through the cluster soak's fenced producer, and be ready again
+/// once writes land.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_whose_writes_keep_failing_is_not_ready() {
+    let _serial = SERIAL.lock().await;
+    let cluster = mock();
+    let brokers = cluster.bootstrap_servers();
+    let (registry, proxy, url, repos) = seeded_registry(3).await;
+    let opts = opts(
+        brokers.clone(),
+        url,
+        "",
+        "\"message.timeout.ms\" = \"1500\"\n",
+    );
+    let setup = replica(&opts, true);
+    let mut d = start_replica(&proxy, &setup).await;
+    wait_settled(&[&setup.admin], STATE_PARTITIONS, SETTLE).await;
+
+    // Retriable for librdkafka, so every write times out rather than being refused for good.
+    let failing = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000];
+    cluster.request_errors(RDKafkaApiKey::Produce, &failing);
+    let pushed = push_all(&registry, &repos, "v1").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let why = loop {
+        let (ok, text) = readyz(&setup.admin).await;
+        if !ok && text.contains("not recorded") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still says {ok} ({text}) while no change is recorded\n{}",
+            stderrs(&[&d])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        !why.contains("NotEnoughReplicas"),
+        "the reason is the log's: {why}"
+    );
+
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    let mut tail = Tail::new(&brokers, TOPIC, "read_uncommitted");
+    tail.wait_for_tags(&pushed, Duration::from_secs(30), || stderrs(&[&d]));
+    wait_up(&mut d, &setup.admin).await;
 }

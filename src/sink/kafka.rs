@@ -528,57 +528,90 @@ impl ProbeMemory {
 
 /// A producer shared by its users (cluster mode's store, and a [`probe`] asking for metadata),
 /// with the count of its "all brokers down" reports; replaced in place when its state is lost.
+/// (No `Debug`: its config holds `kafka.properties`, which are secrets.)
 #[derive(Clone)]
 pub struct SharedProducer {
     current: Arc<RwLock<Arc<KafkaProducer>>>,
-    settings: ClientConfig,
+    /// What a fresh producer is made of: librdkafka's settings are built again from it, so that
+    /// no plain copy of the properties is kept.
+    config: KafkaConfig,
+    idempotent: bool,
     losses: Arc<AtomicU64>,
 }
 
 impl SharedProducer {
     /// A client of the probe's own: it never produces, so it needs no producer id.
     pub fn own(config: &KafkaConfig) -> Result<SharedProducer, String> {
-        let mut settings = client_config(config);
-        settings.set("enable.idempotence", "false");
-        SharedProducer::new(&settings).map_err(|e| creation_error(&e))
+        SharedProducer::with(config, false)
     }
 
-    /// A producer with `settings` whose client a probe may share (cluster mode's producer): one
-    /// client fewer in the process, so fewer threads waking while idle.
-    pub fn new(settings: &ClientConfig) -> Result<SharedProducer, KafkaError> {
-        let context = KafkaContext::default();
-        let losses = context.all_brokers_down.clone();
+    /// An idempotent producer of `config` whose client a probe may share (cluster mode's
+    /// producer): one client fewer in the process, so fewer threads waking while idle.
+    pub fn new(config: &KafkaConfig) -> Result<SharedProducer, String> {
+        SharedProducer::with(config, true)
+    }
+
+    fn with(config: &KafkaConfig, idempotent: bool) -> Result<SharedProducer, String> {
+        let losses = Arc::new(AtomicU64::new(0));
+        let producer = Self::create(config, idempotent, &losses)?;
         Ok(SharedProducer {
-            current: Arc::new(RwLock::new(Arc::new(KafkaProducer::new(
-                settings, context,
-            )?))),
-            settings: settings.clone(),
+            current: Arc::new(RwLock::new(Arc::new(producer))),
+            config: config.clone(),
+            idempotent,
             losses,
         })
     }
 
+    fn create(
+        config: &KafkaConfig,
+        idempotent: bool,
+        losses: &Arc<AtomicU64>,
+    ) -> Result<KafkaProducer, String> {
+        let mut settings = client_config(config);
+        if !idempotent {
+            settings.set("enable.idempotence", "false");
+        }
+        let context = KafkaContext {
+            all_brokers_down: losses.clone(),
+        };
+        KafkaProducer::new(&settings, context).map_err(|e| creation_error(&e))
+    }
+
     /// The producer now.
     pub fn producer(&self) -> Arc<KafkaProducer> {
-        self.current.read().expect("producer lock").clone()
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Replaces `failed`, which failed with `code`, by a fresh producer if its state is lost
     /// (see [`state_lost`]) and no other user replaced it already. Its outage count carries on.
-    pub fn renew_if_lost(&self, failed: &Arc<KafkaProducer>, code: Option<RDKafkaErrorCode>) {
-        let mut current = self.current.write().expect("producer lock");
-        if !Arc::ptr_eq(&current, failed) || !state_lost(failed, code.as_slice()) {
-            return;
-        }
-        let context = KafkaContext {
-            all_brokers_down: self.losses.clone(),
-        };
-        match KafkaProducer::new(&self.settings, context) {
-            Ok(fresh) => {
-                let old = std::mem::replace(&mut *current, Arc::new(fresh));
-                off_worker(move || drop(old));
+    /// Takes the caller's handle, so that the old client (whose destruction flushes and joins
+    /// threads) ends on the blocking pool rather than on the caller's thread.
+    pub fn renew_if_lost(&self, failed: Arc<KafkaProducer>, code: Option<RDKafkaErrorCode>) {
+        let lost = Arc::ptr_eq(&self.producer(), &failed) && state_lost(&failed, code.as_slice());
+        if lost {
+            // Made outside the lock: creating a client may read files or run a Kerberos kinit.
+            match Self::create(&self.config, self.idempotent, &self.losses) {
+                Ok(fresh) => {
+                    let mut current = self
+                        .current
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    // Another user may have replaced it meanwhile: then the fresh one goes.
+                    let old = if Arc::ptr_eq(&current, &failed) {
+                        std::mem::replace(&mut *current, Arc::new(fresh))
+                    } else {
+                        Arc::new(fresh)
+                    };
+                    drop(current);
+                    off_worker(move || drop(old));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot recreate the producer"),
             }
-            Err(e) => tracing::error!(error = %creation_error(&e), "cannot recreate the producer"),
         }
+        off_worker(move || drop(failed));
     }
 }
 
@@ -606,6 +639,10 @@ pub async fn probe(
     let mut memory = ProbeMemory::default();
     loop {
         let (probe, topic) = (client.producer(), config.topic.clone());
+        if probe.client().fatal_error().is_some() {
+            // Fatal while idle (cluster mode's producer): replaced before its next write fails.
+            client.renew_if_lost(probe.clone(), None);
+        }
         let confirmed = TOPIC_CONFIRMED.swap(false, Ordering::Relaxed);
         let (ok, has_topic) = tokio::task::spawn_blocking(move || {
             match probe
@@ -672,6 +709,47 @@ mod tests {
             losses,
             confirmed,
         }
+    }
+
+    /// Cluster mode's producer, fenced while nothing was written (the broker fences its first
+    /// InitProducerId, fatal to librdkafka), is replaced by the probe that shares it, before a
+    /// write (or a hint) fails on it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_probe_replaces_a_shared_producer_fenced_while_idle() {
+        let _sinks = SINKS.lock().await;
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        cluster.request_errors(
+            rdkafka::types::RDKafkaApiKey::InitProducerId,
+            &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+        );
+        let config = KafkaConfig {
+            brokers: cluster.bootstrap_servers(),
+            topic: "t".into(),
+            create_topic: false,
+            partitions: 1,
+            replication_factor: -1,
+            properties: Vec::new(),
+        };
+        let shared = SharedProducer::new(&config).unwrap();
+        let first = shared.producer();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while first.client().fatal_error().is_none() {
+            assert!(std::time::Instant::now() < deadline, "never fenced");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (stop, shutdown) = watch::channel(false);
+        let readiness = Arc::new(Readiness::new(Vec::<String>::new(), true));
+        let probing = tokio::spawn(probe(config, shared.clone(), readiness, shutdown));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while Arc::ptr_eq(&shared.producer(), &first) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = stop.send(true);
+        probing.await.unwrap();
+        let now = shared.producer();
+        assert!(!Arc::ptr_eq(&now, &first), "the fenced producer was kept");
+        assert!(now.client().fatal_error().is_none());
     }
 
     /// What a fresh probe reports for each of `probes` in turn.

@@ -220,9 +220,20 @@ impl RegistryLoop {
                         Ended::Returned(Ok(report)) => {
                             quick.note(&report.waiting, None);
                             self.readiness.scanned(&name);
+                            if report.unrecorded > 0 {
+                                // Its changes go out again next cycle, not lost; but a registry
+                                // whose changes cannot be recorded delivers nothing new, and
+                                // must not pass for working (a fenced producer did, for good):
+                                // not ready, and no successful scan, until a cycle records all.
+                                self.readiness.down(&name, format!(
+                                    "the changes found in {} repositories of {name} were not recorded; see the WARN log",
+                                    report.unrecorded
+                                ));
+                            }
                             if report.failed == 0 {
                                 backoff = failure_backoff(interval);
-                                m.scan_finished(&name, "ok", started.elapsed());
+                                let result = if report.unrecorded == 0 { "ok" } else { "incomplete" };
+                                m.scan_finished(&name, result, started.elapsed());
                                 tracing::debug!(registry = %name, ?report, elapsed = ?started.elapsed(), "scan complete");
                             } else if !report.registry_wide {
                                 // Only those repositories failed; they sit out cycles on their own.

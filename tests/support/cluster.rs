@@ -256,7 +256,7 @@ async fn ready(admin: &str) -> bool {
 }
 
 /// `/readyz` on `admin`: whether it answered 200, and what it said.
-async fn readyz(admin: &str) -> (bool, String) {
+pub async fn readyz(admin: &str) -> (bool, String) {
     match reqwest::get(format!("http://{admin}/readyz")).await {
         Ok(r) => (
             r.status() == 200,

@@ -253,8 +253,7 @@ pub struct ClusterStore {
 impl ClusterStore {
     /// The store for `cluster` on `kafka`; it joins the group once [`ClusterStore::start`]ed.
     pub fn new(kafka: &KafkaConfig, cluster: &ClusterConfig) -> Result<ClusterStore, String> {
-        let plain = SharedProducer::new(&client_config(kafka))
-            .map_err(|e| format!("kafka producer: {}", creation_error(&e)))?;
+        let plain = SharedProducer::new(kafka).map_err(|e| format!("kafka producer: {e}"))?;
         Ok(ClusterStore {
             inner: Arc::new(Inner {
                 kafka: kafka.clone(),
@@ -1636,28 +1635,26 @@ impl Inner {
     /// producer, and waits for every acknowledgement.
     fn produce(&self, events: &[Event], p: i32, records: &[Record]) -> Result<(), StoreError> {
         let producer = self.plain.producer();
-        let unavailable = |e: KafkaError| {
+        let produced = self
+            .enqueue(&producer, events, p, records)
+            .and_then(|deliveries| {
+                let acks = tokio::runtime::Handle::current()
+                    .block_on(futures_util::future::join_all(deliveries));
+                acks.into_iter().try_for_each(|ack| match ack {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => {
+                        crate::metrics::get().kafka_delivery_errors.inc();
+                        Err(e)
+                    }
+                    Err(_) => Err(KafkaError::Canceled),
+                })
+            });
+        produced.map_err(|e| {
             // A producer whose state the broker lost or fenced fails every later write too: the
             // next one goes through a fresh producer.
-            self.plain.renew_if_lost(&producer, e.rdkafka_error_code());
+            self.plain.renew_if_lost(producer, e.rdkafka_error_code());
             self.classify(e)
-        };
-        let deliveries = self
-            .enqueue(&producer, events, p, records)
-            .map_err(unavailable)?;
-        let acks =
-            tokio::runtime::Handle::current().block_on(futures_util::future::join_all(deliveries));
-        for ack in acks {
-            match ack {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    crate::metrics::get().kafka_delivery_errors.inc();
-                    return Err(unavailable(e));
-                }
-                Err(_) => return Err(StoreError::Unavailable("kafka delivery cancelled".into())),
-            }
-        }
-        Ok(())
+        })
     }
 
     /// Hands `events` (to the event topic) and `records` (to state partition `p`) to `producer`,
