@@ -40,7 +40,15 @@ pub struct Readiness {
     restoring: Mutex<Option<String>>,
     /// Registries whose last scan panicked, and the panic, until a cycle completes.
     down: Mutex<std::collections::BTreeMap<String, String>>,
+    /// Per registry, the completed cycles in a row that left changes unrecorded (see
+    /// [`Readiness::recorded`]).
+    unrecorded: Mutex<std::collections::BTreeMap<String, u32>>,
 }
+
+/// Completed cycles in a row that left changes unrecorded after which a registry shows on
+/// `/readyz`: one or two are normal (a cycle that raced a rebalance or another writer records at
+/// the next), a broker refusing every write is not.
+const UNRECORDED_CYCLES_UNREADY: u32 = 3;
 
 impl Readiness {
     /// Not ready until each of `registries` completes a scan (and Kafka, if `kafka`, answers).
@@ -52,15 +60,40 @@ impl Readiness {
             kafka: (AtomicBool::new(kafka), AtomicBool::new(false)),
             restoring: Mutex::new(None),
             down: Mutex::default(),
+            unrecorded: Mutex::default(),
         }
     }
 
     /// Records that a scan of `registry` panicked: not ready until one of its cycles completes.
+    /// (Not for a registry a reload removed, whose loop may still be finishing a cycle.)
     pub fn down(&self, registry: &str, why: String) {
-        self.down
+        if self.configured(registry) {
+            self.down
+                .lock()
+                .expect("readiness lock")
+                .insert(registry.to_owned(), why);
+        }
+    }
+
+    /// Records whether a completed cycle of `registry` recorded every change it found (see
+    /// [`UNRECORDED_CYCLES_UNREADY`]).
+    pub fn recorded(&self, registry: &str, all: bool) {
+        if !self.configured(registry) {
+            return;
+        }
+        let mut unrecorded = self.unrecorded.lock().expect("readiness lock");
+        if all {
+            unrecorded.remove(registry);
+        } else {
+            *unrecorded.entry(registry.to_owned()).or_default() += 1;
+        }
+    }
+
+    fn configured(&self, registry: &str) -> bool {
+        self.registries
             .lock()
             .expect("readiness lock")
-            .insert(registry.to_owned(), why);
+            .contains(registry)
     }
 
     /// Cluster mode: records why the assigned state is not restored (`None`: it is).
@@ -83,10 +116,12 @@ impl Readiness {
         unscanned.extend(added.iter().cloned());
         registries.extend(added.iter().cloned());
         let mut down = self.down.lock().expect("readiness lock");
+        let mut unrecorded = self.unrecorded.lock().expect("readiness lock");
         for r in removed {
             unscanned.remove(r);
             registries.remove(r);
             down.remove(r);
+            unrecorded.remove(r);
         }
         self.kafka.0.store(kafka, Ordering::Relaxed);
     }
@@ -112,6 +147,17 @@ impl Readiness {
         }
         if let Some(why) = self.down.lock().expect("readiness lock").values().next() {
             return Err(why.clone());
+        }
+        if let Some((registry, cycles)) = self
+            .unrecorded
+            .lock()
+            .expect("readiness lock")
+            .iter()
+            .find(|(_, cycles)| **cycles >= UNRECORDED_CYCLES_UNREADY)
+        {
+            return Err(format!(
+                "the changes found in {registry} were not recorded in its last {cycles} cycles; see the WARN log"
+            ));
         }
         let unscanned = self.unscanned.lock().expect("readiness lock");
         if let Some(first) = unscanned.iter().next() {
@@ -486,6 +532,43 @@ mod tests {
         r.restoring(None);
         assert!(r.check().unwrap_err().contains("first scan of a"));
         r.scanned("a");
+        assert_eq!(r.check(), Ok(()));
+    }
+
+    /// A registry's changes not recorded: not ready once three cycles in a row left some, ready
+    /// again at the first that records all; a reload that rebuilds the loop does not reset it.
+    #[test]
+    fn unrecorded_changes_three_cycles_in_a_row_make_a_registry_unready() {
+        let r = Readiness::new(["a".to_string()], false);
+        r.scanned("a");
+        r.recorded("a", false);
+        r.recorded("a", false);
+        assert_eq!(r.check(), Ok(()), "one or two such cycles are normal");
+        r.recorded("a", true);
+        r.recorded("a", false);
+        r.recorded("a", false);
+        // A reload rebuilt the loop, whose first cycle completes: still not recorded.
+        r.reconfigure(&[], &[], false);
+        r.scanned("a");
+        r.recorded("a", false);
+        let why = r.check().unwrap_err();
+        assert!(why.contains("a") && why.contains("not recorded"), "{why}");
+        r.recorded("a", true);
+        assert_eq!(r.check(), Ok(()));
+    }
+
+    /// A reload that removes a registry whose loop is still finishing a cycle: what that cycle
+    /// reports (a panic, changes not recorded) must not keep /readyz at 503 for good.
+    #[test]
+    fn a_removed_registry_retiring_loop_cannot_make_the_daemon_unready() {
+        let r = Readiness::new(["a".to_string(), "b".to_string()], false);
+        r.scanned("a");
+        r.scanned("b");
+        r.reconfigure(&[], &["a".to_string()], false);
+        r.down("a", "a scan of a panicked; see the ERROR log".into());
+        for _ in 0..3 {
+            r.recorded("a", false);
+        }
         assert_eq!(r.check(), Ok(()));
     }
 }

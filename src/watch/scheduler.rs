@@ -160,10 +160,6 @@ async fn guarded<T>(limit: Duration, scan: impl Future<Output = Result<T, ScanEr
     }
 }
 
-/// Full cycles in a row whose changes could not all be recorded after which a registry shows on
-/// `/readyz`.
-const UNRECORDED_CYCLES_UNREADY: u32 = 3;
-
 /// Everything one registry's loop needs.
 pub struct RegistryLoop {
     /// The registry's scanner.
@@ -203,8 +199,6 @@ impl RegistryLoop {
         let mut next_full = tokio::time::Instant::now();
         let mut quick = QuickRescans::default();
         let mut settling = Settling::default();
-        // Full cycles in a row that found changes they could not record.
-        let mut unrecorded_cycles = 0u32;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -226,22 +220,10 @@ impl RegistryLoop {
                         Ended::Returned(Ok(report)) => {
                             quick.note(&report.waiting, None);
                             self.readiness.scanned(&name);
-                            unrecorded_cycles = match report.unrecorded {
-                                0 => 0,
-                                _ => unrecorded_cycles + 1,
-                            };
-                            if unrecorded_cycles >= UNRECORDED_CYCLES_UNREADY {
-                                // Its changes go out again next cycle, not lost; but a registry
-                                // whose changes cannot be recorded delivers nothing new, and
-                                // must not pass for working (a fenced producer did, for good):
-                                // not ready until a cycle records all it found. (One or two
-                                // such cycles are normal: one that raced a rebalance or another
-                                // writer records at the next.)
-                                self.readiness.down(&name, format!(
-                                    "the changes found in {} repositories of {name} were not recorded; see the WARN log",
-                                    report.unrecorded
-                                ));
-                            }
+                            // Changes not recorded go out again next cycle, not lost; but a
+                            // registry whose changes cannot be recorded delivers nothing new,
+                            // and must not pass for working (a fenced producer did, for good).
+                            self.readiness.recorded(&name, report.unrecorded == 0);
                             if report.failed == 0 {
                                 backoff = failure_backoff(interval);
                                 let result = if report.unrecorded == 0 { "ok" } else { "incomplete" };
