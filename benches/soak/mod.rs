@@ -474,21 +474,15 @@ pub async fn soak(rows: &mut Vec<Row>, cluster: bool) {
     pusher.await.unwrap();
     // A pause or a registry minute still in force ends first.
     tokio::time::sleep(Duration::from_secs(61)).await;
-    let pushed_at: HashMap<Change, f64> = changes
-        .lock()
-        .unwrap()
+    let pushed: Vec<(Change, Instant)> = changes.lock().unwrap().clone();
+    let pushed_at: HashMap<&Change, f64> = pushed
         .iter()
-        .map(|(c, at)| (c.clone(), at.saturating_duration_since(t0).as_secs_f64()))
+        .map(|(c, at)| (c, at.saturating_duration_since(t0).as_secs_f64()))
         .collect();
-    let expected: Vec<Change> = changes
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(c, _)| c.clone())
-        .collect();
+    let expected: Vec<&Change> = pushed.iter().map(|(c, _)| c).collect();
 
     // Every push must come out; give the last ones (and any backlog) time to.
-    let want: HashSet<&Change> = expected.iter().collect();
+    let want: HashSet<&Change> = expected.iter().copied().collect();
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut seen = HashMap::<Change, HashSet<String>>::new();
     let records = loop {

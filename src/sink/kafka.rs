@@ -723,14 +723,7 @@ mod tests {
             rdkafka::types::RDKafkaApiKey::InitProducerId,
             &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
         );
-        let config = KafkaConfig {
-            brokers: cluster.bootstrap_servers(),
-            topic: "t".into(),
-            create_topic: false,
-            partitions: 1,
-            replication_factor: -1,
-            properties: Vec::new(),
-        };
+        let config = test_config(cluster.bootstrap_servers(), &[]);
         let shared = SharedProducer::new(&config).unwrap();
         let first = shared.producer();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -750,6 +743,21 @@ mod tests {
         let now = shared.producer();
         assert!(!Arc::ptr_eq(&now, &first), "the fenced producer was kept");
         assert!(now.client().fatal_error().is_none());
+    }
+
+    /// The config of a test on topic `t` of `brokers`, with `properties`.
+    fn test_config(brokers: impl Into<String>, properties: &[(&str, &str)]) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.into(),
+            topic: "t".into(),
+            create_topic: false,
+            partitions: 1,
+            replication_factor: -1,
+            properties: properties
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned().into()))
+                .collect(),
+        }
     }
 
     /// What a fresh probe reports for each of `probes` in turn.
@@ -775,14 +783,7 @@ mod tests {
         let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
         cluster.create_topic("t", 1, 1).unwrap();
         let brokers = cluster.bootstrap_servers();
-        let config = KafkaConfig {
-            brokers: brokers.clone(),
-            topic: "t".into(),
-            create_topic: false,
-            partitions: 1,
-            replication_factor: -1,
-            properties: Vec::new(),
-        };
+        let config = test_config(brokers.clone(), &[]);
         let events: Vec<Event> = (0..3)
             .map(|i| Event {
                 id: format!("id-{i}"),
@@ -865,17 +866,10 @@ mod tests {
         let _sinks = SINKS.lock().await;
         let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
         cluster.create_topic("t", 1, 1).unwrap();
-        let config = KafkaConfig {
-            brokers: cluster.bootstrap_servers(),
-            topic: "t".into(),
-            create_topic: false,
-            partitions: 1,
-            replication_factor: -1,
-            properties: vec![(
-                "delivery.report.only.error".into(),
-                "true".to_string().into(),
-            )],
-        };
+        let config = test_config(
+            cluster.bootstrap_servers(),
+            &[("delivery.report.only.error", "true")],
+        );
         let mut sink = KafkaSink::new(&config).unwrap();
         let event = Event {
             id: "id".into(),
@@ -1038,17 +1032,7 @@ mod tests {
     /// value is taken to be) never said: librdkafka's message and rust-rdkafka's `Display` quote it.
     #[test]
     fn a_refused_property_is_named_without_its_value() {
-        let config = KafkaConfig {
-            brokers: "127.0.0.1:9".into(),
-            topic: "t".into(),
-            create_topic: false,
-            partitions: 1,
-            replication_factor: -1,
-            properties: vec![(
-                "socket.timeout.ms".into(),
-                "hunter2-s3cret".to_owned().into(),
-            )],
-        };
+        let config = test_config("127.0.0.1:9", &[("socket.timeout.ms", "hunter2-s3cret")]);
         let e = KafkaProducer::new(&client_config(&config), KafkaContext::default())
             .err()
             .expect("refused");
