@@ -83,10 +83,15 @@ pub enum StoreError {
     /// Reading or writing failed (disk full, I/O error, bad record).
     #[error("state store I/O failed: {0}")]
     Io(String),
-    /// The store cannot take writes for now (cluster mode: Kafka is down, or the repository's
-    /// partition moved to another replica). Nothing was recorded; the scan is retried later.
+    /// The store cannot take writes for now (cluster mode: Kafka is down). Nothing was recorded;
+    /// the scan is retried later.
     #[error("state not recorded: {0}")]
     Unavailable(String),
+    /// Cluster mode: the repository's state partition stopped being this replica's during the
+    /// cycle (a rebalance moved it, or it is being restored again). Nothing was recorded; its
+    /// owner scans it. Not this replica's failure, so it never makes the replica unready.
+    #[error("state not recorded here: {0}")]
+    Moved(String),
     /// Cluster mode: the repository's state records cannot be read here (written by a newer
     /// release?). The repository is set aside, as a failing one is; the others go on.
     #[error("state set aside: {0}")]
@@ -112,7 +117,10 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::Conflict { .. } | StoreError::SetAside(_)
+            StoreError::Unavailable(_)
+                | StoreError::Moved(_)
+                | StoreError::Conflict { .. }
+                | StoreError::SetAside(_)
         )
     }
 }

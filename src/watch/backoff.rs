@@ -27,6 +27,9 @@ pub enum RepoResult<'a> {
     /// Listed and diffed, but the store could not record it for now (cluster mode, Kafka away):
     /// retried next cycle, and no fault of the repository's.
     Unrecorded,
+    /// Listed and diffed, but its state partition moved to another replica meanwhile (cluster
+    /// mode): its new owner scans it, so it is neither retried here nor a fault.
+    Moved,
     /// The scan failed with this registry error.
     Failed(&'a RegistryError),
 }
@@ -111,6 +114,7 @@ impl RepoBackoff {
                     entries.remove(repo);
                 }
                 RepoResult::Unrecorded => verdict.unrecorded += 1,
+                RepoResult::Moved => {}
                 RepoResult::Failed(_) => {
                     verdict.failed += 1;
                     if !registry_wide {
@@ -136,6 +140,7 @@ impl RepoBackoff {
                     entries.remove(repo);
                 }
                 RepoResult::Unrecorded => verdict.unrecorded += 1,
+                RepoResult::Moved => {}
                 RepoResult::Failed(_) => verdict.failed += 1,
             }
         }

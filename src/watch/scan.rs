@@ -98,6 +98,9 @@ pub struct CycleReport {
     pub skipped: usize,
     /// Repositories the store could not record for now (retried next cycle, not failures).
     pub unrecorded: usize,
+    /// Repositories whose state partition moved to another replica during the cycle (cluster
+    /// mode): theirs to scan now, so neither retried here nor unrecorded.
+    pub moved: usize,
     /// Repositories with a new tag whose digest or platforms could not be looked up (a push
     /// still being written, or a dangling manifest): the rest was reported, and the tag is
     /// looked up again at the next scan, which the scheduler brings forward.
@@ -329,6 +332,13 @@ impl Scanner {
                         report.waiting.push(repo.clone());
                     }
                     RepoResult::Scanned
+                }
+                Err(ScanError::Store(StoreError::Moved(why))) => {
+                    tracing::debug!(registry = %self.config.name, repository = %repo, reason = %why, "not recorded here: its new owner scans it");
+                    // Holds the watch set still, as an unrecorded one does (compared afresh).
+                    unrecorded += 1;
+                    report.moved += 1;
+                    RepoResult::Moved
                 }
                 Err(ScanError::Store(e)) => {
                     // Transient (see above): nothing was recorded, so the next scan detects the

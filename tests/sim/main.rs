@@ -1,6 +1,7 @@
 //! The simulation suite: random sequences of operations (pushes, re-pushes, moves back and forth,
 //! deletes, dangling manifests, a lagging catalog, webhook hints, restarts with and without a lost
-//! commit, config edits, Kafka away and back) against the simulated registry of `registry.rs`,
+//! commit, a repository's state partition moving away mid-cycle as cluster mode's rebalances do,
+//! config edits, Kafka away and back) against the simulated registry of `registry.rs`,
 //! with its quirks switched per run and faults injected per request. Tag names come from the
 //! fixture families of `tags.rs`; most runs turn `[registry.versions]` on, and floating aliases
 //! and other spellings of a version are tagged onto existing digests. The real scanner and the
@@ -14,8 +15,10 @@
 //!   `only_newer` held back;
 //! - a listing with no fault injected is not skipped, and one that cannot be complete (a registry
 //!   that ignores `last`) never commits;
-//! - one change never gets two ids (a commit lost in a crash is detected again with the same ids),
-//!   and two changes never share one;
+//! - one change never gets two ids (a commit lost in a crash, or refused because its partition
+//!   moved, is detected again with the same ids), and two changes never share one;
+//! - a partition that moved away mid-cycle is never counted as unrecorded (which would make a
+//!   healthy replica unready);
 //! - after the faults stop, every repository catches up within the backoff ceiling: nothing is
 //!   withheld, whatever dangles next to it;
 //! - every event is delivered (deduplicated by id, same payload on redelivery) and validates
@@ -102,6 +105,9 @@ enum Op {
     /// The daemon crashes inside the commits of a cycle (nothing of them reaches disk), restarts
     /// and scans again at once.
     CrashInCommit,
+    /// Cluster mode's rebalance, as the scanner sees it: `repo`'s state partition moves to
+    /// another replica during one cycle (its state read, or its commit, is refused as moved).
+    Moved { repo: usize, at_read: bool },
     /// The config is edited (a reload).
     Edit { cfg: SimConfig },
     /// The publisher delivers the oldest half of the outbox, or all of it.
@@ -188,9 +194,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => repo.clone().prop_map(|repo| Op::Hide { repo }),
         1 => repo.clone().prop_map(|repo| Op::Show { repo }),
         8 => faults().prop_map(|faults| Op::Scan { faults }),
-        2 => repo.prop_map(|repo| Op::Hint { repo }),
+        2 => repo.clone().prop_map(|repo| Op::Hint { repo }),
         1 => Just(Op::Restart),
         1 => Just(Op::CrashInCommit),
+        1 => (repo, any::<bool>()).prop_map(|(repo, at_read)| Op::Moved { repo, at_read }),
         1 => sim_config().prop_map(|cfg| Op::Edit { cfg }),
         2 => any::<bool>().prop_map(|all| Op::Deliver { all }),
         1 => Just(Op::DeliverThenCrash),
@@ -305,14 +312,29 @@ fn run_strategy(max_ops: usize) -> impl Strategy<Value = Run> {
 
 /// The store as the scanner sees it, with a switch that makes every commit fail as a crash
 /// inside it would: nothing of the commit is written. The events of the lost commits are kept.
+/// It can also refuse one repository as cluster mode does when its partition moved: at its read,
+/// or at its commit (whose events are kept too).
 struct CrashingStore {
     inner: Arc<Store>,
     crash: AtomicBool,
+    moved: Mutex<Option<(String, bool)>>,
     lost: Mutex<Vec<Event>>,
+}
+
+impl CrashingStore {
+    fn moved(&self, repo: &str, at_read: bool) -> Result<(), StoreError> {
+        match &*self.moved.lock().unwrap() {
+            Some((r, read)) if r == repo && *read == at_read => Err(StoreError::Moved(format!(
+                "simulated: {repo}'s partition moved to another replica"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl StateStore for CrashingStore {
     fn repo_state(&self, r: &str, repo: &str) -> Result<Option<RepoState>, StoreError> {
+        self.moved(repo, true)?;
         self.inner.repo_state(r, repo)
     }
     fn watch_set(&self, r: &str) -> Result<Option<Vec<String>>, StoreError> {
@@ -335,6 +357,10 @@ impl StateStore for CrashingStore {
         if self.crash.load(Ordering::SeqCst) {
             self.lost.lock().unwrap().extend(events.iter().cloned());
             return Err(StoreError::Io("simulated crash inside the commit".into()));
+        }
+        if let Err(e) = self.moved(repo, false) {
+            self.lost.lock().unwrap().extend(events.iter().cloned());
+            return Err(e);
         }
         self.inner.commit_scan(r, repo, base, snapshot, events)
     }
@@ -878,20 +904,52 @@ impl World {
         self.check_step(&format!("hint {repo} -> {result:?}"), false, false)
     }
 
+    /// The events of the commits the store refused since the last call.
+    fn take_lost(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.crashing().lost.lock().unwrap())
+            .iter()
+            .map(seen)
+            .collect()
+    }
+
     async fn crash_in_commit(&mut self) -> Result<(), String> {
         self.crashing().crash.store(true, Ordering::SeqCst);
         self.sim.lock().unwrap().new_step(Faults::default());
         let first = self.scanner.cycle(&self.output(), || false).await;
-        let lost: Vec<Seen> = self
-            .crashing()
-            .lost
-            .lock()
-            .unwrap()
-            .iter()
-            .map(seen)
-            .collect();
+        let lost = self.take_lost();
         self.check_step(&format!("crashed cycle -> {first:?}"), first.is_ok(), true)?;
         self.restart();
+        self.detected_again(&lost, "lost in a crash").await
+    }
+
+    /// One cycle in which `repo`'s partition moves away: nothing of it is recorded, which is no
+    /// failure and nothing unrecorded (its owner scans it). It comes back for the next cycle,
+    /// which detects what the refused commit held under the same ids.
+    async fn moved_cycle(&mut self, repo: &str, at_read: bool) -> Result<(), String> {
+        self.take_lost();
+        *self.crashing().moved.lock().unwrap() = Some((repo.to_owned(), at_read));
+        self.sim.lock().unwrap().new_step(Faults::default());
+        let result = self.scanner.cycle(&self.output(), || false).await;
+        *self.crashing().moved.lock().unwrap() = None;
+        if let Ok(report) = &result
+            && report.unrecorded != 0
+        {
+            return Err(format!(
+                "a cycle whose only refusal was a moved partition counted as unrecorded (which \
+                 makes a replica unready): {report:?}"
+            ));
+        }
+        // Refused, so possibly unchanged: what a fault on that repository allows.
+        self.sim.lock().unwrap().faulted.insert(repo.to_owned());
+        let what = format!("cycle with {repo} moved (at read: {at_read}) -> {result:?}");
+        self.check_step(&what, result.is_ok(), false)?;
+        let refused = self.take_lost();
+        self.detected_again(&refused, "refused as moved").await
+    }
+
+    /// Runs a cycle and checks that no change in `lost` (refused commits) is detected under
+    /// another id.
+    async fn detected_again(&mut self, lost: &[Seen], how: &str) -> Result<(), String> {
         self.sim.lock().unwrap().new_step(Faults::default());
         let second = self.scanner.cycle(&self.output(), || false).await;
         let again: Vec<Seen> = self
@@ -903,16 +961,16 @@ impl World {
             .map(|(_, e)| seen(e))
             .collect();
         self.check_step(
-            &format!("cycle after the crash -> {second:?}"),
+            &format!("cycle after a commit {how} -> {second:?}"),
             second.is_ok(),
             false,
         )?;
-        for l in &lost {
+        for l in lost {
             if let Some(a) = again.iter().find(|a| a.repo == l.repo && a.ev == l.ev)
                 && a.id != l.id
             {
                 return Err(format!(
-                    "a change lost in a crash was detected again under another id: {:?} {} vs {}",
+                    "a change {how} was detected again under another id: {:?} {} vs {}",
                     l.ev, l.id, a.id
                 ));
             }
@@ -963,6 +1021,7 @@ impl World {
                 Ok(())
             }
             Op::CrashInCommit => self.crash_in_commit().await,
+            Op::Moved { repo, at_read } => self.moved_cycle(REPOS[*repo], *at_read).await,
             Op::Edit { cfg } => {
                 self.cfg = cfg.clone();
                 self.scanner = scanner(&self.cfg, &self.host, self.page_size);
@@ -1044,6 +1103,7 @@ fn open(dir: &std::path::Path) -> Arc<CrashingStore> {
     Arc::new(CrashingStore {
         inner: Arc::new(Store::open(dir).unwrap_or_else(|e| panic!("opening the state file: {e}"))),
         crash: AtomicBool::new(false),
+        moved: Mutex::new(None),
         lost: Mutex::new(Vec::new()),
     })
 }

@@ -1521,7 +1521,7 @@ impl Inner {
     ) -> Result<(), StoreError> {
         self.check_alive()?;
         let Some(claim) = claims.get(&p).filter(|c| c.restored) else {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::Moved(format!(
                 "state partition {p} is not this replica's (it moved in a rebalance)"
             )));
         };
@@ -1861,7 +1861,7 @@ impl StateStore for ClusterStore {
         let p = self.inner.repo_partition(registry, repository)?;
         let owned = self.inner.owned.lock().expect("owned lock");
         if !owned.contains(&p) {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::Moved(format!(
                 "state partition {p} is not restored here (it is being read, or moved)"
             )));
         }
@@ -2422,12 +2422,12 @@ mod review {
         let (id, repo) = ("https://r.example", "team/app");
         let p = partition_of(&repo_key(id, repo), 4);
         assert!(
-            matches!(store.repo_state(id, repo), Err(StoreError::Unavailable(_))),
+            matches!(store.repo_state(id, repo), Err(StoreError::Moved(_))),
             "not assigned here"
         );
         store.inner.assigned(&[p]);
         assert!(
-            matches!(store.repo_state(id, repo), Err(StoreError::Unavailable(_))),
+            matches!(store.repo_state(id, repo), Err(StoreError::Moved(_))),
             "assigned, still being read"
         );
         store.inner.restored(&[p]);
