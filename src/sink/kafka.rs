@@ -641,7 +641,9 @@ pub async fn probe(
         let (probe, topic) = (client.producer(), config.topic.clone());
         if probe.client().fatal_error().is_some() {
             // Fatal while idle (cluster mode's producer): replaced before its next write fails.
-            client.renew_if_lost(probe.clone(), None);
+            // On the blocking pool: creating a client can block (a Kerberos kinit, files read).
+            let (client, failed) = (client.clone(), probe.clone());
+            let _ = tokio::task::spawn_blocking(move || client.renew_if_lost(failed, None)).await;
         }
         let confirmed = TOPIC_CONFIRMED.swap(false, Ordering::Relaxed);
         let (ok, has_topic) = tokio::task::spawn_blocking(move || {
