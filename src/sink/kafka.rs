@@ -531,7 +531,8 @@ impl ProbeMemory {
 /// (No `Debug`: its config holds `kafka.properties`, which are secrets.)
 #[derive(Clone)]
 pub struct SharedProducer {
-    current: Arc<RwLock<Arc<KafkaProducer>>>,
+    /// The producer now, and how many producers it replaced (its generation).
+    current: Arc<RwLock<(Arc<KafkaProducer>, u64)>>,
     /// What a fresh producer is made of: librdkafka's settings are built again from it, so that
     /// no plain copy of the properties is kept.
     config: KafkaConfig,
@@ -555,7 +556,7 @@ impl SharedProducer {
         let losses = Arc::new(AtomicU64::new(0));
         let producer = Self::create(config, idempotent, &losses)?;
         Ok(SharedProducer {
-            current: Arc::new(RwLock::new(Arc::new(producer))),
+            current: Arc::new(RwLock::new((Arc::new(producer), 0))),
             config: config.clone(),
             idempotent,
             losses,
@@ -579,6 +580,11 @@ impl SharedProducer {
 
     /// The producer now.
     pub fn producer(&self) -> Arc<KafkaProducer> {
+        self.generation().0
+    }
+
+    /// The producer now and its generation: 0 for the first, one more for each replacement.
+    pub fn generation(&self) -> (Arc<KafkaProducer>, u64) {
         self.current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -600,8 +606,9 @@ impl SharedProducer {
                         .write()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     // Another user may have replaced it meanwhile: then the fresh one goes.
-                    let old = if Arc::ptr_eq(&current, &failed) {
-                        std::mem::replace(&mut *current, Arc::new(fresh))
+                    let old = if Arc::ptr_eq(&current.0, &failed) {
+                        let generation = current.1 + 1;
+                        std::mem::replace(&mut *current, (Arc::new(fresh), generation)).0
                     } else {
                         Arc::new(fresh)
                     };

@@ -203,10 +203,12 @@ struct Inner {
     layouts: Mutex<HashMap<String, Layout>>,
     /// The records read so far of each partition being restored, by (identity, repository).
     staging: Mutex<HashMap<i32, Staged>>,
-    /// This process's mark on the state records it writes (a Kafka header, [`WRITER`]): a
-    /// record of a partition it owns without it was written by another replica that no longer
-    /// owns the partition (paused past its session, say), and is written over (see
-    /// [`Inner::repair`]).
+    /// This process's mark on the state records it writes (a Kafka header, [`WRITER`], with the
+    /// generation of the producer that wrote them: see [`Inner::mark`]): a record of a partition
+    /// it owns without the current mark was written by another replica that no longer owns the
+    /// partition (paused past its session, say), or by a producer of this process that the
+    /// broker fenced and that was replaced, and may land after newer writes. It is written over
+    /// unless it agrees with what is held (see [`Inner::repair`]).
     writer: String,
     /// The repositories of owned partitions whose records another writer put there, to write
     /// over, by (identity, repository): the item keys it wrote (its header is always rewritten).
@@ -710,7 +712,7 @@ impl Inner {
                     .headers()
                     .and_then(|h| h.iter().find(|h| h.key == WRITER))
                     .and_then(|h| h.value)
-                    == Some(self.writer.as_bytes());
+                    == Some(self.mark(self.plain.generation().1).as_bytes());
                 if ours {
                     return;
                 }
@@ -1634,9 +1636,9 @@ impl Inner {
     /// Produces `events` to the event topic and `records` to state partition `p` with the plain
     /// producer, and waits for every acknowledgement.
     fn produce(&self, events: &[Event], p: i32, records: &[Record]) -> Result<(), StoreError> {
-        let producer = self.plain.producer();
+        let (producer, generation) = self.plain.generation();
         let produced = self
-            .enqueue(&producer, events, p, records)
+            .enqueue(&producer, &self.mark(generation), events, p, records)
             .and_then(|deliveries| {
                 let acks = tokio::runtime::Handle::current()
                     .block_on(futures_util::future::join_all(deliveries));
@@ -1657,11 +1659,18 @@ impl Inner {
         })
     }
 
-    /// Hands `events` (to the event topic) and `records` (to state partition `p`) to `producer`,
-    /// in that order; returns their delivery futures.
+    /// This process's mark on the state records written by the `generation`th producer it used
+    /// (see [`Inner::writer`]).
+    fn mark(&self, generation: u64) -> String {
+        format!("{}/{generation}", self.writer)
+    }
+
+    /// Hands `events` (to the event topic) and `records` (to state partition `p`, marked `mark`)
+    /// to `producer`, in that order; returns their delivery futures.
     fn enqueue(
         &self,
         producer: &KafkaProducer,
+        mark: &str,
         events: &[Event],
         p: i32,
         records: &[Record],
@@ -1677,7 +1686,7 @@ impl Inner {
                 .partition(p)
                 .headers(OwnedHeaders::new().insert(Header {
                     key: WRITER,
-                    value: Some(self.writer.as_bytes()),
+                    value: Some(mark.as_bytes()),
                 }));
             if let Some(value) = value {
                 record = record.payload(value);
@@ -1712,7 +1721,9 @@ impl Inner {
         }
         let steps = || -> Result<(), KafkaError> {
             // Committing the transaction waits for these deliveries.
-            self.enqueue(&txn.producer, events, p, records)?;
+            // Marked as the plain producer's writes are: the mark `apply` compares with.
+            let mark = self.mark(self.plain.generation().1);
+            self.enqueue(&txn.producer, &mark, events, p, records)?;
             // The partition's checkpoint, committed with the group generation that fences a
             // zombie.
             let offsets = self.layout_offsets(claims, &[p])?;
@@ -3036,5 +3047,92 @@ mod producer_state {
             matches!(held, Ok(Some(RepoState::Known(ref s))) if s.revision == 1),
             "{held:?}"
         );
+    }
+    /// A producer replaced after the broker fenced it can still have a write held by the broker
+    /// (paused with it in flight) that lands after the fresh producer's. It carries this
+    /// process's mark, but not the fresh producer's: the owner writes over it as over any late
+    /// write, so that the next restore does not read the older revision.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_replaced_producers_late_write_is_written_over() {
+        use rdkafka::producer::{BaseProducer, BaseRecord};
+        let (id, repo) = ("https://r.example", "team/app");
+        let mock = review_mock(&watch_key("https://other.example"), b"[]");
+        let store = Arc::new(review_owning(&mock, id, repo).await);
+        let commit = |base: Option<u64>, revision: u64, digest: &str| {
+            let (writer, digest) = (store.clone(), digest.to_owned());
+            tokio::task::spawn_blocking(move || {
+                let mut snapshot = Snapshot {
+                    revision,
+                    ..Snapshot::default()
+                };
+                snapshot.tags.insert("latest".into(), Some(digest));
+                writer.commit_scan(id, repo, base, &snapshot, &[])
+            })
+        };
+        commit(None, 1, "sha256:one").await.unwrap().unwrap();
+        let p = partition_of(&repo_key(id, repo), 4);
+        let first = partition_log(&mock.bootstrap_servers(), p);
+        assert!(!first.is_empty(), "revision 1 was not written");
+        // The write of revision 1 is held by the broker; the old producer is fenced meanwhile.
+        let old = store.inner.plain.producer();
+        store
+            .inner
+            .plain
+            .renew_if_lost(old, Some(RDKafkaErrorCode::ProducerFenced));
+        commit(Some(1), 2, "sha256:two").await.unwrap().unwrap();
+        // The held write lands, after the fresh producer's.
+        let late: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .create()
+            .unwrap();
+        for (key, value, headers) in &first {
+            let mut record = BaseRecord::<[u8], [u8]>::to("imgs.state")
+                .key(key.as_slice())
+                .partition(p)
+                .headers(headers.clone());
+            if let Some(v) = value {
+                record = record.payload(v.as_slice());
+            }
+            late.send(record).map_err(|(e, _)| e).unwrap();
+        }
+        late.flush(Duration::from_secs(10)).unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        store.stop(Duration::from_secs(10)).await;
+        let next = review_owning(&mock, id, repo).await;
+        let restored = next.repo_state(id, repo);
+        next.stop(Duration::from_secs(10)).await;
+        assert!(
+            matches!(&restored, Ok(Some(RepoState::Known(s)))
+                if s.revision == 2 && s.tags["latest"].as_deref() == Some("sha256:two")),
+            "the late write of revision 1 was restored: {restored:?}"
+        );
+    }
+
+    /// Every record of state partition `p` as (key, value, headers), in order.
+    fn partition_log(brokers: &str, p: i32) -> Vec<(Vec<u8>, Option<Vec<u8>>, OwnedHeaders)> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "partition-log")
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+        let mut one = TopicPartitionList::new();
+        one.add_partition_offset("imgs.state", p, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&one).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => out.push((
+                    m.key().unwrap_or_default().to_vec(),
+                    m.payload().map(<[u8]>::to_vec),
+                    m.headers().map(|h| h.detach()).unwrap_or_default(),
+                )),
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                _ => {}
+            }
+        }
+        out
     }
 }
