@@ -499,17 +499,86 @@ async fn exactly_once_delivers_and_a_fenced_replica_commits_nothing() {
     drop(fencer);
 }
 
+/// A replica paused past its session (SIGSTOP) mid-cycle is evicted, and its partitions go to
+/// the other. Resumed, it finishes the cycle it was in: were its commits to land before
+/// librdkafka tells it that its partitions moved, a tag pushed meanwhile would be published
+/// again, diffed against the state it held, under another revision and so another id. The pause
+/// lands mid-cycle for sure: the proxy holds the paused replica's manifest lookups until it is
+/// stopped. (Which of the two comes first on resuming is a race; the store's own test,
+/// `stalls::a_write_after_the_process_stalled_waits_until_the_group_confirms_it`, shows the
+/// writes wait for the group whatever wins it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_resumed_after_its_session_publishes_nothing_it_no_longer_owns() {
+    let _serial = SERIAL.lock().await;
+    let cluster = mock();
+    let brokers = cluster.bootstrap_servers();
+    let (registry, proxy, url, repos) = seeded_registry(24).await;
+    let opts = opts(brokers.clone(), url, "", "");
+    let setups: Vec<_> = (0..2).map(|_| replica(&opts, true)).collect();
+    let mut daemons = Vec::new();
+    for s in &setups {
+        daemons.push(start_replica(&proxy, s).await);
+    }
+    let admins: Vec<&str> = setups.iter().map(|s| s.admin.as_str()).collect();
+    wait_settled(&admins, STATE_PARTITIONS, SETTLE).await;
+    let mut tail = Tail::new(&brokers, TOPIC, "read_committed");
+    tail.drain_for(Duration::from_secs(4));
+    assert_silent_baseline(&tail, || stderrs(&daemons.iter().collect::<Vec<_>>()));
+
+    let paused = daemons[0].pid();
+    proxy.hold(paused);
+    let pushed = push_all(&registry, &repos, "while-paused").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.holding() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the replica never looked a new tag up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(paused as i32, libc::SIGSTOP) };
+    // The other replica takes every partition once the group evicts the paused one, and
+    // reports every push.
+    wait_settled(&admins[1..], STATE_PARTITIONS, SETTLE).await;
+    tail.wait_for_tags(&pushed, Duration::from_secs(60), || {
+        stderrs(&daemons.iter().collect::<Vec<_>>())
+    });
+    let held = proxy.holding();
+    proxy.release();
+    // The answers wait in its sockets.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(paused as i32, libc::SIGCONT) };
+    tail.drain_for(Duration::from_secs(10));
+    let redelivered = assert_no_phantom_no_forked_ids(&tail.events, &pushed);
+    report(
+        &format!(
+            "cluster: a replica paused past its session with {held} lookups in flight, resumed: its former repositories' changes published again (same id)"
+        ),
+        redelivered,
+        "0",
+    );
+    assert_eq!(
+        redelivered,
+        0,
+        "the resumed replica published again\n{}",
+        stderrs(&daemons.iter().collect::<Vec<_>>())
+    );
+    wait_settled(&admins, STATE_PARTITIONS, SETTLE).await;
+}
+
 /// The simulation idea applied to replicas as real processes: a seeded random run of `kill -9`,
 /// graceful leaves, joins, broker outages (the mock broker down for up to 8 s, past the session
-/// now and then), pauses (SIGSTOP, then SIGCONT well within the session) and rollouts (a replica
+/// now and then), pauses (SIGSTOP, then SIGCONT well within the session, or past it: the group
+/// evicts the replica, which must publish nothing stale once resumed) and rollouts (a replica
 /// replaced by one whose config drops, or adds back, a second registry), with pushes to random
 /// repositories of both registries throughout. At the end the rollout completes (every replica
 /// knows both registries), and then: every pushed tag delivered (the second registry's too: a
 /// replica that does not know it must leave its state alone), nothing phantom, no change under
 /// two ids (a redelivery keeps its id).
 /// `REGWATCH_CLUSTER_FAULT_SEED` replays a run; `REGWATCH_CLUSTER_FAULT_ROUNDS` (default 6)
-/// makes it longer. SIGSTOP past the session is left out: at-least-once has no fencing for a
-/// paused replica's events (docs, cluster mode, "Known limits").
+/// makes it longer.
 #[tokio::test(flavor = "multi_thread")]
 async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
     use rand::seq::IndexedRandom;
@@ -570,8 +639,8 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
         // Never the last replica (a rollout replaces one): someone must be left to deliver.
         let action = match daemons.len() {
             0 | 1 => *[2, 3, 4, 5].choose(&mut rng).unwrap(),
-            n if n >= 4 => *[0, 1, 3, 4, 5].choose(&mut rng).unwrap(),
-            _ => rng.random_range(0..6),
+            n if n >= 4 => *[0, 1, 3, 4, 5, 6].choose(&mut rng).unwrap(),
+            _ => rng.random_range(0..7),
         };
         match action {
             0 | 1 => {
@@ -606,6 +675,17 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
                 // SAFETY: as above.
                 unsafe { libc::kill(pid, libc::SIGCONT) };
                 actions.push("pause");
+            }
+            6 => {
+                // Past the session (6 s): the group evicts it and the others take its share.
+                let d = daemons.choose(&mut rng).unwrap();
+                let pid = d.pid() as i32;
+                // SAFETY: plain kill(2) on our own child's pid.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                tokio::time::sleep(Duration::from_millis(rng.random_range(7000..12000))).await;
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+                actions.push("pause past the session");
             }
             5 => {
                 let i = rng.random_range(0..daemons.len());
@@ -655,12 +735,13 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
     let count = |a: &str| actions.iter().filter(|x| **x == a).count();
     report(
         &format!(
-            "cluster random faults (seed {seed}): {rounds} rounds, {} kill -9 / {} leaves / {} joins / {} broker outages / {} pauses / {} rollouts, {} pushed tags: missing / phantom / one change under two ids",
+            "cluster random faults (seed {seed}): {rounds} rounds, {} kill -9 / {} leaves / {} joins / {} broker outages / {} pauses / {} pauses past the session / {} rollouts, {} pushed tags: missing / phantom / one change under two ids",
             count("kill -9"),
             count("leave"),
             count("join"),
             count("broker outage"),
             count("pause"),
+            count("pause past the session"),
             count("rollout"),
             pushed.len()
         ),

@@ -37,6 +37,10 @@ pub struct Attributing {
     pids: Mutex<Vec<u32>>,
     /// Every request seen.
     pub log: Mutex<Vec<Hit>>,
+    /// The replica whose manifest lookups are held (see [`Attributing::hold`]), and how many
+    /// are held now.
+    held: Mutex<(Option<u32>, usize)>,
+    released: tokio::sync::Notify,
 }
 
 impl Attributing {
@@ -53,6 +57,8 @@ impl Attributing {
             port,
             pids: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
+            held: Mutex::new((None, 0)),
+            released: tokio::sync::Notify::new(),
         });
         let app = Router::new().fallback(forward).with_state(state.clone());
         tokio::spawn(async move {
@@ -64,6 +70,23 @@ impl Attributing {
             .unwrap()
         });
         (state, format!("http://127.0.0.1:{port}"))
+    }
+
+    /// Holds the manifest lookups (`HEAD`) of replica `pid` until [`Attributing::release`]: its
+    /// scan stays mid-cycle, between reading what it owns and committing.
+    pub fn hold(&self, pid: u32) {
+        self.held.lock().unwrap().0 = Some(pid);
+    }
+
+    /// How many requests are held now.
+    pub fn holding(&self) -> usize {
+        self.held.lock().unwrap().1
+    }
+
+    /// Answers the held requests, and holds no more.
+    pub fn release(&self) {
+        self.held.lock().unwrap().0 = None;
+        self.released.notify_waiters();
     }
 
     /// Attributes requests from `pid` from now on.
@@ -156,6 +179,19 @@ async fn forward(
             pid,
         })
     };
+    let hold = |held: &mut (Option<u32>, usize)| {
+        let on = held.0.is_some() && held.0 == pid && parts.method == axum::http::Method::HEAD;
+        held.1 += usize::from(on);
+        on
+    };
+    // Registered before the check, so that a release in between is not missed.
+    let released = state.released.notified();
+    tokio::pin!(released);
+    released.as_mut().enable();
+    if hold(&mut state.held.lock().unwrap()) {
+        released.await;
+        state.held.lock().unwrap().1 -= 1;
+    }
     let answer = match super::proxy::pass_on(&state.client, &state.upstream, &parts, body).await {
         Ok(r) => r,
         Err(e) => {

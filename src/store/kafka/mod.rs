@@ -18,6 +18,7 @@
 //! them are produced (at-least-once), or go in one transaction with them and the group's metadata
 //! (`exactly_once`), which fences a replica whose partitions moved.
 
+mod pulse;
 mod records;
 
 use std::collections::{BTreeMap, HashMap};
@@ -210,6 +211,9 @@ struct Inner {
     /// broker fenced and that was replaced, and may land after newer writes. It is written over
     /// unless it agrees with what is held (see [`Inner::repair`]).
     writer: String,
+    /// The consumer thread's pulse: writes wait after a stall of the whole process until the
+    /// group confirms its partitions (see [`pulse`]).
+    pulse: pulse::Pulse,
     /// The repositories of owned partitions whose records another writer put there, to write
     /// over, by (identity, repository): the item keys it wrote (its header is always rewritten).
     repairs: Mutex<BTreeMap<(String, String), std::collections::BTreeSet<records::ItemKey>>>,
@@ -270,6 +274,7 @@ impl ClusterStore {
                 high_water: AtomicU64::new(0),
                 layouts: Mutex::new(HashMap::new()),
                 writer: format!("{:016x}", rand::random::<u64>()),
+                pulse: pulse::Pulse::new(cluster.session_timeout),
                 repairs: Mutex::new(Default::default()),
                 staging: Mutex::new(HashMap::new()),
                 writing: Mutex::new(std::collections::HashSet::new()),
@@ -455,7 +460,14 @@ impl Inner {
             return;
         }
         let mut last_check = Instant::now();
+        self.pulse.start();
         while !self.stop.load(Ordering::Relaxed) {
+            if let Some(gap) = self.pulse.beat() {
+                tracing::warn!(silent = ?gap, "cluster: this process stalled (paused, or starved of CPU); writes wait until the consumer group confirms its partitions");
+            }
+            if self.pulse.in_doubt() {
+                self.confirm_membership(&consumer);
+            }
             // Repairs pending: a look, not a wait, so that they go on at their own pace.
             let wait = if self.repairs.lock().expect("repairs lock").is_empty() {
                 POLL
@@ -920,6 +932,31 @@ impl Inner {
             }
         }
         Ok(tpl)
+    }
+
+    /// After a stall, asks the broker whether this process is still the member that owns its
+    /// partitions: a synchronous commit of their checkpoint offsets as they stand (moving
+    /// nothing), which the coordinator refuses from an evicted member or a past generation. Its
+    /// partitions are then revoked at the next poll, and those of the next assignment are
+    /// confirmed by the next commit.
+    fn confirm_membership(&self, consumer: &BaseConsumer<GroupContext>) {
+        let claims = self.claims.read().expect("claims lock");
+        let owned: Vec<i32> = claims.keys().copied().collect();
+        let confirmed = owned.is_empty()
+            || self
+                .layout_offsets(&claims, &owned)
+                .and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync))
+                .inspect_err(
+                    |e| tracing::debug!(error = %e, "cluster: membership not confirmed yet"),
+                )
+                .is_ok();
+        drop(claims);
+        if confirmed {
+            tracing::info!(
+                "cluster: the consumer group confirmed this replica's partitions after the stall; writes resume"
+            );
+            self.pulse.confirmed();
+        }
     }
 
     /// Whether the state topic still has the partition count its records were written with, as
@@ -1522,6 +1559,7 @@ impl Inner {
         published: impl FnOnce(),
     ) -> Result<(), StoreError> {
         self.check_alive()?;
+        self.pulse.check().map_err(StoreError::Unavailable)?;
         let Some(claim) = claims.get(&p).filter(|c| c.restored) else {
             return Err(StoreError::Moved(format!(
                 "state partition {p} is not this replica's (it moved in a rebalance)"
@@ -3134,5 +3172,49 @@ mod producer_state {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod stalls {
+    //! A process stopped past its session (SIGSTOP, a long stall) resumes with its scans
+    //! mid-cycle: they could commit before librdkafka has revoked the partitions the group gave
+    //! away meanwhile, publishing changes their new owner published too, under other ids.
+    use super::review::{review_mock, review_owning};
+    use super::*;
+
+    /// The consumer thread's last sign of life is rewound, as a stopped process sees it when
+    /// it resumes: the next write is refused until the group has confirmed this replica's
+    /// partitions, which it then does.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_write_after_the_process_stalled_waits_until_the_group_confirms_it() {
+        let (id, repo) = ("https://r.example", "team/app");
+        let mock = review_mock(&watch_key("https://other.example"), b"[]");
+        let store = Arc::new(review_owning(&mock, id, repo).await);
+        let commit = |revision: u64, base: Option<u64>| {
+            let writer = store.clone();
+            tokio::task::spawn_blocking(move || {
+                let snapshot = Snapshot {
+                    revision,
+                    ..Snapshot::default()
+                };
+                writer.commit_scan(id, repo, base, &snapshot, &[])
+            })
+        };
+        commit(1, None).await.unwrap().unwrap();
+        store.inner.pulse.rewind(Duration::from_secs(20));
+        let refused = commit(2, Some(1)).await.unwrap();
+        assert!(
+            matches!(&refused, Err(StoreError::Unavailable(why)) if why.contains("stalled")),
+            "a write right after a stall went ahead: {refused:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = refused;
+        while last.is_err() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            last = commit(2, Some(1)).await.unwrap();
+        }
+        store.stop(Duration::from_secs(10)).await;
+        assert!(last.is_ok(), "writes never resumed: {last:?}");
     }
 }
