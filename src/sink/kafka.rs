@@ -645,13 +645,17 @@ pub async fn probe(
     let _clear = ClearDownOnDrop;
     let mut memory = ProbeMemory::default();
     loop {
-        let (probe, topic) = (client.producer(), config.topic.clone());
-        if probe.client().fatal_error().is_some() {
+        let failed = client.producer();
+        if failed.client().fatal_error().is_some() {
             // Fatal while idle (cluster mode's producer): replaced before its next write fails.
             // On the blocking pool: creating a client can block (a Kerberos kinit, files read).
-            let (client, failed) = (client.clone(), probe.clone());
-            let _ = tokio::task::spawn_blocking(move || client.renew_if_lost(failed, None)).await;
+            let client = client.clone();
+            let renewed = tokio::task::spawn_blocking(move || client.renew_if_lost(failed, None));
+            if let Err(e) = renewed.await {
+                tracing::error!(error = %e, "replacing the fatal producer failed");
+            }
         }
+        let (probe, topic) = (client.producer(), config.topic.clone());
         let confirmed = TOPIC_CONFIRMED.swap(false, Ordering::Relaxed);
         let (ok, has_topic) = tokio::task::spawn_blocking(move || {
             match probe

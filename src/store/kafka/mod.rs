@@ -211,9 +211,9 @@ struct Inner {
     /// broker fenced and that was replaced, and may land after newer writes. It is written over
     /// unless it agrees with what is held (see [`Inner::repair`]).
     writer: String,
-    /// The consumer thread's pulse: writes wait after a stall of the whole process until the
-    /// group confirms its partitions (see [`pulse`]).
-    pulse: pulse::Pulse,
+    /// This process's pulse: writes wait after a stall of the whole process until the group
+    /// confirms its partitions (see [`pulse`]).
+    pulse: Arc<pulse::Pulse>,
     /// The repositories of owned partitions whose records another writer put there, to write
     /// over, by (identity, repository): the item keys it wrote (its header is always rewritten).
     repairs: Mutex<BTreeMap<(String, String), std::collections::BTreeSet<records::ItemKey>>>,
@@ -460,20 +460,22 @@ impl Inner {
             return;
         }
         let mut last_check = Instant::now();
-        self.pulse.start();
+        if let Err(e) = self.pulse.start() {
+            tracing::error!(error = %e, "cluster: cannot start the pulse thread");
+            return;
+        }
         while !self.stop.load(Ordering::Relaxed) {
-            if let Some(gap) = self.pulse.beat() {
-                tracing::warn!(silent = ?gap, "cluster: this process stalled (paused, or starved of CPU); writes wait until the consumer group confirms its partitions");
-            }
             if self.pulse.in_doubt() {
                 self.confirm_membership(&consumer);
             }
-            // Repairs pending: a look, not a wait, so that they go on at their own pace.
-            let wait = if self.repairs.lock().expect("repairs lock").is_empty() {
-                POLL
-            } else {
-                Duration::ZERO
-            };
+            // Repairs pending: a look, not a wait, so that they go on at their own pace (not
+            // while writes wait for the membership: they would be refused).
+            let wait =
+                if self.repairs.lock().expect("repairs lock").is_empty() || self.pulse.in_doubt() {
+                    POLL
+                } else {
+                    Duration::ZERO
+                };
             match consumer.poll(wait) {
                 Some(Ok(message)) => self.apply(&message),
                 // Reached again after every write: only a restore's end needs the broker asked.
@@ -720,11 +722,14 @@ impl Inner {
             ([kind, identity, repository, rest @ ..], true)
                 if matches!(kind.as_str(), "repo" | "tag" | "digest") =>
             {
-                let ours = message
+                let mark = message
                     .headers()
                     .and_then(|h| h.iter().find(|h| h.key == WRITER))
-                    .and_then(|h| h.value)
-                    == Some(self.mark(self.plain.generation().1).as_bytes());
+                    .and_then(|h| h.value);
+                let ours = match self.transactional.get() {
+                    Some(_) => mark == Some(self.transactional_mark().as_bytes()),
+                    None => mark == Some(self.mark(self.plain.generation().1).as_bytes()),
+                };
                 if ours {
                     return;
                 }
@@ -780,7 +785,7 @@ impl Inner {
     /// writing now waits for the next pass; one of a partition no longer owned is dropped. A few
     /// repositories per pass, so that the consumer thread keeps polling.
     fn repair(&self, consumer: &BaseConsumer<GroupContext>) {
-        if self.given_up.get().is_some() {
+        if self.given_up.get().is_some() || self.pulse.in_doubt() {
             return;
         }
         let pending: Vec<_> = self
@@ -816,9 +821,8 @@ impl Inner {
             // Only a member of the group may write over others: a replica that lost its
             // partitions without knowing yet (a zombie itself) is refused here by the broker,
             // rather than writing its stale state over the new owner's.
-            let offsets = self.layout_offsets(&self.claims.read().expect("claims lock"), &[p]);
             let member =
-                offsets.and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync));
+                self.commit_as_member(consumer, &self.claims.read().expect("claims lock"), &[p]);
             if let Err(e) = member {
                 tracing::warn!(%repository, error = %e, "cluster: not writing over another replica's records: this replica's membership is in doubt");
                 return;
@@ -941,15 +945,23 @@ impl Inner {
     /// confirmed by the next commit.
     fn confirm_membership(&self, consumer: &BaseConsumer<GroupContext>) {
         let claims = self.claims.read().expect("claims lock");
-        let owned: Vec<i32> = claims.keys().copied().collect();
-        let confirmed = owned.is_empty()
-            || self
-                .layout_offsets(&claims, &owned)
-                .and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync))
+        // Only restored ones: a claim being restored has no checkpoint known yet (0), which
+        // would move the group's checkpoint back. Writes go to restored ones only, and a
+        // restore ends whatever the doubt.
+        let restored: Vec<i32> = claims
+            .iter()
+            .filter(|(_, c)| c.restored)
+            .map(|(p, _)| *p)
+            .collect();
+        let confirmed = if restored.is_empty() {
+            claims.is_empty()
+        } else {
+            self.commit_as_member(consumer, &claims, &restored)
                 .inspect_err(
                     |e| tracing::debug!(error = %e, "cluster: membership not confirmed yet"),
                 )
-                .is_ok();
+                .is_ok()
+        };
         drop(claims);
         if confirmed {
             tracing::info!(
@@ -957,6 +969,19 @@ impl Inner {
             );
             self.pulse.confirmed();
         }
+    }
+
+    /// Commits the checkpoints of partitions `ps` as they stand, synchronously: a write that
+    /// moves nothing, and that the coordinator refuses from a member it evicted or of a past
+    /// generation, so that it proves this replica still owns them.
+    fn commit_as_member(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        claims: &BTreeMap<i32, Claim>,
+        ps: &[i32],
+    ) -> KafkaResult<()> {
+        self.layout_offsets(claims, ps)
+            .and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync))
     }
 
     /// Whether the state topic still has the partition count its records were written with, as
@@ -1249,9 +1274,7 @@ impl Inner {
             return claim.put_off_checkpoint();
         };
         // Only a member of the group writes: a zombie is refused here, before anything.
-        let member = self
-            .layout_offsets(&claims, &[p])
-            .and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync));
+        let member = self.commit_as_member(consumer, &claims, &[p]);
         if let Err(e) = member {
             tracing::warn!(partition = p, error = %e, "cluster: no checkpoint: this replica's membership is in doubt");
             return claim.put_off_checkpoint();
@@ -1288,8 +1311,7 @@ impl Inner {
         // that it holds on a broker that keeps no transactional offset commit (rdkafka's mock
         // cluster): every record is in, so it is true either way.
         let outcome = outcome.and_then(|()| {
-            self.layout_offsets(&claims, &[p])
-                .and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync))
+            self.commit_as_member(consumer, &claims, &[p])
                 .map_err(|e| StoreError::Unavailable(format!("kafka: {e}")))
         });
         match outcome {
@@ -1559,7 +1581,6 @@ impl Inner {
         published: impl FnOnce(),
     ) -> Result<(), StoreError> {
         self.check_alive()?;
-        self.pulse.check().map_err(StoreError::Unavailable)?;
         let Some(claim) = claims.get(&p).filter(|c| c.restored) else {
             return Err(StoreError::Moved(format!(
                 "state partition {p} is not this replica's (it moved in a rebalance)"
@@ -1674,6 +1695,9 @@ impl Inner {
     /// Produces `events` to the event topic and `records` to state partition `p` with the plain
     /// producer, and waits for every acknowledgement.
     fn produce(&self, events: &[Event], p: i32, records: &[Record]) -> Result<(), StoreError> {
+        // Here, right before anything is produced: a write that waited (behind a checkpoint,
+        // for its events' acknowledgements) may have waited across a stall.
+        self.pulse.check().map_err(StoreError::Unavailable)?;
         let (producer, generation) = self.plain.generation();
         let produced = self
             .enqueue(&producer, &self.mark(generation), events, p, records)
@@ -1701,6 +1725,12 @@ impl Inner {
     /// (see [`Inner::writer`]).
     fn mark(&self, generation: u64) -> String {
         format!("{}/{generation}", self.writer)
+    }
+
+    /// This process's mark on the state records its transactional producer writes (never
+    /// replaced: a fenced one stops the replica).
+    fn transactional_mark(&self) -> String {
+        format!("{}/txn", self.writer)
     }
 
     /// Hands `events` (to the event topic) and `records` (to state partition `p`, marked `mark`)
@@ -1747,6 +1777,7 @@ impl Inner {
         records: &[Record],
     ) -> Result<(), StoreError> {
         self.finish(txn)?;
+        self.pulse.check().map_err(StoreError::Unavailable)?;
         let member = self.group.lock().expect("group lock");
         let Some(group) = member.as_ref() else {
             return Err(StoreError::Unavailable(
@@ -1759,9 +1790,13 @@ impl Inner {
         }
         let steps = || -> Result<(), KafkaError> {
             // Committing the transaction waits for these deliveries.
-            // Marked as the plain producer's writes are: the mark `apply` compares with.
-            let mark = self.mark(self.plain.generation().1);
-            self.enqueue(&txn.producer, &mark, events, p, records)?;
+            self.enqueue(
+                &txn.producer,
+                &self.transactional_mark(),
+                events,
+                p,
+                records,
+            )?;
             // The partition's checkpoint, committed with the group generation that fences a
             // zombie.
             let offsets = self.layout_offsets(claims, &[p])?;
@@ -3216,5 +3251,37 @@ mod stalls {
         }
         store.stop(Duration::from_secs(10)).await;
         assert!(last.is_ok(), "writes never resumed: {last:?}");
+    }
+    /// A write waiting behind a checkpoint of its partition when the process stops: once
+    /// resumed, it must not go ahead on the check it passed before the stall.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_write_held_behind_a_checkpoint_across_a_stall_is_refused() {
+        let (id, repo) = ("https://r.example", "team/app");
+        let mock = review_mock(&watch_key("https://other.example"), b"[]");
+        let store = Arc::new(review_owning(&mock, id, repo).await);
+        let p = partition_of(&repo_key(id, repo), 4);
+        let result = {
+            let claims = store.inner.claims.read().expect("claims lock");
+            let checkpoint = claims[&p].gate.write().expect("gate lock");
+            let (writer, runtime) = (store.clone(), tokio::runtime::Handle::current());
+            let waiting = std::thread::spawn(move || {
+                let _runtime = runtime.enter();
+                let snapshot = Snapshot {
+                    revision: 1,
+                    ..Snapshot::default()
+                };
+                writer.commit_scan(id, repo, None, &snapshot, &[])
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            store.inner.pulse.rewind(Duration::from_secs(20));
+            drop(checkpoint);
+            drop(claims);
+            waiting.join().unwrap()
+        };
+        store.stop(Duration::from_secs(10)).await;
+        assert!(
+            matches!(&result, Err(StoreError::Unavailable(why)) if why.contains("stalled")),
+            "a write that waited across the stall went ahead: {result:?}"
+        );
     }
 }

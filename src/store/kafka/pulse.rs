@@ -1,22 +1,28 @@
-//! Whether this process may still take its partitions for its own: the consumer thread's pulse.
+//! Whether this process may still take its partitions for its own: its pulse.
 //!
 //! A process stopped past its session (SIGSTOP, a VM frozen, a long stall) is evicted from the
 //! consumer group, and its partitions go to others. When it resumes, every thread resumes at
 //! once: its scans, mid-cycle, could commit before librdkafka has told it (through the consumer
 //! thread) that its partitions moved, and publish changes their new owner published too, under
-//! other ids. The consumer thread beats once per loop (a loop lasts about a second); a gap far
-//! longer than that, seen by the thread itself or by a writer first, means the whole process
-//! stalled. Writes then wait until the consumer thread has confirmed the group membership with
-//! the broker (a synchronous offset commit, which the coordinator refuses from a member it
-//! evicted), or the partitions are revoked.
+//! other ids. A thread of its own beats four times a second; a gap far longer than that, seen
+//! by that thread or by a writer first, means the whole process stalled. Writes then wait until
+//! the consumer thread has confirmed the group membership with the broker (a synchronous offset
+//! commit, which the coordinator refuses from a member it evicted), or the partitions are
+//! revoked. Every produce is checked, so that a write that waited (behind a checkpoint, or for
+//! its events' acknowledgements) across the stall is refused too.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-/// The consumer thread's pulse, and whether the membership is in doubt since a stall.
+/// How often the pulse's own thread beats: a few wake-ups a second of a thread that does
+/// nothing else, so that no slow step of the consumer thread passes for a stall.
+const TICK: Duration = Duration::from_millis(250);
+
+/// This process's pulse, and whether the group membership is in doubt since a stall.
 pub(super) struct Pulse {
     origin: Instant,
-    /// When the consumer thread last beat, in milliseconds since `origin`.
+    /// When the pulse thread last beat, in milliseconds since `origin`.
     beat: AtomicI64,
     /// A stall was seen and the membership is not confirmed since.
     doubt: AtomicBool,
@@ -25,16 +31,37 @@ pub(super) struct Pulse {
 }
 
 impl Pulse {
-    /// A pulse for a group session of `session`: a stall is a gap of half of it (so that a
-    /// process stopped for a whole session is always caught), and never less than 2.5 s (two
-    /// of the consumer thread's polls), so that a loop that is merely busy does not count.
-    pub(super) fn new(session: Duration) -> Pulse {
-        Pulse {
+    /// A pulse for a group session of `session`. A stall is a gap of half of it, so that a
+    /// process stopped for a whole session is always caught, and of at least 1 s (four beats),
+    /// so that a thread merely scheduled late on a busy machine does not count; never as
+    /// long as the session.
+    pub(super) fn new(session: Duration) -> Arc<Pulse> {
+        Arc::new(Pulse {
             origin: Instant::now(),
             beat: AtomicI64::new(0),
             doubt: AtomicBool::new(false),
-            stall: (session / 2).max(Duration::from_millis(2500)),
-        }
+            stall: (session / 2)
+                .max(Duration::from_secs(1))
+                .min(session * 3 / 4),
+        })
+    }
+
+    /// Starts the thread that beats until the pulse is dropped.
+    pub(super) fn start(self: &Arc<Pulse>) -> std::io::Result<()> {
+        self.beat.store(self.now(), Ordering::SeqCst);
+        let pulse: Weak<Pulse> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("regwatch-pulse".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(TICK);
+                    let Some(pulse) = pulse.upgrade() else { break };
+                    if let Some(gap) = pulse.beat() {
+                        tracing::warn!(stopped = ?gap, "cluster: this process stalled (stopped, or starved of CPU); writes wait until the consumer group confirms its partitions");
+                    }
+                }
+            })
+            .map(drop)
     }
 
     fn now(&self) -> i64 {
@@ -46,21 +73,17 @@ impl Pulse {
         Duration::from_millis(u64::try_from(self.now().saturating_sub(beat)).unwrap_or(0))
     }
 
-    /// The consumer thread is alive. Returns the gap since its last beat when that was a
-    /// stall (the membership is in doubt from now).
-    pub(super) fn beat(&self) -> Option<Duration> {
-        let gap = self.since(self.beat.swap(self.now(), Ordering::SeqCst));
-        if gap > self.stall {
+    /// The process is alive. Returns the gap since the last beat when that was a stall (the
+    /// membership is in doubt from now). The doubt is set before the fresh beat is published,
+    /// so that no writer sees the one without the other.
+    fn beat(&self) -> Option<Duration> {
+        let gap = self.since(self.beat.load(Ordering::SeqCst));
+        let stalled = gap > self.stall;
+        if stalled {
             self.doubt.store(true, Ordering::SeqCst);
-            return Some(gap);
         }
-        None
-    }
-
-    /// Starts the pulse afresh (the consumer thread's loop begins: what came before, such as
-    /// creating the state topic, is no stall).
-    pub(super) fn start(&self) {
         self.beat.store(self.now(), Ordering::SeqCst);
+        stalled.then_some(gap)
     }
 
     /// Whether the membership is in doubt and the consumer thread should confirm it.
@@ -73,23 +96,16 @@ impl Pulse {
         self.doubt.store(false, Ordering::SeqCst);
     }
 
-    /// Whether this process may write to its partitions now; `Err` says why not.
+    /// Whether this process may write to its partitions now; `Err` says why not. A writer that
+    /// resumes before the pulse thread sees the gap itself (the pulse thread then sees it too).
     pub(super) fn check(&self) -> Result<(), String> {
         let gap = self.since(self.beat.load(Ordering::SeqCst));
-        if gap > self.stall {
-            self.doubt.store(true, Ordering::SeqCst);
+        if gap > self.stall || self.in_doubt() {
             return Err(format!(
-                "this process stalled (its consumer thread silent for {gap:?}, paused?): its \
-                 partitions may be another replica's by now; writes wait until the consumer \
-                 group confirms them"
+                "this process stalled (stopped, or starved of CPU; its pulse silent for {gap:?} \
+                 now): its partitions may be another replica's by now; writes wait until the \
+                 consumer group confirms them"
             ));
-        }
-        if self.in_doubt() {
-            return Err(
-                "this process stalled: writes wait until the consumer group confirms \
-                        its partitions"
-                    .into(),
-            );
         }
         Ok(())
     }
@@ -109,18 +125,17 @@ mod tests {
     #[test]
     fn a_gap_past_the_stall_puts_the_membership_in_doubt_until_confirmed() {
         let pulse = Pulse::new(Duration::from_secs(10));
-        pulse.start();
         assert_eq!(pulse.beat(), None);
         assert!(pulse.check().is_ok());
         // A writer resumes first: it sees the gap itself.
         pulse.rewind(Duration::from_secs(30));
         assert!(pulse.check().unwrap_err().contains("stalled"));
-        // The consumer thread beats again: still in doubt, until it confirms.
+        // The pulse thread beats again: still in doubt, until the consumer thread confirms.
         let _ = pulse.beat();
         assert!(pulse.check().is_err());
         pulse.confirmed();
         assert!(pulse.check().is_ok());
-        // The consumer thread resumes first: its beat sees the gap.
+        // The pulse thread resumes first: its beat sees the gap.
         pulse.rewind(Duration::from_secs(30));
         assert!(
             pulse
@@ -131,11 +146,32 @@ mod tests {
     }
 
     #[test]
-    fn a_stall_is_never_shorter_than_two_polls() {
-        let pulse = Pulse::new(Duration::from_secs(1));
-        pulse.start();
-        pulse.rewind(Duration::from_secs(2));
-        assert_eq!(pulse.beat(), None, "a busy loop is no stall");
+    fn a_stall_is_shorter_than_the_session_and_longer_than_a_late_beat() {
+        for (session, stall) in [(1, 750), (2, 1000), (6, 3000), (10, 5000)] {
+            let pulse = Pulse::new(Duration::from_secs(session));
+            assert_eq!(
+                pulse.stall,
+                Duration::from_millis(stall),
+                "session {session} s"
+            );
+        }
+        let pulse = Pulse::new(Duration::from_secs(10));
+        let _ = pulse.beat();
+        pulse.rewind(Duration::from_millis(900));
+        assert_eq!(pulse.beat(), None, "a beat scheduled late is no stall");
         assert!(pulse.check().is_ok());
+    }
+
+    #[test]
+    fn the_pulse_thread_beats_and_ends_with_the_pulse() {
+        let pulse = Pulse::new(Duration::from_secs(10));
+        pulse.start().unwrap();
+        pulse.rewind(Duration::from_secs(30));
+        std::thread::sleep(TICK * 3);
+        assert!(pulse.in_doubt(), "the pulse thread saw no stall");
+        let weak = Arc::downgrade(&pulse);
+        drop(pulse);
+        std::thread::sleep(TICK * 2);
+        assert!(weak.upgrade().is_none());
     }
 }
