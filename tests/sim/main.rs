@@ -942,7 +942,10 @@ impl World {
         // Refused, so possibly unchanged: what a fault on that repository allows.
         self.sim.lock().unwrap().faulted.insert(repo.to_owned());
         let what = format!("cycle with {repo} moved (at read: {at_read}) -> {result:?}");
-        self.check_step(&what, result.is_ok(), false)?;
+        // A repository not recorded holds the watch set still, as an unrecorded one does: the
+        // listing does not count as complete.
+        let complete = result.as_ref().is_ok_and(|r| r.moved == 0);
+        self.check_step(&what, complete, false)?;
         let refused = self.take_lost();
         self.detected_again(&refused, "refused as moved").await
     }
