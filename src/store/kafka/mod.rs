@@ -306,6 +306,10 @@ impl ClusterStore {
     pub fn start(&self, readiness: Arc<Readiness>, runtime: tokio::runtime::Handle) {
         readiness.restoring(Some("joining the cluster's consumer group".into()));
         let _ = self.inner.readiness.set(readiness);
+        if let Err(e) = self.inner.pulse.start() {
+            self.inner
+                .give_up(format!("cannot start the cluster's pulse thread: {e}"));
+        }
         let inner = self.inner.clone();
         let thread = std::thread::Builder::new()
             .name("regwatch-cluster".into())
@@ -460,10 +464,6 @@ impl Inner {
             return;
         }
         let mut last_check = Instant::now();
-        if let Err(e) = self.pulse.start() {
-            tracing::error!(error = %e, "cluster: cannot start the pulse thread");
-            return;
-        }
         while !self.stop.load(Ordering::Relaxed) {
             if self.pulse.in_doubt() {
                 self.confirm_membership(&consumer);
@@ -953,21 +953,21 @@ impl Inner {
             .filter(|(_, c)| c.restored)
             .map(|(p, _)| *p)
             .collect();
-        let confirmed = if restored.is_empty() {
-            claims.is_empty()
-        } else {
-            self.commit_as_member(consumer, &claims, &restored)
+        // Only a commit sent after the stall answers for it; one of a later stall does not.
+        let stalls = self.pulse.stalls();
+        let confirmed = !restored.is_empty()
+            && self
+                .commit_as_member(consumer, &claims, &restored)
                 .inspect_err(
                     |e| tracing::debug!(error = %e, "cluster: membership not confirmed yet"),
                 )
-                .is_ok()
-        };
+                .is_ok();
         drop(claims);
         if confirmed {
             tracing::info!(
                 "cluster: the consumer group confirmed this replica's partitions after the stall; writes resume"
             );
-            self.pulse.confirmed();
+            self.pulse.confirmed(stalls);
         }
     }
 
@@ -1177,7 +1177,10 @@ impl Inner {
     /// day behind at best, and not at all on some brokers): a restored partition whose records
     /// read since its checkpoint exceed [`checkpoint_due`] of what its state takes gets a new one.
     fn checkpoint(&self, consumer: &BaseConsumer<GroupContext>) {
-        if self.given_up.get().is_some() || self.layout_changed.load(Ordering::SeqCst) {
+        if self.given_up.get().is_some()
+            || self.layout_changed.load(Ordering::SeqCst)
+            || self.pulse.in_doubt()
+        {
             return;
         }
         let due: Vec<i32> = self
@@ -1614,9 +1617,15 @@ impl Inner {
                 records::MAX_RECORD
             )));
         }
+        // Checked right before anything is produced: a write that waited (behind a checkpoint,
+        // for its events' acknowledgements) may have waited across a stall.
+        let produce = |events: &[Event], records: &[Record]| {
+            self.pulse.check().map_err(StoreError::Unavailable)?;
+            self.produce(events, p, records)
+        };
         let written = match self.transactional.get() {
-            None => self.produce(events, p, &[]).and_then(|()| {
-                let recorded = self.produce(&[], p, records);
+            None => produce(events, &[]).and_then(|()| {
+                let recorded = produce(&[], records);
                 if recorded.is_err() && !events.is_empty() {
                     published();
                 }
@@ -1695,9 +1704,6 @@ impl Inner {
     /// Produces `events` to the event topic and `records` to state partition `p` with the plain
     /// producer, and waits for every acknowledgement.
     fn produce(&self, events: &[Event], p: i32, records: &[Record]) -> Result<(), StoreError> {
-        // Here, right before anything is produced: a write that waited (behind a checkpoint,
-        // for its events' acknowledgements) may have waited across a stall.
-        self.pulse.check().map_err(StoreError::Unavailable)?;
         let (producer, generation) = self.plain.generation();
         let produced = self
             .enqueue(&producer, &self.mark(generation), events, p, records)

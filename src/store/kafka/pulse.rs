@@ -11,7 +11,7 @@
 //! revoked. Every produce is checked, so that a write that waited (behind a checkpoint, or for
 //! its events' acknowledgements) across the stall is refused too.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -24,25 +24,29 @@ pub(super) struct Pulse {
     origin: Instant,
     /// When the pulse thread last beat, in milliseconds since `origin`.
     beat: AtomicI64,
-    /// A stall was seen and the membership is not confirmed since.
-    doubt: AtomicBool,
+    /// The stalls seen so far.
+    stalls: AtomicU64,
+    /// The stalls a confirmation of the membership, sent after them, answered: fewer than
+    /// `stalls` means the membership is in doubt.
+    confirmed: AtomicU64,
     /// A gap between two beats longer than this is a stall.
     stall: Duration,
 }
 
 impl Pulse {
-    /// A pulse for a group session of `session`. A stall is a gap of half of it, so that a
-    /// process stopped for a whole session is always caught, and of at least 1 s (four beats),
-    /// so that a thread merely scheduled late on a busy machine does not count; never as
-    /// long as the session.
+    /// A pulse for a group session of `session`. A stall is a gap of half of it, and of at
+    /// least 1 s (four beats), so that a thread merely scheduled late on a busy machine does
+    /// not count; but under 3/5 of it, since a member heartbeats every third of the session
+    /// and so can be evicted after a stop of two thirds.
     pub(super) fn new(session: Duration) -> Arc<Pulse> {
         Arc::new(Pulse {
             origin: Instant::now(),
             beat: AtomicI64::new(0),
-            doubt: AtomicBool::new(false),
+            stalls: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
             stall: (session / 2)
                 .max(Duration::from_secs(1))
-                .min(session * 3 / 4),
+                .min(session * 3 / 5),
         })
     }
 
@@ -74,38 +78,53 @@ impl Pulse {
     }
 
     /// The process is alive. Returns the gap since the last beat when that was a stall (the
-    /// membership is in doubt from now). The doubt is set before the fresh beat is published,
-    /// so that no writer sees the one without the other.
+    /// membership is in doubt from now). The stall is counted before the fresh beat is
+    /// published, so that no writer sees the one without the other.
     fn beat(&self) -> Option<Duration> {
-        let gap = self.since(self.beat.load(Ordering::SeqCst));
+        let now = self.now();
+        let last = self.beat.load(Ordering::SeqCst);
+        let gap = Duration::from_millis(u64::try_from(now.saturating_sub(last)).unwrap_or(0));
         let stalled = gap > self.stall;
         if stalled {
-            self.doubt.store(true, Ordering::SeqCst);
+            self.stalls.fetch_add(1, Ordering::SeqCst);
         }
-        self.beat.store(self.now(), Ordering::SeqCst);
+        self.beat.store(now, Ordering::SeqCst);
         stalled.then_some(gap)
+    }
+
+    /// The stalls seen so far: a confirmation sent now answers for these, and no later one.
+    pub(super) fn stalls(&self) -> u64 {
+        self.stalls.load(Ordering::SeqCst)
     }
 
     /// Whether the membership is in doubt and the consumer thread should confirm it.
     pub(super) fn in_doubt(&self) -> bool {
-        self.doubt.load(Ordering::SeqCst)
+        self.confirmed.load(Ordering::SeqCst) < self.stalls()
     }
 
-    /// The broker confirmed the membership (or nothing is owned to doubt).
-    pub(super) fn confirmed(&self) {
-        self.doubt.store(false, Ordering::SeqCst);
+    /// The broker confirmed the membership with a request sent once `stalls` stalls were seen
+    /// (see [`Pulse::stalls`]): a stall after it stays in doubt.
+    pub(super) fn confirmed(&self, stalls: u64) {
+        self.confirmed.fetch_max(stalls, Ordering::SeqCst);
     }
 
     /// Whether this process may write to its partitions now; `Err` says why not. A writer that
     /// resumes before the pulse thread sees the gap itself (the pulse thread then sees it too).
     pub(super) fn check(&self) -> Result<(), String> {
         let gap = self.since(self.beat.load(Ordering::SeqCst));
-        if gap > self.stall || self.in_doubt() {
+        if gap > self.stall {
             return Err(format!(
-                "this process stalled (stopped, or starved of CPU; its pulse silent for {gap:?} \
-                 now): its partitions may be another replica's by now; writes wait until the \
-                 consumer group confirms them"
+                "this process stalled (stopped, or starved of CPU; silent for {gap:?}): its \
+                 partitions may be another replica's by now; writes wait until the consumer \
+                 group confirms them"
             ));
+        }
+        if self.in_doubt() {
+            return Err(
+                "this process stalled: writes wait until the consumer group confirms \
+                        its partitions"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -133,7 +152,10 @@ mod tests {
         // The pulse thread beats again: still in doubt, until the consumer thread confirms.
         let _ = pulse.beat();
         assert!(pulse.check().is_err());
-        pulse.confirmed();
+        // A confirmation sent before that stall answers nothing of it.
+        pulse.confirmed(pulse.stalls() - 1);
+        assert!(pulse.check().is_err());
+        pulse.confirmed(pulse.stalls());
         assert!(pulse.check().is_ok());
         // The pulse thread resumes first: its beat sees the gap.
         pulse.rewind(Duration::from_secs(30));
@@ -147,7 +169,7 @@ mod tests {
 
     #[test]
     fn a_stall_is_shorter_than_the_session_and_longer_than_a_late_beat() {
-        for (session, stall) in [(1, 750), (2, 1000), (6, 3000), (10, 5000)] {
+        for (session, stall) in [(1, 600), (2, 1000), (6, 3000), (10, 5000)] {
             let pulse = Pulse::new(Duration::from_secs(session));
             assert_eq!(
                 pulse.stall,
