@@ -529,8 +529,12 @@ async fn a_broker_paused_with_writes_in_flight_leaves_delivery_going() {
     };
     pause(libc::SIGSTOP);
     let during = push_all(&registry, &repos, "v1").await;
-    // Scans find the pushes and hand their events to a broker that does not answer.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Scans find the pushes and hand their events to a broker that does not answer. 6 s: past
+    // the message timeout (4 s), which bumps the producer's epoch, and well within the group's
+    // 10 s session, so that the replica keeps its partitions (8 s came close enough for the
+    // session to expire now and then, and this test is about the producer, not about Tansu's
+    // group coordinator, which then sometimes assigned nothing for a minute).
+    tokio::time::sleep(Duration::from_secs(6)).await;
     pause(libc::SIGCONT);
     tail.wait_for_tags(&during, Duration::from_secs(60), || stderrs(&[&da]));
     let after = push_all(&registry, &repos, "v2").await;
