@@ -664,28 +664,22 @@ async fn randomised_replica_faults_lose_nothing_and_invent_nothing() {
                 rolled.push(with_other);
                 actions.push("join");
             }
-            4 => {
-                // Well within the session (6 s; a heartbeat every 2 s, sent up to 0.5 s late),
-                // with room for a loaded machine: the group keeps it.
-                let d = daemons.choose(&mut rng).unwrap();
-                let pid = d.pid() as i32;
+            4 | 6 => {
+                // 4: well within the session (6 s; a heartbeat every 2 s, sent up to 0.5 s
+                // late), with room for a loaded machine: the group keeps it. 6: past the
+                // session: the group evicts it and the others take its share.
+                let (millis, what) = if action == 4 {
+                    (500..1200, "pause")
+                } else {
+                    (7000..12000, "pause past the session")
+                };
+                let pid = daemons.choose(&mut rng).unwrap().pid() as i32;
                 // SAFETY: plain kill(2) on our own child's pid.
                 unsafe { libc::kill(pid, libc::SIGSTOP) };
-                tokio::time::sleep(Duration::from_millis(rng.random_range(500..1200))).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(millis))).await;
                 // SAFETY: as above.
                 unsafe { libc::kill(pid, libc::SIGCONT) };
-                actions.push("pause");
-            }
-            6 => {
-                // Past the session (6 s): the group evicts it and the others take its share.
-                let d = daemons.choose(&mut rng).unwrap();
-                let pid = d.pid() as i32;
-                // SAFETY: plain kill(2) on our own child's pid.
-                unsafe { libc::kill(pid, libc::SIGSTOP) };
-                tokio::time::sleep(Duration::from_millis(rng.random_range(7000..12000))).await;
-                // SAFETY: as above.
-                unsafe { libc::kill(pid, libc::SIGCONT) };
-                actions.push("pause past the session");
+                actions.push(what);
             }
             5 => {
                 let i = rng.random_range(0..daemons.len());
