@@ -67,6 +67,8 @@ const STATE_TOPIC_CONFIG: [(&str, &str); 4] = [
 ];
 /// The Kafka header naming the process that wrote a state record (see `Inner::writer`).
 const WRITER: &str = "regwatch-writer";
+/// The record header that carries a state record's [`Order`].
+const ORDER: &str = "regwatch-order";
 /// The floor of [`checkpoint_due`]: a partition holding little is not rewritten every few writes.
 const CHECKPOINT_SLACK: u64 = 64;
 /// About how many records a checkpoint writes at a time (a transaction each with
@@ -109,10 +111,18 @@ fn hint_key(identity: &str, repository: &str) -> String {
     serde_json::to_string(&("hint", identity, repository)).expect("strings serialize")
 }
 
-use records::{Gathered, Layout, Record};
+use records::{Layout, Order, Record, Staged};
 
-/// What a restore read so far of one partition, by (identity, repository).
-type Staged = HashMap<(String, String), Gathered>;
+/// The metadata of every offset commit of a state partition.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OffsetMetadata {
+    /// The state topic's partition count when its records were written (see
+    /// [`Inner::check_layout`]).
+    state_partitions: i32,
+    /// Its owner's epoch (see [`Order`]); 0 from a release before epochs.
+    #[serde(default)]
+    owner: u64,
+}
 
 /// An assigned partition.
 struct Claim {
@@ -135,6 +145,10 @@ struct Claim {
     /// Held for reading by every write to it, for writing by a checkpoint of it (which so
     /// holds back the writes of this partition only).
     gate: RwLock<()>,
+    /// The epoch its writes carry (see [`Order`]), taken once it is read to its end (0 before).
+    epoch: AtomicU64,
+    /// The highest epoch its records carry, as read so far.
+    seen: AtomicU64,
 }
 
 impl Claim {
@@ -148,6 +162,8 @@ impl Claim {
             live: AtomicU64::new(0),
             opaque: AtomicBool::new(false),
             gate: RwLock::new(()),
+            epoch: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
         }
     }
 
@@ -161,6 +177,7 @@ impl Claim {
 /// Whether this release knows the kind of state record `key` names (see the module docs).
 fn understood(key: &[String]) -> bool {
     match key {
+        [kind] => kind == "owner",
         [kind, _] => kind == "watch",
         [kind, _, _] => kind == "repo" || kind == "hint",
         [kind, _, _, name] => records::ItemKey::from_parts(kind, name).is_some(),
@@ -202,7 +219,7 @@ struct Inner {
     /// What the writer knows of each claimed repository's records beyond its state (see
     /// [`records::Layout`]), by header key.
     layouts: Mutex<HashMap<String, Layout>>,
-    /// The records read so far of each partition being restored, by (identity, repository).
+    /// What the restore of each partition being restored read so far.
     staging: Mutex<HashMap<i32, Staged>>,
     /// This process's mark on the state records it writes (a Kafka header, [`WRITER`], with the
     /// generation of the producer that wrote them: see [`Inner::mark`]): a record of a partition
@@ -642,9 +659,17 @@ impl Inner {
             .key()
             .and_then(|k| serde_json::from_slice::<Vec<String>>(k).ok())
             .filter(|k| understood(k));
+        let order = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == ORDER))
+            .and_then(|h| h.value)
+            .and_then(Order::decode);
         let restored = match self.claims.read().expect("claims lock").get(&p) {
             Some(claim) => {
                 claim.read.fetch_add(1, Ordering::Relaxed);
+                if let Some(order) = order {
+                    claim.seen.fetch_max(order.epoch, Ordering::SeqCst);
+                }
                 let _ = claim.first.compare_exchange(
                     -1,
                     message.offset(),
@@ -663,6 +688,9 @@ impl Inner {
             return;
         };
         match (key.as_slice(), restored) {
+            ([kind], false) if kind == "owner" => {
+                self.staged(p, |s| s.mark(order));
+            }
             ([kind, identity, repository], false) if kind == "repo" => {
                 if self.partition(&repo_key(identity, repository)) != Some(p) {
                     return self.refuse_changed_layout(&format!(
@@ -670,7 +698,7 @@ impl Inner {
                     ));
                 }
                 let value = message.payload().map(<[u8]>::to_vec);
-                self.gather(p, identity, repository, |g| g.header = Some(value));
+                self.staged(p, |s| s.read((identity, repository), None, value, order));
             }
             ([kind, identity, repository, name], false) => {
                 let Some(item) = records::ItemKey::from_parts(kind, name) else {
@@ -682,11 +710,14 @@ impl Inner {
                     ));
                 }
                 let value = message.payload().map(<[u8]>::to_vec);
-                self.gather(p, identity, repository, |g| {
-                    g.items.insert(item, value);
+                self.staged(p, |s| {
+                    s.read((identity, repository), Some(item), value, order);
                 });
             }
-            ([kind, identity], false) if kind == "watch" => {
+            // One below a mark is a former owner's late write (not written over: known limit).
+            ([kind, identity], false)
+                if kind == "watch" && !self.staged(p, |s| s.below_mark(order)) =>
+            {
                 let mut sets = self.watch_sets.lock().expect("watch sets lock");
                 let sets = sets.entry(identity.clone()).or_default();
                 match message.payload().map(serde_json::from_slice::<Vec<String>>) {
@@ -780,8 +811,8 @@ impl Inner {
     }
 
     /// Writes over the records of owned partitions that another writer put there (see
-    /// [`Inner::writer`]) with what this replica holds, items first and the header last, so that
-    /// a zombie's late write never becomes what the next restore reads. A repository a commit is
+    /// [`Inner::writer`]) with what this replica holds (see [`records::rewrite`]), so that a
+    /// zombie's late write never becomes what the next restore reads. A repository a commit is
     /// writing now waits for the next pass; one of a partition no longer owned is dropped. A few
     /// repositories per pass, so that the consumer thread keeps polling.
     fn repair(&self, consumer: &BaseConsumer<GroupContext>) {
@@ -847,14 +878,14 @@ impl Inner {
         }
     }
 
-    /// Runs `f` on what partition `p`'s restore read so far of `identity`/`repository`.
-    fn gather(&self, p: i32, identity: &str, repository: &str, f: impl FnOnce(&mut Gathered)) {
-        let mut staging = self.staging.lock().expect("staging lock");
-        f(staging
+    /// Runs `f` on what partition `p`'s restore read so far.
+    fn staged<T>(&self, p: i32, f: impl FnOnce(&mut Staged) -> T) -> T {
+        f(self
+            .staging
+            .lock()
+            .expect("staging lock")
             .entry(p)
-            .or_default()
-            .entry((identity.to_owned(), repository.to_owned()))
-            .or_default());
+            .or_default())
     }
 
     /// Builds the state of the repositories partition `p`'s restore read, once it has read all.
@@ -864,7 +895,9 @@ impl Inner {
             .lock()
             .expect("staging lock")
             .remove(&p)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .repos;
+        let mut overtaken = Vec::new();
         let mut repos = self.repos.lock().expect("repos lock");
         let mut layouts = self.layouts.lock().expect("layouts lock");
         let mut unreadable = self.unreadable.lock().expect("unreadable lock");
@@ -875,6 +908,11 @@ impl Inner {
                     if let Some(why) = &restored.damaged {
                         crate::metrics::get().store_records_unreadable.inc();
                         tracing::error!(%repository, error = %why, "cluster: state records damaged; using what they hold, rewritten by the next scan");
+                    }
+                    if let Some(items) = restored.overtaken {
+                        crate::metrics::get().cluster_foreign_writes.inc();
+                        tracing::warn!(%repository, "cluster: a former owner's late write was read after this partition's newer records; ignored, and written over");
+                        overtaken.push(((identity.clone(), repository.clone()), items));
                     }
                     unreadable.remove(&key);
                     self.high_water
@@ -897,6 +935,11 @@ impl Inner {
                 }
             }
         }
+        drop((repos, layouts, unreadable));
+        let mut repairs = self.repairs.lock().expect("repairs lock");
+        for (repo, items) in overtaken {
+            repairs.entry(repo).or_default().extend(items);
+        }
     }
 
     /// The state topic has more (or fewer) partitions than when `p`'s records were written, so
@@ -916,20 +959,25 @@ impl Inner {
     }
 
     /// The committed offsets of partitions `ps`: each one's checkpoint (where the next restore
-    /// starts), with the state topic's partition count as metadata (see
-    /// [`Inner::check_layout`]).
+    /// starts), with [`OffsetMetadata`].
     fn layout_offsets(
         &self,
         claims: &BTreeMap<i32, Claim>,
         ps: &[i32],
     ) -> KafkaResult<TopicPartitionList> {
-        let metadata = format!(
-            "{{\"state_partitions\":{}}}",
-            self.partitions.load(Ordering::Relaxed)
-        );
         let mut tpl = TopicPartitionList::new();
         for p in ps {
-            let from = claims.get(p).map_or(0, |c| c.from.load(Ordering::SeqCst));
+            let (from, owner) = claims.get(p).map_or((0, 0), |c| {
+                (
+                    c.from.load(Ordering::SeqCst),
+                    c.epoch.load(Ordering::SeqCst),
+                )
+            });
+            let metadata = serde_json::to_string(&OffsetMetadata {
+                state_partitions: self.partitions.load(Ordering::Relaxed),
+                owner,
+            })
+            .expect("metadata serializes");
             tpl.add_partition_offset(&self.cluster.state_topic, *p, Offset::Offset(from))?;
             if let Some(mut e) = tpl.find_partition(&self.cluster.state_topic, *p) {
                 e.set_metadata(metadata.as_str());
@@ -1011,11 +1059,7 @@ impl Inner {
             return Ok(());
         };
         for e in committed.elements() {
-            #[derive(serde::Deserialize)]
-            struct Layout {
-                state_partitions: i32,
-            }
-            if let Ok(l) = serde_json::from_str::<Layout>(e.metadata())
+            if let Ok(l) = serde_json::from_str::<OffsetMetadata>(e.metadata())
                 && l.state_partitions != known
             {
                 return Err(format!(
@@ -1046,22 +1090,92 @@ impl Inner {
             .is_ok_and(|l| l.elements().iter().all(|e| e.error().is_ok()))
     }
 
-    /// [`Inner::restored`], then records the layout for the partitions restored (see
-    /// [`Inner::check_layout`]).
+    /// Ends the restore of `partitions` (read to their end): their checkpoints learnt, their
+    /// epochs taken and recorded (see [`Inner::take_epochs`]), then [`Inner::restored`].
     fn restored_with(&self, consumer: &BaseConsumer<GroupContext>, partitions: &[i32]) {
-        // Learnt before any write to them can commit an offset.
-        self.learn_checkpoints(consumer, partitions);
-        let done = self.restored(partitions);
-        if done.is_empty() || self.transactional.get().is_some() {
-            // exactly_once records it with every transaction's offsets.
+        if self.layout_changed.load(Ordering::SeqCst) {
+            // Nothing is scanned, written or committed (which would record this replica's
+            // partition count over the evidence other replicas refuse on).
             return;
         }
-        let offsets = self.layout_offsets(&self.claims.read().expect("claims lock"), &done);
-        let recorded =
-            offsets.and_then(|tpl| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async));
-        if let Err(e) = recorded {
-            tracing::warn!(error = %e, "cluster: recording the state topic's layout failed");
+        // Learnt before any write to them can commit an offset.
+        self.learn_checkpoints(consumer, partitions);
+        let ready = self.take_epochs(consumer, partitions);
+        self.restored(&ready);
+    }
+
+    /// Gives each of `partitions`, read to its end, the epoch its writes carry (see [`Order`]):
+    /// above the one its former owner recorded with the partition's offsets and above every one
+    /// its records carry, and no lower than the clock in milliseconds (so that an owner of a
+    /// release before epochs in between, which records none, does not send them back). It is
+    /// recorded the same way (with the layout, see [`Inner::check_layout`]), synchronously and as
+    /// a member, which the coordinator refuses from an evicted one, before anything is written
+    /// with it; then the partition is marked with it, so that a former owner's write landing
+    /// after the mark is known for a late one. Returns those that have their epoch; the others
+    /// are tried again at the next check.
+    fn take_epochs(&self, consumer: &BaseConsumer<GroupContext>, partitions: &[i32]) -> Vec<i32> {
+        let claims = self.claims.read().expect("claims lock");
+        let ps: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| claims.get(p).is_some_and(|c| !c.restored))
+            .collect();
+        if ps.is_empty() {
+            return ps;
         }
+        let topic = &self.cluster.state_topic;
+        let mut asked = TopicPartitionList::new();
+        for p in &ps {
+            asked.add_partition(topic, *p);
+        }
+        let recorded = match consumer.committed_offsets(asked, Duration::from_secs(5)) {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster: the former owners' epochs are not known yet");
+                return Vec::new();
+            }
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for p in &ps {
+            let Some(entry) = recorded.find_partition(topic, *p) else {
+                return Vec::new();
+            };
+            if let Err(e) = entry.error() {
+                tracing::debug!(partition = p, error = %e, "cluster: the former owner's epoch is not known yet");
+                return Vec::new();
+            }
+            let former =
+                serde_json::from_str::<OffsetMetadata>(entry.metadata()).map_or(0, |m| m.owner);
+            let claim = &claims[p];
+            let epoch = (former.max(claim.seen.load(Ordering::SeqCst)) + 1).max(now);
+            claim.epoch.store(epoch, Ordering::SeqCst);
+        }
+        if let Err(e) = self.commit_as_member(consumer, &claims, &ps) {
+            tracing::warn!(error = %e, "cluster: recording this replica's epoch failed; trying again");
+            return Vec::new();
+        }
+        // Not waited for: the consumer thread goes back to polling. A mark lost leaves a late
+        // write that lands before this replica's first write read as the newest, as one of the
+        // former owner that this replica read would be.
+        let (producer, generation) = self.plain.generation();
+        for p in &ps {
+            let epoch = claims[p].epoch.load(Ordering::SeqCst);
+            let order = self.state_order(epoch, generation);
+            let mark = [records::owner_mark(epoch)];
+            if let Err(e) = self.enqueue(
+                &producer,
+                &self.mark(generation),
+                Some(order),
+                &[],
+                *p,
+                &mark,
+            ) {
+                tracing::warn!(partition = p, error = %e, "cluster: marking a restored partition failed");
+            }
+        }
+        ps
     }
 
     /// Partitions read to their end: once all are, the replica scans them. Returns those that
@@ -1298,6 +1412,9 @@ impl Inner {
             let last = rest.len() == 0;
             if last {
                 records.extend(self.watch_records(p));
+                // A restore from this checkpoint so has the owner's mark to tell a late write
+                // landing after it, even in a partition holding no state.
+                records.push(records::owner_mark(claim.epoch.load(Ordering::SeqCst)));
                 // Carried by the last transaction with exactly_once, and committed below.
                 claim.from.store(position, Ordering::SeqCst);
             }
@@ -1619,9 +1736,10 @@ impl Inner {
         }
         // Checked right before anything is produced: a write that waited (behind a checkpoint,
         // for its events' acknowledgements) may have waited across a stall.
+        let epoch = claims.get(&p).map_or(0, |c| c.epoch.load(Ordering::SeqCst));
         let produce = |events: &[Event], records: &[Record]| {
             self.pulse.check().map_err(StoreError::Unavailable)?;
-            self.produce(events, p, records)
+            self.produce(events, p, records, Some(epoch))
         };
         let written = match self.transactional.get() {
             None => produce(events, &[]).and_then(|()| {
@@ -1702,11 +1820,19 @@ impl Inner {
     }
 
     /// Produces `events` to the event topic and `records` to state partition `p` with the plain
-    /// producer, and waits for every acknowledgement.
-    fn produce(&self, events: &[Event], p: i32, records: &[Record]) -> Result<(), StoreError> {
+    /// producer, as state of its owner of `epoch` (`None`: not state), and waits for every
+    /// acknowledgement.
+    fn produce(
+        &self,
+        events: &[Event],
+        p: i32,
+        records: &[Record],
+        epoch: Option<u64>,
+    ) -> Result<(), StoreError> {
         let (producer, generation) = self.plain.generation();
+        let order = epoch.map(|epoch| self.state_order(epoch, generation));
         let produced = self
-            .enqueue(&producer, &self.mark(generation), events, p, records)
+            .enqueue(&producer, &self.mark(generation), order, events, p, records)
             .and_then(|deliveries| {
                 let acks = tokio::runtime::Handle::current()
                     .block_on(futures_util::future::join_all(deliveries));
@@ -1733,18 +1859,32 @@ impl Inner {
         format!("{}/{generation}", self.writer)
     }
 
+    /// The order of a state record the owner of `epoch` writes with the plain producer's
+    /// `generation`th. With `exactly_once` the transactional producer writes the state, and is
+    /// never replaced (a fenced one stops the replica): its generation is 0, and so is that of
+    /// the plain producer's marks, lest every transaction's records read as late.
+    fn state_order(&self, epoch: u64, generation: u64) -> Order {
+        let generation = if self.transactional.get().is_some() {
+            0
+        } else {
+            generation
+        };
+        Order { epoch, generation }
+    }
+
     /// This process's mark on the state records its transactional producer writes (never
     /// replaced: a fenced one stops the replica).
     fn transactional_mark(&self) -> String {
         format!("{}/txn", self.writer)
     }
 
-    /// Hands `events` (to the event topic) and `records` (to state partition `p`, marked `mark`)
-    /// to `producer`, in that order; returns their delivery futures.
+    /// Hands `events` (to the event topic) and `records` (to state partition `p`, marked `mark`
+    /// and `order`, if any) to `producer`, in that order; returns their delivery futures.
     fn enqueue(
         &self,
         producer: &KafkaProducer,
         mark: &str,
+        order: Option<Order>,
         events: &[Event],
         p: i32,
         records: &[Record],
@@ -1754,14 +1894,22 @@ impl Inner {
             let record = event_record(&self.kafka.topic, event);
             deliveries.push(send(producer, record)?);
         }
+        let order = order.map(Order::encode);
         for (key, value) in records {
+            let mut headers = OwnedHeaders::new().insert(Header {
+                key: WRITER,
+                value: Some(mark.as_bytes()),
+            });
+            if let Some(order) = &order {
+                headers = headers.insert(Header {
+                    key: ORDER,
+                    value: Some(order.as_bytes()),
+                });
+            }
             let mut record = FutureRecord::<String, Vec<u8>>::to(&self.cluster.state_topic)
                 .key(key)
                 .partition(p)
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: WRITER,
-                    value: Some(mark.as_bytes()),
-                }));
+                .headers(headers);
             if let Some(value) = value {
                 record = record.payload(value);
             }
@@ -1796,9 +1944,12 @@ impl Inner {
         }
         let steps = || -> Result<(), KafkaError> {
             // Committing the transaction waits for these deliveries.
+            let epoch = claims.get(&p).map_or(0, |c| c.epoch.load(Ordering::SeqCst));
+            let order = Some(self.state_order(epoch, 0));
             self.enqueue(
                 &txn.producer,
                 &self.transactional_mark(),
+                order,
                 events,
                 p,
                 records,
@@ -2178,7 +2329,7 @@ impl StateStore for ClusterStore {
             hint_key(registry, repository),
             Some(now.to_string().into_bytes()),
         )];
-        self.inner.produce(&[], p, &record)
+        self.inner.produce(&[], p, &record, None)
     }
 }
 
@@ -2549,6 +2700,28 @@ mod review {
         }
     }
 
+    /// Commits revision `revision` of `repository` (diffed against `base`), whose one tag,
+    /// `latest`, is at `digest`, from the blocking pool as scans do.
+    pub(super) async fn commit_latest(
+        store: &Arc<ClusterStore>,
+        (registry, repository): (&'static str, &'static str),
+        base: Option<u64>,
+        revision: u64,
+        digest: &str,
+    ) -> Result<(), StoreError> {
+        let (writer, digest) = (store.clone(), digest.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let mut snapshot = Snapshot {
+                revision,
+                ..Snapshot::default()
+            };
+            snapshot.tags.insert("latest".into(), Some(digest));
+            writer.commit_scan(registry, repository, base, &snapshot, &[])
+        })
+        .await
+        .expect("commit task")
+    }
+
     /// [`owning`], for other test modules.
     pub(super) async fn review_owning(
         mock: &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
@@ -2622,9 +2795,21 @@ mod review {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        // Its partitions reach their end again and again meanwhile.
+        tokio::time::sleep(Duration::from_secs(3)).await;
         store.stop(Duration::from_secs(10)).await;
         let why = answer.expect_err("a replica that would re-emit must not become ready");
         assert!(why.contains("partition count"), "{why}");
+        // Nothing written once refused (a partition restored before the misplaced record was
+        // read has its mark): no mark, no commit recording its own partition count again and
+        // again.
+        let written: usize = (0..4)
+            .map(|p| super::producer_state::partition_log(&mock.bootstrap_servers(), p).len())
+            .sum();
+        assert!(
+            written <= 1 + 3,
+            "a replica refusing the layout went on writing: {written} records"
+        );
     }
 
     /// Starts a store on `mock` and waits until it owns `registry`/`repository`.
@@ -3079,12 +3264,13 @@ mod producer_state {
     //! The producer that writes events and state (at-least-once) outlives what a broker keeps of
     //! it: a broker can fence it or forget it, and librdkafka then fails every later write (the
     //! cluster soak's case, a paused broker, is `cluster_tansu.rs`).
-    use super::review::{review_mock, review_owning};
+    use super::review::{commit_latest, review_mock, review_owning};
     use super::*;
     use rdkafka::types::RDKafkaApiKey;
 
     /// The broker fences the producer's first InitProducerId, which librdkafka takes for fatal:
-    /// the first write fails, and the next ones go through a fresh producer.
+    /// the first write fails (the mark of a restored partition, or a commit), and the next ones
+    /// go through a fresh producer.
     #[tokio::test(flavor = "multi_thread")]
     async fn writes_go_on_after_the_broker_fenced_the_state_producer() {
         let (id, repo) = ("https://r.example", "team/app");
@@ -3116,12 +3302,14 @@ mod producer_state {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let held = store.repo_state(id, repo);
+        let generation = store.inner.plain.generation().1;
         store.stop(Duration::from_secs(10)).await;
         assert!(
             matches!(last, Some(Ok(()))),
             "writes never resumed after {attempts} attempts: {last:?}"
         );
-        assert!(attempts > 1, "the broker's fencing was never seen");
+        // Seen by the partition's mark, written once restored, or by the first commit.
+        assert!(generation > 0, "the broker's fencing was never seen");
         assert!(
             matches!(held, Ok(Some(RepoState::Known(ref s))) if s.revision == 1),
             "{held:?}"
@@ -3137,18 +3325,9 @@ mod producer_state {
         let (id, repo) = ("https://r.example", "team/app");
         let mock = review_mock(&watch_key("https://other.example"), b"[]");
         let store = Arc::new(review_owning(&mock, id, repo).await);
-        let commit = |base: Option<u64>, revision: u64, digest: &str| {
-            let (writer, digest) = (store.clone(), digest.to_owned());
-            tokio::task::spawn_blocking(move || {
-                let mut snapshot = Snapshot {
-                    revision,
-                    ..Snapshot::default()
-                };
-                snapshot.tags.insert("latest".into(), Some(digest));
-                writer.commit_scan(id, repo, base, &snapshot, &[])
-            })
-        };
-        commit(None, 1, "sha256:one").await.unwrap().unwrap();
+        commit_latest(&store, (id, repo), None, 1, "sha256:one")
+            .await
+            .unwrap();
         let p = partition_of(&repo_key(id, repo), 4);
         let first = partition_log(&mock.bootstrap_servers(), p);
         assert!(!first.is_empty(), "revision 1 was not written");
@@ -3158,7 +3337,9 @@ mod producer_state {
             .inner
             .plain
             .renew_if_lost(old, Some(RDKafkaErrorCode::ProducerFenced));
-        commit(Some(1), 2, "sha256:two").await.unwrap().unwrap();
+        commit_latest(&store, (id, repo), Some(1), 2, "sha256:two")
+            .await
+            .unwrap();
         // The held write lands, after the fresh producer's.
         let late: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", mock.bootstrap_servers())
@@ -3187,8 +3368,11 @@ mod producer_state {
         );
     }
 
-    /// Every record of state partition `p` as (key, value, headers), in order.
-    fn partition_log(brokers: &str, p: i32) -> Vec<(Vec<u8>, Option<Vec<u8>>, OwnedHeaders)> {
+    /// A record read back: its key, value and headers.
+    pub(super) type Read = (Vec<u8>, Option<Vec<u8>>, OwnedHeaders);
+
+    /// Every record of state partition `p`, in order.
+    pub(super) fn partition_log(brokers: &str, p: i32) -> Vec<Read> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", "partition-log")
@@ -3221,7 +3405,7 @@ mod stalls {
     //! A process stopped past its session (SIGSTOP, a long stall) resumes with its scans
     //! mid-cycle: they could commit before librdkafka has revoked the partitions the group gave
     //! away meanwhile, publishing changes their new owner published too, under other ids.
-    use super::review::{review_mock, review_owning};
+    use super::review::{commit_latest, review_mock, review_owning};
     use super::*;
 
     /// The consumer thread's last sign of life is rewound, as a stopped process sees it when
@@ -3233,18 +3417,11 @@ mod stalls {
         let mock = review_mock(&watch_key("https://other.example"), b"[]");
         let store = Arc::new(review_owning(&mock, id, repo).await);
         let commit = |revision: u64, base: Option<u64>| {
-            let writer = store.clone();
-            tokio::task::spawn_blocking(move || {
-                let snapshot = Snapshot {
-                    revision,
-                    ..Snapshot::default()
-                };
-                writer.commit_scan(id, repo, base, &snapshot, &[])
-            })
+            commit_latest(&store, (id, repo), base, revision, "sha256:1")
         };
-        commit(1, None).await.unwrap().unwrap();
+        commit(1, None).await.unwrap();
         store.inner.pulse.rewind(Duration::from_secs(20));
-        let refused = commit(2, Some(1)).await.unwrap();
+        let refused = commit(2, Some(1)).await;
         assert!(
             matches!(&refused, Err(StoreError::Unavailable(why)) if why.contains("stalled")),
             "a write right after a stall went ahead: {refused:?}"
@@ -3253,7 +3430,7 @@ mod stalls {
         let mut last = refused;
         while last.is_err() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            last = commit(2, Some(1)).await.unwrap();
+            last = commit(2, Some(1)).await;
         }
         store.stop(Duration::from_secs(10)).await;
         assert!(last.is_ok(), "writes never resumed: {last:?}");
@@ -3288,6 +3465,97 @@ mod stalls {
         assert!(
             matches!(&result, Err(StoreError::Unavailable(why)) if why.contains("stalled")),
             "a write that waited across the stall went ahead: {result:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod late_writes {
+    //! A former owner's write, held up (by a paused broker, or by its own process stopped past
+    //! its session), lands after the writes of the owners that followed it.
+    use super::producer_state::{Read, partition_log};
+    use super::review::{commit_latest, review_mock, review_owning};
+    use super::*;
+
+    /// The order the records under `key` in `log` carry, in the log's order.
+    fn orders(log: &[Read], key: &str) -> Vec<Order> {
+        log.iter()
+            .filter(|(k, _, _)| k.as_slice() == key.as_bytes())
+            .map(|(_, _, headers)| {
+                let value = headers
+                    .iter()
+                    .find(|h| h.key == ORDER)
+                    .and_then(|h| h.value);
+                value
+                    .and_then(Order::decode)
+                    .expect("every state record carries its order")
+            })
+            .collect()
+    }
+
+    /// The late write lands while the partition has no owner, after the next owner's write: the
+    /// restore that follows reads the next owner's state, not the late write, and writes over
+    /// it. Each owner's records carry an epoch above the one before.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_former_owners_write_landing_before_a_restore_is_not_read_as_the_newest() {
+        use rdkafka::producer::{BaseProducer, BaseRecord};
+        let (id, repo) = ("https://r.example", "team/app");
+        let mock = review_mock(&watch_key("https://other.example"), b"[]");
+        let brokers = mock.bootstrap_servers();
+        let p = partition_of(&repo_key(id, repo), 4);
+        let former = Arc::new(review_owning(&mock, id, repo).await);
+        commit_latest(&former, (id, repo), None, 1, "sha256:one")
+            .await
+            .unwrap();
+        let late = partition_log(&brokers, p);
+        former.stop(Duration::from_secs(10)).await;
+        let next = Arc::new(review_owning(&mock, id, repo).await);
+        commit_latest(&next, (id, repo), Some(1), 2, "sha256:two")
+            .await
+            .unwrap();
+        next.stop(Duration::from_secs(10)).await;
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        // The repository's records of the write of revision 1 (not the former owner's mark).
+        let of_repo = |k: &[u8]| String::from_utf8_lossy(k).contains(repo);
+        for (key, value, headers) in late.iter().filter(|(k, _, _)| of_repo(k)) {
+            let mut record = BaseRecord::<[u8], [u8]>::to("imgs.state")
+                .key(key.as_slice())
+                .partition(p)
+                .headers(headers.clone());
+            if let Some(v) = value {
+                record = record.payload(v.as_slice());
+            }
+            producer.send(record).map_err(|(e, _)| e).unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let third = review_owning(&mock, id, repo).await;
+        let restored = third.repo_state(id, repo);
+        // Its repair pass runs on the consumer thread.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        third.stop(Duration::from_secs(10)).await;
+        assert!(
+            matches!(&restored, Ok(Some(RepoState::Known(s)))
+                if s.revision == 2 && s.tags["latest"].as_deref() == Some("sha256:two")),
+            "the late write of revision 1 was restored: {restored:?}"
+        );
+        let log = partition_log(&brokers, p);
+        let owners: Vec<u64> = orders(&log, records::OWNER_KEY)
+            .iter()
+            .map(|o| o.epoch)
+            .collect();
+        assert_eq!(owners.len(), 3, "one mark per restore: {owners:?}");
+        assert!(
+            owners.windows(2).all(|w| w[0] < w[1]),
+            "each owner's epoch is above the one before: {owners:?}"
+        );
+        let header = orders(&log, &repo_key(id, repo));
+        assert_eq!(
+            header.last().map(|o| o.epoch),
+            owners.last().copied(),
+            "the late header was not written over: {header:?}"
         );
     }
 }

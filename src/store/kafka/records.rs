@@ -25,6 +25,15 @@ use crate::watch::diff::{Maturing, Snapshot};
 
 /// The largest state record regwatch writes (key and value); Kafka's default limit is 1 MiB.
 pub(super) const MAX_RECORD: usize = 64 * 1024;
+/// The key of the marker an owner writes to a partition once it restored it (see
+/// [`Staged`]).
+pub(super) const OWNER_KEY: &str = r#"["owner"]"#;
+/// The mark of partition's owner of `epoch` (its value says so to a reader; a restore reads
+/// only its order).
+pub(super) fn owner_mark(epoch: u64) -> Record {
+    let value = format!("{{\"epoch\":{epoch}}}");
+    (OWNER_KEY.to_owned(), Some(value.into_bytes()))
+}
 /// The first byte of a header's value (a pending repository's and an older release's whole
 /// snapshot use the store's own encoding, whose first bytes differ).
 const HEADER: u8 = b'H';
@@ -373,8 +382,12 @@ pub(super) fn agrees(
 }
 
 /// The records that write `identity`/`repository`'s `state` again over what other writers put
-/// under `foreign` (item keys, and the header), items first and the header last. With no state
-/// held, the foreign header and items are tombstoned.
+/// under `foreign` (item keys, and the header). Within the life the records have, the header
+/// comes first: a late write read as the newest (one that landed before any record of this
+/// writer) is of the next revision, so once the header is back its items are ahead of it and
+/// read as they were before it; the items follow. A new life (the state was not in the topic as
+/// held) is written as a commit is, the header last, so that a write cut short leaves the old
+/// one in force. With no state held, the foreign header and items are tombstoned.
 pub(super) fn rewrite(
     identity: &str,
     repository: &str,
@@ -386,7 +399,10 @@ pub(super) fn rewrite(
     with_foreign.stale.extend(foreign.iter().cloned());
     match state {
         Some(super::RepoState::Known(s)) => {
-            let c = write(identity, repository, Some(s), &with_foreign, s, false);
+            let mut c = write(identity, repository, Some(s), &with_foreign, s, false);
+            if layout.life.is_some() {
+                c.records.rotate_right(1);
+            }
             (c.records, c.written)
         }
         Some(pending) => {
@@ -425,14 +441,117 @@ pub(super) fn forget(
         .collect()
 }
 
-/// What a restore read of one repository: its header's value and its items' (latest first
-/// wins, as compaction keeps; `None` is a tombstone).
+/// Where a state record stands among the writes of its key: the epoch of the partition's owner
+/// that wrote it (each restore of a partition takes one above its former owner's, see
+/// `Inner::take_epochs`), then the generation of that owner's producer (a replaced one's late
+/// write is below the fresh one's). Within one order the log's order holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Order {
+    pub(super) epoch: u64,
+    pub(super) generation: u64,
+}
+
+impl Order {
+    /// The value of the record header that carries it.
+    pub(super) fn encode(self) -> String {
+        format!("{}/{}", self.epoch, self.generation)
+    }
+
+    /// An [`Order::encode`]d value; `None` if it is not one.
+    pub(super) fn decode(value: &[u8]) -> Option<Order> {
+        let (epoch, generation) = std::str::from_utf8(value).ok()?.split_once('/')?;
+        Some(Order {
+            epoch: epoch.parse().ok()?,
+            generation: generation.parse().ok()?,
+        })
+    }
+}
+
+/// What a restore read of one partition so far: each repository's records, and the highest
+/// [`Order`] among its owners' marks.
+#[derive(Debug, Default)]
+pub(super) struct Staged {
+    /// The highest order of an owner's mark (see [`OWNER_KEY`]) read: once restored, an owner
+    /// marks the partition before it writes to it, so a record below a mark that came before it
+    /// is a write its writer never saw.
+    floor: Option<Order>,
+    /// By identity and repository.
+    pub(super) repos: std::collections::HashMap<(String, String), Gathered>,
+}
+
+impl Staged {
+    /// Takes an owner's mark of `order`.
+    pub(super) fn mark(&mut self, order: Option<Order>) {
+        self.floor = self.floor.max(order);
+    }
+
+    /// Whether a record of `order` (`None`: of a release that did not mark its records) is
+    /// below a mark read before it.
+    pub(super) fn below_mark(&self, order: Option<Order>) -> bool {
+        order.is_some_and(|order| self.floor > Some(order))
+    }
+
+    /// Takes a record of `identity`/`repository`: of its header (`item` `None`) or of an
+    /// item, written with `order`.
+    pub(super) fn read(
+        &mut self,
+        (identity, repository): (&str, &str),
+        item: Option<ItemKey>,
+        value: Option<Vec<u8>>,
+        order: Option<Order>,
+    ) {
+        let late = self.below_mark(order);
+        self.repos
+            .entry((identity.to_owned(), repository.to_owned()))
+            .or_default()
+            .read(item, value, order, late);
+    }
+}
+
+/// What a restore read of one repository: its header's value and its items' (`None` is a
+/// tombstone). The last record of a key wins, as compaction keeps, unless it is a late write:
+/// below a mark of the partition's owners, or below a record of the repository read before it.
+/// Such a record was written before the writes it follows (by a former owner paused past its
+/// session with it in flight, or by a producer the owner replaced while a paused broker held
+/// it), and its writer's successors never saw it. A repository's writes never overlap, so
+/// within one the log's order is the writers' order but for late writes.
 #[derive(Debug, Default)]
 pub(super) struct Gathered {
     /// The `["repo", …]` record's value, if any was read.
-    pub(super) header: Option<Option<Vec<u8>>>,
+    header: Option<Option<Vec<u8>>>,
     /// The item records read.
-    pub(super) items: BTreeMap<ItemKey, Option<Vec<u8>>>,
+    items: BTreeMap<ItemKey, Option<Vec<u8>>>,
+    /// The highest order among its records read.
+    newest: Option<Order>,
+    /// Keys whose last record is a late write: compaction would keep it rather than what was
+    /// taken, so they are written again once restored.
+    overtaken: BTreeSet<Option<ItemKey>>,
+}
+
+impl Gathered {
+    /// Takes a record of the header (`item` `None`) or of an item, written with `order`; one
+    /// `below_mark` (see [`Staged::below_mark`]) or below a record read before is only to be
+    /// written over.
+    fn read(
+        &mut self,
+        item: Option<ItemKey>,
+        value: Option<Vec<u8>>,
+        order: Option<Order>,
+        below_mark: bool,
+    ) {
+        if below_mark || (order.is_some() && self.newest > order) {
+            self.overtaken.insert(item);
+            return;
+        }
+        self.newest = self.newest.max(order);
+        self.overtaken.remove(&item);
+        match item {
+            None => self.header = Some(value),
+            Some(item) => {
+                self.items.insert(item, value);
+            }
+        }
+    }
 }
 
 /// A restored repository: its state (`None`: none, only leftovers) and layout, and the revision
@@ -446,12 +565,18 @@ pub(super) struct Restored {
     /// Set when the records did not add up to the header: what was found. The state is then
     /// the best reading of them, and the next commit rewrites every item.
     pub(super) damaged: Option<String>,
+    /// Set when a late write was ignored: the items whose last record it is, to write again
+    /// with the header (see [`Gathered`]).
+    pub(super) overtaken: Option<BTreeSet<ItemKey>>,
 }
 
 /// What `gathered` records make: the committed revision, never a mix of two. An error when they
 /// do not add up (a header whose items are missing or damaged).
 pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
-    let mut stale = BTreeSet::new();
+    let overtaken: Option<BTreeSet<ItemKey>> = (!gathered.overtaken.is_empty())
+        .then(|| gathered.overtaken.iter().flatten().cloned().collect());
+    // Rewritten by the next commit too, should it come before the owner writes over them.
+    let mut stale = overtaken.clone().unwrap_or_default();
     let mut entries = BTreeMap::new();
     for (key, value) in gathered.items {
         let Some(value) = value else { continue };
@@ -479,6 +604,7 @@ pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
                 },
                 high_water: 0,
                 damaged: None,
+                overtaken,
             });
         }
         Some(value) if !is_header(&value) => {
@@ -495,6 +621,7 @@ pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
                     unwritten: false,
                 },
                 damaged: None,
+                overtaken,
             });
         }
         Some(value) => serde_json::from_slice::<Header>(&value[1..])
@@ -547,6 +674,7 @@ pub(super) fn assemble(gathered: Gathered) -> Result<Restored, String> {
         },
         high_water: header.revision,
         damaged,
+        overtaken,
     })
 }
 
@@ -569,21 +697,35 @@ mod tests {
         }
     }
 
-    /// Replays `records` as a restore reads them (later records of a key win).
+    /// Replays `records`, written by a release that did not mark their order, as a restore
+    /// reads them (later records of a key win).
     fn gather(records: &[Record]) -> Gathered {
-        let mut g = Gathered::default();
-        for (key, value) in records {
+        let unmarked: Vec<(Record, Option<Order>)> =
+            records.iter().map(|r| (r.clone(), None)).collect();
+        gather_marked(&unmarked)
+    }
+
+    /// Replays `records` of one partition, each with the order its writer marked it with, as
+    /// a restore reads them.
+    fn gather_marked(records: &[(Record, Option<Order>)]) -> Gathered {
+        let mut staged = Staged::default();
+        for ((key, value), order) in records {
             let parts: Vec<String> = serde_json::from_str(key).unwrap();
-            match parts.as_slice() {
-                [kind, _, _] if kind == "repo" => g.header = Some(value.clone()),
-                [kind, _, _, name] => {
-                    g.items
-                        .insert(ItemKey::from_parts(kind, name).unwrap(), value.clone());
+            let item = match parts.as_slice() {
+                [kind] if kind == "owner" => {
+                    staged.mark(*order);
+                    continue;
                 }
+                [kind, _, _] if kind == "repo" => None,
+                [kind, _, _, name] => Some(ItemKey::from_parts(kind, name).unwrap()),
                 _ => panic!("unexpected key {key}"),
-            }
+            };
+            staged.read((ID, REPO), item, value.clone(), *order);
         }
-        g
+        staged
+            .repos
+            .remove(&(ID.to_owned(), REPO.to_owned()))
+            .unwrap_or_default()
     }
 
     fn restore(records: &[Record]) -> (Option<RepoState>, Layout) {
@@ -775,5 +917,311 @@ mod tests {
         let again = assemble(gather(&log)).expect("a reading");
         assert_eq!(again.damaged, None);
         assert_eq!(again.state, known(&next));
+    }
+
+    /// Records all written with `order`.
+    fn marked(records: &[Record], order: Order) -> Vec<(Record, Option<Order>)> {
+        records.iter().map(|r| (r.clone(), Some(order))).collect()
+    }
+
+    /// What compaction leaves of `log`: the last record of each key, in the log's order, with
+    /// or without the tombstones.
+    fn compacted(
+        log: &[(Record, Option<Order>)],
+        keep_tombstones: bool,
+    ) -> Vec<(Record, Option<Order>)> {
+        log.iter()
+            .enumerate()
+            .filter(|(i, ((key, value), _))| {
+                (keep_tombstones || value.is_some())
+                    && !log[i + 1..].iter().any(|((k, _), _)| k == key)
+            })
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// A former owner's write, held up past its session, lands after the new owner's writes:
+    /// a restore keeps what the new owner wrote (a record below an order read before it never
+    /// overtakes it, a new item included), and asks for what the late write left last to be
+    /// written again, since compaction keeps the last record of a key. Once it is, the
+    /// compacted log restores the same.
+    #[test]
+    fn a_former_owners_late_write_never_rolls_a_restore_back() {
+        let (a, b) = (
+            Order {
+                epoch: 1,
+                generation: 0,
+            },
+            Order {
+                epoch: 2,
+                generation: 0,
+            },
+        );
+        let first = snapshot(5, &[("a", "sha256:1"), ("b", "sha256:2")]);
+        let c5 = commit(ID, REPO, None, &Layout::default(), &first);
+        // Diffed against revision 5 too, by the former owner, before it stalled.
+        let zombie = commit(
+            ID,
+            REPO,
+            Some(&first),
+            &c5.written,
+            &snapshot(
+                6,
+                &[("a", "sha256:Z"), ("b", "sha256:2"), ("z", "sha256:Z")],
+            ),
+        );
+        let sixth = snapshot(6, &[("a", "sha256:1"), ("b", "sha256:6")]);
+        let c6 = commit(ID, REPO, Some(&first), &c5.written, &sixth);
+        let seventh = snapshot(
+            7,
+            &[("a", "sha256:1"), ("b", "sha256:6"), ("d", "sha256:7")],
+        );
+        let c7 = commit(ID, REPO, Some(&sixth), &c6.written, &seventh);
+        let mut log = marked(&c5.records, a);
+        log.extend(marked(&c6.records, b));
+        log.extend(marked(&c7.records, b));
+        for cut in 1..=zombie.records.len() {
+            let mut with = log.clone();
+            with.extend(marked(&zombie.records[..cut], a));
+            let r = assemble(gather_marked(&with)).expect("a reading");
+            assert_eq!(
+                r.state,
+                known(&seventh),
+                "late write cut after {cut} records"
+            );
+            assert_eq!(r.damaged, None, "cut after {cut}");
+            assert!(r.overtaken.is_some(), "cut after {cut}: not written over");
+        }
+        log.extend(marked(&zombie.records, a));
+        let r = assemble(gather_marked(&log)).expect("a reading");
+        let overtaken = r.overtaken.expect("written over");
+        assert_eq!(
+            overtaken,
+            BTreeSet::from([ItemKey::Tag("a".into()), ItemKey::Tag("z".into())])
+        );
+        let (again, _) = rewrite(ID, REPO, r.state.as_ref(), &r.layout, &overtaken);
+        log.extend(marked(&again, b));
+        for keep_tombstones in [true, false] {
+            let r = assemble(gather_marked(&compacted(&log, keep_tombstones))).unwrap();
+            assert_eq!(r.state, known(&seventh), "compacted");
+            assert_eq!(r.damaged, None);
+        }
+    }
+
+    /// A state that is not in the topic as held (adopted after its write failed, or an older
+    /// release's whole snapshot) is written again under a new life: a rewrite of it cut short
+    /// leaves the old header in force (the items it replaced already are missing from it, which
+    /// is reported), never a header of the new life without its items, which reads as empty.
+    #[test]
+    fn a_rewrite_under_a_new_life_cut_short_leaves_the_old_one() {
+        let old = snapshot(5, &[("a", "sha256:1"), ("b", "sha256:2")]);
+        let c5 = commit(ID, REPO, None, &Layout::default(), &old);
+        let adopted = snapshot(6, &[("a", "sha256:6"), ("b", "sha256:2")]);
+        let unwritten = Layout {
+            life: None,
+            stale: BTreeSet::new(),
+            unwritten: true,
+        };
+        let (again, _) = rewrite(
+            ID,
+            REPO,
+            Some(&RepoState::Known(adopted.clone())),
+            &unwritten,
+            &BTreeSet::new(),
+        );
+        for cut in 0..again.len() {
+            let mut log = c5.records.clone();
+            log.extend_from_slice(&again[..cut]);
+            let r = assemble(gather(&log)).expect("a reading");
+            let Some(RepoState::Known(read)) = r.state else {
+                panic!("cut after {cut} records: no state")
+            };
+            assert_eq!(read.revision, old.revision, "cut after {cut} records");
+        }
+        let mut log = c5.records.clone();
+        log.extend(again);
+        assert_eq!(restore(&log).0, known(&adopted));
+    }
+
+    /// Writes of two repositories of a partition overlap: one goes through the producer that
+    /// replaced the one the other still uses, and lands first. Neither is a late write: a
+    /// repository's writes never overlap, so only its own order counts, and the marks.
+    #[test]
+    fn a_write_of_another_repository_by_a_fresh_producer_makes_none_late() {
+        let (old, fresh) = (
+            Order {
+                epoch: 4,
+                generation: 0,
+            },
+            Order {
+                epoch: 4,
+                generation: 1,
+            },
+        );
+        let x = snapshot(1, &[("a", "sha256:1")]);
+        let y = snapshot(1, &[("b", "sha256:2")]);
+        let cx = commit(ID, "team/x", None, &Layout::default(), &x);
+        let cy = commit(ID, "team/y", None, &Layout::default(), &y);
+        let mut staged = Staged::default();
+        staged.mark(Some(old));
+        for ((key, value), repo, order) in cy
+            .records
+            .iter()
+            .map(|r| (r, "team/y", fresh))
+            .chain(cx.records.iter().map(|r| (r, "team/x", old)))
+        {
+            let parts: Vec<String> = serde_json::from_str(key).unwrap();
+            let item = match parts.as_slice() {
+                [_, _, _] => None,
+                [kind, _, _, name] => ItemKey::from_parts(kind, name),
+                _ => unreachable!(),
+            };
+            staged.read((ID, repo), item, value.clone(), Some(order));
+        }
+        for (repo, expected) in [("team/x", &x), ("team/y", &y)] {
+            let g = staged
+                .repos
+                .remove(&(ID.to_owned(), repo.to_owned()))
+                .unwrap();
+            let r = assemble(g).expect("a reading");
+            assert_eq!(r.state, known(expected), "{repo}");
+            assert!(r.overtaken.is_none(), "{repo} was taken for a late write");
+        }
+    }
+
+    /// The same with a release that did not mark its records: the last record read wins, as
+    /// before orders existed (a rolling upgrade reads the old release's writes in log order).
+    #[test]
+    fn unmarked_records_are_read_in_the_logs_order() {
+        let first = snapshot(5, &[("a", "sha256:1")]);
+        let c5 = commit(ID, REPO, None, &Layout::default(), &first);
+        let sixth = snapshot(6, &[("a", "sha256:6")]);
+        let c6 = commit(ID, REPO, Some(&first), &c5.written, &sixth);
+        let mut log = marked(
+            &c5.records,
+            Order {
+                epoch: 3,
+                generation: 0,
+            },
+        );
+        log.extend(c6.records.iter().map(|r| (r.clone(), None)));
+        let r = assemble(gather_marked(&log)).unwrap();
+        assert_eq!(r.state, known(&sixth));
+        assert!(r.overtaken.is_none());
+    }
+
+    mod late_writes {
+        //! Random histories of one repository across a change of owner: the former owner's
+        //! last write lands late, anywhere among the new owner's commits, cut anywhere; the new
+        //! owner writes over it when it reads it. Every restore of the log, whole, compacted or
+        //! cut after the new owner's first record, reads what the new owner committed.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn state(revision: u64, tags: &BTreeMap<usize, usize>) -> Snapshot {
+            let named: Vec<(String, String)> = tags
+                .iter()
+                .map(|(t, d)| (format!("t{t}"), format!("sha256:{d}")))
+                .collect();
+            let refs: Vec<(&str, &str)> = named
+                .iter()
+                .map(|(t, d)| (t.as_str(), d.as_str()))
+                .collect();
+            let mut s = snapshot(revision, &refs);
+            if let Some((_, d)) = named.first() {
+                s.platforms
+                    .insert(d.clone(), vec![format!("linux/{revision}")]);
+            }
+            s
+        }
+
+        fn tags() -> impl Strategy<Value = BTreeMap<usize, usize>> {
+            prop::collection::btree_map(0..6usize, 0..3usize, 0..6)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn a_late_write_never_rolls_a_restore_back(
+                first in tags(),
+                late in tags(),
+                commits in prop::collection::vec(tags(), 0..4),
+                cut in 1..20usize,
+                lands in 0..4usize,
+                repairs in 0..4usize,
+                replaced in any::<bool>(),
+            ) {
+                let old = Order { epoch: 1, generation: 0 };
+                // A new owner, or this owner's fresh producer after the broker fenced its first.
+                let new = if replaced {
+                    Order { epoch: 1, generation: 1 }
+                } else {
+                    Order { epoch: 2, generation: 0 }
+                };
+                let s0 = state(10, &first);
+                let c0 = commit(ID, REPO, None, &Layout::default(), &s0);
+                let zombie = commit(ID, REPO, Some(&s0), &c0.written, &state(11, &late));
+                let zombie = &zombie.records[..cut.min(zombie.records.len())];
+                let lands = lands.min(commits.len());
+                // A fresh producer's owner holds no restore of the late write: it writes over it
+                // as soon as it reads it (a commit that races that repair and stops halfway can
+                // leave a mix, reported as damaged: not modelled).
+                let repairs = if replaced { lands } else { repairs.clamp(lands, commits.len()) };
+                // The log, and what a restore cut after each record must read (`None`: not
+                // checked, the late write may be all the new owner has after it).
+                let mut log = marked(&c0.records, old);
+                let mut expect = vec![None; log.len() - 1];
+                expect.push(Some(s0.clone()));
+                let (mut held, mut layout) = (s0.clone(), c0.written.clone());
+                // A new owner marks the partition once restored; a fresh producer does not.
+                let mut written_since = !replaced;
+                if !replaced {
+                    log.push(((OWNER_KEY.into(), Some(b"{}".to_vec())), Some(new)));
+                    expect.push(Some(s0.clone()));
+                }
+                let mut foreign = BTreeSet::new();
+                for i in 0..=commits.len() {
+                    if i == lands {
+                        log.extend(marked(zombie, old));
+                        expect.extend(zombie.iter().map(|_| written_since.then(|| held.clone())));
+                        for ((key, _), _) in marked(zombie, old) {
+                            let parts: Vec<String> = serde_json::from_str(&key).unwrap();
+                            if let [kind, _, _, name] = parts.as_slice() {
+                                foreign.insert(ItemKey::from_parts(kind, name).unwrap());
+                            }
+                        }
+                    }
+                    if i == repairs {
+                        let (again, after) = rewrite(ID, REPO, Some(&RepoState::Known(held.clone())), &layout, &foreign);
+                        log.extend(marked(&again, new));
+                        expect.extend(again.iter().map(|_| Some(held.clone())));
+                        layout = after;
+                        written_since = true;
+                    }
+                    if let Some(tags) = commits.get(i) {
+                        let next = state(held.revision + 1, tags);
+                        let c = commit(ID, REPO, Some(&held), &layout, &next);
+                        let n = c.records.len();
+                        log.extend(marked(&c.records, new));
+                        expect.extend((1..n).map(|_| Some(held.clone())));
+                        expect.push(Some(next.clone()));
+                        held = next;
+                        layout = c.written;
+                        written_since = true;
+                    }
+                }
+                for (at, expected) in expect.iter().enumerate() {
+                    let Some(expected) = expected else { continue };
+                    let r = assemble(gather_marked(&log[..=at])).expect("a reading");
+                    prop_assert_eq!(&r.state, &known(expected), "cut after record {}", at);
+                    prop_assert_eq!(r.damaged, None, "cut after record {}", at);
+                }
+                for keep_tombstones in [true, false] {
+                    let r = assemble(gather_marked(&compacted(&log, keep_tombstones))).expect("a reading");
+                    prop_assert_eq!(&r.state, &known(&held), "compacted, tombstones kept: {}", keep_tombstones);
+                    prop_assert_eq!(r.damaged, None);
+                }
+            }
+        }
     }
 }
