@@ -6,11 +6,14 @@
 //!   state), or a tombstone once forgotten. Its partition is the repository's: whoever owns the
 //!   partition scans the repository.
 //! - `["tag", identity, repository, tag]` and `["digest", identity, repository, digest]`: the
-//!   repository's items, in its partition, written before the header ([`records`] has the
-//!   layout): no record grows with the repository, and a write costs what changed.
+//!   repository's items, in its partition, written before the header by a commit ([`records`]
+//!   has the layout): no record grows with the repository, and a write costs what changed.
 //! - `["watch", identity]`: the `repositories` patterns of the owner's last complete listing,
 //!   written to each partition it owns (so the next owner of any partition finds it).
 //! - `["hint", identity, repository]`: a webhook hint for the repository's owner.
+//! - `["owner"]`: the mark of the partition's owner, written once it restored it (see
+//!   [`records::Order`]: every state record carries its writer's order in a header, so that a
+//!   restore can tell a late write).
 //!
 //! A replica reads each partition it is assigned from its checkpoint (the group's committed offset
 //! for it, see `Inner::checkpoint`) to the end before it scans any repository in it, and then is

@@ -1,20 +1,21 @@
 //! How one repository's state is laid out in the state topic: a record per tag and per looked-up
-//! digest, and a header written last. Pure functions: what to write for a commit, and what a
-//! restore makes of the records it read.
+//! digest, and a header written last by a commit. Pure functions: what to write for a commit,
+//! and what a restore makes of the records it read.
 //!
 //! - `["tag", identity, repository, tag]` and `["digest", identity, repository, digest]`: an
 //!   *item* (a tag's digest, maturity deadline and held-back flag; a digest's platforms) as an
 //!   [`Entry`]: the value it has from revision `rev` on (`now`, `null` once removed) and the value
 //!   it had in the revision the write diffed against (`before`).
-//! - `["repo", identity, repository]`: the *header*, written after the items: the committed
-//!   revision, the *life* the items belong to, and the count and checksum of the items.
+//! - `["repo", identity, repository]`: the *header*, written after the items (before them by a
+//!   rewrite of the same revision, see [`rewrite`]): the committed revision, the *life* the
+//!   items belong to, and the count and checksum of the items.
 //!
 //! A restore takes each item of the header's life at `now` if it was written at or before the
 //! header's revision and at `before` if it is ahead (a write whose header never landed), so it
 //! rebuilds exactly the committed revision, never a mix; the count and checksum then prove it.
 //! Items ahead, removal markers and items of another life are *stale*: the next commit of the
 //! repository rewrites or tombstones them. A write so costs O(changed items), and no record
-//! grows with the repository.
+//! grows with the repository. Late writes (see [`Gathered`]) are ignored.
 
 use std::collections::{BTreeMap, BTreeSet};
 
