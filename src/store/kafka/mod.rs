@@ -667,7 +667,7 @@ impl Inner {
             .and_then(|h| h.iter().find(|h| h.key == ORDER))
             .and_then(|h| h.value)
             .and_then(Order::decode);
-        let restored = match self.claims.read().expect("claims lock").get(&p) {
+        let (restored, epoch) = match self.claims.read().expect("claims lock").get(&p) {
             Some(claim) => {
                 claim.read.fetch_add(1, Ordering::Relaxed);
                 if let Some(order) = order {
@@ -682,7 +682,7 @@ impl Inner {
                 if key.is_none() {
                     claim.opaque.store(true, Ordering::SeqCst);
                 }
-                claim.restored
+                (claim.restored, claim.epoch.load(Ordering::SeqCst))
             }
             None => return,
         };
@@ -693,6 +693,11 @@ impl Inner {
         match (key.as_slice(), restored) {
             ([kind], false) if kind == "owner" => {
                 self.staged(p, |s| s.mark(order));
+            }
+            ([kind], true) if kind == "owner" && order.is_some_and(|o| o.epoch < epoch) => {
+                // A former owner's mark, landing late: compaction keeps the last mark of the
+                // partition, so this owner's goes after it.
+                self.mark_partition(p, epoch);
             }
             ([kind, identity, repository], false) if kind == "repo" => {
                 if self.partition(&repo_key(identity, repository)) != Some(p) {
@@ -717,10 +722,9 @@ impl Inner {
                     s.read((identity, repository), Some(item), value, order);
                 });
             }
-            // One below a mark is a former owner's late write (not written over: known limit).
-            ([kind, identity], false)
-                if kind == "watch" && !self.staged(p, |s| s.below_mark(order)) =>
-            {
+            // In the log's order: the owner writes the watch set only when it changes, so a
+            // late one may be the last record of its key, and the owner's gone by compaction.
+            ([kind, identity], false) if kind == "watch" => {
                 let mut sets = self.watch_sets.lock().expect("watch sets lock");
                 let sets = sets.entry(identity.clone()).or_default();
                 match message.payload().map(serde_json::from_slice::<Vec<String>>) {
@@ -760,10 +764,16 @@ impl Inner {
                     .headers()
                     .and_then(|h| h.iter().find(|h| h.key == WRITER))
                     .and_then(|h| h.value);
-                let ours = match self.transactional.get() {
-                    Some(_) => mark == Some(self.transactional_mark().as_bytes()),
-                    None => mark == Some(self.mark(self.plain.generation().1).as_bytes()),
+                // This process's, through its producer now, since it owns the partition: one of
+                // an earlier ownership (the same producer) is a late write too.
+                let (own_mark, own_order) = match self.transactional.get() {
+                    Some(_) => (self.transactional_mark(), self.state_order(epoch, 0)),
+                    None => {
+                        let generation = self.plain.generation().1;
+                        (self.mark(generation), self.state_order(epoch, generation))
+                    }
                 };
+                let ours = mark == Some(own_mark.as_bytes()) && order == Some(own_order);
                 if ours {
                     return;
                 }
@@ -1152,33 +1162,41 @@ impl Inner {
             let former =
                 serde_json::from_str::<OffsetMetadata>(entry.metadata()).map_or(0, |m| m.owner);
             let claim = &claims[p];
-            let epoch = (former.max(claim.seen.load(Ordering::SeqCst)) + 1).max(now);
+            let epoch = former
+                .max(claim.seen.load(Ordering::SeqCst))
+                .saturating_add(1)
+                .max(now);
             claim.epoch.store(epoch, Ordering::SeqCst);
         }
         if let Err(e) = self.commit_as_member(consumer, &claims, &ps) {
             tracing::warn!(error = %e, "cluster: recording this replica's epoch failed; trying again");
             return Vec::new();
         }
-        // Not waited for: the consumer thread goes back to polling. A mark lost leaves a late
-        // write that lands before this replica's first write read as the newest, as one of the
-        // former owner that this replica read would be.
-        let (producer, generation) = self.plain.generation();
         for p in &ps {
-            let epoch = claims[p].epoch.load(Ordering::SeqCst);
-            let order = self.state_order(epoch, generation);
-            let mark = [records::owner_mark(epoch)];
-            if let Err(e) = self.enqueue(
-                &producer,
-                &self.mark(generation),
-                Some(order),
-                &[],
-                *p,
-                &mark,
-            ) {
-                tracing::warn!(partition = p, error = %e, "cluster: marking a restored partition failed");
-            }
+            self.mark_partition(*p, claims[p].epoch.load(Ordering::SeqCst));
         }
         ps
+    }
+
+    /// Marks partition `p` as its owner's of `epoch` (see [`records::Staged`]). Not waited for:
+    /// the consumer thread goes back to polling. A mark lost leaves a late write that lands
+    /// before this owner's first write of its repository read as the newest, as a write of the
+    /// former owner that this one read would be.
+    fn mark_partition(&self, p: i32, epoch: u64) {
+        let (producer, generation) = self.plain.generation();
+        let order = self.state_order(epoch, generation);
+        let mark = [records::owner_mark(epoch)];
+        let mark = self.enqueue(
+            &producer,
+            &self.mark(generation),
+            Some(order),
+            &[],
+            p,
+            &mark,
+        );
+        if let Err(e) = mark {
+            tracing::warn!(partition = p, error = %e, "cluster: marking a restored partition failed");
+        }
     }
 
     /// Partitions read to their end: once all are, the replica scans them. Returns those that
@@ -1403,7 +1421,12 @@ impl Inner {
         let mut rest = repositories.iter();
         let mut written = 0usize;
         let outcome = loop {
+            // The mark first: a restore from this checkpoint has it to tell a late write landing
+            // after it, even in a partition holding no state.
             let mut records = Vec::new();
+            if written == 0 {
+                records.push(records::owner_mark(claim.epoch.load(Ordering::SeqCst)));
+            }
             let mut layouts = Vec::new();
             while records.len() < CHECKPOINT_CHUNK
                 && let Some((identity, repository)) = rest.next()
@@ -1415,9 +1438,6 @@ impl Inner {
             let last = rest.len() == 0;
             if last {
                 records.extend(self.watch_records(p));
-                // A restore from this checkpoint so has the owner's mark to tell a late write
-                // landing after it, even in a partition holding no state.
-                records.push(records::owner_mark(claim.epoch.load(Ordering::SeqCst)));
                 // Carried by the last transaction with exactly_once, and committed below.
                 claim.from.store(position, Ordering::SeqCst);
             }
@@ -2351,6 +2371,18 @@ impl ClusterStore {
         let p = self.inner.repo_partition(registry, repository)?;
         let key = repo_key(registry, repository);
         let mut layout = self.inner.layout(&key);
+        // Another writer's records the owner is to write over (see `Inner::repair`): rewritten
+        // by this commit too, which may come first.
+        let foreign = (registry.to_owned(), repository.to_owned());
+        if let Some(items) = self
+            .inner
+            .repairs
+            .lock()
+            .expect("repairs lock")
+            .get(&foreign)
+        {
+            layout.stale.extend(items.iter().cloned());
+        }
         if layout.unwritten
             && let Some(RepoState::Known(adopted)) = self.inner.held(registry, repository)
         {
@@ -3359,8 +3391,15 @@ mod producer_state {
             late.send(record).map_err(|(e, _)| e).unwrap();
         }
         late.flush(Duration::from_secs(10)).unwrap();
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let header = last_order(&mock.bootstrap_servers(), p, &repo_key(id, repo), |o| {
+            o.generation >= 1
+        })
+        .await;
         store.stop(Duration::from_secs(10)).await;
+        assert!(
+            header.is_some_and(|o| o.generation >= 1),
+            "the late header was not written over by the fresh producer: {header:?}"
+        );
         let next = review_owning(&mock, id, repo).await;
         let restored = next.repo_state(id, repo);
         next.stop(Duration::from_secs(10)).await;
@@ -3373,6 +3412,40 @@ mod producer_state {
 
     /// A record read back: its key, value and headers.
     pub(super) type Read = (Vec<u8>, Option<Vec<u8>>, OwnedHeaders);
+
+    /// The order the records under `key` in `log` carry, in the log's order.
+    pub(super) fn orders(log: &[Read], key: &str) -> Vec<Order> {
+        log.iter()
+            .filter(|(k, _, _)| k.as_slice() == key.as_bytes())
+            .map(|(_, _, headers)| {
+                let value = headers
+                    .iter()
+                    .find(|h| h.key == ORDER)
+                    .and_then(|h| h.value);
+                value
+                    .and_then(Order::decode)
+                    .expect("every state record carries its order")
+            })
+            .collect()
+    }
+
+    /// The order of the last record under `key` in partition `p`, once it is one `done` takes
+    /// (a repair runs on the owner's consumer thread), or as it is after 20 s.
+    pub(super) async fn last_order(
+        brokers: &str,
+        p: i32,
+        key: &str,
+        done: impl Fn(Order) -> bool,
+    ) -> Option<Order> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let last = orders(&partition_log(brokers, p), key).last().copied();
+            if last.is_some_and(&done) || Instant::now() > deadline {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 
     /// Every record of state partition `p`, in order.
     pub(super) fn partition_log(brokers: &str, p: i32) -> Vec<Read> {
@@ -3476,25 +3549,9 @@ mod stalls {
 mod late_writes {
     //! A former owner's write, held up (by a paused broker, or by its own process stopped past
     //! its session), lands after the writes of the owners that followed it.
-    use super::producer_state::{Read, partition_log};
+    use super::producer_state::{last_order, orders, partition_log};
     use super::review::{commit_latest, review_mock, review_owning};
     use super::*;
-
-    /// The order the records under `key` in `log` carry, in the log's order.
-    fn orders(log: &[Read], key: &str) -> Vec<Order> {
-        log.iter()
-            .filter(|(k, _, _)| k.as_slice() == key.as_bytes())
-            .map(|(_, _, headers)| {
-                let value = headers
-                    .iter()
-                    .find(|h| h.key == ORDER)
-                    .and_then(|h| h.value);
-                value
-                    .and_then(Order::decode)
-                    .expect("every state record carries its order")
-            })
-            .collect()
-    }
 
     /// The late write lands while the partition has no owner, after the next owner's write: the
     /// restore that follows reads the next owner's state, not the late write, and writes over
@@ -3536,8 +3593,14 @@ mod late_writes {
         producer.flush(Duration::from_secs(10)).unwrap();
         let third = review_owning(&mock, id, repo).await;
         let restored = third.repo_state(id, repo);
-        // Its repair pass runs on the consumer thread.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let epoch = third
+            .inner
+            .claims
+            .read()
+            .expect("claims lock")
+            .get(&p)
+            .map(|c| c.epoch.load(Ordering::SeqCst));
+        let header = last_order(&brokers, p, &repo_key(id, repo), |o| Some(o.epoch) == epoch).await;
         third.stop(Duration::from_secs(10)).await;
         assert!(
             matches!(&restored, Ok(Some(RepoState::Known(s)))
@@ -3554,11 +3617,52 @@ mod late_writes {
             owners.windows(2).all(|w| w[0] < w[1]),
             "each owner's epoch is above the one before: {owners:?}"
         );
-        let header = orders(&log, &repo_key(id, repo));
         assert_eq!(
-            header.last().map(|o| o.epoch),
+            header.map(|o| o.epoch),
             owners.last().copied(),
             "the late header was not written over: {header:?}"
+        );
+    }
+
+    /// A former owner's mark, queued before it stalled, lands after this owner's: compaction
+    /// would keep it as the partition's last, so the owner marks the partition again.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_former_owners_late_mark_is_marked_over() {
+        use rdkafka::producer::{BaseProducer, BaseRecord};
+        let (id, repo) = ("https://r.example", "team/app");
+        let mock = review_mock(&watch_key("https://other.example"), b"[]");
+        let brokers = mock.bootstrap_servers();
+        let p = partition_of(&repo_key(id, repo), 4);
+        let owner = review_owning(&mock, id, repo).await;
+        let epoch = owner.inner.claims.read().expect("claims lock")[&p]
+            .epoch
+            .load(Ordering::SeqCst);
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let (key, value) = records::owner_mark(1);
+        let order = Order {
+            epoch: 1,
+            generation: 0,
+        }
+        .encode();
+        let record = BaseRecord::<str, [u8]>::to("imgs.state")
+            .key(key.as_str())
+            .payload(value.as_deref().unwrap())
+            .partition(p)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: ORDER,
+                value: Some(order.as_bytes()),
+            }));
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let last = last_order(&brokers, p, records::OWNER_KEY, |o| o.epoch == epoch).await;
+        owner.stop(Duration::from_secs(10)).await;
+        assert_eq!(
+            last.map(|o| o.epoch),
+            Some(epoch),
+            "the late mark stayed the last"
         );
     }
 }

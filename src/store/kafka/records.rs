@@ -488,7 +488,7 @@ impl Staged {
 
     /// Whether a record of `order` (`None`: of a release that did not mark its records) is
     /// below a mark read before it.
-    pub(super) fn below_mark(&self, order: Option<Order>) -> bool {
+    fn below_mark(&self, order: Option<Order>) -> bool {
         order.is_some_and(|order| self.floor > Some(order))
     }
 
