@@ -3356,7 +3356,6 @@ mod producer_state {
     /// write, so that the next restore does not read the older revision.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_replaced_producers_late_write_is_written_over() {
-        use rdkafka::producer::{BaseProducer, BaseRecord};
         let (id, repo) = ("https://r.example", "team/app");
         let mock = review_mock(&watch_key("https://other.example"), b"[]");
         let store = Arc::new(review_owning(&mock, id, repo).await);
@@ -3376,21 +3375,7 @@ mod producer_state {
             .await
             .unwrap();
         // The held write lands, after the fresh producer's.
-        let late: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", mock.bootstrap_servers())
-            .create()
-            .unwrap();
-        for (key, value, headers) in &first {
-            let mut record = BaseRecord::<[u8], [u8]>::to("imgs.state")
-                .key(key.as_slice())
-                .partition(p)
-                .headers(headers.clone());
-            if let Some(v) = value {
-                record = record.payload(v.as_slice());
-            }
-            late.send(record).map_err(|(e, _)| e).unwrap();
-        }
-        late.flush(Duration::from_secs(10)).unwrap();
+        replay(&mock.bootstrap_servers(), p, &first);
         let header = last_order(&mock.bootstrap_servers(), p, &repo_key(id, repo), |o| {
             o.generation >= 1
         })
@@ -3412,6 +3397,26 @@ mod producer_state {
 
     /// A record read back: its key, value and headers.
     pub(super) type Read = (Vec<u8>, Option<Vec<u8>>, OwnedHeaders);
+
+    /// Writes `records` to state partition `p` again, headers and all: a late write.
+    pub(super) fn replay(brokers: &str, p: i32, records: &[Read]) {
+        use rdkafka::producer::{BaseProducer, BaseRecord};
+        let late: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+        for (key, value, headers) in records {
+            let mut record = BaseRecord::<[u8], [u8]>::to("imgs.state")
+                .key(key.as_slice())
+                .partition(p)
+                .headers(headers.clone());
+            if let Some(v) = value {
+                record = record.payload(v.as_slice());
+            }
+            late.send(record).map_err(|(e, _)| e).unwrap();
+        }
+        late.flush(Duration::from_secs(10)).unwrap();
+    }
 
     /// The order the records under `key` in `log` carry, in the log's order.
     pub(super) fn orders(log: &[Read], key: &str) -> Vec<Order> {
@@ -3549,7 +3554,7 @@ mod stalls {
 mod late_writes {
     //! A former owner's write, held up (by a paused broker, or by its own process stopped past
     //! its session), lands after the writes of the owners that followed it.
-    use super::producer_state::{last_order, orders, partition_log};
+    use super::producer_state::{last_order, orders, partition_log, replay};
     use super::review::{commit_latest, review_mock, review_owning};
     use super::*;
 
@@ -3558,7 +3563,6 @@ mod late_writes {
     /// it. Each owner's records carry an epoch above the one before.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_former_owners_write_landing_before_a_restore_is_not_read_as_the_newest() {
-        use rdkafka::producer::{BaseProducer, BaseRecord};
         let (id, repo) = ("https://r.example", "team/app");
         let mock = review_mock(&watch_key("https://other.example"), b"[]");
         let brokers = mock.bootstrap_servers();
@@ -3574,23 +3578,10 @@ mod late_writes {
             .await
             .unwrap();
         next.stop(Duration::from_secs(10)).await;
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
         // The repository's records of the write of revision 1 (not the former owner's mark).
-        let of_repo = |k: &[u8]| String::from_utf8_lossy(k).contains(repo);
-        for (key, value, headers) in late.iter().filter(|(k, _, _)| of_repo(k)) {
-            let mut record = BaseRecord::<[u8], [u8]>::to("imgs.state")
-                .key(key.as_slice())
-                .partition(p)
-                .headers(headers.clone());
-            if let Some(v) = value {
-                record = record.payload(v.as_slice());
-            }
-            producer.send(record).map_err(|(e, _)| e).unwrap();
-        }
-        producer.flush(Duration::from_secs(10)).unwrap();
+        let mut late = late;
+        late.retain(|(k, _, _)| String::from_utf8_lossy(k).contains(repo));
+        replay(&brokers, p, &late);
         let third = review_owning(&mock, id, repo).await;
         let restored = third.repo_state(id, repo);
         let epoch = third
