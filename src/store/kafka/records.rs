@@ -29,7 +29,7 @@ pub(super) const MAX_RECORD: usize = 64 * 1024;
 /// The key of the marker an owner writes to a partition once it restored it (see
 /// [`Staged`]).
 pub(super) const OWNER_KEY: &str = r#"["owner"]"#;
-/// The mark of partition's owner of `epoch` (its value says so to a reader; a restore reads
+/// The mark of a partition's owner of `epoch` (its value says so to a reader; a restore reads
 /// only its order).
 pub(super) fn owner_mark(epoch: u64) -> Record {
     let value = format!("{{\"epoch\":{epoch}}}");
